@@ -1,0 +1,53 @@
+# forestream: `make demo` runs the product end to end on a local real broker; `make test` tests it.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: setup test unit integration lint format demo bench kafka-jars kcat clean
+
+$(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11+ is required")'
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[test]'
+	touch $(STAMP)
+
+setup: $(STAMP) kafka-jars kcat
+
+# The broker's jars come from Maven Central into ~/.cache/forestream (outside the repo), once.
+kafka-jars: $(STAMP)
+	$(BIN)/python -c 'from forestream.local_kafka import ensure_jars; print("kafka jars:", ensure_jars())'
+
+# kcat is the outside client of the interop test (librdkafka, not kafka-python).
+kcat:
+	@command -v kcat >/dev/null || command -v kafkacat >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq kcat >/dev/null; \
+	  else sudo apt-get update -qq && sudo apt-get install -y -qq kcat >/dev/null; fi; }
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: $(STAMP)
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+test: setup lint
+	$(BIN)/pytest tests
+
+unit: $(STAMP)
+	$(BIN)/pytest tests/unit
+
+integration: setup
+	$(BIN)/pytest tests/integration
+
+demo: setup
+	$(BIN)/forestream demo
+
+bench: setup
+	$(BIN)/python -m bench.throughput
+
+clean:
+	rm -rf $(VENV) .forestream .pytest_cache .ruff_cache

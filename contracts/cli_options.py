@@ -1,0 +1,76 @@
+"""Typer option types shared by every command, so flags and env twins are named one way."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+BootstrapOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--bootstrap-servers",
+        help="Kafka bootstrap servers [env FORESTREAM_BOOTSTRAP_SERVERS; default: the local "
+        "broker if running, else 127.0.0.1:9092]",
+        show_default=False,
+    ),
+]
+InputTopicOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--input-topic",
+        help="feature records topic [env FORESTREAM_INPUT_TOPIC]",
+        show_default=False,
+    ),
+]
+OutputTopicOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--output-topic", help="predictions topic [env FORESTREAM_OUTPUT_TOPIC]", show_default=False
+    ),
+]
+DlqTopicOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--dlq-topic", help="dead-letter topic [env FORESTREAM_DLQ_TOPIC]", show_default=False
+    ),
+]
+ModelsTopicOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--models-topic",
+        help="compacted models topic [env FORESTREAM_MODELS_TOPIC]",
+        show_default=False,
+    ),
+]
+LabelsTopicOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--labels-topic", help="late labels topic [env FORESTREAM_LABELS_TOPIC]", show_default=False
+    ),
+]
+MonitoringTopicOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--monitoring-topic",
+        help="drift/monitoring reports topic [env FORESTREAM_MONITORING_TOPIC]",
+        show_default=False,
+    ),
+]
+StoreOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--store", help="model store directory [env FORESTREAM_MODEL_STORE]", show_default=False
+    ),
+]
+ModelNameOpt = Annotated[
+    str | None,
+    typer.Option("--name", help="model name [env FORESTREAM_MODEL_NAME]", show_default=False),
+]
+LogFormatOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--log-format", help="auto | json | console [env FORESTREAM_LOG_FORMAT]", show_default=False
+    ),
+]

@@ -1,0 +1,86 @@
+"""The feature schema a model was trained on, and its reference statistics for drift.
+
+The trainer derives both from the training frame; workers validate every input record against
+the schema and compare live inputs with the reference statistics.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class NumericFeature(_Frozen):
+    """A numeric column: any finite JSON number is accepted (min/max are informational)."""
+
+    name: str
+    kind: Literal["numeric"] = "numeric"
+    min: float | None = None
+    max: float | None = None
+    missing_seen: bool = False
+
+
+class CategoricalFeature(_Frozen):
+    """A categorical column: JSON strings; values outside ``categories`` are allowed but counted."""
+
+    name: str
+    kind: Literal["categorical"] = "categorical"
+    categories: list[str] = Field(default_factory=list)
+    missing_seen: bool = False
+
+
+Feature = Annotated[NumericFeature | CategoricalFeature, Field(discriminator="kind")]
+
+
+class FeatureSchema(_Frozen):
+    """Ordered input contract of one model version."""
+
+    features: list[Feature]
+
+    @property
+    def names(self) -> list[str]:
+        return [f.name for f in self.features]
+
+    def feature(self, name: str) -> NumericFeature | CategoricalFeature:
+        for f in self.features:
+            if f.name == name:
+                return f
+        raise KeyError(name)
+
+
+class NumericReference(_Frozen):
+    """Training distribution of a numeric feature: quantile bin edges and the share per bin.
+
+    ``edges`` are the inner cut points (len = bins - 1); bin i holds values in
+    (edges[i-1], edges[i]]; ``shares`` has one entry per bin and sums to 1.
+    ``missing_share`` is the share of missing values in training.
+    """
+
+    kind: Literal["numeric"] = "numeric"
+    edges: list[float]
+    shares: list[float]
+    mean: float | None = None
+    std: float | None = None
+    missing_share: float = 0.0
+
+
+class CategoricalReference(_Frozen):
+    """Training distribution of a categorical feature: share per category (sums to 1)."""
+
+    kind: Literal["categorical"] = "categorical"
+    shares: dict[str, float]
+    missing_share: float = 0.0
+
+
+Reference = Annotated[NumericReference | CategoricalReference, Field(discriminator="kind")]
+
+
+class ReferenceStats(_Frozen):
+    """Per-feature training distributions, keyed by feature name."""
+
+    features: dict[str, Reference]

@@ -1,0 +1,86 @@
+"""Configuration shared by every component: env prefix ``FORESTREAM_``, CLI flags override env.
+
+Each component subclasses :class:`CommonSettings` with its own fields (one class per component).
+Defaults work against the local broker started by ``forestream kafka start``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, TypeVar
+
+from pydantic import Field, ValidationError
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from contracts.errors import UserError
+
+FALLBACK_BOOTSTRAP = "127.0.0.1:9092"
+DEFAULT_KAFKA_DIR = Path(".forestream/kafka")
+BROKER_STATE_FILE = "broker.json"
+
+DEFAULT_INPUT_TOPIC = "forestream.features"
+DEFAULT_OUTPUT_TOPIC = "forestream.predictions"
+DEFAULT_DLQ_TOPIC = "forestream.features.dlq"
+DEFAULT_MODELS_TOPIC = "forestream.models"
+DEFAULT_LABELS_TOPIC = "forestream.labels"
+DEFAULT_MONITORING_TOPIC = "forestream.monitoring"
+
+
+def kafka_dir() -> Path:
+    """Where the local broker keeps its data and state file (``FORESTREAM_KAFKA_DIR``)."""
+    return Path(os.environ.get("FORESTREAM_KAFKA_DIR", str(DEFAULT_KAFKA_DIR)))
+
+
+def read_broker_state(data_dir: Path) -> dict[str, Any] | None:
+    """The local broker's state file, if one exists and its process is alive."""
+    path = data_dir / BROKER_STATE_FILE
+    try:
+        state = json.loads(path.read_text())
+        pid = int(state["pid"])
+        if pid <= 0:  # stopped broker: the file only remembers its port
+            return None
+        os.kill(pid, 0)
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return state
+
+
+def default_bootstrap() -> str:
+    """The running local broker's address, else the conventional ``127.0.0.1:9092``."""
+    state = read_broker_state(kafka_dir())
+    if state is not None:
+        return f"127.0.0.1:{state['port']}"
+    return FALLBACK_BOOTSTRAP
+
+
+class CommonSettings(BaseSettings):
+    """Broker address and topic names: what every command that talks to Kafka needs."""
+
+    model_config = SettingsConfigDict(env_prefix="FORESTREAM_", extra="ignore")
+
+    bootstrap_servers: str = Field(default_factory=default_bootstrap)
+    input_topic: str = DEFAULT_INPUT_TOPIC
+    output_topic: str = DEFAULT_OUTPUT_TOPIC
+    dlq_topic: str = DEFAULT_DLQ_TOPIC
+    models_topic: str = DEFAULT_MODELS_TOPIC
+    labels_topic: str = DEFAULT_LABELS_TOPIC
+    monitoring_topic: str = DEFAULT_MONITORING_TOPIC
+    model_store: Path = Path(".forestream/models")
+    model_name: str = "model"
+    log_format: str = "auto"
+
+
+S = TypeVar("S", bound=BaseSettings)
+
+
+def load_settings(cls: type[S], **flags: Any) -> S:
+    """Build settings from env, with every flag the user actually gave (not None) on top."""
+    given = {k: v for k, v in flags.items() if v is not None}
+    try:
+        return cls(**given)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or cls.__name__
+        raise UserError(f"invalid setting {where}: {first['msg']}") from None

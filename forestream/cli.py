@@ -1,0 +1,105 @@
+"""The ``forestream`` command tree. Thin: it parses flags and dispatches to the components."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from contracts.errors import UserError
+from contracts.settings import kafka_dir
+
+app = typer.Typer(
+    help="Streaming RandomForest inference on Apache Kafka.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+kafka_app = typer.Typer(
+    help="Run a real local Apache Kafka broker (KRaft, one node).", no_args_is_help=True
+)
+app.add_typer(kafka_app, name="kafka")
+
+DataDirOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--data-dir",
+        help="broker data directory [env FORESTREAM_KAFKA_DIR; default .forestream/kafka]",
+    ),
+]
+
+
+@kafka_app.command("start")
+def kafka_start(
+    port: Annotated[
+        int | None, typer.Option(help="PLAINTEXT port (default: a free one, remembered)")
+    ] = None,
+    data_dir: DataDirOpt = None,
+) -> None:
+    """Start the broker (idempotent) and print its bootstrap address once it answers."""
+    from forestream import local_kafka
+
+    info = local_kafka.start(data_dir or kafka_dir(), port=port)
+    typer.echo(info.address)
+
+
+@kafka_app.command("stop")
+def kafka_stop(data_dir: DataDirOpt = None) -> None:
+    """Stop the broker this data directory started (and nothing else)."""
+    from forestream import local_kafka
+
+    info = local_kafka.stop(data_dir or kafka_dir())
+    typer.echo(f"stopped broker on {info.address}" if info else "not running")
+
+
+@kafka_app.command("status")
+def kafka_status(data_dir: DataDirOpt = None) -> None:
+    """Say whether the local broker runs, and where (exit 1 when stopped)."""
+    from forestream import local_kafka
+
+    info = local_kafka.status(data_dir or kafka_dir())
+    if info is None:
+        typer.echo("stopped")
+        raise typer.Exit(1)
+    typer.echo(f"running {info.address} (pid {info.pid}, Kafka {local_kafka.KAFKA_VERSION})")
+
+
+def _register_components() -> None:
+    """Each component adds its own commands; heavy imports wait until a command runs."""
+    from producer import cli as producer_cli
+    from training import cli as training_cli
+    from worker import cli as worker_cli
+
+    for module in (training_cli, worker_cli, producer_cli):
+        module.register(app)
+
+
+_register_components()
+
+
+def main() -> None:
+    """Entry point: a user mistake is one line on stderr and exit 2, never a traceback."""
+    try:
+        rc = app(standalone_mode=False)
+    except UserError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        sys.exit(exc.exit_code)
+    except (typer.Abort, KeyboardInterrupt):
+        typer.echo("aborted", err=True)
+        sys.exit(130)
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+    except Exception as exc:  # click usage errors arrive here in non-standalone mode
+        import click
+
+        if isinstance(exc, click.ClickException):
+            exc.show()
+            sys.exit(2)
+        raise
+    sys.exit(rc if isinstance(rc, int) else 0)
+
+
+if __name__ == "__main__":
+    main()

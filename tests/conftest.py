@@ -1,0 +1,47 @@
+"""Shared fixtures: one real Kafka broker per test session, unique topic names per test."""
+
+from __future__ import annotations
+
+import os
+import re
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Everything under tests/integration needs the broker: mark it so `-m` can select it."""
+    for item in items:
+        if "/tests/integration/" in str(item.path):
+            item.add_marker(pytest.mark.integration)
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """Address of a real broker: FORESTREAM_BOOTSTRAP_SERVERS if given, else one we start."""
+    given = os.environ.get("FORESTREAM_BOOTSTRAP_SERVERS")
+    if given:
+        yield given
+        return
+    from forestream import local_kafka
+
+    data_dir = tmp_path_factory.mktemp("kafka")
+    info = local_kafka.start(data_dir)
+    os.environ["FORESTREAM_BOOTSTRAP_SERVERS"] = info.address  # subprocesses inherit it
+    try:
+        yield info.address
+    finally:
+        os.environ.pop("FORESTREAM_BOOTSTRAP_SERVERS", None)
+        local_kafka.stop(data_dir)
+
+
+@pytest.fixture
+def topic_name(request: pytest.FixtureRequest) -> Callable[[str], str]:
+    """Factory of topic names unique to this test (and this run): ``topic_name("in")``."""
+    stem = re.sub(r"[^A-Za-z0-9]+", "-", request.node.name)[:60].strip("-")
+    run = uuid.uuid4().hex[:8]
+    return lambda suffix="t": f"test.{stem}.{run}.{suffix}"

@@ -1,0 +1,64 @@
+"""Bounded reads from the real broker for integration tests: they fail loudly, never hang."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from kafka import KafkaConsumer, TopicPartition
+from kafka.consumer.fetcher import ConsumerRecord
+
+
+def read_topic(
+    bootstrap: str,
+    topic: str,
+    *,
+    expected: int | None = None,
+    until: Callable[[list[ConsumerRecord]], bool] | None = None,
+    timeout_s: float = 60.0,
+    settle_s: float = 0.0,
+) -> list[ConsumerRecord]:
+    """Read ``topic`` from the beginning (no group) until ``expected`` records or ``until`` holds.
+
+    With neither, read until the end offsets seen at start. Fails with a clear message (how many
+    records arrived) when the deadline passes. ``settle_s`` keeps reading a little longer after the
+    condition holds, so a test can see unexpected extra records.
+    """
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    try:
+        deadline = time.monotonic() + timeout_s
+        partitions = None
+        while not partitions:
+            partitions = consumer.partitions_for_topic(topic)
+            if time.monotonic() > deadline:
+                raise AssertionError(f"topic {topic!r} did not appear within {timeout_s:.0f}s")
+            if not partitions:
+                time.sleep(0.1)
+        tps = [TopicPartition(topic, p) for p in sorted(partitions)]
+        consumer.assign(tps)
+        consumer.seek_to_beginning(*tps)
+        end = consumer.end_offsets(tps) if expected is None and until is None else None
+        records: list[ConsumerRecord] = []
+
+        def done() -> bool:
+            if expected is not None:
+                return len(records) >= expected
+            if until is not None:
+                return until(records)
+            return all(consumer.position(tp) >= end[tp] for tp in tps)
+
+        while not done():
+            if time.monotonic() > deadline:
+                raise AssertionError(
+                    f"read {len(records)} records from {topic!r} in {timeout_s:.0f}s"
+                    + (f", expected {expected}" if expected is not None else "")
+                )
+            for batch in consumer.poll(timeout_ms=200).values():
+                records.extend(batch)
+        settle_end = time.monotonic() + settle_s
+        while time.monotonic() < settle_end:
+            for batch in consumer.poll(timeout_ms=100).values():
+                records.extend(batch)
+        return records
+    finally:
+        consumer.close()

@@ -1,0 +1,1 @@
+"""forestream training."""
