@@ -1,0 +1,313 @@
+"""The model registry on disk: versioned, hashed (optionally signed) artifacts and promotion state.
+
+Layout: ``<root>/<name>/<version>/{model.joblib, metadata.json, quality_report.json}`` and
+``<root>/<name>/promotions.jsonl``. The trainer writes, workers and ``replay`` read. joblib is
+pickle, so :meth:`ModelStore.load_verified` checks the artifact's bytes against its sha256 (and
+HMAC when a signing key is configured) *before* unpickling, and unpickles exactly the bytes it
+checked.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import hashlib
+import hmac
+import io
+import json
+import os
+import re
+import shutil
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from contracts.errors import UserError
+from contracts.schema import FeatureSchema, ReferenceStats
+
+ARTIFACT = "model.joblib"
+METADATA = "metadata.json"
+QUALITY_REPORT = "quality_report.json"
+PROMOTIONS = "promotions.jsonl"
+SIGNING_KEY_ENV = "FORESTREAM_SIGNING_KEY"
+
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+_VERSION = re.compile(r"^v?([0-9]{1,9})$")
+
+
+class ArtifactRejected(UserError):
+    """An artifact that must not be served: missing, altered, unsigned, or not a model."""
+
+
+class ModelMetadata(BaseModel):
+    """Everything known about one trained version; written as ``metadata.json``.
+
+    ``version``, ``artifact_sha256`` and ``signature`` are filled in by :meth:`ModelStore.save`.
+    """
+
+    model_config = ConfigDict(protected_namespaces=())
+
+    name: str
+    version: str = ""
+    created_at: str
+    target: str
+    classes: list[str]
+    feature_schema: FeatureSchema
+    reference: ReferenceStats
+    metrics: dict[str, Any]
+    data_sha256: str
+    data_rows: int
+    sklearn_version: str
+    artifact_sha256: str = ""
+    signature: str | None = None
+    params: dict[str, Any] = {}
+
+
+def signing_key_from_env() -> bytes | None:
+    """The HMAC key shared by trainer and workers, if the deployment configured one."""
+    key = os.environ.get(SIGNING_KEY_ENV)
+    return key.encode() if key else None
+
+
+def sign(data: bytes, key: bytes) -> str:
+    return hmac.new(key, data, hashlib.sha256).hexdigest()
+
+
+def normalize_version(version: str) -> str:
+    """Accept ``v3`` or ``3``; anything else is a user mistake (and never a path component)."""
+    match = _VERSION.match(str(version).strip())
+    if not match:
+        raise UserError(f"invalid model version {version!r}: expected v<number>, e.g. v3")
+    return f"v{int(match.group(1))}"
+
+
+def _check_name(name: str) -> str:
+    if not _NAME.match(name):
+        raise UserError(
+            f"invalid model name {name!r}: use letters, digits, '.', '_' or '-' (max 100)"
+        )
+    return name
+
+
+def _version_number(version: str) -> int:
+    return int(version[1:])
+
+
+def _now_iso() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+class ModelStore:
+    """One directory of models; safe against concurrent trainers (versions are never reused)."""
+
+    def __init__(self, root: Path | str) -> None:
+        self.root = Path(root)
+
+    # -- reading ---------------------------------------------------------------------------
+    def names(self) -> list[str]:
+        if not self.root.is_dir():
+            return []
+        return sorted(p.name for p in self.root.iterdir() if p.is_dir() and _NAME.match(p.name))
+
+    def versions(self, name: str) -> list[str]:
+        """Complete versions, oldest first (``v2`` before ``v10``)."""
+        model_dir = self.root / _check_name(name)
+        if not model_dir.is_dir():
+            return []
+        found = [
+            p.name
+            for p in model_dir.iterdir()
+            if p.is_dir() and re.fullmatch(r"v[0-9]+", p.name) and (p / METADATA).is_file()
+        ]
+        return sorted(found, key=_version_number)
+
+    def version_dir(self, name: str, version: str) -> Path:
+        return self.root / _check_name(name) / normalize_version(version)
+
+    def metadata(self, name: str, version: str) -> ModelMetadata:
+        path = self.version_dir(name, version) / METADATA
+        if not path.is_file():
+            known = ", ".join(self.versions(name)) or "none"
+            raise UserError(
+                f"model {name!r} has no version {normalize_version(version)} in {self.root} "
+                f"(known versions: {known})"
+            )
+        try:
+            return ModelMetadata.model_validate_json(path.read_bytes())
+        except ValidationError as exc:
+            raise ArtifactRejected(
+                f"{path}: unreadable metadata ({exc.error_count()} errors)"
+            ) from None
+
+    def quality_report(self, name: str, version: str) -> dict[str, Any]:
+        path = self.version_dir(name, version) / QUALITY_REPORT
+        if not path.is_file():
+            return {}
+        return json.loads(path.read_text())
+
+    def load_verified(
+        self,
+        name: str,
+        version: str,
+        *,
+        expected_sha256: str | None = None,
+        signing_key: bytes | None = None,
+    ) -> tuple[Any, ModelMetadata]:
+        """Unpickle a version only after its bytes match the recorded hash (and signature).
+
+        ``expected_sha256`` is the hash announced on the models topic: a store whose files were
+        swapped (metadata included) is still caught. With a ``signing_key`` an unsigned
+        artifact is refused, not trusted.
+        """
+        try:
+            meta = self.metadata(name, version)
+        except ArtifactRejected:
+            raise
+        except UserError as exc:
+            raise ArtifactRejected(str(exc)) from None
+        path = self.version_dir(name, version) / ARTIFACT
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            raise ArtifactRejected(f"{path}: cannot read artifact ({exc.strerror})") from None
+        actual = hashlib.sha256(data).hexdigest()
+        if actual != meta.artifact_sha256:
+            raise ArtifactRejected(
+                f"{path}: sha256 mismatch (recorded {meta.artifact_sha256[:12]}, "
+                f"file {actual[:12]}): the artifact was altered; refusing to load it"
+            )
+        if expected_sha256 is not None and actual != expected_sha256:
+            raise ArtifactRejected(
+                f"{path}: sha256 {actual[:12]} differs from the announced {expected_sha256[:12]}"
+            )
+        if signing_key is not None:
+            if not meta.signature:
+                raise ArtifactRejected(
+                    f"{path}: not signed, but {SIGNING_KEY_ENV} is set; refusing to load it"
+                )
+            if not hmac.compare_digest(sign(data, signing_key), meta.signature):
+                raise ArtifactRejected(f"{path}: bad HMAC signature; refusing to load it")
+        import joblib
+
+        try:
+            pipeline = joblib.load(io.BytesIO(data))
+        except Exception as exc:  # anything unpickling raises means "not a usable artifact"
+            raise ArtifactRejected(
+                f"{path}: cannot unpickle ({type(exc).__name__}: {exc})"
+            ) from None
+        if not callable(getattr(pipeline, "predict_proba", None)):
+            raise ArtifactRejected(f"{path}: {type(pipeline).__name__} has no predict_proba")
+        return pipeline, meta
+
+    # -- writing ---------------------------------------------------------------------------
+    def save(
+        self,
+        name: str,
+        pipeline: Any,
+        metadata: ModelMetadata,
+        report: dict[str, Any],
+        *,
+        signing_key: bytes | None = None,
+    ) -> ModelMetadata:
+        """Write a new version atomically: a temp dir inside the store, renamed into place.
+
+        The rename fails if the version exists (a concurrent trainer won it), and we take the
+        next number, so versions are monotonic and never overwritten.
+        """
+        import joblib
+
+        model_dir = self.root / _check_name(name)
+        model_dir.mkdir(parents=True, exist_ok=True)
+        tmp = model_dir / f".tmp-{uuid.uuid4().hex}"
+        tmp.mkdir()
+        try:
+            buffer = io.BytesIO()
+            joblib.dump(pipeline, buffer, compress=3)
+            data = buffer.getvalue()
+            (tmp / ARTIFACT).write_bytes(data)
+            (tmp / QUALITY_REPORT).write_text(json.dumps(report, indent=2, default=str))
+            base = metadata.model_copy(
+                update={
+                    "name": name,
+                    "artifact_sha256": hashlib.sha256(data).hexdigest(),
+                    "signature": sign(data, signing_key) if signing_key else None,
+                }
+            )
+            for _attempt in range(1000):
+                existing = self.versions(name)
+                number = _version_number(existing[-1]) + 1 if existing else 1
+                final = base.model_copy(update={"version": f"v{number}"})
+                (tmp / METADATA).write_text(final.model_dump_json(indent=2))
+                try:
+                    os.rename(tmp, model_dir / final.version)
+                except OSError as exc:
+                    if exc.errno in (errno.EEXIST, errno.ENOTEMPTY):
+                        continue
+                    raise
+                return final
+            raise UserError(f"could not allocate a new version under {model_dir}")
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
+
+    # -- promotion -------------------------------------------------------------------------
+    def _history(self, name: str) -> list[dict[str, Any]]:
+        path = self.root / _check_name(name) / PROMOTIONS
+        if not path.is_file():
+            return []
+        entries = []
+        for line in path.read_text().splitlines():
+            with contextlib.suppress(json.JSONDecodeError):
+                entries.append(json.loads(line))
+        return entries
+
+    def _served_stack(self, name: str) -> list[str]:
+        """Replays history: a promotion pushes a version, a rollback pops back to the previous."""
+        stack: list[str] = []
+        for entry in self._history(name):
+            if entry.get("action") == "rollback":
+                if len(stack) > 1:
+                    stack.pop()
+            elif not stack or stack[-1] != entry.get("version"):
+                stack.append(str(entry.get("version")))
+        return stack
+
+    def _append(self, name: str, action: str, version: str) -> None:
+        line = json.dumps({"action": action, "version": version, "at": _now_iso()}) + "\n"
+        path = self.root / _check_name(name) / PROMOTIONS
+        # one O_APPEND write per entry: concurrent writers interleave lines, never bytes
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            os.write(fd, line.encode())
+        finally:
+            os.close(fd)
+
+    def served(self, name: str) -> str | None:
+        stack = self._served_stack(name)
+        return stack[-1] if stack else None
+
+    def previously_served(self, name: str) -> str | None:
+        stack = self._served_stack(name)
+        return stack[-2] if len(stack) > 1 else None
+
+    def promote(self, name: str, version: str) -> ModelMetadata:
+        """Mark a version as the one workers serve; it must exist and pass verification."""
+        version = normalize_version(version)
+        meta = self.metadata(name, version)
+        self._append(name, "promote", version)
+        return meta
+
+    def rollback(self, name: str) -> str:
+        """Serve the version that was served before the current one."""
+        previous = self.previously_served(name)
+        if previous is None:
+            current = self.served(name)
+            raise UserError(
+                f"model {name!r} has no previously served version to roll back to "
+                f"(served now: {current or 'nothing'})"
+            )
+        self._append(name, "rollback", previous)
+        return previous

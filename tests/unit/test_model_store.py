@@ -1,0 +1,196 @@
+"""The registry: atomic versioning, verification before unpickling, promotion history."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import pickle
+import threading
+from pathlib import Path
+
+import pytest
+
+from contracts.errors import UserError
+from contracts.model_store import (
+    ARTIFACT,
+    METADATA,
+    ArtifactRejected,
+    ModelMetadata,
+    ModelStore,
+    normalize_version,
+)
+from contracts.schema import FeatureSchema, NumericFeature, ReferenceStats
+from tests.worker_support import fit_pipeline, make_frame
+
+
+def _metadata() -> ModelMetadata:
+    return ModelMetadata(
+        name="m",
+        created_at="2026-11-25T00:00:00+00:00",
+        target="target",
+        classes=["high", "low", "mid"],
+        feature_schema=FeatureSchema(features=[NumericFeature(name="x1")]),
+        reference=ReferenceStats(features={}),
+        metrics={"accuracy": 0.9},
+        data_sha256="0" * 64,
+        data_rows=10,
+        sklearn_version="1.x",
+    )
+
+
+@pytest.fixture(scope="module")
+def pipeline():
+    return fit_pipeline(make_frame(120), trees=3)
+
+
+def test_versions_are_monotonic_and_files_complete(tmp_path: Path, pipeline) -> None:
+    store = ModelStore(tmp_path)
+    first = store.save("m", pipeline, _metadata(), {"rows": 10})
+    second = store.save("m", pipeline, _metadata(), {"rows": 10})
+    assert (first.version, second.version) == ("v1", "v2")
+    folder = tmp_path / "m" / "v1"
+    assert sorted(p.name for p in folder.iterdir()) == [
+        "metadata.json",
+        "model.joblib",
+        "quality_report.json",
+    ]
+    assert first.artifact_sha256 == hashlib.sha256((folder / ARTIFACT).read_bytes()).hexdigest()
+    assert store.quality_report("m", "v1") == {"rows": 10}
+    assert not [p for p in (tmp_path / "m").iterdir() if p.name.startswith(".tmp")]
+
+
+def test_numeric_order_of_versions(tmp_path: Path, pipeline) -> None:
+    store = ModelStore(tmp_path)
+    for _ in range(10):
+        store.save("m", pipeline, _metadata(), {})
+    assert store.versions("m")[-2:] == ["v9", "v10"]
+    assert store.save("m", pipeline, _metadata(), {}).version == "v11"
+
+
+def test_concurrent_saves_never_share_a_version(tmp_path: Path, pipeline) -> None:
+    store = ModelStore(tmp_path)
+    results: list[str] = []
+    threads = [
+        threading.Thread(
+            target=lambda: results.append(store.save("m", pipeline, _metadata(), {}).version)
+        )
+        for _ in range(6)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert sorted(results, key=lambda v: int(v[1:])) == [f"v{i}" for i in range(1, 7)]
+    for version in results:
+        meta = store.metadata("m", version)
+        assert meta.version == version
+        store.load_verified("m", version)
+
+
+def test_round_trip_predicts_like_the_original(tmp_path: Path, pipeline) -> None:
+    store = ModelStore(tmp_path)
+    meta = store.save("m", pipeline, _metadata(), {})
+    loaded, loaded_meta = store.load_verified(
+        "m", meta.version, expected_sha256=meta.artifact_sha256
+    )
+    frame = make_frame(30, seed=5)
+    assert loaded_meta == meta
+    assert (loaded.predict(frame) == pipeline.predict(frame)).all()
+
+
+def test_one_changed_byte_is_refused(tmp_path: Path, pipeline) -> None:
+    store = ModelStore(tmp_path)
+    meta = store.save("m", pipeline, _metadata(), {})
+    path = tmp_path / "m" / meta.version / ARTIFACT
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    path.write_bytes(bytes(data))
+    with pytest.raises(ArtifactRejected, match="sha256 mismatch"):
+        store.load_verified("m", meta.version)
+
+
+class _Marker:
+    """Unpickling this creates a file: proof of whether untrusted bytes were ever unpickled."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+def test_a_swapped_artifact_is_never_unpickled(tmp_path: Path, pipeline) -> None:
+    store = ModelStore(tmp_path)
+    meta = store.save("m", pipeline, _metadata(), {})
+    marker = tmp_path / "pwned"
+    (tmp_path / "m" / meta.version / ARTIFACT).write_bytes(pickle.dumps(_Marker(str(marker))))
+    with pytest.raises(ArtifactRejected):
+        store.load_verified("m", meta.version)
+    assert not marker.exists()
+
+
+def test_hash_must_match_the_announced_one(tmp_path: Path, pipeline) -> None:
+    """Metadata and artifact swapped together still differ from what the models topic said."""
+    store = ModelStore(tmp_path)
+    meta = store.save("m", pipeline, _metadata(), {})
+    with pytest.raises(ArtifactRejected, match="announced"):
+        store.load_verified("m", meta.version, expected_sha256="f" * 64)
+
+
+def test_signatures(tmp_path: Path, pipeline) -> None:
+    store = ModelStore(tmp_path)
+    signed = store.save("m", pipeline, _metadata(), {}, signing_key=b"secret")
+    unsigned = store.save("m", pipeline, _metadata(), {})
+    store.load_verified("m", signed.version, signing_key=b"secret")
+    with pytest.raises(ArtifactRejected, match="bad HMAC"):
+        store.load_verified("m", signed.version, signing_key=b"other")
+    with pytest.raises(ArtifactRejected, match="not signed"):
+        store.load_verified("m", unsigned.version, signing_key=b"secret")
+
+
+def test_missing_or_unloadable_artifacts(tmp_path: Path, pipeline) -> None:
+    store = ModelStore(tmp_path)
+    with pytest.raises(ArtifactRejected, match="no version v1"):
+        store.load_verified("m", "v1")
+    meta = store.save("m", pipeline, _metadata(), {})
+    folder = tmp_path / "m" / meta.version
+    os.remove(folder / ARTIFACT)
+    with pytest.raises(ArtifactRejected, match="cannot read"):
+        store.load_verified("m", meta.version)
+    not_a_model = pickle.dumps({"just": "a dict"})
+    (folder / ARTIFACT).write_bytes(not_a_model)
+    patched = meta.model_copy(update={"artifact_sha256": hashlib.sha256(not_a_model).hexdigest()})
+    (folder / METADATA).write_text(patched.model_dump_json())
+    with pytest.raises(ArtifactRejected, match="no predict_proba"):
+        store.load_verified("m", meta.version)
+
+
+def test_promote_and_rollback_walk_the_served_history(tmp_path: Path, pipeline) -> None:
+    store = ModelStore(tmp_path)
+    for _ in range(3):
+        store.save("m", pipeline, _metadata(), {})
+    assert store.served("m") is None
+    with pytest.raises(UserError, match="no previously served"):
+        store.rollback("m")
+    store.promote("m", "v1")
+    store.promote("m", "2")
+    store.promote("m", "v3")
+    assert store.served("m") == "v3"
+    assert store.rollback("m") == "v2"
+    assert store.rollback("m") == "v1"
+    assert store.served("m") == "v1"
+    with pytest.raises(UserError, match="no previously served"):
+        store.rollback("m")
+    with pytest.raises(UserError, match="no version v9"):
+        store.promote("m", "v9")
+
+
+@pytest.mark.parametrize("bad", ["", "latest", "v-1", "../v1", "v1/../../x"])
+def test_versions_are_never_paths(bad: str) -> None:
+    with pytest.raises(UserError, match="invalid model version"):
+        normalize_version(bad)
+
+
+def test_names_are_never_paths(tmp_path: Path) -> None:
+    with pytest.raises(UserError, match="invalid model name"):
+        ModelStore(tmp_path).versions("../etc")
