@@ -68,11 +68,12 @@ def kafka_status(data_dir: DataDirOpt = None) -> None:
 
 def _register_components() -> None:
     """Each component adds its own commands; heavy imports wait until a command runs."""
+    from forestream import demo
     from producer import cli as producer_cli
     from training import cli as training_cli
     from worker import cli as worker_cli
 
-    for module in (training_cli, worker_cli, producer_cli):
+    for module in (training_cli, worker_cli, producer_cli, demo):
         module.register(app)
 
 

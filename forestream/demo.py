@@ -1,0 +1,506 @@
+"""``forestream demo``: the whole product on a local real broker, end to end, in one command.
+
+Trains v1 and v2 on the Palmer penguins data, promotes v1, starts two worker processes, streams
+the data at a steady rate with a few malformed records and a drifted second half, sends the true
+labels a little later, promotes v2 mid-stream, then stops everything and prints what happened.
+
+Every step goes through the real commands (``forestream train``, ``worker``, ``models
+promote``) as subprocesses, so the demo exercises exactly what a user runs. Only the feed is
+in-process, because it must know each record's key and label to send labels late.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections import Counter, defaultdict, deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Annotated, Any
+
+import typer
+
+from contracts.cli_options import BootstrapOpt
+from contracts.errors import UserError
+
+MODEL_NAME = "penguins"
+TARGET = "species"
+DRIFTED_FEATURE = "bill_length_mm"
+LABEL_DELAY_S = 2.0
+
+
+@dataclass(frozen=True)
+class DemoPlan:
+    """Timeline of one demo run; the short mode (for tests) is the same story, compressed."""
+
+    rate: float
+    seconds: float
+    malformed_share: float = 0.01
+    promote_v2_at: float = 0.6
+    drift_from: float = 0.5
+    drift_std: float = 2.0
+    drift_window: int = 2000
+
+    @property
+    def records(self) -> int:
+        return int(self.rate * self.seconds)
+
+
+@dataclass
+class Observed:
+    """What the demo read back from the output topics while it ran (one reader thread)."""
+
+    predictions_by_version: Counter[str] = field(default_factory=Counter)
+    prediction_keys: set[bytes] = field(default_factory=set)
+    dead_letters_by_reason: Counter[str] = field(default_factory=Counter)
+    dead_letter_keys: set[bytes] = field(default_factory=set)
+    latencies_ms: list[int] = field(default_factory=list)
+    first_ms: int | None = None
+    last_ms: int | None = None
+    reports: dict[str, dict[str, Any]] = field(default_factory=dict)
+    drift_flags: set[str] = field(default_factory=set)
+    version_order: list[str] = field(default_factory=list)
+
+
+def _forestream(*args: str) -> list[str]:
+    return [sys.executable, "-m", "forestream", *args]
+
+
+class _Topics:
+    def __init__(self, run_id: str) -> None:
+        prefix = f"demo.{run_id}"
+        self.features = f"{prefix}.features"
+        self.predictions = f"{prefix}.predictions"
+        self.dlq = f"{prefix}.features.dlq"
+        self.models = f"{prefix}.models"
+        self.labels = f"{prefix}.labels"
+        self.monitoring = f"{prefix}.monitoring"
+
+    def env(self) -> dict[str, str]:
+        return {
+            "FORESTREAM_INPUT_TOPIC": self.features,
+            "FORESTREAM_OUTPUT_TOPIC": self.predictions,
+            "FORESTREAM_DLQ_TOPIC": self.dlq,
+            "FORESTREAM_MODELS_TOPIC": self.models,
+            "FORESTREAM_LABELS_TOPIC": self.labels,
+            "FORESTREAM_MONITORING_TOPIC": self.monitoring,
+        }
+
+
+class Demo:
+    """One run: owns every process it starts and stops all of them, whatever happens."""
+
+    def __init__(self, plan: DemoPlan, bootstrap: str | None, workdir: Path) -> None:
+        self.plan = plan
+        self.run_id = time.strftime("%Y%m%d-%H%M%S") + "-" + uuid.uuid4().hex[:4]
+        self.dir = workdir / self.run_id
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.topics = _Topics(self.run_id)
+        self.given_bootstrap = bootstrap
+        self.bootstrap = bootstrap or ""
+        self.started_broker_dir: Path | None = None
+        self.workers: list[tuple[subprocess.Popen[bytes], IO[bytes]]] = []
+        self.observed = Observed()
+        self._stop_reader = threading.Event()
+        self._lock = threading.Lock()
+        self.sent = 0
+        self.sent_bad: Counter[str] = Counter()
+        self.labels_sent = 0
+        self.phase = "starting"
+
+    # -- environment -----------------------------------------------------------------------
+    def env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env.update(self.topics.env())
+        env.update(
+            {
+                "FORESTREAM_BOOTSTRAP_SERVERS": self.bootstrap,
+                "FORESTREAM_MODEL_STORE": str(self.dir / "models"),
+                "FORESTREAM_MODEL_NAME": MODEL_NAME,
+                "FORESTREAM_DRIFT_WINDOW": str(self.plan.drift_window),
+                "FORESTREAM_REPORT_INTERVAL_S": "2",
+                "FORESTREAM_SUMMARY_INTERVAL_S": "5",
+                "PYTHONUNBUFFERED": "1",
+            }
+        )
+        return env
+
+    def start_broker(self) -> None:
+        if self.given_bootstrap:
+            return
+        from contracts.settings import kafka_dir
+        from forestream import local_kafka
+
+        data_dir = kafka_dir()
+        already = local_kafka.status(data_dir)
+        info = local_kafka.start(data_dir)
+        self.bootstrap = info.address
+        if already is None:
+            self.started_broker_dir = data_dir
+
+    def run_command(self, *args: str, log_name: str) -> None:
+        log_path = self.dir / f"{log_name}.log"
+        with log_path.open("wb") as log:
+            done = subprocess.run(
+                _forestream(*args), env=self.env(), stdout=log, stderr=subprocess.STDOUT
+            )
+        if done.returncode != 0:
+            tail = log_path.read_text(errors="replace").strip().splitlines()[-5:]
+            raise UserError(f"`forestream {' '.join(args)}` failed; see {log_path}: {tail}")
+
+    def start_workers(self, count: int = 2) -> None:
+        for index in range(count):
+            log = (self.dir / f"worker-{index}.log").open("wb")
+            env = self.env() | {"FORESTREAM_WORKER_INDEX": str(index)}
+            process = subprocess.Popen(
+                _forestream("worker", "--group", f"demo-{self.run_id}", "--log-format", "json"),
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+            self.workers.append((process, log))
+
+    def stop_workers(self, timeout_s: float = 20.0) -> list[int | None]:
+        for process, _ in self.workers:
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+        codes: list[int | None] = []
+        for process, log in self.workers:
+            try:
+                codes.append(process.wait(timeout=timeout_s))
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(timeout=5)
+                codes.append(None)
+            log.close()
+        self.workers = []
+        return codes
+
+    def cleanup(self) -> None:
+        self._stop_reader.set()
+        self.stop_workers(timeout_s=10)
+        if self.started_broker_dir is not None:
+            from forestream import local_kafka
+
+            local_kafka.stop(self.started_broker_dir)
+            self.started_broker_dir = None
+
+    # -- data ------------------------------------------------------------------------------
+    def write_data(self) -> Path:
+        from training.demo_data import write_penguins_csv
+
+        return write_penguins_csv(self.dir / "penguins.csv")
+
+    def train(self, csv: Path) -> None:
+        self.phase = "training v1 and v2"
+        common = ["--data", str(csv), "--target", TARGET]
+        self.run_command("train", *common, "--seed", "1", "--promote", log_name="train-v1")
+        self.run_command("train", *common, "--seed", "2", "--publish", log_name="train-v2")
+
+    # -- reading outputs -------------------------------------------------------------------
+    def start_reader(self) -> threading.Thread:
+        thread = threading.Thread(target=self._read_outputs, name="demo-reader", daemon=True)
+        thread.start()
+        return thread
+
+    def _read_outputs(self) -> None:
+        from kafka import KafkaConsumer, TopicPartition
+
+        from contracts import headers
+
+        consumer = KafkaConsumer(bootstrap_servers=self.bootstrap, enable_auto_commit=False)
+        topics = [self.topics.predictions, self.topics.dlq, self.topics.monitoring]
+        assigned: set[str] = set()
+        try:
+            while not self._stop_reader.is_set():
+                missing = [t for t in topics if t not in assigned]
+                if missing:
+                    tps = list(consumer.assignment())
+                    for topic in missing:
+                        parts = consumer.partitions_for_topic(topic)
+                        if parts:
+                            assigned.add(topic)
+                            tps += [TopicPartition(topic, p) for p in parts]
+                    consumer.assign(tps)
+                    consumer.seek_to_beginning(*[tp for tp in tps if tp.topic in missing])
+                if not assigned:
+                    time.sleep(0.2)
+                    continue
+                for tp, records in consumer.poll(timeout_ms=200).items():
+                    with self._lock:
+                        for record in records:
+                            self._observe(tp.topic, record, headers)
+        finally:
+            consumer.close()
+
+    def _observe(self, topic: str, record: Any, headers: Any) -> None:
+        seen = self.observed
+        if topic == self.topics.predictions:
+            value = json.loads(record.value)
+            version = value["model_version"]
+            seen.predictions_by_version[version] += 1
+            if not seen.version_order or seen.version_order[-1] != version:
+                seen.version_order.append(version)
+            seen.prediction_keys.add(record.key)
+            seen.latencies_ms.append(record.timestamp - value["event_time"])
+            seen.first_ms = min(seen.first_ms or record.timestamp, record.timestamp)
+            seen.last_ms = max(seen.last_ms or 0, record.timestamp)
+        elif topic == self.topics.dlq:
+            reason = dict(record.headers).get(headers.ERROR, b"?").decode()
+            seen.dead_letters_by_reason[reason] += 1
+            seen.dead_letter_keys.add(record.key)
+        else:
+            report = json.loads(record.value)
+            seen.reports[report["worker_id"]] = report
+            for name, drift in report.get("features", {}).items():
+                if drift.get("drifting"):
+                    seen.drift_flags.add(name)
+
+    def accounted(self) -> int:
+        with self._lock:
+            return len(self.observed.prediction_keys) + sum(
+                self.observed.dead_letters_by_reason.values()
+            )
+
+    # -- the feed --------------------------------------------------------------------------
+    def feed(self, csv: Path, on_progress: Any) -> None:
+        """Send ``plan.records`` records at ``plan.rate``; labels follow ``LABEL_DELAY_S`` later."""
+        import pandas as pd
+
+        from contracts.kafka_io import TopicSpec, ensure_topics, make_producer
+        from producer.encoding import clean_row, encode_row
+        from producer.malformed import MalformedMixer
+
+        plan = self.plan
+        frame = pd.read_csv(csv).dropna(subset=[TARGET])
+        labels = frame.pop(TARGET).astype(str).tolist()
+        rows = [clean_row(r) for r in frame.to_dict(orient="records")]
+        numeric = [c for c in frame.columns if pd.api.types.is_numeric_dtype(frame[c])]
+        complete = [c for c in frame.columns if not frame[c].isna().any()]
+        shift = plan.drift_std * float(frame[DRIFTED_FEATURE].std())
+        mixer = MalformedMixer(
+            plan.malformed_share, complete, [c for c in numeric if c in complete], seed=7
+        )
+        ensure_topics(
+            self.bootstrap, [TopicSpec(self.topics.features, 4), TopicSpec(self.topics.labels, 4)]
+        )
+        producer = make_producer(self.bootstrap)
+        pending_labels: deque[tuple[float, bytes, str]] = deque()
+        promoted = False
+        start = time.monotonic()
+        try:
+            for n in range(plan.records):
+                due = start + n / plan.rate
+                while (now := time.monotonic()) < due:
+                    self._send_due_labels(producer, pending_labels, now)
+                    time.sleep(min(0.005, due - now))
+                progress = n / plan.records
+                if not promoted and progress >= plan.promote_v2_at:
+                    self.phase = "promoting v2"
+                    threading.Thread(target=self._promote_v2, daemon=True).start()
+                    promoted = True
+                drifted = progress >= plan.drift_from
+                self.phase = (
+                    "streaming (drifted: bill_length_mm +2 std)" if drifted else "streaming"
+                )
+                row = dict(rows[n % len(rows)])
+                if drifted and isinstance(row.get(DRIFTED_FEATURE), float):
+                    row[DRIFTED_FEATURE] += shift
+                key = f"{self.run_id}-{n}".encode()
+                if mixer.next_is_malformed():
+                    kind, value = mixer.make(row)
+                    self.sent_bad[kind] += 1
+                else:
+                    value = encode_row(row)
+                    pending_labels.append(
+                        (time.monotonic() + LABEL_DELAY_S, key, labels[n % len(labels)])
+                    )
+                producer.send(self.topics.features, key=key, value=value)
+                self.sent += 1
+                on_progress()
+            self.phase = "sending the last labels"
+            while pending_labels:
+                self._send_due_labels(producer, pending_labels, time.monotonic())
+                time.sleep(0.05)
+            producer.flush(timeout=30)
+        finally:
+            producer.close(timeout=10)
+
+    def _send_due_labels(
+        self, producer: Any, pending: deque[tuple[float, bytes, str]], now: float
+    ) -> None:
+        while pending and pending[0][0] <= now:
+            _, key, label = pending.popleft()
+            producer.send(self.topics.labels, key=key, value=json.dumps({"label": label}).encode())
+            self.labels_sent += 1
+
+    def _promote_v2(self) -> None:
+        try:
+            self.run_command("models", "promote", "v2", log_name="promote-v2")
+        except UserError as exc:
+            print(f"warning: {exc}", file=sys.stderr)
+
+    def wait_for_outputs(self, timeout_s: float, on_progress: Any) -> bool:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            on_progress()
+            if self.accounted() >= self.sent:
+                return True
+            time.sleep(0.2)
+        return False
+
+
+def summarize(demo: Demo, elapsed_s: float, exit_codes: list[int | None]) -> dict[str, Any]:
+    """The numbers the summary table shows; pure over what the demo observed."""
+    import numpy as np
+
+    seen = demo.observed
+    latencies = np.asarray(seen.latencies_ms or [0])
+    online: dict[str, dict[str, float]] = defaultdict(lambda: {"labelled": 0, "correct": 0.0})
+    for report in seen.reports.values():
+        for version, acc in (report.get("online") or {}).items():
+            if acc.get("accuracy") is not None and acc.get("labelled"):
+                online[version]["labelled"] += acc["labelled"]
+                online[version]["correct"] += acc["accuracy"] * acc["labelled"]
+    span_s = ((seen.last_ms or 0) - (seen.first_ms or 0)) / 1000
+    return {
+        "records_in": demo.sent,
+        "malformed_sent": dict(demo.sent_bad),
+        "predictions": sum(seen.predictions_by_version.values()),
+        "distinct_predicted_keys": len(seen.prediction_keys),
+        "dead_letters": dict(seen.dead_letters_by_reason),
+        "unaccounted": max(0, demo.sent - demo.accounted()),
+        "throughput_rps": round(len(seen.prediction_keys) / span_s, 1) if span_s > 0 else 0.0,
+        "latency_p50_ms": float(np.percentile(latencies, 50)),
+        "latency_p99_ms": float(np.percentile(latencies, 99)),
+        "versions_served": dict(seen.predictions_by_version),
+        "version_order": seen.version_order,
+        "drift_flags": sorted(seen.drift_flags),
+        "online_accuracy": {
+            v: {"labelled": int(a["labelled"]), "accuracy": round(a["correct"] / a["labelled"], 3)}
+            for v, a in sorted(online.items())
+            if a["labelled"]
+        },
+        "labels_sent": demo.labels_sent,
+        "worker_exit_codes": exit_codes,
+        "elapsed_s": round(elapsed_s, 1),
+        "logs": str(demo.dir),
+    }
+
+
+def _print_summary(summary: dict[str, Any]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="forestream demo: summary", show_header=False)
+    table.add_column(style="bold")
+    table.add_column()
+    dlq = ", ".join(f"{k} {v}" for k, v in sorted(summary["dead_letters"].items())) or "none"
+    online = ", ".join(
+        f"{v} {a['accuracy']:.3f} ({a['labelled']} labels)"
+        for v, a in summary["online_accuracy"].items()
+    )
+    rows = [
+        ("records in", f"{summary['records_in']:,}"),
+        (
+            "predictions",
+            f"{summary['predictions']:,} ({summary['distinct_predicted_keys']:,} keys)",
+        ),
+        ("dead letters", dlq),
+        ("unaccounted", str(summary["unaccounted"])),
+        ("throughput", f"{summary['throughput_rps']:,} rec/s (the offered rate)"),
+        (
+            "latency p50 / p99",
+            f"{summary['latency_p50_ms']:.0f} / {summary['latency_p99_ms']:.0f} ms",
+        ),
+        ("versions served", ", ".join(f"{v} {n:,}" for v, n in summary["versions_served"].items())),
+        ("drift flags", ", ".join(summary["drift_flags"]) or "none"),
+        ("online accuracy", online or "no labels joined"),
+        ("workers exited", ", ".join(str(c) for c in summary["worker_exit_codes"])),
+        ("elapsed", f"{summary['elapsed_s']} s"),
+        ("logs", summary["logs"]),
+    ]
+    for name, value in rows:
+        table.add_row(name, value)
+    Console().print(table)
+
+
+def run_demo(plan: DemoPlan, bootstrap: str | None, workdir: Path, as_json: bool) -> int:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    demo = Demo(plan, bootstrap, workdir)
+    started = time.monotonic()
+    try:
+        with Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[status]}"),
+            TimeElapsedColumn(),
+            transient=as_json,
+        ) as progress:
+            task = progress.add_task("setting up", total=plan.records, status="")
+
+            def status(description: str) -> None:
+                progress.update(
+                    task,
+                    description=description,
+                    status=f"accounted {demo.accounted():,}",
+                )
+
+            status("starting the local broker")
+            demo.start_broker()
+            csv = demo.write_data()
+            status("training v1 and v2")
+            demo.train(csv)
+            status("starting two workers")
+            demo.start_workers(2)
+            demo.start_reader()
+
+            def sent() -> None:
+                progress.update(task, completed=demo.sent)
+                if demo.sent % 50 == 0:
+                    status(demo.phase)
+
+            demo.feed(csv, sent)
+            if not demo.wait_for_outputs(60, lambda: status("waiting for the last outputs")):
+                print("warning: not every record was accounted for within 60 s", file=sys.stderr)
+            time.sleep(3)  # one more monitoring report with the final labels
+            status("stopping the workers")
+            codes = demo.stop_workers()
+            demo._stop_reader.set()
+        summary = summarize(demo, time.monotonic() - started, codes)
+    finally:
+        demo.cleanup()
+    if as_json:
+        print(json.dumps(summary, indent=2))
+    else:
+        _print_summary(summary)
+    healthy = summary["unaccounted"] == 0 and all(code == 0 for code in codes)
+    return 0 if healthy else 1
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("demo")
+    def demo(
+        short: Annotated[
+            bool, typer.Option("--short", help="a 20-second run of the same story (for tests)")
+        ] = False,
+        rate: Annotated[float, typer.Option("--rate", min=1, help="records per second")] = 250,
+        seconds: Annotated[float, typer.Option("--seconds", min=5, help="how long to stream")] = 60,
+        workdir: Annotated[
+            Path, typer.Option("--workdir", help="models, data and logs of each run")
+        ] = Path(".forestream/demo"),
+        as_json: Annotated[bool, typer.Option("--json", help="print the summary as JSON")] = False,
+        bootstrap_servers: BootstrapOpt = None,
+    ) -> None:
+        """The whole system end to end on the local real broker, then a summary."""
+        plan = DemoPlan(rate=150, seconds=20) if short else DemoPlan(rate=rate, seconds=seconds)
+        bootstrap = bootstrap_servers or os.environ.get("FORESTREAM_BOOTSTRAP_SERVERS")
+        raise typer.Exit(run_demo(plan, bootstrap, workdir, as_json))

@@ -1,0 +1,513 @@
+"""``forestream replay``: re-score a bounded range of an input topic, for backfills.
+
+It reads with ``assign`` (no consumer group, so the live workers' offsets are never touched),
+fixes the end offsets when it starts (records that arrive later are not part of the range), and
+pushes every batch through the same :func:`worker.processing.process_records` and
+:class:`worker.processing.AckedPublisher` as the live worker: one code path for validation, the
+DLQ and scoring. Progress is checkpointed to a file after every acknowledged batch, so an
+interrupted replay resumes where it stopped instead of starting over.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from collections import Counter
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from types import FrameType
+from typing import Annotated, Any
+
+import typer
+from pydantic import Field
+
+from contracts.cli_options import (
+    BootstrapOpt,
+    InputTopicOpt,
+    LogFormatOpt,
+    ModelNameOpt,
+    OutputTopicOpt,
+    StoreOpt,
+)
+from contracts.errors import UserError
+from contracts.settings import CommonSettings
+
+CHECKPOINT_DIR = Path(".forestream/replay")
+
+
+class ReplaySettings(CommonSettings):
+    """Replay reads far more than it waits, so its batches are bigger than the live worker's."""
+
+    replay_max_batch: int = Field(default=5000, ge=1, le=100_000)
+    max_record_bytes: int = Field(default=1024 * 1024, ge=1)
+
+
+# -- pure range arithmetic ------------------------------------------------------------------
+def parse_offsets(spec: str, flag: str) -> dict[int, int] | int:
+    """``"100"`` (every partition) or ``"0:100,1:250"`` (per partition)."""
+    spec = spec.strip()
+    try:
+        if ":" not in spec:
+            value = int(spec)
+            if value < 0:
+                raise ValueError
+            return value
+        result: dict[int, int] = {}
+        for part in spec.split(","):
+            partition, offset = part.split(":")
+            if int(partition) < 0 or int(offset) < 0:
+                raise ValueError
+            result[int(partition)] = int(offset)
+        return result
+    except ValueError:
+        raise UserError(
+            f"{flag} {spec!r}: expected an offset (e.g. 100) or partition:offset pairs "
+            "(e.g. 0:100,1:250), all >= 0"
+        ) from None
+
+
+def parse_time_ms(text: str, flag: str) -> int:
+    """Epoch milliseconds or ISO 8601 (naive times are UTC)."""
+    text = text.strip()
+    if text.isdigit():
+        return int(text)
+    try:
+        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise UserError(
+            f"{flag} {text!r}: expected ISO 8601 (2026-11-25T10:00:00Z) or epoch milliseconds"
+        ) from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return int(moment.timestamp() * 1000)
+
+
+def parse_partitions(spec: str | None, available: list[int], topic: str) -> list[int]:
+    if spec is None:
+        return sorted(available)
+    try:
+        wanted = sorted({int(p) for p in spec.split(",") if p.strip()})
+    except ValueError:
+        raise UserError(f"--partitions {spec!r}: expected numbers like 0,2,3") from None
+    unknown = [p for p in wanted if p not in available]
+    if unknown or not wanted:
+        raise UserError(
+            f"--partitions {spec!r}: topic {topic!r} has partitions {sorted(available)}"
+        )
+    return wanted
+
+
+def _pick(value: dict[int, int] | int | None, partition: int) -> int | None:
+    if value is None or isinstance(value, int):
+        return value
+    return value.get(partition)
+
+
+def bounded_range(
+    partitions: list[int],
+    beginning: dict[int, int],
+    end: dict[int, int],
+    start: dict[int, int] | int | None,
+    stop: dict[int, int] | int | None,
+) -> dict[int, tuple[int, int]]:
+    """Per partition ``[first, last)``: the asked range clipped to what the topic holds now."""
+    result = {}
+    for p in partitions:
+        first = _pick(start, p)
+        last = _pick(stop, p)
+        first = beginning[p] if first is None else max(first, beginning[p])
+        last = end[p] if last is None else min(last, end[p])
+        result[p] = (first, max(first, last))
+    return result
+
+
+@dataclass
+class Checkpoint:
+    """Where a replay is: enough to resume it with the same topics and model."""
+
+    input_topic: str
+    output_topic: str
+    dlq_topic: str
+    model_name: str
+    model_version: str
+    ranges: dict[int, tuple[int, int]]
+    """partition -> (next offset to read, end offset, exclusive)."""
+
+    def save(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        body = {
+            "input_topic": self.input_topic,
+            "output_topic": self.output_topic,
+            "dlq_topic": self.dlq_topic,
+            "model_name": self.model_name,
+            "model_version": self.model_version,
+            "ranges": {str(p): list(r) for p, r in self.ranges.items()},
+        }
+        tmp.write_text(json.dumps(body, indent=2))
+        os.replace(tmp, path)
+
+    @classmethod
+    def load(cls, path: Path) -> Checkpoint:
+        try:
+            body = json.loads(path.read_text())
+            return cls(
+                input_topic=body["input_topic"],
+                output_topic=body["output_topic"],
+                dlq_topic=body["dlq_topic"],
+                model_name=body["model_name"],
+                model_version=body["model_version"],
+                ranges={int(p): (int(r[0]), int(r[1])) for p, r in body["ranges"].items()},
+            )
+        except FileNotFoundError:
+            raise UserError(f"--resume: no checkpoint file {path}") from None
+        except (ValueError, KeyError, TypeError, IndexError):
+            raise UserError(f"--resume: {path} is not a replay checkpoint") from None
+
+    def remaining(self) -> int:
+        return sum(end - nxt for nxt, end in self.ranges.values())
+
+    def offsets_text(self) -> str:
+        return ",".join(f"{p}:{nxt}" for p, (nxt, _end) in sorted(self.ranges.items()))
+
+
+@dataclass
+class ReplayResult:
+    scored: int
+    dead_lettered: Counter[str]
+    seconds: float
+    interrupted: bool
+    checkpoint: Checkpoint
+
+    @property
+    def records(self) -> int:
+        return self.scored + sum(self.dead_lettered.values())
+
+    @property
+    def rate(self) -> float:
+        return self.records / self.seconds if self.seconds > 0 else 0.0
+
+
+# -- the Kafka edge -------------------------------------------------------------------------
+def _load_model(settings: ReplaySettings, version: str | None) -> Any:
+    from contracts.model_store import ModelStore, normalize_version, signing_key_from_env
+    from worker.models import ActiveModel
+
+    store = ModelStore(settings.model_store)
+    name = settings.model_name
+    if version is None:
+        version = store.served(name)
+        if version is None:
+            raise UserError(
+                f"model {name!r} has no promoted version in {settings.model_store}: "
+                "pass --model-version or promote one"
+            )
+    pipeline, meta = store.load_verified(
+        name, normalize_version(version), signing_key=signing_key_from_env()
+    )
+    return ActiveModel(meta.version, meta.artifact_sha256, pipeline, meta)
+
+
+def resolve_checkpoint(
+    consumer: Any,
+    settings: ReplaySettings,
+    model_version: str,
+    output_topic: str,
+    dlq_topic: str,
+    partitions_spec: str | None,
+    from_offset: str | None,
+    to_offset: str | None,
+    from_time: str | None,
+    to_time: str | None,
+) -> Checkpoint:
+    """Turn the flags into fixed per-partition ranges, against the topic as it is now."""
+    from kafka import TopicPartition
+
+    topic = settings.input_topic
+    available = consumer.partitions_for_topic(topic)
+    if not available:
+        raise UserError(f"input topic {topic!r} does not exist on {settings.bootstrap_servers}")
+    partitions = parse_partitions(partitions_spec, sorted(available), topic)
+    tps = [TopicPartition(topic, p) for p in partitions]
+    beginning = {tp.partition: o for tp, o in consumer.beginning_offsets(tps).items()}
+    end = {tp.partition: o for tp, o in consumer.end_offsets(tps).items()}
+    start: dict[int, int] | int | None = None
+    stop: dict[int, int] | int | None = None
+    if from_offset is not None:
+        start = parse_offsets(from_offset, "--from-offset")
+    if to_offset is not None:
+        stop = parse_offsets(to_offset, "--to-offset")
+    if from_time is not None or to_time is not None:
+
+        def at(ms: int) -> dict[int, int]:
+            found = consumer.offsets_for_times({tp: ms for tp in tps})
+            return {
+                tp.partition: (found[tp].offset if found.get(tp) else end[tp.partition])
+                for tp in tps
+            }
+
+        if from_time is not None:
+            start = at(parse_time_ms(from_time, "--from-time"))
+        if to_time is not None:
+            stop = at(parse_time_ms(to_time, "--to-time"))
+    return Checkpoint(
+        input_topic=topic,
+        output_topic=output_topic,
+        dlq_topic=dlq_topic,
+        model_name=settings.model_name,
+        model_version=model_version,
+        ranges=bounded_range(partitions, beginning, end, start, stop),
+    )
+
+
+def replay(
+    settings: ReplaySettings,
+    checkpoint: Checkpoint,
+    model: Any,
+    checkpoint_path: Path,
+    on_progress: Any = None,
+) -> ReplayResult:
+    """Score every record of ``checkpoint.ranges``; stop early (cleanly) on SIGINT/SIGTERM."""
+    from kafka import TopicPartition
+
+    from contracts.kafka_io import TopicSpec, ensure_topics, make_consumer, make_producer
+    from worker.processing import AckedPublisher, process_records
+
+    stop_requested = False
+
+    def request_stop(_signum: int, _frame: FrameType | None) -> None:
+        nonlocal stop_requested
+        stop_requested = True
+
+    previous = {s: signal.signal(s, request_stop) for s in (signal.SIGINT, signal.SIGTERM)}
+    bootstrap = settings.bootstrap_servers
+    partitions = max(checkpoint.ranges, default=0) + 1
+    ensure_topics(
+        bootstrap,
+        [TopicSpec(checkpoint.output_topic, partitions), TopicSpec(checkpoint.dlq_topic, 1)],
+    )
+    consumer = make_consumer(bootstrap, group_id=None, max_poll_records=settings.replay_max_batch)
+    producer = make_producer(bootstrap, linger_ms=20)
+    publisher = AckedPublisher(producer, give_up=lambda: stop_requested)
+    scored = 0
+    dead: Counter[str] = Counter()
+    started = time.monotonic()
+    try:
+        todo = {p: r for p, r in checkpoint.ranges.items() if r[0] < r[1]}
+        tps = {p: TopicPartition(checkpoint.input_topic, p) for p in todo}
+        consumer.assign(list(tps.values()))
+        for p, tp in tps.items():
+            consumer.seek(tp, todo[p][0])
+        while todo and not stop_requested:
+            polled = consumer.poll(timeout_ms=500, max_records=settings.replay_max_batch)
+            batch = []
+            for tp, records in polled.items():
+                end = checkpoint.ranges[tp.partition][1]
+                batch += [r for r in records if r.offset < end]
+            if batch:
+                processed = process_records(
+                    batch,
+                    model,
+                    output_topic=checkpoint.output_topic,
+                    dlq_topic=checkpoint.dlq_topic,
+                    max_record_bytes=settings.max_record_bytes,
+                )
+                if not publisher.publish(processed.outgoing):
+                    break  # interrupted while the broker was away: this batch is not checkpointed
+                scored += processed.predicted
+                dead.update(processed.dead_lettered)
+                for record in batch:
+                    nxt, end = checkpoint.ranges[record.partition]
+                    checkpoint.ranges[record.partition] = (max(nxt, record.offset + 1), end)
+            # a position at or past the end also closes a partition whose last offsets hold no
+            # record (transaction markers, compaction): waiting for them would never end
+            for p in list(todo):
+                nxt, end = checkpoint.ranges[p]
+                if nxt >= end or consumer.position(tps[p]) >= end:
+                    checkpoint.ranges[p] = (end, end)
+                    del todo[p]
+                    consumer.pause(tps[p])
+            checkpoint.save(checkpoint_path)
+            if on_progress is not None and batch:
+                on_progress(len(batch))
+    finally:
+        producer.close(timeout=10)
+        consumer.close()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    checkpoint.save(checkpoint_path)
+    return ReplayResult(
+        scored=scored,
+        dead_lettered=dead,
+        seconds=time.monotonic() - started,
+        interrupted=checkpoint.remaining() > 0,
+        checkpoint=checkpoint,
+    )
+
+
+def _default_checkpoint_path(output_topic: str) -> Path:
+    safe = "".join(c if c.isalnum() or c in "._-" else "_" for c in output_topic)
+    return CHECKPOINT_DIR / f"{safe}.json"
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("replay")
+    def replay_command(
+        output_topic: OutputTopicOpt = None,
+        from_offset: Annotated[
+            str | None,
+            typer.Option("--from-offset", help="first offset: N, or P:N,P:N per partition"),
+        ] = None,
+        to_offset: Annotated[
+            str | None,
+            typer.Option("--to-offset", help="end offset, exclusive: N, or P:N,P:N"),
+        ] = None,
+        from_time: Annotated[
+            str | None,
+            typer.Option("--from-time", help="first record time: ISO 8601 or epoch ms"),
+        ] = None,
+        to_time: Annotated[
+            str | None,
+            typer.Option("--to-time", help="end time, exclusive: ISO 8601 or epoch ms"),
+        ] = None,
+        partitions: Annotated[
+            str | None, typer.Option("--partitions", help="only these partitions, e.g. 0,2")
+        ] = None,
+        model_version: Annotated[
+            str | None,
+            typer.Option("--model-version", help="pin a version (default: the promoted one)"),
+        ] = None,
+        into_live: Annotated[
+            bool,
+            typer.Option("--into-live", help="allow writing into the live predictions topic"),
+        ] = False,
+        dlq_topic: Annotated[
+            str | None,
+            typer.Option("--dlq-topic", help="dead letters of the replay (default <output>.dlq)"),
+        ] = None,
+        max_batch: Annotated[
+            int | None,
+            typer.Option("--max-batch", help="records per batch [env FORESTREAM_REPLAY_MAX_BATCH]"),
+        ] = None,
+        checkpoint: Annotated[
+            Path | None,
+            typer.Option("--checkpoint", help="progress file (default .forestream/replay/…)"),
+        ] = None,
+        resume: Annotated[
+            Path | None,
+            typer.Option("--resume", help="continue an interrupted replay from its checkpoint"),
+        ] = None,
+        input_topic: InputTopicOpt = None,
+        store: StoreOpt = None,
+        name: ModelNameOpt = None,
+        bootstrap_servers: BootstrapOpt = None,
+        log_format: LogFormatOpt = None,
+    ) -> None:
+        """Re-score a bounded range of the input topic into another topic (a backfill)."""
+        from contracts.logs import configure_logging
+        from contracts.settings import load_settings
+
+        live_topic = load_settings(CommonSettings).output_topic
+        settings = load_settings(
+            ReplaySettings,
+            bootstrap_servers=bootstrap_servers,
+            input_topic=input_topic,
+            model_store=store,
+            model_name=name,
+            replay_max_batch=max_batch,
+            log_format=log_format,
+        )
+        configure_logging(settings.log_format)  # type: ignore[arg-type]
+        if resume is not None:
+            if any(v is not None for v in (from_offset, to_offset, from_time, to_time, partitions)):
+                raise UserError("--resume continues a saved range: drop the range flags")
+            state = Checkpoint.load(resume)
+            settings = settings.model_copy(
+                update={"input_topic": state.input_topic, "model_name": state.model_name}
+            )
+            model = _load_model(settings, state.model_version)
+            path = resume
+        else:
+            if output_topic is None:
+                raise UserError("--output-topic is required: where the re-scored records go")
+            if output_topic == live_topic and not into_live:
+                raise UserError(
+                    f"--output-topic {output_topic!r} is the live predictions topic: "
+                    "pass --into-live if you mean to write there"
+                )
+            if (from_offset or to_offset) and (from_time or to_time):
+                raise UserError("give an offset range or a time range, not both")
+            model = _load_model(settings, model_version)
+            from contracts.kafka_io import make_consumer
+
+            probe = make_consumer(settings.bootstrap_servers, group_id=None)
+            try:
+                state = resolve_checkpoint(
+                    probe,
+                    settings,
+                    model.version,
+                    output_topic,
+                    dlq_topic or f"{output_topic}.dlq",
+                    partitions,
+                    from_offset,
+                    to_offset,
+                    from_time,
+                    to_time,
+                )
+            finally:
+                probe.close()
+            path = checkpoint or _default_checkpoint_path(output_topic)
+        result = _run_with_progress(settings, state, model, path)
+        _print_result(result, path)
+        if result.interrupted:
+            raise typer.Exit(130)
+
+
+def _run_with_progress(
+    settings: ReplaySettings, state: Checkpoint, model: Any, path: Path
+) -> ReplayResult:
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        ProgressColumn,
+        TaskProgressColumn,
+        TextColumn,
+        TimeRemainingColumn,
+    )
+    from rich.text import Text
+
+    class _RateColumn(ProgressColumn):
+        def render(self, task: Any) -> Text:
+            return Text(f"{task.speed:,.0f} rec/s" if task.speed else "- rec/s")
+
+    with Progress(
+        TextColumn(f"replay {state.input_topic} with {model.version}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TaskProgressColumn(),
+        _RateColumn(),
+        TimeRemainingColumn(),
+        transient=False,
+    ) as progress:
+        task = progress.add_task("replay", total=state.remaining())
+        return replay(settings, state, model, path, lambda n: progress.advance(task, n))
+
+
+def _print_result(result: ReplayResult, path: Path) -> None:
+    dead = ", ".join(f"{k} {v}" for k, v in sorted(result.dead_lettered.items())) or "none"
+    typer.echo(
+        f"replayed {result.records} records with {result.checkpoint.model_version}: "
+        f"{result.scored} scored, dead-lettered: {dead}; "
+        f"{result.seconds:.1f} s, {result.rate:,.0f} rec/s "
+        f"-> {result.checkpoint.output_topic}"
+    )
+    if result.interrupted:
+        typer.echo(
+            f"interrupted with {result.checkpoint.remaining()} records left; next offsets "
+            f"{result.checkpoint.offsets_text()}. Resume with: forestream replay --resume {path}",
+            err=True,
+        )
