@@ -69,3 +69,48 @@ class Label(BaseModel):
     """Value of a record on the labels topic; key = the input record's key."""
 
     label: str
+
+
+class FeatureDrift(BaseModel):
+    """Live-vs-training comparison of one feature over a worker's sliding window."""
+
+    psi: float = Field(description="Population Stability Index of the non-missing values")
+    missing_share: float = Field(description="share of window records with the value missing")
+    unseen_share: float = Field(description="share of window records with an unseen category")
+    drifting: bool = Field(description="psi >= the worker's threshold (with enough records)")
+
+
+class VersionAccuracy(BaseModel):
+    """Online accuracy of one model version over its rolling window of labelled predictions."""
+
+    labelled: int = Field(description="labelled predictions in the window")
+    accuracy: float | None = None
+    macro_f1: float | None = None
+
+
+class DriftReport(BaseModel):
+    """Value of a record on the monitoring topic; key = worker id. Published periodically.
+
+    Totals (``records_in``, ``predicted``, ``dead_lettered``) are cumulative since the worker
+    started, so a reader only needs the newest report per worker.
+    """
+
+    model_config = ConfigDict(protected_namespaces=())
+
+    model_name: str
+    model_version: str | None
+    worker_id: str
+    window: int = Field(description="configured drift window, records")
+    window_records: int = Field(description="records currently in the drift window")
+    at: int = Field(description="report time, ms since epoch")
+    features: dict[str, FeatureDrift] = Field(default_factory=dict)
+    throughput: float = Field(default=0.0, description="records in per second, recent")
+    records_in: int = 0
+    predicted: int = 0
+    dead_lettered: dict[str, int] = Field(default_factory=dict)
+    latency_p50_ms: float | None = None
+    latency_p99_ms: float | None = None
+    online: dict[str, VersionAccuracy] = Field(
+        default_factory=dict, description="per model version"
+    )
+    labels_joined: int = 0

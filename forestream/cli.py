@@ -68,12 +68,13 @@ def kafka_status(data_dir: DataDirOpt = None) -> None:
 
 def _register_components() -> None:
     """Each component adds its own commands; heavy imports wait until a command runs."""
-    from forestream import demo
+    from forestream import demo, monitor
     from producer import cli as producer_cli
     from training import cli as training_cli
     from worker import cli as worker_cli
+    from worker import replay
 
-    for module in (training_cli, worker_cli, producer_cli, demo):
+    for module in (training_cli, worker_cli, replay, producer_cli, demo, monitor):
         module.register(app)
 
 
@@ -92,10 +93,10 @@ def main() -> None:
         sys.exit(130)
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
-    except Exception as exc:  # click usage errors arrive here in non-standalone mode
-        import click
-
-        if isinstance(exc, click.ClickException):
+    except Exception as exc:
+        # usage errors (unknown flag, bad value) from typer's bundled click: duck-typed, because
+        # typer >= 0.29 vendors click as ``typer._click`` and a plain ``click`` may be absent
+        if callable(getattr(exc, "show", None)) and hasattr(exc, "exit_code"):
             exc.show()
             sys.exit(2)
         raise

@@ -1,0 +1,277 @@
+"""``forestream monitor``: a live terminal view of the workers' DriftReports.
+
+Each worker publishes a cumulative :class:`contracts.wire.DriftReport` to the monitoring topic
+at a fixed interval (key = worker id), so the newest report per worker is the whole state:
+this command keeps exactly that and redraws one table. It only reads (no consumer group, no
+commits), so any number of monitors can watch a running deployment.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+from pydantic import Field
+
+from contracts.cli_options import BootstrapOpt, MonitoringTopicOpt
+from contracts.settings import CommonSettings
+
+if TYPE_CHECKING:
+    from kafka import KafkaConsumer
+    from rich.table import Table
+
+    from contracts.wire import DriftReport
+
+TOP_DRIFTING = 3
+
+
+class MonitorSettings(CommonSettings):
+    """What ``forestream monitor`` needs beyond broker address and topic names."""
+
+    monitor_refresh_s: float = Field(default=2.0, gt=0)
+    """How often the live table is redrawn."""
+    monitor_backlog: int = Field(default=1_000, ge=1)
+    """Start this many reports before the end of each partition: enough for every worker."""
+    monitor_stale_s: float = Field(default=60.0, gt=0)
+    """A worker whose newest report is older than this is shown as stale."""
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``monitor`` to ``app``."""
+    app.command("monitor")(monitor)
+
+
+class ReportBoard:
+    """The newest report per worker; malformed reports are counted, not fatal."""
+
+    def __init__(self) -> None:
+        self.latest: dict[str, DriftReport] = {}
+        self.malformed = 0
+
+    def add(self, value: bytes | None) -> None:
+        from pydantic import ValidationError
+
+        from contracts.wire import DriftReport
+
+        try:
+            report = DriftReport.model_validate_json(value or b"")
+        except ValidationError:
+            self.malformed += 1
+            return
+        held = self.latest.get(report.worker_id)
+        if held is None or report.at >= held.at:
+            self.latest[report.worker_id] = report
+
+
+def _fmt_ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f}"
+
+
+def _dlq_cell(report: DriftReport) -> str:
+    dead = sum(report.dead_lettered.values())
+    if not dead:
+        return "0"
+    share = dead / max(report.records_in, 1)
+    reasons = sorted(report.dead_lettered.items(), key=lambda kv: -kv[1])
+    return f"{dead} ({share:.1%}): " + ", ".join(f"{code} {n}" for code, n in reasons)
+
+
+def _drift_cell(report: DriftReport) -> str:
+    top = sorted(report.features.items(), key=lambda kv: -kv[1].psi)[:TOP_DRIFTING]
+    if not top:
+        return "-"
+    return ", ".join(
+        f"[bold red]{name} {d.psi:.2f}![/]" if d.drifting else f"{name} {d.psi:.2f}"
+        for name, d in top
+    )
+
+
+def _online_cell(report: DriftReport) -> str:
+    parts = [
+        f"{version}: acc {acc.accuracy:.3f} F1 {acc.macro_f1:.3f} (n={acc.labelled})"
+        for version, acc in report.online.items()
+        if acc.accuracy is not None and acc.macro_f1 is not None
+    ]
+    return "\n".join(parts) or "-"
+
+
+def render(board: ReportBoard, topic: str, now_ms: int, stale_s: float) -> Table:
+    """One table: a row per worker, then the totals. Pure: easy to test and to redraw."""
+    from rich.table import Table
+
+    table = Table(title=f"forestream monitor — {topic}", title_justify="left", expand=False)
+    for header, justify in (
+        ("worker", "left"),
+        ("model", "left"),
+        ("rec/s", "right"),
+        ("in", "right"),
+        ("predicted", "right"),
+        ("DLQ", "left"),
+        ("p50 ms", "right"),
+        ("p99 ms", "right"),
+        ("top PSI (window)", "left"),
+        ("online accuracy", "left"),
+        ("age", "right"),
+    ):
+        table.add_column(header, justify=justify)  # type: ignore[arg-type]
+    reports = sorted(board.latest.values(), key=lambda r: r.worker_id)
+    for r in reports:
+        age_s = max(now_ms - r.at, 0) / 1000
+        stale = age_s > stale_s
+        table.add_row(
+            r.worker_id,
+            f"{r.model_name}@{r.model_version or '-'}",
+            f"{r.throughput:,.0f}",
+            f"{r.records_in:,}",
+            f"{r.predicted:,}",
+            _dlq_cell(r),
+            _fmt_ms(r.latency_p50_ms),
+            _fmt_ms(r.latency_p99_ms),
+            _drift_cell(r),
+            _online_cell(r),
+            f"{age_s:.0f}s" + (" stale" if stale else ""),
+            style="dim" if stale else None,
+        )
+    if reports:
+        fresh = [r for r in reports if (now_ms - r.at) / 1000 <= stale_s]
+        dead = sum(sum(r.dead_lettered.values()) for r in reports)
+        records = sum(r.records_in for r in reports)
+        table.add_section()
+        table.add_row(
+            f"{len(reports)} workers",
+            "",
+            f"{sum(r.throughput for r in fresh):,.0f}",
+            f"{records:,}",
+            f"{sum(r.predicted for r in reports):,}",
+            f"{dead} ({dead / max(records, 1):.1%})",
+            style="bold",
+        )
+    table.caption = (
+        "no reports yet" if not reports else "! = PSI at or above the drift threshold"
+    ) + (f"; {board.malformed} malformed reports skipped" if board.malformed else "")
+    return table
+
+
+def _open(bootstrap: str, topic: str, backlog: int) -> tuple[KafkaConsumer, dict]:
+    """A group-less consumer positioned ``backlog`` reports before each partition's end."""
+    from kafka import TopicPartition
+
+    from contracts.kafka_io import make_consumer
+
+    consumer = make_consumer(bootstrap, client_id="forestream-monitor")
+    partitions = consumer.partitions_for_topic(topic) or set()
+    tps = [TopicPartition(topic, p) for p in sorted(partitions)]
+    consumer.assign(tps)
+    begin = consumer.beginning_offsets(tps)
+    end = consumer.end_offsets(tps)
+    for tp in tps:
+        consumer.seek(tp, max(begin[tp], end[tp] - backlog))
+    return consumer, end
+
+
+def _topic_exists(bootstrap: str, topic: str) -> bool:
+    """Asked without touching the topic: a metadata request for it could auto-create it."""
+    from contracts.kafka_io import make_consumer
+
+    probe = make_consumer(bootstrap, client_id="forestream-monitor-probe")
+    try:
+        return topic in probe.topics()
+    finally:
+        probe.close()
+
+
+def monitor(
+    bootstrap_servers: BootstrapOpt = None,
+    monitoring_topic: MonitoringTopicOpt = None,
+    once: Annotated[
+        bool,
+        typer.Option("--once", help="print one snapshot of what is on the topic now, then exit"),
+    ] = False,
+    refresh: Annotated[
+        float | None,
+        typer.Option(
+            "--refresh",
+            help="seconds between redraws [env FORESTREAM_MONITOR_REFRESH_S; default 2]",
+            show_default=False,
+        ),
+    ] = None,
+) -> None:
+    """Live table of throughput, DLQ, latency, drift and online accuracy per worker."""
+    from rich.console import Console
+
+    from contracts.errors import UserError
+    from contracts.settings import load_settings
+
+    s = load_settings(
+        MonitorSettings,
+        bootstrap_servers=bootstrap_servers,
+        monitoring_topic=monitoring_topic,
+        monitor_refresh_s=refresh,
+    )
+    console = Console() if Console().is_terminal else Console(width=200)
+    board = ReportBoard()
+    if once:
+        if not _topic_exists(s.bootstrap_servers, s.monitoring_topic):
+            raise UserError(
+                f"monitoring topic {s.monitoring_topic!r} does not exist on "
+                f"{s.bootstrap_servers}: no worker has published a report there yet"
+            )
+        _read_to_end(board, s)
+        console.print(render(board, s.monitoring_topic, _now_ms(), s.monitor_stale_s))
+        return
+    with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C is how a live view ends
+        _live(board, s, console)
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def _read_to_end(board: ReportBoard, s: MonitorSettings, timeout_s: float = 30.0) -> None:
+    consumer, end = _open(s.bootstrap_servers, s.monitoring_topic, s.monitor_backlog)
+    try:
+        deadline = time.monotonic() + timeout_s
+        while any(consumer.position(tp) < offset for tp, offset in end.items()):
+            if time.monotonic() > deadline:
+                break  # show what arrived rather than nothing
+            for records in consumer.poll(timeout_ms=200).values():
+                for record in records:
+                    board.add(record.value)
+    finally:
+        consumer.close()
+
+
+def _live(board: ReportBoard, s: MonitorSettings, console: object) -> None:
+    from rich.live import Live
+
+    consumer: KafkaConsumer | None = None
+    redraw_at = 0.0
+    with Live(
+        render(board, s.monitoring_topic, _now_ms(), s.monitor_stale_s),
+        console=console,  # type: ignore[arg-type]
+        auto_refresh=False,
+    ) as live:
+        try:
+            while True:
+                if consumer is None:
+                    if _topic_exists(s.bootstrap_servers, s.monitoring_topic):
+                        consumer, _ = _open(
+                            s.bootstrap_servers, s.monitoring_topic, s.monitor_backlog
+                        )
+                    else:
+                        time.sleep(s.monitor_refresh_s)
+                else:
+                    for records in consumer.poll(timeout_ms=200).values():
+                        for record in records:
+                            board.add(record.value)
+                if time.monotonic() >= redraw_at:
+                    table = render(board, s.monitoring_topic, _now_ms(), s.monitor_stale_s)
+                    if consumer is None:
+                        table.caption = f"waiting for topic {s.monitoring_topic!r}"
+                    live.update(table, refresh=True)
+                    redraw_at = time.monotonic() + s.monitor_refresh_s
+        finally:
+            if consumer is not None:
+                consumer.close()

@@ -1,0 +1,37 @@
+"""User mistakes on the command line: one clear message and exit 2, never a traceback."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+
+def _forestream(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "forestream", *args], capture_output=True, text=True, timeout=60
+    )
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["produce", "--bogus"],
+        ["worker", "--max-batch", "many"],
+        ["no-such-command"],
+        ["kafka", "start", "--port", "x"],
+    ],
+)
+def test_usage_errors_exit_2_without_traceback(args: list[str]) -> None:
+    done = _forestream(*args)
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr
+    assert done.stderr.strip(), "the user must be told what was wrong"
+
+
+def test_help_lists_every_command() -> None:
+    done = _forestream("--help")
+    assert done.returncode == 0, done.stderr
+    for command in ("kafka", "train", "models", "worker", "produce", "replay", "demo"):
+        assert command in done.stdout

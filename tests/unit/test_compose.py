@@ -1,0 +1,261 @@
+"""docker-compose.yml and the Dockerfile against the real CLI and settings (no Docker engine here).
+
+Compose cannot run in CI, so this is what keeps it honest: every ``forestream ...`` command it
+runs must parse with the real click command tree, and every ``FORESTREAM_*`` variable must be a
+field of a settings class with a value that field accepts. A renamed flag or setting breaks
+this test instead of the first ``docker compose up``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import re
+import shlex
+from pathlib import Path
+from typing import Annotated, Any
+
+import pytest
+import typer
+import yaml
+from pydantic import TypeAdapter, ValidationError
+from pydantic.fields import FieldInfo
+
+from contracts.settings import CommonSettings
+from forestream.cli import app
+
+ROOT = Path(__file__).resolve().parents[2]
+COMPOSE_FILE = ROOT / "docker-compose.yml"
+DOCKERFILE = ROOT / "Dockerfile"
+PACKAGES = ("contracts", "training", "worker", "producer", "forestream")
+SHELLS = {"sh", "bash", "/bin/sh", "/bin/bash"}
+SHELL_OPERATORS = {"&&", "||", ";", "|", "&"}
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict[str, Any]:
+    return yaml.safe_load(COMPOSE_FILE.read_text())
+
+
+@pytest.fixture(scope="module")
+def services(compose: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return compose["services"]
+
+
+@pytest.fixture(scope="module")
+def cli() -> Any:
+    """The click command tree typer builds (typer vendors click, so no ``click`` types here)."""
+    command = typer.main.get_command(app)
+    assert hasattr(command, "commands")
+    return command
+
+
+def import_settings_modules() -> None:
+    """Import every module that defines a CommonSettings subclass, wherever a component put it."""
+    for package in PACKAGES:
+        for path in sorted((ROOT / package).rglob("*.py")):
+            if "(CommonSettings)" in path.read_text(encoding="utf-8"):
+                module = ".".join(path.relative_to(ROOT).with_suffix("").parts)
+                importlib.import_module(module)
+
+
+def settings_fields() -> dict[str, list[tuple[str, FieldInfo]]]:
+    """``FORESTREAM_X`` -> [(settings class, field)] over every settings class that exists."""
+    import_settings_modules()
+    classes: list[type[CommonSettings]] = []
+    todo: list[type[CommonSettings]] = [CommonSettings]
+    while todo:
+        cls = todo.pop()
+        classes.append(cls)
+        todo.extend(cls.__subclasses__())
+    fields: dict[str, list[tuple[str, FieldInfo]]] = {}
+    for cls in classes:
+        prefix = str(cls.model_config.get("env_prefix", ""))
+        for name, info in cls.model_fields.items():
+            env = (prefix + name).upper()
+            fields.setdefault(env, []).append((cls.__name__, info))
+    return fields
+
+
+def forestream_invocations(command: str | list[str] | None) -> list[list[str]]:
+    """The argument lists of every ``forestream`` call in a compose ``command``.
+
+    Handles the exec form, the string form, and ``sh -c "a && b"`` scripts.
+    """
+    if command is None:
+        return []
+    tokens = shlex.split(command) if isinstance(command, str) else [str(t) for t in command]
+    if tokens and tokens[0] in SHELLS:
+        flags = [t for t in tokens[1:-1] if t.startswith("-")]
+        assert any("c" in f for f in flags), f"shell without -c: {tokens}"
+        lexer = shlex.shlex(tokens[-1], posix=True, punctuation_chars=True)
+        lexer.whitespace_split = True
+        tokens = list(lexer)
+    calls: list[list[str]] = []
+    current: list[str] = []
+    for token in [*tokens, ";"]:
+        if token in SHELL_OPERATORS:
+            if current and current[0] == "forestream":
+                calls.append(current[1:])
+            current = []
+        else:
+            current.append(token)
+    return calls
+
+
+def resolve(cli: Any, args: list[str]) -> tuple[Any, list[str], list[str]]:
+    """Walk subcommand names down the tree: (leaf command, its path, the remaining args)."""
+    command = cli
+    path: list[str] = []
+    rest = list(args)
+    while hasattr(command, "commands"):
+        assert rest, f"`forestream {' '.join(path)}` needs a subcommand"
+        name = rest.pop(0)
+        sub = command.commands.get(name)
+        assert sub is not None, (
+            f"`forestream {' '.join([*path, name])}` does not exist; "
+            f"known: {sorted(command.commands)}"
+        )
+        command, path = sub, [*path, name]
+    return command, path, rest
+
+
+def test_compose_has_the_expected_services_and_images(services: dict[str, dict[str, Any]]) -> None:
+    assert {"kafka", "topics", "trainer", "worker", "producer"} <= set(services)
+    assert services["kafka"]["image"] == "apache/kafka:4.1.1"
+    for name in ("topics", "trainer", "worker", "producer"):
+        assert services[name]["build"] == ".", name
+        assert services[name]["image"] == "forestream:latest", name
+    assert services["worker"]["deploy"]["replicas"] == 2
+
+
+def test_kafka_is_single_node_kraft_reachable_as_kafka_9092(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    env = services["kafka"]["environment"]
+    assert set(env["KAFKA_PROCESS_ROLES"].split(",")) == {"broker", "controller"}
+    assert "PLAINTEXT://kafka:9092" in env["KAFKA_ADVERTISED_LISTENERS"].split(",")
+    assert env["KAFKA_CONTROLLER_QUORUM_VOTERS"] == f"{env['KAFKA_NODE_ID']}@kafka:9093"
+    for listener in env["KAFKA_LISTENERS"].split(","):
+        assert listener.split(":")[0] in env["KAFKA_LISTENER_SECURITY_PROTOCOL_MAP"]
+    assert env["KAFKA_OFFSETS_TOPIC_REPLICATION_FACTOR"] == 1  # a single broker
+
+
+def test_every_forestream_service_talks_to_the_compose_broker(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    for name, service in services.items():
+        if service.get("image") == "forestream:latest":
+            assert service["environment"]["FORESTREAM_BOOTSTRAP_SERVERS"] == "kafka:9092", name
+
+
+def test_model_store_is_one_named_volume_shared_by_trainer_and_workers(
+    compose: dict[str, Any], services: dict[str, dict[str, Any]]
+) -> None:
+    mounts = {}
+    for name in ("trainer", "worker"):
+        store = services[name]["environment"]["FORESTREAM_MODEL_STORE"]
+        volume = next(v.split(":")[0] for v in services[name]["volumes"] if v.endswith(f":{store}"))
+        mounts[name] = volume
+    assert mounts["trainer"] == mounts["worker"]
+    assert mounts["trainer"] in compose["volumes"]  # named, not a host path
+
+
+def test_depends_on_names_real_services(services: dict[str, dict[str, Any]]) -> None:
+    for name, service in services.items():
+        for dependency in service.get("depends_on", {}):
+            assert dependency in services, f"{name} depends on unknown service {dependency}"
+
+
+def test_the_steps_run_the_intended_commands(services: dict[str, dict[str, Any]]) -> None:
+    def paths(service: str) -> list[list[str]]:
+        return [call[:2] for call in forestream_invocations(services[service]["command"])]
+
+    assert forestream_invocations(services["topics"]["command"]) == [
+        ["topics", "create", "--partitions", "6"]
+    ]
+    trainer = forestream_invocations(services["trainer"]["command"])
+    assert trainer[-1][0] == "train" and "--promote" in trainer[-1]
+    assert paths("worker") == [["worker", "--metrics-port"]]
+    producer = forestream_invocations(services["producer"]["command"])[0]
+    assert producer[0] == "produce" and "--loop" in producer
+    assert producer[producer.index("--rate") + 1] == "50"
+
+
+def test_every_forestream_command_and_flag_exists_and_parses(
+    services: dict[str, dict[str, Any]], cli: Any
+) -> None:
+    problems: list[str] = []
+    checked = 0
+    for name, service in services.items():
+        for call in forestream_invocations(service.get("command")):
+            checked += 1
+            try:
+                command, path, rest = resolve(cli, call)
+            except AssertionError as exc:
+                problems.append(f"{name}: {exc}")
+                continue
+            known = {opt for p in command.params for opt in (*p.opts, *p.secondary_opts)}
+            flags = [t.split("=")[0] for t in rest if t.startswith("--")]
+            unknown = [flag for flag in flags if flag not in known]
+            if unknown:
+                problems.append(f"{name}: `forestream {' '.join(path)}` has no option {unknown}")
+                continue
+            try:  # types, missing values, stray arguments: exactly what the container would hit
+                command.make_context(" ".join(["forestream", *path]), list(rest))
+            except Exception as exc:  # click's usage errors (typer vendors click)
+                message = exc.format_message() if hasattr(exc, "format_message") else repr(exc)
+                if "does not exist" in message:
+                    continue  # a container path (/data, /models): it exists in the container
+                problems.append(f"{name}: `forestream {' '.join(call)}`: {message}")
+    assert checked >= 5
+    assert not problems, "\n".join(problems)
+
+
+def test_every_forestream_env_var_is_a_setting_with_a_valid_value(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    fields = settings_fields()
+    problems: list[str] = []
+    seen = 0
+    for name, service in services.items():
+        env = service.get("environment") or {}
+        if isinstance(env, list):
+            env = dict(item.split("=", 1) for item in env)
+        for var, raw in env.items():
+            if not var.startswith("FORESTREAM_"):
+                continue
+            seen += 1
+            owners = fields.get(var.upper())
+            if not owners:
+                problems.append(f"{name}: {var} is not a field of any settings class")
+                continue
+            errors = []
+            for cls_name, info in owners:
+                try:
+                    field_type = info.annotation  # with its ge/le constraints, if any
+                    if info.metadata:
+                        field_type = Annotated[field_type, *info.metadata]
+                    TypeAdapter(field_type).validate_python(str(raw))
+                except ValidationError as exc:
+                    errors.append(f"{cls_name}: {exc.errors()[0]['msg']}")
+            if len(errors) == len(owners):
+                problems.append(f"{name}: {var}={raw!r} is invalid ({'; '.join(errors)})")
+    assert seen > 0
+    assert not problems, "\n".join(problems)
+
+
+def test_dockerfile_installs_the_project_on_python_311_slim() -> None:
+    text = DOCKERFILE.read_text()
+    assert re.search(r"^FROM python:3\.11-slim\b", text, re.MULTILINE)
+    assert re.search(r"pip install \.(\s|$)", text)
+    ignored = (ROOT / ".dockerignore").read_text().split()
+    assert {".venv", ".git", ".forestream"} <= set(ignored)  # never ship local state
+
+
+def test_invocation_parser_handles_shell_scripts_and_exec_form() -> None:
+    script = ["sh", "-ec", "forestream a --x 1 && echo hi; forestream b c --flag"]
+    assert forestream_invocations(script) == [["a", "--x", "1"], ["b", "c", "--flag"]]
+    assert forestream_invocations("forestream worker --metrics-port 9100") == [
+        ["worker", "--metrics-port", "9100"]
+    ]
+    assert forestream_invocations(["python", "-m", "x"]) == []

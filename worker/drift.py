@@ -1,0 +1,278 @@
+"""Input drift: live feature distributions against the training reference, per micro-batch.
+
+Each worker compares what it scores with the reference statistics stored in the model's
+metadata, using the Population Stability Index over a sliding window of recent records. Work is
+per batch and per feature with numpy (binning against stored edges, ``value_counts`` for
+categories), never per record in Python, so it can run on the scoring thread.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+
+from contracts.schema import CategoricalReference, NumericReference, ReferenceStats
+from contracts.wire import DriftReport, FeatureDrift
+
+if TYPE_CHECKING:
+    from worker.batch import ScoredBatch
+    from worker.evaluation import OnlineEvaluator
+
+DEFAULT_EPS = 1e-4
+UNSEEN = "unseen"
+
+
+def psi(
+    expected_shares: Any,
+    actual_counts: Any,
+    eps: float = DEFAULT_EPS,
+) -> float:
+    """Population Stability Index: ``sum((a - e) * ln(a / e))`` over bins.
+
+    ``actual_counts`` are turned into shares. Empty bins: both shares are clipped to at least
+    ``eps`` before the log (and in the difference), without renormalising — the usual convention
+    that keeps the index finite when a bin is empty on either side, e.g. an unseen category whose
+    expected share is 0. With no actual records there is no evidence of drift: the result is 0.
+    """
+    expected = np.asarray(expected_shares, dtype=np.float64)
+    counts = np.asarray(actual_counts, dtype=np.float64)
+    if expected.shape != counts.shape:
+        raise ValueError(f"{expected.shape[0]} expected shares but {counts.shape[0]} bins counted")
+    total = counts.sum()
+    if total <= 0:
+        return 0.0
+    e = np.clip(expected, eps, None)
+    a = np.clip(counts / total, eps, None)
+    return float(np.sum((a - e) * np.log(a / e)))
+
+
+@dataclass(frozen=True)
+class _Slot:
+    """Where one feature's counts live in the per-batch count vector.
+
+    Layout: ``bins`` value bins (for a categorical, the reference categories then ``unseen``),
+    then one missing counter at ``offset + bins``.
+    """
+
+    name: str
+    offset: int
+    bins: int
+    expected: np.ndarray
+    edges: np.ndarray | None
+    categories: pd.Index | None
+
+    @property
+    def missing_at(self) -> int:
+        return self.offset + self.bins
+
+
+def _layout(reference: ReferenceStats) -> tuple[list[_Slot], int]:
+    slots: list[_Slot] = []
+    offset = 0
+    for name, ref in reference.features.items():
+        if isinstance(ref, NumericReference):
+            edges = np.asarray(ref.edges, dtype=np.float64)
+            expected = np.asarray(ref.shares, dtype=np.float64)
+            if len(expected) != len(edges) + 1:
+                raise ValueError(
+                    f"reference of {name!r}: {len(edges)} edges need {len(edges) + 1} shares, "
+                    f"got {len(expected)}"
+                )
+            slot = _Slot(name, offset, len(expected), expected, edges, None)
+        elif isinstance(ref, CategoricalReference):
+            categories = pd.Index(list(ref.shares), dtype=object)
+            # the unseen bucket's expected share is 0: psi() clips it to eps
+            expected = np.append(np.asarray(list(ref.shares.values()), dtype=np.float64), 0.0)
+            slot = _Slot(name, offset, len(expected), expected, None, categories)
+        else:  # pragma: no cover - the discriminated union has two kinds
+            raise TypeError(f"unknown reference kind for {name!r}: {type(ref).__name__}")
+        slots.append(slot)
+        offset += slot.bins + 1
+    return slots, offset
+
+
+class DriftMonitor:
+    """Sliding-window PSI per feature; a :class:`worker.batch.BatchObserver`.
+
+    The window is a ring of per-batch count vectors (one int64 vector of
+    ``sum(bins + 1)`` entries per batch) plus their running sum: adding a batch and evicting
+    old ones is O(features × bins), independent of the batch size. The ring keeps the most
+    recent batches that cover at least ``window`` records (the oldest batch is dropped as soon
+    as the others alone cover the window), so memory is bounded by ``window`` vectors in the
+    worst case of one-record batches and is typically ``window / batch size`` vectors.
+
+    A feature is flagged ``drifting`` when its PSI reaches ``threshold`` and the window holds at
+    least ``min_records`` non-missing values of it (PSI of a small sample is noisy: its expected
+    value under no drift is about ``(bins - 1) / n``).
+
+    Each model version has its own reference (its edges bin differently), so with
+    ``reference_for`` (version → reference, ``None`` when the version has none) the monitor
+    starts over whenever a batch is scored by another version than the previous batch.
+    """
+
+    def __init__(
+        self,
+        reference: ReferenceStats | None,
+        window: int = 10_000,
+        threshold: float = 0.2,
+        min_records: int = 1_000,
+        eps: float = DEFAULT_EPS,
+        reference_for: Callable[[str], ReferenceStats | None] | None = None,
+    ) -> None:
+        if window < 1:
+            raise ValueError("window must be at least 1 record")
+        self.window = window
+        self.threshold = threshold
+        self.min_records = min(min_records, window)
+        self.eps = eps
+        self.reference_for = reference_for
+        self.model_version: str | None = None
+        self.reset(reference)
+
+    def reset(self, reference: ReferenceStats | None) -> None:
+        """Start over against a new reference; ``None`` watches nothing until the next one."""
+        self.reference = reference
+        self._slots, self._size = _layout(reference or ReferenceStats(features={}))
+        self._ring: deque[tuple[int, np.ndarray]] = deque()
+        self._totals = np.zeros(self._size, dtype=np.int64)
+        self._records = 0
+        self._flagged: set[str] = set()
+
+    @property
+    def window_records(self) -> int:
+        """Records currently counted in the window."""
+        return self._records
+
+    def on_batch(self, batch: ScoredBatch) -> None:
+        if self.reference_for is not None and batch.model_version != self.model_version:
+            self.reset(self.reference_for(batch.model_version))
+        self.model_version = batch.model_version
+        self.add_frame(batch.frame)
+
+    def add_frame(self, frame: pd.DataFrame) -> None:
+        """Count one batch of valid input rows into the window."""
+        rows = len(frame)
+        if rows == 0:
+            return
+        counts = np.zeros(self._size, dtype=np.int64)
+        for slot in self._slots:
+            if slot.name not in frame.columns:
+                counts[slot.missing_at] += rows
+            elif slot.edges is not None:
+                self._count_numeric(slot, frame[slot.name], counts)
+            else:
+                self._count_categorical(slot, frame[slot.name], counts)
+        self._ring.append((rows, counts))
+        self._totals += counts
+        self._records += rows
+        while len(self._ring) > 1 and self._records - self._ring[0][0] >= self.window:
+            old_rows, old_counts = self._ring.popleft()
+            self._totals -= old_counts
+            self._records -= old_rows
+
+    @staticmethod
+    def _count_numeric(slot: _Slot, column: pd.Series, counts: np.ndarray) -> None:
+        values = pd.to_numeric(column, errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
+        missing = np.isnan(values)
+        present = values[~missing]
+        assert slot.edges is not None
+        bins = np.searchsorted(slot.edges, present, side="left")
+        counts[slot.offset : slot.missing_at] += np.bincount(bins, minlength=slot.bins)
+        counts[slot.missing_at] += int(missing.sum())
+
+    @staticmethod
+    def _count_categorical(slot: _Slot, column: pd.Series, counts: np.ndarray) -> None:
+        seen = column.value_counts(dropna=True)  # one entry per distinct value, not per record
+        assert slot.categories is not None
+        positions = slot.categories.get_indexer(seen.index.astype(str))
+        positions[positions < 0] = slot.bins - 1  # unseen bucket
+        counts[slot.offset : slot.missing_at] += np.bincount(
+            positions, weights=seen.to_numpy(dtype=np.float64), minlength=slot.bins
+        ).astype(np.int64)
+        counts[slot.missing_at] += len(column) - int(seen.sum())
+
+    def snapshot(self) -> dict[str, FeatureDrift]:
+        """Per feature: PSI of the non-missing values, missing and unseen shares, drift flag."""
+        out: dict[str, FeatureDrift] = {}
+        records = max(self._records, 1)
+        for slot in self._slots:
+            bins = self._totals[slot.offset : slot.missing_at]
+            value = psi(slot.expected, bins, self.eps)
+            unseen = int(bins[-1]) if slot.categories is not None else 0
+            out[slot.name] = FeatureDrift(
+                psi=value,
+                missing_share=int(self._totals[slot.missing_at]) / records,
+                unseen_share=unseen / records,
+                drifting=value >= self.threshold and int(bins.sum()) >= self.min_records,
+            )
+        return out
+
+    def crossed(self) -> dict[str, FeatureDrift]:
+        """Features that became ``drifting`` since the previous call (one log line each).
+
+        A feature that drops back below the threshold is forgotten, so crossing again is
+        reported again.
+        """
+        current = {name: d for name, d in self.snapshot().items() if d.drifting}
+        new = {name: d for name, d in current.items() if name not in self._flagged}
+        self._flagged = set(current)
+        return new
+
+    def log_crossings(self, log: Any) -> list[str]:
+        """Log one ``drift_detected`` warning per newly drifting feature; returns their names."""
+        new = self.crossed()
+        for name, d in new.items():
+            log.warning(
+                "drift_detected",
+                feature=name,
+                psi=round(d.psi, 4),
+                threshold=self.threshold,
+                missing_share=round(d.missing_share, 4),
+                unseen_share=round(d.unseen_share, 4),
+                window_records=self._records,
+            )
+        return list(new)
+
+
+def build_drift_report(
+    *,
+    model_name: str,
+    worker_id: str,
+    model_version: str | None,
+    drift: DriftMonitor | None,
+    evaluator: OnlineEvaluator | None = None,
+    records_in: int = 0,
+    predicted: int = 0,
+    dead_lettered: Mapping[str, int] | None = None,
+    throughput: float = 0.0,
+    latency_p50_ms: float | None = None,
+    latency_p99_ms: float | None = None,
+    at_ms: int | None = None,
+) -> DriftReport:
+    """The monitoring event a worker publishes periodically (key = ``worker_id``).
+
+    Pure apart from reading the monitors: the loop owns the totals and passes them in.
+    """
+    return DriftReport(
+        model_name=model_name,
+        model_version=model_version,
+        worker_id=worker_id,
+        window=drift.window if drift is not None else 0,
+        window_records=drift.window_records if drift is not None else 0,
+        at=at_ms if at_ms is not None else int(time.time() * 1000),
+        features=drift.snapshot() if drift is not None else {},
+        throughput=throughput,
+        records_in=records_in,
+        predicted=predicted,
+        dead_lettered=dict(dead_lettered or {}),
+        latency_p50_ms=latency_p50_ms,
+        latency_p99_ms=latency_p99_ms,
+        online=evaluator.snapshot() if evaluator is not None else {},
+        labels_joined=evaluator.labels_joined if evaluator is not None else 0,
+    )

@@ -1,0 +1,293 @@
+"""Prometheus metrics of one worker, updated once per batch (never once per record in Python).
+
+Every metric lives in a per-worker :class:`~prometheus_client.CollectorRegistry` rather than the
+global one, so tests and several workers in one process never collide on metric names.
+
+The end-to-end latency histogram needs one observation per record. prometheus-client has no
+public bulk ``observe``, so :class:`BatchHistogram` is a small custom collector: numpy sorts a
+whole batch into the buckets in one pass and the collector exposes the standard histogram
+samples (``_bucket``/``_count``/``_sum``) at scrape time.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import Counter as CountOf
+from collections.abc import Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING
+
+import numpy as np
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import HistogramMetricFamily, Metric
+from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
+
+from contracts.headers import ReasonCode
+from worker.batch import ScoredBatch
+
+if TYPE_CHECKING:
+    from kafka import KafkaConsumer
+
+NAMESPACE = "forestream"
+
+BATCH_SIZE_BUCKETS = (1, 10, 50, 100, 250, 500, 1000, 2000, 5000, 10_000, 50_000, 100_000)
+PREDICT_SECONDS_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+LATENCY_SECONDS_BUCKETS = (
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 3600.0,
+)  # fmt: skip
+
+
+class BatchHistogram(Collector):
+    """A label-less Prometheus histogram that accepts a whole numpy array per call.
+
+    ``observe_many`` costs one ``searchsorted`` + ``bincount`` per batch instead of a Python
+    call (and a lock round-trip) per value, which is what a per-record latency needs.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        documentation: str,
+        buckets: Sequence[float],
+        registry: CollectorRegistry | None = None,
+    ) -> None:
+        bounds = [float(b) for b in buckets]
+        if bounds != sorted(bounds) or len(set(bounds)) != len(bounds):
+            raise ValueError("histogram buckets must be strictly increasing")
+        if not bounds or bounds[-1] != float("inf"):
+            bounds.append(float("inf"))
+        self.name = name
+        self.documentation = documentation
+        self._bounds = np.asarray(bounds, dtype=np.float64)
+        self._counts = np.zeros(len(bounds), dtype=np.int64)
+        self._sum = 0.0
+        self._lock = threading.Lock()
+        if registry is not None:
+            registry.register(self)
+
+    def observe_many(self, values: np.ndarray | Sequence[float]) -> None:
+        """Add every value of ``values``; NaN (no measurement) is skipped."""
+        arr = np.asarray(values, dtype=np.float64).ravel()
+        arr = arr[~np.isnan(arr)]
+        if arr.size == 0:
+            return
+        # bucket i holds values v with bounds[i-1] < v <= bounds[i] (Prometheus "le")
+        index = np.searchsorted(self._bounds, arr, side="left")
+        per_bucket = np.bincount(index, minlength=len(self._bounds))
+        total = float(arr.sum())
+        with self._lock:
+            self._counts += per_bucket
+            self._sum += total
+
+    def observe(self, value: float) -> None:
+        self.observe_many([value])
+
+    def describe(self) -> list[Metric]:
+        return [HistogramMetricFamily(self.name, self.documentation)]
+
+    def collect(self) -> Iterator[Metric]:
+        with self._lock:
+            counts = self._counts.copy()
+            total = self._sum
+        cumulative = np.cumsum(counts)
+        family = HistogramMetricFamily(self.name, self.documentation)
+        family.add_metric(
+            [],
+            buckets=[
+                (floatToGoString(bound), float(n))
+                for bound, n in zip(self._bounds, cumulative, strict=True)
+            ],
+            sum_value=total,
+        )
+        yield family
+
+
+class WorkerMetrics:
+    """Everything an operator scrapes from one worker; safe to update from the loop thread
+    while the HTTP thread renders it."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry()
+        r, ns = self.registry, NAMESPACE
+        self.consumed = Counter(
+            "records_consumed", "Input records taken from Kafka", namespace=ns, registry=r
+        )
+        self.predicted = Counter(
+            "records_predicted", "Records scored and published", namespace=ns, registry=r
+        )
+        self.dead_lettered = Counter(
+            "records_dead_lettered",
+            "Records sent to the dead-letter topic, by reason code",
+            ["reason"],
+            namespace=ns,
+            registry=r,
+        )
+        for reason in ReasonCode.ALL:  # a zero series from the start, so rate() sees the first
+            self.dead_lettered.labels(reason=reason)
+        self.batches = Counter("batches", "Micro-batches scored", namespace=ns, registry=r)
+        self.batch_size = Histogram(
+            "batch_size_records",
+            "Records per micro-batch (valid + rejected)",
+            namespace=ns,
+            registry=r,
+            buckets=BATCH_SIZE_BUCKETS,
+        )
+        self.predict_seconds = Histogram(
+            "predict_seconds",
+            "Model inference time per micro-batch",
+            namespace=ns,
+            registry=r,
+            buckets=PREDICT_SECONDS_BUCKETS,
+        )
+        self.latency = BatchHistogram(
+            f"{ns}_end_to_end_latency_seconds",
+            "Input record timestamp to scored_at, per record (negative clock skew counts as 0)",
+            LATENCY_SECONDS_BUCKETS,
+            registry=r,
+        )
+        self.lag = Gauge(
+            "consumer_lag_records",
+            "Records behind the end of each assigned input partition",
+            ["partition"],
+            namespace=ns,
+            registry=r,
+        )
+        self.model_version = Gauge(
+            "model_version_info",
+            "1 for the model version currently served (no series while none is loaded)",
+            ["version"],
+            namespace=ns,
+            registry=r,
+        )
+        self.reloads = Counter(
+            "model_reloads", "Model versions loaded and swapped in", namespace=ns, registry=r
+        )
+        self.reload_failures = Counter(
+            "model_reload_failures",
+            "Model versions that could not be loaded, by reason",
+            ["reason"],
+            namespace=ns,
+            registry=r,
+        )
+        self.observer_errors = Counter(
+            "observer_errors",
+            "Exceptions raised by batch observers (scoring carried on)",
+            ["observer"],
+            namespace=ns,
+            registry=r,
+        )
+        self._lag_partitions: set[int] = set()
+        self._lag_lock = threading.Lock()
+        self._version: str | None = None
+        self._version_lock = threading.Lock()
+
+    # -- per batch -----------------------------------------------------------------------------
+
+    def observe_batch(self, batch: ScoredBatch) -> None:
+        """All metric updates of one scored batch: a handful of calls, whatever its size."""
+        self.consumed.inc(batch.records_in)
+        self.batches.inc()
+        self.batch_size.observe(batch.records_in)
+        self.predict_seconds.observe(batch.predict_seconds)
+        predicted = len(batch.predictions)
+        if predicted:
+            self.predicted.inc(predicted)
+            latency_ms = batch.scored_at_ms - np.asarray(batch.event_times_ms, dtype=np.int64)
+            self.latency.observe_many(np.maximum(latency_ms, 0) / 1000.0)
+        self._count_rejects(batch.reject_codes)
+
+    def record_reject_codes(self, codes: Iterable[str]) -> None:
+        """Dead letters of a batch that produced no :class:`ScoredBatch` (e.g. scoring failed).
+
+        Each code is one consumed record as well; do not pass codes already carried by a
+        ``ScoredBatch`` given to :meth:`observe_batch` (they would count twice).
+        """
+        codes = list(codes)
+        if codes:
+            self.consumed.inc(len(codes))
+            self._count_rejects(codes)
+
+    def _count_rejects(self, codes: Sequence[str]) -> None:
+        for reason, n in CountOf(codes).items():
+            self.dead_lettered.labels(reason=reason).inc(n)
+
+    # -- periodic / on events ------------------------------------------------------------------
+
+    def set_lag(self, lag: dict[int, int]) -> None:
+        """Replace the lag of every partition; partitions no longer assigned disappear."""
+        with self._lag_lock:
+            for partition in self._lag_partitions - lag.keys():
+                self.lag.remove(str(partition))
+            for partition, behind in lag.items():
+                self.lag.labels(partition=str(partition)).set(max(int(behind), 0))
+            self._lag_partitions = set(lag)
+
+    def set_model_version(self, version: str | None) -> None:
+        """Mark ``version`` as served (``None``: no model loaded)."""
+        with self._version_lock:
+            if version == self._version:
+                return
+            if self._version is not None:
+                self.model_version.remove(self._version)
+            if version is not None:
+                self.model_version.labels(version=version).set(1)
+            self._version = version
+
+    def record_reload(self, version: str) -> None:
+        """A new model version was loaded and is now served."""
+        self.reloads.inc()
+        self.set_model_version(version)
+
+    def record_reload_failure(self, reason: str) -> None:
+        """Use a short stable reason (e.g. ``sha256_mismatch``), never free text: it is a label."""
+        self.reload_failures.labels(reason=reason).inc()
+
+    def record_observer_error(self, observer: str) -> None:
+        self.observer_errors.labels(observer=observer).inc()
+
+    def render(self) -> bytes:
+        """The Prometheus text exposition of this worker's registry."""
+        return generate_latest(self.registry)
+
+
+class MetricsObserver:
+    """The :class:`worker.batch.BatchObserver` that feeds :class:`WorkerMetrics`."""
+
+    def __init__(self, metrics: WorkerMetrics) -> None:
+        self.metrics = metrics
+
+    def on_batch(self, batch: ScoredBatch) -> None:
+        self.metrics.observe_batch(batch)
+
+    def record_reject_codes(self, codes: Iterable[str]) -> None:
+        self.metrics.record_reject_codes(codes)
+
+
+def lag_by_partition(end_offsets: dict[int, int], positions: dict[int, int]) -> dict[int, int]:
+    """Records behind per partition; a partition without a known position is left out."""
+    return {p: max(end - positions[p], 0) for p, end in end_offsets.items() if p in positions}
+
+
+def measure_lag(consumer: KafkaConsumer, timeout_s: float = 5.0) -> dict[int, int] | None:
+    """Lag of every partition assigned to ``consumer``; ``None`` when Kafka did not answer.
+
+    Call it every few seconds from the loop thread (kafka-python consumers are not
+    thread-safe) and hand a non-``None`` result to :meth:`WorkerMetrics.set_lag`; on ``None``
+    keep the previous values rather than stop scoring for a metric.
+    """
+    from kafka.errors import KafkaError
+
+    assigned = list(consumer.assignment() or ())
+    if not assigned:
+        return {}
+    timeout_ms = int(timeout_s * 1000)
+    try:
+        end = consumer.end_offsets(assigned, timeout_ms=timeout_ms)
+        positions: dict[int, int] = {}
+        for tp in assigned:
+            position = consumer.position(tp, timeout_ms=timeout_ms)
+            if position is not None:
+                positions[tp.partition] = position
+    except KafkaError:
+        return None
+    return lag_by_partition({tp.partition: off for tp, off in end.items()}, positions)
