@@ -16,6 +16,7 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,  # help texts say "[env FORESTREAM_X]": text, not rich markup
 )
 kafka_app = typer.Typer(
     help="Run a real local Apache Kafka broker (KRaft, one node).", no_args_is_help=True

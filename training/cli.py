@@ -1,9 +1,431 @@
-"""Commands of this component, registered on the ``forestream`` app by ``forestream.cli``."""
+"""Commands of this component, registered on the ``forestream`` app by ``forestream.cli``.
+
+``train``, ``models list|show|promote|rollback`` and ``demo-data``. Heavy imports (pandas,
+sklearn, kafka) happen inside the commands so ``forestream --help`` stays fast.
+"""
 
 from __future__ import annotations
 
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
 import typer
+
+from contracts.cli_options import BootstrapOpt, ModelNameOpt, ModelsTopicOpt, StoreOpt
+from contracts.settings import CommonSettings, load_settings
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from contracts.model_store import ModelMetadata, ModelStore
+    from training.quality import QualityReport
+
+models_app = typer.Typer(
+    help="The model registry: list, inspect, promote and roll back versions.",
+    no_args_is_help=True,
+)
+
+JsonOpt = Annotated[
+    bool, typer.Option("--json", help="print machine-readable JSON only, on stdout")
+]
+
+
+def _console() -> Console:
+    from rich.console import Console
+
+    return Console(highlight=False, soft_wrap=True)
+
+
+def _settings(**flags: Any) -> CommonSettings:
+    return load_settings(CommonSettings, **flags)
+
+
+def _store(settings: CommonSettings) -> ModelStore:
+    from contracts.model_store import ModelStore
+
+    return ModelStore(settings.model_store)
+
+
+# -- train ---------------------------------------------------------------------------------------
+def train(
+    data: Annotated[Path, typer.Option("--data", help="training data, a CSV file with a header")],
+    target: Annotated[str, typer.Option("--target", help="the column to predict")],
+    trees: Annotated[int, typer.Option("--trees", help="number of trees in the forest")] = 100,
+    max_depth: Annotated[
+        int | None, typer.Option("--max-depth", help="maximum tree depth [default: unlimited]")
+    ] = None,
+    seed: Annotated[int, typer.Option("--seed", help="seed of the split and the forest")] = 0,
+    test_size: Annotated[
+        float, typer.Option("--test-size", help="holdout share for the metrics")
+    ] = 0.2,
+    drop: Annotated[
+        list[str] | None,
+        typer.Option("--drop", help="exclude a column (identifier, known leak); repeatable"),
+    ] = None,
+    publish: Annotated[
+        bool, typer.Option("--publish", help="announce the new version on the models topic")
+    ] = False,
+    promote: Annotated[
+        bool,
+        typer.Option("--promote", help="make the new version the served one (implies --publish)"),
+    ] = False,
+    name: ModelNameOpt = None,
+    store: StoreOpt = None,
+    bootstrap_servers: BootstrapOpt = None,
+    models_topic: ModelsTopicOpt = None,
+) -> None:
+    """Train a RandomForest on a CSV: quality report, holdout metrics, a new registry version."""
+    from contracts.kafka_io import COMPACTED, TopicSpec, ensure_topics
+    from contracts.model_store import signing_key_from_env
+    from training.fit import ForestParams
+    from training.train import TrainRequest, run_training
+
+    settings = _settings(
+        model_name=name,
+        model_store=store,
+        bootstrap_servers=bootstrap_servers,
+        models_topic=models_topic,
+    )
+    announce = publish or promote
+    if announce:  # fail before a long fit, and before anything is written, if Kafka is away
+        ensure_topics(settings.bootstrap_servers, [TopicSpec(settings.models_topic, 1, COMPACTED)])
+    console = _console()
+    model_store = _store(settings)
+    request = TrainRequest(
+        data=data,
+        target=target,
+        name=settings.model_name,
+        params=ForestParams(trees=trees, max_depth=max_depth, seed=seed, test_size=test_size),
+        drop=tuple(drop or ()),
+    )
+    with _FitProgress() as on_progress:
+        outcome = run_training(
+            request,
+            model_store,
+            signing_key=signing_key_from_env(),
+            on_report=lambda report: _print_report(console, report),
+            on_progress=on_progress,
+        )
+    meta = outcome.metadata
+    _print_metrics(console, meta.metrics)
+    console.print(
+        f"saved {meta.name} {meta.version} to {model_store.version_dir(meta.name, meta.version)} "
+        f"(sha256 {meta.artifact_sha256[:12]}{', signed' if meta.signature else ''})"
+    )
+    if announce:
+        _announce_new_version(console, settings, model_store, meta, promote)
+
+
+def _announce_new_version(
+    console: Console,
+    settings: CommonSettings,
+    model_store: ModelStore,
+    meta: ModelMetadata,
+    promote: bool,
+) -> None:
+    from contracts.errors import UserError
+    from training.publish import model_event, publish_event, serving_ref
+
+    if promote:
+        model_store.promote(meta.name, meta.version)
+    event = model_event(
+        "promoted" if promote else "published", meta, serving_ref(model_store, meta.name)
+    )
+    try:
+        publish_event(settings.bootstrap_servers, settings.models_topic, event)
+    except UserError as exc:
+        raise UserError(
+            f"{meta.version} is saved{' and promoted in the store' if promote else ''} but was "
+            f"not announced ({exc}); retry with `forestream models promote {meta.version}`"
+        ) from None
+    console.print(f"{event.kind} {meta.name} {meta.version} on {settings.models_topic}")
+
+
+class _FitProgress:
+    """A rich progress bar on stderr while the forest grows, only when stderr is a terminal.
+
+    It starts at the first progress call, after the quality report has been printed, so the
+    live bar never interleaves with the report on a shared terminal.
+    """
+
+    def __init__(self) -> None:
+        self._progress: Any = None
+
+    def __enter__(self) -> Callable[[int, int], None] | None:
+        if not sys.stderr.isatty():
+            return None
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+        progress = Progress(
+            TextColumn("growing trees"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            console=Console(stderr=True),
+            transient=True,
+        )
+        task = progress.add_task("fit", total=None)
+
+        def on_progress(done: int, total: int) -> None:
+            progress.update(task, completed=done, total=total)
+            if self._progress is None:
+                self._progress = progress
+                progress.start()
+
+        return on_progress
+
+    def __exit__(self, *exc: object) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+
+
+def _print_report(console: Console, report: QualityReport) -> None:
+    from rich.table import Table
+
+    table = Table(title=f"data quality: {report.rows} rows, {report.columns} columns")
+    for header in ("column", "type", "missing", "distinct", "status"):
+        table.add_column(header, justify="right" if header in ("missing", "distinct") else "left")
+    for column in report.column_quality:
+        status = column.status if column.reason is None else f"{column.status}: {column.reason}"
+        table.add_row(
+            column.name,
+            column.kind,
+            f"{column.missing_share:.1%}",
+            str(column.distinct),
+            status,
+        )
+    console.print(table)
+    total = sum(report.class_counts.values())
+    balance = ", ".join(f"{c} {n} ({n / total:.0%})" for c, n in report.class_counts.items())
+    console.print(f"classes of {report.target!r}: {balance}")
+    console.print(
+        f"duplicate rows: {report.duplicate_rows}; rows without target (dropped): "
+        f"{report.target_missing_rows}"
+    )
+    for warning in report.warnings:
+        console.print(f"[yellow]warning:[/yellow] {warning}")
+
+
+def _print_metrics(console: Console, metrics: dict[str, Any]) -> None:
+    from rich.table import Table
+
+    console.print(
+        f"holdout ({metrics['test_rows']} rows): accuracy {metrics['accuracy']:.3f}, "
+        f"macro F1 {metrics['macro_f1']:.3f}; majority-class baseline "
+        f"{metrics['baseline_accuracy']:.3f} ({metrics['baseline_class']})"
+    )
+    per_class = Table(title="per class")
+    for header in ("class", "precision", "recall", "F1", "support"):
+        per_class.add_column(header, justify="left" if header == "class" else "right")
+    for label, row in metrics["per_class"].items():
+        per_class.add_row(
+            label,
+            f"{row['precision']:.3f}",
+            f"{row['recall']:.3f}",
+            f"{row['f1']:.3f}",
+            str(row["support"]),
+        )
+    console.print(per_class)
+    confusion = Table(title="confusion matrix (rows: true, columns: predicted)")
+    labels = metrics["confusion_matrix"]["labels"]
+    confusion.add_column("")
+    for label in labels:
+        confusion.add_column(label, justify="right")
+    for label, row in zip(labels, metrics["confusion_matrix"]["matrix"], strict=True):
+        confusion.add_row(label, *(str(n) for n in row))
+    console.print(confusion)
+
+
+# -- models --------------------------------------------------------------------------------------
+def _version_rows(model_store: ModelStore, name: str) -> list[dict[str, Any]]:
+    served = model_store.served(name)
+    previous = model_store.previously_served(name)
+    rows = []
+    for version in model_store.versions(name):
+        meta = model_store.metadata(name, version)
+        stage = "serving" if version == served else "previous" if version == previous else ""
+        rows.append(
+            {
+                "version": version,
+                "created_at": meta.created_at,
+                "accuracy": meta.metrics.get("accuracy"),
+                "macro_f1": meta.metrics.get("macro_f1"),
+                "stage": stage,
+                "sha256": meta.artifact_sha256,
+                "signed": meta.signature is not None,
+            }
+        )
+    return rows
+
+
+@models_app.command("list")
+def models_list(
+    as_json: JsonOpt = False, name: ModelNameOpt = None, store: StoreOpt = None
+) -> None:
+    """Versions of a model, oldest first, with their holdout metrics and which one is served."""
+    settings = _settings(model_name=name, model_store=store)
+    rows = _version_rows(_store(settings), settings.model_name)
+    if as_json:
+        typer.echo(json.dumps(rows, indent=2))
+        return
+    if not rows:
+        typer.echo(f"no versions of {settings.model_name!r} in {settings.model_store}")
+        return
+    from rich.table import Table
+
+    table = Table(title=f"{settings.model_name} in {settings.model_store}")
+    for header in ("version", "created (UTC)", "accuracy", "macro F1", "stage", "sha256"):
+        table.add_column(header, justify="right" if header in ("accuracy", "macro F1") else "left")
+    for row in rows:
+        table.add_row(
+            row["version"],
+            row["created_at"][:19].replace("T", " "),
+            _fmt(row["accuracy"]),
+            _fmt(row["macro_f1"]),
+            row["stage"],
+            row["sha256"][:12],
+        )
+    _console().print(table)
+
+
+def _fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
+@models_app.command("show")
+def models_show(
+    version: Annotated[str, typer.Argument(help="version to show, e.g. v3")],
+    as_json: JsonOpt = False,
+    name: ModelNameOpt = None,
+    store: StoreOpt = None,
+) -> None:
+    """Everything recorded about one version: metadata, metrics, schema and quality report."""
+    settings = _settings(model_name=name, model_store=store)
+    model_store = _store(settings)
+    meta = model_store.metadata(settings.model_name, version)
+    report = model_store.quality_report(settings.model_name, meta.version)
+    if as_json:
+        typer.echo(json.dumps({"metadata": meta.model_dump(mode="json"), "quality_report": report}))
+        return
+    console = _console()
+    served = model_store.served(settings.model_name)
+    console.print(
+        f"{meta.name} {meta.version}{' (serving)' if meta.version == served else ''}, "
+        f"created {meta.created_at}, sklearn {meta.sklearn_version}"
+    )
+    console.print(f"artifact sha256 {meta.artifact_sha256}; signed: {meta.signature is not None}")
+    console.print(
+        f"data sha256 {meta.data_sha256[:12]}, {meta.data_rows} rows; target {meta.target!r}; "
+        f"classes {', '.join(meta.classes)}; params {json.dumps(meta.params)}"
+    )
+    features = ", ".join(f"{f.name} ({f.kind})" for f in meta.feature_schema.features)
+    console.print(f"features: {features}")
+    if report:
+        _print_stored_report(console, report)
+    _print_metrics(console, meta.metrics)
+
+
+def _print_stored_report(console: Console, report: dict[str, Any]) -> None:
+    """A saved quality report as the training run printed it (raw JSON if its shape is older)."""
+    from training.quality import ColumnQuality, LeakageSuspect, QualityReport
+
+    try:
+        parsed = QualityReport(
+            **{
+                **report,
+                "column_quality": [ColumnQuality(**c) for c in report["column_quality"]],
+                "leakage": [LeakageSuspect(**s) for s in report.get("leakage", [])],
+            }
+        )
+    except (TypeError, KeyError):
+        console.print_json(json.dumps(report))
+        return
+    _print_report(console, parsed)
+
+
+@models_app.command("promote")
+def models_promote(
+    version: Annotated[str, typer.Argument(help="version workers should serve, e.g. v3")],
+    name: ModelNameOpt = None,
+    store: StoreOpt = None,
+    bootstrap_servers: BootstrapOpt = None,
+    models_topic: ModelsTopicOpt = None,
+) -> None:
+    """Serve a version: verified first, then recorded in the store and announced to workers."""
+    from contracts.model_store import signing_key_from_env
+
+    settings = _settings(
+        model_name=name,
+        model_store=store,
+        bootstrap_servers=bootstrap_servers,
+        models_topic=models_topic,
+    )
+    model_store = _store(settings)
+    # refuse to announce what no worker could load (altered, unsigned under a key, not a model)
+    _, meta = model_store.load_verified(
+        settings.model_name, version, signing_key=signing_key_from_env()
+    )
+    _check_kafka(settings)
+    model_store.promote(settings.model_name, meta.version)
+    _publish(settings, model_store, "promoted", meta)
+
+
+@models_app.command("rollback")
+def models_rollback(
+    name: ModelNameOpt = None,
+    store: StoreOpt = None,
+    bootstrap_servers: BootstrapOpt = None,
+    models_topic: ModelsTopicOpt = None,
+) -> None:
+    """Serve again the version that was served before the current one, and announce it."""
+    settings = _settings(
+        model_name=name,
+        model_store=store,
+        bootstrap_servers=bootstrap_servers,
+        models_topic=models_topic,
+    )
+    model_store = _store(settings)
+    if model_store.previously_served(settings.model_name) is None:
+        model_store.rollback(settings.model_name)  # raises the store's one-line explanation
+    _check_kafka(settings)
+    version = model_store.rollback(settings.model_name)
+    _publish(
+        settings, model_store, "rolled_back", model_store.metadata(settings.model_name, version)
+    )
+
+
+def _check_kafka(settings: CommonSettings) -> None:
+    """Reach the broker before changing promotion state, so store and topic stay in step."""
+    from contracts.kafka_io import COMPACTED, TopicSpec, ensure_topics
+
+    ensure_topics(settings.bootstrap_servers, [TopicSpec(settings.models_topic, 1, COMPACTED)])
+
+
+def _publish(
+    settings: CommonSettings, model_store: ModelStore, kind: str, meta: ModelMetadata
+) -> None:
+    from training.publish import model_event, publish_event, serving_ref
+
+    event = model_event(kind, meta, serving_ref(model_store, meta.name))  # type: ignore[arg-type]
+    publish_event(settings.bootstrap_servers, settings.models_topic, event)
+    typer.echo(f"{kind.replace('_', ' ')} {meta.name} {meta.version}: now serving {meta.version}")
+
+
+# -- demo data -----------------------------------------------------------------------------------
+def demo_data(
+    out: Annotated[Path, typer.Option("--out", help="CSV file to write")] = Path("penguins.csv"),
+) -> None:
+    """Write the Palmer penguins demo CSV (bundled, no download); train with --target species."""
+    from training.demo_data import write_penguins_csv
+
+    typer.echo(str(write_penguins_csv(out)))
 
 
 def register(app: typer.Typer) -> None:
-    """Add this component's commands to ``app`` (none yet)."""
+    """Add ``train``, ``models ...`` and ``demo-data`` to ``app``."""
+    app.command("train")(train)
+    app.add_typer(models_app, name="models")
+    app.command("demo-data")(demo_data)

@@ -1,0 +1,202 @@
+"""`forestream train` and `forestream models ...` as a user runs them, on the real broker."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from kafka import KafkaAdminClient
+from kafka.admin import ConfigResource, ConfigResourceType
+
+from contracts.model_store import ModelStore
+from contracts.wire import ModelEvent
+from tests.kafka_helpers import read_topic
+from training.demo_data import write_penguins_csv
+
+CLI = [sys.executable, "-m", "forestream"]
+
+
+def run(*args: str, cwd: Path, **env: str) -> subprocess.CompletedProcess[str]:
+    """The CLI in a subprocess; only the broker address is inherited from FORESTREAM_* vars."""
+    kept = {"FORESTREAM_BOOTSTRAP_SERVERS", "FORESTREAM_KAFKA_DIR"}
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("FORESTREAM_") or k in kept}
+    return subprocess.run(
+        [*CLI, *args], capture_output=True, text=True, timeout=180, cwd=cwd, env=environ | env
+    )
+
+
+def one_error_line(result: subprocess.CompletedProcess[str]) -> str:
+    assert result.returncode == 2, (result.stdout, result.stderr)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    return lines[0]
+
+
+def write(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
+def binary(path: Path) -> Path:
+    path.write_bytes(b"\x89PNG\r\n\x1a\n\xff\xfe\x00garbage")
+    return path
+
+
+FATAL_INPUTS: list[tuple[str, Callable[[Path], Path], list[str], str]] = [
+    ("missing file", lambda d: d / "absent.csv", [], "does not exist"),
+    ("not a csv", lambda d: binary(d / "x.csv"), [], "is not a readable CSV"),
+    (
+        "target absent",
+        lambda d: write(d / "t.csv", "a,b,label\n1,x,p\n2,y,q\n"),
+        ["--target", "species"],
+        "target column 'species' not found; columns are: a, b, label",
+    ),
+    (
+        "one class",
+        lambda d: write(d / "t.csv", "a,species\n" + "".join(f"{i},s\n" for i in range(20))),
+        [],
+        "at least two classes, found 1",
+    ),
+    (
+        "too few rows per class",
+        lambda d: write(
+            d / "t.csv", "a,species\n" + "".join(f"{i},s\n" for i in range(20)) + "99,lonely\n"
+        ),
+        [],
+        "too few rows for a stratified split",
+    ),
+    (
+        "no usable feature",
+        lambda d: write(
+            d / "t.csv", "const,empty,species\n" + "".join(f"1,,{'ab'[i % 2]}\n" for i in range(20))
+        ),
+        [],
+        "no usable feature left",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("case", "make_data", "extra", "message"), FATAL_INPUTS, ids=[c[0] for c in FATAL_INPUTS]
+)
+def test_fatal_inputs_exit_2_with_one_line_and_write_nothing(
+    tmp_path: Path, case: str, make_data: Callable[[Path], Path], extra: list[str], message: str
+) -> None:
+    data = make_data(tmp_path)
+    args = ["train", "--data", str(data), "--target", "species", *extra]
+    result = run(*args, "--store", str(tmp_path / "store"), cwd=tmp_path)
+    line = one_error_line(result)
+    assert message in line, f"{case}: {line}"
+    assert not (tmp_path / "store").exists()
+    assert not (tmp_path / ".forestream").exists()
+
+
+def events(bootstrap: str, topic: str, count: int) -> list[tuple[bytes, ModelEvent]]:
+    records = read_topic(bootstrap, topic, expected=count, timeout_s=60, settle_s=0.5)
+    assert len(records) == count, [r.value for r in records]
+    return [(r.key, ModelEvent.model_validate_json(r.value)) for r in records]
+
+
+def served_in_list(tmp_path: Path, **env: str) -> dict[str, str]:
+    result = run("models", "list", "--json", cwd=tmp_path, **env)
+    assert result.returncode == 0, result.stderr
+    return {row["version"]: row["stage"] for row in json.loads(result.stdout)}
+
+
+def test_train_publish_promote_rollback_through_the_compacted_topic(
+    kafka_bootstrap: str, topic_name: Callable[[str], str], tmp_path: Path
+) -> None:
+    topic = topic_name("models")
+    csv = write_penguins_csv(tmp_path / "penguins.csv")
+    env = {"FORESTREAM_MODELS_TOPIC": topic, "FORESTREAM_MODEL_NAME": "penguins"}
+    common = ["--data", str(csv), "--target", "species", "--trees", "10"]
+    published = run("train", *common, "--publish", cwd=tmp_path, **env)
+    assert published.returncode == 0, published.stderr
+    assert "data quality" in published.stdout and "accuracy" in published.stdout
+
+    store = ModelStore(tmp_path / ".forestream" / "models")
+    v1 = store.metadata("penguins", "v1")
+    ((key, event),) = events(kafka_bootstrap, topic, 1)
+    assert key == b"penguins"
+    assert (event.kind, event.name, event.version) == ("published", "penguins", "v1")
+    assert event.sha256 == v1.artifact_sha256 and event.serving is None
+    assert event.accuracy == v1.metrics["accuracy"]
+
+    promoted = run("train", *common, "--seed", "7", "--promote", cwd=tmp_path, **env)
+    assert promoted.returncode == 0, promoted.stderr
+    v2 = store.metadata("penguins", "v2")
+    _, event = events(kafka_bootstrap, topic, 2)[-1]
+    assert (event.kind, event.version) == ("promoted", "v2")
+    assert event.serving is not None and event.serving.version == "v2"
+    assert event.serving.sha256 == v2.artifact_sha256
+    assert served_in_list(tmp_path, **env) == {"v1": "", "v2": "serving"}
+
+    again = run("models", "promote", "v1", cwd=tmp_path, **env)
+    assert again.returncode == 0, again.stderr
+    _, event = events(kafka_bootstrap, topic, 3)[-1]
+    assert (event.kind, event.version, event.serving.version) == ("promoted", "v1", "v1")
+    assert served_in_list(tmp_path, **env) == {"v1": "serving", "v2": "previous"}
+
+    back = run("models", "rollback", cwd=tmp_path, **env)
+    assert back.returncode == 0, back.stderr
+    _, event = events(kafka_bootstrap, topic, 4)[-1]
+    assert (event.kind, event.version) == ("rolled_back", "v2")
+    assert event.serving is not None and event.serving.sha256 == v2.artifact_sha256
+    assert served_in_list(tmp_path, **env)["v2"] == "serving"
+
+    admin = KafkaAdminClient(bootstrap_servers=kafka_bootstrap)
+    try:
+        configs = admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, topic)])
+    finally:
+        admin.close()
+    (by_name,) = configs.values()
+    assert by_name[topic]["cleanup.policy"]["value"] == "compact"
+
+
+def test_a_tampered_artifact_is_refused_and_not_announced(
+    kafka_bootstrap: str, topic_name: Callable[[str], str], tmp_path: Path
+) -> None:
+    topic = topic_name("models")
+    csv = write_penguins_csv(tmp_path / "penguins.csv")
+    store_args = ["--store", str(tmp_path / "store"), "--models-topic", topic]
+    trained = run(
+        "train", "--data", str(csv), "--target", "species", "--trees", "10", "--promote",
+        *store_args, cwd=tmp_path,
+    )  # fmt: skip
+    assert trained.returncode == 0, trained.stderr
+    artifact = tmp_path / "store" / "model" / "v1" / "model.joblib"
+    data = bytearray(artifact.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    artifact.write_bytes(bytes(data))
+
+    line = one_error_line(run("models", "promote", "v1", *store_args, cwd=tmp_path))
+    assert "sha256 mismatch" in line and "refusing to load" in line
+    events(kafka_bootstrap, topic, 1)  # only the promotion from training: nothing announced
+
+
+def test_show_and_list_json_are_machine_readable(tmp_path: Path) -> None:
+    written = run("demo-data", "--out", "data/penguins.csv", cwd=tmp_path)
+    assert written.returncode == 0, written.stderr
+    csv = tmp_path / "data" / "penguins.csv"
+    assert written.stdout.strip() == "data/penguins.csv" and csv.is_file()
+    trained = run("train", "--data", str(csv), "--target", "species", "--trees", "10", cwd=tmp_path)
+    assert trained.returncode == 0, trained.stderr
+    shown = run("models", "show", "v1", "--json", cwd=tmp_path)
+    assert shown.returncode == 0, shown.stderr
+    body = json.loads(shown.stdout)
+    assert body["metadata"]["version"] == "v1"
+    assert body["metadata"]["classes"] == ["Adelie", "Chinstrap", "Gentoo"]
+    assert body["quality_report"]["class_counts"]["Adelie"] == 152
+    human = run("models", "show", "v1", cwd=tmp_path)
+    assert human.returncode == 0 and "data quality" in human.stdout, human.stderr
+    listed = json.loads(run("models", "list", "--json", cwd=tmp_path).stdout)
+    assert [row["version"] for row in listed] == ["v1"] and listed[0]["stage"] == ""
+    line = one_error_line(run("models", "rollback", cwd=tmp_path))
+    assert "no previously served version" in line
+    line = one_error_line(run("models", "show", "v9", cwd=tmp_path))
+    assert "no version v9" in line

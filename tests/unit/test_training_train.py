@@ -1,0 +1,87 @@
+"""Training end to end into a store (no broker): the penguins acceptance bar and what is saved."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from contracts.errors import UserError
+from contracts.model_store import ModelStore
+from training.demo_data import PENGUINS_TARGET, write_penguins_csv
+from training.fit import ForestParams
+from training.train import TrainOutcome, TrainRequest, run_training
+
+
+@pytest.fixture(scope="module")
+def penguins(tmp_path_factory: pytest.TempPathFactory) -> tuple[TrainOutcome, Path, ModelStore]:
+    """One default (100 trees) penguins training shared by the tests that only read it."""
+    root = tmp_path_factory.mktemp("penguins")
+    csv = write_penguins_csv(root / "penguins.csv")
+    store = ModelStore(root / "store")
+    outcome = run_training(
+        TrainRequest(csv, PENGUINS_TARGET, "penguins", ForestParams(trees=100)), store
+    )
+    return outcome, csv, store
+
+
+def test_penguins_reach_the_accuracy_bar_and_beat_the_baseline(penguins) -> None:
+    outcome, _, _ = penguins
+    metrics = outcome.metadata.metrics
+    assert metrics["accuracy"] >= 0.95
+    assert metrics["accuracy"] > metrics["baseline_accuracy"]
+    assert metrics["macro_f1"] >= 0.9
+
+
+def test_report_shows_missing_values_and_categoricals(penguins) -> None:
+    outcome, _, _ = penguins
+    columns = {c.name: c for c in outcome.report.column_quality}
+    assert columns["sex"].kind == "categorical" and columns["sex"].missing_share > 0
+    assert columns["island"].kind == "categorical"
+    assert columns["bill_length_mm"].kind == "numeric"
+    assert columns["bill_length_mm"].missing_share > 0
+    assert set(outcome.report.class_counts) == {"Adelie", "Chinstrap", "Gentoo"}
+    assert outcome.report.leakage == []
+
+
+def test_metadata_and_report_are_stored_beside_the_verified_artifact(penguins) -> None:
+    outcome, csv, store = penguins
+    meta = outcome.metadata
+    assert meta.version == "v1" and store.versions("penguins") == ["v1"]
+    assert meta.data_sha256 == hashlib.sha256(csv.read_bytes()).hexdigest()
+    assert meta.data_rows == len(pd.read_csv(csv))
+    assert meta.target == "species" and meta.classes == ["Adelie", "Chinstrap", "Gentoo"]
+    assert meta.params["trees"] == 100
+    schema = meta.feature_schema
+    assert schema.feature("sex").missing_seen and schema.feature("island").kind == "categorical"
+    assert set(meta.reference.features) == set(schema.names)
+    saved = json.loads((store.version_dir("penguins", "v1") / "quality_report.json").read_text())
+    assert saved == json.loads(json.dumps(outcome.report.to_dict()))
+    pipeline, loaded = store.load_verified("penguins", "v1", expected_sha256=meta.artifact_sha256)
+    assert loaded == meta
+    assert [str(c) for c in pipeline.classes_] == meta.classes
+
+
+def test_signing_key_signs_the_artifact(tmp_path: Path) -> None:
+    csv = write_penguins_csv(tmp_path / "p.csv")
+    store = ModelStore(tmp_path / "store")
+    request = TrainRequest(csv, "species", "signed", ForestParams(trees=10))
+    meta = run_training(request, store, signing_key=b"k").metadata
+    assert meta.signature is not None
+    store.load_verified("signed", meta.version, signing_key=b"k")
+
+
+def test_fatal_input_writes_nothing(tmp_path: Path) -> None:
+    csv = write_penguins_csv(tmp_path / "p.csv")
+    store_root = tmp_path / "store"
+    for request in (
+        TrainRequest(csv, "nope", "m"),
+        TrainRequest(csv, "species", "m", ForestParams(test_size=1.5)),
+        TrainRequest(csv, "species", "m", drop=("missing_column",)),
+    ):
+        with pytest.raises(UserError):
+            run_training(request, ModelStore(store_root))
+    assert not store_root.exists()

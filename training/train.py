@@ -1,0 +1,129 @@
+"""``forestream train`` without the CLI: CSV → quality report → fit → versioned artifact.
+
+Every fatal input problem is found before anything is written to the store, so a failed run
+never leaves a version behind.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pandas as pd
+
+from contracts.errors import UserError
+from contracts.model_store import ModelMetadata, ModelStore
+from training.fit import ForestParams, ProgressCallback, build_pipeline, evaluate, fit, split
+from training.quality import QualityReport, assess, fatal_problem, prepare
+from training.schema_build import build_reference, build_schema
+
+
+@dataclass(frozen=True)
+class TrainRequest:
+    data: Path
+    target: str
+    name: str
+    params: ForestParams = field(default_factory=ForestParams)
+    drop: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class TrainOutcome:
+    metadata: ModelMetadata
+    report: QualityReport
+
+
+def check_params(params: ForestParams) -> None:
+    """Flag values sklearn would reject with a traceback, rejected here with one line."""
+    if params.trees < 1:
+        raise UserError(f"--trees must be at least 1, got {params.trees}")
+    if params.max_depth is not None and params.max_depth < 1:
+        raise UserError(f"--max-depth must be at least 1, got {params.max_depth}")
+    if not 0.0 < params.test_size < 1.0:
+        raise UserError(f"--test-size must be between 0 and 1 (exclusive), got {params.test_size}")
+
+
+def read_training_csv(path: Path) -> tuple[pd.DataFrame, str]:
+    """The CSV as a frame, and the sha256 of its bytes (recorded so a model names its data)."""
+    if not path.exists():
+        raise UserError(f"data file {path} does not exist")
+    if not path.is_file():
+        raise UserError(f"data file {path} is not a file")
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise UserError(f"cannot read data file {path}: {exc.strerror}") from None
+    import io
+
+    try:
+        frame = pd.read_csv(io.BytesIO(raw))
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UserError(f"{path} is not a readable CSV file: {detail}") from None
+    if frame.empty:
+        raise UserError(f"{path} has a header but no data rows")
+    return frame, hashlib.sha256(raw).hexdigest()
+
+
+def run_training(
+    request: TrainRequest,
+    store: ModelStore,
+    *,
+    signing_key: bytes | None = None,
+    on_report: Callable[[QualityReport], None] | None = None,
+    on_progress: ProgressCallback | None = None,
+) -> TrainOutcome:
+    """Train one version and save it; raises UserError (store untouched) on fatal input."""
+    check_params(request.params)
+    frame, data_sha256 = read_training_csv(request.data)
+    unknown_drops = [c for c in request.drop if c not in frame.columns]
+    if unknown_drops:
+        raise UserError(
+            f"--drop names unknown column(s) {', '.join(map(repr, unknown_drops))}; "
+            f"columns are: {', '.join(map(str, frame.columns))}"
+        )
+    if request.target in request.drop:
+        raise UserError(f"--drop cannot exclude the target column {request.target!r}")
+    report = assess(frame, request.target, request.drop)
+    problem = fatal_problem(report, [str(c) for c in frame.columns], request.params.test_size)
+    if problem is not None:
+        raise UserError(problem)
+    if on_report is not None:
+        on_report(report)
+
+    features, labels = prepare(frame, report)
+    kinds = {c.name: c.kind for c in report.features}
+    numeric = [n for n, k in kinds.items() if k == "numeric"]
+    categorical = [n for n, k in kinds.items() if k == "categorical"]
+    pipeline = build_pipeline(numeric, categorical, request.params)
+    x_train, x_test, y_train, y_test = split(features, labels, request.params)
+    fit(pipeline, x_train, y_train, on_progress)
+    metrics = evaluate(pipeline, x_test, y_test, y_train)
+
+    import sklearn
+
+    metadata = ModelMetadata(
+        name=request.name,
+        created_at=datetime.now(UTC).isoformat(timespec="seconds"),
+        target=request.target,
+        classes=[str(c) for c in pipeline.classes_],
+        feature_schema=build_schema(features, kinds),
+        reference=build_reference(features, kinds),
+        metrics=metrics,
+        data_sha256=data_sha256,
+        data_rows=len(frame),
+        sklearn_version=sklearn.__version__,
+        params={
+            "trees": request.params.trees,
+            "max_depth": request.params.max_depth,
+            "seed": request.params.seed,
+            "test_size": request.params.test_size,
+            "drop": list(request.drop),
+            "data_file": request.data.name,
+        },
+    )
+    saved = store.save(request.name, pipeline, metadata, report.to_dict(), signing_key=signing_key)
+    return TrainOutcome(saved, report)
