@@ -113,6 +113,7 @@ class Demo:
         self.sent_bad: Counter[str] = Counter()
         self.labels_sent = 0
         self.phase = "starting"
+        self.reader_error: str | None = None
 
     # -- environment -----------------------------------------------------------------------
     def env(self) -> dict[str, str]:
@@ -153,6 +154,18 @@ class Demo:
         if done.returncode != 0:
             tail = log_path.read_text(errors="replace").strip().splitlines()[-5:]
             raise UserError(f"`forestream {' '.join(args)}` failed; see {log_path}: {tail}")
+
+    def create_topics(self, partitions: int = 4) -> None:
+        """Before the workers start, so they find a 4-partition input and size outputs alike."""
+        from contracts.kafka_io import COMPACTED, TopicSpec, ensure_topics
+
+        t = self.topics
+        ensure_topics(
+            self.bootstrap,
+            [TopicSpec(t.features, partitions), TopicSpec(t.labels, partitions)]
+            + [TopicSpec(name, partitions) for name in (t.predictions, t.dlq, t.monitoring)]
+            + [TopicSpec(t.models, 1, COMPACTED)],
+        )
 
     def start_workers(self, count: int = 2) -> None:
         for index in range(count):
@@ -216,19 +229,19 @@ class Demo:
 
         consumer = KafkaConsumer(bootstrap_servers=self.bootstrap, enable_auto_commit=False)
         topics = [self.topics.predictions, self.topics.dlq, self.topics.monitoring]
-        assigned: set[str] = set()
+        assigned: list[TopicPartition] = []
         try:
             while not self._stop_reader.is_set():
-                missing = [t for t in topics if t not in assigned]
-                if missing:
-                    tps = list(consumer.assignment())
-                    for topic in missing:
-                        parts = consumer.partitions_for_topic(topic)
-                        if parts:
-                            assigned.add(topic)
-                            tps += [TopicPartition(topic, p) for p in parts]
-                    consumer.assign(tps)
-                    consumer.seek_to_beginning(*[tp for tp in tps if tp.topic in missing])
+                fresh = [
+                    TopicPartition(topic, p)
+                    for topic in topics
+                    if topic not in {tp.topic for tp in assigned}
+                    for p in consumer.partitions_for_topic(topic) or ()
+                ]
+                if fresh:
+                    assigned += fresh
+                    consumer.assign(assigned)
+                    consumer.seek_to_beginning(*fresh)
                 if not assigned:
                     time.sleep(0.2)
                     continue
@@ -236,6 +249,8 @@ class Demo:
                     with self._lock:
                         for record in records:
                             self._observe(tp.topic, record, headers)
+        except Exception as exc:  # the summary must say the numbers are incomplete
+            self.reader_error = f"{type(exc).__name__}: {exc}"
         finally:
             consumer.close()
 
@@ -273,7 +288,8 @@ class Demo:
         """Send ``plan.records`` records at ``plan.rate``; labels follow ``LABEL_DELAY_S`` later."""
         import pandas as pd
 
-        from contracts.kafka_io import TopicSpec, ensure_topics, make_producer
+        from contracts.headers import ReasonCode
+        from contracts.kafka_io import make_producer
         from producer.encoding import clean_row, encode_row
         from producer.malformed import MalformedMixer
 
@@ -287,10 +303,11 @@ class Demo:
         mixer = MalformedMixer(
             plan.malformed_share, complete, [c for c in numeric if c in complete], seed=7
         )
-        ensure_topics(
-            self.bootstrap, [TopicSpec(self.topics.features, 4), TopicSpec(self.topics.labels, 4)]
-        )
         producer = make_producer(self.bootstrap)
+        # a too_large record (> 1 MiB, compressible) needs a client that may send it
+        oversize = make_producer(
+            self.bootstrap, compression_type="gzip", max_request_size=8 * 1024 * 1024
+        )
         pending_labels: deque[tuple[float, bytes, str]] = deque()
         promoted = False
         start = time.monotonic()
@@ -313,15 +330,18 @@ class Demo:
                 if drifted and isinstance(row.get(DRIFTED_FEATURE), float):
                     row[DRIFTED_FEATURE] += shift
                 key = f"{self.run_id}-{n}".encode()
+                client = producer
                 if mixer.next_is_malformed():
                     kind, value = mixer.make(row)
                     self.sent_bad[kind] += 1
+                    if kind == ReasonCode.TOO_LARGE:
+                        client = oversize
                 else:
                     value = encode_row(row)
                     pending_labels.append(
                         (time.monotonic() + LABEL_DELAY_S, key, labels[n % len(labels)])
                     )
-                producer.send(self.topics.features, key=key, value=value)
+                client.send(self.topics.features, key=key, value=value)
                 self.sent += 1
                 on_progress()
             self.phase = "sending the last labels"
@@ -329,8 +349,10 @@ class Demo:
                 self._send_due_labels(producer, pending_labels, time.monotonic())
                 time.sleep(0.05)
             producer.flush(timeout=30)
+            oversize.flush(timeout=30)
         finally:
             producer.close(timeout=10)
+            oversize.close(timeout=10)
 
     def _send_due_labels(
         self, producer: Any, pending: deque[tuple[float, bytes, str]], now: float
@@ -391,6 +413,7 @@ def summarize(demo: Demo, elapsed_s: float, exit_codes: list[int | None]) -> dic
         "worker_exit_codes": exit_codes,
         "elapsed_s": round(elapsed_s, 1),
         "logs": str(demo.dir),
+        "reader_error": demo.reader_error,
     }
 
 
@@ -456,6 +479,7 @@ def run_demo(plan: DemoPlan, bootstrap: str | None, workdir: Path, as_json: bool
 
             status("starting the local broker")
             demo.start_broker()
+            demo.create_topics()
             csv = demo.write_data()
             status("training v1 and v2")
             demo.train(csv)
