@@ -1,9 +1,303 @@
-"""Commands of this component, registered on the ``forestream`` app by ``forestream.cli``."""
+"""``forestream produce`` and ``forestream topics create``: feed the input topic, make topics."""
 
 from __future__ import annotations
 
+import contextlib
+import signal
+import sys
+import threading
+import uuid
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
 import typer
+
+from contracts.cli_options import (
+    BootstrapOpt,
+    DlqTopicOpt,
+    InputTopicOpt,
+    LabelsTopicOpt,
+    LogFormatOpt,
+    ModelNameOpt,
+    ModelsTopicOpt,
+    MonitoringTopicOpt,
+    OutputTopicOpt,
+    StoreOpt,
+)
+from contracts.errors import UserError
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterator
+
+    from kafka import KafkaProducer
+
+    from producer.settings import ProducerSettings
+
+PartitionsOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--partitions",
+        help="partitions of topics created here [env FORESTREAM_PARTITIONS; default 4]",
+        show_default=False,
+    ),
+]
+
+topics_app = typer.Typer(help="Manage the project's Kafka topics.", no_args_is_help=True)
+
+
+def produce(
+    data: Annotated[
+        Path | None, typer.Option("--data", help="CSV file: one record per row")
+    ] = None,
+    synthetic: Annotated[
+        int | None,
+        typer.Option("--synthetic", help="send N synthetic records matching a model's schema"),
+    ] = None,
+    target: Annotated[
+        str | None, typer.Option("--target", help="target column to drop if present")
+    ] = None,
+    drop: Annotated[
+        list[str] | None, typer.Option("--drop", help="column to leave out (repeatable)")
+    ] = None,
+    key_column: Annotated[
+        str | None,
+        typer.Option("--key-column", help="column used as record key (default <run-id>-<n>)"),
+    ] = None,
+    rate: Annotated[
+        float | None,
+        typer.Option("--rate", help="records/s, 0 = as fast as possible [env FORESTREAM_RATE]"),
+    ] = None,
+    count: Annotated[int | None, typer.Option("--count", help="stop after N records")] = None,
+    loop: Annotated[bool, typer.Option("--loop", help="restart the CSV at its end")] = False,
+    malformed_share: Annotated[
+        float | None,
+        typer.Option(
+            "--malformed-share",
+            help="share of deliberately bad records, one of each kind in turn (0 <= p < 1)",
+        ),
+    ] = None,
+    shift: Annotated[
+        list[str] | None,
+        typer.Option("--shift", help="FEATURE=K: shift a numeric feature by K std (repeatable)"),
+    ] = None,
+    seed: Annotated[int, typer.Option("--seed", help="seed of synthetic/bad records")] = 0,
+    version: Annotated[
+        str | None, typer.Option("--version", help="model version (default: the served one)")
+    ] = None,
+    store: StoreOpt = None,
+    name: ModelNameOpt = None,
+    partitions: PartitionsOpt = None,
+    bootstrap_servers: BootstrapOpt = None,
+    input_topic: InputTopicOpt = None,
+    log_format: LogFormatOpt = None,
+) -> None:
+    """Send feature records to the input topic: a CSV file or synthetic records."""
+    from contracts.settings import load_settings
+    from producer.settings import ProducerSettings
+
+    settings = load_settings(
+        ProducerSettings,
+        bootstrap_servers=bootstrap_servers,
+        input_topic=input_topic,
+        model_store=store,
+        model_name=name,
+        partitions=partitions,
+        rate=rate,
+        malformed_share=malformed_share,
+        log_format=log_format,
+    )
+    if (data is None) == (synthetic is None):
+        raise UserError("pass exactly one of --data FILE.csv or --synthetic N")
+    if synthetic is not None and synthetic < 1:
+        raise UserError("--synthetic N needs N >= 1")
+    if count is not None and count < 1:
+        raise UserError("--count needs a value >= 1")
+    if data is None:
+        csv_only = {"--loop": loop, "--key-column": key_column, "--target": target, "--drop": drop}
+        given = [flag for flag, value in csv_only.items() if value]
+        if given:
+            raise UserError(f"{given[0]} only applies to --data")
+    if settings.log_format not in ("auto", "json", "console"):
+        raise UserError(f"--log-format must be auto, json or console, not {settings.log_format!r}")
+    _run_produce(settings, data, synthetic, target, drop or [], key_column, count, loop,
+                 shift or [], seed, version)  # fmt: skip
+
+
+def _run_produce(
+    settings: ProducerSettings,
+    data: Path | None,
+    synthetic: int | None,
+    target: str | None,
+    drop: list[str],
+    key_column: str | None,
+    count: int | None,
+    loop: bool,
+    shift_specs: list[str],
+    seed: int,
+    version: str | None,
+) -> None:
+    import structlog
+
+    from contracts.kafka_io import TopicSpec, ensure_topics, make_producer
+    from contracts.logs import configure_logging
+    from producer.malformed import MalformedMixer
+    from producer.sending import expected_total, record_stream, send_records
+    from producer.sources import load_csv, load_model_inputs, parse_shifts
+    from producer.synthetic import synthetic_rows
+
+    configure_logging(settings.log_format)  # type: ignore[arg-type]
+    log = structlog.get_logger("forestream.producer")
+    shifts = parse_shifts(shift_specs)
+    run_id = uuid.uuid4().hex[:8]
+
+    if data is not None:
+        source = load_csv(data, target, drop, key_column)
+        if shifts:
+            source.shift(shifts)
+        rows = source.stream(loop)
+        required, numeric = source.complete, [c for c in source.numeric if c in source.complete]
+        valid_rows: int | None = None if loop else len(source.rows)
+        origin = str(data)
+    else:
+        assert synthetic is not None
+        model = load_model_inputs(settings.model_store, settings.model_name, version)
+        for feature_name in shifts:
+            if feature_name not in model.schema.names:
+                raise UserError(f"--shift: model has no feature {feature_name!r}")
+            if model.schema.feature(feature_name).kind != "numeric":
+                raise UserError(f"--shift: feature {feature_name!r} is not numeric")
+        required = [f.name for f in model.schema.features if not f.missing_seen]
+        numeric = [f.name for f in model.schema.features if f.kind == "numeric" and
+                   not f.missing_seen]  # fmt: skip
+        rows = (
+            (None, row)
+            for row in synthetic_rows(model.schema, model.reference, synthetic, seed, shifts)
+        )
+        valid_rows = synthetic
+        origin = f"synthetic:{model.name}@{model.version}"
+
+    mixer = MalformedMixer(settings.malformed_share, required, numeric, seed) if (
+        settings.malformed_share > 0) else None  # fmt: skip
+    # bad records are added between rows, so a finite source sends more than its rows;
+    # only --count cuts the stream (never a row of the file)
+    natural = expected_total(valid_rows, settings.malformed_share)
+    total = natural if count is None else min(count, natural or count)
+    topic = settings.input_topic
+    ensure_topics(settings.bootstrap_servers, [TopicSpec(topic, settings.partitions)])
+    producer = make_producer(settings.bootstrap_servers, max_block_ms=15_000)
+    log.info("producing", run_id=run_id, topic=topic, source=origin, rate=settings.rate)
+
+    def oversize_producer() -> KafkaProducer:
+        return make_producer(
+            settings.bootstrap_servers,
+            compression_type="gzip",
+            max_request_size=8 * 1024 * 1024,
+            max_block_ms=15_000,
+        )
+
+    try:
+        with _progress(total) as advance, _stop_requested() as stop:
+            stats = send_records(
+                producer,
+                topic,
+                record_stream(rows, run_id, mixer),
+                rate=settings.rate,
+                count=count,
+                oversize_producer=oversize_producer,
+                on_sent=advance,
+                should_stop=stop.is_set,
+            )
+    finally:
+        producer.close(timeout=5)
+    if stats.malformed:
+        log.info("malformed records sent", **dict(stats.malformed))
+    typer.echo(stats.summary())
+
+
+@contextlib.contextmanager
+def _stop_requested() -> Iterator[threading.Event]:
+    """SIGINT/SIGTERM set an event instead of killing us: sending stops, acks are awaited.
+
+    ``--loop`` runs until stopped, so a stop is the normal end of a run, not a failure.
+    """
+    stop = threading.Event()
+    signals = (signal.SIGINT, signal.SIGTERM)
+    previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in signals}
+    try:
+        yield stop
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+@contextlib.contextmanager
+def _progress(total: int | None) -> Iterator[Callable[[int], None] | None]:
+    """A rich progress bar on stderr when it is a terminal; nothing when piped or logged."""
+    if not sys.stderr.isatty():
+        yield None
+        return
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    with Progress(
+        TextColumn("producing"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=Console(stderr=True),
+        transient=True,
+    ) as progress:
+        task = progress.add_task("produce", total=total)
+        yield lambda n: progress.advance(task, n)
+
+
+@topics_app.command("create")
+def topics_create(
+    partitions: PartitionsOpt = None,
+    bootstrap_servers: BootstrapOpt = None,
+    input_topic: InputTopicOpt = None,
+    output_topic: OutputTopicOpt = None,
+    dlq_topic: DlqTopicOpt = None,
+    labels_topic: LabelsTopicOpt = None,
+    monitoring_topic: MonitoringTopicOpt = None,
+    models_topic: ModelsTopicOpt = None,
+) -> None:
+    """Create every missing project topic; existing ones are left as they are.
+
+    Input, output, DLQ and labels get --partitions; monitoring 1; models 1, compacted.
+    """
+    from contracts.kafka_io import COMPACTED, TopicSpec, ensure_topics
+    from contracts.settings import load_settings
+    from producer.settings import ProducerSettings
+
+    s = load_settings(
+        ProducerSettings,
+        partitions=partitions,
+        bootstrap_servers=bootstrap_servers,
+        input_topic=input_topic,
+        output_topic=output_topic,
+        dlq_topic=dlq_topic,
+        labels_topic=labels_topic,
+        monitoring_topic=monitoring_topic,
+        models_topic=models_topic,
+    )
+    specs = [
+        TopicSpec(s.input_topic, s.partitions),
+        TopicSpec(s.output_topic, s.partitions),
+        TopicSpec(s.dlq_topic, s.partitions),
+        TopicSpec(s.labels_topic, s.partitions),
+        TopicSpec(s.monitoring_topic, 1),
+        # one partition: every worker reads the registry's events in the order they happened
+        TopicSpec(s.models_topic, 1, dict(COMPACTED)),
+    ]
+    ensure_topics(s.bootstrap_servers, specs)
+    for spec in specs:
+        typer.echo(
+            f"{spec.name} ({spec.partitions} partitions{', compacted' if spec.configs else ''})"
+        )
 
 
 def register(app: typer.Typer) -> None:
-    """Add this component's commands to ``app`` (none yet)."""
+    """Add ``produce`` and ``topics create`` to ``app``."""
+    app.command("produce")(produce)
+    app.add_typer(topics_app, name="topics")

@@ -1,9 +1,165 @@
-"""Commands of this component, registered on the ``forestream`` app by ``forestream.cli``."""
+"""``forestream worker``: registered on the ``forestream`` app by ``forestream.cli``.
+
+Heavy imports (kafka, pandas, sklearn) happen inside the command, so ``forestream --help``
+stays fast.
+"""
 
 from __future__ import annotations
 
+import os
+import sys
+from typing import Annotated
+
 import typer
+
+from contracts.cli_options import (
+    BootstrapOpt,
+    DlqTopicOpt,
+    InputTopicOpt,
+    LogFormatOpt,
+    ModelNameOpt,
+    ModelsTopicOpt,
+    OutputTopicOpt,
+    StoreOpt,
+)
 
 
 def register(app: typer.Typer) -> None:
-    """Add this component's commands to ``app`` (none yet)."""
+    """Add ``worker`` to ``app``."""
+    app.command("worker")(worker)
+
+
+def _without_processes(argv: list[str]) -> list[str]:
+    """The child command line: ours minus ``--processes K`` (children run one process each)."""
+    out: list[str] = []
+    skip = False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == "--processes":
+            skip = True
+        elif not arg.startswith("--processes="):
+            out.append(arg)
+    return out
+
+
+def worker(
+    bootstrap_servers: BootstrapOpt = None,
+    input_topic: InputTopicOpt = None,
+    output_topic: OutputTopicOpt = None,
+    dlq_topic: DlqTopicOpt = None,
+    models_topic: ModelsTopicOpt = None,
+    store: StoreOpt = None,
+    name: ModelNameOpt = None,
+    group: Annotated[
+        str | None,
+        typer.Option(
+            "--group",
+            help="consumer group \\[env FORESTREAM_GROUP; default forestream-workers]",
+            show_default=False,
+        ),
+    ] = None,
+    max_batch: Annotated[
+        int | None,
+        typer.Option(
+            "--max-batch",
+            help="a micro-batch closes at this many records \\[env FORESTREAM_MAX_BATCH; "
+            "default 1000]",
+            show_default=False,
+        ),
+    ] = None,
+    max_wait_ms: Annotated[
+        int | None,
+        typer.Option(
+            "--max-wait-ms",
+            help="...or this many ms after its first record \\[env FORESTREAM_MAX_WAIT_MS; "
+            "default 50]",
+            show_default=False,
+        ),
+    ] = None,
+    max_records: Annotated[
+        int | None,
+        typer.Option(
+            "--max-records",
+            help="exit 0 after this many input records (demos, tests)",
+            show_default=False,
+        ),
+    ] = None,
+    metrics_port: Annotated[
+        int | None,
+        typer.Option(
+            "--metrics-port",
+            help="serve /metrics, /healthz, /readyz on this port (+ worker index under "
+            "--processes) \\[env FORESTREAM_METRICS_PORT; default: no endpoint]",
+            show_default=False,
+        ),
+    ] = None,
+    processes: Annotated[
+        int | None,
+        typer.Option(
+            "--processes",
+            help="run K worker processes in the same group on this machine (one core each)",
+            show_default=False,
+        ),
+    ] = None,
+    log_format: LogFormatOpt = None,
+) -> None:
+    """Score the input topic with the promoted model: predictions out, bad records to the DLQ."""
+    from contracts.logs import configure_logging
+    from contracts.settings import load_settings
+    from worker.settings import WorkerSettings
+
+    settings = load_settings(
+        WorkerSettings,
+        bootstrap_servers=bootstrap_servers,
+        input_topic=input_topic,
+        output_topic=output_topic,
+        dlq_topic=dlq_topic,
+        models_topic=models_topic,
+        model_store=store,
+        model_name=name,
+        group=group,
+        max_batch=max_batch,
+        max_wait_ms=max_wait_ms,
+        max_records=max_records,
+        metrics_port=metrics_port,
+        log_format=log_format or os.environ.get("FORESTREAM_LOG_FORMAT") or "json",
+    )
+    if settings.log_format not in ("auto", "json", "console"):
+        from contracts.errors import UserError
+
+        raise UserError(f"--log-format must be auto, json or console, not {settings.log_format!r}")
+    configure_logging(settings.log_format)  # type: ignore[arg-type]
+
+    if processes is not None and processes != 1:
+        from worker.supervisor import supervise
+
+        argv = [sys.executable, "-m", "forestream.cli", *_without_processes(sys.argv[1:])]
+        raise typer.Exit(supervise(argv, processes))
+
+    from worker.health import start_telemetry
+    from worker.loop import run_worker
+    from worker.models import ModelFollower, store_loader
+
+    port = settings.metrics_port
+    if port is not None and port != 0:
+        port += settings.worker_index  # K processes on one host: one port each
+    telemetry = start_telemetry(port)
+    if telemetry.server is not None:
+        import structlog
+
+        structlog.get_logger("forestream.worker").info(
+            "metrics_serving", port=telemetry.server.port, paths=["/metrics", "/healthz", "/readyz"]
+        )
+    try:
+        follower = ModelFollower(
+            settings.bootstrap_servers,
+            settings.models_topic,
+            settings.model_name,
+            store_loader(settings.model_store, settings.model_name),
+            on_load_failure=telemetry.metrics.record_reload_failure,
+        )
+        code = run_worker(settings, follower, telemetry=telemetry)
+    finally:
+        telemetry.stop()
+    raise typer.Exit(code)

@@ -131,6 +131,7 @@ class Checkpoint:
     input_topic: str
     output_topic: str
     dlq_topic: str
+    model_store: str
     model_name: str
     model_version: str
     ranges: dict[int, tuple[int, int]]
@@ -143,6 +144,7 @@ class Checkpoint:
             "input_topic": self.input_topic,
             "output_topic": self.output_topic,
             "dlq_topic": self.dlq_topic,
+            "model_store": self.model_store,
             "model_name": self.model_name,
             "model_version": self.model_version,
             "ranges": {str(p): list(r) for p, r in self.ranges.items()},
@@ -158,6 +160,7 @@ class Checkpoint:
                 input_topic=body["input_topic"],
                 output_topic=body["output_topic"],
                 dlq_topic=body["dlq_topic"],
+                model_store=body["model_store"],
                 model_name=body["model_name"],
                 model_version=body["model_version"],
                 ranges={int(p): (int(r[0]), int(r[1])) for p, r in body["ranges"].items()},
@@ -257,6 +260,7 @@ def resolve_checkpoint(
         input_topic=topic,
         output_topic=output_topic,
         dlq_topic=dlq_topic,
+        model_store=str(Path(settings.model_store).resolve()),
         model_name=settings.model_name,
         model_version=model_version,
         ranges=bounded_range(partitions, beginning, end, start, stop),
@@ -426,7 +430,11 @@ def register(app: typer.Typer) -> None:
                 raise UserError("--resume continues a saved range: drop the range flags")
             state = Checkpoint.load(resume)
             settings = settings.model_copy(
-                update={"input_topic": state.input_topic, "model_name": state.model_name}
+                update={
+                    "input_topic": state.input_topic,
+                    "model_store": Path(state.model_store),
+                    "model_name": state.model_name,
+                }
             )
             model = _load_model(settings, state.model_version)
             path = resume

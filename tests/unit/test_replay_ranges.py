@@ -56,7 +56,7 @@ def test_ranges_are_clipped_to_what_the_topic_holds() -> None:
 
 
 def test_checkpoint_round_trip_and_resume_text(tmp_path: Path) -> None:
-    state = Checkpoint("in", "out", "out.dlq", "m", "v2", {0: (5, 9), 3: (7, 7)})
+    state = Checkpoint("in", "out", "out.dlq", "/models", "m", "v2", {0: (5, 9), 3: (7, 7)})
     path = tmp_path / "cp.json"
     state.save(path)
     loaded = Checkpoint.load(path)

@@ -1,0 +1,767 @@
+"""Records/s and end-to-end latency of the worker, side by side with its ceiling and its floor.
+
+``python -m bench.throughput [--records 200000] [--features 30] [--trees 100]
+[--latency-rate 1000] [--latency-seconds 20]`` (``--quick`` for a short check run):
+
+(a) passthrough: consume -> produce with the worker's client settings and batching, no model:
+    the ceiling of kafka-python on this machine;
+(b) naive: per record decode, ``predict_proba`` on one row, produce (on a subset: it is slow);
+(c) worker: ``forestream worker`` as a subprocess; (a) and (c) are both measured from the
+    first to the last output record's CreateTime, so they share one ruler;
+(d) latency at a fixed offered load: input CreateTime -> prediction CreateTime (stamped by the
+    worker's producer when it sends the prediction, i.e. after scoring, before the broker ack),
+    plus input CreateTime -> the moment this process received the prediction (includes the
+    output's delivery; the two clocks are the same host clock); the same load through (a)'s
+    loop in its own process gives the floor the client alone imposes.
+
+Every run uses fresh topics (deleted at the end) and a temporary model store.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import platform
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from contracts.errors import UserError
+
+RESULTS = Path(__file__).resolve().parent / "results" / "latest.md"
+WARMUP_RECORDS = 20
+MAX_BATCH = 1000
+"""The worker's default micro-batch limit; the passthrough batches the same way."""
+
+
+class BenchFailed(UserError):
+    """A phase did not complete (worker died, records missing): no number is better than a
+    wrong one. Exit code 1."""
+
+    exit_code = 1
+
+
+@dataclass(frozen=True)
+class Options:
+    records: int
+    features: int
+    trees: int
+    latency_rate: float
+    latency_seconds: float
+    naive_records: int
+    train_rows: int
+    partitions: int
+    bootstrap_servers: str | None
+    output: Path
+
+
+def parse_args(argv: list[str] | None = None) -> Options:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.throughput",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--records", type=int, help="records for (a) and (c) [200000]")
+    parser.add_argument("--features", type=int, default=30, help="numeric features [30]")
+    parser.add_argument("--trees", type=int, default=100, help="trees of the forest [100]")
+    parser.add_argument("--latency-rate", type=float, default=1000.0, help="offered rec/s [1000]")
+    parser.add_argument("--latency-seconds", type=float, help="duration of (d) [20]")
+    parser.add_argument("--naive-records", type=int, help="records of the naive loop [2000]")
+    parser.add_argument("--train-rows", type=int, help="training rows [10000]")
+    parser.add_argument("--partitions", type=int, default=4, help="input partitions [4]")
+    parser.add_argument("--bootstrap-servers", help="broker (default: the local one, or start one)")
+    parser.add_argument("--output", type=Path, default=RESULTS, help=f"markdown [{RESULTS}]")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="a short end-to-end check: 20k records, 500 naive, 5 s of latency, 4k training rows",
+    )
+    a = parser.parse_args(argv)
+
+    def pick(given: Any, full: Any, quick: Any) -> Any:
+        return given if given is not None else (quick if a.quick else full)
+
+    opts = Options(
+        records=pick(a.records, 200_000, 20_000),
+        features=a.features,
+        trees=a.trees,
+        latency_rate=a.latency_rate,
+        latency_seconds=pick(a.latency_seconds, 20.0, 5.0),
+        naive_records=pick(a.naive_records, 2000, 500),
+        train_rows=pick(a.train_rows, 10_000, 4000),
+        partitions=a.partitions,
+        bootstrap_servers=a.bootstrap_servers,
+        output=a.output,
+    )
+    for name in ("records", "features", "trees", "naive_records", "train_rows", "partitions"):
+        if getattr(opts, name) < 1:
+            raise UserError(f"--{name.replace('_', '-')} must be >= 1")
+    if opts.latency_rate * opts.latency_seconds < 1:
+        raise UserError("--latency-rate x --latency-seconds must offer at least one record")
+    if opts.naive_records > opts.records:
+        raise UserError("--naive-records cannot exceed --records (it reads the same topic)")
+    return opts
+
+
+# -- results ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Throughput:
+    records: int
+    seconds: float
+
+    @property
+    def rate(self) -> float:
+        return self.records / self.seconds if self.seconds > 0 else float("inf")
+
+
+@dataclass(frozen=True)
+class Latency:
+    offered_rate: float
+    achieved_rate: float
+    records: int
+    created_ms: list[float]
+    """Input CreateTime -> prediction CreateTime, per record."""
+    received_ms: list[float]
+    """Input CreateTime -> prediction received here, per record."""
+
+    def percentile(self, which: str, q: float) -> float:
+        import numpy as np
+
+        values = self.created_ms if which == "created" else self.received_ms
+        return float(np.percentile(values, q))
+
+
+@dataclass
+class Results:
+    options: Options
+    passthrough: Throughput | None = None
+    naive: Throughput | None = None
+    worker: Throughput | None = None
+    latency: Latency | None = None
+    passthrough_latency: Latency | None = None
+    worker_batch: float | None = None
+    """Mean micro-batch size the worker reported in (c); (d)'s is ``latency_batch``."""
+    latency_batch: float | None = None
+
+
+# -- Kafka plumbing ----------------------------------------------------------------------------
+
+
+def reachable(address: str) -> bool:
+    from contracts.kafka_io import admin_client
+
+    try:
+        admin_client(address, timeout_s=3.0).close()
+    except UserError:
+        return False
+    return True
+
+
+@contextlib.contextmanager
+def broker(given: str | None) -> Iterator[str]:
+    """The given or local broker; if none answers, a temporary one for this run only."""
+    from contracts.settings import default_bootstrap
+
+    address = given or os.environ.get("FORESTREAM_BOOTSTRAP_SERVERS") or default_bootstrap()
+    if reachable(address):
+        yield address
+        return
+    if given:
+        raise UserError(f"cannot reach Kafka at {given}")
+    from forestream import local_kafka
+
+    with tempfile.TemporaryDirectory(prefix="forestream-bench-kafka-") as data_dir:
+        print(f"no broker at {address}: starting a temporary one", file=sys.stderr)
+        info = local_kafka.start(Path(data_dir))
+        try:
+            yield info.address
+        finally:
+            local_kafka.stop(Path(data_dir))
+
+
+def fill_topic(bootstrap: str, topic: str, values: list[bytes], prefix: str) -> None:
+    """Write the input records up front (acks checked), so (a)-(c) only measure consuming."""
+    from contracts.kafka_io import make_producer
+    from producer.sending import OutgoingRecord, send_records
+
+    producer = make_producer(bootstrap)
+    try:
+        send_records(
+            producer,
+            topic,
+            (OutgoingRecord(f"{prefix}-{i}".encode(), v) for i, v in enumerate(values)),
+        )
+    finally:
+        producer.close(timeout=10)
+
+
+def read_all(
+    bootstrap: str, topic: str, expected: int, timeout_s: float, on_record: Callable[[Any], None]
+) -> int:
+    """Feed every record of ``topic`` to ``on_record`` until ``expected`` arrived (bounded)."""
+    from kafka import TopicPartition
+
+    from contracts.kafka_io import make_consumer
+
+    consumer = make_consumer(bootstrap, max_poll_records=5000)
+    try:
+        deadline = time.monotonic() + timeout_s
+        partitions = consumer.partitions_for_topic(topic) or set()
+        tps = [TopicPartition(topic, p) for p in sorted(partitions)]
+        consumer.assign(tps)
+        consumer.seek_to_beginning(*tps)
+        seen = 0
+        while seen < expected:
+            if time.monotonic() > deadline:
+                raise BenchFailed(f"only {seen} of {expected} records on {topic} in {timeout_s}s")
+            for records in consumer.poll(timeout_ms=500).values():
+                for record in records:
+                    on_record(record)
+                seen += len(records)
+        return seen
+    finally:
+        consumer.close()
+
+
+def topic_size(bootstrap: str, topic: str) -> int:
+    """Records in a fresh topic (its end offsets; nothing was deleted from it)."""
+    from kafka import TopicPartition
+
+    from contracts.kafka_io import make_consumer
+
+    consumer = make_consumer(bootstrap)
+    try:
+        partitions = consumer.partitions_for_topic(topic) or set()
+        return sum(consumer.end_offsets([TopicPartition(topic, p) for p in partitions]).values())
+    finally:
+        consumer.close()
+
+
+def output_span(bootstrap: str, topic: str, expected: int, timeout_s: float) -> Throughput:
+    """Records/s between the first and last CreateTime on ``topic``, once it is complete.
+
+    Called after the process under test finished (all acked), so a short topic means lost or
+    dead-lettered records: fail at once instead of waiting for records that cannot come.
+    """
+    size = topic_size(bootstrap, topic)
+    if size < expected:
+        raise BenchFailed(f"{topic} holds {size} records, expected {expected}")
+    stamps: list[int] = []
+    read_all(bootstrap, topic, expected, timeout_s, lambda r: stamps.append(r.timestamp))
+    seconds = (max(stamps) - min(stamps)) / 1000
+    # n records span n-1 gaps; with a 1 ms clock the span of a tiny run can be 0
+    return Throughput(len(stamps) - 1, max(seconds, 0.001))
+
+
+def phase_timeout(records: int, floor_s: float = 120.0) -> float:
+    """Generous bound for a phase: a stuck phase must fail, a slow machine must not."""
+    return max(floor_s, records / 200)
+
+
+# -- (a) passthrough ---------------------------------------------------------------------------
+
+
+def passthrough(bootstrap: str, source: str, sink: str, records: int, group: str) -> None:
+    """The worker's loop without decoding or scoring: poll, send, flush (all acks), commit."""
+    from kafka import TopicPartition
+    from kafka.structs import OffsetAndMetadata
+
+    from contracts.kafka_io import make_consumer, make_producer
+
+    consumer = make_consumer(bootstrap, source, group_id=group, max_poll_records=MAX_BATCH)
+    producer = make_producer(bootstrap)
+    try:
+        done = 0
+        deadline = time.monotonic() + phase_timeout(records)
+        while done < records:
+            if time.monotonic() > deadline:
+                raise BenchFailed(f"passthrough moved {done} of {records} records in time")
+            polled = consumer.poll(timeout_ms=200, max_records=min(MAX_BATCH, records - done))
+            batch = [r for rs in polled.values() for r in rs]
+            if not batch:
+                continue
+            futures = [producer.send(sink, key=r.key, value=r.value) for r in batch]
+            producer.flush()
+            if any(f.failed() for f in futures):
+                raise BenchFailed("passthrough: the broker refused records")
+            consumer.commit(
+                {
+                    TopicPartition(r.topic, r.partition): OffsetAndMetadata(r.offset + 1, "", -1)
+                    for r in batch
+                }
+            )
+            done += len(batch)
+    finally:
+        producer.close(timeout=10)
+        consumer.close(autocommit=False)
+
+
+# -- (b) naive ---------------------------------------------------------------------------------
+
+
+def naive_loop(
+    bootstrap: str,
+    source: str,
+    sink: str,
+    records: int,
+    group: str,
+    pipeline: Any,
+    names: list[str],
+) -> Throughput:
+    """What a first attempt looks like: each record decoded, scored and sent on its own."""
+    import pandas as pd
+
+    from contracts.kafka_io import make_consumer, make_producer
+
+    classes = [str(c) for c in pipeline.classes_]
+    consumer = make_consumer(bootstrap, source, group_id=group)
+    producer = make_producer(bootstrap)
+    try:
+        done, started = 0, None
+        deadline = time.monotonic() + phase_timeout(records * 50)
+        while done < records:
+            if time.monotonic() > deadline:
+                raise BenchFailed(f"naive loop scored {done} of {records} records in time")
+            for batch in consumer.poll(timeout_ms=200).values():
+                for r in batch[: records - done]:
+                    started = started or time.perf_counter()
+                    row = json.loads(r.value)
+                    frame = pd.DataFrame([[row[n] for n in names]], columns=names)
+                    probabilities = pipeline.predict_proba(frame)[0].tolist()
+                    best = max(range(len(classes)), key=probabilities.__getitem__)
+                    value = {
+                        "prediction": classes[best],
+                        "probabilities": dict(zip(classes, probabilities, strict=True)),
+                        "model_version": "naive",
+                        "source": {"topic": r.topic, "partition": r.partition, "offset": r.offset},
+                        "event_time": r.timestamp,
+                        "scored_at": int(time.time() * 1000),
+                    }
+                    producer.send(sink, key=r.key, value=json.dumps(value).encode())
+                    done += 1
+        producer.flush()
+        assert started is not None
+        return Throughput(done, time.perf_counter() - started)
+    finally:
+        producer.close(timeout=10)
+        consumer.close(autocommit=False)
+
+
+# -- (c), (d) the worker -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class WorkerTopics:
+    input: str
+    output: str
+    dlq: str
+    models: str
+
+
+def start_worker(
+    bootstrap: str,
+    topics: WorkerTopics,
+    store: Path,
+    group: str,
+    log_path: Path,
+    max_records: int | None = None,
+) -> subprocess.Popen[bytes]:
+    from bench.workload import MODEL_NAME
+
+    cmd = [
+        sys.executable, "-m", "forestream", "worker",
+        "--bootstrap-servers", bootstrap,
+        "--input-topic", topics.input, "--output-topic", topics.output,
+        "--dlq-topic", topics.dlq, "--models-topic", topics.models,
+        "--store", str(store), "--name", MODEL_NAME, "--group", group,
+        "--log-format", "json",
+    ]  # fmt: skip
+    if max_records is not None:
+        cmd += ["--max-records", str(max_records)]
+    with log_path.open("ab") as log:
+        return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=log)
+
+
+def worker_died(proc: subprocess.Popen[bytes], log_path: Path) -> BenchFailed:
+    tail = log_path.read_text(errors="replace").strip().splitlines()[-5:]
+    return BenchFailed(
+        f"process under test exited with code {proc.returncode}: " + " | ".join(tail)
+    )
+
+
+def mean_batch(log_path: Path) -> float | None:
+    """Records per micro-batch from the worker's final summary log line, if it wrote one."""
+    with contextlib.suppress(OSError):
+        for line in reversed(log_path.read_text(errors="replace").splitlines()):
+            with contextlib.suppress(ValueError, AttributeError):
+                event = json.loads(line)
+                if event.get("event") == "worker_final_summary" and event.get("batches"):
+                    return float(event["records_in"]) / float(event["batches"])
+    return None
+
+
+def stop_worker(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
+
+
+def worker_throughput(
+    bootstrap: str, topics: WorkerTopics, store: Path, records: int, group: str, log_path: Path
+) -> Throughput:
+    proc = start_worker(bootstrap, topics, store, group, log_path, max_records=records)
+    try:
+        proc.wait(timeout=phase_timeout(records, floor_s=300.0))
+    except subprocess.TimeoutExpired:
+        raise BenchFailed(f"worker did not score {records} records in time") from None
+    finally:
+        stop_worker(proc)  # no-op once it exited on its own (--max-records)
+    if proc.returncode != 0:
+        raise worker_died(proc, log_path)
+    return output_span(bootstrap, topics.output, records, timeout_s=phase_timeout(records))
+
+
+def start_passthrough(
+    bootstrap: str, source: str, sink: str, records: int, group: str, log_path: Path
+) -> subprocess.Popen[bytes]:
+    """(a)'s loop in its own process, as the worker runs in its own: the latency floor."""
+    code = (
+        "import sys; from bench.throughput import passthrough; "
+        "passthrough(*sys.argv[1:4], int(sys.argv[4]), sys.argv[5])"
+    )
+    with log_path.open("ab") as log:
+        return subprocess.Popen(
+            [sys.executable, "-c", code, bootstrap, source, sink, str(records), group],
+            stdout=subprocess.DEVNULL,
+            stderr=log,
+            cwd=Path(__file__).resolve().parent.parent,
+        )
+
+
+def offered_load_latency(
+    bootstrap: str,
+    source: str,
+    sink: str,
+    values: list[bytes],
+    rate: float,
+    seconds: float,
+    start: Callable[[int], subprocess.Popen[bytes]],
+    log_path: Path,
+) -> Latency:
+    """Offer ``rate`` rec/s for ``seconds`` to a warmed-up process; time every output record.
+
+    ``start(records)`` launches the process under test (it may exit after ``records``). Each
+    input gets an explicit CreateTime, remembered by key, so outputs that do not carry the
+    input timestamp (the passthrough's) are timed the same way as predictions.
+    """
+    from kafka import TopicPartition
+
+    from contracts.kafka_io import make_consumer, make_producer
+    from producer.pacing import RateSchedule
+
+    count = int(rate * seconds)
+    consumer = make_consumer(bootstrap)
+    tps = [TopicPartition(sink, p) for p in sorted(consumer.partitions_for_topic(sink) or [])]
+    consumer.assign(tps)
+    consumer.seek_to_beginning(*tps)
+    producer = make_producer(bootstrap)
+    proc = start(WARMUP_RECORDS + count)
+    sent_ms: dict[bytes, int] = {}
+    created: list[float] = []
+    received: list[float] = []
+    sent_span: list[float] = []
+
+    def send(key: bytes, i: int) -> None:
+        stamp = int(time.time() * 1000)
+        sent_ms[key] = stamp
+        producer.send(source, key=key, value=values[i % len(values)], timestamp_ms=stamp)
+
+    def offer() -> None:
+        schedule = RateSchedule(rate=rate, start=time.monotonic())
+        began = time.monotonic()
+        for i in range(count):
+            wait = schedule.wait_s(time.monotonic())
+            if wait > 0.0005:
+                time.sleep(wait)
+            send(f"lat-{i}".encode(), i)
+            schedule.mark_sent()
+        producer.flush()
+        sent_span.append(time.monotonic() - began)
+
+    def receive(prefix: bytes, expected: int, timeout_s: float) -> int:
+        seen = 0
+        deadline = time.monotonic() + timeout_s
+        while seen < expected:
+            if proc.poll() not in (None, 0):
+                raise worker_died(proc, log_path)
+            if time.monotonic() > deadline:
+                raise BenchFailed(f"{seen} of {expected} outputs on {sink} within {timeout_s:.0f}s")
+            for batch in consumer.poll(timeout_ms=100).values():
+                now_ms = time.time() * 1000
+                for r in batch:
+                    if not r.key.startswith(prefix):
+                        continue
+                    seen += 1
+                    if prefix == b"lat-":
+                        created.append(r.timestamp - sent_ms[r.key])
+                        received.append(now_ms - sent_ms[r.key])
+        return seen
+
+    try:
+        # warm-up: model loaded, group joined, first fetches done before the clock matters
+        for i in range(WARMUP_RECORDS):
+            send(f"warm-{i}".encode(), i)
+        producer.flush()
+        receive(b"warm-", WARMUP_RECORDS, timeout_s=180)
+        sender = threading.Thread(target=offer, name="offered-load", daemon=True)
+        sender.start()
+        receive(b"lat-", count, timeout_s=seconds + 120)
+        sender.join(timeout=30)
+    finally:
+        stop_worker(proc)
+        producer.close(timeout=10)
+        consumer.close()
+    achieved = count / sent_span[0] if sent_span and sent_span[0] > 0 else 0.0
+    return Latency(rate, achieved, len(created), created, received)
+
+
+# -- report --------------------------------------------------------------------------------------
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    return f"{cpu}, {os.cpu_count()} cores, {platform.system()} {platform.release()}, " + (
+        f"Python {platform.python_version()}"
+    )
+
+
+def table_rows(res: Results) -> list[tuple[str, str, str]]:
+    """(measurement, value, note) rows shared by the terminal table and the markdown file."""
+    o = res.options
+    rows: list[tuple[str, str, str]] = []
+    if res.passthrough:
+        rows.append(
+            ("(a) passthrough, no model", f"{res.passthrough.rate:,.0f} rec/s",
+             f"{o.records:,} records, ceiling of the client")
+        )  # fmt: skip
+    if res.naive:
+        rows.append(
+            ("(b) naive per-record loop", f"{res.naive.rate:,.0f} rec/s",
+             f"{res.naive.records:,} records, predict_proba on one row each")
+        )  # fmt: skip
+    if res.worker:
+        rows.append(
+            ("(c) forestream worker", f"{res.worker.rate:,.0f} rec/s",
+             f"{o.records:,} records, 1 process, max batch {MAX_BATCH}"
+             + batch_note(res.worker_batch))
+        )  # fmt: skip
+    if res.worker and res.passthrough:
+        ratio = res.worker.rate / res.passthrough.rate
+        rows.append(
+            ("worker / passthrough", f"{ratio:.0%}", "target >= 50%: " + verdict(ratio >= 0.5))
+        )
+    if res.worker and res.naive:
+        ratio = res.worker.rate / res.naive.rate
+        rows.append(("worker / naive", f"{ratio:,.0f}x", "target >= 50x: " + verdict(ratio >= 50)))
+    if res.latency:
+        lat = res.latency
+        p99 = lat.percentile("created", 99)
+        rows.append(
+            ("(d) worker latency p50 / p99", f"{lat.percentile('created', 50):.0f} / {p99:.0f} ms",
+             f"input CreateTime -> prediction CreateTime at {lat.offered_rate:,.0f} rec/s "
+             f"offered ({lat.achieved_rate:,.0f} achieved, {lat.records:,} records"
+             f"{batch_note(res.latency_batch)}); target p99 <= 100 ms: " + verdict(p99 <= 100))
+        )  # fmt: skip
+        rows.append(
+            ("(d) worker latency as received p50 / p99", percentiles(lat, "received"),
+             "input CreateTime -> prediction read back by the benchmark")
+        )  # fmt: skip
+    if res.passthrough_latency:
+        rows.append(
+            ("(d) passthrough latency p50 / p99", percentiles(res.passthrough_latency, "created"),
+             "same load through (a)'s loop in its own process: the client's floor")
+        )  # fmt: skip
+    return rows
+
+
+def percentiles(lat: Latency, which: str) -> str:
+    return f"{lat.percentile(which, 50):.0f} / {lat.percentile(which, 99):.0f} ms"
+
+
+def batch_note(mean: float | None) -> str:
+    return f", mean batch {mean:,.0f}" if mean is not None else ""
+
+
+def verdict(ok: bool) -> str:
+    return "met" if ok else "NOT met"
+
+
+def render(res: Results) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    o = res.options
+    table = Table(
+        title=f"forestream throughput: {o.features} features, RF {o.trees} trees",
+        caption=machine(),
+    )
+    table.add_column("measurement")
+    table.add_column("result", justify="right")
+    table.add_column("notes")
+    for row in table_rows(res):
+        table.add_row(*row)
+    Console().print(table)
+
+
+def markdown(res: Results) -> str:
+    o = res.options
+    lines = [
+        f"# Benchmark ({datetime.now(UTC).isoformat(timespec='seconds')})",
+        "",
+        f"Machine: {machine()}. Command: `python -m bench.throughput --records {o.records} "
+        f"--features {o.features} --trees {o.trees} --latency-rate {o.latency_rate:g} "
+        f"--latency-seconds {o.latency_seconds:g} --naive-records {o.naive_records} "
+        f"--train-rows {o.train_rows} --partitions {o.partitions}`.",
+        "",
+        "| measurement | result | notes |",
+        "|---|---:|---|",
+        *(f"| {m} | {v} | {n} |" for m, v, n in table_rows(res)),
+        "",
+        "Rates of (a) and (c) are output records over the span between the first and the "
+        "last output record's CreateTime (stamped by the sending client); (b) is timed in "
+        "process. Latencies use the input record's CreateTime; 'CreateTime' rows end at the "
+        "output record's CreateTime (set by the worker's producer after scoring, before the "
+        "broker's ack), 'as received' rows end when the benchmark's consumer got the output.",
+    ]
+    return "\n".join(lines).rstrip() + "\n"
+
+
+# -- main ----------------------------------------------------------------------------------------
+
+
+def run(opts: Options) -> Results:
+    from bench.workload import announce_promotion, make_workload
+    from contracts.kafka_io import TopicSpec, admin_client, ensure_topics
+    from contracts.model_store import ModelStore
+
+    res = Results(opts)
+    run_id = uuid.uuid4().hex[:8]
+    prefix = f"bench.{run_id}"
+
+    def say(message: str) -> None:
+        print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+    with (
+        broker(opts.bootstrap_servers) as bootstrap,
+        tempfile.TemporaryDirectory(prefix="forestream-bench-") as tmp,
+    ):
+        work = Path(tmp)
+        bulk = WorkerTopics(f"{prefix}.in", f"{prefix}.out", f"{prefix}.dlq", f"{prefix}.models")
+        lat = WorkerTopics(
+            f"{prefix}.lat.in", f"{prefix}.lat.out", f"{prefix}.lat.dlq", bulk.models
+        )
+        pass_out, naive_out = f"{prefix}.passthrough", f"{prefix}.naive"
+        lat_pass_in, lat_pass_out = f"{prefix}.lat.pass.in", f"{prefix}.lat.pass.out"
+        extra = [pass_out, naive_out, lat_pass_in, lat_pass_out]
+        created = [*bulk.__dict__.values(), *lat.__dict__.values(), *extra]
+        try:
+            say(f"broker {bootstrap}; training RF {opts.trees} trees on {opts.train_rows} rows")
+            store = ModelStore(work / "models")
+            workload = make_workload(
+                opts.records, opts.features, opts.trees, opts.train_rows, store
+            )
+            announce_promotion(bootstrap, bulk.models, workload.metadata)
+            fresh = [t for t in created if t != bulk.models]  # models: one compacted partition
+            ensure_topics(bootstrap, [TopicSpec(t, opts.partitions) for t in fresh])
+            say(f"writing {opts.records:,} input records to {bulk.input}")
+            fill_topic(bootstrap, bulk.input, workload.values, "b")
+
+            say("(a) passthrough")
+            passthrough(bootstrap, bulk.input, pass_out, opts.records, f"{prefix}.pass")
+            res.passthrough = output_span(
+                bootstrap, pass_out, opts.records, phase_timeout(opts.records)
+            )
+            say(f"(a) {res.passthrough.rate:,.0f} rec/s")
+
+            say(f"(b) naive loop on {opts.naive_records:,} records")
+            pipeline, _ = store.load_verified(workload.metadata.name, workload.metadata.version)
+            res.naive = naive_loop(bootstrap, bulk.input, naive_out, opts.naive_records,
+                                   f"{prefix}.naive", pipeline, workload.feature_names)  # fmt: skip
+            say(f"(b) {res.naive.rate:,.0f} rec/s")
+
+            say("(c) forestream worker")
+            res.worker = worker_throughput(
+                bootstrap, bulk, store.root, opts.records, f"{prefix}.worker", work / "c.log"
+            )
+            res.worker_batch = mean_batch(work / "c.log")
+            say(f"(c) {res.worker.rate:,.0f} rec/s")
+
+            say(f"(d) latency at {opts.latency_rate:g} rec/s for {opts.latency_seconds:g} s")
+            res.latency = offered_load_latency(
+                bootstrap, lat.input, lat.output, workload.values, opts.latency_rate,
+                opts.latency_seconds,
+                lambda _: start_worker(bootstrap, lat, store.root, f"{prefix}.lat", work / "d.log"),
+                work / "d.log",
+            )  # fmt: skip
+            res.latency_batch = mean_batch(work / "d.log")
+            say(f"(d) worker p99 {res.latency.percentile('created', 99):.0f} ms")
+
+            say("(d) the same load through the passthrough")
+            res.passthrough_latency = offered_load_latency(
+                bootstrap, lat_pass_in, lat_pass_out, workload.values, opts.latency_rate,
+                opts.latency_seconds,
+                lambda n: start_passthrough(bootstrap, lat_pass_in, lat_pass_out, n,
+                                            f"{prefix}.lat.pass", work / "d-pass.log"),
+                work / "d-pass.log",
+            )  # fmt: skip
+        finally:
+            admin = None
+            with contextlib.suppress(Exception):  # best effort: leave the shared broker tidy
+                admin = admin_client(bootstrap)
+                admin.delete_topics(created, timeout_ms=30_000)
+            if admin is not None:
+                admin.close()
+    return res
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        opts = parse_args(argv)
+        res = run(opts)
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("aborted", file=sys.stderr)
+        return 130
+    render(res)
+    opts.output.parent.mkdir(parents=True, exist_ok=True)
+    opts.output.write_text(markdown(res))
+    print(f"written to {opts.output}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

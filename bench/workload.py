@@ -1,0 +1,138 @@
+"""The benchmark's data and model: synthetic numeric rows, a RandomForest, a promoted version.
+
+The model goes through the same path as production (``ModelStore.save``, then a ``promoted``
+event on a models topic), so the worker under test loads, verifies and warms it up exactly as
+it would in a deployment.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+
+from contracts.model_store import ModelMetadata, ModelStore
+from contracts.schema import FeatureSchema, NumericFeature, NumericReference, ReferenceStats
+from contracts.wire import ModelEvent, ServingRef
+
+MODEL_NAME = "bench"
+REFERENCE_BINS = 10
+
+
+@dataclass(frozen=True)
+class Workload:
+    """Encoded input records plus the model that scores them."""
+
+    feature_names: list[str]
+    values: list[bytes]
+    """One JSON object per record (the input wire format), encoded once up front."""
+    pipeline: Any
+    metadata: ModelMetadata
+
+
+def feature_names(count: int) -> list[str]:
+    width = len(str(count - 1))
+    return [f"f{i:0{width}d}" for i in range(count)]
+
+
+def make_workload(
+    records: int, features: int, trees: int, train_rows: int, store: ModelStore, seed: int = 0
+) -> Workload:
+    """Train on ``train_rows`` rows and encode ``records`` more rows of the same distribution."""
+    import pandas as pd
+    from sklearn import __version__ as sklearn_version
+    from sklearn.datasets import make_classification
+    from sklearn.ensemble import RandomForestClassifier
+
+    names = feature_names(features)
+    x, y = make_classification(
+        n_samples=train_rows + records,
+        n_features=features,
+        n_informative=min(10, features),
+        n_redundant=min(5, max(features - 10, 0)),
+        random_state=seed,
+    )
+    x = np.round(x, 6)  # what a CSV export carries; keeps records a realistic ~0.5 KB
+    train = pd.DataFrame(x[:train_rows], columns=names)
+    labels = y[:train_rows].astype(str)
+    # one core per fit/predict: the worker is benchmarked as one process on a shared machine
+    model = RandomForestClassifier(n_estimators=trees, n_jobs=1, random_state=seed)
+    model.fit(train, labels)
+
+    metadata = store.save(
+        MODEL_NAME,
+        model,
+        ModelMetadata(
+            name=MODEL_NAME,
+            created_at=datetime.now(UTC).isoformat(timespec="seconds"),
+            target="label",
+            classes=[str(c) for c in model.classes_],
+            feature_schema=FeatureSchema(
+                features=[
+                    NumericFeature(name=n, min=float(train[n].min()), max=float(train[n].max()))
+                    for n in names
+                ]
+            ),
+            reference=reference_stats(train),
+            metrics={},
+            data_sha256="synthetic",
+            data_rows=train_rows,
+            sklearn_version=sklearn_version,
+            params={"n_estimators": trees, "features": features, "seed": seed},
+        ),
+        {},
+    )
+    store.promote(MODEL_NAME, metadata.version)
+    values = [
+        json.dumps(dict(zip(names, row, strict=True)), separators=(",", ":")).encode()
+        for row in x[train_rows:].tolist()
+    ]
+    return Workload(names, values, model, metadata)
+
+
+def reference_stats(train: Any) -> ReferenceStats:
+    """Decile edges and shares per column: what the trainer records for drift monitoring."""
+    refs: dict[str, NumericReference] = {}
+    quantiles = np.linspace(0, 1, REFERENCE_BINS + 1)[1:-1]
+    for name in train.columns:
+        column = train[name].to_numpy()
+        edges = np.unique(np.quantile(column, quantiles)).tolist()
+        counts = np.bincount(np.searchsorted(edges, column, side="left"), minlength=len(edges) + 1)
+        refs[name] = NumericReference(
+            edges=edges,
+            shares=(counts / counts.sum()).tolist(),
+            mean=float(column.mean()),
+            std=float(column.std()),
+        )
+    return ReferenceStats(features=refs)  # type: ignore[arg-type]
+
+
+def announce_promotion(bootstrap: str, models_topic: str, metadata: ModelMetadata) -> None:
+    """Publish the ``promoted`` event workers follow (key = model name), and wait for the ack."""
+    from contracts.kafka_io import COMPACTED, TopicSpec, ensure_topics, make_producer
+
+    ensure_topics(bootstrap, [TopicSpec(models_topic, 1, dict(COMPACTED))])
+    serving = ServingRef(
+        version=metadata.version, sha256=metadata.artifact_sha256, signature=metadata.signature
+    )
+    event = ModelEvent(
+        kind="promoted",
+        name=MODEL_NAME,
+        version=metadata.version,
+        sha256=metadata.artifact_sha256,
+        signature=metadata.signature,
+        created_at=metadata.created_at,
+        serving=serving,
+        at=int(time.time() * 1000),
+    )
+    producer = make_producer(bootstrap)
+    try:
+        producer.send(
+            models_topic, key=MODEL_NAME.encode(), value=event.model_dump_json().encode()
+        ).get(timeout=30)
+    finally:
+        producer.close(timeout=5)

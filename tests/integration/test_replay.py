@@ -1,0 +1,212 @@
+"""``forestream replay`` against a real broker: bounded, group-less, same batch path as live.
+
+One module-wide scenario: 10k records with known timestamps, scored live by a worker with v1;
+then replays by offset and by time, with v1 and v2, and one interrupted and resumed.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from kafka import KafkaAdminClient
+
+from contracts.kafka_io import TopicSpec, ensure_topics, make_producer
+from contracts.model_store import ModelStore
+from contracts.wire import Prediction
+from tests.kafka_helpers import read_topic
+from tests.worker_support import (
+    make_frame,
+    publish_promotion,
+    row_json,
+    save_model,
+    worker_command,
+    worker_env,
+)
+
+RECORDS = 10_000
+PARTITIONS = 4
+BASE_MS = 1_700_000_000_000
+STEP_MS = 10
+MODEL = "replayed"
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@dataclass
+class Scenario:
+    bootstrap: str
+    topics: dict[str, str]
+    store: Path
+    group: str
+    live: dict[bytes, Prediction]
+
+
+def _forestream(*args: str, timeout_s: float = 180) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "forestream", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout_s,
+        env=worker_env(),
+        cwd=ROOT,
+    )
+
+
+def _by_key(records: list[Any]) -> dict[bytes, Prediction]:
+    return {r.key: Prediction.model_validate_json(r.value) for r in records}
+
+
+@pytest.fixture(scope="module")
+def scenario(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Scenario]:
+    run = str(int(time.time() * 1000))
+    topics = {k: f"test.replay.{run}.{k}" for k in ("in", "out", "dlq", "models")}
+    store = tmp_path_factory.mktemp("replay-store")
+    _, v1 = save_model(store, MODEL, make_frame(300, seed=1), trees=10)
+    save_model(store, MODEL, make_frame(300, seed=2), trees=12)  # v2, promoted below...
+    ModelStore(store).promote(MODEL, v1.version)  # ...then v1 again: live serves v1
+    ensure_topics(kafka_bootstrap, [TopicSpec(topics["in"], PARTITIONS)])
+    publish_promotion(kafka_bootstrap, topics["models"], v1)
+
+    frame = make_frame(RECORDS, seed=9)
+    producer = make_producer(kafka_bootstrap)
+    for i, (_, row) in enumerate(frame.iterrows()):
+        producer.send(
+            topics["in"],
+            key=f"k{i}".encode(),
+            value=row_json(row),
+            timestamp_ms=BASE_MS + i * STEP_MS,
+        )
+    producer.flush(timeout=60)
+    producer.close()
+
+    group = f"live-{run}"
+    command = worker_command(
+        kafka_bootstrap, topics, store, MODEL, group, "--max-records", str(RECORDS)
+    )
+    done = subprocess.run(
+        command, capture_output=True, text=True, timeout=240, env=worker_env(), cwd=ROOT
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    live = _by_key(read_topic(kafka_bootstrap, topics["out"], expected=RECORDS, timeout_s=60))
+    assert len(live) == RECORDS
+    yield Scenario(kafka_bootstrap, topics, store, group, live)
+
+
+def _replay(s: Scenario, output: str, *flags: str) -> subprocess.CompletedProcess[str]:
+    return _forestream(
+        "replay",
+        "--bootstrap-servers", s.bootstrap,
+        "--input-topic", s.topics["in"],
+        "--output-topic", output,
+        "--store", str(s.store),
+        "--name", MODEL,
+        "--checkpoint", str(s.store / f"{output}.checkpoint.json"),
+        *flags,
+    )  # fmt: skip
+
+
+def _committed(s: Scenario) -> dict[int, int]:
+    admin = KafkaAdminClient(bootstrap_servers=s.bootstrap)
+    try:
+        offsets = admin.list_group_offsets(s.group)[s.group]
+    finally:
+        admin.close()
+    return {tp.partition: meta.offset for tp, meta in offsets.items()}
+
+
+def test_replay_with_the_live_version_reproduces_the_live_predictions(scenario: Scenario) -> None:
+    before = _committed(scenario)
+    output = scenario.topics["in"] + ".replay-v1"
+    done = _replay(scenario, output, "--model-version", "v1")
+    assert done.returncode == 0, done.stderr
+    assert f"replayed {RECORDS} records with v1" in done.stdout
+    replayed = _by_key(read_topic(scenario.bootstrap, output, expected=RECORDS, settle_s=1))
+    assert replayed.keys() == scenario.live.keys()
+    for key, prediction in replayed.items():
+        live = scenario.live[key]
+        assert (prediction.prediction, prediction.probabilities, prediction.source) == (
+            live.prediction,
+            live.probabilities,
+            live.source,
+        )
+    assert _committed(scenario) == before, "replay must never touch the live group's offsets"
+
+
+def test_replay_with_v2_rescores_everything_with_v2(scenario: Scenario) -> None:
+    output = scenario.topics["in"] + ".replay-v2"
+    done = _replay(scenario, output, "--model-version", "v2")
+    assert done.returncode == 0, done.stderr
+    replayed = _by_key(read_topic(scenario.bootstrap, output, expected=RECORDS, settle_s=1))
+    assert len(replayed) == RECORDS
+    assert {p.model_version for p in replayed.values()} == {"v2"}
+
+
+def test_replay_by_time_picks_exactly_the_records_inside(scenario: Scenario) -> None:
+    first, end = 2_000, 5_000
+    output = scenario.topics["in"] + ".replay-time"
+    done = _replay(
+        scenario,
+        output,
+        "--from-time", str(BASE_MS + first * STEP_MS),
+        # ISO 8601 for the end, to exercise both forms
+        "--to-time", time.strftime(
+            "%Y-%m-%dT%H:%M:%S", time.gmtime((BASE_MS + end * STEP_MS) / 1000)
+        ) + f".{(BASE_MS + end * STEP_MS) % 1000:03d}Z",
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    records = read_topic(scenario.bootstrap, output, expected=end - first, settle_s=2)
+    assert sorted(int(r.key[1:]) for r in records) == list(range(first, end))
+
+
+def test_replay_refuses_the_live_topic_without_into_live(scenario: Scenario) -> None:
+    done = _replay(scenario, "forestream.predictions")
+    assert done.returncode == 2
+    assert "--into-live" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_interrupted_replay_resumes_where_it_stopped(scenario: Scenario) -> None:
+    output = scenario.topics["in"] + ".replay-resume"
+    checkpoint = scenario.store / "resume.json"
+    command = [
+        sys.executable, "-m", "forestream", "replay",
+        "--bootstrap-servers", scenario.bootstrap,
+        "--input-topic", scenario.topics["in"],
+        "--output-topic", output,
+        "--store", str(scenario.store), "--name", MODEL,
+        "--max-batch", "50",
+        "--checkpoint", str(checkpoint),
+    ]  # fmt: skip
+    proc = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=worker_env()
+    )
+    try:
+        read_topic(scenario.bootstrap, output, expected=1, timeout_s=120)
+        proc.send_signal(signal.SIGINT)
+        _, stderr = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    if proc.returncode == 0:
+        pytest.fail("the replay finished before it could be interrupted; use a smaller batch")
+    assert proc.returncode == 130, stderr
+    assert f"forestream replay --resume {checkpoint}" in stderr
+    left = sum(end - nxt for nxt, end in json.loads(checkpoint.read_text())["ranges"].values())
+    assert 0 < left < RECORDS
+
+    done = _forestream(
+        "replay", "--resume", str(checkpoint), "--bootstrap-servers", scenario.bootstrap
+    )
+    assert done.returncode == 0, done.stderr
+    records = read_topic(scenario.bootstrap, output, expected=RECORDS, settle_s=2)
+    keys = [r.key for r in records]
+    assert set(keys) == scenario.live.keys(), "every record is scored across the two runs"
+    print(f"records scored twice across the interruption: {len(keys) - len(set(keys))}")

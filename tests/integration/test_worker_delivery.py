@@ -1,0 +1,410 @@
+"""Acceptance of ``forestream worker`` against a real broker: every input accounted for.
+
+Worker processes are real ``forestream worker`` subprocesses in one consumer group on a
+4-partition input topic, serving a model saved and promoted through the model store and
+announced on the models topic, the same way production does it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import signal
+import subprocess
+import threading
+import time
+import urllib.request
+from collections import Counter
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+from kafka import KafkaConsumer, TopicPartition
+from kafka.consumer.fetcher import ConsumerRecord
+
+from contracts import headers
+from contracts.kafka_io import TopicSpec, ensure_topics, make_producer
+from contracts.wire import Prediction
+from tests.kafka_helpers import read_topic
+from tests.worker_support import (
+    CATEGORICAL,
+    NUMERIC,
+    log_events,
+    make_frame,
+    malformed_records,
+    publish_promotion,
+    row_json,
+    save_model,
+    worker_command,
+    worker_env,
+)
+
+PARTITIONS = 4
+MODEL = "acceptance"
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Any, Any]:
+    """(store, pipeline, metadata): one small saved and promoted model for the whole module."""
+    store = tmp_path_factory.mktemp("store")
+    pipeline, metadata = save_model(store, MODEL, make_frame(300, seed=1), trees=15)
+    return store, pipeline, metadata
+
+
+class Workers:
+    """Worker subprocesses with their stderr in files; all killed on exit, whatever happened."""
+
+    def __init__(self, command: list[str], logs: Path) -> None:
+        self.command = command
+        self.logs = logs
+        self.procs: list[subprocess.Popen[bytes]] = []
+        self.log_paths: list[Path] = []
+
+    def start(self, count: int) -> None:
+        for _ in range(count):
+            path = self.logs / f"worker-{len(self.procs)}.log"
+            with path.open("wb") as sink:
+                self.procs.append(
+                    subprocess.Popen(
+                        self.command,
+                        stdout=sink,
+                        stderr=subprocess.STDOUT,
+                        stdin=subprocess.DEVNULL,
+                        env=worker_env(),
+                        cwd=ROOT,
+                    )
+                )
+            self.log_paths.append(path)
+
+    def wait_assigned(self, partitions: int, timeout_s: float = 60.0) -> None:
+        """Until every live worker's newest assignment is non-empty and together they cover all
+        partitions exactly once: the group is stable and each process owns a share."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            latest = []
+            for proc, path in zip(self.procs, self.log_paths, strict=True):
+                if proc.poll() is not None:
+                    continue
+                events = log_events(path, "partitions_assigned")
+                latest.append(events[-1]["partitions"] if events else [])
+            owned = [p for parts in latest for p in parts]
+            if all(latest) and len(owned) == len(set(owned)) == partitions:
+                return
+            if time.monotonic() > deadline:
+                raise AssertionError(f"workers not all assigned in {timeout_s:.0f}s: {latest}")
+            for proc, path in zip(self.procs, self.log_paths, strict=True):
+                if proc.poll() is not None and proc.returncode != -signal.SIGKILL:
+                    raise AssertionError(f"worker died ({proc.returncode}):\n{path.read_text()}")
+            time.sleep(0.2)
+
+    def stop_all(self) -> None:
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.kill()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=10)
+
+
+@pytest.fixture
+def workers_for(
+    kafka_bootstrap: str,
+    topic_name: Callable[[str], str],
+    trained: tuple[Path, Any, Any],
+    tmp_path: Path,
+) -> Iterator[Callable[..., tuple[Workers, dict[str, str]]]]:
+    """Factory: fresh topics, the model promoted on them, and ``count`` workers in one group."""
+    started: list[Workers] = []
+
+    def start(count: int, *extra: str, wait: bool = True) -> tuple[Workers, dict[str, str]]:
+        store, _pipeline, metadata = trained
+        topics = {k: topic_name(k) for k in ("in", "out", "dlq", "models")}
+        ensure_topics(kafka_bootstrap, [TopicSpec(topics["in"], PARTITIONS)])
+        publish_promotion(kafka_bootstrap, topics["models"], metadata)
+        command = worker_command(
+            kafka_bootstrap, topics, store, MODEL, topic_name("group"), "--max-batch", "50", *extra
+        )
+        workers = Workers(command, tmp_path)
+        started.append(workers)
+        workers.start(count)
+        if wait:
+            workers.wait_assigned(PARTITIONS)
+        return workers, topics
+
+    try:
+        yield start
+    finally:
+        for workers in started:
+            workers.stop_all()
+
+
+def valid_inputs(n: int, seed: int) -> tuple[list[bytes], pd.DataFrame]:
+    frame = make_frame(n, seed=seed).reset_index(drop=True)
+    return [f"valid-{seed}-{i}".encode() for i in range(n)], frame
+
+
+def produce(bootstrap: str, topic: str, records: list[tuple[bytes, bytes | None]]) -> None:
+    producer = make_producer(bootstrap, max_request_size=4 * 1024 * 1024)
+    try:
+        for key, value in records:
+            producer.send(topic, key=key, value=value)
+        producer.flush(timeout=30)
+    finally:
+        producer.close()
+
+
+class Feeder:
+    """Produces ``records`` in a background thread with short pauses, so workers are killed or
+    stopped while input is still arriving; leaving the block stops it and waits for it."""
+
+    def __init__(
+        self,
+        bootstrap: str,
+        topic: str,
+        records: list[tuple[bytes, bytes | None]],
+        pause_every: int,
+        *,
+        finish: bool = True,
+    ) -> None:
+        self.bootstrap = bootstrap
+        self.finish = finish
+        self.topic = topic
+        self.records = records
+        self.pause_every = pause_every
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        producer = make_producer(self.bootstrap, max_request_size=4 * 1024 * 1024)
+        try:
+            for i, (key, value) in enumerate(self.records):
+                if self._stop.is_set():
+                    break
+                producer.send(self.topic, key=key, value=value)
+                if i % self.pause_every == 0:
+                    producer.flush()
+                    time.sleep(0.02)
+            producer.flush(timeout=30)
+        finally:
+            producer.close()
+
+    def __enter__(self) -> Feeder:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        """With ``finish``, lets every record go out unless the block failed; else stops now."""
+        if _exc[0] is not None or not self.finish:
+            self._stop.set()
+        self._thread.join(timeout=60)
+
+
+def http_get(port: int, path: str) -> str:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10) as response:
+        return response.read().decode()
+
+
+def offline(pipeline: Any, frame: pd.DataFrame) -> tuple[list[str], np.ndarray]:
+    """What the same pipeline predicts for these rows outside Kafka."""
+    features = frame[NUMERIC + CATEGORICAL]
+    return [str(p) for p in pipeline.predict(features)], pipeline.predict_proba(features)
+
+
+def header(record: ConsumerRecord, name: str) -> str:
+    return dict(record.headers)[name].decode()
+
+
+def test_two_workers_account_for_every_input(
+    kafka_bootstrap: str,
+    trained: tuple[Path, Any, Any],
+    workers_for: Callable[..., tuple[Workers, dict[str, str]]],
+) -> None:
+    _store, pipeline, metadata = trained
+    workers, topics = workers_for(2)
+    keys, frame = valid_inputs(400, seed=7)
+    bad = malformed_records()
+    bad_keys = [f"bad-{i}".encode() for i in range(len(bad))]
+    records = [(k, row_json(row)) for k, (_, row) in zip(keys, frame.iterrows(), strict=True)]
+    records += [(k, value) for k, (value, _code) in zip(bad_keys, bad, strict=True)]
+    produce(kafka_bootstrap, topics["in"], records)
+
+    dlq = read_topic(kafka_bootstrap, topics["dlq"], expected=len(bad), settle_s=3.0)
+    predictions = read_topic(
+        kafka_bootstrap,
+        topics["out"],
+        until=lambda got: {r.key for r in got} >= set(keys),
+        timeout_s=90,
+    )
+
+    assert len(dlq) == len(bad)
+    expected_dlq = {k: (v, code) for k, (v, code) in zip(bad_keys, bad, strict=True)}
+    for record in dlq:
+        value, code = expected_dlq[record.key]
+        assert header(record, headers.ERROR) == code, header(record, headers.ERROR_DETAIL)
+        assert record.value == value, "a dead letter must carry the original bytes"
+        assert header(record, headers.SOURCE_TOPIC) == topics["in"]
+        assert header(record, headers.MODEL_VERSION) == metadata.version
+        assert int(header(record, headers.SOURCE_OFFSET)) >= 0
+    assert Counter(header(r, headers.ERROR) for r in dlq) == Counter(c for _, c in bad)
+
+    labels, probabilities = offline(pipeline, frame)
+    row_of = {k: i for i, k in enumerate(keys)}
+    assert {r.key for r in predictions} <= set(keys), "a malformed record was predicted"
+    for record in predictions:
+        prediction = Prediction.model_validate_json(record.value)
+        i = row_of[record.key]
+        assert prediction.prediction == labels[i]
+        assert prediction.model_version == metadata.version
+        assert prediction.source.topic == topics["in"]
+        got = [prediction.probabilities[c] for c in metadata.classes]
+        assert np.allclose(got, probabilities[i])
+    print(f"predictions: {len(predictions)} for {len(keys)} valid inputs")
+    scorers = [p for p in workers.log_paths if log_events(p, "partitions_assigned")]
+    assert len(scorers) == 2
+
+
+def test_survivor_takes_over_after_sigkill(
+    kafka_bootstrap: str,
+    workers_for: Callable[..., tuple[Workers, dict[str, str]]],
+) -> None:
+    workers, topics = workers_for(2)
+    keys, frame = valid_inputs(600, seed=8)
+    records = [(k, row_json(row)) for k, (_, row) in zip(keys, frame.iterrows(), strict=True)]
+    with Feeder(kafka_bootstrap, topics["in"], records, pause_every=20):
+        read_topic(kafka_bootstrap, topics["out"], expected=60, timeout_s=60)
+        victim = workers.procs[0]
+        victim.send_signal(signal.SIGKILL)
+        victim.wait(timeout=10)
+
+    predictions = read_topic(
+        kafka_bootstrap,
+        topics["out"],
+        until=lambda got: {r.key for r in got} >= set(keys),
+        timeout_s=120,
+    )
+    counts = Counter(r.key for r in predictions)
+    duplicates = sum(n - 1 for n in counts.values())
+    print(f"predictions: {len(predictions)} for {len(keys)} inputs, duplicates: {duplicates}")
+    assert set(counts) == set(keys)
+    assert workers.procs[1].poll() is None, "the survivor must still be running"
+    survivor_assignments = log_events(workers.log_paths[1], "partitions_assigned")
+    assert len(survivor_assignments[-1]["partitions"]) == PARTITIONS
+
+
+def test_sigterm_exits_zero_with_offsets_committed_after_last_scored(
+    kafka_bootstrap: str,
+    workers_for: Callable[..., tuple[Workers, dict[str, str]]],
+) -> None:
+    workers, topics = workers_for(1, "--metrics-port", "0")
+    keys, frame = valid_inputs(3000, seed=9)
+    bad = malformed_records()
+    records: list[tuple[bytes, bytes | None]] = []
+    for i, (key, (_, row)) in enumerate(zip(keys, frame.iterrows(), strict=True)):
+        records.append((key, row_json(row)))
+        if i % 50 == 0:
+            records.append((b"bad", bad[(i // 50) % len(bad)][0]))
+    with Feeder(kafka_bootstrap, topics["in"], records, pause_every=50, finish=False):
+        read_topic(kafka_bootstrap, topics["out"], expected=300, timeout_s=60)
+        [serving] = log_events(workers.log_paths[0], "metrics_serving")
+        ready = json.loads(http_get(serving["port"], "/readyz"))
+        assert ready["status"] == "ready" and len(ready["partitions"]) == PARTITIONS, ready
+        assert "forestream" in http_get(serving["port"], "/metrics")
+        worker = workers.procs[0]
+        worker.send_signal(signal.SIGTERM)
+        try:
+            code = worker.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            raise AssertionError("worker did not exit within 60s of SIGTERM") from None
+    log = workers.log_paths[0].read_text()
+    assert code == 0, log
+    assert log_events(workers.log_paths[0], "worker_final_summary"), log
+
+    last_scored: dict[int, int] = {}
+    outputs = read_topic(kafka_bootstrap, topics["out"]) + read_topic(
+        kafka_bootstrap, topics["dlq"]
+    )
+    for record in outputs:
+        if record.topic == topics["out"]:
+            source = json.loads(record.value)["source"]
+            partition, offset = source["partition"], source["offset"]
+        else:
+            partition = int(header(record, headers.SOURCE_PARTITION))
+            offset = int(header(record, headers.SOURCE_OFFSET))
+        last_scored[partition] = max(last_scored.get(partition, -1), offset)
+
+    consumer = KafkaConsumer(
+        bootstrap_servers=kafka_bootstrap,
+        group_id=workers.command[workers.command.index("--group") + 1],
+        enable_auto_commit=False,
+    )
+    try:
+        committed = {
+            p: consumer.committed(TopicPartition(topics["in"], p)) for p in range(PARTITIONS)
+        }
+        ends = consumer.end_offsets([TopicPartition(topics["in"], p) for p in range(PARTITIONS)])
+    finally:
+        consumer.close(autocommit=False)
+    expected = {p: (last_scored[p] + 1 if p in last_scored else None) for p in range(PARTITIONS)}
+    print(f"committed {committed}, input end offsets {ends}")
+    assert committed == expected
+
+
+def test_processes_flag_runs_a_supervised_group_that_stops_cleanly(
+    kafka_bootstrap: str,
+    workers_for: Callable[..., tuple[Workers, dict[str, str]]],
+) -> None:
+    """``--processes 2``: one command, two children in the group, one SIGTERM stops both."""
+    workers, topics = workers_for(1, "--processes", "2", wait=False)
+    keys, frame = valid_inputs(200, seed=10)
+    records = [(k, row_json(row)) for k, (_, row) in zip(keys, frame.iterrows(), strict=True)]
+    produce(kafka_bootstrap, topics["in"], records)
+    read_topic(
+        kafka_bootstrap,
+        topics["out"],
+        until=lambda got: {r.key for r in got} >= set(keys),
+        timeout_s=90,
+    )
+
+    supervisor = workers.procs[0]
+    supervisor.send_signal(signal.SIGTERM)
+    try:
+        code = supervisor.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        raise AssertionError("supervisor did not exit within 60s of SIGTERM") from None
+    children_log = workers.log_paths[0]  # the children inherit the supervisor's stderr
+    assert code == 0, children_log.read_text()
+    assert len(log_events(children_log, "worker_started")) == 2
+    assert len(log_events(children_log, "worker_final_summary")) == 2
+
+
+def test_rebalance_publishes_and_commits_the_batch_in_hand(
+    kafka_bootstrap: str,
+    workers_for: Callable[..., tuple[Workers, dict[str, str]]],
+) -> None:
+    """A worker holding an open batch when a second one joins finishes it, commits it, and
+    hands over: the newcomer starts after it, so nothing is scored twice."""
+    # the batch would stay open for 60 s: only the rebalance can close it in this test
+    workers, topics = workers_for(1, "--max-wait-ms", "60000", "--max-batch", "100000")
+    keys, frame = valid_inputs(200, seed=12)
+    records = [(k, row_json(row)) for k, (_, row) in zip(keys, frame.iterrows(), strict=True)]
+    produce(kafka_bootstrap, topics["in"], records)
+    time.sleep(2)  # let the first worker take the records into its open batch
+
+    workers.start(1)
+    workers.wait_assigned(PARTITIONS)
+    predictions = read_topic(
+        kafka_bootstrap,
+        topics["out"],
+        until=lambda got: {r.key for r in got} >= set(keys),
+        timeout_s=50,
+        settle_s=3.0,
+    )
+    revoked = log_events(workers.log_paths[0], "partitions_revoked")
+    assert revoked and revoked[0]["pending"] > 0, "the rebalance did not find a batch in hand"
+    counts = Counter(r.key for r in predictions)
+    assert set(counts) == set(keys)
+    assert max(counts.values()) == 1, f"{len(predictions) - len(keys)} scored twice"
+    assert not log_events(workers.log_paths[0], "commit_on_revocation_failed")

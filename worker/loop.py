@@ -1,0 +1,518 @@
+"""The Kafka side of the worker: micro-batch, score, publish, wait for acks, then commit.
+
+Delivery is at-least-once by construction: the offsets of a batch are committed only after
+every prediction and dead letter of that batch has been acknowledged by the broker (acks=all,
+idempotent producer). A crash before the commit means the batch is read again (duplicates,
+never gaps). The per-batch work (decode, score, build outgoing records, publish and wait for
+acks) lives in :mod:`worker.processing`, shared with ``forestream replay``; this module is the
+thin, single-threaded group loop around it: batching, committing, rebalances, signals, logs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import signal
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from types import FrameType
+from typing import TYPE_CHECKING
+
+import structlog
+from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from kafka.consumer.fetcher import ConsumerRecord
+from kafka.consumer.subscription_state import AsyncConsumerRebalanceListener
+from kafka.errors import CommitFailedError, KafkaError
+from kafka.structs import OffsetAndMetadata
+
+from contracts.headers import ReasonCode
+from contracts.kafka_io import COMPACTED, TopicSpec, ensure_topics, make_consumer, make_producer
+from contracts.logs import RateLimited
+from worker.batch import BatchObserver
+from worker.models import ActiveModel, ModelFollower
+from worker.processing import AckedPublisher, ObserverFanout, process_records
+from worker.settings import WorkerSettings
+
+if TYPE_CHECKING:
+    from worker.health import Telemetry
+
+log = structlog.get_logger("forestream.worker")
+
+_IDLE_POLL_MS = 200
+_LAG_INTERVAL_S = 5.0
+_REVOKE_PUBLISH_LIMIT_S = 30.0
+_REVOKE_COMMIT_TIMEOUT_MS = 10_000
+_MAX_BACKOFF_S = 10.0
+
+
+@dataclass
+class _Totals:
+    records_in: int = 0
+    predicted: int = 0
+    dead_lettered: Counter[str] = field(default_factory=Counter)
+    batches: int = 0
+
+
+class _Revocations(AsyncConsumerRebalanceListener):
+    """Finish and commit what the worker holds before its partitions go to someone else.
+
+    kafka-python 3 runs rebalance callbacks on the consumer's IO thread while the loop thread
+    is blocked inside ``poll()``/``close()``, so the held batch is not touched concurrently;
+    but a blocking consumer call (``commit()``) from there raises. Hence an *async* listener
+    that publishes with the producer (its own client and thread) and then awaits the commit on
+    the consumer's event loop, the way the client commits before a rebalance itself.
+    """
+
+    def __init__(self, worker: Worker) -> None:
+        self.worker = worker
+
+    async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
+        try:
+            offsets = self.worker.finish_for_revocation(list(revoked))
+            if offsets:
+                await _commit_on_io_loop(self.worker.consumer, offsets)
+                self.worker.forget_committed(offsets)
+        except Exception as exc:  # raising here would break the group join; re-reads are safe
+            log.warning("commit_on_revocation_failed", error=f"{type(exc).__name__}: {exc}")
+        self.worker.release(list(revoked))
+
+    async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
+        self.worker.on_assigned(list(assigned))
+
+    async def on_partitions_lost(self, lost: set[TopicPartition]) -> None:
+        """Evicted: the partitions already belong to someone else, so commit nothing."""
+        log.warning(
+            "partitions_lost", partitions=sorted(f"{tp.topic}-{tp.partition}" for tp in lost)
+        )
+        self.worker.release(list(lost), drop_pending=True)
+
+
+async def _commit_on_io_loop(
+    consumer: KafkaConsumer | None, offsets: dict[TopicPartition, OffsetAndMetadata]
+) -> None:
+    """Commit from inside a rebalance callback (the consumer's IO thread).
+
+    ``KafkaConsumer.commit()`` would block that very thread; the coordinator's coroutine is
+    what the client awaits for its own pre-rebalance commit.
+    """
+    coordinator = getattr(consumer, "_coordinator", None)
+    commit = getattr(coordinator, "_commit_offsets_sync_async", None)
+    if commit is None:
+        raise RuntimeError("this kafka-python has no coroutine commit; offsets left uncommitted")
+    await commit(offsets, timeout_ms=_REVOKE_COMMIT_TIMEOUT_MS)
+
+
+class Worker:
+    """One consumer-group member: ``run()`` until SIGTERM/SIGINT or ``max_records``."""
+
+    def __init__(
+        self,
+        settings: WorkerSettings,
+        follower: ModelFollower,
+        observers: Sequence[BatchObserver] = (),
+        telemetry: Telemetry | None = None,
+    ) -> None:
+        self.settings = settings
+        self.follower = follower
+        self.telemetry = telemetry
+        self.totals = _Totals()
+        if telemetry is not None:
+            observers = [telemetry.observer, *observers]
+            self._observers = ObserverFanout(observers, telemetry.metrics.record_observer_error)
+        else:
+            self._observers = ObserverFanout(observers)
+        self._lag_at = 0.0
+        self._pending: list[ConsumerRecord] = []
+        self._uncommitted: dict[TopicPartition, OffsetAndMetadata] = {}
+        self._stopping = False
+        self._consumer: KafkaConsumer | None = None
+        self._producer: KafkaProducer | None = None
+        self._publisher: AckedPublisher | None = None
+        self._model: ActiveModel | None = None
+        self._warn = {name: RateLimited(10.0) for name in ("poll", "commit", "model", "scoring")}
+        self._summary_at = time.monotonic()
+        self._summary_records = 0
+
+    # -- lifecycle -----------------------------------------------------------------------------
+
+    def request_stop(self, signum: int | None = None, _frame: FrameType | None = None) -> None:
+        """Signal handler: stop taking new records; the loop flushes and commits, then exits."""
+        if not self._stopping:
+            name = signal.Signals(signum).name if signum else None
+            log.info("worker_stopping", signal=name, pending=len(self._pending))
+        self._stopping = True
+
+    def install_signal_handlers(self) -> None:
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, self.request_stop)
+
+    def run(self) -> int:
+        """The main loop; returns the process exit code (0 on an orderly stop)."""
+        s = self.settings
+        log.info(
+            "worker_started",
+            group=s.group,
+            input_topic=s.input_topic,
+            output_topic=s.output_topic,
+            dlq_topic=s.dlq_topic,
+            model=s.model_name,
+            max_batch=s.max_batch,
+            max_wait_ms=s.max_wait_ms,
+            worker_index=s.worker_index,
+        )
+        self._ensure_topics()
+        self._model = self._wait_for_model()
+        if self._model is None:  # stopped while waiting
+            return 0
+        if self.telemetry is not None:
+            self.telemetry.health.set_model(self._model.version)
+            self.telemetry.metrics.set_model_version(self._model.version)
+        self._producer = make_producer(s.bootstrap_servers, client_id=self._client_id("out"))
+        self._publisher = AckedPublisher(self._producer, give_up=lambda: self._stopping)
+        self._consumer = make_consumer(
+            s.bootstrap_servers,
+            group_id=s.group,
+            client_id=self._client_id("in"),
+            max_poll_records=s.max_batch,
+            # The group leader rebalances when topic metadata changes, but kafka-python only
+            # refreshes it every 5 min by default: a worker that joined while the input topic
+            # was being created (or gained partitions) would sit idle with nothing assigned.
+            metadata_max_age_ms=5000,
+        )
+        self._consumer.subscribe([s.input_topic], listener=_Revocations(self))
+        try:
+            self._loop()
+            self._finish_pending()
+            self._commit_held(attempts=10)
+        finally:
+            self._close()
+        self._log_summary(final=True)
+        return 0
+
+    def _client_id(self, role: str) -> str:
+        return f"forestream-worker-{self.settings.worker_index}-{role}"
+
+    def _ensure_topics(self) -> None:
+        """Outputs get as many partitions as the input (if it exists) so keys spread alike."""
+        s = self.settings
+        partitions = 1
+        with contextlib.suppress(KafkaError):
+            probe = make_consumer(s.bootstrap_servers)
+            try:
+                partitions = len(probe.partitions_for_topic(s.input_topic) or ()) or 1
+            finally:
+                probe.close()
+        ensure_topics(
+            s.bootstrap_servers,
+            [
+                TopicSpec(s.output_topic, partitions),
+                TopicSpec(s.dlq_topic, partitions),
+                TopicSpec(s.models_topic, 1, COMPACTED),
+            ],
+        )
+
+    def _wait_for_model(self) -> ActiveModel | None:
+        while not self._stopping:
+            if self.telemetry is not None:
+                self.telemetry.health.tick()  # waiting for a model is not being stuck
+            model = self.follower.wait(timeout_s=0.5)
+            if model is not None:
+                return model
+            if self._warn["model"].ready():
+                log.info(
+                    "waiting_for_model",
+                    name=self.settings.model_name,
+                    models_topic=self.settings.models_topic,
+                )
+        return None
+
+    def _close(self) -> None:
+        """Leave the group, then close the producer.
+
+        Records still held here were never published (we only get here with some after an
+        unexpected error), so they stay uncommitted and are re-read: dropping them is safe.
+        The consumer closes first because leaving the group runs the revocation callback,
+        which may still commit acknowledged offsets.
+        """
+        self._stopping = True
+        self._pending = []
+        if self._consumer is not None:
+            with contextlib.suppress(KafkaError):
+                self._consumer.close(autocommit=False)
+        if self._producer is not None:
+            with contextlib.suppress(KafkaError):
+                self._producer.flush(timeout=30)
+            self._producer.close(timeout=5)
+        self.follower.stop()
+
+    # -- batching ------------------------------------------------------------------------------
+
+    def _loop(self) -> None:
+        s = self.settings
+        assert self._consumer is not None
+        deadline: float | None = None
+        backoff = 0.1
+        while not self._stopping:
+            if self.telemetry is not None:
+                self.telemetry.health.tick()
+            if s.max_records is not None and self.totals.records_in >= s.max_records:
+                log.info("max_records_reached", records_in=self.totals.records_in)
+                return
+            if self._pending and deadline is not None:
+                timeout_ms = max(int((deadline - time.monotonic()) * 1000), 0)
+            else:
+                timeout_ms = _IDLE_POLL_MS
+            room = s.max_batch - len(self._pending)
+            if s.max_records is not None:
+                room = min(room, s.max_records - self.totals.records_in - len(self._pending))
+            try:
+                polled = self._consumer.poll(timeout_ms=timeout_ms, max_records=max(room, 1))
+                backoff = 0.1
+            except KafkaError as exc:
+                if self._warn["poll"].ready():
+                    log.warning(
+                        "poll_failed",
+                        error=str(exc),
+                        suppressed=self._warn["poll"].take_suppressed(),
+                    )
+                time.sleep(backoff)
+                backoff = min(backoff * 2, _MAX_BACKOFF_S)
+                continue
+            for records in polled.values():
+                self._pending.extend(records)
+            if self._pending and deadline is None:
+                deadline = time.monotonic() + s.max_wait_ms / 1000
+            full = len(self._pending) >= s.max_batch or (
+                s.max_records is not None
+                and self.totals.records_in + len(self._pending) >= s.max_records
+            )
+            if self._pending and (full or time.monotonic() >= (deadline or 0.0)):
+                self._finish_pending()
+            if not self._pending:  # also after a rebalance finished the batch in hand
+                deadline = None
+            self._maybe_log_summary()
+            self._maybe_measure_lag()
+
+    @property
+    def consumer(self) -> KafkaConsumer | None:
+        return self._consumer
+
+    def finish_for_revocation(
+        self, revoked: list[TopicPartition]
+    ) -> dict[TopicPartition, OffsetAndMetadata]:
+        """Rebalance: publish the held batch while we still own its partitions.
+
+        Returns every acknowledged-but-uncommitted offset, for the listener to commit before
+        the partitions move. Publishing is bounded in time here: the rebalance waits for us.
+        """
+        if revoked:
+            log.info(
+                "partitions_revoked",
+                partitions=sorted(f"{tp.topic}-{tp.partition}" for tp in revoked),
+                pending=len(self._pending),
+            )
+        deadline = time.monotonic() + _REVOKE_PUBLISH_LIMIT_S
+        self._finish_pending(give_up=lambda: self._stopping or time.monotonic() > deadline)
+        return dict(self._uncommitted)
+
+    def forget_committed(self, offsets: dict[TopicPartition, OffsetAndMetadata]) -> None:
+        for tp, committed in offsets.items():
+            if self._uncommitted.get(tp) == committed:
+                del self._uncommitted[tp]
+
+    def release(self, partitions: list[TopicPartition], drop_pending: bool = False) -> None:
+        """Forget state of partitions we no longer own: the next owner re-reads from the last
+        committed offset, so anything dropped here is duplicated, never lost."""
+        gone = set(partitions)
+        for tp in gone:
+            self._uncommitted.pop(tp, None)
+        if drop_pending:
+            self._pending = [
+                r for r in self._pending if TopicPartition(r.topic, r.partition) not in gone
+            ]
+        if self.telemetry is not None:
+            self.telemetry.health.set_assignment([])
+
+    def on_assigned(self, assigned: list[TopicPartition]) -> None:
+        log.info(
+            "partitions_assigned",
+            partitions=sorted(f"{tp.topic}-{tp.partition}" for tp in assigned),
+        )
+        if self.telemetry is not None:
+            self.telemetry.health.set_assignment(assigned)
+
+    def _finish_pending(self, give_up: Callable[[], bool] | None = None) -> None:
+        """Process the held batch. With ``give_up`` (the rebalance path, on the consumer's IO
+        thread) it publishes but leaves committing to the caller: a blocking consumer call
+        from that thread would raise."""
+        if not self._pending:
+            return
+        batch, self._pending = self._pending, []
+        self._process(batch, give_up=give_up, commit=give_up is None)
+
+    # -- one batch -----------------------------------------------------------------------------
+
+    def _process(
+        self,
+        records: list[ConsumerRecord],
+        give_up: Callable[[], bool] | None = None,
+        commit: bool = True,
+    ) -> None:
+        """Score, publish, wait for every ack, then commit; unacknowledged means uncommitted."""
+        s = self.settings
+        model = self.follower.current() or self._model
+        assert model is not None
+        if self._model is not None and model.version != self._model.version:
+            log.info("model_swapped", previous=self._model.version, version=model.version)
+            if self.telemetry is not None:
+                self.telemetry.health.set_model(model.version)
+                self.telemetry.metrics.record_reload(model.version)
+        self._model = model
+
+        batch = process_records(
+            records,
+            model,
+            output_topic=s.output_topic,
+            dlq_topic=s.dlq_topic,
+            max_record_bytes=s.max_record_bytes,
+        )
+        if batch.scoring_error is not None and self._warn["scoring"].ready():
+            log.error(
+                "scoring_failed",
+                error=batch.scoring_error,
+                dead_lettered=batch.dead_lettered[ReasonCode.SCORING_FAILED],
+                suppressed=self._warn["scoring"].take_suppressed(),
+            )
+        assert self._publisher is not None
+        if not self._publisher.publish(batch.outgoing, give_up=give_up):
+            return  # not committed: re-read after restart or rebalance (at-least-once)
+        for r in records:  # records of one partition arrive in offset order
+            self._uncommitted[TopicPartition(r.topic, r.partition)] = OffsetAndMetadata(
+                r.offset + 1, "", -1
+            )
+        if commit:
+            self._commit_held()
+
+        self.totals.records_in += batch.records_in
+        self.totals.batches += 1
+        self.totals.predicted += batch.predicted
+        self.totals.dead_lettered.update(batch.dead_lettered)
+        self._observers.notify(batch.scored)
+
+    def _commit_held(self, attempts: int = 5) -> bool:
+        """Commit every acknowledged-but-uncommitted offset; what fails is kept for next time.
+
+        Held offsets are merged into the next commit, so a commit lost to a broker blip is
+        retried with the next batch (or at shutdown) rather than forgotten.
+        """
+        assert self._consumer is not None
+        backoff = 0.2
+        for attempt in range(attempts):
+            if not self._uncommitted:
+                return True
+            offsets = dict(self._uncommitted)
+            try:
+                self._consumer.commit(offsets)
+            except CommitFailedError as exc:
+                # the group moved on without us: the new owner re-reads these (duplicates)
+                log.warning("commit_rejected_after_rebalance", error=str(exc))
+                self._uncommitted.clear()
+                return False
+            except KafkaError as exc:
+                if self._warn["commit"].ready():
+                    log.warning(
+                        "commit_failed_retrying",
+                        error=str(exc),
+                        attempt=attempt + 1,
+                        suppressed=self._warn["commit"].take_suppressed(),
+                    )
+                time.sleep(backoff)
+                backoff = min(backoff * 2, _MAX_BACKOFF_S)
+                continue
+            for tp, committed in offsets.items():
+                if self._uncommitted.get(tp) == committed:
+                    del self._uncommitted[tp]
+            return True
+        log.error("commit_deferred", partitions=len(self._uncommitted))
+        return False
+
+    # -- reporting -----------------------------------------------------------------------------
+
+    def _maybe_measure_lag(self) -> None:
+        """Consumer lag for the metrics endpoint, every few seconds from the loop thread."""
+        if self.telemetry is None or self._consumer is None:
+            return
+        now = time.monotonic()
+        if now - self._lag_at < _LAG_INTERVAL_S:
+            return
+        self._lag_at = now
+        from worker.metrics import measure_lag
+
+        lag = measure_lag(self._consumer, timeout_s=2.0)
+        if lag is not None:  # Kafka did not answer: keep the previous values
+            self.telemetry.metrics.set_lag(lag)
+
+    def _maybe_log_summary(self) -> None:
+        if time.monotonic() - self._summary_at >= self.settings.summary_interval_s:
+            self._log_summary()
+
+    def _log_summary(self, final: bool = False) -> None:
+        now = time.monotonic()
+        elapsed = max(now - self._summary_at, 1e-9)
+        fresh = self.totals.records_in - self._summary_records
+        log.info(
+            "worker_final_summary" if final else "worker_summary",
+            records_in=self.totals.records_in,
+            predicted=self.totals.predicted,
+            dead_lettered=dict(self.totals.dead_lettered),
+            batches=self.totals.batches,
+            observer_errors=self._observers.errors,
+            rate_per_s=round(fresh / elapsed, 1),
+            model_version=self._model.version if self._model else None,
+        )
+        self._summary_at = now
+        self._summary_records = self.totals.records_in
+
+
+class _KafkaClientLogs(logging.Handler):
+    """kafka-python logs every reconnect attempt (dozens a second while a broker is away) as
+    plain text; this forwards them as structlog JSON, at most one line per interval, with the
+    number swallowed, so an outage is visible in the log without flooding it."""
+
+    def __init__(self, interval_s: float) -> None:
+        super().__init__()
+        self._gate = RateLimited(interval_s)
+
+    def emit(self, record: logging.LogRecord) -> None:  # serialised by Handler.handle's lock
+        if self._gate.ready():
+            log.warning(
+                "kafka_client_error",
+                logger=record.name,
+                message=record.getMessage()[:300],
+                suppressed=self._gate.take_suppressed(),
+            )
+
+
+def route_kafka_client_logs(interval_s: float = 10.0) -> None:
+    """Send kafka-python's own log records through the rate-limited structlog bridge."""
+    kafka_logger = logging.getLogger("kafka")
+    kafka_logger.handlers = [_KafkaClientLogs(interval_s)]
+    kafka_logger.propagate = False
+
+
+def run_worker(
+    settings: WorkerSettings,
+    follower: ModelFollower,
+    observers: Sequence[BatchObserver] = (),
+    telemetry: Telemetry | None = None,
+) -> int:
+    """Start the follower, run one worker in this process until stopped; returns exit code."""
+    route_kafka_client_logs()
+    worker = Worker(settings, follower.start(), observers, telemetry)
+    worker.install_signal_handlers()
+    try:
+        return worker.run()
+    finally:
+        follower.stop()

@@ -1,0 +1,277 @@
+"""Which model the worker serves: follow the models topic, load promotions beside the old model.
+
+Every worker reads the whole compacted models topic on its own, group-less consumer (assign all
+partitions, seek to the beginning), so each process sees every promotion, including those made
+before it started. Loading (hash/HMAC verification, unpickling, a warm-up prediction) happens in
+a background thread; the scoring loop only reads :meth:`ModelFollower.current` once per batch,
+so a new model takes over between two batches and a bad one never takes over at all: the old
+model keeps serving, the reason is logged once, and the load is retried with backoff (the
+artifact may simply not be visible yet on a shared store).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import structlog
+from pydantic import ValidationError
+
+from contracts.schema import CategoricalFeature, FeatureSchema, NumericFeature
+from contracts.wire import ModelEvent, ServingRef
+
+log = structlog.get_logger("forestream.worker.models")
+
+ModelLoader = Callable[[ServingRef], tuple[Any, Any]]
+"""Loads and verifies a serving ref: returns ``(pipeline, metadata)`` or raises."""
+
+
+@dataclass(frozen=True)
+class ActiveModel:
+    """A verified, warmed-up model; ``metadata`` is a ``contracts.model_store.ModelMetadata``."""
+
+    version: str
+    sha256: str
+    pipeline: Any
+    metadata: Any
+
+    @property
+    def classes(self) -> list[str]:
+        return [str(c) for c in self.metadata.classes]
+
+    @property
+    def schema(self) -> FeatureSchema:
+        return self.metadata.feature_schema
+
+
+def store_loader(store: Path, name: str) -> ModelLoader:
+    """The production loader: :class:`contracts.model_store.ModelStore` with hash/HMAC checks."""
+    from contracts.model_store import ModelStore, signing_key_from_env
+
+    model_store = ModelStore(store)
+    signing_key = signing_key_from_env()
+
+    def load(ref: ServingRef) -> tuple[Any, Any]:
+        return model_store.load_verified(
+            name, ref.version, expected_sha256=ref.sha256, signing_key=signing_key
+        )
+
+    return load
+
+
+def reference_row(schema: FeatureSchema, reference: Any = None) -> bytes:
+    """One plausible input record (JSON) for a warm-up prediction before a model goes live."""
+    row: dict[str, Any] = {}
+    stats = getattr(reference, "features", {}) or {}
+    for feature in schema.features:
+        if isinstance(feature, NumericFeature):
+            mean = getattr(stats.get(feature.name), "mean", None)
+            row[feature.name] = float(mean if mean is not None else (feature.min or 0.0))
+        elif isinstance(feature, CategoricalFeature):
+            row[feature.name] = feature.categories[0] if feature.categories else ""
+    return json.dumps(row).encode()
+
+
+def warm_up(pipeline: Any, metadata: Any) -> None:
+    """Score one reference row through the same path as live batches; raises if it cannot."""
+    from worker.decoding import decode_batch
+    from worker.scoring import score_frame
+
+    schema: FeatureSchema = metadata.feature_schema
+    expected = getattr(pipeline, "feature_names_in_", None)
+    if expected is not None and set(map(str, expected)) != set(schema.names):
+        raise ValueError(
+            f"pipeline expects features {sorted(map(str, expected))}, "
+            f"its metadata schema lists {sorted(schema.names)}"
+        )
+    fitted_classes = getattr(pipeline, "classes_", None)
+    if fitted_classes is not None and [str(c) for c in fitted_classes] != [
+        str(c) for c in metadata.classes
+    ]:  # labels come from classes[argmax]: another order would mislabel every prediction
+        raise ValueError(
+            f"pipeline classes {[str(c) for c in fitted_classes]} differ from the metadata's "
+            f"{list(metadata.classes)}"
+        )
+    decoded = decode_batch([reference_row(schema, getattr(metadata, "reference", None))], schema)
+    if decoded.rejects:
+        raise ValueError(f"reference row rejected by its own schema: {decoded.rejects[0].detail}")
+    score_frame(pipeline, decoded.frame, [str(c) for c in metadata.classes])
+
+
+class ModelFollower:
+    """Background follower of the models topic for one model name."""
+
+    def __init__(
+        self,
+        bootstrap: str,
+        models_topic: str,
+        name: str,
+        loader: ModelLoader,
+        *,
+        retry_backoff_s: float = 1.0,
+        max_backoff_s: float = 30.0,
+        on_load_failure: Callable[[str], None] | None = None,
+    ) -> None:
+        self.bootstrap = bootstrap
+        self.models_topic = models_topic
+        self.name = name
+        self.loader = loader
+        self.retry_backoff_s = retry_backoff_s
+        self.max_backoff_s = max_backoff_s
+        self.on_load_failure = on_load_failure
+        """Told a short stable reason (the exception class) per failed load, e.g. a metric."""
+        self._active: ActiveModel | None = None
+        self._wanted: ServingRef | None = None
+        self._failed: tuple[str, str] | None = None  # (version, sha256) whose failure we logged
+        self._stop = threading.Event()
+        self._changed = threading.Condition()
+        self._thread = threading.Thread(target=self._run, name="model-follower", daemon=True)
+
+    def start(self) -> ModelFollower:
+        self._thread.start()
+        return self
+
+    def stop(self, timeout_s: float = 5.0) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout_s)
+
+    def current(self) -> ActiveModel | None:
+        """The model to score the next batch with (a plain attribute read: cheap per batch)."""
+        return self._active
+
+    def wait(self, timeout_s: float) -> ActiveModel | None:
+        """Block until a model is active or ``timeout_s`` passes."""
+        deadline = time.monotonic() + timeout_s
+        with self._changed:
+            while self._active is None and not self._stop.is_set():
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                self._changed.wait(remaining)
+        return self._active
+
+    # -- background thread -------------------------------------------------------------------
+
+    def _run(self) -> None:
+        from kafka.errors import KafkaError
+
+        backoff = self.retry_backoff_s
+        while not self._stop.is_set():
+            try:
+                self._follow()
+                return
+            except KafkaError as exc:
+                log.warning("models_topic_unreachable", error=str(exc), retry_in_s=backoff)
+            except Exception:  # never let the follower die silently: the loop would starve
+                log.exception("model_follower_error", retry_in_s=backoff)
+            self._stop.wait(backoff)
+            backoff = min(backoff * 2, self.max_backoff_s)
+
+    def _follow(self) -> None:
+        from kafka import KafkaConsumer, TopicPartition
+
+        consumer = KafkaConsumer(
+            bootstrap_servers=self.bootstrap,
+            enable_auto_commit=False,
+            group_id=None,
+            client_id=f"forestream-model-follower-{self.name}",
+        )
+        try:
+            partitions: set[int] | None = None
+            while not partitions and not self._stop.is_set():
+                partitions = consumer.partitions_for_topic(self.models_topic)
+                if not partitions:
+                    self._stop.wait(0.5)
+            if self._stop.is_set() or not partitions:
+                return
+            tps = [TopicPartition(self.models_topic, p) for p in sorted(partitions)]
+            consumer.assign(tps)
+            consumer.seek_to_beginning(*tps)
+            next_load_at = 0.0
+            backoff = self.retry_backoff_s
+            while not self._stop.is_set():
+                for records in consumer.poll(timeout_ms=200).values():
+                    for record in records:
+                        self._on_record(record.key, record.value)
+                if self._needs_load() and time.monotonic() >= next_load_at:
+                    if self._load_wanted():
+                        backoff = self.retry_backoff_s
+                    else:
+                        next_load_at = time.monotonic() + backoff
+                        backoff = min(backoff * 2, self.max_backoff_s)
+        finally:
+            consumer.close()
+
+    def _on_record(self, key: bytes | None, value: bytes | None) -> None:
+        if key is None or key.decode("utf-8", "replace") != self.name or not value:
+            return
+        try:
+            event = ModelEvent.model_validate_json(value)
+        except ValidationError as exc:
+            log.warning("model_event_invalid", error=str(exc).splitlines()[0])
+            return
+        if event.serving is None:
+            return
+        if self._wanted is None or (event.serving.version, event.serving.sha256) != (
+            self._wanted.version,
+            self._wanted.sha256,
+        ):
+            log.info(
+                "model_promotion_seen",
+                name=self.name,
+                kind=event.kind,
+                version=event.serving.version,
+            )
+        self._wanted = event.serving
+
+    def _needs_load(self) -> bool:
+        wanted, active = self._wanted, self._active
+        if wanted is None:
+            return False
+        return active is None or (active.version, active.sha256) != (wanted.version, wanted.sha256)
+
+    def _load_wanted(self) -> bool:
+        """Load beside the active model, verify, warm up, then swap; False on failure."""
+        wanted = self._wanted
+        assert wanted is not None
+        started = time.monotonic()
+        try:
+            pipeline, metadata = self.loader(wanted)
+            warm_up(pipeline, metadata)
+        except Exception as exc:
+            if self.on_load_failure is not None:
+                with contextlib.suppress(Exception):
+                    self.on_load_failure(type(exc).__name__)
+            key = (wanted.version, wanted.sha256)
+            if self._failed != key:  # once per target, not once per retry
+                self._failed = key
+                log.error(
+                    "model_load_failed",
+                    name=self.name,
+                    version=wanted.version,
+                    reason=f"{type(exc).__name__}: {exc}",
+                    keeps_serving=self._active.version if self._active else None,
+                )
+            return False
+        previous = self._active
+        with self._changed:
+            self._active = ActiveModel(wanted.version, wanted.sha256, pipeline, metadata)
+            self._changed.notify_all()
+        self._failed = None
+        log.info(
+            "model_in_use",
+            name=self.name,
+            version=wanted.version,
+            previous=previous.version if previous else None,
+            classes=self._active.classes,
+            features=len(self._active.schema.features),
+            load_s=round(time.monotonic() - started, 3),
+        )
+        return True
