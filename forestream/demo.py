@@ -11,6 +11,7 @@ in-process, because it must know each record's key and label to send labels late
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -178,6 +179,29 @@ class Demo:
                 stderr=subprocess.STDOUT,
             )
             self.workers.append((process, log))
+
+    def wait_workers_ready(self, partitions: int = 4, timeout_s: float = 60.0) -> bool:
+        """Until every worker's newest assignment is non-empty and together they own every
+        partition once, so the clock of the story starts with a settled group."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            latest: list[list[str]] = []
+            for index in range(len(self.workers)):
+                assigned: list[str] = []
+                path = self.dir / f"worker-{index}.log"
+                for line in path.read_text(errors="replace").splitlines():
+                    if '"partitions_assigned"' in line:
+                        with contextlib.suppress(ValueError):
+                            assigned = json.loads(line).get("partitions") or []
+                latest.append(assigned)
+            owned = [p for parts in latest for p in parts]
+            if all(latest) and len(owned) == len(set(owned)) == partitions:
+                return True
+            for process, _ in self.workers:
+                if process.poll() is not None:
+                    raise UserError(f"a worker exited early ({process.returncode}); see {self.dir}")
+            time.sleep(0.2)
+        return False
 
     def stop_workers(self, timeout_s: float = 20.0) -> list[int | None]:
         for process, _ in self.workers:
@@ -485,6 +509,11 @@ def run_demo(plan: DemoPlan, bootstrap: str | None, workdir: Path, as_json: bool
             demo.train(csv)
             status("starting two workers")
             demo.start_workers(2)
+            status("waiting for the workers to share the partitions")
+            if not demo.wait_workers_ready():
+                print(
+                    "warning: the workers did not share all partitions within 60 s", file=sys.stderr
+                )
             demo.start_reader()
 
             def sent() -> None:
@@ -525,6 +554,10 @@ def register(app: typer.Typer) -> None:
         bootstrap_servers: BootstrapOpt = None,
     ) -> None:
         """The whole system end to end on the local real broker, then a summary."""
-        plan = DemoPlan(rate=150, seconds=20) if short else DemoPlan(rate=rate, seconds=seconds)
+        plan = (
+            DemoPlan(rate=150, seconds=20, drift_window=500)
+            if short
+            else DemoPlan(rate=rate, seconds=seconds)
+        )
         bootstrap = bootstrap_servers or os.environ.get("FORESTREAM_BOOTSTRAP_SERVERS")
         raise typer.Exit(run_demo(plan, bootstrap, workdir, as_json))

@@ -55,7 +55,7 @@ def worker(
         str | None,
         typer.Option(
             "--group",
-            help="consumer group \\[env FORESTREAM_GROUP; default forestream-workers]",
+            help="consumer group [env FORESTREAM_GROUP; default forestream-workers]",
             show_default=False,
         ),
     ] = None,
@@ -63,7 +63,7 @@ def worker(
         int | None,
         typer.Option(
             "--max-batch",
-            help="a micro-batch closes at this many records \\[env FORESTREAM_MAX_BATCH; "
+            help="a micro-batch closes at this many records [env FORESTREAM_MAX_BATCH; "
             "default 1000]",
             show_default=False,
         ),
@@ -72,7 +72,7 @@ def worker(
         int | None,
         typer.Option(
             "--max-wait-ms",
-            help="...or this many ms after its first record \\[env FORESTREAM_MAX_WAIT_MS; "
+            help="...or this many ms after its first record [env FORESTREAM_MAX_WAIT_MS; "
             "default 50]",
             show_default=False,
         ),
@@ -90,7 +90,25 @@ def worker(
         typer.Option(
             "--metrics-port",
             help="serve /metrics, /healthz, /readyz on this port (+ worker index under "
-            "--processes) \\[env FORESTREAM_METRICS_PORT; default: no endpoint]",
+            "--processes) [env FORESTREAM_METRICS_PORT; default: no endpoint]",
+            show_default=False,
+        ),
+    ] = None,
+    drift_window: Annotated[
+        int | None,
+        typer.Option(
+            "--drift-window",
+            help="records in the drift / latency / online-accuracy window "
+            "[env FORESTREAM_DRIFT_WINDOW; default 10000]",
+            show_default=False,
+        ),
+    ] = None,
+    report_interval_s: Annotated[
+        float | None,
+        typer.Option(
+            "--report-interval-s",
+            help="seconds between monitoring reports [env FORESTREAM_REPORT_INTERVAL_S; "
+            "default 10]",
             show_default=False,
         ),
     ] = None,
@@ -123,6 +141,8 @@ def worker(
         max_wait_ms=max_wait_ms,
         max_records=max_records,
         metrics_port=metrics_port,
+        drift_window=drift_window,
+        report_interval_s=report_interval_s,
         log_format=log_format or os.environ.get("FORESTREAM_LOG_FORMAT") or "json",
     )
     if settings.log_format not in ("auto", "json", "console"):
@@ -140,6 +160,7 @@ def worker(
     from worker.health import start_telemetry
     from worker.loop import run_worker
     from worker.models import ModelFollower, store_loader
+    from worker.monitoring import StreamMonitoring, worker_id
 
     port = settings.metrics_port
     if port is not None and port != 0:
@@ -159,7 +180,23 @@ def worker(
             store_loader(settings.model_store, settings.model_name),
             on_load_failure=telemetry.metrics.record_reload_failure,
         )
-        code = run_worker(settings, follower, telemetry=telemetry)
+        code = run_worker(
+            settings,
+            follower,
+            telemetry=telemetry,
+            monitoring=lambda running: StreamMonitoring(
+                bootstrap=settings.bootstrap_servers,
+                model_name=settings.model_name,
+                monitoring_topic=settings.monitoring_topic,
+                labels_topic=settings.labels_topic if settings.follow_labels else None,
+                worker_id=worker_id(settings.worker_index),
+                reference_for=running.reference_for,
+                drift_window=settings.drift_window,
+                drift_threshold=settings.drift_threshold,
+                drift_min_records=settings.drift_min_records,
+                report_interval_s=settings.report_interval_s,
+            ),
+        )
     finally:
         telemetry.stop()
     raise typer.Exit(code)

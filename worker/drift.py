@@ -113,7 +113,8 @@ class DriftMonitor:
 
     Each model version has its own reference (its edges bin differently), so with
     ``reference_for`` (version → reference, ``None`` when the version has none) the monitor
-    starts over whenever a batch is scored by another version than the previous batch.
+    starts over whenever a batch is scored by a version with another reference than the
+    previous batch's (a version retrained on the same data keeps the window).
     """
 
     def __init__(
@@ -151,7 +152,9 @@ class DriftMonitor:
 
     def on_batch(self, batch: ScoredBatch) -> None:
         if self.reference_for is not None and batch.model_version != self.model_version:
-            self.reset(self.reference_for(batch.model_version))
+            reference = self.reference_for(batch.model_version)
+            if reference != self.reference:  # a retrain on the same data keeps the window
+                self.reset(reference)
         self.model_version = batch.model_version
         self.add_frame(batch.frame)
 

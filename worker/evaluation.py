@@ -22,6 +22,7 @@ from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
+import structlog
 
 from contracts.wire import VersionAccuracy
 
@@ -29,6 +30,8 @@ if TYPE_CHECKING:
     from kafka import KafkaConsumer
 
     from worker.batch import ScoredBatch
+
+log = structlog.get_logger("forestream.labels")
 
 
 def accuracy_score(labels: Sequence[str] | np.ndarray, predictions: Any) -> float | None:
@@ -241,13 +244,11 @@ class LabelConsumer:
 
     def run(self) -> None:
         """Poll until :meth:`stop`; Kafka errors are retried, never raised into the worker."""
-        import structlog
         from kafka.errors import KafkaError
 
         from contracts.kafka_io import make_consumer
         from contracts.logs import RateLimited
 
-        log = structlog.get_logger("forestream.labels")
         warn = RateLimited(10.0)
         consumer: KafkaConsumer | None = None
         assigned: set[int] = set()
@@ -294,6 +295,10 @@ class LabelConsumer:
             consumer.seek_to_end(*new)
         for tp in new:  # resolve the lazy seek now, so `ready` means "reading from here"
             consumer.position(tp)
+        if not self.ready.is_set():
+            log.info(
+                "labels_following", topic=self.topic, partitions=len(partitions), at=self.start_at
+            )
         self.ready.set()
         return set(partitions)
 

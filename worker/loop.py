@@ -36,7 +36,9 @@ from worker.processing import AckedPublisher, ObserverFanout, process_records
 from worker.settings import WorkerSettings
 
 if TYPE_CHECKING:
+    from contracts.schema import ReferenceStats
     from worker.health import Telemetry
+    from worker.monitoring import StreamMonitoring
 
 log = structlog.get_logger("forestream.worker")
 
@@ -117,6 +119,7 @@ class Worker:
         self.settings = settings
         self.follower = follower
         self.telemetry = telemetry
+        self.monitoring: StreamMonitoring | None = None
         self.totals = _Totals()
         if telemetry is not None:
             observers = [telemetry.observer, *observers]
@@ -134,6 +137,11 @@ class Worker:
         self._warn = {name: RateLimited(10.0) for name in ("poll", "commit", "model", "scoring")}
         self._summary_at = time.monotonic()
         self._summary_records = 0
+
+    def attach_monitoring(self, monitoring: StreamMonitoring) -> None:
+        """Add drift/accuracy/latency observers and the periodic report (before ``run``)."""
+        self.monitoring = monitoring
+        self._observers.observers.extend(monitoring.observers)
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -171,6 +179,8 @@ class Worker:
             self.telemetry.metrics.set_model_version(self._model.version)
         self._producer = make_producer(s.bootstrap_servers, client_id=self._client_id("out"))
         self._publisher = AckedPublisher(self._producer, give_up=lambda: self._stopping)
+        if self.monitoring is not None:
+            self.monitoring.start(self._producer)
         self._consumer = make_consumer(
             s.bootstrap_servers,
             group_id=s.group,
@@ -180,12 +190,15 @@ class Worker:
             # refreshes it every 5 min by default: a worker that joined while the input topic
             # was being created (or gained partitions) would sit idle with nothing assigned.
             metadata_max_age_ms=5000,
+            session_timeout_ms=s.session_timeout_ms,
+            heartbeat_interval_ms=min(3000, s.session_timeout_ms // 3),
         )
         self._consumer.subscribe([s.input_topic], listener=_Revocations(self))
         try:
             self._loop()
             self._finish_pending()
             self._commit_held(attempts=10)
+            self._report_monitoring(force=True)
         finally:
             self._close()
         self._log_summary(final=True)
@@ -209,6 +222,8 @@ class Worker:
             [
                 TopicSpec(s.output_topic, partitions),
                 TopicSpec(s.dlq_topic, partitions),
+                TopicSpec(s.labels_topic, partitions),
+                TopicSpec(s.monitoring_topic, 1),
                 TopicSpec(s.models_topic, 1, COMPACTED),
             ],
         )
@@ -238,6 +253,8 @@ class Worker:
         """
         self._stopping = True
         self._pending = []
+        if self.monitoring is not None:
+            self.monitoring.stop()
         if self._consumer is not None:
             with contextlib.suppress(KafkaError):
                 self._consumer.close(autocommit=False)
@@ -294,6 +311,7 @@ class Worker:
                 deadline = None
             self._maybe_log_summary()
             self._maybe_measure_lag()
+            self._report_monitoring()
 
     @property
     def consumer(self) -> KafkaConsumer | None:
@@ -454,6 +472,24 @@ class Worker:
         if lag is not None:  # Kafka did not answer: keep the previous values
             self.telemetry.metrics.set_lag(lag)
 
+    def reference_for(self, version: str) -> ReferenceStats | None:
+        """Drift reference of the version that scored the batch being observed (the active one)."""
+        model = self._model
+        if model is None or model.version != version:
+            return None
+        return getattr(model.metadata, "reference", None)
+
+    def _report_monitoring(self, force: bool = False) -> None:
+        if self.monitoring is None:
+            return
+        self.monitoring.tick(
+            model_version=self._model.version if self._model else None,
+            records_in=self.totals.records_in,
+            predicted=self.totals.predicted,
+            dead_lettered=self.totals.dead_lettered,
+            force=force,
+        )
+
     def _maybe_log_summary(self) -> None:
         if time.monotonic() - self._summary_at >= self.settings.summary_interval_s:
             self._log_summary()
@@ -507,10 +543,17 @@ def run_worker(
     follower: ModelFollower,
     observers: Sequence[BatchObserver] = (),
     telemetry: Telemetry | None = None,
+    monitoring: Callable[[Worker], StreamMonitoring] | None = None,
 ) -> int:
-    """Start the follower, run one worker in this process until stopped; returns exit code."""
+    """Start the follower, run one worker in this process until stopped; returns exit code.
+
+    ``monitoring`` builds the worker's :class:`StreamMonitoring` (it needs the worker for the
+    drift reference of the serving version).
+    """
     route_kafka_client_logs()
     worker = Worker(settings, follower.start(), observers, telemetry)
+    if monitoring is not None:
+        worker.attach_monitoring(monitoring(worker))
     worker.install_signal_handlers()
     try:
         return worker.run()

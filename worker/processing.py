@@ -10,6 +10,7 @@ what lets both loops share this code instead of copying it.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -19,7 +20,8 @@ from typing import Any, Protocol
 import numpy as np
 import structlog
 
-from contracts.headers import ReasonCode
+from contracts import headers
+from contracts.headers import DLQ_MAX_VALUE_BYTES, ReasonCode
 from contracts.logs import RateLimited
 from worker.batch import BatchObserver, ScoredBatch
 from worker.decoding import Reject, decode_batch, empty_frame
@@ -113,12 +115,15 @@ def process_records(
         outgoing += [Outgoing(output_topic, r.key, v) for r, v in zip(valid, values, strict=True)]
     for reject in rejects:
         r = records[reject.index]
-        headers = dlq_headers(
+        letter_headers = dlq_headers(
             reject.code, reject.detail, r.topic, r.partition, r.offset, model.version
         )
         # the client refuses a record with neither key nor value: only then send an empty value
         value = r.value if (r.value is not None or r.key is not None) else b""
-        outgoing.append(Outgoing(dlq_topic, r.key, value, headers))
+        if value is not None and len(value) > DLQ_MAX_VALUE_BYTES:
+            letter_headers += truncation_headers(value)
+            value = value[:DLQ_MAX_VALUE_BYTES]
+        outgoing.append(Outgoing(dlq_topic, r.key, value, letter_headers))
 
     if scores is None:
         scores = Scores(np.empty(0, dtype=object), np.empty((0, len(model.classes))))
@@ -148,6 +153,14 @@ def process_records(
         scored=scored,
         scoring_error=scoring_error,
     )
+
+
+def truncation_headers(value: bytes) -> list[tuple[str, bytes]]:
+    """Headers of a dead letter cut to ``DLQ_MAX_VALUE_BYTES``: original size and sha256."""
+    return [
+        (headers.VALUE_TRUNCATED, str(len(value)).encode()),
+        (headers.VALUE_SHA256, hashlib.sha256(value).hexdigest().encode()),
+    ]
 
 
 class AckedPublisher:
@@ -200,6 +213,7 @@ class AckedPublisher:
                 log.warning(
                     "publish_failed_retrying",
                     error=str(error),
+                    retriable=getattr(error, "retriable", None),
                     unacknowledged=len(failed),
                     retry_in_s=backoff,
                     suppressed=self._warn.take_suppressed(),

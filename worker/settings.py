@@ -27,3 +27,17 @@ class WorkerSettings(CommonSettings):
     """While no promoted model is known, say so at most this often."""
     worker_index: int = 0
     """Set by the supervisor (``FORESTREAM_WORKER_INDEX``) to tell its children apart."""
+    drift_window: int = Field(default=10_000, ge=100)
+    """Records in the sliding window that drift, latency and online accuracy are computed over."""
+    drift_threshold: float = Field(default=0.2, gt=0)
+    """PSI at which a feature is flagged as drifting (0.1 notable, 0.2 significant by habit)."""
+    drift_min_records: int = Field(default=1_000, ge=1)
+    """No drift flag before a feature has this many values in the window (small-sample noise)."""
+    report_interval_s: float = Field(default=10.0, gt=0)
+    """How often the DriftReport is published to the monitoring topic."""
+    follow_labels: bool = True
+    """Join late labels from the labels topic to predictions (online accuracy)."""
+    session_timeout_ms: int = Field(default=10_000, ge=6_000, le=300_000)
+    """A worker silent this long leaves the group and its partitions move. kafka-python 3
+    defaults to 45 s (heartbeats run on the client's IO thread, so a long batch does not
+    count); 10 s bounds both failover after a crash and a stalled group join (see README)."""

@@ -254,3 +254,14 @@ def test_a_new_model_version_restarts_the_window_against_its_own_reference() -> 
     assert not any(d.drifting for d in monitor.snapshot().values())  # v2 knows the shift
     monitor.on_batch(scored(make_stream(100, seed=12), "v3"))  # no reference stored
     assert monitor.snapshot() == {} and monitor.window_records == 100
+
+
+def test_a_version_retrained_on_the_same_data_keeps_the_window() -> None:
+    reference = reference_from(make_stream(20_000, seed=1))
+    same = reference.model_copy(deep=True)  # equal, not identical: as loaded from another file
+    references = {"v1": reference, "v2": same}
+    monitor = DriftMonitor(None, window=2_000, reference_for=references.get)
+    monitor.on_batch(scored(make_stream(1_500, seed=10, shift_x1_std=2.0), "v1"))
+    monitor.on_batch(scored(make_stream(1_000, seed=11, shift_x1_std=2.0), "v2"))
+    assert monitor.window_records == 2_500  # both batches kept: 1,000 alone do not cover 2,000
+    assert monitor.snapshot()["x1"].drifting

@@ -1,0 +1,167 @@
+"""What a worker tells the operator about its stream: drift, online accuracy, latency, totals.
+
+:class:`StreamMonitoring` bundles the per-batch observers (a :class:`DriftMonitor` against the
+serving version's training reference, an :class:`OnlineEvaluator` fed by a :class:`LabelConsumer`
+thread, a latency window) and publishes a cumulative :class:`contracts.wire.DriftReport` to the
+monitoring topic every ``report_interval_s`` (key = worker id), which ``forestream monitor`` and
+the demo read. The loop calls :meth:`StreamMonitoring.tick` once per poll; everything else runs
+per batch with numpy.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from collections import deque
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import numpy as np
+import structlog
+
+from contracts.logs import RateLimited
+from contracts.schema import ReferenceStats
+from worker.batch import BatchObserver, ScoredBatch
+from worker.drift import DriftMonitor, build_drift_report
+from worker.evaluation import LabelConsumer, OnlineEvaluator
+
+log = structlog.get_logger("forestream.worker.monitoring")
+
+
+def worker_id(index: int) -> str:
+    """Unique per running process (host + pid), readable in ``forestream monitor``."""
+    return f"{socket.gethostname()}-{os.getpid()}-w{index}"
+
+
+class LatencyWindow:
+    """End-to-end latency (input CreateTime → scored) of the most recent valid records.
+
+    A ring of per-batch arrays holding at most ``window`` values in total: percentiles are
+    computed on demand (once per report), never per record.
+    """
+
+    def __init__(self, window: int = 10_000) -> None:
+        self.window = window
+        self._batches: deque[np.ndarray] = deque()
+        self._held = 0
+
+    def on_batch(self, batch: ScoredBatch) -> None:
+        if not len(batch.event_times_ms):
+            return
+        values = (batch.scored_at_ms - batch.event_times_ms).astype(np.float64)
+        self._batches.append(values[-self.window :])
+        self._held += min(len(values), self.window)
+        while self._held - len(self._batches[0]) >= self.window:
+            self._held -= len(self._batches.popleft())
+
+    def percentiles(self) -> tuple[float | None, float | None]:
+        """(p50, p99) in ms over the window, ``(None, None)`` before the first record."""
+        if not self._batches:
+            return None, None
+        values = np.concatenate(list(self._batches))[-self.window :]
+        p50, p99 = np.percentile(values, [50, 99])
+        return float(p50), float(p99)
+
+
+class StreamMonitoring:
+    """Observers plus the periodic report of one worker; see the module docstring."""
+
+    def __init__(
+        self,
+        *,
+        bootstrap: str,
+        model_name: str,
+        monitoring_topic: str,
+        labels_topic: str | None,
+        worker_id: str,
+        reference_for: Callable[[str], ReferenceStats | None],
+        drift_window: int = 10_000,
+        drift_threshold: float = 0.2,
+        drift_min_records: int = 1_000,
+        report_interval_s: float = 10.0,
+    ) -> None:
+        self.bootstrap = bootstrap
+        self.model_name = model_name
+        self.monitoring_topic = monitoring_topic
+        self.worker_id = worker_id
+        self.report_interval_s = report_interval_s
+        self.drift = DriftMonitor(
+            None,
+            window=drift_window,
+            threshold=drift_threshold,
+            min_records=drift_min_records,
+            reference_for=reference_for,
+        )
+        self.evaluator = OnlineEvaluator(window=drift_window)
+        self.latency = LatencyWindow(window=drift_window)
+        self.labels = (
+            LabelConsumer(bootstrap, labels_topic, self.evaluator) if labels_topic else None
+        )
+        self._producer: Any = None
+        self._next_report = time.monotonic() + report_interval_s
+        self._last_records = 0
+        self._last_at = time.monotonic()
+        self._warn = RateLimited(30.0)
+        self.reports_sent = 0
+
+    @property
+    def observers(self) -> list[BatchObserver]:
+        return [self.drift, self.evaluator, self.latency]
+
+    def start(self, producer: Any) -> StreamMonitoring:
+        """``producer``: the worker's own (reports are small; no second client needed)."""
+        self._producer = producer
+        if self.labels is not None:
+            self.labels.start()
+        return self
+
+    def stop(self) -> None:
+        if self.labels is not None:
+            self.labels.stop()
+
+    def tick(
+        self,
+        *,
+        model_version: str | None,
+        records_in: int,
+        predicted: int,
+        dead_lettered: Mapping[str, int],
+        force: bool = False,
+    ) -> None:
+        """Log new drift crossings and publish a report when one is due (or ``force``)."""
+        now = time.monotonic()
+        if not force and now < self._next_report:
+            return
+        self._next_report = now + self.report_interval_s
+        self.drift.log_crossings(log)
+        throughput = (records_in - self._last_records) / max(now - self._last_at, 1e-9)
+        self._last_records, self._last_at = records_in, now
+        p50, p99 = self.latency.percentiles()
+        report = build_drift_report(
+            model_name=self.model_name,
+            worker_id=self.worker_id,
+            model_version=model_version,
+            drift=self.drift,
+            evaluator=self.evaluator,
+            records_in=records_in,
+            predicted=predicted,
+            dead_lettered=dead_lettered,
+            throughput=round(throughput, 1),
+            latency_p50_ms=p50,
+            latency_p99_ms=p99,
+        )
+        if self._producer is None:
+            return
+        try:
+            # Fire and forget: a lost report is replaced by the next one; waiting for its ack
+            # would put monitoring on the scoring path.
+            self._producer.send(
+                self.monitoring_topic,
+                key=self.worker_id.encode(),
+                value=report.model_dump_json().encode(),
+            )
+            self.reports_sent += 1
+        except Exception as exc:  # never let a report stop scoring
+            if self._warn.ready():
+                log.warning("monitoring_report_failed", error=f"{type(exc).__name__}: {exc}")
