@@ -10,7 +10,6 @@ import json
 import math
 import os
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -127,33 +126,14 @@ def save_model(store: Path, name: str, frame: pd.DataFrame, trees: int = 10) -> 
 
 
 def publish_promotion(bootstrap: str, models_topic: str, metadata: Any) -> None:
-    """What the trainer's ``promote`` announces: a ModelEvent keyed by the model name."""
-    from contracts.kafka_io import COMPACTED, TopicSpec, ensure_topics, make_producer
-    from contracts.wire import ModelEvent, ServingRef
+    """What ``forestream models promote`` announces, through the trainer's own publisher."""
+    from contracts.wire import ServingRef
+    from training.publish import model_event, publish_event
 
-    ensure_topics(bootstrap, [TopicSpec(models_topic, 1, COMPACTED)])
-    event = ModelEvent(
-        kind="promoted",
-        name=metadata.name,
-        version=metadata.version,
-        sha256=metadata.artifact_sha256,
-        signature=metadata.signature,
-        created_at=metadata.created_at,
-        serving=ServingRef(
-            version=metadata.version,
-            sha256=metadata.artifact_sha256,
-            signature=metadata.signature,
-        ),
-        at=int(time.time() * 1000),
+    serving = ServingRef(
+        version=metadata.version, sha256=metadata.artifact_sha256, signature=metadata.signature
     )
-    producer = make_producer(bootstrap)
-    try:
-        producer.send(
-            models_topic, key=metadata.name.encode(), value=event.model_dump_json().encode()
-        )
-        producer.flush(timeout=30)
-    finally:
-        producer.close()
+    publish_event(bootstrap, models_topic, model_event("promoted", metadata, serving))
 
 
 MAX_RECORD_BYTES = 2000

@@ -195,6 +195,7 @@ def worker(
                 drift_threshold=settings.drift_threshold,
                 drift_min_records=settings.drift_min_records,
                 report_interval_s=settings.report_interval_s,
+                registry=telemetry.metrics.registry,
             ),
         )
     finally:

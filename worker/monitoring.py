@@ -22,6 +22,7 @@ import structlog
 
 from contracts.logs import RateLimited
 from contracts.schema import ReferenceStats
+from contracts.wire import DriftReport
 from worker.batch import BatchObserver, ScoredBatch
 from worker.drift import DriftMonitor, build_drift_report
 from worker.evaluation import LabelConsumer, OnlineEvaluator
@@ -64,6 +65,58 @@ class LatencyWindow:
         return float(p50), float(p99)
 
 
+class MonitoringGauges:
+    """Drift and online accuracy on the worker's Prometheus registry, set once per report."""
+
+    def __init__(self, registry: Any) -> None:
+        from prometheus_client import Gauge
+
+        ns = "forestream"
+        self.psi = Gauge(
+            "feature_psi", "PSI of the feature over the drift window", ["feature"],
+            namespace=ns, registry=registry,
+        )  # fmt: skip
+        self.drifting = Gauge(
+            "feature_drifting", "1 while the feature is flagged as drifting", ["feature"],
+            namespace=ns, registry=registry,
+        )  # fmt: skip
+        self.missing = Gauge(
+            "feature_missing_share", "Share of window records missing the feature", ["feature"],
+            namespace=ns, registry=registry,
+        )  # fmt: skip
+        self.unseen = Gauge(
+            "feature_unseen_share", "Share of window records with an unseen category",
+            ["feature"], namespace=ns, registry=registry,
+        )  # fmt: skip
+        self.accuracy = Gauge(
+            "online_accuracy", "Accuracy over the labelled window, per model version",
+            ["version"], namespace=ns, registry=registry,
+        )  # fmt: skip
+        self.macro_f1 = Gauge(
+            "online_macro_f1", "Macro F1 over the labelled window, per model version",
+            ["version"], namespace=ns, registry=registry,
+        )  # fmt: skip
+        self.labelled = Gauge(
+            "online_labelled", "Labelled predictions in the window, per model version",
+            ["version"], namespace=ns, registry=registry,
+        )  # fmt: skip
+
+    def update(self, report: DriftReport) -> None:
+        for gauge in (self.psi, self.drifting, self.missing, self.unseen):
+            gauge.clear()  # features of a previous version must not linger
+        for name, drift in report.features.items():
+            self.psi.labels(feature=name).set(drift.psi)
+            self.drifting.labels(feature=name).set(1.0 if drift.drifting else 0.0)
+            self.missing.labels(feature=name).set(drift.missing_share)
+            self.unseen.labels(feature=name).set(drift.unseen_share)
+        for version, acc in report.online.items():
+            self.labelled.labels(version=version).set(acc.labelled)
+            if acc.accuracy is not None:
+                self.accuracy.labels(version=version).set(acc.accuracy)
+            if acc.macro_f1 is not None:
+                self.macro_f1.labels(version=version).set(acc.macro_f1)
+
+
 class StreamMonitoring:
     """Observers plus the periodic report of one worker; see the module docstring."""
 
@@ -80,6 +133,7 @@ class StreamMonitoring:
         drift_threshold: float = 0.2,
         drift_min_records: int = 1_000,
         report_interval_s: float = 10.0,
+        registry: Any = None,
     ) -> None:
         self.bootstrap = bootstrap
         self.model_name = model_name
@@ -104,6 +158,7 @@ class StreamMonitoring:
         self._last_at = time.monotonic()
         self._warn = RateLimited(30.0)
         self.reports_sent = 0
+        self.gauges = MonitoringGauges(registry) if registry is not None else None
 
     @property
     def observers(self) -> list[BatchObserver]:
@@ -151,6 +206,8 @@ class StreamMonitoring:
             latency_p50_ms=p50,
             latency_p99_ms=p99,
         )
+        if self.gauges is not None:
+            self.gauges.update(report)
         if self._producer is None:
             return
         try:

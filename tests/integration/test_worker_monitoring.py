@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 import time
+import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -63,12 +65,32 @@ def _wait_log(path: Path, event: str, proc: subprocess.Popen[bytes], timeout_s: 
         time.sleep(0.2)
 
 
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
 class Stream:
-    def __init__(self, bootstrap: str, topics: dict[str, str], training: pd.DataFrame) -> None:
+    def __init__(
+        self, bootstrap: str, topics: dict[str, str], training: pd.DataFrame, metrics_port: int
+    ) -> None:
         self.bootstrap = bootstrap
         self.topics = topics
         self.training = training
+        self.metrics_port = metrics_port
         self.sent = 0
+
+    def gauge(self, name: str, **labels: str) -> float | None:
+        """One sample of the worker's /metrics, ``None`` when the series is absent."""
+        url = f"http://127.0.0.1:{self.metrics_port}/metrics"
+        with urllib.request.urlopen(url, timeout=10) as response:
+            text = response.read().decode()
+        wanted = name + ("{" + ",".join(f'{k}="{v}"' for k, v in labels.items()) + "}")
+        for line in text.splitlines():
+            if line.startswith(wanted + " "):
+                return float(line.split()[-1])
+        return None
 
     def send_rows(self, prefix: str, rows: pd.DataFrame) -> list[bytes]:
         """Feature records keyed ``prefix-i``; returns the keys."""
@@ -119,6 +141,7 @@ def stream(
         "--bootstrap-servers", kafka_bootstrap, "--models-topic", topics["models"],
     )  # fmt: skip
     log_path = work / "worker.log"
+    metrics_port = _free_port()
     env = {
         "FORESTREAM_LABELS_TOPIC": topics["labels"],
         "FORESTREAM_MONITORING_TOPIC": topics["monitoring"],
@@ -130,7 +153,7 @@ def stream(
         "--dlq-topic", topics["dlq"], "--models-topic", topics["models"],
         "--store", str(store), "--name", MODEL, "--group", f"monitoring-{run}",
         "--drift-window", str(WINDOW), "--report-interval-s", "1",
-        "--max-batch", "200", "--log-format", "json",
+        "--max-batch", "200", "--log-format", "json", "--metrics-port", str(metrics_port),
     ]  # fmt: skip
     with log_path.open("wb") as sink:
         proc = subprocess.Popen(
@@ -144,7 +167,7 @@ def stream(
     try:
         _wait_log(log_path, "partitions_assigned", proc, 60)
         _wait_log(log_path, "labels_following", proc, 30)
-        yield Stream(kafka_bootstrap, topics, training), store, log_path
+        yield Stream(kafka_bootstrap, topics, training, metrics_port), store, log_path
     finally:
         proc.kill()
         proc.wait(timeout=10)
@@ -183,6 +206,10 @@ def test_training_distribution_raises_no_flag_and_labels_give_offline_accuracy(
     offline = float(np.mean(pipeline.predict(rows[NUMERIC + CATEGORICAL]) == rows["target"]))
     assert report.online["v1"].accuracy == pytest.approx(offline, abs=1e-12)
     assert report.latency_p50_ms is not None and report.latency_p99_ms is not None
+    # the same figures on the Prometheus endpoint (set with each report)
+    assert s.gauge("forestream_online_labelled", version="v1") == len(rows)
+    assert s.gauge("forestream_online_accuracy", version="v1") == pytest.approx(offline)
+    assert s.gauge("forestream_feature_drifting", feature=SHIFTED) == 0.0
 
 
 def test_one_feature_shifted_by_two_std_is_flagged_alone(
@@ -205,3 +232,5 @@ def test_one_feature_shifted_by_two_std_is_flagged_alone(
     while not log_events(log_path, "drift_detected") and time.monotonic() < deadline:
         time.sleep(0.2)
     assert [e["feature"] for e in log_events(log_path, "drift_detected")] == [SHIFTED]
+    assert s.gauge("forestream_feature_drifting", feature=SHIFTED) == 1.0
+    assert s.gauge("forestream_feature_drifting", feature="x2") == 0.0
