@@ -193,6 +193,14 @@ class Worker:
             session_timeout_ms=s.session_timeout_ms,
             heartbeat_interval_ms=min(3000, s.session_timeout_ms // 3),
         )
+        # kafka-python 3.0.12: a group leader that joins before it has the input topic's
+        # metadata assigns nobody anything, then rejoins when the metadata arrives; if that
+        # rejoin outlives one poll() timeout the client never consumes its result (heartbeats
+        # stay disabled, the broker evicts the member after session_timeout_ms, and the worker
+        # idles with no partitions while /healthz says ok). Knowing the partitions before the
+        # first join avoids that empty first generation.
+        with contextlib.suppress(KafkaError):
+            self._consumer.partitions_for_topic(s.input_topic)
         self._consumer.subscribe([s.input_topic], listener=_Revocations(self))
         try:
             self._loop()
