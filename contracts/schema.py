@@ -84,3 +84,42 @@ class ReferenceStats(_Frozen):
     """Per-feature training distributions, keyed by feature name."""
 
     features: dict[str, Reference]
+
+
+def serving_incompatibilities(current: FeatureSchema, new: FeatureSchema) -> list[str]:
+    """Why records valid under ``current`` could not be scored by a model trained on ``new``.
+
+    Empty means the new model can take over a running stream without a producer change.
+    Workers validate every record against the serving model's schema, so a swap must not
+    narrow what producers may send today. Rules:
+
+    - A feature ``new`` needs that ``current`` does not carry is incompatible, unless the new
+      model saw it missing in training (``missing_seen``: its imputer fills the absence).
+    - A feature ``current`` lets producers omit (``missing_seen``) but ``new`` requires is
+      incompatible: records scored today would be dead-lettered as ``missing_feature``.
+    - A feature whose kind changes (numeric <-> categorical) is incompatible: today's values
+      would be dead-lettered as ``wrong_type``.
+    - Compatible: features ``new`` drops (extra keys are ignored), added or removed
+      categories (unseen ones are one-hot ignored, and counted), changed min/max
+      (informational only), a different feature order (columns are matched by name).
+    """
+    problems: list[str] = []
+    carried = {f.name: f for f in current.features}
+    for feature in new.features:
+        old = carried.get(feature.name)
+        if old is None:
+            if not feature.missing_seen:
+                problems.append(
+                    f"feature {feature.name!r} is required by the new model but not part of "
+                    "the current input contract"
+                )
+        elif old.kind != feature.kind:
+            problems.append(
+                f"feature {feature.name!r} changes type from {old.kind} to {feature.kind}"
+            )
+        elif old.missing_seen and not feature.missing_seen:
+            problems.append(
+                f"feature {feature.name!r} may be missing under the current contract but is "
+                "required by the new model"
+            )
+    return problems

@@ -189,6 +189,8 @@ def worker_command(
         "--output-topic", topics["out"],
         "--dlq-topic", topics["dlq"],
         "--models-topic", topics["models"],
+        "--labels-topic", topics.get("labels", topics["in"] + ".labels"),
+        "--monitoring-topic", topics.get("monitoring", topics["in"] + ".monitoring"),
         "--store", str(store),
         "--name", name,
         "--group", group,

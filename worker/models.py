@@ -2,8 +2,9 @@
 
 Every worker reads the whole compacted models topic on its own, group-less consumer (assign all
 partitions, seek to the beginning), so each process sees every promotion, including those made
-before it started. Loading (hash/HMAC verification, unpickling, a warm-up prediction) happens in
-a background thread; the scoring loop only reads :meth:`ModelFollower.current` once per batch,
+before it started. Loading (hash/HMAC verification, unpickling, the schema compatibility check
+of :func:`contracts.schema.serving_incompatibilities`, a warm-up prediction) happens in a
+background thread; the scoring loop only reads :meth:`ModelFollower.current` once per batch,
 so a new model takes over between two batches and a bad one never takes over at all: the old
 model keeps serving, the reason is logged once, and the load is retried with backoff (the
 artifact may simply not be visible yet on a shared store).
@@ -23,13 +24,36 @@ from typing import Any
 import structlog
 from pydantic import ValidationError
 
-from contracts.schema import CategoricalFeature, FeatureSchema, NumericFeature
+from contracts.schema import (
+    CategoricalFeature,
+    FeatureSchema,
+    NumericFeature,
+    serving_incompatibilities,
+)
 from contracts.wire import ModelEvent, ServingRef
 
 log = structlog.get_logger("forestream.worker.models")
 
 ModelLoader = Callable[[ServingRef], tuple[Any, Any]]
 """Loads and verifies a serving ref: returns ``(pipeline, metadata)`` or raises."""
+
+
+class SchemaIncompatible(ValueError):
+    """The new version's input contract would reject records the serving version accepts."""
+
+
+def check_servable(active: ActiveModel | None, metadata: Any) -> None:
+    """Refuse a version that cannot take over the stream the active model is serving.
+
+    Nothing is active on a worker's first load: any schema can start a stream.
+    """
+    if active is None:
+        return
+    problems = serving_incompatibilities(active.schema, metadata.feature_schema)
+    if problems:
+        raise SchemaIncompatible(
+            f"cannot replace {active.version} on a running stream: " + "; ".join(problems)
+        )
 
 
 @dataclass(frozen=True)
@@ -244,6 +268,7 @@ class ModelFollower:
         started = time.monotonic()
         try:
             pipeline, metadata = self.loader(wanted)
+            check_servable(self._active, metadata)
             warm_up(pipeline, metadata)
         except Exception as exc:
             if self.on_load_failure is not None:
