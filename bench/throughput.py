@@ -32,7 +32,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -155,6 +155,8 @@ class Results:
     worker_batch: float | None = None
     """Mean micro-batch size the worker reported in (c); (d)'s is ``latency_batch``."""
     latency_batch: float | None = None
+    load: list[tuple[float, float, float]] = field(default_factory=list)
+    """1/5/15-minute load averages at the start and the end: the cores may be shared."""
 
 
 # -- Kafka plumbing ----------------------------------------------------------------------------
@@ -606,6 +608,14 @@ def table_rows(res: Results) -> list[tuple[str, str, str]]:
     return rows
 
 
+def load_note(res: Results) -> str:
+    """Load averages before/after: on a shared machine they explain more than the code."""
+    if not res.load:
+        return ""
+    shown = " -> ".join("/".join(f"{x:.1f}" for x in load) for load in res.load)
+    return f"; load average (1/5/15 min) {shown}"
+
+
 def percentiles(lat: Latency, which: str) -> str:
     return f"{lat.percentile(which, 50):.0f} / {lat.percentile(which, 99):.0f} ms"
 
@@ -625,7 +635,7 @@ def render(res: Results) -> None:
     o = res.options
     table = Table(
         title=f"forestream throughput: {o.features} features, RF {o.trees} trees",
-        caption=machine(),
+        caption=machine() + load_note(res),
     )
     table.add_column("measurement")
     table.add_column("result", justify="right")
@@ -640,7 +650,8 @@ def markdown(res: Results) -> str:
     lines = [
         f"# Benchmark ({datetime.now(UTC).isoformat(timespec='seconds')})",
         "",
-        f"Machine: {machine()}. Command: `python -m bench.throughput --records {o.records} "
+        f"Machine: {machine()}{load_note(res)}. "
+        f"Command: `python -m bench.throughput --records {o.records} "
         f"--features {o.features} --trees {o.trees} --latency-rate {o.latency_rate:g} "
         f"--latency-seconds {o.latency_seconds:g} --naive-records {o.naive_records} "
         f"--train-rows {o.train_rows} --partitions {o.partitions}`.",
@@ -667,6 +678,7 @@ def run(opts: Options) -> Results:
     from contracts.model_store import ModelStore
 
     res = Results(opts)
+    res.load.append(os.getloadavg())
     run_id = uuid.uuid4().hex[:8]
     prefix = f"bench.{run_id}"
 
@@ -736,6 +748,7 @@ def run(opts: Options) -> Results:
                                             f"{prefix}.lat.pass", work / "d-pass.log"),
                 work / "d-pass.log",
             )  # fmt: skip
+            res.load.append(os.getloadavg())
         finally:
             admin = None
             with contextlib.suppress(Exception):  # best effort: leave the shared broker tidy

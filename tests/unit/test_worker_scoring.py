@@ -105,3 +105,87 @@ def test_dlq_headers_names_and_values() -> None:
         headers.SOURCE_OFFSET: b"42",
         headers.MODEL_VERSION: b"",
     }
+
+
+def test_forests_are_scored_tree_by_tree_with_bit_identical_results() -> None:
+    """The joblib-free path must give exactly predict_proba's numbers (ties pick the same
+    label), for the trainer's Pipeline and for a bare forest alike."""
+    from sklearn.ensemble import RandomForestClassifier
+
+    from worker.scoring import _probability_fn
+
+    pipeline, train = trained()
+    live = make_frame(200, seed=4)
+    decoded = decode_batch([row_json(r) for _, r in live.iterrows()], schema_for(train))
+    forest = RandomForestClassifier(n_estimators=15, random_state=0)
+    numeric = decoded.frame[["x1", "x3"]]
+    forest.fit(numeric, live["target"])
+    for model, frame in ((pipeline, decoded.frame), (forest, numeric)):
+        classes = [str(c) for c in model.classes_]
+        assert _probability_fn(model, frame) is not None  # the fast path is in use
+        scores = score_frame(model, frame, classes)
+        assert np.array_equal(scores.probabilities, model.predict_proba(frame))
+        assert scores.labels.tolist() == [str(c) for c in model.predict(frame)]
+
+
+def test_a_forest_with_its_own_predict_proba_keeps_it() -> None:
+    from sklearn.ensemble import RandomForestClassifier
+
+    from worker.scoring import _probability_fn
+
+    class Calibrated(RandomForestClassifier):
+        def predict_proba(self, frame: Any) -> Any:
+            return np.full((len(frame), 2), 0.5)
+
+    _, train = trained()
+    model = Calibrated(n_estimators=3, random_state=0).fit(train[["x1"]], train["target"] == "low")
+    assert _probability_fn(model, train[["x1"]]) is None
+    scores = score_frame(model, train[["x1"]], ["False", "True"])
+    assert (scores.probabilities == 0.5).all()
+
+
+def test_percent_signs_and_quotes_in_names_survive_the_template() -> None:
+    from worker.scoring import Scores
+
+    classes = ["50%", 'a"b%d']
+    probabilities = np.array([[0.25, 0.75], [1.0, 0.0]])
+    scores = Scores(np.array(['a"b%d', "50%"], dtype=object), probabilities)
+    values = encode_predictions(
+        scores=scores,
+        classes=classes,
+        model_version="%s%%v",
+        topic="t%r",
+        partitions=[np.int64(1), 2],
+        offsets=[7, np.int64(8)],
+        event_times_ms=[5, 6],
+        scored_at_ms=9,
+    )
+    parsed = [Prediction.model_validate_json(v) for v in values]
+    assert [p.prediction for p in parsed] == ['a"b%d', "50%"]
+    assert [p.probabilities for p in parsed] == [
+        {"50%": 0.25, 'a"b%d': 0.75},
+        {"50%": 1.0, 'a"b%d': 0.0},
+    ]
+    assert {(p.model_version, p.source.topic) for p in parsed} == {("%s%%v", "t%r")}
+    assert [(p.source.partition, p.source.offset) for p in parsed] == [(1, 7), (2, 8)]
+
+
+def test_a_released_model_is_not_kept_alive_by_the_scoring_cache() -> None:
+    """Hot reload must free the old model: a bare forest is its own cache key (bench/reload)."""
+    import gc
+    import weakref
+
+    from tests.worker_support import CATEGORICAL
+
+    frame = make_frame(80, seed=5)
+    numeric = frame.drop(columns=[*CATEGORICAL, "target"]).fillna(0.0)
+    from sklearn.ensemble import RandomForestClassifier
+
+    forest = RandomForestClassifier(n_estimators=3, random_state=0).fit(numeric, frame["target"])
+    classes = [str(c) for c in forest.classes_]
+    score_frame(forest, numeric, classes)
+    score_frame(forest, numeric, classes)
+    released = weakref.ref(forest)
+    del forest
+    gc.collect()
+    assert released() is None
