@@ -11,6 +11,7 @@ thin, single-threaded group loop around it: batching, committing, rebalances, si
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
 import signal
 import time
@@ -174,6 +175,10 @@ class Worker:
         self._model = self._wait_for_model()
         if self._model is None:  # stopped while waiting
             return 0
+        # sklearn, pandas and the model are loaded for good: take them out of the cyclic GC's
+        # view, or each full collection walks them all (30-220 ms pauses measured mid-batch).
+        gc.collect()
+        gc.freeze()
         if self.telemetry is not None:
             self.telemetry.health.set_model(self._model.version)
             self.telemetry.metrics.set_model_version(self._model.version)
@@ -279,6 +284,10 @@ class Worker:
         assert self._consumer is not None
         deadline: float | None = None
         backoff = 0.1
+        # When the loop last knew nothing was waiting. Records found by the first poll after a
+        # batch arrived while that batch was scored: their max-wait runs from then, not from
+        # when the loop got round to polling (which added the batch's whole cycle to latency).
+        idle_since = time.monotonic()
         while not self._stopping:
             if self.telemetry is not None:
                 self.telemetry.health.tick()
@@ -308,13 +317,16 @@ class Worker:
             for records in polled.values():
                 self._pending.extend(records)
             if self._pending and deadline is None:
-                deadline = time.monotonic() + s.max_wait_ms / 1000
+                deadline = idle_since + s.max_wait_ms / 1000
             full = len(self._pending) >= s.max_batch or (
                 s.max_records is not None
                 and self.totals.records_in + len(self._pending) >= s.max_records
             )
             if self._pending and (full or time.monotonic() >= (deadline or 0.0)):
+                idle_since = time.monotonic()
                 self._finish_pending()
+            elif not self._pending:
+                idle_since = time.monotonic()
             if not self._pending:  # also after a rebalance finished the batch in hand
                 deadline = None
             self._maybe_log_summary()

@@ -403,7 +403,9 @@ def test_rebalance_publishes_and_commits_the_batch_in_hand(
         settle_s=3.0,
     )
     revoked = log_events(workers.log_paths[0], "partitions_revoked")
-    assert revoked and revoked[0]["pending"] > 0, "the rebalance did not find a batch in hand"
+    # (a start-up rebalance may revoke and re-assign the same partitions before any record:
+    # the one that matters is the newcomer's, with the 200 records held)
+    assert any(e["pending"] > 0 for e in revoked), f"no revocation found a batch in hand: {revoked}"
     counts = Counter(r.key for r in predictions)
     assert set(counts) == set(keys)
     assert max(counts.values()) == 1, f"{len(predictions) - len(keys)} scored twice"
