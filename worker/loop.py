@@ -48,6 +48,7 @@ _LAG_INTERVAL_S = 5.0
 _REVOKE_PUBLISH_LIMIT_S = 30.0
 _REVOKE_COMMIT_TIMEOUT_MS = 10_000
 _MAX_BACKOFF_S = 10.0
+_JOIN_STUCK_AFTER_S = 2.0
 
 
 @dataclass
@@ -138,6 +139,7 @@ class Worker:
         self._warn = {name: RateLimited(10.0) for name in ("poll", "commit", "model", "scoring")}
         self._summary_at = time.monotonic()
         self._summary_records = 0
+        self._join_stuck_since: float | None = None
 
     def attach_monitoring(self, monitoring: StreamMonitoring) -> None:
         """Add drift/accuracy/latency observers and the periodic report (before ``run``)."""
@@ -332,6 +334,34 @@ class Worker:
             self._maybe_log_summary()
             self._maybe_measure_lag()
             self._report_monitoring()
+            self._unstick_group_join()
+
+    def _unstick_group_join(self) -> None:
+        """Work around a kafka-python 3.0.12 join that is never completed.
+
+        When the group leader rejoins because topic metadata changed and the JoinGroup outlives
+        one ``poll()`` timeout, the leader's own assignment step (run inside that join) clears
+        the metadata mismatch that made it rejoin, so ``poll()`` never comes back to finish the
+        join: no partitions, heartbeats off, and the broker evicts the member after the session
+        timeout. The client is then ``rejoining`` but no longer thinks it ``need_rejoin()``;
+        after a moment in that state, asking for a rejoin makes the next ``poll()`` finish it.
+        """
+        coordinator = getattr(self._consumer, "_coordinator", None)
+        if coordinator is None or not getattr(coordinator, "rejoining", False):
+            self._join_stuck_since = None
+            return
+        if coordinator.need_rejoin():  # the client is driving the join itself
+            self._join_stuck_since = None
+            return
+        now = time.monotonic()
+        if self._join_stuck_since is None:
+            self._join_stuck_since = now
+        elif now - self._join_stuck_since >= _JOIN_STUCK_AFTER_S:
+            log.warning(
+                "group_join_stalled_rejoining", stalled_s=round(now - self._join_stuck_since, 1)
+            )
+            coordinator.request_rejoin()
+            self._join_stuck_since = None
 
     @property
     def consumer(self) -> KafkaConsumer | None:
