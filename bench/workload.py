@@ -8,7 +8,6 @@ it would in a deployment.
 from __future__ import annotations
 
 import json
-import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -17,7 +16,7 @@ import numpy as np
 
 from contracts.model_store import ModelMetadata, ModelStore
 from contracts.schema import FeatureSchema, NumericFeature, NumericReference, ReferenceStats
-from contracts.wire import ModelEvent, ServingRef
+from contracts.wire import ServingRef
 
 MODEL_NAME = "bench"
 REFERENCE_BINS = 10
@@ -112,27 +111,10 @@ def reference_stats(train: Any) -> ReferenceStats:
 
 
 def announce_promotion(bootstrap: str, models_topic: str, metadata: ModelMetadata) -> None:
-    """Publish the ``promoted`` event workers follow (key = model name), and wait for the ack."""
-    from contracts.kafka_io import COMPACTED, TopicSpec, ensure_topics, make_producer
+    """Publish the ``promoted`` event workers follow, through the trainer's own publisher."""
+    from training.publish import model_event, publish_event
 
-    ensure_topics(bootstrap, [TopicSpec(models_topic, 1, dict(COMPACTED))])
     serving = ServingRef(
         version=metadata.version, sha256=metadata.artifact_sha256, signature=metadata.signature
     )
-    event = ModelEvent(
-        kind="promoted",
-        name=MODEL_NAME,
-        version=metadata.version,
-        sha256=metadata.artifact_sha256,
-        signature=metadata.signature,
-        created_at=metadata.created_at,
-        serving=serving,
-        at=int(time.time() * 1000),
-    )
-    producer = make_producer(bootstrap)
-    try:
-        producer.send(
-            models_topic, key=MODEL_NAME.encode(), value=event.model_dump_json().encode()
-        ).get(timeout=30)
-    finally:
-        producer.close(timeout=5)
+    publish_event(bootstrap, models_topic, model_event("promoted", metadata, serving))
