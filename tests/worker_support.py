@@ -6,10 +6,14 @@ RandomForest) without depending on the trainer package.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
+import signal
+import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -217,3 +221,99 @@ def log_events(path: Path, event: str) -> list[dict[str, Any]]:
         if isinstance(entry, dict) and entry.get("event") == event:
             out.append(entry)
     return out
+
+
+ROOT = Path(__file__).resolve().parent.parent
+
+MEMBERSHIP_EVENTS = (
+    "model_in_use", "partitions_assigned", "partitions_revoked", "partitions_lost",
+    "group_join_stalled_rejoining", "kafka_client_error", "worker_stopping",
+)  # fmt: skip
+
+
+class WorkerGroup:
+    """``forestream worker`` subprocesses of one consumer group, each logging JSON to its own
+    file; ``kill_all`` in a ``finally`` leaves nothing running whatever the test did."""
+
+    def __init__(self, command: list[str], logs: Path) -> None:
+        self.command = command
+        self.logs = logs
+        self.procs: list[subprocess.Popen[bytes]] = []
+        self.log_paths: list[Path] = []
+
+    def start(self, count: int = 1) -> int:
+        """Start ``count`` more workers; returns the index (in ``procs``) of the last one."""
+        for _ in range(count):
+            path = self.logs / f"worker-{len(self.procs)}.log"
+            with path.open("wb") as sink:
+                self.procs.append(
+                    subprocess.Popen(
+                        self.command,
+                        stdout=sink,
+                        stderr=subprocess.STDOUT,
+                        stdin=subprocess.DEVNULL,
+                        env=worker_env(),
+                        cwd=ROOT,
+                    )
+                )
+            self.log_paths.append(path)
+        return len(self.procs) - 1
+
+    def live(self) -> list[int]:
+        return [i for i, proc in enumerate(self.procs) if proc.poll() is None]
+
+    def wait_balanced(self, partitions: int, timeout_s: float = 60.0) -> dict[int, list[str]]:
+        """Until every live worker's newest assignment is non-empty and together they own each
+        partition exactly once; returns {worker index: partitions}. A worker that died (other
+        than by a test's SIGKILL or an orderly exit) fails the wait at once, with its log."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            latest = {}
+            for i in self.live():
+                events = log_events(self.log_paths[i], "partitions_assigned")
+                latest[i] = events[-1]["partitions"] if events else []
+            owned = [p for parts in latest.values() for p in parts]
+            if all(latest.values()) and len(owned) == len(set(owned)) == partitions:
+                return latest
+            for i, proc in enumerate(self.procs):
+                if proc.returncode not in (None, 0, -signal.SIGKILL):
+                    raise AssertionError(
+                        f"worker {i} died ({proc.returncode}):\n{self.log_paths[i].read_text()}"
+                    )
+            if time.monotonic() > deadline:
+                raise AssertionError(
+                    f"group not balanced in {timeout_s:.0f}s: {latest}\n{self.membership_log()}"
+                )
+            time.sleep(0.2)
+
+    def membership_log(self) -> str:
+        """Each worker's group events in time order, for a failure message."""
+        lines = []
+        for i, path in enumerate(self.log_paths):
+            lines.append(f"worker {i} (exit code {self.procs[i].poll()}):")
+            entries = [e for event in MEMBERSHIP_EVENTS for e in log_events(path, event)]
+            for entry in sorted(entries, key=lambda e: str(e.get("timestamp"))):
+                numbers = [p.rsplit("-", 1)[-1] for p in entry.get("partitions", [])]
+                lines.append(f"  {entry.get('timestamp')} {entry['event']} {numbers}")
+        return "\n".join(lines)
+
+    def stop(self, i: int, timeout_s: float = 60.0) -> None:
+        """SIGTERM one worker: it must finish its batch, commit, leave and exit 0."""
+        proc = self.procs[i]
+        proc.send_signal(signal.SIGTERM)
+        try:
+            code = proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(
+                f"worker {i} did not exit {timeout_s:.0f}s after SIGTERM"
+            ) from None
+        log = self.log_paths[i].read_text()
+        assert code == 0, f"worker {i} exited {code}:\n{log[-3000:]}"
+        assert log_events(self.log_paths[i], "worker_final_summary"), log[-3000:]
+
+    def kill_all(self) -> None:
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.kill()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=10)

@@ -33,9 +33,14 @@ from kafka.consumer.fetcher import ConsumerRecord
 from contracts.kafka_io import TopicSpec, ensure_topics, make_producer
 from contracts.model_store import ARTIFACT, ModelStore
 from contracts.wire import Prediction
-from tests.integration.test_worker_delivery import Workers
 from tests.kafka_helpers import read_topic
-from tests.worker_support import log_events, publish_promotion, worker_command, worker_env
+from tests.worker_support import (
+    WorkerGroup,
+    log_events,
+    publish_promotion,
+    worker_command,
+    worker_env,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 MODEL = "penguins"
@@ -121,7 +126,7 @@ class Stream:
             bootstrap, self.topics, store, MODEL, topic_name("group"),
             "--max-wait-ms", str(MAX_WAIT_MS),
         )  # fmt: skip
-        self.workers = Workers(command, logs)
+        self.workers = WorkerGroup(command, logs)
         self.feeders: list[Feeder] = []
 
     def models(self, *args: str) -> subprocess.CompletedProcess[str]:
@@ -137,7 +142,7 @@ class Stream:
         idle; that is a group-membership matter, not what this file tests."""
         for _ in range(count):
             self.workers.start(1)
-            self.workers.wait_assigned(PARTITIONS)
+            self.workers.wait_balanced(PARTITIONS)
 
     def feed(self, rate_per_s: int, prefix: str) -> Feeder:
         feeder = Feeder(self.bootstrap, self.topics["in"], penguin_rows(self.store), rate_per_s)
@@ -173,7 +178,7 @@ class Stream:
     def close(self) -> None:
         for feeder in self.feeders:
             feeder.stop()
-        self.workers.stop_all()
+        self.workers.kill_all()
 
 
 def penguin_rows(store: Path) -> list[bytes]:
@@ -256,7 +261,7 @@ def largest_gap_ms(records: list[ConsumerRecord]) -> dict[int, int]:
     return {p: max((b - a for a, b in pairwise(sorted(ts))), default=0) for p, ts in times.items()}
 
 
-def revocations(workers: Workers) -> int:
+def revocations(workers: WorkerGroup) -> int:
     return sum(len(log_events(path, "partitions_revoked")) for path in workers.log_paths)
 
 

@@ -7,7 +7,6 @@ announced on the models topic, the same way production does it.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import signal
 import subprocess
@@ -32,6 +31,7 @@ from tests.kafka_helpers import read_topic
 from tests.worker_support import (
     CATEGORICAL,
     NUMERIC,
+    WorkerGroup,
     log_events,
     make_frame,
     malformed_records,
@@ -39,7 +39,6 @@ from tests.worker_support import (
     row_json,
     save_model,
     worker_command,
-    worker_env,
 )
 
 PARTITIONS = 4
@@ -55,71 +54,17 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Any, Any]:
     return store, pipeline, metadata
 
 
-class Workers:
-    """Worker subprocesses with their stderr in files; all killed on exit, whatever happened."""
-
-    def __init__(self, command: list[str], logs: Path) -> None:
-        self.command = command
-        self.logs = logs
-        self.procs: list[subprocess.Popen[bytes]] = []
-        self.log_paths: list[Path] = []
-
-    def start(self, count: int) -> None:
-        for _ in range(count):
-            path = self.logs / f"worker-{len(self.procs)}.log"
-            with path.open("wb") as sink:
-                self.procs.append(
-                    subprocess.Popen(
-                        self.command,
-                        stdout=sink,
-                        stderr=subprocess.STDOUT,
-                        stdin=subprocess.DEVNULL,
-                        env=worker_env(),
-                        cwd=ROOT,
-                    )
-                )
-            self.log_paths.append(path)
-
-    def wait_assigned(self, partitions: int, timeout_s: float = 60.0) -> None:
-        """Until every live worker's newest assignment is non-empty and together they cover all
-        partitions exactly once: the group is stable and each process owns a share."""
-        deadline = time.monotonic() + timeout_s
-        while True:
-            latest = []
-            for proc, path in zip(self.procs, self.log_paths, strict=True):
-                if proc.poll() is not None:
-                    continue
-                events = log_events(path, "partitions_assigned")
-                latest.append(events[-1]["partitions"] if events else [])
-            owned = [p for parts in latest for p in parts]
-            if all(latest) and len(owned) == len(set(owned)) == partitions:
-                return
-            if time.monotonic() > deadline:
-                raise AssertionError(f"workers not all assigned in {timeout_s:.0f}s: {latest}")
-            for proc, path in zip(self.procs, self.log_paths, strict=True):
-                if proc.poll() is not None and proc.returncode != -signal.SIGKILL:
-                    raise AssertionError(f"worker died ({proc.returncode}):\n{path.read_text()}")
-            time.sleep(0.2)
-
-    def stop_all(self) -> None:
-        for proc in self.procs:
-            if proc.poll() is None:
-                proc.kill()
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.wait(timeout=10)
-
-
 @pytest.fixture
 def workers_for(
     kafka_bootstrap: str,
     topic_name: Callable[[str], str],
     trained: tuple[Path, Any, Any],
     tmp_path: Path,
-) -> Iterator[Callable[..., tuple[Workers, dict[str, str]]]]:
+) -> Iterator[Callable[..., tuple[WorkerGroup, dict[str, str]]]]:
     """Factory: fresh topics, the model promoted on them, and ``count`` workers in one group."""
-    started: list[Workers] = []
+    started: list[WorkerGroup] = []
 
-    def start(count: int, *extra: str, wait: bool = True) -> tuple[Workers, dict[str, str]]:
+    def start(count: int, *extra: str, wait: bool = True) -> tuple[WorkerGroup, dict[str, str]]:
         store, _pipeline, metadata = trained
         topics = {k: topic_name(k) for k in ("in", "out", "dlq", "models")}
         ensure_topics(kafka_bootstrap, [TopicSpec(topics["in"], PARTITIONS)])
@@ -127,18 +72,18 @@ def workers_for(
         command = worker_command(
             kafka_bootstrap, topics, store, MODEL, topic_name("group"), "--max-batch", "50", *extra
         )
-        workers = Workers(command, tmp_path)
+        workers = WorkerGroup(command, tmp_path)
         started.append(workers)
         workers.start(count)
         if wait:
-            workers.wait_assigned(PARTITIONS)
+            workers.wait_balanced(PARTITIONS)
         return workers, topics
 
     try:
         yield start
     finally:
         for workers in started:
-            workers.stop_all()
+            workers.kill_all()
 
 
 def valid_inputs(n: int, seed: int) -> tuple[list[bytes], pd.DataFrame]:
@@ -220,7 +165,7 @@ def header(record: ConsumerRecord, name: str) -> str:
 def test_two_workers_account_for_every_input(
     kafka_bootstrap: str,
     trained: tuple[Path, Any, Any],
-    workers_for: Callable[..., tuple[Workers, dict[str, str]]],
+    workers_for: Callable[..., tuple[WorkerGroup, dict[str, str]]],
 ) -> None:
     _store, pipeline, metadata = trained
     workers, topics = workers_for(2)
@@ -268,7 +213,7 @@ def test_two_workers_account_for_every_input(
 
 def test_survivor_takes_over_after_sigkill(
     kafka_bootstrap: str,
-    workers_for: Callable[..., tuple[Workers, dict[str, str]]],
+    workers_for: Callable[..., tuple[WorkerGroup, dict[str, str]]],
 ) -> None:
     workers, topics = workers_for(2)
     keys, frame = valid_inputs(600, seed=8)
@@ -296,7 +241,7 @@ def test_survivor_takes_over_after_sigkill(
 
 def test_sigterm_exits_zero_with_offsets_committed_after_last_scored(
     kafka_bootstrap: str,
-    workers_for: Callable[..., tuple[Workers, dict[str, str]]],
+    workers_for: Callable[..., tuple[WorkerGroup, dict[str, str]]],
 ) -> None:
     workers, topics = workers_for(1, "--metrics-port", "0")
     keys, frame = valid_inputs(3000, seed=9)
@@ -354,7 +299,7 @@ def test_sigterm_exits_zero_with_offsets_committed_after_last_scored(
 
 def test_processes_flag_runs_a_supervised_group_that_stops_cleanly(
     kafka_bootstrap: str,
-    workers_for: Callable[..., tuple[Workers, dict[str, str]]],
+    workers_for: Callable[..., tuple[WorkerGroup, dict[str, str]]],
 ) -> None:
     """``--processes 2``: one command, two children in the group, one SIGTERM stops both."""
     workers, topics = workers_for(1, "--processes", "2", wait=False)
@@ -382,7 +327,7 @@ def test_processes_flag_runs_a_supervised_group_that_stops_cleanly(
 
 def test_rebalance_publishes_and_commits_the_batch_in_hand(
     kafka_bootstrap: str,
-    workers_for: Callable[..., tuple[Workers, dict[str, str]]],
+    workers_for: Callable[..., tuple[WorkerGroup, dict[str, str]]],
 ) -> None:
     """A worker holding an open batch when a second one joins finishes it, commits it, and
     hands over: the newcomer starts after it, so nothing is scored twice."""
@@ -394,7 +339,7 @@ def test_rebalance_publishes_and_commits_the_batch_in_hand(
     time.sleep(2)  # let the first worker take the records into its open batch
 
     workers.start(1)
-    workers.wait_assigned(PARTITIONS)
+    workers.wait_balanced(PARTITIONS)
     predictions = read_topic(
         kafka_bootstrap,
         topics["out"],

@@ -8,9 +8,6 @@ at-least-once, and printed), and after the churn every member of the group owns 
 
 from __future__ import annotations
 
-import contextlib
-import signal
-import subprocess
 import threading
 import time
 from collections import Counter
@@ -25,6 +22,7 @@ from contracts import headers
 from contracts.kafka_io import TopicSpec, ensure_topics, make_producer
 from tests.kafka_helpers import read_topic
 from tests.worker_support import (
+    WorkerGroup,
     log_events,
     make_frame,
     malformed_records,
@@ -32,7 +30,6 @@ from tests.worker_support import (
     row_json,
     save_model,
     worker_command,
-    worker_env,
 )
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -40,95 +37,6 @@ MODEL = "scaled"
 PARTITIONS = 6
 BAD_EVERY = 50
 """Every 50th record of the stream is malformed, so the DLQ side of the accounting is exercised."""
-MEMBERSHIP_EVENTS = (
-    "model_in_use", "partitions_assigned", "partitions_revoked", "partitions_lost",
-    "kafka_client_error", "worker_stopping",
-)  # fmt: skip
-
-
-class Group:
-    """Worker subprocesses of one consumer group, each logging JSON to its own file."""
-
-    def __init__(self, command: list[str], logs: Path) -> None:
-        self.command = command
-        self.logs = logs
-        self.procs: list[subprocess.Popen[bytes]] = []
-        self.log_paths: list[Path] = []
-
-    def start(self) -> int:
-        """Start one more worker; returns its index in ``procs``."""
-        path = self.logs / f"worker-{len(self.procs)}.log"
-        with path.open("wb") as sink:
-            self.procs.append(
-                subprocess.Popen(
-                    self.command,
-                    stdout=sink,
-                    stderr=subprocess.STDOUT,
-                    stdin=subprocess.DEVNULL,
-                    env=worker_env(),
-                    cwd=ROOT,
-                )
-            )
-        self.log_paths.append(path)
-        return len(self.procs) - 1
-
-    def live(self) -> list[int]:
-        return [i for i, proc in enumerate(self.procs) if proc.poll() is None]
-
-    def wait_balanced(self, timeout_s: float = 60.0) -> dict[int, list[str]]:
-        """Until every live worker's newest assignment is non-empty and together they own each
-        partition exactly once; returns {worker index: partitions}."""
-        deadline = time.monotonic() + timeout_s
-        while True:
-            latest = {}
-            for i in self.live():
-                events = log_events(self.log_paths[i], "partitions_assigned")
-                latest[i] = events[-1]["partitions"] if events else []
-            owned = [p for parts in latest.values() for p in parts]
-            if all(latest.values()) and len(owned) == len(set(owned)) == PARTITIONS:
-                return latest
-            for i, proc in enumerate(self.procs):
-                if proc.returncode not in (None, 0):
-                    raise AssertionError(
-                        f"worker {i} died ({proc.returncode}):\n{self.log_paths[i].read_text()}"
-                    )
-            if time.monotonic() > deadline:
-                raise AssertionError(
-                    f"group not balanced in {timeout_s:.0f}s: {latest}\n{self.membership_log()}"
-                )
-            time.sleep(0.2)
-
-    def membership_log(self) -> str:
-        """Each worker's group events in time order, for a failure message."""
-        lines = []
-        for i, path in enumerate(self.log_paths):
-            lines.append(f"worker {i} (exit code {self.procs[i].poll()}):")
-            entries = [e for event in MEMBERSHIP_EVENTS for e in log_events(path, event)]
-            for entry in sorted(entries, key=lambda e: str(e.get("timestamp"))):
-                numbers = [p.rsplit("-", 1)[-1] for p in entry.get("partitions", [])]
-                lines.append(f"  {entry.get('timestamp')} {entry['event']} {numbers}")
-        return "\n".join(lines)
-
-    def stop(self, i: int, timeout_s: float = 60.0) -> None:
-        """SIGTERM one worker: it must finish its batch, commit, leave and exit 0."""
-        proc = self.procs[i]
-        proc.send_signal(signal.SIGTERM)
-        try:
-            code = proc.wait(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            raise AssertionError(
-                f"worker {i} did not exit {timeout_s:.0f}s after SIGTERM"
-            ) from None
-        log = self.log_paths[i].read_text()
-        assert code == 0, f"worker {i} exited {code}:\n{log[-3000:]}"
-        assert log_events(self.log_paths[i], "worker_final_summary"), log[-3000:]
-
-    def kill_all(self) -> None:
-        for proc in self.procs:
-            if proc.poll() is None:
-                proc.kill()
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.wait(timeout=10)
 
 
 class SteadyStream:
@@ -237,7 +145,7 @@ def group_members(bootstrap: str, group: str, timeout_s: float = 30.0) -> list[l
 @pytest.fixture
 def group_for(
     kafka_bootstrap: str, topic_name: Callable[[str], str], tmp_path: Path
-) -> Iterator[tuple[Group, dict[str, str], str]]:
+) -> Iterator[tuple[WorkerGroup, dict[str, str], str]]:
     """A promoted 15-tree model, fresh topics (6-partition input) and an empty worker group."""
     topics = {k: topic_name(k) for k in ("in", "out", "dlq", "models")}
     group_id = topic_name("group")
@@ -246,7 +154,7 @@ def group_for(
     ensure_topics(kafka_bootstrap, [TopicSpec(topics["in"], PARTITIONS)])
     publish_promotion(kafka_bootstrap, topics["models"], metadata)
     command = worker_command(kafka_bootstrap, topics, store, MODEL, group_id, "--max-batch", "100")
-    group = Group(command, tmp_path)
+    group = WorkerGroup(command, tmp_path)
     try:
         yield group, topics, group_id
     finally:
@@ -254,19 +162,19 @@ def group_for(
 
 
 def test_stop_one_start_one_under_load_accounts_for_every_input(
-    kafka_bootstrap: str, group_for: tuple[Group, dict[str, str], str]
+    kafka_bootstrap: str, group_for: tuple[WorkerGroup, dict[str, str], str]
 ) -> None:
     group, topics, group_id = group_for
     for _ in range(3):
         group.start()
-    first = group.wait_balanced()
+    first = group.wait_balanced(PARTITIONS)
     assert sorted(len(parts) for parts in first.values()) == [2, 2, 2], first
 
     with SteadyStream(kafka_bootstrap, topics["in"]) as stream:
         stream.wait_sent(400)
         group.stop(0)
         newcomer = group.start()
-        after = group.wait_balanced()
+        after = group.wait_balanced(PARTITIONS)
         assert sorted(after) == [1, 2, newcomer], after
         members = group_members(kafka_bootstrap, group_id)
         assert sorted(len(parts) for parts in members) == [2, 2, 2], members
