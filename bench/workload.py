@@ -15,11 +15,9 @@ from typing import Any
 import numpy as np
 
 from contracts.model_store import ModelMetadata, ModelStore
-from contracts.schema import FeatureSchema, NumericFeature, NumericReference, ReferenceStats
 from contracts.wire import ServingRef
 
 MODEL_NAME = "bench"
-REFERENCE_BINS = 10
 
 
 @dataclass(frozen=True)
@@ -47,6 +45,9 @@ def make_workload(
     from sklearn.datasets import make_classification
     from sklearn.ensemble import RandomForestClassifier
 
+    from training.quality import Kind
+    from training.schema_build import build_reference, build_schema
+
     names = feature_names(features)
     x, y = make_classification(
         n_samples=train_rows + records,
@@ -62,6 +63,7 @@ def make_workload(
     model = RandomForestClassifier(n_estimators=trees, n_jobs=1, random_state=seed)
     model.fit(train, labels)
 
+    kinds: dict[str, Kind] = dict.fromkeys(names, "numeric")
     metadata = store.save(
         MODEL_NAME,
         model,
@@ -70,13 +72,8 @@ def make_workload(
             created_at=datetime.now(UTC).isoformat(timespec="seconds"),
             target="label",
             classes=[str(c) for c in model.classes_],
-            feature_schema=FeatureSchema(
-                features=[
-                    NumericFeature(name=n, min=float(train[n].min()), max=float(train[n].max()))
-                    for n in names
-                ]
-            ),
-            reference=reference_stats(train),
+            feature_schema=build_schema(train, kinds),  # what the trainer records
+            reference=build_reference(train, kinds),
             metrics={},
             data_sha256="synthetic",
             data_rows=train_rows,
@@ -91,23 +88,6 @@ def make_workload(
         for row in x[train_rows:].tolist()
     ]
     return Workload(names, values, model, metadata)
-
-
-def reference_stats(train: Any) -> ReferenceStats:
-    """Decile edges and shares per column: what the trainer records for drift monitoring."""
-    refs: dict[str, NumericReference] = {}
-    quantiles = np.linspace(0, 1, REFERENCE_BINS + 1)[1:-1]
-    for name in train.columns:
-        column = train[name].to_numpy()
-        edges = np.unique(np.quantile(column, quantiles)).tolist()
-        counts = np.bincount(np.searchsorted(edges, column, side="left"), minlength=len(edges) + 1)
-        refs[name] = NumericReference(
-            edges=edges,
-            shares=(counts / counts.sum()).tolist(),
-            mean=float(column.mean()),
-            std=float(column.std()),
-        )
-    return ReferenceStats(features=refs)  # type: ignore[arg-type]
 
 
 def announce_promotion(bootstrap: str, models_topic: str, metadata: ModelMetadata) -> None:

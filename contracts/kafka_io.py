@@ -27,6 +27,12 @@ class TopicSpec:
 COMPACTED = {"cleanup.policy": "compact", "min.compaction.lag.ms": "0"}
 
 
+def models_topic_spec(name: str) -> TopicSpec:
+    """The models topic: one partition (one ordered history), compacted to the newest event
+    per model name."""
+    return TopicSpec(name, 1, dict(COMPACTED))
+
+
 def _unreachable(bootstrap: str) -> UserError:
     return UserError(
         f"cannot reach Kafka at {bootstrap}: start the local broker with "

@@ -12,6 +12,15 @@ import structlog
 LogFormat = Literal["auto", "json", "console"]
 
 
+def checked_log_format(value: str) -> LogFormat:
+    """A ``--log-format`` value as given by a flag or the environment, or a user error."""
+    if value not in ("auto", "json", "console"):
+        from contracts.errors import UserError
+
+        raise UserError(f"--log-format must be auto, json or console, not {value!r}")
+    return value  # type: ignore[return-value]
+
+
 def configure_logging(fmt: LogFormat = "auto", level: str = "INFO") -> None:
     """Route structlog (and stdlib logging, e.g. kafka-python's) to stderr in one format."""
     use_json = fmt == "json" or (fmt == "auto" and not sys.stderr.isatty())

@@ -158,14 +158,14 @@ class Demo:
 
     def create_topics(self, partitions: int = 4) -> None:
         """Before the workers start, so they find a 4-partition input and size outputs alike."""
-        from contracts.kafka_io import COMPACTED, TopicSpec, ensure_topics
+        from contracts.kafka_io import TopicSpec, ensure_topics, models_topic_spec
 
         t = self.topics
         ensure_topics(
             self.bootstrap,
             [TopicSpec(t.features, partitions), TopicSpec(t.labels, partitions)]
             + [TopicSpec(name, partitions) for name in (t.predictions, t.dlq, t.monitoring)]
-            + [TopicSpec(t.models, 1, COMPACTED)],
+            + [models_topic_spec(t.models)],
         )
 
     def start_workers(self, count: int = 2) -> None:
@@ -314,13 +314,14 @@ class Demo:
 
         from contracts.headers import ReasonCode
         from contracts.kafka_io import make_producer
-        from producer.encoding import clean_row, encode_row
+        from producer.encoding import encode_row, frame_rows
         from producer.malformed import MalformedMixer
+        from producer.sending import make_oversize_producer
 
         plan = self.plan
         frame = pd.read_csv(csv).dropna(subset=[TARGET])
         labels = frame.pop(TARGET).astype(str).tolist()
-        rows = [clean_row(r) for r in frame.to_dict(orient="records")]
+        rows = frame_rows(frame)
         numeric = [c for c in frame.columns if pd.api.types.is_numeric_dtype(frame[c])]
         complete = [c for c in frame.columns if not frame[c].isna().any()]
         shift = plan.drift_std * float(frame[DRIFTED_FEATURE].std())
@@ -328,10 +329,7 @@ class Demo:
             plan.malformed_share, complete, [c for c in numeric if c in complete], seed=7
         )
         producer = make_producer(self.bootstrap)
-        # a too_large record (> 1 MiB, compressible) needs a client that may send it
-        oversize = make_producer(
-            self.bootstrap, compression_type="gzip", max_request_size=8 * 1024 * 1024
-        )
+        oversize = make_oversize_producer(self.bootstrap)
         pending_labels: deque[tuple[float, bytes, str]] = deque()
         promoted = False
         start = time.monotonic()

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import contextlib
 import time
-from typing import TYPE_CHECKING, Annotated
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from pydantic import Field
@@ -63,6 +64,12 @@ class ReportBoard:
         held = self.latest.get(report.worker_id)
         if held is None or report.at >= held.at:
             self.latest[report.worker_id] = report
+
+    def add_polled(self, polled: Mapping[Any, list[Any]]) -> None:
+        """Every record of one ``KafkaConsumer.poll()`` result."""
+        for records in polled.values():
+            for record in records:
+                self.add(record.value)
 
 
 def _fmt_ms(value: float | None) -> str:
@@ -117,9 +124,12 @@ def render(board: ReportBoard, topic: str, now_ms: int, stale_s: float) -> Table
     ):
         table.add_column(header, justify=justify)  # type: ignore[arg-type]
     reports = sorted(board.latest.values(), key=lambda r: r.worker_id)
+    fresh = []
     for r in reports:
         age_s = max(now_ms - r.at, 0) / 1000
         stale = age_s > stale_s
+        if not stale:
+            fresh.append(r)
         table.add_row(
             r.worker_id,
             f"{r.model_name}@{r.model_version or '-'}",
@@ -135,7 +145,6 @@ def render(board: ReportBoard, topic: str, now_ms: int, stale_s: float) -> Table
             style="dim" if stale else None,
         )
     if reports:
-        fresh = [r for r in reports if (now_ms - r.at) / 1000 <= stale_s]
         dead = sum(sum(r.dead_lettered.values()) for r in reports)
         records = sum(r.records_in for r in reports)
         table.add_section()
@@ -236,9 +245,7 @@ def _read_to_end(board: ReportBoard, s: MonitorSettings, timeout_s: float = 30.0
         while any(consumer.position(tp) < offset for tp, offset in end.items()):
             if time.monotonic() > deadline:
                 break  # show what arrived rather than nothing
-            for records in consumer.poll(timeout_ms=200).values():
-                for record in records:
-                    board.add(record.value)
+            board.add_polled(consumer.poll(timeout_ms=200))
     finally:
         consumer.close()
 
@@ -263,9 +270,7 @@ def _live(board: ReportBoard, s: MonitorSettings, console: object) -> None:
                     else:
                         time.sleep(s.monitor_refresh_s)
                 else:
-                    for records in consumer.poll(timeout_ms=200).values():
-                        for record in records:
-                            board.add(record.value)
+                    board.add_polled(consumer.poll(timeout_ms=200))
                 if time.monotonic() >= redraw_at:
                     table = render(board, s.monitoring_topic, _now_ms(), s.monitor_stale_s)
                     if consumer is None:

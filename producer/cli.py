@@ -92,6 +92,7 @@ def produce(
     log_format: LogFormatOpt = None,
 ) -> None:
     """Send feature records to the input topic: a CSV file or synthetic records."""
+    from contracts.logs import checked_log_format
     from contracts.settings import load_settings
     from producer.settings import ProducerSettings
 
@@ -117,8 +118,7 @@ def produce(
         given = [flag for flag, value in csv_only.items() if value]
         if given:
             raise UserError(f"{given[0]} only applies to --data")
-    if settings.log_format not in ("auto", "json", "console"):
-        raise UserError(f"--log-format must be auto, json or console, not {settings.log_format!r}")
+    checked_log_format(settings.log_format)
     _run_produce(settings, data, synthetic, target, drop or [], key_column, count, loop,
                  shift or [], seed, version)  # fmt: skip
 
@@ -139,13 +139,18 @@ def _run_produce(
     import structlog
 
     from contracts.kafka_io import TopicSpec, ensure_topics, make_producer
-    from contracts.logs import configure_logging
+    from contracts.logs import checked_log_format, configure_logging
     from producer.malformed import MalformedMixer
-    from producer.sending import expected_total, record_stream, send_records
+    from producer.sending import (
+        expected_total,
+        make_oversize_producer,
+        record_stream,
+        send_records,
+    )
     from producer.sources import load_csv, load_model_inputs, parse_shifts
     from producer.synthetic import synthetic_rows
 
-    configure_logging(settings.log_format)  # type: ignore[arg-type]
+    configure_logging(checked_log_format(settings.log_format))
     log = structlog.get_logger("forestream.producer")
     shifts = parse_shifts(shift_specs)
     run_id = uuid.uuid4().hex[:8]
@@ -188,12 +193,7 @@ def _run_produce(
     log.info("producing", run_id=run_id, topic=topic, source=origin, rate=settings.rate)
 
     def oversize_producer() -> KafkaProducer:
-        return make_producer(
-            settings.bootstrap_servers,
-            compression_type="gzip",
-            max_request_size=8 * 1024 * 1024,
-            max_block_ms=15_000,
-        )
+        return make_oversize_producer(settings.bootstrap_servers, max_block_ms=15_000)
 
     try:
         with _progress(total) as advance, _stop_requested() as stop:
@@ -266,7 +266,7 @@ def topics_create(
 
     Input, output, DLQ and labels get --partitions; monitoring 1; models 1, compacted.
     """
-    from contracts.kafka_io import COMPACTED, TopicSpec, ensure_topics
+    from contracts.kafka_io import TopicSpec, ensure_topics, models_topic_spec
     from contracts.settings import load_settings
     from producer.settings import ProducerSettings
 
@@ -288,7 +288,7 @@ def topics_create(
         TopicSpec(s.labels_topic, s.partitions),
         TopicSpec(s.monitoring_topic, 1),
         # one partition: every worker reads the registry's events in the order they happened
-        TopicSpec(s.models_topic, 1, dict(COMPACTED)),
+        models_topic_spec(s.models_topic),
     ]
     ensure_topics(s.bootstrap_servers, specs)
     for spec in specs:

@@ -49,7 +49,16 @@ def clean_row(row: Mapping[str, Any]) -> dict[str, JsonScalar]:
 
 
 def encode_row(row: Mapping[str, Any]) -> bytes:
-    """The record value for ``row``: compact JSON, ``allow_nan=False`` so no ``NaN`` leaks out."""
+    """The record value for ``row``: compact JSON, ``allow_nan=False`` so no ``NaN`` leaks out.
+
+    Rows from :func:`frame_rows` and the synthetic source are clean already, so they are dumped
+    as they are; only a row ``json`` refuses (NaN, ±inf, numpy or pandas scalars) is cleaned.
+    """
+    if all(type(name) is str for name in row):  # other keys: json would spell them its own way
+        try:
+            return json.dumps(row, separators=(",", ":"), allow_nan=False).encode()
+        except (TypeError, ValueError):
+            pass
     return json.dumps(clean_row(row), separators=(",", ":"), allow_nan=False).encode()
 
 

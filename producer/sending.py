@@ -19,6 +19,22 @@ from producer.encoding import encode_row
 from producer.malformed import MalformedMixer
 from producer.pacing import RateSchedule
 
+OVERSIZE_REQUEST_BYTES = 8 * 1024 * 1024
+
+
+def make_oversize_producer(bootstrap: str, **overrides: Any) -> KafkaProducer:
+    """A client that may send a ``too_large`` test record (> 1 MiB, compressible): gzip gets it
+    under the broker's message limit, the raised request size past the client's own check."""
+    from contracts.kafka_io import make_producer
+
+    return make_producer(
+        bootstrap,
+        compression_type="gzip",
+        max_request_size=OVERSIZE_REQUEST_BYTES,
+        **overrides,
+    )
+
+
 if TYPE_CHECKING:
     from kafka import KafkaProducer
 

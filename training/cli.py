@@ -78,7 +78,6 @@ def train(
     models_topic: ModelsTopicOpt = None,
 ) -> None:
     """Train a RandomForest on a CSV: quality report, holdout metrics, a new registry version."""
-    from contracts.kafka_io import COMPACTED, TopicSpec, ensure_topics
     from contracts.model_store import signing_key_from_env
     from training.fit import ForestParams
     from training.train import TrainRequest, run_training
@@ -91,7 +90,7 @@ def train(
     )
     announce = publish or promote
     if announce:  # fail before a long fit, and before anything is written, if Kafka is away
-        ensure_topics(settings.bootstrap_servers, [TopicSpec(settings.models_topic, 1, COMPACTED)])
+        _check_kafka(settings)
     console = _console()
     model_store = _store(settings)
     request = TrainRequest(
@@ -399,9 +398,9 @@ def models_rollback(
 
 def _check_kafka(settings: CommonSettings) -> None:
     """Reach the broker before changing promotion state, so store and topic stay in step."""
-    from contracts.kafka_io import COMPACTED, TopicSpec, ensure_topics
+    from contracts.kafka_io import ensure_topics, models_topic_spec
 
-    ensure_topics(settings.bootstrap_servers, [TopicSpec(settings.models_topic, 1, COMPACTED)])
+    ensure_topics(settings.bootstrap_servers, [models_topic_spec(settings.models_topic)])
 
 
 def _publish(

@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from typing import Literal
 
-from contracts.kafka_io import COMPACTED, TopicSpec, ensure_topics, make_producer
+from contracts.kafka_io import ensure_topics, make_producer, models_topic_spec
 from contracts.model_store import ModelMetadata, ModelStore
 from contracts.wire import ModelEvent, ServingRef
 
@@ -49,7 +49,7 @@ def publish_event(bootstrap: str, topic: str, event: ModelEvent) -> None:
 
     from contracts.errors import UserError
 
-    ensure_topics(bootstrap, [TopicSpec(topic, 1, COMPACTED)])
+    ensure_topics(bootstrap, [models_topic_spec(topic)])
     producer = make_producer(bootstrap, linger_ms=0)
     try:
         future = producer.send(

@@ -40,6 +40,10 @@ class ColumnQuality:
     status: Literal["used", "dropped", "target"] = "used"
     reason: str | None = None
 
+    def identifier_like(self, rows: int) -> bool:
+        """A categorical with a value for (almost) every row: an id, not a feature."""
+        return self.kind == "categorical" and self.distinct > IDENTIFIER_SHARE * rows
+
 
 @dataclass
 class LeakageSuspect:
@@ -142,7 +146,7 @@ def _leakage(
         if as_text is not None and bool((as_text == target).all()):
             suspects.append(LeakageSuspect(column.name, 1.0, "equals the target"))
             continue
-        if column.kind == "categorical" and column.distinct > IDENTIFIER_SHARE * len(frame):
+        if column.identifier_like(len(frame)):
             continue  # one value per row "predicts" anything; reported as identifier-like instead
         accuracy = single_feature_accuracy(feature, target, column.kind)
         if accuracy >= LEAKAGE_ACCURACY and accuracy > baseline:
@@ -215,7 +219,7 @@ def assess(frame: pd.DataFrame, target: str, drop: tuple[str, ...] = ()) -> Qual
     if report.duplicate_rows:
         warnings.append(f"{report.duplicate_rows} duplicate rows (kept)")
     for column in report.features:
-        if column.kind == "categorical" and column.distinct > IDENTIFIER_SHARE * rows:
+        if column.identifier_like(rows):
             warnings.append(
                 f"column {column.name!r} looks like an identifier "
                 f"({column.distinct} distinct values in {rows} rows); consider --drop"

@@ -6,7 +6,6 @@ stays fast.
 
 from __future__ import annotations
 
-import os
 import sys
 from typing import Annotated
 
@@ -127,7 +126,7 @@ def worker(
     log_format: LogFormatOpt = None,
 ) -> None:
     """Score the input topic with the promoted model: predictions out, bad records to the DLQ."""
-    from contracts.logs import configure_logging
+    from contracts.logs import checked_log_format, configure_logging
     from contracts.settings import load_settings
     from worker.settings import WorkerSettings
 
@@ -149,13 +148,9 @@ def worker(
         metrics_port=metrics_port,
         drift_window=drift_window,
         report_interval_s=report_interval_s,
-        log_format=log_format or os.environ.get("FORESTREAM_LOG_FORMAT") or "json",
+        log_format=log_format,
     )
-    if settings.log_format not in ("auto", "json", "console"):
-        from contracts.errors import UserError
-
-        raise UserError(f"--log-format must be auto, json or console, not {settings.log_format!r}")
-    configure_logging(settings.log_format)  # type: ignore[arg-type]
+    configure_logging(checked_log_format(settings.log_format))
 
     if processes is not None and processes != 1:
         from worker.supervisor import supervise

@@ -29,11 +29,17 @@ from kafka.errors import CommitFailedError, KafkaError
 from kafka.structs import OffsetAndMetadata
 
 from contracts.headers import ReasonCode
-from contracts.kafka_io import COMPACTED, TopicSpec, ensure_topics, make_consumer, make_producer
+from contracts.kafka_io import (
+    TopicSpec,
+    ensure_topics,
+    make_consumer,
+    make_producer,
+    models_topic_spec,
+)
 from contracts.logs import RateLimited
 from worker.batch import BatchObserver
 from worker.models import ActiveModel, ModelFollower
-from worker.processing import AckedPublisher, ObserverFanout, process_records
+from worker.processing import AckedPublisher, ObserverFanout, next_offsets, process_records
 from worker.settings import WorkerSettings
 
 if TYPE_CHECKING:
@@ -136,7 +142,8 @@ class Worker:
         self._producer: KafkaProducer | None = None
         self._publisher: AckedPublisher | None = None
         self._model: ActiveModel | None = None
-        self._warn = {name: RateLimited(10.0) for name in ("poll", "commit", "model", "scoring")}
+        self._warn = {name: RateLimited(10.0) for name in ("poll", "commit", "scoring")}
+        self._warn["model"] = RateLimited(settings.model_wait_log_s)
         self._summary_at = time.monotonic()
         self._summary_records = 0
         self._join_stuck_since: float | None = None
@@ -239,7 +246,7 @@ class Worker:
                 TopicSpec(s.dlq_topic, partitions),
                 TopicSpec(s.labels_topic, partitions),
                 TopicSpec(s.monitoring_topic, 1),
-                TopicSpec(s.models_topic, 1, COMPACTED),
+                models_topic_spec(s.models_topic),
             ],
         )
 
@@ -456,10 +463,8 @@ class Worker:
         assert self._publisher is not None
         if not self._publisher.publish(batch.outgoing, give_up=give_up):
             return  # not committed: re-read after restart or rebalance (at-least-once)
-        for r in records:  # records of one partition arrive in offset order
-            self._uncommitted[TopicPartition(r.topic, r.partition)] = OffsetAndMetadata(
-                r.offset + 1, "", -1
-            )
+        for (topic, partition), offset in next_offsets(records).items():
+            self._uncommitted[TopicPartition(topic, partition)] = OffsetAndMetadata(offset, "", -1)
         if commit:
             self._commit_held()
 
@@ -499,9 +504,7 @@ class Worker:
                 time.sleep(backoff)
                 backoff = min(backoff * 2, _MAX_BACKOFF_S)
                 continue
-            for tp, committed in offsets.items():
-                if self._uncommitted.get(tp) == committed:
-                    del self._uncommitted[tp]
+            self.forget_committed(offsets)
             return True
         log.error("commit_deferred", partitions=len(self._uncommitted))
         return False

@@ -18,6 +18,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -65,8 +66,9 @@ class ActiveModel:
     pipeline: Any
     metadata: Any
 
-    @property
+    @cached_property
     def classes(self) -> list[str]:
+        """As strings, once: read several times per batch."""
         return [str(c) for c in self.metadata.classes]
 
     @property
@@ -114,18 +116,18 @@ def warm_up(pipeline: Any, metadata: Any) -> None:
             f"pipeline expects features {sorted(map(str, expected))}, "
             f"its metadata schema lists {sorted(schema.names)}"
         )
-    fitted_classes = getattr(pipeline, "classes_", None)
-    if fitted_classes is not None and [str(c) for c in fitted_classes] != [
-        str(c) for c in metadata.classes
-    ]:  # labels come from classes[argmax]: another order would mislabel every prediction
+    classes = [str(c) for c in metadata.classes]
+    fitted = getattr(pipeline, "classes_", None)
+    fitted_classes = None if fitted is None else [str(c) for c in fitted]
+    if fitted_classes is not None and fitted_classes != classes:
+        # labels come from classes[argmax]: another order would mislabel every prediction
         raise ValueError(
-            f"pipeline classes {[str(c) for c in fitted_classes]} differ from the metadata's "
-            f"{list(metadata.classes)}"
+            f"pipeline classes {fitted_classes} differ from the metadata's {list(metadata.classes)}"
         )
     decoded = decode_batch([reference_row(schema, getattr(metadata, "reference", None))], schema)
     if decoded.rejects:
         raise ValueError(f"reference row rejected by its own schema: {decoded.rejects[0].detail}")
-    score_frame(pipeline, decoded.frame, [str(c) for c in metadata.classes])
+    score_frame(pipeline, decoded.frame, classes)
 
 
 class ModelFollower:

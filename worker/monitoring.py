@@ -71,35 +71,28 @@ class MonitoringGauges:
     def __init__(self, registry: Any) -> None:
         from prometheus_client import Gauge
 
-        ns = "forestream"
-        self.psi = Gauge(
-            "feature_psi", "PSI of the feature over the drift window", ["feature"],
-            namespace=ns, registry=registry,
-        )  # fmt: skip
-        self.drifting = Gauge(
-            "feature_drifting", "1 while the feature is flagged as drifting", ["feature"],
-            namespace=ns, registry=registry,
-        )  # fmt: skip
-        self.missing = Gauge(
-            "feature_missing_share", "Share of window records missing the feature", ["feature"],
-            namespace=ns, registry=registry,
-        )  # fmt: skip
-        self.unseen = Gauge(
-            "feature_unseen_share", "Share of window records with an unseen category",
-            ["feature"], namespace=ns, registry=registry,
-        )  # fmt: skip
-        self.accuracy = Gauge(
-            "online_accuracy", "Accuracy over the labelled window, per model version",
-            ["version"], namespace=ns, registry=registry,
-        )  # fmt: skip
-        self.macro_f1 = Gauge(
-            "online_macro_f1", "Macro F1 over the labelled window, per model version",
-            ["version"], namespace=ns, registry=registry,
-        )  # fmt: skip
-        self.labelled = Gauge(
-            "online_labelled", "Labelled predictions in the window, per model version",
-            ["version"], namespace=ns, registry=registry,
-        )  # fmt: skip
+        def gauge(name: str, doc: str, label: str) -> Gauge:
+            return Gauge(name, doc, [label], namespace="forestream", registry=registry)
+
+        self.psi = gauge("feature_psi", "PSI of the feature over the drift window", "feature")
+        self.drifting = gauge(
+            "feature_drifting", "1 while the feature is flagged as drifting", "feature"
+        )
+        self.missing = gauge(
+            "feature_missing_share", "Share of window records missing the feature", "feature"
+        )
+        self.unseen = gauge(
+            "feature_unseen_share", "Share of window records with an unseen category", "feature"
+        )
+        self.accuracy = gauge(
+            "online_accuracy", "Accuracy over the labelled window, per model version", "version"
+        )
+        self.macro_f1 = gauge(
+            "online_macro_f1", "Macro F1 over the labelled window, per model version", "version"
+        )
+        self.labelled = gauge(
+            "online_labelled", "Labelled predictions in the window, per model version", "version"
+        )
 
     def update(self, report: DriftReport) -> None:
         for gauge in (self.psi, self.drifting, self.missing, self.unseen):
@@ -157,7 +150,6 @@ class StreamMonitoring:
         self._last_records = 0
         self._last_at = time.monotonic()
         self._warn = RateLimited(30.0)
-        self.reports_sent = 0
         self.gauges = MonitoringGauges(registry) if registry is not None else None
 
     @property
@@ -218,7 +210,6 @@ class StreamMonitoring:
                 key=self.worker_id.encode(),
                 value=report.model_dump_json().encode(),
             )
-            self.reports_sent += 1
         except Exception as exc:  # never let a report stop scoring
             if self._warn.ready():
                 log.warning("monitoring_report_failed", error=f"{type(exc).__name__}: {exc}")

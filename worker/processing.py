@@ -104,6 +104,7 @@ def process_records(
     predict_seconds = time.perf_counter() - started
     scored_at_ms = int(time.time() * 1000)
 
+    event_times_ms = [r.timestamp for r in valid]
     outgoing: list[Outgoing] = []
     if scores is not None and valid:
         values = encode_predictions(
@@ -113,7 +114,7 @@ def process_records(
             topic=valid[0].topic,
             partitions=[r.partition for r in valid],
             offsets=[r.offset for r in valid],
-            event_times_ms=[r.timestamp for r in valid],
+            event_times_ms=event_times_ms,
             scored_at_ms=scored_at_ms,
         )
         outgoing += [Outgoing(output_topic, r.key, v) for r, v in zip(valid, values, strict=True)]
@@ -130,7 +131,7 @@ def process_records(
         outgoing.append(Outgoing(dlq_topic, r.key, value, letter_headers))
 
     if scores is None:
-        scores = Scores(np.empty(0, dtype=object), np.empty((0, len(model.classes))))
+        scores = Scores.empty(len(model.classes))
         frame = empty_frame(model.schema)
     else:
         frame = decoded.frame
@@ -141,7 +142,7 @@ def process_records(
         keys=[r.key for r in valid],
         predictions=scores.labels,
         probabilities=scores.probabilities,
-        event_times_ms=np.fromiter((r.timestamp for r in valid), np.int64, len(valid)),
+        event_times_ms=np.array(event_times_ms, dtype=np.int64),
         scored_at_ms=scored_at_ms,
         reject_codes=[r.code for r in rejects],
         records_in=len(records),
@@ -165,6 +166,13 @@ def truncation_headers(value: bytes) -> list[tuple[str, bytes]]:
         (headers.VALUE_TRUNCATED, str(len(value)).encode()),
         (headers.VALUE_SHA256, hashlib.sha256(value).hexdigest().encode()),
     ]
+
+
+def next_offsets(records: Sequence[InputRecord]) -> dict[tuple[str, int], int]:
+    """Per (topic, partition): the offset after the last record of the batch, i.e. what to
+    commit or checkpoint once the batch is acknowledged (records of a partition arrive in
+    offset order)."""
+    return {(r.topic, r.partition): r.offset + 1 for r in records}
 
 
 class AckedPublisher:

@@ -278,7 +278,7 @@ def replay(
     from kafka import TopicPartition
 
     from contracts.kafka_io import TopicSpec, ensure_topics, make_consumer, make_producer
-    from worker.processing import AckedPublisher, process_records
+    from worker.processing import AckedPublisher, next_offsets, process_records
 
     stop_requested = False
 
@@ -323,9 +323,9 @@ def replay(
                     break  # interrupted while the broker was away: this batch is not checkpointed
                 scored += processed.predicted
                 dead.update(processed.dead_lettered)
-                for record in batch:
-                    nxt, end = checkpoint.ranges[record.partition]
-                    checkpoint.ranges[record.partition] = (max(nxt, record.offset + 1), end)
+                for (_, partition), offset in next_offsets(batch).items():
+                    nxt, end = checkpoint.ranges[partition]
+                    checkpoint.ranges[partition] = (max(nxt, offset), end)
             # a position at or past the end also closes a partition whose last offsets hold no
             # record (transaction markers, compaction): waiting for them would never end
             for p in list(todo):
@@ -411,10 +411,9 @@ def register(app: typer.Typer) -> None:
         log_format: LogFormatOpt = None,
     ) -> None:
         """Re-score a bounded range of the input topic into another topic (a backfill)."""
-        from contracts.logs import configure_logging
+        from contracts.logs import checked_log_format, configure_logging
         from contracts.settings import load_settings
 
-        live_topic = load_settings(CommonSettings).output_topic
         settings = load_settings(
             ReplaySettings,
             bootstrap_servers=bootstrap_servers,
@@ -424,7 +423,7 @@ def register(app: typer.Typer) -> None:
             replay_max_batch=max_batch,
             log_format=log_format,
         )
-        configure_logging(settings.log_format)  # type: ignore[arg-type]
+        configure_logging(checked_log_format(settings.log_format))
         if resume is not None:
             if any(v is not None for v in (from_offset, to_offset, from_time, to_time, partitions)):
                 raise UserError("--resume continues a saved range: drop the range flags")
@@ -441,7 +440,7 @@ def register(app: typer.Typer) -> None:
         else:
             if output_topic is None:
                 raise UserError("--output-topic is required: where the re-scored records go")
-            if output_topic == live_topic and not into_live:
+            if output_topic == settings.output_topic and not into_live:
                 raise UserError(
                     f"--output-topic {output_topic!r} is the live predictions topic: "
                     "pass --into-live if you mean to write there"

@@ -34,6 +34,11 @@ class Scores:
     probabilities: np.ndarray
     """Shape (rows, len(classes)), columns in ``classes`` order."""
 
+    @classmethod
+    def empty(cls, n_classes: int) -> Scores:
+        """No rows: an empty batch, or one whose scoring failed."""
+        return cls(np.empty(0, dtype=object), np.empty((0, n_classes)))
+
 
 ProbabilityFn = Callable[[pd.DataFrame], np.ndarray]
 
@@ -111,7 +116,7 @@ def _probability_fn(pipeline: Any, frame: pd.DataFrame) -> ProbabilityFn | None:
 def score_frame(pipeline: Any, frame: pd.DataFrame, classes: Sequence[str]) -> Scores:
     """One ``predict_proba`` for the whole batch; any failure becomes :class:`ScoringError`."""
     if len(frame) == 0:
-        return Scores(np.empty(0, dtype=object), np.empty((0, len(classes))))
+        return Scores.empty(len(classes))
     try:
         fast = _probability_fn(pipeline, frame)
         try:
@@ -159,13 +164,12 @@ def encode_predictions(
         + ',"partition":%d,"offset":%d},"event_time":%d,"scored_at":'
         + str(int(scored_at_ms)) + "}"
     )  # fmt: skip
-    label_json = [json.dumps(c) for c in classes]
-    best = scores.probabilities.argmax(axis=1).tolist() if len(classes) else []
+    label_json = {c: json.dumps(c) for c in classes}  # labels were picked once, by score_frame
     return [
-        (template % (label_json[b], *row, partition, offset, event_time)).encode()
-        for row, b, partition, offset, event_time in zip(
+        (template % (label_json[label], *row, partition, offset, event_time)).encode()
+        for row, label, partition, offset, event_time in zip(
             scores.probabilities.tolist(),
-            best,
+            scores.labels.tolist(),
             partitions,
             offsets,
             event_times_ms,

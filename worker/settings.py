@@ -11,6 +11,8 @@ class WorkerSettings(CommonSettings):
     """What one worker process needs beyond broker address and topic names."""
 
     group: str = "forestream-workers"
+    log_format: str = "json"
+    """A service: JSON lines unless told otherwise (the other commands default to ``auto``)."""
     max_batch: int = Field(default=1000, ge=1, le=100_000)
     """A micro-batch closes at this many records..."""
     max_wait_ms: int = Field(default=50, ge=0, le=60_000)
