@@ -197,7 +197,7 @@ class ReplayResult:
 # -- the Kafka edge -------------------------------------------------------------------------
 def _load_model(settings: ReplaySettings, version: str | None) -> Any:
     from contracts.model_store import ModelStore, normalize_version, signing_key_from_env
-    from worker.models import ActiveModel
+    from worker.models import ActiveModel, warm_up
 
     store = ModelStore(settings.model_store)
     name = settings.model_name
@@ -211,6 +211,12 @@ def _load_model(settings: ReplaySettings, version: str | None) -> Any:
     pipeline, meta = store.load_verified(
         name, normalize_version(version), signing_key=signing_key_from_env()
     )
+    try:  # the live worker's checks too: a mislabelling artifact must not backfill a topic
+        warm_up(pipeline, meta)
+    except Exception as exc:
+        raise UserError(
+            f"model {name} {meta.version} cannot be served: {type(exc).__name__}: {exc}"
+        ) from None
     return ActiveModel(meta.version, meta.artifact_sha256, pipeline, meta)
 
 
