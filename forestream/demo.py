@@ -316,6 +316,7 @@ class Demo:
         from contracts.kafka_io import make_producer
         from producer.encoding import encode_row, frame_rows
         from producer.malformed import MalformedMixer
+        from producer.pacing import RateSchedule
         from producer.sending import make_oversize_producer
 
         plan = self.plan
@@ -332,13 +333,12 @@ class Demo:
         oversize = make_oversize_producer(self.bootstrap)
         pending_labels: deque[tuple[float, bytes, str]] = deque()
         promoted = False
-        start = time.monotonic()
+        schedule = RateSchedule(rate=plan.rate, start=time.monotonic())
         try:
             for n in range(plan.records):
-                due = start + n / plan.rate
-                while (now := time.monotonic()) < due:
+                while (wait := schedule.wait_s(now := time.monotonic())) > 0:
                     self._send_due_labels(producer, pending_labels, now)
-                    time.sleep(min(0.005, due - now))
+                    time.sleep(min(0.005, wait))
                 progress = n / plan.records
                 if not promoted and progress >= plan.promote_v2_at:
                     self.phase = "promoting v2"
@@ -364,6 +364,7 @@ class Demo:
                         (time.monotonic() + LABEL_DELAY_S, key, labels[n % len(labels)])
                     )
                 client.send(self.topics.features, key=key, value=value)
+                schedule.mark_sent()
                 self.sent += 1
                 on_progress()
             self.phase = "sending the last labels"

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from contracts.csv_files import read_csv_file
 from contracts.errors import UserError
 from producer.encoding import JsonScalar, frame_rows
 
@@ -60,19 +61,8 @@ def load_csv(
     """
     import pandas as pd
 
-    if not path.is_file():
-        raise UserError(f"data file {path} does not exist")
-    try:
-        frame = pd.read_csv(path)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise UserError(f"{path} is not a readable CSV file: {reason}") from None
-    except OSError as exc:
-        raise UserError(f"cannot read {path}: {exc.strerror or exc}") from None
-    if frame.empty:
-        raise UserError(f"{path} has a header but no rows")
-    columns = [str(c) for c in frame.columns]
-    frame.columns = columns
+    frame, _ = read_csv_file(path)
+    columns = list(frame.columns)
     missing = [c for c in [*drop, *([key_column] if key_column else [])] if c not in columns]
     if missing:
         raise UserError(f"{path} has no column {missing[0]!r} (columns: {', '.join(columns)})")

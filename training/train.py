@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from contracts.csv_files import read_csv_file
 from contracts.errors import UserError
 from contracts.model_store import ModelMetadata, ModelStore
 from training.fit import ForestParams, ProgressCallback, build_pipeline, evaluate, fit, split
@@ -48,23 +49,7 @@ def check_params(params: ForestParams) -> None:
 
 def read_training_csv(path: Path) -> tuple[pd.DataFrame, str]:
     """The CSV as a frame, and the sha256 of its bytes (recorded so a model names its data)."""
-    if not path.exists():
-        raise UserError(f"data file {path} does not exist")
-    if not path.is_file():
-        raise UserError(f"data file {path} is not a file")
-    try:
-        raw = path.read_bytes()
-    except OSError as exc:
-        raise UserError(f"cannot read data file {path}: {exc.strerror}") from None
-    import io
-
-    try:
-        frame = pd.read_csv(io.BytesIO(raw))
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
-        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise UserError(f"{path} is not a readable CSV file: {detail}") from None
-    if frame.empty:
-        raise UserError(f"{path} has a header but no data rows")
+    frame, raw = read_csv_file(path)
     return frame, hashlib.sha256(raw).hexdigest()
 
 

@@ -39,7 +39,11 @@ def test_absent_target_is_fine_but_absent_drop_is_not(csv_file: Path) -> None:
 
 @pytest.mark.parametrize(
     ("content", "message"),
-    [(b"", "not a readable CSV"), (b"a,b\n", "no rows"), (b'a,b\n"1,2\n', "not a readable CSV")],
+    [
+        (b"", "not a readable CSV"),
+        (b"a,b\n", "no data rows"),
+        (b'a,b\n"1,2\n', "not a readable CSV"),
+    ],
 )
 def test_bad_files_are_user_errors(tmp_path: Path, content: bytes, message: str) -> None:
     path = tmp_path / "bad.csv"
