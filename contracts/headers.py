@@ -12,11 +12,20 @@ VALUE_TRUNCATED = "forestream.value.truncated"
 """On a dead letter whose value was cut to fit the producer: the original size in bytes."""
 VALUE_SHA256 = "forestream.value.sha256"
 """On a truncated dead letter: sha256 of the original value (fetch it by source offset)."""
+KEY_TRUNCATED = "forestream.key.truncated"
+"""On a dead letter whose key was cut to ``MAX_KEY_BYTES``: the original key size in bytes."""
+KEY_SHA256 = "forestream.key.sha256"
+"""On a dead letter with a truncated key: sha256 of the original key."""
 
-DLQ_MAX_VALUE_BYTES = 960 * 1024
-"""A dead letter carries the original bytes up to this size; a bigger value (one that passed
-the broker compressed, say) is cut to it, with the two headers above, because a record the
-producer refuses (1 MiB ``max_request_size``) would block its partition forever."""
+MAX_KEY_BYTES = 64 * 1024
+"""An input whose key is longer is dead-lettered as ``too_large`` (its prediction, which must
+carry the same key, could exceed what the producer sends); its dead letter keeps this much of
+the key, with the two headers above."""
+DLQ_MAX_VALUE_BYTES = 896 * 1024
+"""A dead letter carries the original value up to this size; a bigger one (one that passed the
+broker compressed, or a topic with a raised limit) is cut to it, with the value headers above.
+Key (at most ``MAX_KEY_BYTES``) plus value then stay under the producer's 1 MiB
+``max_request_size``: a record the producer refuses would block its partition forever."""
 
 
 class ReasonCode:
@@ -29,7 +38,6 @@ class ReasonCode:
     NOT_FINITE = "not_finite"
     TOO_LARGE = "too_large"
     EMPTY = "empty"
-    NO_MODEL = "no_model"
     SCORING_FAILED = "scoring_failed"
 
     ALL = (
@@ -40,6 +48,5 @@ class ReasonCode:
         NOT_FINITE,
         TOO_LARGE,
         EMPTY,
-        NO_MODEL,
         SCORING_FAILED,
     )

@@ -40,8 +40,10 @@ def configure_logging(fmt: LogFormat = "auto", level: str = "INFO") -> None:
         logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
         cache_logger_on_first_use=False,
     )
-    # kafka-python logs reconnect noise at WARNING/ERROR per attempt; keep only real errors.
+    # kafka-python logs reconnect noise at WARNING/ERROR per attempt; keep only real errors,
+    # and of those at most one line per interval (a broker that is away stays visible).
     logging.basicConfig(level=logging.ERROR, stream=sys.stderr, format="%(name)s %(message)s")
+    route_kafka_client_logs()
 
 
 class RateLimited:
@@ -66,3 +68,29 @@ class RateLimited:
     def take_suppressed(self) -> int:
         n, self.suppressed = self.suppressed, 0
         return n
+
+
+class _KafkaClientLogs(logging.Handler):
+    """kafka-python logs every reconnect attempt (dozens a second while a broker is away) as
+    plain text; this forwards them through structlog, at most one line per interval, with the
+    number swallowed, so an outage is visible in the log without flooding it."""
+
+    def __init__(self, interval_s: float) -> None:
+        super().__init__()
+        self._gate = RateLimited(interval_s)
+
+    def emit(self, record: logging.LogRecord) -> None:  # serialised by Handler.handle's lock
+        if self._gate.ready():
+            structlog.get_logger("forestream.kafka").warning(
+                "kafka_client_error",
+                logger=record.name,
+                message=record.getMessage()[:300],
+                suppressed=self._gate.take_suppressed(),
+            )
+
+
+def route_kafka_client_logs(interval_s: float = 10.0) -> None:
+    """Send kafka-python's own log records through the rate-limited structlog bridge."""
+    kafka_logger = logging.getLogger("kafka")
+    kafka_logger.handlers = [_KafkaClientLogs(interval_s)]
+    kafka_logger.propagate = False

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import gc
-import logging
 import signal
 import time
 from collections import Counter
@@ -52,7 +51,13 @@ log = structlog.get_logger("forestream.worker")
 _IDLE_POLL_MS = 200
 _LAG_INTERVAL_S = 5.0
 _REVOKE_PUBLISH_LIMIT_S = 30.0
+"""Upper bound on publishing a held batch inside a revocation callback; also at most half the
+session timeout, since that callback holds the client's IO thread (and its heartbeats)."""
 _REVOKE_COMMIT_TIMEOUT_MS = 10_000
+_COMMIT_TIMEOUT_MS = 10_000
+_SHUTDOWN_GRACE_S = 10.0
+"""After SIGTERM, how long a batch in hand may wait for the broker before it is left
+uncommitted (to be re-read by the next owner) so that the worker exits."""
 _MAX_BACKOFF_S = 10.0
 _JOIN_STUCK_AFTER_S = 2.0
 
@@ -138,6 +143,7 @@ class Worker:
         self._pending: list[ConsumerRecord] = []
         self._uncommitted: dict[TopicPartition, OffsetAndMetadata] = {}
         self._stopping = False
+        self._stop_requested_at: float | None = None
         self._consumer: KafkaConsumer | None = None
         self._producer: KafkaProducer | None = None
         self._publisher: AckedPublisher | None = None
@@ -160,7 +166,19 @@ class Worker:
         if not self._stopping:
             name = signal.Signals(signum).name if signum else None
             log.info("worker_stopping", signal=name, pending=len(self._pending))
+        self._mark_stopping()
+
+    def _mark_stopping(self) -> None:
         self._stopping = True
+        if self._stop_requested_at is None:
+            self._stop_requested_at = time.monotonic()
+
+    def _past_shutdown_grace(self) -> bool:
+        """Stopping, and the batch in hand has had its chance to be acknowledged."""
+        return (
+            self._stop_requested_at is not None
+            and time.monotonic() - self._stop_requested_at > _SHUTDOWN_GRACE_S
+        )
 
     def install_signal_handlers(self) -> None:
         for signum in (signal.SIGTERM, signal.SIGINT):
@@ -192,7 +210,7 @@ class Worker:
             self.telemetry.health.set_model(self._model.version)
             self.telemetry.metrics.set_model_version(self._model.version)
         self._producer = make_producer(s.bootstrap_servers, client_id=self._client_id("out"))
-        self._publisher = AckedPublisher(self._producer, give_up=lambda: self._stopping)
+        self._publisher = AckedPublisher(self._producer, give_up=self._past_shutdown_grace)
         if self.monitoring is not None:
             self.monitoring.start(self._producer)
         self._consumer = make_consumer(
@@ -219,7 +237,7 @@ class Worker:
         try:
             self._loop()
             self._finish_pending()
-            self._commit_held(attempts=10)
+            self._commit_held(attempts=3)
             self._report_monitoring(force=True)
         finally:
             self._close()
@@ -273,7 +291,7 @@ class Worker:
         The consumer closes first because leaving the group runs the revocation callback,
         which may still commit acknowledged offsets.
         """
-        self._stopping = True
+        self._mark_stopping()
         self._pending = []
         if self.monitoring is not None:
             self.monitoring.stop()
@@ -388,8 +406,11 @@ class Worker:
                 partitions=sorted(f"{tp.topic}-{tp.partition}" for tp in revoked),
                 pending=len(self._pending),
             )
-        deadline = time.monotonic() + _REVOKE_PUBLISH_LIMIT_S
-        self._finish_pending(give_up=lambda: self._stopping or time.monotonic() > deadline)
+        limit_s = min(_REVOKE_PUBLISH_LIMIT_S, self.settings.session_timeout_ms / 2000)
+        deadline = time.monotonic() + limit_s
+        self._finish_pending(
+            give_up=lambda: self._past_shutdown_grace() or time.monotonic() > deadline
+        )
         return dict(self._uncommitted)
 
     def forget_committed(self, offsets: dict[TopicPartition, OffsetAndMetadata]) -> None:
@@ -425,7 +446,37 @@ class Worker:
         if not self._pending:
             return
         batch, self._pending = self._pending, []
-        self._process(batch, give_up=give_up, commit=give_up is None)
+        try:
+            self._process(batch, give_up=give_up, commit=give_up is None)
+        except BaseException:
+            self._rewind(batch)
+            raise
+
+    def _rewind(self, records: list[ConsumerRecord]) -> None:
+        """Make records that leave without acknowledged outputs be read again.
+
+        Committing nothing for them is not enough: the client keeps each partition's fetch
+        position across a rebalance that hands the partition back to this member, so the next
+        batch would start after them and its commit would skip them for good. Seeking back to
+        the first unacknowledged offset (local state, safe from a rebalance callback) makes the
+        client discard what it fetched beyond it; a partition no longer ours is re-read by its
+        new owner from the committed offset.
+        """
+        assert self._consumer is not None
+        first: dict[TopicPartition, int] = {}
+        for r in records:
+            tp = TopicPartition(r.topic, r.partition)
+            first[tp] = min(first.get(tp, r.offset), r.offset)
+        owned = self._consumer.assignment()
+        for tp, offset in first.items():
+            if tp in owned:
+                with contextlib.suppress(KafkaError, AssertionError, ValueError):
+                    self._consumer.seek(tp, offset)
+        log.warning(
+            "batch_left_unacknowledged_rewound",
+            records=len(records),
+            partitions=sorted(f"{tp.topic}-{tp.partition}@{o}" for tp, o in first.items()),
+        )
 
     # -- one batch -----------------------------------------------------------------------------
 
@@ -462,7 +513,8 @@ class Worker:
             )
         assert self._publisher is not None
         if not self._publisher.publish(batch.outgoing, give_up=give_up):
-            return  # not committed: re-read after restart or rebalance (at-least-once)
+            self._rewind(records)  # not committed, and read again (at-least-once)
+            return
         for (topic, partition), offset in next_offsets(records).items():
             self._uncommitted[TopicPartition(topic, partition)] = OffsetAndMetadata(offset, "", -1)
         if commit:
@@ -487,7 +539,7 @@ class Worker:
                 return True
             offsets = dict(self._uncommitted)
             try:
-                self._consumer.commit(offsets)
+                self._consumer.commit(offsets, timeout_ms=_COMMIT_TIMEOUT_MS)
             except CommitFailedError as exc:
                 # the group moved on without us: the new owner re-reads these (duplicates)
                 log.warning("commit_rejected_after_rebalance", error=str(exc))
@@ -565,32 +617,6 @@ class Worker:
         self._summary_records = self.totals.records_in
 
 
-class _KafkaClientLogs(logging.Handler):
-    """kafka-python logs every reconnect attempt (dozens a second while a broker is away) as
-    plain text; this forwards them as structlog JSON, at most one line per interval, with the
-    number swallowed, so an outage is visible in the log without flooding it."""
-
-    def __init__(self, interval_s: float) -> None:
-        super().__init__()
-        self._gate = RateLimited(interval_s)
-
-    def emit(self, record: logging.LogRecord) -> None:  # serialised by Handler.handle's lock
-        if self._gate.ready():
-            log.warning(
-                "kafka_client_error",
-                logger=record.name,
-                message=record.getMessage()[:300],
-                suppressed=self._gate.take_suppressed(),
-            )
-
-
-def route_kafka_client_logs(interval_s: float = 10.0) -> None:
-    """Send kafka-python's own log records through the rate-limited structlog bridge."""
-    kafka_logger = logging.getLogger("kafka")
-    kafka_logger.handlers = [_KafkaClientLogs(interval_s)]
-    kafka_logger.propagate = False
-
-
 def run_worker(
     settings: WorkerSettings,
     follower: ModelFollower,
@@ -603,7 +629,6 @@ def run_worker(
     ``monitoring`` builds the worker's :class:`StreamMonitoring` (it needs the worker for the
     drift reference of the serving version).
     """
-    route_kafka_client_logs()
     worker = Worker(settings, follower.start(), observers, telemetry)
     if monitoring is not None:
         worker.attach_monitoring(monitoring(worker))

@@ -10,6 +10,7 @@ what lets both loops share this code instead of copying it.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import time
 from collections import Counter
@@ -21,7 +22,7 @@ import numpy as np
 import structlog
 
 from contracts import headers
-from contracts.headers import DLQ_MAX_VALUE_BYTES, ReasonCode
+from contracts.headers import DLQ_MAX_VALUE_BYTES, MAX_KEY_BYTES, ReasonCode
 from contracts.logs import RateLimited
 from worker.batch import BatchObserver, ScoredBatch
 from worker.decoding import Reject, decode_batch, empty_frame
@@ -31,6 +32,7 @@ from worker.scoring import Scores, ScoringError, dlq_headers, encode_predictions
 log = structlog.get_logger("forestream.worker")
 
 _MAX_BACKOFF_S = 10.0
+_ACK_WAIT_SLICE_S = 0.5
 _DETAIL_CHARS = 200
 
 
@@ -85,6 +87,16 @@ def process_records(
     Pure apart from the clock: never raises for bad input or a failing model (a model failure
     dead-letters every valid record of the batch as ``scoring_failed``), so no record is lost.
     """
+    long_keys = [i for i, r in enumerate(records) if r.key and len(r.key) > MAX_KEY_BYTES]
+    if long_keys:  # rare: keep the common path free of the bookkeeping
+        return _dead_letter_long_keys(
+            records,
+            long_keys,
+            model,
+            output_topic=output_topic,
+            dlq_topic=dlq_topic,
+            max_record_bytes=max_record_bytes,
+        )
     decoded = decode_batch(
         [r.value for r in records], model.schema, max_record_bytes=max_record_bytes
     )
@@ -118,17 +130,10 @@ def process_records(
             scored_at_ms=scored_at_ms,
         )
         outgoing += [Outgoing(output_topic, r.key, v) for r, v in zip(valid, values, strict=True)]
-    for reject in rejects:
-        r = records[reject.index]
-        letter_headers = dlq_headers(
-            reject.code, reject.detail, r.topic, r.partition, r.offset, model.version
-        )
-        # the client refuses a record with neither key nor value: only then send an empty value
-        value = r.value if (r.value is not None or r.key is not None) else b""
-        if value is not None and len(value) > DLQ_MAX_VALUE_BYTES:
-            letter_headers += truncation_headers(value)
-            value = value[:DLQ_MAX_VALUE_BYTES]
-        outgoing.append(Outgoing(dlq_topic, r.key, value, letter_headers))
+    outgoing += [
+        dead_letter(records[reject.index], reject.code, reject.detail, dlq_topic, model.version)
+        for reject in rejects
+    ]
 
     if scores is None:
         scores = Scores.empty(len(model.classes))
@@ -160,12 +165,73 @@ def process_records(
     )
 
 
-def truncation_headers(value: bytes) -> list[tuple[str, bytes]]:
-    """Headers of a dead letter cut to ``DLQ_MAX_VALUE_BYTES``: original size and sha256."""
-    return [
-        (headers.VALUE_TRUNCATED, str(len(value)).encode()),
-        (headers.VALUE_SHA256, hashlib.sha256(value).hexdigest().encode()),
-    ]
+def _dead_letter_long_keys(
+    records: Sequence[InputRecord],
+    long_keys: list[int],
+    model: ActiveModel,
+    *,
+    output_topic: str,
+    dlq_topic: str,
+    max_record_bytes: int,
+) -> ProcessedBatch:
+    """A prediction carries its input's key, so an input whose key exceeds ``MAX_KEY_BYTES``
+    is dead-lettered (``too_large``) instead of scored; the rest of the batch goes on as usual."""
+    skip = set(long_keys)
+    rest = process_records(
+        [r for i, r in enumerate(records) if i not in skip],
+        model,
+        output_topic=output_topic,
+        dlq_topic=dlq_topic,
+        max_record_bytes=max_record_bytes,
+    )
+    letters = []
+    for i in long_keys:
+        detail = f"key of {len(records[i].key or b'')} bytes exceeds the {MAX_KEY_BYTES}-byte limit"
+        letters.append(
+            dead_letter(records[i], ReasonCode.TOO_LARGE, detail, dlq_topic, model.version)
+        )
+    codes = [ReasonCode.TOO_LARGE] * len(letters)
+    return ProcessedBatch(
+        outgoing=rest.outgoing + letters,
+        records_in=len(records),
+        predicted=rest.predicted,
+        dead_lettered=rest.dead_lettered + Counter(codes),
+        scored=dataclasses.replace(
+            rest.scored,
+            records_in=len(records),
+            reject_codes=[*rest.scored.reject_codes, *codes],
+        ),
+        scoring_error=rest.scoring_error,
+    )
+
+
+def dead_letter(
+    record: InputRecord, code: str, detail: str, dlq_topic: str, model_version: str
+) -> Outgoing:
+    """The input's own key and value bytes with the reason in headers.
+
+    Key and value are cut (to ``MAX_KEY_BYTES`` / ``DLQ_MAX_VALUE_BYTES``, with the original
+    size and sha256 in headers) only when the producer could not send them whole.
+    """
+    letter_headers = dlq_headers(
+        code, detail, record.topic, record.partition, record.offset, model_version
+    )
+    key = record.key
+    if key is not None and len(key) > MAX_KEY_BYTES:
+        letter_headers += [
+            (headers.KEY_TRUNCATED, str(len(key)).encode()),
+            (headers.KEY_SHA256, hashlib.sha256(key).hexdigest().encode()),
+        ]
+        key = key[:MAX_KEY_BYTES]
+    # the client refuses a record with neither key nor value: only then send an empty value
+    value = record.value if (record.value is not None or key is not None) else b""
+    if value is not None and len(value) > DLQ_MAX_VALUE_BYTES:
+        letter_headers += [
+            (headers.VALUE_TRUNCATED, str(len(value)).encode()),
+            (headers.VALUE_SHA256, hashlib.sha256(value).hexdigest().encode()),
+        ]
+        value = value[:DLQ_MAX_VALUE_BYTES]
+    return Outgoing(dlq_topic, key, value, letter_headers)
 
 
 def next_offsets(records: Sequence[InputRecord]) -> dict[tuple[str, int], int]:
@@ -179,8 +245,10 @@ class AckedPublisher:
     """Sends a batch's records and waits until the broker acknowledged every one of them.
 
     Records whose send failed are resent (with backoff) until acknowledged or ``give_up()``
-    turns true (e.g. SIGTERM while the broker is down); the caller then must not commit, so the
-    batch is read again later: at-least-once, never a silent gap.
+    turns true (e.g. a rebalance deadline, or a shutdown grace period with the broker down);
+    the caller then must not commit, so the batch is read again: at-least-once, never a gap.
+    Acks are awaited in short slices so ``give_up`` is honoured while records are in flight,
+    not only after the client's own delivery timeout (two minutes).
     """
 
     def __init__(self, producer: Any, give_up: Callable[[], bool] = lambda: False) -> None:
@@ -209,17 +277,21 @@ class AckedPublisher:
                     futures.append(
                         self.producer.send(o.topic, value=o.value, key=o.key, headers=o.headers)
                     )
-                self.producer.flush()
             except KafkaError as exc:
                 error = exc
+            waited = self._await_acks(give_up)
             sent = zip(pending[: len(futures)], futures, strict=True)
             failed = [o for o, f in sent if not f.is_done or f.failed()]
             failed += pending[len(futures) :]
             if not failed:
                 return True
             error = error or next((f.exception for f in futures if f.is_done and f.failed()), None)
-            if give_up():
-                log.error("publish_abandoned", unacknowledged=len(failed), error=str(error))
+            if not waited or give_up():
+                log.error(
+                    "publish_abandoned",
+                    unacknowledged=len(failed),
+                    error=str(error) if error else "gave up waiting for acknowledgements",
+                )
                 return False
             if self._warn.ready():
                 log.warning(
@@ -234,6 +306,20 @@ class AckedPublisher:
             backoff = min(backoff * 2, _MAX_BACKOFF_S)
             pending = failed
         return True
+
+    def _await_acks(self, give_up: Callable[[], bool]) -> bool:
+        """Wait until everything sent is acknowledged or failed; False if given up first."""
+        from kafka.errors import KafkaError, KafkaTimeoutError
+
+        while True:
+            try:
+                self.producer.flush(timeout=_ACK_WAIT_SLICE_S)
+                return True
+            except KafkaTimeoutError:
+                if give_up():
+                    return False
+            except KafkaError:  # the futures say which records failed
+                return True
 
 
 class ObserverFanout:
