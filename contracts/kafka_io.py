@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import contextlib
+import re
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -107,8 +107,17 @@ def ensure_topics(bootstrap: str, specs: Iterable[TopicSpec], timeout_s: float =
                 for s in missing
             ]
             # another process may win the race to create a topic; that is fine
-            with contextlib.suppress(TopicAlreadyExistsError):
+            try:
                 admin.create_topics(new, timeout_ms=int(timeout_s * 1000))
+            except TopicAlreadyExistsError:
+                pass
+            except KafkaError as exc:  # e.g. a partition count over the broker's policy
+                names = ", ".join(s.name for s in missing)
+                said = re.search(r"error_message='([^']+)'", str(exc))
+                reason = said.group(1) if said else str(exc)[:200]
+                raise UserError(
+                    f"the broker refused to create {names}: {type(exc).__name__}: {reason}"
+                ) from None
         deadline = time.monotonic() + timeout_s
         wanted = {s.name for s in specs}
         while not wanted <= set(admin.list_topics()):
@@ -117,3 +126,14 @@ def ensure_topics(bootstrap: str, specs: Iterable[TopicSpec], timeout_s: float =
             time.sleep(0.1)
     finally:
         admin.close()
+
+
+def topic_partitions(bootstrap: str, names: Iterable[str]) -> dict[str, int]:
+    """Partition counts of those of ``names`` that exist (absent ones are left out)."""
+    wanted = set(names)
+    consumer = make_consumer(bootstrap)
+    try:
+        present = wanted & set(consumer.topics())
+        return {name: len(consumer.partitions_for_topic(name) or ()) for name in sorted(present)}
+    finally:
+        consumer.close()

@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any, TypeVar
 
-from pydantic import Field, ValidationError
+from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from contracts.errors import UserError
@@ -55,10 +56,15 @@ def default_bootstrap() -> str:
     return FALLBACK_BOOTSTRAP
 
 
+_LEGAL_TOPIC = re.compile(r"[A-Za-z0-9._-]{1,249}")
+"""Kafka's own rule for topic names (``.`` and ``..`` excepted)."""
+
+
 class CommonSettings(BaseSettings):
     """Broker address and topic names: what every command that talks to Kafka needs."""
 
-    model_config = SettingsConfigDict(env_prefix="FORESTREAM_", extra="ignore")
+    # NaN and infinity pass ``ge``/``le`` checks with baffling messages: refuse them as such
+    model_config = SettingsConfigDict(env_prefix="FORESTREAM_", extra="ignore", allow_inf_nan=False)
 
     bootstrap_servers: str = Field(default_factory=default_bootstrap)
     input_topic: str = DEFAULT_INPUT_TOPIC
@@ -71,6 +77,42 @@ class CommonSettings(BaseSettings):
     model_name: str = "model"
     log_format: str = "auto"
 
+    @field_validator(
+        "input_topic",
+        "output_topic",
+        "dlq_topic",
+        "models_topic",
+        "labels_topic",
+        "monitoring_topic",
+    )
+    @classmethod
+    def _legal_topic(cls, name: str) -> str:
+        if not _LEGAL_TOPIC.fullmatch(name) or name in {".", ".."}:
+            raise ValueError(
+                f"{name!r} is not a legal Kafka topic name "
+                "(1-249 characters of letters, digits, '.', '_' and '-')"
+            )
+        return name
+
+    @model_validator(mode="after")
+    def _distinct_topics(self) -> CommonSettings:
+        """One topic in two roles (say input and output) would feed the worker its own output."""
+        roles: dict[str, str] = {}
+        for role in ("input", "output", "dlq", "models", "labels", "monitoring"):
+            name = getattr(self, f"{role}_topic")
+            if name in roles:
+                raise ValueError(f"{roles[name]} and {role} topics are both {name!r}")
+            roles[name] = role
+        return self
+
+    @field_validator("bootstrap_servers")
+    @classmethod
+    def _some_address(cls, value: str) -> str:
+        hosts = [h.strip() for h in value.split(",") if h.strip()]
+        if not hosts or any(":" not in h or not h.rsplit(":", 1)[1].isdigit() for h in hosts):
+            raise ValueError(f"{value!r} is not a list of host:port addresses")
+        return ",".join(hosts)
+
 
 S = TypeVar("S", bound=BaseSettings)
 
@@ -82,5 +124,8 @@ def load_settings(cls: type[S], **flags: Any) -> S:
         return cls(**given)
     except ValidationError as exc:
         first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"]) or cls.__name__
-        raise UserError(f"invalid setting {where}: {first['msg']}") from None
+        where = ".".join(str(p) for p in first["loc"])
+        message = str(first["msg"]).removeprefix("Value error, ")
+        if not where:  # a check across settings (e.g. two roles given one topic)
+            raise UserError(f"invalid settings: {message}") from None
+        raise UserError(f"invalid setting {where}: {message}") from None

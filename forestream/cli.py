@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -35,7 +36,8 @@ DataDirOpt = Annotated[
 @kafka_app.command("start")
 def kafka_start(
     port: Annotated[
-        int | None, typer.Option(help="PLAINTEXT port (default: a free one, remembered)")
+        int | None,
+        typer.Option(min=1, max=65535, help="PLAINTEXT port (default: a free one, remembered)"),
     ] = None,
     data_dir: DataDirOpt = None,
 ) -> None:
@@ -92,6 +94,13 @@ def main() -> None:
     except (typer.Abort, KeyboardInterrupt):
         typer.echo("aborted", err=True)
         sys.exit(130)
+    except BrokenPipeError:  # `forestream demo-data | head`: the reader left, nothing to say
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(141)
+    except OSError as exc:  # a path the user gave (store, work dir, data file) cannot be used
+        where = f" {exc.filename}" if exc.filename else ""
+        typer.echo(f"error: cannot use{where}: {exc.strerror or exc}", err=True)
+        sys.exit(2)
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
     except Exception as exc:

@@ -544,8 +544,14 @@ def register(app: typer.Typer) -> None:
         short: Annotated[
             bool, typer.Option("--short", help="a 20-second run of the same story (for tests)")
         ] = False,
-        rate: Annotated[float, typer.Option("--rate", min=1, help="records per second")] = 250,
-        seconds: Annotated[float, typer.Option("--seconds", min=5, help="how long to stream")] = 60,
+        rate: Annotated[
+            float | None,
+            typer.Option("--rate", min=1, help="records per second [250; 150 with --short]"),
+        ] = None,
+        seconds: Annotated[
+            float | None,
+            typer.Option("--seconds", min=5, help="how long to stream [60; 20 with --short]"),
+        ] = None,
         workdir: Annotated[
             Path, typer.Option("--workdir", help="models, data and logs of each run")
         ] = Path(".forestream/demo"),
@@ -553,10 +559,11 @@ def register(app: typer.Typer) -> None:
         bootstrap_servers: BootstrapOpt = None,
     ) -> None:
         """The whole system end to end on the local real broker, then a summary."""
-        plan = (
-            DemoPlan(rate=150, seconds=20, drift_window=500)
-            if short
-            else DemoPlan(rate=rate, seconds=seconds)
+        # --short picks a compressed timeline; an explicit --rate/--seconds still wins
+        plan = DemoPlan(
+            rate=rate or (150 if short else 250),
+            seconds=seconds or (20 if short else 60),
+            drift_window=500 if short else DemoPlan.drift_window,
         )
         bootstrap = bootstrap_servers or os.environ.get("FORESTREAM_BOOTSTRAP_SERVERS")
         raise typer.Exit(run_demo(plan, bootstrap, workdir, as_json))

@@ -80,7 +80,9 @@ def produce(
         list[str] | None,
         typer.Option("--shift", help="FEATURE=K: shift a numeric feature by K std (repeatable)"),
     ] = None,
-    seed: Annotated[int, typer.Option("--seed", help="seed of synthetic/bad records")] = 0,
+    seed: Annotated[
+        int, typer.Option("--seed", min=0, max=2**32 - 1, help="seed of synthetic/bad records")
+    ] = 0,
     version: Annotated[
         str | None, typer.Option("--version", help="model version (default: the served one)")
     ] = None,
@@ -266,7 +268,7 @@ def topics_create(
 
     Input, output, DLQ and labels get --partitions; monitoring 1; models 1, compacted.
     """
-    from contracts.kafka_io import TopicSpec, ensure_topics, models_topic_spec
+    from contracts.kafka_io import TopicSpec, ensure_topics, models_topic_spec, topic_partitions
     from contracts.settings import load_settings
     from producer.settings import ProducerSettings
 
@@ -290,11 +292,17 @@ def topics_create(
         # one partition: every worker reads the registry's events in the order they happened
         models_topic_spec(s.models_topic),
     ]
+    existing = set(topic_partitions(s.bootstrap_servers, [spec.name for spec in specs]))
     ensure_topics(s.bootstrap_servers, specs)
+    actual = topic_partitions(s.bootstrap_servers, [spec.name for spec in specs])
     for spec in specs:
-        typer.echo(
-            f"{spec.name} ({spec.partitions} partitions{', compacted' if spec.configs else ''})"
-        )
+        # say what is there, not what was asked for: an existing topic keeps its layout
+        count = actual.get(spec.name, 0)
+        layout = f"{count} partition{'' if count == 1 else 's'}"
+        if spec.name in existing:
+            typer.echo(f"{spec.name}: exists, {layout} (kept)")
+        else:
+            typer.echo(f"{spec.name}: created, {layout}{', compacted' if spec.configs else ''}")
 
 
 def register(app: typer.Typer) -> None:

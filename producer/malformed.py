@@ -28,7 +28,7 @@ MALFORMED_KINDS: tuple[str, ...] = (
     ReasonCode.TOO_LARGE,
     ReasonCode.EMPTY,
 )
-"""The kinds the producer mixes in, in turn (NO_MODEL/SCORING_FAILED are worker-side)."""
+"""The kinds the producer mixes in, in turn (SCORING_FAILED is worker-side)."""
 
 
 def malformed_value(

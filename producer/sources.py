@@ -7,6 +7,7 @@ unknown model) is found here, before anything is sent, and reported as one-line 
 from __future__ import annotations
 
 import itertools
+import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -123,12 +124,12 @@ def load_model_inputs(store_root: Path, name: str, version: str | None) -> Model
 
 
 def parse_shifts(specs: Sequence[str]) -> dict[str, float]:
-    """``["x=1.5", "y=-2"]`` -> ``{"x": 1.5, "y": -2.0}`` (standard deviations)."""
+    """``["x=1.5", "y=-2"]`` -> ``{"x": 1.5, "y": -2.0}`` (standard deviations, finite)."""
     shifts: dict[str, float] = {}
     for spec in specs:
         name, sep, amount = spec.partition("=")
         try:
-            if not sep or not name.strip():
+            if not sep or not name.strip() or not math.isfinite(float(amount)):
                 raise ValueError
             shifts[name.strip()] = float(amount)
         except ValueError:

@@ -108,6 +108,10 @@ def test_topics_create_makes_every_topic_and_a_compacted_models_topic(
     assert result.returncode == 0, result.stderr
     again = run("topics", "create", "--bootstrap-servers", kafka_bootstrap, *args)
     assert again.returncode == 0, again.stderr
+    assert f"{names['input']}: created, 3 partitions\n" in result.stdout
+    assert f"{names['models']}: created, 1 partition, compacted\n" in result.stdout
+    # the second run asks for the default 4 partitions: it must report the 3 that exist
+    assert f"{names['input']}: exists, 3 partitions (kept)\n" in again.stdout
 
     admin = KafkaAdminClient(bootstrap_servers=kafka_bootstrap)
     try:

@@ -68,7 +68,7 @@ def test_shift_without_model_uses_the_column_std(csv_file: Path) -> None:
 
 def test_parse_shifts() -> None:
     assert parse_shifts(["a=1.5", " b = -2"]) == {"a": 1.5, "b": -2.0}
-    for bad in ["a", "=1", "a=x"]:
+    for bad in ["a", "=1", "a=x", "a=nan", "a=inf", "a=-inf"]:
         with pytest.raises(UserError):
             parse_shifts([bad])
 

@@ -1,0 +1,46 @@
+"""Settings refuse what Kafka or arithmetic would choke on, as one line naming the setting."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from contracts.errors import UserError
+from contracts.settings import CommonSettings, load_settings
+from producer.settings import ProducerSettings
+
+
+@pytest.mark.parametrize("name", ["", "bad topic", "bad!topic", "x" * 250, ".", "..", "é"])
+def test_illegal_topic_names_are_refused(name: str) -> None:
+    with pytest.raises(UserError, match=r"invalid setting output_topic: .*not a legal Kafka topic"):
+        load_settings(CommonSettings, output_topic=name)
+
+
+@given(
+    st.from_regex(r"[A-Za-z0-9._-]{1,249}", fullmatch=True).filter(lambda n: n not in {".", ".."})
+)
+def test_legal_topic_names_are_kept(name: str) -> None:
+    assert load_settings(CommonSettings, input_topic=name).input_topic == name
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf")])
+def test_non_finite_numbers_are_refused_as_such(value: float) -> None:
+    with pytest.raises(UserError, match=r"invalid setting rate: Input should be a finite number"):
+        load_settings(ProducerSettings, rate=value)
+
+
+@pytest.mark.parametrize("value", ["", " , ", "nonsense", "host:", "host:port", "a:1,b"])
+def test_bootstrap_must_be_host_port_pairs(value: str) -> None:
+    with pytest.raises(UserError, match=r"invalid setting bootstrap_servers: .*host:port"):
+        load_settings(CommonSettings, bootstrap_servers=value)
+
+
+def test_bootstrap_list_is_normalised() -> None:
+    settings = load_settings(CommonSettings, bootstrap_servers=" kafka:9092, [::1]:9093 ")
+    assert settings.bootstrap_servers == "kafka:9092,[::1]:9093"
+
+
+def test_one_topic_in_two_roles_is_refused() -> None:
+    with pytest.raises(UserError, match=r"invalid settings: input and dlq topics are both 'x'"):
+        load_settings(CommonSettings, input_topic="x", dlq_topic="x")
