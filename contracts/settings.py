@@ -60,6 +60,16 @@ _LEGAL_TOPIC = re.compile(r"[A-Za-z0-9._-]{1,249}")
 """Kafka's own rule for topic names (``.`` and ``..`` excepted)."""
 
 
+def illegal_topic_name(name: str) -> str | None:
+    """Why Kafka would refuse ``name`` as a topic, or None when it is legal."""
+    if _LEGAL_TOPIC.fullmatch(name) and name not in {".", ".."}:
+        return None
+    return (
+        f"{name!r} is not a legal Kafka topic name "
+        "(1-249 characters of letters, digits, '.', '_' and '-')"
+    )
+
+
 class CommonSettings(BaseSettings):
     """Broker address and topic names: what every command that talks to Kafka needs."""
 
@@ -87,11 +97,9 @@ class CommonSettings(BaseSettings):
     )
     @classmethod
     def _legal_topic(cls, name: str) -> str:
-        if not _LEGAL_TOPIC.fullmatch(name) or name in {".", ".."}:
-            raise ValueError(
-                f"{name!r} is not a legal Kafka topic name "
-                "(1-249 characters of letters, digits, '.', '_' and '-')"
-            )
+        problem = illegal_topic_name(name)
+        if problem is not None:
+            raise ValueError(problem)
         return name
 
     @model_validator(mode="after")

@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import time
 from collections import Counter
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import FrameType
 from typing import Annotated, Any
@@ -29,11 +30,10 @@ from contracts.cli_options import (
     InputTopicOpt,
     LogFormatOpt,
     ModelNameOpt,
-    OutputTopicOpt,
     StoreOpt,
 )
 from contracts.errors import UserError
-from contracts.settings import CommonSettings
+from contracts.settings import CommonSettings, illegal_topic_name
 
 CHECKPOINT_DIR = Path(".forestream/replay")
 
@@ -45,8 +45,17 @@ class ReplaySettings(CommonSettings):
     max_record_bytes: int = Field(default=1024 * 1024, ge=1)
 
 
-# -- pure range arithmetic ------------------------------------------------------------------
-def parse_offsets(spec: str, flag: str) -> dict[int, int] | int:
+# -- pure flag checks and range arithmetic ---------------------------------------------------
+MAX_TIME_MS = 253_402_300_799_999
+"""9999-12-31T23:59:59.999Z: the last millisecond a time flag may name."""
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_EPOCH_MS = re.compile(r"[+-]?[0-9]+")
+
+Offsets = dict[int, int] | int
+"""One offset for every partition, or one per named partition."""
+
+
+def parse_offsets(spec: str, flag: str) -> Offsets:
     """``"100"`` (every partition) or ``"0:100,1:250"`` (per partition)."""
     spec = spec.strip()
     try:
@@ -60,6 +69,8 @@ def parse_offsets(spec: str, flag: str) -> dict[int, int] | int:
             partition, offset = part.split(":")
             if int(partition) < 0 or int(offset) < 0:
                 raise ValueError
+            if int(partition) in result:
+                raise UserError(f"{flag} {spec!r}: partition {int(partition)} is given twice")
             result[int(partition)] = int(offset)
         return result
     except ValueError:
@@ -70,19 +81,142 @@ def parse_offsets(spec: str, flag: str) -> dict[int, int] | int:
 
 
 def parse_time_ms(text: str, flag: str) -> int:
-    """Epoch milliseconds or ISO 8601 (naive times are UTC)."""
+    """Epoch milliseconds or ISO 8601 (naive times are UTC), from 1970 to the end of 9999."""
     text = text.strip()
-    if text.isdigit():
-        return int(text)
-    try:
-        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
+    if _EPOCH_MS.fullmatch(text):
+        ms = int(text)
+    else:
+        try:
+            moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+        except ValueError:
+            raise UserError(
+                f"{flag} {text!r}: expected ISO 8601 (2026-11-25T10:00:00Z) or epoch milliseconds"
+            ) from None
+        if moment.tzinfo is None:
+            moment = moment.replace(tzinfo=UTC)
+        ms = (moment - _EPOCH) // timedelta(milliseconds=1)  # exact, no float rounding
+    if not 0 <= ms <= MAX_TIME_MS:
         raise UserError(
-            f"{flag} {text!r}: expected ISO 8601 (2026-11-25T10:00:00Z) or epoch milliseconds"
-        ) from None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    return int(moment.timestamp() * 1000)
+            f"{flag} {text!r}: out of range; a time must lie between 1970-01-01T00:00:00Z and "
+            f"9999-12-31T23:59:59.999Z (epoch ms 0 to {MAX_TIME_MS})"
+        )
+    return ms
+
+
+@dataclass(frozen=True)
+class RangeFlags:
+    """The range flags, parsed and checked against each other (not yet against the topic)."""
+
+    from_offset: Offsets | None = None
+    to_offset: Offsets | None = None
+    from_ms: int | None = None
+    to_ms: int | None = None
+
+
+def parse_range(
+    from_offset: str | None,
+    to_offset: str | None,
+    from_time: str | None,
+    to_time: str | None,
+) -> RangeFlags:
+    """Parse the range flags; an inverted range (from > to) is a mistake, an empty one is not."""
+    if (from_offset is not None or to_offset is not None) and (
+        from_time is not None or to_time is not None
+    ):
+        raise UserError("give an offset range or a time range, not both")
+    flags = RangeFlags(
+        from_offset=None if from_offset is None else parse_offsets(from_offset, "--from-offset"),
+        to_offset=None if to_offset is None else parse_offsets(to_offset, "--to-offset"),
+        from_ms=None if from_time is None else parse_time_ms(from_time, "--from-time"),
+        to_ms=None if to_time is None else parse_time_ms(to_time, "--to-time"),
+    )
+    if flags.from_ms is not None and flags.to_ms is not None and flags.from_ms > flags.to_ms:
+        raise UserError(
+            f"--from-time {from_time!r} is after --to-time {to_time!r}: the range is inverted"
+        )
+    inverted = _inverted_offsets(flags.from_offset, flags.to_offset)
+    if inverted:
+        raise UserError(
+            f"--from-offset {from_offset!r} is past --to-offset {to_offset!r} "
+            f"({inverted}): the range is inverted"
+        )
+    return flags
+
+
+def _inverted_offsets(start: Offsets | None, stop: Offsets | None) -> str:
+    """Where both ends are given explicitly and the first is past the end: '' when nowhere."""
+    if start is None or stop is None:
+        return ""
+    if isinstance(start, int) and isinstance(stop, int):
+        return f"{start} > {stop}" if start > stop else ""
+    named = sorted(
+        {*(start if isinstance(start, dict) else {}), *(stop if isinstance(stop, dict) else {})}
+    )
+    bad = []
+    for p in named:
+        first, last = _pick(start, p), _pick(stop, p)
+        if first is not None and last is not None and first > last:
+            bad.append(f"partition {p}: {first} > {last}")
+    return "; ".join(bad)
+
+
+def check_offset_partitions(
+    value: Offsets | None, flag: str, available: list[int], selected: list[int], topic: str
+) -> None:
+    """A per-partition spec may only name partitions that the topic has and the replay reads."""
+    if not isinstance(value, dict):
+        return
+    unknown = sorted(p for p in value if p not in available)
+    if unknown:
+        raise UserError(
+            f"{flag}: topic {topic!r} has no partition {', '.join(map(str, unknown))}; "
+            f"its partitions are {sorted(available)}"
+        )
+    left_out = sorted(p for p in value if p not in selected)
+    if left_out:
+        raise UserError(
+            f"{flag}: partition {', '.join(map(str, left_out))} is not replayed "
+            f"(--partitions selects {selected})"
+        )
+
+
+def check_topics(
+    input_topic: str, output_topic: str, dlq_topic: str, dlq_flag: str = "--dlq-topic"
+) -> None:
+    """Legal names, and three different topics: never write into the topic being read.
+
+    ``dlq_flag`` names the DLQ topic in messages (the default one was not typed by the user).
+    """
+    for flag, name in (("--output-topic", output_topic), (dlq_flag, dlq_topic)):
+        problem = illegal_topic_name(name)
+        if problem is not None:
+            raise UserError(f"{flag} {problem}")
+    if output_topic == input_topic:
+        raise UserError(
+            f"--output-topic {output_topic!r} is the input topic: the replay would write its "
+            "predictions into the topic it reads; pass another --output-topic"
+        )
+    if dlq_topic == input_topic:
+        raise UserError(
+            f"{dlq_flag} {dlq_topic!r} is the input topic: the replay would re-read its own "
+            "dead letters; pass another --dlq-topic"
+        )
+    if dlq_topic == output_topic:
+        raise UserError(
+            f"{dlq_flag} {dlq_topic!r} is the output topic: dead letters and predictions must "
+            "go to different topics"
+        )
+
+
+def check_resume_flags(resume: Path, given: dict[str, object]) -> None:
+    """With --resume, the checkpoint fixes topics, model and range: refuse flags that it fixes."""
+    clashing = [flag for flag, value in given.items() if value is not None and value is not False]
+    if clashing:
+        raise UserError(
+            f"--resume {resume}: the checkpoint fixes {', '.join(clashing)}; drop "
+            f"{'it' if len(clashing) == 1 else 'them'} (a resumed replay keeps its topics, "
+            "model and range)"
+        )
 
 
 def parse_partitions(spec: str | None, available: list[int], topic: str) -> list[int]:
@@ -100,7 +234,7 @@ def parse_partitions(spec: str | None, available: list[int], topic: str) -> list
     return wanted
 
 
-def _pick(value: dict[int, int] | int | None, partition: int) -> int | None:
+def _pick(value: Offsets | None, partition: int) -> int | None:
     if value is None or isinstance(value, int):
         return value
     return value.get(partition)
@@ -110,8 +244,8 @@ def bounded_range(
     partitions: list[int],
     beginning: dict[int, int],
     end: dict[int, int],
-    start: dict[int, int] | int | None,
-    stop: dict[int, int] | int | None,
+    start: Offsets | None,
+    stop: Offsets | None,
 ) -> dict[int, tuple[int, int]]:
     """Per partition ``[first, last)``: the asked range clipped to what the topic holds now."""
     result = {}
@@ -227,10 +361,7 @@ def resolve_checkpoint(
     output_topic: str,
     dlq_topic: str,
     partitions_spec: str | None,
-    from_offset: str | None,
-    to_offset: str | None,
-    from_time: str | None,
-    to_time: str | None,
+    flags: RangeFlags,
 ) -> Checkpoint:
     """Turn the flags into fixed per-partition ranges, against the topic as it is now."""
     from kafka import TopicPartition
@@ -240,28 +371,22 @@ def resolve_checkpoint(
     if not available:
         raise UserError(f"input topic {topic!r} does not exist on {settings.bootstrap_servers}")
     partitions = parse_partitions(partitions_spec, sorted(available), topic)
+    check_offset_partitions(
+        flags.from_offset, "--from-offset", sorted(available), partitions, topic
+    )
+    check_offset_partitions(flags.to_offset, "--to-offset", sorted(available), partitions, topic)
     tps = [TopicPartition(topic, p) for p in partitions]
     beginning = {tp.partition: o for tp, o in consumer.beginning_offsets(tps).items()}
     end = {tp.partition: o for tp, o in consumer.end_offsets(tps).items()}
-    start: dict[int, int] | int | None = None
-    stop: dict[int, int] | int | None = None
-    if from_offset is not None:
-        start = parse_offsets(from_offset, "--from-offset")
-    if to_offset is not None:
-        stop = parse_offsets(to_offset, "--to-offset")
-    if from_time is not None or to_time is not None:
 
-        def at(ms: int) -> dict[int, int]:
-            found = consumer.offsets_for_times({tp: ms for tp in tps})
-            return {
-                tp.partition: (found[tp].offset if found.get(tp) else end[tp.partition])
-                for tp in tps
-            }
+    def at(ms: int) -> dict[int, int]:
+        found = consumer.offsets_for_times({tp: ms for tp in tps})
+        return {
+            tp.partition: (found[tp].offset if found.get(tp) else end[tp.partition]) for tp in tps
+        }
 
-        if from_time is not None:
-            start = at(parse_time_ms(from_time, "--from-time"))
-        if to_time is not None:
-            stop = at(parse_time_ms(to_time, "--to-time"))
+    start = flags.from_offset if flags.from_ms is None else at(flags.from_ms)
+    stop = flags.to_offset if flags.to_ms is None else at(flags.to_ms)
     return Checkpoint(
         input_topic=topic,
         output_topic=output_topic,
@@ -366,7 +491,17 @@ def _default_checkpoint_path(output_topic: str) -> Path:
 def register(app: typer.Typer) -> None:
     @app.command("replay")
     def replay_command(
-        output_topic: OutputTopicOpt = None,
+        # replay's own option, not the shared OutputTopicOpt: FORESTREAM_OUTPUT_TOPIC names the
+        # live predictions topic, which is exactly where a replay must not write by default
+        output_topic: Annotated[
+            str | None,
+            typer.Option(
+                "--output-topic",
+                help="where the re-scored records go (required; not read from "
+                "FORESTREAM_OUTPUT_TOPIC, which names the live topic)",
+                show_default=False,
+            ),
+        ] = None,
         from_offset: Annotated[
             str | None,
             typer.Option("--from-offset", help="first offset: N, or P:N,P:N per partition"),
@@ -392,7 +527,11 @@ def register(app: typer.Typer) -> None:
         ] = None,
         into_live: Annotated[
             bool,
-            typer.Option("--into-live", help="allow writing into the live predictions topic"),
+            typer.Option(
+                "--into-live",
+                help="allow writing into the live predictions topic "
+                "(FORESTREAM_OUTPUT_TOPIC, default forestream.predictions)",
+            ),
         ] = False,
         dlq_topic: Annotated[
             str | None,
@@ -408,7 +547,11 @@ def register(app: typer.Typer) -> None:
         ] = None,
         resume: Annotated[
             Path | None,
-            typer.Option("--resume", help="continue an interrupted replay from its checkpoint"),
+            typer.Option(
+                "--resume",
+                help="continue an interrupted replay from its checkpoint (which fixes its "
+                "topics, model and range)",
+            ),
         ] = None,
         input_topic: InputTopicOpt = None,
         store: StoreOpt = None,
@@ -431,9 +574,29 @@ def register(app: typer.Typer) -> None:
         )
         configure_logging(checked_log_format(settings.log_format))
         if resume is not None:
-            if any(v is not None for v in (from_offset, to_offset, from_time, to_time, partitions)):
-                raise UserError("--resume continues a saved range: drop the range flags")
+            check_resume_flags(
+                resume,
+                {
+                    "--input-topic": input_topic,
+                    "--output-topic": output_topic,
+                    "--dlq-topic": dlq_topic,
+                    "--into-live": into_live,
+                    "--store": store,
+                    "--name": name,
+                    "--model-version": model_version,
+                    "--from-offset": from_offset,
+                    "--to-offset": to_offset,
+                    "--from-time": from_time,
+                    "--to-time": to_time,
+                    "--partitions": partitions,
+                    "--checkpoint": checkpoint,
+                },
+            )
             state = Checkpoint.load(resume)
+            try:
+                check_topics(state.input_topic, state.output_topic, state.dlq_topic)
+            except UserError as exc:
+                raise UserError(f"--resume {resume}: {exc}") from None
             settings = settings.model_copy(
                 update={
                     "input_topic": state.input_topic,
@@ -446,29 +609,24 @@ def register(app: typer.Typer) -> None:
         else:
             if output_topic is None:
                 raise UserError("--output-topic is required: where the re-scored records go")
+            if dlq_topic is None:
+                dlq, dlq_flag = f"{output_topic}.dlq", "the default --dlq-topic (<output>.dlq)"
+            else:
+                dlq, dlq_flag = dlq_topic, "--dlq-topic"
+            check_topics(settings.input_topic, output_topic, dlq, dlq_flag)
             if output_topic == settings.output_topic and not into_live:
                 raise UserError(
                     f"--output-topic {output_topic!r} is the live predictions topic: "
                     "pass --into-live if you mean to write there"
                 )
-            if (from_offset or to_offset) and (from_time or to_time):
-                raise UserError("give an offset range or a time range, not both")
+            flags = parse_range(from_offset, to_offset, from_time, to_time)
             model = _load_model(settings, model_version)
             from contracts.kafka_io import make_consumer
 
             probe = make_consumer(settings.bootstrap_servers, group_id=None)
             try:
                 state = resolve_checkpoint(
-                    probe,
-                    settings,
-                    model.version,
-                    output_topic,
-                    dlq_topic or f"{output_topic}.dlq",
-                    partitions,
-                    from_offset,
-                    to_offset,
-                    from_time,
-                    to_time,
+                    probe, settings, model.version, output_topic, dlq, partitions, flags
                 )
             finally:
                 probe.close()

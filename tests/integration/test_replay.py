@@ -210,3 +210,46 @@ def test_interrupted_replay_resumes_where_it_stopped(scenario: Scenario) -> None
     keys = [r.key for r in records]
     assert set(keys) == scenario.live.keys(), "every record is scored across the two runs"
     print(f"records scored twice across the interruption: {len(keys) - len(set(keys))}")
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--from-offset", "9:10"], "--from-offset: topic {in!r} has no partition 9; its "
+         "partitions are [0, 1, 2, 3]"),
+        (["--to-offset", "0:10,7:20"], "--to-offset: topic {in!r} has no partition 7"),
+        (["--partitions", "0", "--from-offset", "1:5"], "partition 1 is not replayed"),
+        (["--from-offset", "10", "--to-offset", "5"], "the range is inverted"),
+        (["--from-offset", "0:10,1:3", "--to-offset", "0:20,1:2"], "partition 1: 3 > 2"),
+        (["--from-time", "2030-01-01T00:00:00Z", "--to-time", "2020-01-01T00:00:00Z"],
+         "is after --to-time"),
+        (["--from-time", "99999999999999999999"], "--from-time '99999999999999999999': out of "
+         "range"),
+        (["--dlq-topic", "{in}"], "--dlq-topic {in!r} is the input topic"),
+    ],
+)  # fmt: skip
+def test_replay_refuses_impossible_ranges_and_topics(
+    scenario: Scenario, flags: list[str], message: str
+) -> None:
+    output = scenario.topics["in"] + ".replay-refused"
+    done = _replay(scenario, output, *(f.format(**scenario.topics) for f in flags))
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert message.format(**scenario.topics) in done.stderr
+    assert "Traceback" not in done.stderr
+    assert "replayed" not in done.stdout
+
+
+def test_replay_refuses_to_write_into_its_input_topic(scenario: Scenario) -> None:
+    done = _replay(scenario, scenario.topics["in"], "--to-offset", "1")
+    assert done.returncode == 2
+    assert f"--output-topic {scenario.topics['in']!r} is the input topic" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_an_empty_time_window_is_a_valid_empty_replay(scenario: Scenario) -> None:
+    output = scenario.topics["in"] + ".replay-empty"
+    done = _replay(
+        scenario, output, "--from-time", str(BASE_MS - 5_000), "--to-time", str(BASE_MS - 1)
+    )
+    assert done.returncode == 0, done.stderr
+    assert "replayed 0 records" in done.stdout
