@@ -9,7 +9,6 @@ checked.
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import hashlib
 import hmac
@@ -18,6 +17,7 @@ import json
 import os
 import re
 import shutil
+import stat
 import uuid
 from datetime import UTC, datetime
 from pathlib import Path
@@ -84,12 +84,22 @@ def normalize_version(version: str) -> str:
     return f"v{int(match.group(1))}"
 
 
-def _check_name(name: str) -> str:
+def check_name(name: str) -> str:
+    """A model name is a single path component; anything else is a user mistake."""
     if not _NAME.match(name):
         raise UserError(
             f"invalid model name {name!r}: use letters, digits, '.', '_' or '-' (max 100)"
         )
     return name
+
+
+def _first_error(exc: ValidationError) -> str:
+    """``field.sub: message`` of pydantic's first complaint, and how many more there are."""
+    first = exc.errors()[0]
+    where = ".".join(str(part) for part in first.get("loc", ()))
+    text = f"{where}: {first['msg']}" if where else str(first["msg"])
+    more = exc.error_count() - 1
+    return text + (f" (and {more} more error{'s' if more > 1 else ''})" if more else "")
 
 
 def _version_number(version: str) -> int:
@@ -106,26 +116,75 @@ class ModelStore:
     def __init__(self, root: Path | str) -> None:
         self.root = Path(root)
 
+    def _os_error(self, action: str, exc: OSError) -> UserError:
+        """An OSError under the store as one line naming the store, the file and the reason."""
+        where = f" ({exc.filename})" if exc.filename and str(exc.filename) != str(self.root) else ""
+        return UserError(f"cannot {action} model store {self.root}{where}: {exc.strerror or exc}")
+
+    def _is_dir(self, path: Path) -> bool:
+        """False if ``path`` does not exist yet; a UserError if it exists but is no directory."""
+        try:
+            mode = path.stat().st_mode
+        except FileNotFoundError:
+            return False
+        except OSError as exc:
+            raise self._os_error("read", exc) from None
+        if not stat.S_ISDIR(mode):
+            raise UserError(f"model store {self.root}: {path} is not a directory")
+        return True
+
+    def check_writable(self) -> None:
+        """Refuse, without writing anything, a store root that cannot become a directory.
+
+        Run before a long fit; :meth:`save` still reports whatever the OS refuses later.
+        """
+        existing = self.root
+        while not existing.exists() and existing != existing.parent:
+            if existing.is_symlink():  # dangling link: mkdir would fail on it
+                raise UserError(f"model store {self.root}: {existing} is a broken symlink")
+            existing = existing.parent
+        if not existing.is_dir():
+            raise UserError(f"model store {self.root}: {existing} is not a directory")
+        if not os.access(existing, os.W_OK | os.X_OK):
+            raise UserError(f"cannot write model store {self.root}: {existing} is not writable")
+
+    def prepare(self, name: str) -> Path:
+        """Create ``<root>/<name>`` now (a fit is about to start), or say why the OS refuses."""
+        model_dir = self.root / check_name(name)
+        try:
+            model_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise self._os_error("write", exc) from None
+        if not os.access(model_dir, os.W_OK | os.X_OK):
+            raise UserError(f"cannot write model store {self.root}: {model_dir} is not writable")
+        return model_dir
+
     # -- reading ---------------------------------------------------------------------------
     def names(self) -> list[str]:
-        if not self.root.is_dir():
+        if not self._is_dir(self.root):
             return []
-        return sorted(p.name for p in self.root.iterdir() if p.is_dir() and _NAME.match(p.name))
+        try:
+            return sorted(p.name for p in self.root.iterdir() if p.is_dir() and _NAME.match(p.name))
+        except OSError as exc:
+            raise self._os_error("read", exc) from None
 
     def versions(self, name: str) -> list[str]:
         """Complete versions, oldest first (``v2`` before ``v10``)."""
-        model_dir = self.root / _check_name(name)
-        if not model_dir.is_dir():
+        model_dir = self.root / check_name(name)
+        if not self._is_dir(self.root) or not self._is_dir(model_dir):
             return []
-        found = [
-            p.name
-            for p in model_dir.iterdir()
-            if p.is_dir() and re.fullmatch(r"v[0-9]+", p.name) and (p / METADATA).is_file()
-        ]
+        try:
+            found = [
+                p.name
+                for p in model_dir.iterdir()
+                if p.is_dir() and re.fullmatch(r"v[0-9]+", p.name) and (p / METADATA).is_file()
+            ]
+        except OSError as exc:
+            raise self._os_error("read", exc) from None
         return sorted(found, key=_version_number)
 
     def version_dir(self, name: str, version: str) -> Path:
-        return self.root / _check_name(name) / normalize_version(version)
+        return self.root / check_name(name) / normalize_version(version)
 
     def metadata(self, name: str, version: str) -> ModelMetadata:
         path = self.version_dir(name, version) / METADATA
@@ -137,16 +196,27 @@ class ModelStore:
             )
         try:
             return ModelMetadata.model_validate_json(path.read_bytes())
+        except OSError as exc:
+            raise ArtifactRejected(f"{path}: cannot read metadata ({exc.strerror})") from None
         except ValidationError as exc:
-            raise ArtifactRejected(
-                f"{path}: unreadable metadata ({exc.error_count()} errors)"
-            ) from None
+            raise ArtifactRejected(f"{path}: unreadable metadata: {_first_error(exc)}") from None
 
     def quality_report(self, name: str, version: str) -> dict[str, Any]:
+        """The saved quality report; ``{}`` if the version has none, a UserError if unreadable."""
         path = self.version_dir(name, version) / QUALITY_REPORT
         if not path.is_file():
             return {}
-        return json.loads(path.read_text())
+        try:
+            report = json.loads(path.read_bytes())
+        except OSError as exc:
+            raise UserError(f"{path}: cannot read quality report ({exc.strerror})") from None
+        except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError
+            raise UserError(f"{path}: quality report is not valid JSON ({exc})") from None
+        if not isinstance(report, dict):
+            raise UserError(
+                f"{path}: quality report is not a JSON object (got {type(report).__name__})"
+            )
+        return report
 
     def load_verified(
         self,
@@ -217,9 +287,22 @@ class ModelStore:
         The rename fails if the version exists (a concurrent trainer won it), and we take the
         next number, so versions are monotonic and never overwritten.
         """
+        try:
+            return self._save(name, pipeline, metadata, report, signing_key)
+        except OSError as exc:  # a file as root, no permission, read-only or full disk
+            raise self._os_error("write", exc) from None
+
+    def _save(
+        self,
+        name: str,
+        pipeline: Any,
+        metadata: ModelMetadata,
+        report: dict[str, Any],
+        signing_key: bytes | None,
+    ) -> ModelMetadata:
         import joblib
 
-        model_dir = self.root / _check_name(name)
+        model_dir = self.root / check_name(name)
         model_dir.mkdir(parents=True, exist_ok=True)
         tmp = model_dir / f".tmp-{uuid.uuid4().hex}"
         tmp.mkdir()
@@ -255,13 +338,41 @@ class ModelStore:
 
     # -- promotion -------------------------------------------------------------------------
     def _history(self, name: str) -> list[dict[str, Any]]:
-        path = self.root / _check_name(name) / PROMOTIONS
-        if not path.is_file():
+        """The promotion history, every line checked: a broken history is never guessed around.
+
+        Serving the wrong version silently would be worse than refusing, so a line that is not
+        a promotion entry, or names a version the store does not hold, is a UserError naming the
+        file and line.
+        """
+        path = self.root / check_name(name) / PROMOTIONS
+        if not self._is_dir(self.root) or not path.is_file():
             return []
+        try:
+            text = path.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise UserError(f"{path}: cannot read promotion history ({exc.strerror})") from None
+        except UnicodeDecodeError:
+            raise UserError(f"{path}: promotion history is not UTF-8 text") from None
         entries = []
-        for line in path.read_text().splitlines():
-            with contextlib.suppress(json.JSONDecodeError):
-                entries.append(json.loads(line))
+        for number, line in enumerate(text.splitlines(), start=1):
+            if not line.strip():
+                continue
+            where = f"{path} line {number}"
+            try:
+                entry = json.loads(line)
+            except ValueError:
+                raise UserError(
+                    f"{where}: not a promotion entry ({line[:60]!r}); fix or remove the line"
+                ) from None
+            if not isinstance(entry, dict) or entry.get("action") not in ("promote", "rollback"):
+                raise UserError(
+                    f"{where}: not a promotion entry (expected an object with action "
+                    f"'promote' or 'rollback', got {line[:60]!r})"
+                )
+            version = entry.get("version")
+            if not isinstance(version, str) or not _VERSION.match(version):
+                raise UserError(f"{where}: invalid version {version!r}")
+            entries.append({**entry, "version": normalize_version(version)})
         return entries
 
     def _served_stack(self, name: str) -> list[str]:
@@ -277,26 +388,41 @@ class ModelStore:
 
     def _append(self, name: str, action: str, version: str) -> None:
         line = json.dumps({"action": action, "version": version, "at": _now_iso()}) + "\n"
-        path = self.root / _check_name(name) / PROMOTIONS
+        path = self.root / check_name(name) / PROMOTIONS
         # one O_APPEND write per entry: concurrent writers interleave lines, never bytes
-        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         try:
-            os.write(fd, line.encode())
-        finally:
-            os.close(fd)
+            fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            try:
+                os.write(fd, line.encode())
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            raise self._os_error("write", exc) from None
 
     def served(self, name: str) -> str | None:
         stack = self._served_stack(name)
-        return stack[-1] if stack else None
+        return self._present(name, stack[-1]) if stack else None
 
     def previously_served(self, name: str) -> str | None:
         stack = self._served_stack(name)
-        return stack[-2] if len(stack) > 1 else None
+        return self._present(name, stack[-2]) if len(stack) > 1 else None
+
+    def _present(self, name: str, version: str) -> str:
+        """A version the history points at must still be in the store (old ones pruned by hand
+        are fine, as long as nothing would serve or roll back to them)."""
+        if version not in self.versions(name):
+            known = ", ".join(self.versions(name)) or "none"
+            raise UserError(
+                f"{self.root / name / PROMOTIONS} names {version} as served, but the store has "
+                f"no such version (known versions: {known}); promote one that exists"
+            )
+        return version
 
     def promote(self, name: str, version: str) -> ModelMetadata:
         """Mark a version as the one workers serve; it must exist and pass verification."""
         version = normalize_version(version)
         meta = self.metadata(name, version)
+        self._served_stack(name)  # never append to a history that cannot be read back
         self._append(name, "promote", version)
         return meta
 

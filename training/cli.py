@@ -89,10 +89,11 @@ def train(
         models_topic=models_topic,
     )
     announce = publish or promote
+    model_store = _store(settings)
     if announce:  # fail before a long fit, and before anything is written, if Kafka is away
+        model_store.served(settings.model_name)  # or if the promotion history is unreadable
         _check_kafka(settings)
     console = _console()
-    model_store = _store(settings)
     request = TrainRequest(
         data=data,
         target=target,
@@ -329,6 +330,10 @@ def models_show(
 
 def _print_stored_report(console: Console, report: dict[str, Any]) -> None:
     """A saved quality report as the training run printed it (raw JSON if its shape is older)."""
+    import io
+
+    from rich.console import Console
+
     from training.quality import ColumnQuality, LeakageSuspect, QualityReport
 
     try:
@@ -339,7 +344,8 @@ def _print_stored_report(console: Console, report: dict[str, Any]) -> None:
                 "leakage": [LeakageSuspect(**s) for s in report.get("leakage", [])],
             }
         )
-    except (TypeError, KeyError):
+        _print_report(Console(file=io.StringIO()), parsed)  # a hand-edited shape fails here
+    except (TypeError, KeyError, AttributeError, ValueError, ArithmeticError):
         console.print_json(json.dumps(report))
         return
     _print_report(console, parsed)
@@ -367,6 +373,7 @@ def models_promote(
     _, meta = model_store.load_verified(
         settings.model_name, version, signing_key=signing_key_from_env()
     )
+    model_store.served(settings.model_name)  # a broken promotion history: say so before Kafka
     _check_kafka(settings)
     model_store.promote(settings.model_name, meta.version)
     _publish(settings, model_store, "promoted", meta)

@@ -10,6 +10,7 @@ the same column kinds the report shows, so report and model cannot disagree.
 from __future__ import annotations
 
 import math
+import warnings as py_warnings
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
@@ -26,6 +27,12 @@ IDENTIFIER_SHARE = 0.5
 """A categorical with more distinct values than this share of rows looks like an identifier."""
 MIN_ROWS_PER_CLASS = 2
 """Stratified splitting puts each class on both sides, so it needs at least two rows of it."""
+CONTINUOUS_MIN_DISTINCT = 20
+CONTINUOUS_SHARE = 0.5
+"""A target with more than ``CONTINUOUS_MIN_DISTINCT`` distinct values, and distinct values for
+more than ``CONTINUOUS_SHARE`` of its rows, is a measurement (regression), not a set of classes."""
+LISTED_CLASSES = 10
+"""At most this many classes are named in a one-line error; the rest are counted."""
 
 
 @dataclass
@@ -81,6 +88,12 @@ class QualityReport:
         return asdict(self)
 
 
+def looks_continuous(class_counts: dict[str, int]) -> bool:
+    """Too many distinct target values for the rows to be classes: a regression target."""
+    distinct, labelled = len(class_counts), sum(class_counts.values())
+    return distinct > CONTINUOUS_MIN_DISTINCT and distinct > CONTINUOUS_SHARE * labelled
+
+
 def infer_kind(series: pd.Series) -> Kind:
     """Numbers are numeric; strings, objects and booleans are categories (sent as JSON strings)."""
     if pd.api.types.is_bool_dtype(series):
@@ -131,7 +144,13 @@ def single_feature_accuracy(feature: pd.Series, target: pd.Series, kind: Kind) -
     leaves = max(2, 2 * labels.nunique())
     tree = DecisionTreeClassifier(max_leaf_nodes=leaves, random_state=0)
     column = values.to_numpy().reshape(-1, 1)
-    tree.fit(column, labels)
+    with py_warnings.catch_warnings():
+        # "more unique classes than 50% of samples": about this internal probe's sample, not
+        # the user's fit; class scarcity and continuous targets are judged by fatal_problem
+        py_warnings.filterwarnings(
+            "ignore", message="The number of unique classes", category=UserWarning
+        )
+        tree.fit(column, labels)
     return float(tree.score(column, labels))
 
 
@@ -224,7 +243,7 @@ def assess(frame: pd.DataFrame, target: str, drop: tuple[str, ...] = ()) -> Qual
                 f"column {column.name!r} looks like an identifier "
                 f"({column.distinct} distinct values in {rows} rows); consider --drop"
             )
-    if len(counts) >= 2 and report.features:
+    if len(counts) >= 2 and report.features and not looks_continuous(report.class_counts):
         report.leakage = _leakage(frame, labels, report.features)
         warnings.extend(
             f"suspected leakage: {s.feature!r} {s.reason}; consider --drop" for s in report.leakage
@@ -240,14 +259,21 @@ def fatal_problem(report: QualityReport, columns: list[str], test_size: float = 
     if len(counts) < 2:
         seen = ", ".join(repr(c) for c in counts) or "none"
         return f"target {report.target!r} needs at least two classes, found {len(counts)} ({seen})"
-    scarce = {c: n for c, n in counts.items() if n < MIN_ROWS_PER_CLASS}
+    labelled = sum(counts.values())
+    if looks_continuous(counts):
+        return (
+            f"target {report.target!r} has {len(counts)} distinct values in {labelled} rows: "
+            "it looks continuous; forestream trains classifiers"
+        )
+    scarce = sorted((c, n) for c, n in counts.items() if n < MIN_ROWS_PER_CLASS)
     if scarce:
-        listed = ", ".join(f"{c!r} ({n})" for c, n in sorted(scarce.items()))
+        listed = ", ".join(f"{c!r} ({n})" for c, n in scarce[:LISTED_CLASSES])
+        if len(scarce) > LISTED_CLASSES:
+            listed += f" and {len(scarce) - LISTED_CLASSES} more classes"
         return (
             f"too few rows for a stratified split: need at least {MIN_ROWS_PER_CLASS} per class, "
             f"got {listed}"
         )
-    labelled = sum(counts.values())
     test_rows = math.ceil(test_size * labelled)
     if test_rows < len(counts) or labelled - test_rows < len(counts):
         return (

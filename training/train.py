@@ -16,10 +16,13 @@ import pandas as pd
 
 from contracts.csv_files import read_csv_file
 from contracts.errors import UserError
-from contracts.model_store import ModelMetadata, ModelStore
+from contracts.model_store import ModelMetadata, ModelStore, check_name
 from training.fit import ForestParams, ProgressCallback, build_pipeline, evaluate, fit, split
 from training.quality import QualityReport, assess, fatal_problem, prepare
 from training.schema_build import build_reference, build_schema
+
+MAX_SEED = 2**32 - 1
+"""numpy's (and so sklearn's) ``random_state`` range is 0 .. 2**32 - 1."""
 
 
 @dataclass(frozen=True)
@@ -45,6 +48,8 @@ def check_params(params: ForestParams) -> None:
         raise UserError(f"--max-depth must be at least 1, got {params.max_depth}")
     if not 0.0 < params.test_size < 1.0:
         raise UserError(f"--test-size must be between 0 and 1 (exclusive), got {params.test_size}")
+    if not 0 <= params.seed <= MAX_SEED:
+        raise UserError(f"--seed must be between 0 and {MAX_SEED}, got {params.seed}")
 
 
 def read_training_csv(path: Path) -> tuple[pd.DataFrame, str]:
@@ -63,6 +68,8 @@ def run_training(
 ) -> TrainOutcome:
     """Train one version and save it; raises UserError (store untouched) on fatal input."""
     check_params(request.params)
+    check_name(request.name)  # before the data is read and its report printed
+    store.check_writable()  # before a long fit; writes nothing
     frame, data_sha256 = read_training_csv(request.data)
     unknown_drops = [c for c in request.drop if c not in frame.columns]
     if unknown_drops:
@@ -76,6 +83,7 @@ def run_training(
     problem = fatal_problem(report, [str(c) for c in frame.columns], request.params.test_size)
     if problem is not None:
         raise UserError(problem)
+    store.prepare(request.name)  # an unusable store fails now, not after the report and fit
     if on_report is not None:
         on_report(report)
 

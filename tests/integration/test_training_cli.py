@@ -78,6 +78,27 @@ FATAL_INPUTS: list[tuple[str, Callable[[Path], Path], list[str], str]] = [
         [],
         "no usable feature left",
     ),
+    (
+        "continuous target",
+        lambda d: write(
+            d / "t.csv", "a,species\n" + "".join(f"{i % 7},{i * 0.37:.2f}\n" for i in range(200))
+        ),
+        [],
+        "target 'species' has 200 distinct values in 200 rows: it looks continuous",
+    ),
+    ("negative seed", lambda d: write_penguins_csv(d / "p.csv"), ["--seed", "-1"], "--seed"),
+    (
+        "seed too large",
+        lambda d: write_penguins_csv(d / "p.csv"),
+        ["--seed", "99999999999"],
+        "--seed must be between 0 and 4294967295",
+    ),
+    (
+        "model name is a path",
+        lambda d: write_penguins_csv(d / "p.csv"),
+        ["--name", "../evil"],
+        "invalid model name '../evil'",
+    ),
 ]
 
 
@@ -92,6 +113,7 @@ def test_fatal_inputs_exit_2_with_one_line_and_write_nothing(
     result = run(*args, "--store", str(tmp_path / "store"), cwd=tmp_path)
     line = one_error_line(result)
     assert message in line, f"{case}: {line}"
+    assert result.stdout == "", f"{case}: the quality report came before the error"
     assert not (tmp_path / "store").exists()
     assert not (tmp_path / ".forestream").exists()
 
@@ -200,3 +222,52 @@ def test_show_and_list_json_are_machine_readable(tmp_path: Path) -> None:
     assert "no previously served version" in line
     line = one_error_line(run("models", "show", "v9", cwd=tmp_path))
     assert "no version v9" in line
+
+
+@pytest.mark.parametrize("store", ["a-file", "a-file/below", "/proc/forestream-no-such-dir"])
+def test_an_unusable_store_is_one_line_before_any_report(tmp_path: Path, store: str) -> None:
+    (tmp_path / "a-file").write_text("not a directory")
+    csv = write_penguins_csv(tmp_path / "p.csv")
+    result = run("train", "--data", str(csv), "--target", "species", "--store", store, cwd=tmp_path)
+    line = one_error_line(result)
+    assert store in line and ("not a directory" in line or "No such file" in line), line
+    assert result.stdout == ""
+    for command in (["models", "list"], ["models", "show", "v1"]):
+        line = one_error_line(run(*command, "--store", str(tmp_path / "a-file"), cwd=tmp_path))
+        assert "a-file is not a directory" in line
+
+
+def test_broken_store_files_are_named_not_tracebacks_or_ignored(tmp_path: Path) -> None:
+    csv = write_penguins_csv(tmp_path / "p.csv")
+    for _ in range(2):
+        trained = run("train", "--data", str(csv), "--target", "species", "--trees", "3",
+                      cwd=tmp_path)  # fmt: skip
+        assert trained.returncode == 0, trained.stderr
+    model = tmp_path / ".forestream" / "models" / "model"
+
+    report = model / "v1" / "quality_report.json"
+    report.write_text("x")
+    line = one_error_line(run("models", "show", "v1", cwd=tmp_path))
+    assert f"{report.relative_to(tmp_path)}: quality report is not valid JSON" in line
+
+    metadata = model / "v2" / "metadata.json"
+    body = json.loads(metadata.read_text())
+    del body["feature_schema"]
+    metadata.write_text(json.dumps(body))
+    for command in (["models", "show", "v2"], ["models", "list"]):
+        line = one_error_line(run(*command, cwd=tmp_path))
+        assert (
+            f"{metadata.relative_to(tmp_path)}: unreadable metadata: feature_schema: Field required"
+            in line
+        )
+    metadata.unlink()  # v2 is no longer a complete version
+
+    history = model / "promotions.jsonl"
+    for text, expected in [
+        ("garbage\n", "line 1: not a promotion entry ('garbage')"),
+        ('{"action": "promote", "version": "v2"}\n', "names v2 as served, but the store has no"),
+    ]:
+        history.write_text(text)
+        for command in (["models", "list"], ["models", "list", "--json"], ["models", "rollback"]):
+            line = one_error_line(run(*command, cwd=tmp_path))
+            assert f"{history.relative_to(tmp_path)} {expected}" in line, (command, line)

@@ -4,10 +4,24 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Iterator
 
 import pytest
+import structlog
 
 from contracts.logs import configure_logging
+
+
+@pytest.fixture(autouse=True)
+def _restore_logging() -> Iterator[None]:
+    """configure_logging binds the (captured) stderr of this test: undo it for the next ones."""
+    root = logging.getLogger()
+    kafka = logging.getLogger("kafka")
+    saved = (list(root.handlers), root.level, list(kafka.handlers), kafka.propagate)
+    yield
+    structlog.reset_defaults()
+    root.handlers, root.level = saved[0], saved[1]
+    kafka.handlers, kafka.propagate = saved[2], saved[3]
 
 
 def test_a_flood_of_client_errors_becomes_one_line_with_a_count(

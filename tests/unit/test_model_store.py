@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
+import json
 import os
 import pickle
+import re
+import shutil
 import threading
 from pathlib import Path
 
@@ -14,6 +18,8 @@ from contracts.errors import UserError
 from contracts.model_store import (
     ARTIFACT,
     METADATA,
+    PROMOTIONS,
+    QUALITY_REPORT,
     ArtifactRejected,
     ModelMetadata,
     ModelStore,
@@ -194,3 +200,158 @@ def test_versions_are_never_paths(bad: str) -> None:
 def test_names_are_never_paths(tmp_path: Path) -> None:
     with pytest.raises(UserError, match="invalid model name"):
         ModelStore(tmp_path).versions("../etc")
+
+
+def test_a_corrupt_quality_report_is_one_line_naming_the_file(tmp_path: Path, pipeline) -> None:
+    store = ModelStore(tmp_path)
+    store.save("m", pipeline, _metadata(), {"rows": 10})
+    path = tmp_path / "m" / "v1" / QUALITY_REPORT
+    path.write_text("x")
+    with pytest.raises(UserError, match=re.escape(f"{path}: quality report is not valid JSON")):
+        store.quality_report("m", "v1")
+    path.write_text("[1, 2]")
+    with pytest.raises(UserError, match="not a JSON object"):
+        store.quality_report("m", "v1")
+    path.unlink()
+    assert store.quality_report("m", "v1") == {}
+
+
+@pytest.mark.parametrize(
+    ("corrupt", "expected"),
+    [
+        (lambda d: d.pop("feature_schema"), "feature_schema: Field required"),
+        (lambda d: d.update(data_rows="many"), "data_rows: Input should be a valid integer"),
+        (lambda d: d.update(classes="abc", data_rows=None), r"and 1 more error\b"),
+    ],
+)
+def test_unreadable_metadata_names_the_field_and_why(
+    tmp_path: Path, pipeline, corrupt, expected: str
+) -> None:
+    store = ModelStore(tmp_path)
+    store.save("m", pipeline, _metadata(), {})
+    path = tmp_path / "m" / "v1" / METADATA
+    data = json.loads(path.read_text())
+    corrupt(data)
+    path.write_text(json.dumps(data))
+    with pytest.raises(
+        ArtifactRejected, match=re.escape(f"{path}: unreadable metadata: ") + f".*{expected}"
+    ):
+        store.metadata("m", "v1")
+
+
+def test_metadata_that_is_not_json_says_so(tmp_path: Path, pipeline) -> None:
+    store = ModelStore(tmp_path)
+    store.save("m", pipeline, _metadata(), {})
+    (tmp_path / "m" / "v1" / METADATA).write_text("{broken")
+    with pytest.raises(ArtifactRejected, match="unreadable metadata: Invalid JSON"):
+        store.metadata("m", "v1")
+
+
+@pytest.mark.parametrize(
+    ("line", "expected"),
+    [
+        ("garbage", "line 2: not a promotion entry ('garbage')"),
+        ('["promote", "v1"]', "line 2: not a promotion entry"),
+        ('{"action": "demote", "version": "v1"}', "line 2: not a promotion entry"),
+        ('{"action": "promote", "version": "../v1"}', "line 2: invalid version '../v1'"),
+        ('{"action": "promote"}', "line 2: invalid version None"),
+    ],
+)
+def test_a_broken_promotion_history_is_reported_not_ignored(
+    tmp_path: Path, pipeline, line: str, expected: str
+) -> None:
+    store = ModelStore(tmp_path)
+    store.save("m", pipeline, _metadata(), {})
+    store.promote("m", "v1")
+    history = tmp_path / "m" / PROMOTIONS
+    with history.open("a") as out:
+        out.write(line + "\n")
+    before = history.read_bytes()
+    for read in (store.served, store.previously_served, store.rollback):
+        with pytest.raises(UserError, match=re.escape(f"{history} {expected}")):
+            read("m")
+    with pytest.raises(UserError, match=re.escape(expected)):
+        store.promote("m", "v1")
+    assert history.read_bytes() == before  # nothing appended to a history we cannot read
+
+
+def test_blank_lines_in_the_history_are_harmless(tmp_path: Path, pipeline) -> None:
+    store = ModelStore(tmp_path)
+    store.save("m", pipeline, _metadata(), {})
+    store.promote("m", "v1")
+    with (tmp_path / "m" / PROMOTIONS).open("a") as out:
+        out.write("\n  \n")
+    assert store.served("m") == "v1"
+
+
+def test_a_store_root_that_is_a_file_is_one_clear_error(tmp_path: Path, pipeline) -> None:
+    root = tmp_path / "store"
+    root.write_text("not a directory")
+    store = ModelStore(root)
+    with pytest.raises(
+        UserError, match=re.escape(f"model store {root}: {root} is not a directory")
+    ):
+        store.check_writable()
+    with pytest.raises(
+        UserError, match=re.escape(f"cannot write model store {root} (") + ".*Not a directory"
+    ):
+        store.save("m", pipeline, _metadata(), {})
+    for read in (store.names, lambda: store.versions("m"), lambda: store.metadata("m", "v1")):
+        with pytest.raises(UserError, match="is not a directory"):
+            read()
+    below = ModelStore(root / "sub")
+    with pytest.raises(
+        UserError, match=re.escape(f"cannot read model store {root / 'sub'}: Not a directory")
+    ):
+        below.versions("m")
+    with pytest.raises(UserError, match="is not a directory"):
+        below.check_writable()
+
+
+def test_a_missing_store_is_empty_and_checking_it_writes_nothing(tmp_path: Path) -> None:
+    store = ModelStore(tmp_path / "a" / "b")
+    store.check_writable()
+    assert store.names() == [] and store.versions("m") == [] and store.served("m") is None
+    assert not (tmp_path / "a").exists()
+
+
+def test_os_errors_while_writing_name_the_store(tmp_path: Path, pipeline, monkeypatch) -> None:
+    store = ModelStore(tmp_path)
+
+    def full_disk(self: Path, data: bytes) -> int:
+        raise OSError(errno.ENOSPC, "No space left on device", str(self))
+
+    monkeypatch.setattr(Path, "write_bytes", full_disk)
+    with pytest.raises(
+        UserError, match=re.escape(f"cannot write model store {tmp_path} (") + ".*No space left"
+    ):
+        store.save("m", pipeline, _metadata(), {})
+    monkeypatch.undo()
+    assert store.versions("m") == []
+    assert not [p for p in (tmp_path / "m").iterdir() if p.name.startswith(".tmp")]
+
+
+def test_prepare_reports_a_refused_mkdir(tmp_path: Path, monkeypatch) -> None:
+    def refused(self: Path, *args: object, **kwargs: object) -> None:
+        raise PermissionError(errno.EACCES, "Permission denied", str(self))
+
+    monkeypatch.setattr(Path, "mkdir", refused)
+    with pytest.raises(
+        UserError, match=re.escape(f"cannot write model store {tmp_path} ({tmp_path / 'm'})")
+    ):
+        ModelStore(tmp_path).prepare("m")
+
+
+def test_a_served_version_missing_from_the_store_is_reported(tmp_path: Path, pipeline) -> None:
+    store = ModelStore(tmp_path)
+    store.save("m", pipeline, _metadata(), {})
+    store.save("m", pipeline, _metadata(), {})
+    store.promote("m", "v1")
+    store.promote("m", "v2")
+    shutil.rmtree(tmp_path / "m" / "v1")  # an old version pruned by hand: harmless...
+    assert store.served("m") == "v2"
+    with pytest.raises(UserError, match=r"names v1 as served, but the store has no such version"):
+        store.previously_served("m")  # ...until something would roll back to it
+    shutil.rmtree(tmp_path / "m" / "v2")
+    with pytest.raises(UserError, match=r"names v2 as served.*known versions: none"):
+        store.served("m")

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pandas as pd
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -12,6 +15,7 @@ from training.quality import (
     assess,
     fatal_problem,
     infer_kind,
+    looks_continuous,
     prepare,
     target_strings,
 )
@@ -200,3 +204,50 @@ def test_any_frame_is_either_refused_in_one_line_or_prepared_for_fitting(
         expected = np.float64 if column.kind == "numeric" else object
         assert features[column.name].dtype == expected
     assert min(report.class_counts.values()) >= 2
+
+
+def test_a_continuous_target_is_refused_in_one_line_without_sklearn_warnings() -> None:
+    rng = np.random.default_rng(1)
+    data = pd.DataFrame({"x": rng.normal(size=200), "y": rng.normal(size=200)})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # sklearn's "y could represent a regression" would raise
+        report = assess(data, "y")
+    problem = fatal_problem(report, list(data.columns))
+    assert problem == (
+        "target 'y' has 200 distinct values in 200 rows: it looks continuous; "
+        "forestream trains classifiers"
+    )
+
+
+@pytest.mark.parametrize(
+    ("counts", "continuous"),
+    [
+        ({f"c{i}": 1 for i in range(21)} | {"big": 19}, True),  # 22 distinct in 40 rows
+        ({f"c{i}": 2 for i in range(21)}, False),  # 21 distinct in 42 rows: exactly half
+        ({f"c{i}": 1 for i in range(20)}, False),  # all distinct, but only 20 classes
+        ({f"c{i}": 1 for i in range(21)}, True),
+    ],
+)
+def test_continuous_means_many_distinct_values_and_most_rows_distinct(
+    counts: dict[str, int], continuous: bool
+) -> None:
+    assert looks_continuous(counts) is continuous
+
+
+def test_scarce_classes_are_listed_truncated_and_without_sklearn_warnings() -> None:
+    rng = np.random.default_rng(2)
+    labels = [f"r{i:02d}" for i in range(30)] + ["a"] * 100  # 31 classes in 130 rows
+    data = pd.DataFrame({"x": rng.normal(size=130), "label": labels})
+    problem = fatal_problem(assess(data, "label"), list(data.columns))
+    assert problem is not None and problem.startswith("too few rows for a stratified split")
+    assert "'r00' (1)" in problem and "'r09' (1)" in problem and "'r10'" not in problem
+    assert problem.endswith("and 20 more classes")
+    # 20 classes in 30 rows: not "continuous", but the leakage probe's tree sees more classes
+    # than half its rows; its sklearn warning is about our probe, not the user's fit
+    few = pd.DataFrame(
+        {"x": rng.normal(size=30), "label": [f"c{i}" for i in range(10)] * 2 + list("abcdefghij")}
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        report = assess(few, "label")
+    assert "'a' (1)" in (fatal_problem(report, list(few.columns)) or "")

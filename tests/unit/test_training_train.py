@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from pathlib import Path
 
 import pandas as pd
@@ -13,7 +14,7 @@ from contracts.errors import UserError
 from contracts.model_store import ModelStore
 from training.demo_data import PENGUINS_TARGET, write_penguins_csv
 from training.fit import ForestParams
-from training.train import TrainOutcome, TrainRequest, run_training
+from training.train import TrainOutcome, TrainRequest, check_params, run_training
 
 
 @pytest.fixture(scope="module")
@@ -85,3 +86,46 @@ def test_fatal_input_writes_nothing(tmp_path: Path) -> None:
         with pytest.raises(UserError):
             run_training(request, ModelStore(store_root))
     assert not store_root.exists()
+
+
+@pytest.mark.parametrize("seed", [-1, 2**32, 99_999_999_999])
+def test_a_seed_numpy_cannot_take_is_a_user_error(seed: int) -> None:
+    with pytest.raises(UserError, match=rf"--seed must be between 0 and 4294967295, got {seed}"):
+        check_params(ForestParams(seed=seed))
+
+
+def test_the_largest_seed_trains(tmp_path: Path) -> None:
+    check_params(ForestParams(seed=2**32 - 1))
+    csv = write_penguins_csv(tmp_path / "p.csv")
+    request = TrainRequest(csv, "species", "m", ForestParams(trees=2, seed=2**32 - 1))
+    assert run_training(request, ModelStore(tmp_path / "store")).metadata.version == "v1"
+
+
+def test_name_and_store_are_checked_before_the_data_is_read_or_reported(tmp_path: Path) -> None:
+    csv = write_penguins_csv(tmp_path / "p.csv")
+    reports: list[object] = []
+    with pytest.raises(UserError, match=re.escape("invalid model name '../evil'")):
+        run_training(
+            TrainRequest(csv, "species", "../evil"),
+            ModelStore(tmp_path / "store"),
+            on_report=reports.append,
+        )
+    a_file = tmp_path / "file"
+    a_file.write_text("")
+    with pytest.raises(
+        UserError, match=re.escape(f"model store {a_file}: {a_file} is not a directory")
+    ):
+        run_training(
+            TrainRequest(csv, "species", "m"), ModelStore(a_file), on_report=reports.append
+        )
+    assert reports == []
+    assert not (tmp_path / "store").exists()
+
+
+def test_a_continuous_target_writes_nothing(tmp_path: Path) -> None:
+    csv = tmp_path / "c.csv"
+    rows = [f"{i * 0.37 % 1:.6f},{i * 1.1:.3f}" for i in range(200)]
+    csv.write_text("x,y\n" + "\n".join(rows) + "\n")
+    with pytest.raises(UserError, match="target 'y' has 200 distinct values in 200 rows"):
+        run_training(TrainRequest(csv, "y", "m"), ModelStore(tmp_path / "store"))
+    assert not (tmp_path / "store").exists()
