@@ -40,6 +40,25 @@ def _unreachable(bootstrap: str) -> UserError:
     )
 
 
+def require_reachable(bootstrap: str, timeout_s: float = 3.0) -> None:
+    """Fail fast, in one line, when no listed broker accepts a TCP connection.
+
+    The clients would retry for tens of seconds (and log every attempt) before giving up; a
+    mistyped address deserves an answer now. A broker that accepts but then misbehaves is
+    still the clients' business.
+    """
+    import socket
+
+    for address in bootstrap.split(","):
+        host, _, port = address.strip().rpartition(":")
+        try:
+            with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s):
+                return
+        except (OSError, ValueError):
+            continue
+    raise _unreachable(bootstrap)
+
+
 def admin_client(bootstrap: str, timeout_s: float = 10.0) -> KafkaAdminClient:
     try:
         return KafkaAdminClient(

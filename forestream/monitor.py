@@ -219,6 +219,9 @@ def monitor(
         monitoring_topic=monitoring_topic,
         monitor_refresh_s=refresh,
     )
+    from contracts.kafka_io import require_reachable
+
+    require_reachable(s.bootstrap_servers)
     console = Console() if Console().is_terminal else Console(width=200)
     board = ReportBoard()
     if once:

@@ -140,7 +140,7 @@ def _run_produce(
 ) -> None:
     import structlog
 
-    from contracts.kafka_io import TopicSpec, ensure_topics, make_producer
+    from contracts.kafka_io import TopicSpec, ensure_topics, make_producer, require_reachable
     from contracts.logs import checked_log_format, configure_logging
     from producer.malformed import MalformedMixer
     from producer.sending import (
@@ -153,6 +153,7 @@ def _run_produce(
     from producer.synthetic import synthetic_rows
 
     configure_logging(checked_log_format(settings.log_format))
+    require_reachable(settings.bootstrap_servers)
     log = structlog.get_logger("forestream.producer")
     shifts = parse_shifts(shift_specs)
     run_id = uuid.uuid4().hex[:8]
@@ -268,7 +269,13 @@ def topics_create(
 
     Input, output, DLQ and labels get --partitions; monitoring 1; models 1, compacted.
     """
-    from contracts.kafka_io import TopicSpec, ensure_topics, models_topic_spec, topic_partitions
+    from contracts.kafka_io import (
+        TopicSpec,
+        ensure_topics,
+        models_topic_spec,
+        require_reachable,
+        topic_partitions,
+    )
     from contracts.settings import load_settings
     from producer.settings import ProducerSettings
 
@@ -292,6 +299,7 @@ def topics_create(
         # one partition: every worker reads the registry's events in the order they happened
         models_topic_spec(s.models_topic),
     ]
+    require_reachable(s.bootstrap_servers)
     existing = set(topic_partitions(s.bootstrap_servers, [spec.name for spec in specs]))
     ensure_topics(s.bootstrap_servers, specs)
     actual = topic_partitions(s.bootstrap_servers, [spec.name for spec in specs])

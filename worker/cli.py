@@ -126,6 +126,7 @@ def worker(
     log_format: LogFormatOpt = None,
 ) -> None:
     """Score the input topic with the promoted model: predictions out, bad records to the DLQ."""
+    from contracts.kafka_io import require_reachable
     from contracts.logs import checked_log_format, configure_logging
     from contracts.settings import load_settings
     from worker.settings import WorkerSettings
@@ -151,6 +152,7 @@ def worker(
         log_format=log_format,
     )
     configure_logging(checked_log_format(settings.log_format))
+    require_reachable(settings.bootstrap_servers)
 
     if processes is not None and processes != 1:
         from worker.supervisor import supervise

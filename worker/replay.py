@@ -605,6 +605,9 @@ def register(app: typer.Typer) -> None:
                 }
             )
             model = _load_model(settings, state.model_version)
+            from contracts.kafka_io import require_reachable
+
+            require_reachable(settings.bootstrap_servers)
             path = resume
         else:
             if output_topic is None:
@@ -621,8 +624,9 @@ def register(app: typer.Typer) -> None:
                 )
             flags = parse_range(from_offset, to_offset, from_time, to_time)
             model = _load_model(settings, model_version)
-            from contracts.kafka_io import make_consumer
+            from contracts.kafka_io import make_consumer, require_reachable
 
+            require_reachable(settings.bootstrap_servers)
             probe = make_consumer(settings.bootstrap_servers, group_id=None)
             try:
                 state = resolve_checkpoint(
