@@ -49,12 +49,17 @@ def require_reachable(bootstrap: str, timeout_s: float = 3.0) -> None:
     """
     import socket
 
-    for address in bootstrap.split(","):
-        host, _, port = address.strip().rpartition(":")
+    from kafka.cluster import collect_hosts
+
+    try:
+        hosts = collect_hosts(bootstrap)
+    except ValueError:
+        hosts = []
+    for host, port, _family in hosts:
         try:
-            with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s):
+            with socket.create_connection((host, port), timeout=timeout_s):
                 return
-        except (OSError, ValueError):
+        except OSError:
             continue
     raise _unreachable(bootstrap)
 

@@ -400,23 +400,14 @@ class ModelStore:
             raise self._os_error("write", exc) from None
 
     def served(self, name: str) -> str | None:
+        """As recorded: the version may have been pruned by hand since (``models list`` warns,
+        loading it fails with a clear error, and promoting another one repairs it)."""
         stack = self._served_stack(name)
-        return self._present(name, stack[-1]) if stack else None
+        return stack[-1] if stack else None
 
     def previously_served(self, name: str) -> str | None:
         stack = self._served_stack(name)
-        return self._present(name, stack[-2]) if len(stack) > 1 else None
-
-    def _present(self, name: str, version: str) -> str:
-        """A version the history points at must still be in the store (old ones pruned by hand
-        are fine, as long as nothing would serve or roll back to them)."""
-        if version not in self.versions(name):
-            known = ", ".join(self.versions(name)) or "none"
-            raise UserError(
-                f"{self.root / name / PROMOTIONS} names {version} as served, but the store has "
-                f"no such version (known versions: {known}); promote one that exists"
-            )
-        return version
+        return stack[-2] if len(stack) > 1 else None
 
     def promote(self, name: str, version: str) -> ModelMetadata:
         """Mark a version as the one workers serve; it must exist and pass verification."""
@@ -434,6 +425,11 @@ class ModelStore:
             raise UserError(
                 f"model {name!r} has no previously served version to roll back to "
                 f"(served now: {current or 'nothing'})"
+            )
+        if previous not in self.versions(name):
+            raise UserError(
+                f"cannot roll {name!r} back to {previous}: that version is no longer in "
+                f"{self.root}; promote the version to serve instead"
             )
         self._append(name, "rollback", previous)
         return previous

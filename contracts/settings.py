@@ -12,7 +12,7 @@ import re
 from pathlib import Path
 from typing import Any, TypeVar
 
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from contracts.errors import UserError
@@ -102,24 +102,34 @@ class CommonSettings(BaseSettings):
             raise ValueError(problem)
         return name
 
-    @model_validator(mode="after")
-    def _distinct_topics(self) -> CommonSettings:
-        """One topic in two roles (say input and output) would feed the worker its own output."""
+    def check_distinct_topics(self) -> None:
+        """One topic in two roles (say input and output) would feed a worker its own output.
+
+        Called by the commands that use every role (worker, ``topics create``); a replay may
+        well read what is the DLQ topic of the live system.
+        """
         roles: dict[str, str] = {}
         for role in ("input", "output", "dlq", "models", "labels", "monitoring"):
             name = getattr(self, f"{role}_topic")
             if name in roles:
-                raise ValueError(f"{roles[name]} and {role} topics are both {name!r}")
+                raise UserError(
+                    f"invalid settings: {roles[name]} and {role} topics are both {name!r}"
+                )
             roles[name] = role
-        return self
 
     @field_validator("bootstrap_servers")
     @classmethod
     def _some_address(cls, value: str) -> str:
-        hosts = [h.strip() for h in value.split(",") if h.strip()]
-        if not hosts or any(":" not in h or not h.rsplit(":", 1)[1].isdigit() for h in hosts):
-            raise ValueError(f"{value!r} is not a list of host:port addresses")
-        return ",".join(hosts)
+        """Parsed the way the Kafka client will parse it (scheme, IPv6, default port 9092)."""
+        from kafka.cluster import collect_hosts
+
+        try:
+            hosts = collect_hosts(value)
+        except ValueError:
+            hosts = []
+        if not hosts or any(not host for host, _port, _family in hosts):
+            raise ValueError(f"{value!r} is not a list of broker addresses (host[:port],...)")
+        return value.strip()
 
 
 S = TypeVar("S", bound=BaseSettings)

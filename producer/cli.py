@@ -299,6 +299,7 @@ def topics_create(
         # one partition: every worker reads the registry's events in the order they happened
         models_topic_spec(s.models_topic),
     ]
+    s.check_distinct_topics()
     require_reachable(s.bootstrap_servers)
     existing = set(topic_partitions(s.bootstrap_servers, [spec.name for spec in specs]))
     ensure_topics(s.bootstrap_servers, specs)

@@ -267,7 +267,15 @@ def models_list(
 ) -> None:
     """Versions of a model, oldest first, with their holdout metrics and which one is served."""
     settings = _settings(model_name=name, model_store=store)
-    rows = _version_rows(_store(settings), settings.model_name)
+    model_store = _store(settings)
+    rows = _version_rows(model_store, settings.model_name)
+    served = model_store.served(settings.model_name)
+    if served is not None and all(row["version"] != served for row in rows):
+        typer.echo(
+            f"warning: the promotion history names {served} as served, but {settings.model_store} "
+            "has no such version: workers cannot load it; promote one that exists",
+            err=True,
+        )
     if as_json:
         typer.echo(json.dumps(rows, indent=2))
         return

@@ -152,6 +152,7 @@ def worker(
         log_format=log_format,
     )
     configure_logging(checked_log_format(settings.log_format))
+    settings.check_distinct_topics()
     require_reachable(settings.bootstrap_servers)
 
     if processes is not None and processes != 1:

@@ -55,6 +55,7 @@ _REVOKE_PUBLISH_LIMIT_S = 30.0
 session timeout, since that callback holds the client's IO thread (and its heartbeats)."""
 _REVOKE_COMMIT_TIMEOUT_MS = 10_000
 _COMMIT_TIMEOUT_MS = 10_000
+_LATE_COMMIT_TIMEOUT_MS = 3_000
 _SHUTDOWN_GRACE_S = 10.0
 """After SIGTERM, how long a batch in hand may wait for the broker before it is left
 uncommitted (to be re-read by the next owner) so that the worker exits."""
@@ -237,7 +238,10 @@ class Worker:
         try:
             self._loop()
             self._finish_pending()
-            self._commit_held(attempts=3)
+            if self._past_shutdown_grace():  # the broker is away: one short try, then go
+                self._commit_held(attempts=1, timeout_ms=_LATE_COMMIT_TIMEOUT_MS)
+            else:
+                self._commit_held(attempts=3)
             self._report_monitoring(force=True)
         finally:
             self._close()
@@ -292,16 +296,17 @@ class Worker:
         which may still commit acknowledged offsets.
         """
         self._mark_stopping()
+        late = self._past_shutdown_grace()  # the broker is away: do not wait for it again
         self._pending = []
         if self.monitoring is not None:
             self.monitoring.stop()
         if self._consumer is not None:
             with contextlib.suppress(KafkaError):
-                self._consumer.close(autocommit=False)
+                self._consumer.close(autocommit=False, timeout_ms=3000 if late else None)
         if self._producer is not None:
             with contextlib.suppress(KafkaError):
-                self._producer.flush(timeout=30)
-            self._producer.close(timeout=5)
+                self._producer.flush(timeout=1 if late else 30)
+            self._producer.close(timeout=1 if late else 5)
         self.follower.stop()
 
     # -- batching ------------------------------------------------------------------------------
@@ -526,7 +531,7 @@ class Worker:
         self.totals.dead_lettered.update(batch.dead_lettered)
         self._observers.notify(batch.scored)
 
-    def _commit_held(self, attempts: int = 5) -> bool:
+    def _commit_held(self, attempts: int = 5, timeout_ms: int = _COMMIT_TIMEOUT_MS) -> bool:
         """Commit every acknowledged-but-uncommitted offset; what fails is kept for next time.
 
         Held offsets are merged into the next commit, so a commit lost to a broker blip is
@@ -539,7 +544,7 @@ class Worker:
                 return True
             offsets = dict(self._uncommitted)
             try:
-                self._consumer.commit(offsets, timeout_ms=_COMMIT_TIMEOUT_MS)
+                self._consumer.commit(offsets, timeout_ms=timeout_ms)
             except CommitFailedError as exc:
                 # the group moved on without us: the new owner re-reads these (duplicates)
                 log.warning("commit_rejected_after_rebalance", error=str(exc))

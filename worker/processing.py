@@ -302,7 +302,9 @@ class AckedPublisher:
                     retry_in_s=backoff,
                     suppressed=self._warn.take_suppressed(),
                 )
-            time.sleep(backoff)
+            if not _sleep_unless(give_up, backoff):
+                log.error("publish_abandoned", unacknowledged=len(failed), error=str(error))
+                return False
             backoff = min(backoff * 2, _MAX_BACKOFF_S)
             pending = failed
         return True
@@ -320,6 +322,16 @@ class AckedPublisher:
                     return False
             except KafkaError:  # the futures say which records failed
                 return True
+
+
+def _sleep_unless(give_up: Callable[[], bool], seconds: float) -> bool:
+    """Sleep ``seconds`` in short steps; False as soon as ``give_up()`` (a deadline) holds."""
+    until = time.monotonic() + seconds
+    while (left := until - time.monotonic()) > 0:
+        if give_up():
+            return False
+        time.sleep(min(left, 0.1))
+    return True
 
 
 class ObserverFanout:

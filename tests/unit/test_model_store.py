@@ -342,16 +342,17 @@ def test_prepare_reports_a_refused_mkdir(tmp_path: Path, monkeypatch) -> None:
         ModelStore(tmp_path).prepare("m")
 
 
-def test_a_served_version_missing_from_the_store_is_reported(tmp_path: Path, pipeline) -> None:
+def test_pruned_versions_are_recorded_as_they_were_and_never_rolled_back_to(
+    tmp_path: Path, pipeline
+) -> None:
     store = ModelStore(tmp_path)
     store.save("m", pipeline, _metadata(), {})
     store.save("m", pipeline, _metadata(), {})
     store.promote("m", "v1")
     store.promote("m", "v2")
-    shutil.rmtree(tmp_path / "m" / "v1")  # an old version pruned by hand: harmless...
-    assert store.served("m") == "v2"
-    with pytest.raises(UserError, match=r"names v1 as served, but the store has no such version"):
-        store.previously_served("m")  # ...until something would roll back to it
+    shutil.rmtree(tmp_path / "m" / "v1")  # an old version pruned by hand
+    assert (store.served("m"), store.previously_served("m")) == ("v2", "v1")
+    with pytest.raises(UserError, match=r"cannot roll 'm' back to v1: that version is no longer"):
+        store.rollback("m")
     shutil.rmtree(tmp_path / "m" / "v2")
-    with pytest.raises(UserError, match=r"names v2 as served.*known versions: none"):
-        store.served("m")
+    assert store.served("m") == "v2"  # what the history says; models list warns about it

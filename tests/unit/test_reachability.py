@@ -42,3 +42,8 @@ def test_any_listed_address_that_listens_is_enough(listening_port: int, closed_p
 def test_nothing_listening_is_one_user_error(closed_port: int) -> None:
     with pytest.raises(UserError, match=rf"cannot reach Kafka at 127.0.0.1:{closed_port}: start"):
         require_reachable(f"127.0.0.1:{closed_port}")
+
+
+def test_the_clients_address_forms_are_understood(listening_port: int) -> None:
+    require_reachable(f"PLAINTEXT://127.0.0.1:{listening_port}")
+    require_reachable(f" 127.0.0.1:{listening_port} ")

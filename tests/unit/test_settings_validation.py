@@ -30,17 +30,20 @@ def test_non_finite_numbers_are_refused_as_such(value: float) -> None:
         load_settings(ProducerSettings, rate=value)
 
 
-@pytest.mark.parametrize("value", ["", " , ", "nonsense", "host:", "host:port", "a:1,b"])
-def test_bootstrap_must_be_host_port_pairs(value: str) -> None:
-    with pytest.raises(UserError, match=r"invalid setting bootstrap_servers: .*host:port"):
+@pytest.mark.parametrize("value", ["", " , ", "host:port", "a:1,b:x"])
+def test_bootstrap_must_parse_as_broker_addresses(value: str) -> None:
+    with pytest.raises(UserError, match=r"invalid setting bootstrap_servers: .*broker addresses"):
         load_settings(CommonSettings, bootstrap_servers=value)
 
 
-def test_bootstrap_list_is_normalised() -> None:
-    settings = load_settings(CommonSettings, bootstrap_servers=" kafka:9092, [::1]:9093 ")
-    assert settings.bootstrap_servers == "kafka:9092,[::1]:9093"
+@pytest.mark.parametrize(
+    "value", ["kafka", "kafka:9092", " a:1, b:2 ", "[::1]", "[::1]:9093", "PLAINTEXT://h:9092"]
+)
+def test_bootstrap_forms_the_client_accepts_are_kept(value: str) -> None:
+    assert load_settings(CommonSettings, bootstrap_servers=value).bootstrap_servers == value.strip()
 
 
-def test_one_topic_in_two_roles_is_refused() -> None:
+def test_one_topic_in_two_roles_is_refused_where_every_role_is_used() -> None:
+    settings = load_settings(CommonSettings, input_topic="x", dlq_topic="x")  # replay may
     with pytest.raises(UserError, match=r"invalid settings: input and dlq topics are both 'x'"):
-        load_settings(CommonSettings, input_topic="x", dlq_topic="x")
+        settings.check_distinct_topics()
