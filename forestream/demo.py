@@ -564,6 +564,9 @@ def register(app: typer.Typer) -> None:
             rate=rate or (150 if short else 250),
             seconds=seconds or (20 if short else 60),
             drift_window=500 if short else DemoPlan.drift_window,
+            # v2 has its own drift reference (its own split), so the window starts over at the
+            # swap; in 20 s, swapping before the drift leaves v2 enough drifted records to flag
+            promote_v2_at=0.45 if short else DemoPlan.promote_v2_at,
         )
         bootstrap = bootstrap_servers or os.environ.get("FORESTREAM_BOOTSTRAP_SERVERS")
         raise typer.Exit(run_demo(plan, bootstrap, workdir, as_json))
