@@ -13,6 +13,7 @@ from kafka.admin import NewTopic
 from kafka.errors import KafkaError, TopicAlreadyExistsError
 
 from contracts.errors import UserError
+from contracts.settings import broker_addresses
 
 
 @dataclass(frozen=True)
@@ -49,13 +50,7 @@ def require_reachable(bootstrap: str, timeout_s: float = 3.0) -> None:
     """
     import socket
 
-    from kafka.cluster import collect_hosts
-
-    try:
-        hosts = collect_hosts(bootstrap)
-    except ValueError:
-        hosts = []
-    for host, port, _family in hosts:
+    for host, port in broker_addresses(bootstrap):
         try:
             with socket.create_connection((host, port), timeout=timeout_s):
                 return

@@ -70,6 +70,20 @@ def illegal_topic_name(name: str) -> str | None:
     )
 
 
+def broker_addresses(bootstrap: str) -> list[tuple[str, int]]:
+    """``(host, port)`` per listed broker, parsed as the Kafka client parses the list (scheme,
+    IPv6 brackets, default port 9092); empty when the list cannot be parsed or names no host."""
+    from kafka.cluster import collect_hosts
+
+    try:
+        hosts = collect_hosts(bootstrap)
+    except ValueError:
+        return []
+    if any(not host for host, _port, _family in hosts):
+        return []
+    return [(host, port) for host, port, _family in hosts]
+
+
 class CommonSettings(BaseSettings):
     """Broker address and topic names: what every command that talks to Kafka needs."""
 
@@ -121,13 +135,7 @@ class CommonSettings(BaseSettings):
     @classmethod
     def _some_address(cls, value: str) -> str:
         """Parsed the way the Kafka client will parse it (scheme, IPv6, default port 9092)."""
-        from kafka.cluster import collect_hosts
-
-        try:
-            hosts = collect_hosts(value)
-        except ValueError:
-            hosts = []
-        if not hosts or any(not host for host, _port, _family in hosts):
+        if not broker_addresses(value):
             raise ValueError(f"{value!r} is not a list of broker addresses (host[:port],...)")
         return value.strip()
 

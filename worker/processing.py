@@ -216,22 +216,30 @@ def dead_letter(
     letter_headers = dlq_headers(
         code, detail, record.topic, record.partition, record.offset, model_version
     )
-    key = record.key
-    if key is not None and len(key) > MAX_KEY_BYTES:
-        letter_headers += [
-            (headers.KEY_TRUNCATED, str(len(key)).encode()),
-            (headers.KEY_SHA256, hashlib.sha256(key).hexdigest().encode()),
-        ]
-        key = key[:MAX_KEY_BYTES]
+    key = _cut(record.key, MAX_KEY_BYTES, headers.KEY_TRUNCATED, headers.KEY_SHA256, letter_headers)
     # the client refuses a record with neither key nor value: only then send an empty value
     value = record.value if (record.value is not None or key is not None) else b""
-    if value is not None and len(value) > DLQ_MAX_VALUE_BYTES:
-        letter_headers += [
-            (headers.VALUE_TRUNCATED, str(len(value)).encode()),
-            (headers.VALUE_SHA256, hashlib.sha256(value).hexdigest().encode()),
-        ]
-        value = value[:DLQ_MAX_VALUE_BYTES]
+    value = _cut(
+        value, DLQ_MAX_VALUE_BYTES, headers.VALUE_TRUNCATED, headers.VALUE_SHA256, letter_headers
+    )
     return Outgoing(dlq_topic, key, value, letter_headers)
+
+
+def _cut(
+    data: bytes | None,
+    limit: int,
+    size_header: str,
+    sha256_header: str,
+    letter_headers: list[tuple[str, bytes]],
+) -> bytes | None:
+    """``data`` cut to ``limit`` bytes, noting its original size and sha256 in the headers."""
+    if data is None or len(data) <= limit:
+        return data
+    letter_headers += [
+        (size_header, str(len(data)).encode()),
+        (sha256_header, hashlib.sha256(data).hexdigest().encode()),
+    ]
+    return data[:limit]
 
 
 def next_offsets(records: Sequence[InputRecord]) -> dict[tuple[str, int], int]:
@@ -287,12 +295,7 @@ class AckedPublisher:
                 return True
             error = error or next((f.exception for f in futures if f.is_done and f.failed()), None)
             if not waited or give_up():
-                log.error(
-                    "publish_abandoned",
-                    unacknowledged=len(failed),
-                    error=str(error) if error else "gave up waiting for acknowledgements",
-                )
-                return False
+                break
             if self._warn.ready():
                 log.warning(
                     "publish_failed_retrying",
@@ -303,11 +306,17 @@ class AckedPublisher:
                     suppressed=self._warn.take_suppressed(),
                 )
             if not _sleep_unless(give_up, backoff):
-                log.error("publish_abandoned", unacknowledged=len(failed), error=str(error))
-                return False
+                break
             backoff = min(backoff * 2, _MAX_BACKOFF_S)
             pending = failed
-        return True
+        else:
+            return True
+        log.error(
+            "publish_abandoned",
+            unacknowledged=len(failed),
+            error=str(error) if error else "gave up waiting for acknowledgements",
+        )
+        return False
 
     def _await_acks(self, give_up: Callable[[], bool]) -> bool:
         """Wait until everything sent is acknowledged or failed; False if given up first."""
