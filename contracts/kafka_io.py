@@ -1,4 +1,9 @@
-"""Kafka client construction and topic creation, configured one way for every component."""
+"""Kafka client construction and topic creation, configured one way for every component.
+
+Every Kafka client of every command is built here, from one :class:`KafkaConnection` (address,
+TLS/SASL, compression, topic layout), so a secured cluster is reached alike everywhere. A plain
+``str`` stands for a PLAINTEXT address with defaults (the local broker: tests, benchmarks).
+"""
 
 from __future__ import annotations
 
@@ -12,8 +17,17 @@ from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
 from kafka.admin import NewTopic
 from kafka.errors import KafkaError, TopicAlreadyExistsError
 
+from contracts.connection import KafkaConnection
 from contracts.errors import UserError
+from contracts.kafka_errors import NotAuthorized, classify_client_error, topic_unavailable
 from contracts.settings import broker_addresses
+
+Target = KafkaConnection | str
+"""A connection, or a bare PLAINTEXT bootstrap address."""
+
+
+def connection(target: Target) -> KafkaConnection:
+    return target if isinstance(target, KafkaConnection) else KafkaConnection(bootstrap=target)
 
 
 @dataclass(frozen=True)
@@ -35,102 +49,128 @@ def models_topic_spec(name: str) -> TopicSpec:
 
 
 def _unreachable(bootstrap: str) -> UserError:
+    """No broker answered at all: the address (or the local broker) is the likely mistake."""
     return UserError(
         f"cannot reach Kafka at {bootstrap}: start the local broker with "
         "`forestream kafka start` or pass --bootstrap-servers"
     )
 
 
-def require_reachable(bootstrap: str, timeout_s: float = 3.0) -> None:
-    """Fail fast, in one line, when no listed broker accepts a TCP connection.
+def require_reachable(target: Target, timeout_s: float = 3.0) -> None:
+    """Fail fast, in one line, when no listed broker accepts a TCP connection, or (on a
+    secured cluster) when TLS or SASL refuse us.
 
     The clients would retry for tens of seconds (and log every attempt) before giving up; a
-    mistyped address deserves an answer now. A broker that accepts but then misbehaves is
-    still the clients' business.
+    mistyped address, an untrusted CA or a wrong password deserve an answer now, with the
+    exit code of their class (:mod:`contracts.kafka_errors`). A broker that accepts but then
+    misbehaves is still the clients' business.
     """
     import socket
 
-    for host, port in broker_addresses(bootstrap):
+    conn = connection(target)
+    for host, port in broker_addresses(conn.bootstrap):
         try:
             with socket.create_connection((host, port), timeout=timeout_s):
-                return
+                break
         except OSError:
             continue
-    raise _unreachable(bootstrap)
+    else:
+        raise _unreachable(conn.bootstrap)
+    if conn.uses_tls or conn.uses_sasl:
+        from contracts.kafka_preflight import check_security
+
+        check_security(conn, host, port, timeout_s=max(timeout_s, 5.0))
 
 
-def admin_client(bootstrap: str, timeout_s: float = 10.0) -> KafkaAdminClient:
+def _built(conn: KafkaConnection, build: Any) -> Any:
+    """Build a client; a failure is classified (fatal: one line and its exit code)."""
     try:
-        return KafkaAdminClient(
-            bootstrap_servers=bootstrap,
+        return build()
+    except KafkaError as exc:
+        fatal = classify_client_error(exc, conn)
+        if fatal is not None:
+            raise fatal from None
+        raise _unreachable(conn.bootstrap) from exc
+
+
+def admin_client(target: Target, timeout_s: float = 10.0) -> KafkaAdminClient:
+    conn = connection(target)
+    return _built(
+        conn,
+        lambda: KafkaAdminClient(
+            **conn.kafka_python_config(),
             client_id="forestream-admin",
             request_timeout_ms=int(timeout_s * 1000),
             bootstrap_timeout_ms=int(timeout_s * 1000),
-        )
-    except KafkaError as exc:
-        raise _unreachable(bootstrap) from exc
+        ),
+    )
 
 
-def make_producer(bootstrap: str, **overrides: Any) -> KafkaProducer:
+def make_producer(target: Target, **overrides: Any) -> KafkaProducer:
     """A producer that waits for the full ISR and retries: outputs must not be lost."""
+    conn = connection(target)
     config: dict[str, Any] = {
-        "bootstrap_servers": bootstrap,
+        **conn.kafka_python_config(),
         "acks": "all",
         "linger_ms": 5,
         "batch_size": 256 * 1024,
-        "compression_type": None,
+        "compression_type": None if conn.compression == "none" else conn.compression,
         "retries": 2**31 - 1,
         "delivery_timeout_ms": 120_000,
         "max_in_flight_requests_per_connection": 5,
         "enable_idempotence": True,
     }
     config.update(overrides)
-    try:
-        return KafkaProducer(**config)
-    except KafkaError as exc:
-        raise _unreachable(bootstrap) from exc
+    return _built(conn, lambda: KafkaProducer(**config))
 
 
-def make_consumer(bootstrap: str, *topics: str, **overrides: Any) -> KafkaConsumer:
+def make_consumer(target: Target, *topics: str, **overrides: Any) -> KafkaConsumer:
+    conn = connection(target)
     config: dict[str, Any] = {
-        "bootstrap_servers": bootstrap,
+        **conn.kafka_python_config(),
         "enable_auto_commit": False,
         "auto_offset_reset": "earliest",
         "max_poll_records": 2000,
         "fetch_max_wait_ms": 100,
     }
     config.update(overrides)
-    try:
-        return KafkaConsumer(*topics, **config)
-    except KafkaError as exc:
-        raise _unreachable(bootstrap) from exc
+    return _built(conn, lambda: KafkaConsumer(*topics, **config))
 
 
-def ensure_topics(bootstrap: str, specs: Iterable[TopicSpec], timeout_s: float = 20.0) -> None:
+def new_topic(spec: TopicSpec, conn: KafkaConnection) -> NewTopic:
+    """The creation request: replication from the connection's settings, else the broker's
+    ``default.replication.factor`` (-1), never a hard-coded 1."""
+    return NewTopic(
+        spec.name,
+        num_partitions=spec.partitions,
+        replication_factor=conn.replication_factor or -1,
+        topic_configs={**conn.topic_configs(), **spec.configs},
+    )
+
+
+def ensure_topics(target: Target, specs: Iterable[TopicSpec], timeout_s: float = 20.0) -> None:
     """Create missing topics and wait until their metadata is visible; existing ones are kept."""
+    conn = connection(target)
     specs = list(specs)
     if not specs:
         return
-    admin = admin_client(bootstrap)
+    admin = admin_client(conn)
     try:
         existing = set(admin.list_topics())
         missing = [s for s in specs if s.name not in existing]
         if missing:
-            new = [
-                NewTopic(
-                    s.name,
-                    num_partitions=s.partitions,
-                    replication_factor=1,
-                    topic_configs=s.configs,
-                )
-                for s in missing
-            ]
+            new = [new_topic(s, conn) for s in missing]
             # another process may win the race to create a topic; that is fine
             try:
                 admin.create_topics(new, timeout_ms=int(timeout_s * 1000))
             except TopicAlreadyExistsError:
                 pass
             except KafkaError as exc:  # e.g. a partition count over the broker's policy
+                fatal = classify_client_error(exc, conn, topic=missing[0].name)
+                if isinstance(fatal, NotAuthorized):  # may not create it: it stays missing
+                    raise topic_unavailable(missing[0].name, conn, type(exc).__name__) from None
+                if fatal is not None:
+                    raise fatal from None
                 names = ", ".join(s.name for s in missing)
                 said = re.search(r"error_message='([^']+)'", str(exc))
                 reason = said.group(1) if said else str(exc)[:200]
@@ -147,10 +187,10 @@ def ensure_topics(bootstrap: str, specs: Iterable[TopicSpec], timeout_s: float =
         admin.close()
 
 
-def topic_partitions(bootstrap: str, names: Iterable[str]) -> dict[str, int]:
+def topic_partitions(target: Target, names: Iterable[str]) -> dict[str, int]:
     """Partition counts of those of ``names`` that exist (absent ones are left out)."""
     wanted = set(names)
-    consumer = make_consumer(bootstrap)
+    consumer = make_consumer(target)
     try:
         present = wanted & set(consumer.topics())
         return {name: len(consumer.partitions_for_topic(name) or ()) for name in sorted(present)}

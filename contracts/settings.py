@@ -12,9 +12,16 @@ import re
 from pathlib import Path
 from typing import Any, TypeVar
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from contracts.connection import (
+    DEFAULT_COMPRESSION,
+    Compression,
+    KafkaConnection,
+    SaslMechanism,
+    SecurityProtocol,
+)
 from contracts.errors import UserError
 
 FALLBACK_BOOTSTRAP = "127.0.0.1:9092"
@@ -101,6 +108,108 @@ class CommonSettings(BaseSettings):
     model_name: str = "model"
     log_format: str = "auto"
 
+    # How to reach a secured cluster: env only (deployment config; a password in a flag would
+    # show in `ps`), the same for every command. Secrets are SecretStr: never printed.
+    security_protocol: SecurityProtocol = "PLAINTEXT"
+    sasl_mechanism: SaslMechanism | None = None
+    sasl_username: str | None = None
+    sasl_password: SecretStr | None = None
+    sasl_password_file: Path | None = None
+    ssl_cafile: Path | None = None
+    ssl_certfile: Path | None = None
+    ssl_keyfile: Path | None = None
+    ssl_key_password: SecretStr | None = None
+    ssl_check_hostname: bool = True
+    compression: Compression = DEFAULT_COMPRESSION
+    replication_factor: int | None = Field(default=None, ge=1, le=32767)
+    min_insync_replicas: int | None = Field(default=None, ge=1, le=32767)
+
+    @field_validator("security_protocol", "sasl_mechanism", mode="before")
+    @classmethod
+    def _upper(cls, value: object) -> object:
+        return value.strip().upper() if isinstance(value, str) else value
+
+    @field_validator("compression", mode="before")
+    @classmethod
+    def _lower(cls, value: object) -> object:
+        return value.strip().lower() if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _coherent_security(self) -> CommonSettings:
+        """Half a security configuration fails at the first connection with a baffling client
+        error; say here which setting is missing or contradicts the protocol."""
+        sasl = self.security_protocol in ("SASL_PLAINTEXT", "SASL_SSL")
+        tls = self.security_protocol in ("SSL", "SASL_SSL")
+        p = self.security_protocol
+        if sasl:
+            if self.sasl_mechanism is None:
+                raise ValueError(f"FORESTREAM_SASL_MECHANISM is required with {p}")
+            if not self.sasl_username:
+                raise ValueError(f"FORESTREAM_SASL_USERNAME is required with {p}")
+            if self.sasl_password is not None and self.sasl_password_file is not None:
+                raise ValueError(
+                    "give FORESTREAM_SASL_PASSWORD or FORESTREAM_SASL_PASSWORD_FILE, not both"
+                )
+            if self.sasl_password_file is not None:
+                self.sasl_password = SecretStr(_read_secret(self.sasl_password_file))
+            if self.sasl_password is None:
+                raise ValueError(
+                    f"FORESTREAM_SASL_PASSWORD or FORESTREAM_SASL_PASSWORD_FILE is required "
+                    f"with {p}"
+                )
+        else:
+            given = [
+                name
+                for name in (
+                    "sasl_mechanism",
+                    "sasl_username",
+                    "sasl_password",
+                    "sasl_password_file",
+                )
+                if getattr(self, name) is not None
+            ]
+            if given:
+                raise ValueError(
+                    f"FORESTREAM_{given[0].upper()} is set but FORESTREAM_SECURITY_PROTOCOL={p} "
+                    "uses no SASL (SASL_SSL or SASL_PLAINTEXT do)"
+                )
+        files = {"ssl_cafile": self.ssl_cafile, "ssl_certfile": self.ssl_certfile,
+                 "ssl_keyfile": self.ssl_keyfile}  # fmt: skip
+        if not tls:
+            given = [name for name, path in files.items() if path is not None]
+            if given or self.ssl_key_password is not None:
+                name = given[0] if given else "ssl_key_password"
+                raise ValueError(
+                    f"FORESTREAM_{name.upper()} is set but FORESTREAM_SECURITY_PROTOCOL={p} "
+                    "uses no TLS (SSL or SASL_SSL do)"
+                )
+        if (self.ssl_certfile is None) != (self.ssl_keyfile is None):
+            raise ValueError(
+                "mutual TLS needs both FORESTREAM_SSL_CERTFILE and FORESTREAM_SSL_KEYFILE"
+            )
+        for name, path in files.items():
+            if path is not None and not path.is_file():
+                raise ValueError(f"FORESTREAM_{name.upper()}={path} is not a readable file")
+        return self
+
+    def kafka(self) -> KafkaConnection:
+        """What every Kafka client of this command is built from (``contracts.kafka_io``)."""
+        return KafkaConnection(
+            bootstrap=self.bootstrap_servers,
+            security_protocol=self.security_protocol,
+            sasl_mechanism=self.sasl_mechanism,
+            sasl_username=self.sasl_username,
+            sasl_password=self.sasl_password,
+            ssl_cafile=self.ssl_cafile,
+            ssl_certfile=self.ssl_certfile,
+            ssl_keyfile=self.ssl_keyfile,
+            ssl_key_password=self.ssl_key_password,
+            ssl_check_hostname=self.ssl_check_hostname,
+            compression=self.compression,
+            replication_factor=self.replication_factor,
+            min_insync_replicas=self.min_insync_replicas,
+        )
+
     @field_validator(
         "input_topic",
         "output_topic",
@@ -138,6 +247,18 @@ class CommonSettings(BaseSettings):
         if not broker_addresses(value):
             raise ValueError(f"{value!r} is not a list of broker addresses (host[:port],...)")
         return value.strip()
+
+
+def _read_secret(path: Path) -> str:
+    """A mounted secret: the whole file, without the trailing newline editors and
+    ``kubectl create secret --from-file`` leave."""
+    try:
+        secret = path.read_text(encoding="utf-8").rstrip("\r\n")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ValueError(f"cannot read FORESTREAM_SASL_PASSWORD_FILE={path}: {exc}") from None
+    if not secret:
+        raise ValueError(f"FORESTREAM_SASL_PASSWORD_FILE={path} is empty")
+    return secret
 
 
 S = TypeVar("S", bound=BaseSettings)

@@ -28,6 +28,8 @@ from typing import IO, Annotated, Any
 import typer
 
 from contracts.cli_options import BootstrapOpt
+from contracts.connection import SECURITY_ENV as _SECURITY_ENV
+from contracts.connection import KafkaConnection
 from contracts.errors import UserError
 
 MODEL_NAME = "penguins"
@@ -117,8 +119,20 @@ class Demo:
         self.reader_error: str | None = None
 
     # -- environment -----------------------------------------------------------------------
+    def kafka(self) -> KafkaConnection:
+        """A cluster the user named is reached with their FORESTREAM_* security settings; the
+        local broker the demo starts is plaintext."""
+        if not self.given_bootstrap:
+            return KafkaConnection(bootstrap=self.bootstrap)
+        from contracts.settings import CommonSettings, load_settings
+
+        return load_settings(CommonSettings, bootstrap_servers=self.bootstrap).kafka()
+
     def env(self) -> dict[str, str]:
         env = dict(os.environ)
+        if not self.given_bootstrap:  # our plaintext broker: the user's cluster settings don't fit
+            for name in _SECURITY_ENV:
+                env.pop(name, None)
         env.update(self.topics.env())
         env.update(
             {
@@ -162,7 +176,7 @@ class Demo:
 
         t = self.topics
         ensure_topics(
-            self.bootstrap,
+            self.kafka(),
             [TopicSpec(t.features, partitions), TopicSpec(t.labels, partitions)]
             + [TopicSpec(name, partitions) for name in (t.predictions, t.dlq, t.monitoring)]
             + [models_topic_spec(t.models)],
@@ -247,11 +261,12 @@ class Demo:
         return thread
 
     def _read_outputs(self) -> None:
-        from kafka import KafkaConsumer, TopicPartition
+        from kafka import TopicPartition
 
         from contracts import headers
+        from contracts.kafka_io import make_consumer
 
-        consumer = KafkaConsumer(bootstrap_servers=self.bootstrap, enable_auto_commit=False)
+        consumer = make_consumer(self.kafka(), group_id=None, client_id="forestream-demo-reader")
         topics = [self.topics.predictions, self.topics.dlq, self.topics.monitoring]
         assigned: list[TopicPartition] = []
         try:
@@ -329,8 +344,8 @@ class Demo:
         mixer = MalformedMixer(
             plan.malformed_share, complete, [c for c in numeric if c in complete], seed=7
         )
-        producer = make_producer(self.bootstrap)
-        oversize = make_oversize_producer(self.bootstrap)
+        producer = make_producer(self.kafka())
+        oversize = make_oversize_producer(self.kafka())
         pending_labels: deque[tuple[float, bytes, str]] = deque()
         promoted = False
         schedule = RateSchedule(rate=plan.rate, start=time.monotonic())

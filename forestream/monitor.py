@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from kafka import KafkaConsumer
     from rich.table import Table
 
+    from contracts.kafka_io import Target
     from contracts.wire import DriftReport
 
 TOP_DRIFTING = 3
@@ -163,13 +164,13 @@ def render(board: ReportBoard, topic: str, now_ms: int, stale_s: float) -> Table
     return table
 
 
-def _open(bootstrap: str, topic: str, backlog: int) -> tuple[KafkaConsumer, dict]:
+def _open(kafka: Target, topic: str, backlog: int) -> tuple[KafkaConsumer, dict]:
     """A group-less consumer positioned ``backlog`` reports before each partition's end."""
     from kafka import TopicPartition
 
     from contracts.kafka_io import make_consumer
 
-    consumer = make_consumer(bootstrap, client_id="forestream-monitor")
+    consumer = make_consumer(kafka, client_id="forestream-monitor")
     partitions = consumer.partitions_for_topic(topic) or set()
     tps = [TopicPartition(topic, p) for p in sorted(partitions)]
     consumer.assign(tps)
@@ -180,11 +181,11 @@ def _open(bootstrap: str, topic: str, backlog: int) -> tuple[KafkaConsumer, dict
     return consumer, end
 
 
-def _topic_exists(bootstrap: str, topic: str) -> bool:
+def _topic_exists(kafka: Target, topic: str) -> bool:
     """Asked without touching the topic: a metadata request for it could auto-create it."""
     from contracts.kafka_io import make_consumer
 
-    probe = make_consumer(bootstrap, client_id="forestream-monitor-probe")
+    probe = make_consumer(kafka, client_id="forestream-monitor-probe")
     try:
         return topic in probe.topics()
     finally:
@@ -221,11 +222,11 @@ def monitor(
     )
     from contracts.kafka_io import require_reachable
 
-    require_reachable(s.bootstrap_servers)
+    require_reachable(s.kafka())
     console = Console() if Console().is_terminal else Console(width=200)
     board = ReportBoard()
     if once:
-        if not _topic_exists(s.bootstrap_servers, s.monitoring_topic):
+        if not _topic_exists(s.kafka(), s.monitoring_topic):
             raise UserError(
                 f"monitoring topic {s.monitoring_topic!r} does not exist on "
                 f"{s.bootstrap_servers}: no worker has published a report there yet"
@@ -242,7 +243,7 @@ def _now_ms() -> int:
 
 
 def _read_to_end(board: ReportBoard, s: MonitorSettings, timeout_s: float = 30.0) -> None:
-    consumer, end = _open(s.bootstrap_servers, s.monitoring_topic, s.monitor_backlog)
+    consumer, end = _open(s.kafka(), s.monitoring_topic, s.monitor_backlog)
     try:
         deadline = time.monotonic() + timeout_s
         while any(consumer.position(tp) < offset for tp, offset in end.items()):
@@ -266,10 +267,8 @@ def _live(board: ReportBoard, s: MonitorSettings, console: object) -> None:
         try:
             while True:
                 if consumer is None:
-                    if _topic_exists(s.bootstrap_servers, s.monitoring_topic):
-                        consumer, _ = _open(
-                            s.bootstrap_servers, s.monitoring_topic, s.monitor_backlog
-                        )
+                    if _topic_exists(s.kafka(), s.monitoring_topic):
+                        consumer, _ = _open(s.kafka(), s.monitoring_topic, s.monitor_backlog)
                     else:
                         time.sleep(s.monitor_refresh_s)
                 else:

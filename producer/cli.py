@@ -153,7 +153,7 @@ def _run_produce(
     from producer.synthetic import synthetic_rows
 
     configure_logging(checked_log_format(settings.log_format))
-    require_reachable(settings.bootstrap_servers)
+    require_reachable(settings.kafka())
     log = structlog.get_logger("forestream.producer")
     shifts = parse_shifts(shift_specs)
     run_id = uuid.uuid4().hex[:8]
@@ -191,12 +191,12 @@ def _run_produce(
     natural = expected_total(valid_rows, settings.malformed_share)
     total = natural if count is None else min(count, natural or count)
     topic = settings.input_topic
-    ensure_topics(settings.bootstrap_servers, [TopicSpec(topic, settings.partitions)])
-    producer = make_producer(settings.bootstrap_servers, max_block_ms=15_000)
+    ensure_topics(settings.kafka(), [TopicSpec(topic, settings.partitions)])
+    producer = make_producer(settings.kafka(), max_block_ms=15_000)
     log.info("producing", run_id=run_id, topic=topic, source=origin, rate=settings.rate)
 
     def oversize_producer() -> KafkaProducer:
-        return make_oversize_producer(settings.bootstrap_servers, max_block_ms=15_000)
+        return make_oversize_producer(settings.kafka(), max_block_ms=15_000)
 
     try:
         with _progress(total) as advance, _stop_requested() as stop:
@@ -264,6 +264,28 @@ def topics_create(
     labels_topic: LabelsTopicOpt = None,
     monitoring_topic: MonitoringTopicOpt = None,
     models_topic: ModelsTopicOpt = None,
+    replication_factor: Annotated[
+        int | None,
+        typer.Option(
+            "--replication-factor",
+            min=1,
+            max=32767,
+            help="replicas per partition of topics created here [env "
+            "FORESTREAM_REPLICATION_FACTOR; default: the broker's default.replication.factor]",
+            show_default=False,
+        ),
+    ] = None,
+    min_insync_replicas: Annotated[
+        int | None,
+        typer.Option(
+            "--min-insync-replicas",
+            min=1,
+            max=32767,
+            help="min.insync.replicas of topics created here (acks=all needs that many) "
+            "[env FORESTREAM_MIN_INSYNC_REPLICAS; default: the broker's]",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Create every missing project topic; existing ones are left as they are.
 
@@ -289,6 +311,8 @@ def topics_create(
         labels_topic=labels_topic,
         monitoring_topic=monitoring_topic,
         models_topic=models_topic,
+        replication_factor=replication_factor,
+        min_insync_replicas=min_insync_replicas,
     )
     specs = [
         TopicSpec(s.input_topic, s.partitions),
@@ -300,10 +324,10 @@ def topics_create(
         models_topic_spec(s.models_topic),
     ]
     s.check_distinct_topics()
-    require_reachable(s.bootstrap_servers)
-    existing = set(topic_partitions(s.bootstrap_servers, [spec.name for spec in specs]))
-    ensure_topics(s.bootstrap_servers, specs)
-    actual = topic_partitions(s.bootstrap_servers, [spec.name for spec in specs])
+    require_reachable(s.kafka())
+    existing = set(topic_partitions(s.kafka(), [spec.name for spec in specs]))
+    ensure_topics(s.kafka(), specs)
+    actual = topic_partitions(s.kafka(), [spec.name for spec in specs])
     for spec in specs:
         # say what is there, not what was asked for: an existing topic keeps its layout
         count = actual.get(spec.name, 0)

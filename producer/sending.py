@@ -22,13 +22,13 @@ from producer.pacing import RateSchedule
 OVERSIZE_REQUEST_BYTES = 8 * 1024 * 1024
 
 
-def make_oversize_producer(bootstrap: str, **overrides: Any) -> KafkaProducer:
+def make_oversize_producer(kafka: Target, **overrides: Any) -> KafkaProducer:
     """A client that may send a ``too_large`` test record (> 1 MiB, compressible): gzip gets it
     under the broker's message limit, the raised request size past the client's own check."""
     from contracts.kafka_io import make_producer
 
     return make_producer(
-        bootstrap,
+        kafka,
         compression_type="gzip",
         max_request_size=OVERSIZE_REQUEST_BYTES,
         **overrides,
@@ -37,6 +37,8 @@ def make_oversize_producer(bootstrap: str, **overrides: Any) -> KafkaProducer:
 
 if TYPE_CHECKING:
     from kafka import KafkaProducer
+
+    from contracts.kafka_io import Target
 
 OVERSIZE_BYTES = 1_000_000
 """Values this big go through a compressing producer: the broker's 1 MiB limit is on the

@@ -135,7 +135,7 @@ def _announce_new_version(
         "promoted" if promote else "published", meta, serving_ref(model_store, meta.name)
     )
     try:
-        publish_event(settings.bootstrap_servers, settings.models_topic, event)
+        publish_event(settings.kafka(), settings.models_topic, event)
     except UserError as exc:
         raise UserError(
             f"{meta.version} is saved{' and promoted in the store' if promote else ''} but was "
@@ -415,7 +415,7 @@ def _check_kafka(settings: CommonSettings) -> None:
     """Reach the broker before changing promotion state, so store and topic stay in step."""
     from contracts.kafka_io import ensure_topics, models_topic_spec
 
-    ensure_topics(settings.bootstrap_servers, [models_topic_spec(settings.models_topic)])
+    ensure_topics(settings.kafka(), [models_topic_spec(settings.models_topic)])
 
 
 def _publish(
@@ -424,7 +424,7 @@ def _publish(
     from training.publish import model_event, publish_event, serving_ref
 
     event = model_event(kind, meta, serving_ref(model_store, meta.name))  # type: ignore[arg-type]
-    publish_event(settings.bootstrap_servers, settings.models_topic, event)
+    publish_event(settings.kafka(), settings.models_topic, event)
     typer.echo(f"{kind.replace('_', ' ')} {meta.name} {meta.version}: now serving {meta.version}")
 
 

@@ -10,7 +10,14 @@ from __future__ import annotations
 import time
 from typing import Literal
 
-from contracts.kafka_io import ensure_topics, make_producer, models_topic_spec
+from contracts.kafka_errors import classify_client_error
+from contracts.kafka_io import (
+    Target,
+    connection,
+    ensure_topics,
+    make_producer,
+    models_topic_spec,
+)
 from contracts.model_store import ModelMetadata, ModelStore
 from contracts.wire import ModelEvent, ServingRef
 
@@ -43,23 +50,26 @@ def model_event(kind: EventKind, metadata: ModelMetadata, serving: ServingRef | 
     )
 
 
-def publish_event(bootstrap: str, topic: str, event: ModelEvent) -> None:
+def publish_event(kafka: Target, topic: str, event: ModelEvent) -> None:
     """Send one event (topic created compacted on first use) and wait until the broker has it."""
     from kafka.errors import KafkaError
 
     from contracts.errors import UserError
 
-    ensure_topics(bootstrap, [models_topic_spec(topic)])
-    producer = make_producer(bootstrap, linger_ms=0)
+    ensure_topics(kafka, [models_topic_spec(topic)])
+    producer = make_producer(kafka, linger_ms=0)
     try:
         future = producer.send(
             topic, key=event.name.encode(), value=event.model_dump_json().encode()
         )
         future.get(timeout=SEND_TIMEOUT_S)
     except KafkaError as exc:
+        fatal = classify_client_error(exc, connection(kafka), topic=topic)
+        if fatal is not None:
+            raise fatal from None
         raise UserError(
             f"could not publish {event.kind} {event.name} {event.version} to {topic!r} "
-            f"at {bootstrap}: {exc}"
+            f"at {connection(kafka).bootstrap}: {exc}"
         ) from None
     finally:
         producer.close(timeout=5)

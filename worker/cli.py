@@ -153,7 +153,7 @@ def worker(
     )
     configure_logging(checked_log_format(settings.log_format))
     settings.check_distinct_topics()
-    require_reachable(settings.bootstrap_servers)
+    require_reachable(settings.kafka())
 
     if processes is not None and processes != 1:
         from worker.supervisor import supervise
@@ -178,7 +178,7 @@ def worker(
         )
     try:
         follower = ModelFollower(
-            settings.bootstrap_servers,
+            settings.kafka(),
             settings.models_topic,
             settings.model_name,
             store_loader(settings.model_store, settings.model_name),
@@ -189,7 +189,7 @@ def worker(
             follower,
             telemetry=telemetry,
             monitoring=lambda running: StreamMonitoring(
-                bootstrap=settings.bootstrap_servers,
+                kafka=settings.kafka(),
                 model_name=settings.model_name,
                 monitoring_topic=settings.monitoring_topic,
                 labels_topic=settings.labels_topic if settings.follow_labels else None,

@@ -29,6 +29,8 @@ from contracts.wire import VersionAccuracy
 if TYPE_CHECKING:
     from kafka import KafkaConsumer
 
+    from contracts.kafka_errors import KafkaFatalError
+    from contracts.kafka_io import Target
     from worker.batch import ScoredBatch
 
 log = structlog.get_logger("forestream.labels")
@@ -214,19 +216,21 @@ class LabelConsumer:
 
     def __init__(
         self,
-        bootstrap: str,
+        kafka: Target,
         topic: str,
         evaluator: OnlineEvaluator,
         start_at: StartAt = "latest",
         refresh_s: float = 30.0,
     ) -> None:
-        self.bootstrap = bootstrap
+        self.kafka = kafka
         self.topic = topic
         self.evaluator = evaluator
         self.start_at = start_at
         self.refresh_s = refresh_s
         self.labels_read = 0
         self.malformed = 0
+        self.fatal: KafkaFatalError | None = None
+        """Set when reading labels failed for good (e.g. no ACL): the worker ends on it."""
         self.ready = threading.Event()
         """Set once every partition is assigned and positioned (tests, demos wait on it)."""
         self._stop = threading.Event()
@@ -246,6 +250,7 @@ class LabelConsumer:
         """Poll until :meth:`stop`; Kafka errors are retried, never raised into the worker."""
         from kafka.errors import KafkaError
 
+        from contracts.kafka_errors import KafkaFatalError, classify_client_error
         from contracts.kafka_io import make_consumer
         from contracts.logs import RateLimited
 
@@ -256,7 +261,7 @@ class LabelConsumer:
         while not self._stop.is_set():
             try:
                 if consumer is None:
-                    consumer = make_consumer(self.bootstrap, client_id="forestream-labels")
+                    consumer = make_consumer(self.kafka, client_id="forestream-labels")
                 if time.monotonic() - refreshed >= self.refresh_s or not assigned:
                     assigned = self._assign(consumer, assigned)
                     refreshed = time.monotonic()
@@ -265,7 +270,11 @@ class LabelConsumer:
                         continue
                 for records in consumer.poll(timeout_ms=200).values():
                     self._feed(records)
-            except KafkaError as exc:
+            except (KafkaError, KafkaFatalError) as exc:
+                fatal = classify_client_error(exc, None, topic=self.topic)
+                if fatal is not None:
+                    self.fatal = fatal
+                    break
                 if warn.ready():
                     log.warning(
                         "labels_consumer_error",

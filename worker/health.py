@@ -51,6 +51,7 @@ class HealthState:
         self._last_tick = clock()  # a fresh process gets one stall period to start its loop
         self._model_version: str | None = None
         self._partitions: list[str] = []
+        self._fatal: tuple[str, str] | None = None
 
     def tick(self) -> None:
         """Call once per loop iteration: proves the loop is not stuck."""
@@ -62,6 +63,12 @@ class HealthState:
         with self._lock:
             self._model_version = version
 
+    def set_fatal(self, kind: str, reason: str) -> None:
+        """A configuration error no retry fixes (see ``contracts.kafka_errors``): the process
+        is ending; until it has, the probe says why instead of "ok"."""
+        with self._lock:
+            self._fatal = (kind, reason)
+
     def set_assignment(self, partitions: Iterable[Any]) -> None:
         """The partitions this worker owns now (``TopicPartition`` or ints); empty = none."""
         names = sorted(_partition_name(p) for p in partitions)
@@ -72,7 +79,11 @@ class HealthState:
         """(alive, JSON-able body) for ``/healthz``."""
         with self._lock:
             since = self._clock() - self._last_tick
+            fatal = self._fatal
         body: dict[str, Any] = {"seconds_since_tick": round(since, 3)}
+        if fatal is not None:
+            body.update(status="fatal", kind=fatal[0], reason=fatal[1])
+            return False, body
         if since > self.stall_after_s:
             body["status"] = "stuck"
             body["reason"] = (

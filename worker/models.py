@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 from pydantic import ValidationError
@@ -32,6 +32,10 @@ from contracts.schema import (
     serving_incompatibilities,
 )
 from contracts.wire import ModelEvent, ServingRef
+
+if TYPE_CHECKING:
+    from contracts.kafka_errors import KafkaFatalError
+    from contracts.kafka_io import Target
 
 log = structlog.get_logger("forestream.worker.models")
 
@@ -135,7 +139,7 @@ class ModelFollower:
 
     def __init__(
         self,
-        bootstrap: str,
+        kafka: Target,
         models_topic: str,
         name: str,
         loader: ModelLoader,
@@ -144,7 +148,7 @@ class ModelFollower:
         max_backoff_s: float = 30.0,
         on_load_failure: Callable[[str], None] | None = None,
     ) -> None:
-        self.bootstrap = bootstrap
+        self.kafka = kafka
         self.models_topic = models_topic
         self.name = name
         self.loader = loader
@@ -153,6 +157,9 @@ class ModelFollower:
         self.on_load_failure = on_load_failure
         """Told a short stable reason (the exception class) per failed load, e.g. a metric."""
         self._active: ActiveModel | None = None
+        self.fatal: KafkaFatalError | None = None
+        """Set when following failed for good (e.g. no ACL on the models topic): the worker
+        ends on it rather than waiting for a model that cannot come."""
         self._wanted: ServingRef | None = None
         self._failed: tuple[str, str] | None = None  # (version, sha256) whose failure we logged
         self._stop = threading.Event()
@@ -188,12 +195,20 @@ class ModelFollower:
     def _run(self) -> None:
         from kafka.errors import KafkaError
 
+        from contracts.kafka_errors import KafkaFatalError, classify_client_error
+
         backoff = self.retry_backoff_s
         while not self._stop.is_set():
             try:
                 self._follow()
                 return
-            except KafkaError as exc:
+            except (KafkaError, KafkaFatalError) as exc:
+                fatal = classify_client_error(exc, None, topic=self.models_topic)
+                if fatal is not None:
+                    self.fatal = fatal
+                    with self._changed:
+                        self._changed.notify_all()
+                    return
                 log.warning("models_topic_unreachable", error=str(exc), retry_in_s=backoff)
             except Exception:  # never let the follower die silently: the loop would starve
                 log.exception("model_follower_error", retry_in_s=backoff)
@@ -201,13 +216,12 @@ class ModelFollower:
             backoff = min(backoff * 2, self.max_backoff_s)
 
     def _follow(self) -> None:
-        from kafka import KafkaConsumer, TopicPartition
+        from kafka import TopicPartition
 
-        consumer = KafkaConsumer(
-            bootstrap_servers=self.bootstrap,
-            enable_auto_commit=False,
-            group_id=None,
-            client_id=f"forestream-model-follower-{self.name}",
+        from contracts.kafka_io import make_consumer
+
+        consumer = make_consumer(
+            self.kafka, group_id=None, client_id=f"forestream-model-follower-{self.name}"
         )
         try:
             partitions: set[int] | None = None

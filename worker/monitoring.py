@@ -15,7 +15,7 @@ import socket
 import time
 from collections import deque
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import structlog
@@ -26,6 +26,9 @@ from contracts.wire import DriftReport
 from worker.batch import BatchObserver, ScoredBatch
 from worker.drift import DriftMonitor, build_drift_report
 from worker.evaluation import LabelConsumer, OnlineEvaluator
+
+if TYPE_CHECKING:
+    from contracts.kafka_io import Target
 
 log = structlog.get_logger("forestream.worker.monitoring")
 
@@ -116,7 +119,7 @@ class StreamMonitoring:
     def __init__(
         self,
         *,
-        bootstrap: str,
+        kafka: Target,
         model_name: str,
         monitoring_topic: str,
         labels_topic: str | None,
@@ -128,7 +131,7 @@ class StreamMonitoring:
         report_interval_s: float = 10.0,
         registry: Any = None,
     ) -> None:
-        self.bootstrap = bootstrap
+        self.kafka = kafka
         self.model_name = model_name
         self.monitoring_topic = monitoring_topic
         self.worker_id = worker_id
@@ -142,9 +145,7 @@ class StreamMonitoring:
         )
         self.evaluator = OnlineEvaluator(window=drift_window)
         self.latency = LatencyWindow(window=drift_window)
-        self.labels = (
-            LabelConsumer(bootstrap, labels_topic, self.evaluator) if labels_topic else None
-        )
+        self.labels = LabelConsumer(kafka, labels_topic, self.evaluator) if labels_topic else None
         self._producer: Any = None
         self._next_report = time.monotonic() + report_interval_s
         self._last_records = 0

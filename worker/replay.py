@@ -418,14 +418,14 @@ def replay(
         stop_requested = True
 
     previous = {s: signal.signal(s, request_stop) for s in (signal.SIGINT, signal.SIGTERM)}
-    bootstrap = settings.bootstrap_servers
+    kafka = settings.kafka()
     partitions = max(checkpoint.ranges, default=0) + 1
     ensure_topics(
-        bootstrap,
+        kafka,
         [TopicSpec(checkpoint.output_topic, partitions), TopicSpec(checkpoint.dlq_topic, 1)],
     )
-    consumer = make_consumer(bootstrap, group_id=None, max_poll_records=settings.replay_max_batch)
-    producer = make_producer(bootstrap, linger_ms=20)
+    consumer = make_consumer(kafka, group_id=None, max_poll_records=settings.replay_max_batch)
+    producer = make_producer(kafka, linger_ms=20)
     publisher = AckedPublisher(producer, give_up=lambda: stop_requested)
     scored = 0
     dead: Counter[str] = Counter()
@@ -607,7 +607,7 @@ def register(app: typer.Typer) -> None:
             model = _load_model(settings, state.model_version)
             from contracts.kafka_io import require_reachable
 
-            require_reachable(settings.bootstrap_servers)
+            require_reachable(settings.kafka())
             path = resume
         else:
             if output_topic is None:
@@ -626,8 +626,8 @@ def register(app: typer.Typer) -> None:
             model = _load_model(settings, model_version)
             from contracts.kafka_io import make_consumer, require_reachable
 
-            require_reachable(settings.bootstrap_servers)
-            probe = make_consumer(settings.bootstrap_servers, group_id=None)
+            require_reachable(settings.kafka())
+            probe = make_consumer(settings.kafka(), group_id=None)
             try:
                 state = resolve_checkpoint(
                     probe, settings, model.version, output_topic, dlq, partitions, flags

@@ -231,13 +231,16 @@ def test_synthetic_records_match_the_served_model(
 def test_refused_records_fail_the_run_with_exit_1(
     kafka_bootstrap: str, topic_name: Callable[[str], str], tmp_path: Path
 ) -> None:
+    import secrets
+
     from contracts.kafka_io import TopicSpec, ensure_topics
 
     topic = topic_name("small")
     # the broker refuses any batch over 1 KB on this topic: a real, non-retriable send failure
     ensure_topics(kafka_bootstrap, [TopicSpec(topic, 1, {"max.message.bytes": "1024"})])
     data = tmp_path / "data.csv"
-    data.write_text("note\nshort\n" + "x" * 4000 + "\n")
+    # random text: no output compression brings it under the limit
+    data.write_text("note\nshort\n" + secrets.token_urlsafe(3000) + "\n")
     result = run("produce", "--data", str(data), "--input-topic", topic,
                  "--bootstrap-servers", kafka_bootstrap)  # fmt: skip
     assert result.returncode == 1, result.stderr

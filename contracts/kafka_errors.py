@@ -1,0 +1,158 @@
+"""Which Kafka client errors are worth retrying, and which end the command (and how).
+
+Retrying helps when the cause goes away by itself: a broker restarting, a leader moving, a
+request timing out. It cannot help when the cause is configuration: a wrong password, an
+untrusted certificate, a missing ACL, records this client cannot decode, a topic that is not
+there and may not be created. Those end the command within seconds, in one line that names
+the cause and what to change, with an exit code of its own (orchestrators and scripts can tell
+a bad secret from a bad ACL without parsing text). Anything not classified fatal here is
+retried with backoff by the caller.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from contracts.errors import UserError
+
+if TYPE_CHECKING:
+    from contracts.connection import KafkaConnection
+
+
+class KafkaFatalError(UserError):
+    """A Kafka error no retry can fix: reported in one line, ends the command."""
+
+    kind = "kafka_fatal"
+
+
+class AuthenticationFailed(KafkaFatalError):
+    exit_code = 3
+    kind = "authentication_failed"
+
+
+class TlsFailed(KafkaFatalError):
+    exit_code = 4
+    kind = "tls_failed"
+
+
+class NotAuthorized(KafkaFatalError):
+    exit_code = 5
+    kind = "not_authorized"
+
+
+class TopicUnavailable(KafkaFatalError):
+    exit_code = 6
+    kind = "topic_unavailable"
+
+
+class UnreadableRecords(KafkaFatalError):
+    exit_code = 7
+    kind = "unreadable_records"
+
+
+EXIT_CODES: dict[int, str] = {
+    0: "done, or stopped in order (SIGTERM/SIGINT)",
+    1: "a bug (traceback), or records the producer could not deliver",
+    2: "a user error: a flag, setting, file or broker address that cannot work",
+    AuthenticationFailed.exit_code: "Kafka refused our credentials (SASL)",
+    TlsFailed.exit_code: "TLS failed: untrusted or mismatched certificate, or not a TLS listener",
+    NotAuthorized.exit_code: "an ACL is missing on a topic, the consumer group or the cluster",
+    TopicUnavailable.exit_code: "a topic does not exist and may not be created",
+    UnreadableRecords.exit_code: "records in a codec or format this client cannot read",
+}
+"""Documented in the README ("Exit codes"); a unit test keeps the two in step."""
+
+
+def _who(conn: KafkaConnection | None) -> str:
+    if conn is None:
+        return ""
+    if conn.uses_sasl:
+        return f" as {conn.sasl_username!r}"
+    if conn.ssl_certfile is not None:
+        return f" as the subject of {conn.ssl_certfile}"
+    return " as the anonymous principal"
+
+
+def _where(conn: KafkaConnection | None) -> str:
+    return f" at {conn.bootstrap}" if conn is not None else ""
+
+
+def _said(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text[:300] if text else type(exc).__name__
+
+
+def classify_client_error(
+    exc: BaseException,
+    conn: KafkaConnection | None = None,
+    topic: str | None = None,
+    group: str | None = None,
+) -> KafkaFatalError | None:
+    """The fatal error ``exc`` amounts to, or None when it is worth retrying."""
+    from kafka import errors as e
+
+    if isinstance(exc, KafkaFatalError):
+        return exc
+    if isinstance(
+        exc,
+        e.SaslAuthenticationFailedError | e.UnsupportedSaslMechanismError | e.IllegalSaslStateError,
+    ):
+        mechanism = conn.sasl_mechanism if conn is not None else "SASL"
+        return AuthenticationFailed(
+            f"Kafka{_where(conn)} refused authentication{_who(conn)} with {mechanism} "
+            f"({_said(exc)}): check FORESTREAM_SASL_USERNAME, FORESTREAM_SASL_PASSWORD(_FILE) "
+            "and FORESTREAM_SASL_MECHANISM"
+        )
+    if isinstance(exc, e.TopicAuthorizationFailedError):
+        on = f"topic {topic!r}" if topic else "a topic"
+        return NotAuthorized(
+            f"not authorized on {on}{_who(conn)}{_where(conn)} ({_said(exc)}): grant the "
+            "principal READ and DESCRIBE on input topics, WRITE and DESCRIBE on output topics"
+        )
+    if isinstance(exc, e.GroupAuthorizationFailedError):
+        on = f"consumer group {group!r}" if group else "the consumer group"
+        return NotAuthorized(
+            f"not authorized on {on}{_who(conn)}{_where(conn)}: grant the principal READ on "
+            "the group (FORESTREAM_GROUP)"
+        )
+    if isinstance(exc, e.AuthorizationError):  # cluster, transactional id, delegation token
+        return NotAuthorized(
+            f"not authorized{_who(conn)}{_where(conn)} ({type(exc).__name__}): grant the "
+            "principal the ACL this operation needs"
+        )
+    if isinstance(exc, e.UnsupportedCodecError):
+        return UnreadableRecords(
+            f"records{' in ' + repr(topic) if topic else ''}{_where(conn)} use a compression "
+            f"codec this client cannot decode ({_said(exc)}): the codec libraries (python-snappy, lz4, "
+            "zstandard) are forestream dependencies, reinstall it"
+        )
+    if isinstance(
+        exc,
+        e.UnsupportedForMessageFormatError
+        | e.UnsupportedCompressionTypeError
+        | e.UnsupportedVersionError,
+    ):
+        return UnreadableRecords(
+            f"the broker{_where(conn)} and this client disagree on the record format or "
+            f"protocol ({type(exc).__name__}: {_said(exc)})"
+        )
+    if isinstance(exc, e.KafkaConnectionError) and _looks_like_tls(str(exc)):
+        return TlsFailed(
+            f"TLS with Kafka{_where(conn)} failed ({_said(exc)}): check FORESTREAM_SSL_CAFILE "
+            "(the CA that signed the broker's certificate) and FORESTREAM_SECURITY_PROTOCOL"
+        )
+    return None
+
+
+_TLS_MARKERS = ("CERTIFICATE_VERIFY_FAILED", "certificate verify failed", "WRONG_VERSION_NUMBER")
+
+
+def _looks_like_tls(message: str) -> bool:
+    return any(marker in message for marker in _TLS_MARKERS)
+
+
+def topic_unavailable(topic: str, conn: KafkaConnection | None, why: str) -> TopicUnavailable:
+    return TopicUnavailable(
+        f"topic {topic!r} does not exist{_where(conn)} and cannot be created{_who(conn)} "
+        f"({why}): create it, or grant the principal CREATE on it"
+    )
