@@ -123,8 +123,8 @@ def classify_client_error(
     if isinstance(exc, e.UnsupportedCodecError):
         return UnreadableRecords(
             f"records{' in ' + repr(topic) if topic else ''}{_where(conn)} use a compression "
-            f"codec this client cannot decode ({_said(exc)}): the codec libraries (python-snappy, lz4, "
-            "zstandard) are forestream dependencies, reinstall it"
+            f"codec this client cannot decode ({_said(exc)}): the codec libraries "
+            "(python-snappy, lz4, zstandard) are forestream dependencies, reinstall it"
         )
     if isinstance(
         exc,

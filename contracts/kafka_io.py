@@ -7,6 +7,7 @@ TLS/SASL, compression, topic layout), so a secured cluster is reached alike ever
 
 from __future__ import annotations
 
+import contextlib
 import re
 import time
 from collections.abc import Iterable
@@ -15,11 +16,16 @@ from typing import Any
 
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
 from kafka.admin import NewTopic
-from kafka.errors import KafkaError, TopicAlreadyExistsError
+from kafka.errors import KafkaError, TopicAlreadyExistsError, TopicAuthorizationFailedError
 
 from contracts.connection import KafkaConnection
 from contracts.errors import UserError
-from contracts.kafka_errors import NotAuthorized, classify_client_error, topic_unavailable
+from contracts.kafka_errors import (
+    KafkaFatalError,
+    NotAuthorized,
+    classify_client_error,
+    topic_unavailable,
+)
 from contracts.settings import broker_addresses
 
 Target = KafkaConnection | str
@@ -167,8 +173,8 @@ def ensure_topics(target: Target, specs: Iterable[TopicSpec], timeout_s: float =
                 pass
             except KafkaError as exc:  # e.g. a partition count over the broker's policy
                 fatal = classify_client_error(exc, conn, topic=missing[0].name)
-                if isinstance(fatal, NotAuthorized):  # may not create it: it stays missing
-                    raise topic_unavailable(missing[0].name, conn, type(exc).__name__) from None
+                if isinstance(fatal, NotAuthorized):
+                    raise _refused_creation(admin, missing, conn) from None
                 if fatal is not None:
                     raise fatal from None
                 names = ", ".join(s.name for s in missing)
@@ -185,6 +191,24 @@ def ensure_topics(target: Target, specs: Iterable[TopicSpec], timeout_s: float =
             time.sleep(0.1)
     finally:
         admin.close()
+
+
+def _refused_creation(
+    admin: KafkaAdminClient, missing: list[TopicSpec], conn: KafkaConnection
+) -> KafkaFatalError:
+    """Creating was refused. Without DESCRIBE on a topic the broker hides whether it exists
+    (it answers "not authorized" either way): that is an ACL to grant. With DESCRIBE, and
+    the topic absent, it is missing and we may not create it."""
+    for spec in missing:
+        with contextlib.suppress(KafkaError):
+            (described,) = admin.describe_topics([spec.name])
+            if described.get("error_code") == TopicAuthorizationFailedError.errno:
+                fatal = classify_client_error(
+                    TopicAuthorizationFailedError(), conn, topic=spec.name
+                )
+                assert fatal is not None
+                return fatal
+    return topic_unavailable(missing[0].name, conn, "not allowed to create topics")
 
 
 def topic_partitions(target: Target, names: Iterable[str]) -> dict[str, int]:

@@ -69,13 +69,14 @@ def check_tls(conn: KafkaConnection, host: str, port: int, timeout_s: float) -> 
                 )
     except ssl.SSLCertVerificationError as exc:
         hint = (
+            "the address is not in its certificate: connect by a name it lists, or set "
             "FORESTREAM_SSL_CHECK_HOSTNAME=false only if you must)"
             if "match" in str(exc.verify_message or "") or "IP address" in str(exc)
-            else "set FORESTREAM_SSL_CAFILE to the CA that signed it)"
+            else "set FORESTREAM_SSL_CAFILE to the CA that signed the broker's certificate)"
         )
         raise TlsFailed(
             f"the certificate of Kafka at {where} is not trusted: {exc.verify_message} "
-            f"(is the broker's CA in FORESTREAM_SSL_CAFILE? {hint}"
+            f"({hint}"
         ) from None
     except ssl.SSLError as exc:
         reason = exc.reason or str(exc)

@@ -28,45 +28,78 @@ DataDirOpt = Annotated[
     Path | None,
     typer.Option(
         "--data-dir",
-        help="broker data directory [env FORESTREAM_KAFKA_DIR; default .forestream/kafka]",
+        help="broker data directory [env FORESTREAM_KAFKA_DIR; default .forestream/kafka, "
+        "or that path + '-secure' with --secure]",
     ),
 ]
+SecureOpt = Annotated[
+    bool,
+    typer.Option(
+        "--secure",
+        help="secured broker: SASL_SSL (PLAIN, SCRAM) and mutual-TLS listeners, ACLs enforced, "
+        "no plaintext port",
+    ),
+]
+
+
+def _data_dir(given: Path | None, secure: bool) -> Path:
+    """A secured broker gets its own default dir: a data dir keeps the mode it was made in."""
+    if given is not None:
+        return given
+    plain = kafka_dir()
+    return plain.with_name(plain.name + "-secure") if secure else plain
 
 
 @kafka_app.command("start")
 def kafka_start(
     port: Annotated[
         int | None,
-        typer.Option(min=1, max=65535, help="PLAINTEXT port (default: a free one, remembered)"),
+        typer.Option(
+            min=1,
+            max=65535,
+            help="client port: PLAINTEXT, or SASL_SSL with --secure (default: a free one, "
+            "remembered)",
+        ),
     ] = None,
     data_dir: DataDirOpt = None,
+    secure: SecureOpt = False,
 ) -> None:
-    """Start the broker (idempotent) and print its bootstrap address once it answers."""
+    """Start the broker (idempotent) and print its bootstrap address once it answers.
+
+    With --secure, `export` lines follow for a SASL_SSL + SCRAM-SHA-512 client; they name the
+    password file, never the password.
+    """
     from forestream import local_kafka
 
-    info = local_kafka.start(data_dir or kafka_dir(), port=port)
+    info = local_kafka.start(_data_dir(data_dir, secure), port=port, secure=secure)
     typer.echo(info.address)
+    if isinstance(info, local_kafka.SecureBrokerInfo):
+        for line in info.export_lines():
+            typer.echo(line)
 
 
 @kafka_app.command("stop")
-def kafka_stop(data_dir: DataDirOpt = None) -> None:
+def kafka_stop(data_dir: DataDirOpt = None, secure: SecureOpt = False) -> None:
     """Stop the broker this data directory started (and nothing else)."""
     from forestream import local_kafka
 
-    info = local_kafka.stop(data_dir or kafka_dir())
+    info = local_kafka.stop(_data_dir(data_dir, secure))
     typer.echo(f"stopped broker on {info.address}" if info else "not running")
 
 
 @kafka_app.command("status")
-def kafka_status(data_dir: DataDirOpt = None) -> None:
+def kafka_status(data_dir: DataDirOpt = None, secure: SecureOpt = False) -> None:
     """Say whether the local broker runs, and where (exit 1 when stopped)."""
     from forestream import local_kafka
 
-    info = local_kafka.status(data_dir or kafka_dir())
+    info = local_kafka.status(_data_dir(data_dir, secure))
     if info is None:
         typer.echo("stopped")
         raise typer.Exit(1)
-    typer.echo(f"running {info.address} (pid {info.pid}, Kafka {local_kafka.KAFKA_VERSION})")
+    where = info.address
+    if isinstance(info, local_kafka.SecureBrokerInfo):
+        where = f"{info.sasl_ssl_address} SASL_SSL, {info.mtls_address} mutual TLS"
+    typer.echo(f"running {where} (pid {info.pid}, Kafka {local_kafka.KAFKA_VERSION})")
 
 
 def _register_components() -> None:

@@ -7,9 +7,13 @@ import re
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 from hypothesis import HealthCheck, settings
+
+if TYPE_CHECKING:
+    from forestream.local_kafka import SecureBrokerInfo
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -44,6 +48,23 @@ def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         yield info.address
     finally:
         os.environ.pop("FORESTREAM_BOOTSTRAP_SERVERS", None)
+        local_kafka.stop(data_dir)
+
+
+@pytest.fixture(scope="session")
+def secure_kafka(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecureBrokerInfo]:
+    """A second, secured broker (SASL_SSL + mutual TLS, ACLs), started only if a test asks.
+
+    It leaves the environment alone: tests that use it pass its ``env()`` or client settings
+    explicitly, so the plain ``kafka_bootstrap`` broker stays the default for everyone else.
+    """
+    from forestream import local_kafka
+
+    data_dir = tmp_path_factory.mktemp("kafka-secure")
+    info = local_kafka.start(data_dir, secure=True)
+    try:
+        yield info
+    finally:
         local_kafka.stop(data_dir)
 
 

@@ -5,12 +5,14 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from kafka import KafkaConsumer, TopicPartition
+from kafka import TopicPartition
 from kafka.consumer.fetcher import ConsumerRecord
+
+from contracts.kafka_io import Target, make_consumer
 
 
 def read_topic(
-    bootstrap: str,
+    bootstrap: Target,
     topic: str,
     *,
     expected: int | None = None,
@@ -24,7 +26,7 @@ def read_topic(
     records arrived) when the deadline passes. ``settle_s`` keeps reading a little longer after the
     condition holds, so a test can see unexpected extra records.
     """
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    consumer = make_consumer(bootstrap, group_id=None)
     try:
         deadline = time.monotonic() + timeout_s
         partitions = None

@@ -161,7 +161,9 @@ def test_replication_factor_is_the_brokers_default_unless_set() -> None:
     default = new_topic(spec, KafkaConnection("b:9092"))
     assert default.replication_factor == -1  # "the broker's default.replication.factor"
     assert default.topic_configs == {"cleanup.policy": "compact"}
-    durable = new_topic(spec, KafkaConnection("b:9092", replication_factor=3, min_insync_replicas=2))
+    durable = new_topic(
+        spec, KafkaConnection("b:9092", replication_factor=3, min_insync_replicas=2)
+    )
     assert durable.replication_factor == 3
     assert durable.topic_configs == {"cleanup.policy": "compact", "min.insync.replicas": "2"}
 

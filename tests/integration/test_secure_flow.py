@@ -1,0 +1,240 @@
+"""The product against a secured cluster, as a user runs it: SASL_SSL + SCRAM, mutual TLS, an
+outside client (kcat) with the same credentials, and the configuration mistakes that must end a
+command in one line, with their documented exit code, within seconds."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from contracts.kafka_errors import AuthenticationFailed, NotAuthorized, TlsFailed
+from contracts.settings import CommonSettings, load_settings
+from forestream.local_kafka import SecureBrokerInfo
+from tests.kafka_helpers import read_topic
+from training.demo_data import write_penguins_csv
+
+CLI = [sys.executable, "-m", "forestream.cli"]
+FATAL_WITHIN_S = 10.0
+
+
+def _env(security: dict[str, str], **extra: str) -> dict[str, str]:
+    """The user's environment: only the secured cluster's FORESTREAM_* settings."""
+    base = {k: v for k, v in os.environ.items() if not k.startswith("FORESTREAM_")}
+    return base | security | extra
+
+
+def _cli(
+    *args: str, env: dict[str, str], cwd: Path, timeout_s: float = 180
+) -> tuple[subprocess.CompletedProcess[str], float]:
+    started = time.monotonic()
+    done = subprocess.run(
+        [*CLI, *args], capture_output=True, text=True, env=env, cwd=cwd, timeout=timeout_s
+    )
+    return done, time.monotonic() - started
+
+
+def _connection(security: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> object:
+    """The same settings, read the way every command reads them."""
+    for name, value in security.items():
+        monkeypatch.setenv(name, value)
+    return load_settings(CommonSettings).kafka()
+
+
+def _topics(topic_name: Callable[[str], str]) -> dict[str, str]:
+    return {role: topic_name(role) for role in ("in", "out", "dlq", "models", "labels", "mon")}
+
+
+def _topic_flags(t: dict[str, str]) -> list[str]:
+    return [
+        "--input-topic", t["in"], "--output-topic", t["out"], "--dlq-topic", t["dlq"],
+        "--models-topic", t["models"], "--labels-topic", t["labels"],
+        "--monitoring-topic", t["mon"],
+    ]  # fmt: skip
+
+
+def _kcat_plain(info: SecureBrokerInfo, topic: str, lines: list[str], tmp_path: Path) -> None:
+    """Debian's kcat (librdkafka 2.0.2) cannot do SCRAM against Kafka 4: it logs in with PLAIN."""
+    config = tmp_path / "kcat.conf"
+    config.write_text(
+        "security.protocol=SASL_SSL\nsasl.mechanism=PLAIN\n"
+        f"sasl.username={info.username}\nsasl.password={info.password_file.read_text().strip()}\n"
+        f"ssl.ca.location={info.ca_file}\n"
+    )
+    config.chmod(0o600)
+    done = subprocess.run(
+        ["kcat", "-P", "-b", info.address, "-t", topic, "-F", str(config), "-K", "\t", "-z", "lz4"],
+        input="\n".join(lines) + "\n",
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+
+
+@pytest.mark.parametrize("mode", ["sasl_ssl_scram", "mutual_tls"])
+def test_train_publish_score_over_a_secured_cluster(
+    secure_kafka: SecureBrokerInfo,
+    topic_name: Callable[[str], str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    mode: str,
+) -> None:
+    security = secure_kafka.env() if mode == "sasl_ssl_scram" else secure_kafka.mtls_env()
+    env = _env(security)
+    t = _topics(topic_name)
+    store = ["--store", str(tmp_path / "store"), "--name", "penguins"]
+    csv = tmp_path / "penguins.csv"
+    write_penguins_csv(csv)
+
+    created, _ = _cli(
+        "topics", "create", *_topic_flags(t), "--partitions", "2", env=env, cwd=tmp_path
+    )
+    assert created.returncode == 0, created.stderr
+    trained, _ = _cli("train", "--data", str(csv), "--target", "species", "--trees", "10",
+                      "--promote", "--models-topic", t["models"], *store,
+                      env=env, cwd=tmp_path)  # fmt: skip
+    assert trained.returncode == 0, trained.stderr
+    produced, _ = _cli("produce", "--data", str(csv), "--target", "species",
+                       "--input-topic", t["in"], env=env, cwd=tmp_path)  # fmt: skip
+    assert produced.returncode == 0, produced.stderr
+    sent = len(pd.read_csv(csv))
+    outside = []
+    if mode == "sasl_ssl_scram":  # an outside client (librdkafka) with the same user
+        rows = pd.read_csv(csv).drop(columns=["species"]).dropna().head(20)
+        outside = [f"kcat-{i}\t{json.dumps(row.to_dict())}" for i, (_, row) in
+                   enumerate(rows.iterrows())]  # fmt: skip
+        _kcat_plain(secure_kafka, t["in"], outside, tmp_path)
+    total = sent + len(outside)
+
+    worker, _ = _cli("worker", *_topic_flags(t), *store, "--group", topic_name("g"),
+                     "--max-records", str(total), "--log-format", "json",
+                     env=env, cwd=tmp_path, timeout_s=240)  # fmt: skip
+    assert worker.returncode == 0, worker.stderr[-3000:]
+
+    conn = _connection(security, monkeypatch)
+    dead = read_topic(conn, t["dlq"], timeout_s=60)
+    predictions = read_topic(conn, t["out"], timeout_s=60)
+    assert len(predictions) + len(dead) == total, (len(predictions), len(dead), total)
+    assert len(predictions) >= total - 20  # a few penguins rows lack required features
+    keys = {r.key for r in predictions}
+    for line in outside:
+        assert line.split("\t")[0].encode() in keys, "a kcat record was not scored"
+
+
+def _promoted_model(
+    info: SecureBrokerInfo, t: dict[str, str], store: list[str], tmp_path: Path
+) -> None:
+    csv = tmp_path / "penguins.csv"
+    write_penguins_csv(csv)
+    trained, _ = _cli("train", "--data", str(csv), "--target", "species", "--trees", "5",
+                      "--promote", "--models-topic", t["models"], *store,
+                      env=_env(info.env()), cwd=tmp_path)  # fmt: skip
+    assert trained.returncode == 0, trained.stderr
+
+
+def _assert_one_fatal_line(
+    done: subprocess.CompletedProcess[str], took_s: float, exit_code: int, says: str
+) -> None:
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == exit_code, done.stderr[-3000:]
+    assert took_s < FATAL_WITHIN_S, f"took {took_s:.1f}s to stop"
+    assert lines and lines[-1].startswith("error: ") and says in lines[-1], lines[-5:]
+    # no retry storm: one fatal line, not a log of attempts
+    assert len(lines) <= 6, "\n".join(lines)
+
+
+def test_wrong_password_ends_the_worker_with_exit_3(
+    secure_kafka: SecureBrokerInfo, topic_name: Callable[[str], str], tmp_path: Path
+) -> None:
+    t = _topics(topic_name)
+    wrong = tmp_path / "wrong.password"
+    wrong.write_text("not-the-password\n")
+    env = _env(secure_kafka.env(), FORESTREAM_SASL_PASSWORD_FILE=str(wrong))
+    done, took = _cli("worker", *_topic_flags(t), "--store", str(tmp_path / "s"), env=env,
+                      cwd=tmp_path)  # fmt: skip
+    _assert_one_fatal_line(done, took, AuthenticationFailed.exit_code, "not our login as")
+    assert "not-the-password" not in done.stdout + done.stderr
+
+
+def test_untrusted_ca_ends_the_worker_with_exit_4(
+    secure_kafka: SecureBrokerInfo, topic_name: Callable[[str], str], tmp_path: Path
+) -> None:
+    t = _topics(topic_name)
+    env = _env(secure_kafka.env(), FORESTREAM_SSL_CAFILE=str(secure_kafka.untrusted_ca_file))
+    done, took = _cli("worker", *_topic_flags(t), "--store", str(tmp_path / "s"), env=env,
+                      cwd=tmp_path)  # fmt: skip
+    _assert_one_fatal_line(done, took, TlsFailed.exit_code, "is not trusted")
+    mtls = _env(secure_kafka.mtls_env(), FORESTREAM_SSL_CAFILE=str(secure_kafka.untrusted_ca_file))
+    done, took = _cli("produce", "--synthetic", "3", "--input-topic", t["in"], env=mtls,
+                      cwd=tmp_path)  # fmt: skip
+    _assert_one_fatal_line(done, took, TlsFailed.exit_code, "is not trusted")
+
+
+def test_missing_acls_end_commands_with_exit_5(
+    secure_kafka: SecureBrokerInfo,
+    topic_name: Callable[[str], str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from kafka.admin import (
+        ACL,
+        ACLOperation,
+        ACLPermissionType,
+        ACLResourcePatternType,
+        ResourcePattern,
+        ResourceType,
+    )
+
+    from contracts.kafka_io import admin_client
+
+    t = _topics(topic_name)
+    store = ["--store", str(tmp_path / "store"), "--name", "m"]
+    _promoted_model(secure_kafka, t, store, tmp_path)
+    outsider = _env(
+        secure_kafka.env(),
+        FORESTREAM_SASL_USERNAME=secure_kafka.outsider_username,
+        FORESTREAM_SASL_PASSWORD_FILE=str(secure_kafka.outsider_password_file),
+    )
+    # no ACL at all: even the topics are out of sight
+    done, took = _cli("topics", "create", *_topic_flags(t), env=outsider, cwd=tmp_path)
+    _assert_one_fatal_line(done, took, NotAuthorized.exit_code, "not authorized on topic")
+
+    # every topic of this test granted, the consumer group not: the worker stops at the join
+    admin = admin_client(_connection(secure_kafka.env(), monkeypatch))
+    prefix = t["in"].rsplit(".", 1)[0]
+    try:
+        admin.create_acls(
+            [
+                ACL(
+                    principal=f"User:{secure_kafka.outsider_username}",
+                    host="*",
+                    operation=ACLOperation.ALL,
+                    permission_type=ACLPermissionType.ALLOW,
+                    resource_pattern=ResourcePattern(
+                        ResourceType.TOPIC, prefix, ACLResourcePatternType.PREFIXED
+                    ),
+                )
+            ]
+        )
+    finally:
+        admin.close()
+    group = topic_name("group")
+    started = time.monotonic()
+    done, _ = _cli("worker", *_topic_flags(t), *store, "--group", group, "--log-format", "json",
+                   env=outsider, cwd=tmp_path)  # fmt: skip
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == NotAuthorized.exit_code, done.stderr[-3000:]
+    assert lines[-1].startswith("error: not authorized on consumer group"), lines[-3:]
+    fatal = [json.loads(x) for x in lines if '"kafka_fatal"' in x]
+    assert len(fatal) == 1 and fatal[0]["exit_code"] == NotAuthorized.exit_code
+    print(
+        f"missing group ACL: worker ended in {time.monotonic() - started:.1f}s (incl. model load)"
+    )
