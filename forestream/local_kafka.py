@@ -28,6 +28,9 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Literal, overload
 
+from pydantic import SecretStr
+
+from contracts.connection import KafkaConnection
 from contracts.errors import UserError
 from contracts.settings import BROKER_STATE_FILE, read_broker_state
 from forestream.local_tls import TlsFiles, ensure_tls
@@ -343,22 +346,15 @@ def _java_cmd(java: str, lib: Path, data_dir: Path, *args: str) -> list[str]:
     ]  # fmt: skip
 
 
-def _broker_answers(address: str, timeout_s: float, **client: Any) -> bool:
-    """True once the broker answers a metadata request (not just accepts TCP).
-
-    ``client`` carries the security settings (kafka-python names) for a secured listener.
-    """
-    from kafka import KafkaAdminClient
+def _broker_answers(conn: KafkaConnection, timeout_s: float) -> bool:
+    """True once the broker answers a metadata request (not just accepts TCP)."""
     from kafka.errors import KafkaError
 
+    from contracts.kafka_io import admin_client
+
     try:
-        admin = KafkaAdminClient(
-            bootstrap_servers=address,
-            request_timeout_ms=int(timeout_s * 1000),
-            bootstrap_timeout_ms=int(timeout_s * 1000),
-            **client,
-        )
-    except (KafkaError, OSError):
+        admin = admin_client(conn, timeout_s=timeout_s)
+    except (UserError, OSError):
         return False
     try:
         return bool(admin.describe_cluster().get("brokers"))
@@ -368,17 +364,18 @@ def _broker_answers(address: str, timeout_s: float, **client: Any) -> bool:
         admin.close()
 
 
-def _readiness_client(info: BrokerInfo) -> dict[str, Any]:
+def _readiness_connection(info: BrokerInfo) -> KafkaConnection:
     """Probe a secured broker as its app user over SCRAM: proves TLS, SCRAM and the ACL path."""
     if not isinstance(info, SecureBrokerInfo):
-        return {}
-    return {
-        "security_protocol": "SASL_SSL",
-        "sasl_mechanism": "SCRAM-SHA-512",
-        "sasl_plain_username": info.username,
-        "sasl_plain_password": info.password_file.read_text().strip(),
-        "ssl_cafile": str(info.ca_file),
-    }
+        return KafkaConnection(info.address)
+    return KafkaConnection(
+        info.address,
+        security_protocol="SASL_SSL",
+        sasl_mechanism="SCRAM-SHA-512",
+        sasl_username=info.username,
+        sasl_password=SecretStr(info.password_file.read_text().strip()),
+        ssl_cafile=info.ca_file,
+    )
 
 
 def _is_our_broker(pid: int, data_dir: Path) -> bool:
@@ -523,7 +520,7 @@ def start(
         state["secure"] = True
     state |= {"version": KAFKA_VERSION, "started_at": time.time()}
     (data_dir / BROKER_STATE_FILE).write_text(json.dumps(state))
-    client = _readiness_client(info)
+    probe = _readiness_connection(info)
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -532,7 +529,7 @@ def start(
                 f"Kafka exited with code {proc.returncode} during start; "
                 f"see {data_dir / 'broker.log'}:\n{_tail(out)}"
             )
-        if _broker_answers(info.address, timeout_s=2.0, **client):
+        if _broker_answers(probe, timeout_s=2.0):
             return info
         time.sleep(0.3)
     _terminate(proc.pid)

@@ -111,6 +111,18 @@ def test_healthz_turns_503_when_the_loop_stops_ticking_and_recovers(
     assert body["status"] == "ok"
 
 
+def test_healthz_is_503_with_the_reason_once_a_fatal_kafka_error_is_ending_the_worker(
+    server: HealthServer, state: HealthState
+) -> None:
+    state.set_fatal("not_authorized", "not authorized on consumer group 'g' as 'svc'")
+    state.tick()  # a loop that still ticks is not healthy once the process is ending
+    status, body = get_json(server, "/healthz")
+    assert status == 503
+    assert body["status"] == "fatal"
+    assert body["kind"] == "not_authorized"
+    assert "consumer group 'g'" in body["reason"]
+
+
 def test_metrics_serves_the_worker_registry_as_prometheus_text(
     server: HealthServer, metrics: WorkerMetrics
 ) -> None:
