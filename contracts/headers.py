@@ -36,6 +36,8 @@ class ReasonCode:
     MISSING_FEATURE = "missing_feature"
     WRONG_TYPE = "wrong_type"
     NOT_FINITE = "not_finite"
+    OUT_OF_RANGE = "out_of_range"
+    """A finite number the model cannot compute with (beyond float32 for sklearn's trees)."""
     TOO_LARGE = "too_large"
     EMPTY = "empty"
     SCORING_FAILED = "scoring_failed"
@@ -46,6 +48,7 @@ class ReasonCode:
         MISSING_FEATURE,
         WRONG_TYPE,
         NOT_FINITE,
+        OUT_OF_RANGE,
         TOO_LARGE,
         EMPTY,
         SCORING_FAILED,

@@ -12,6 +12,7 @@ work happens only for batches that actually hold a wrong type.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from itertools import chain
@@ -27,6 +28,12 @@ from contracts.schema import CategoricalFeature, FeatureSchema, NumericFeature
 
 DEFAULT_MAX_RECORD_BYTES = 1024 * 1024
 _DETAIL_CHARS = 200
+MODEL_RANGE_LIMIT = 2.0**128 - 2.0**103
+"""The smallest magnitude that becomes infinite as float32 (float32's max plus half an ulp:
+round-to-nearest-even takes it up to 2**128). sklearn's trees cast their input to float32 and
+raise for an infinite value, failing the whole batch, so a number this large is rejected per
+record (``out_of_range``). Anything smaller is taken: it rounds to float32's max, or to a
+subnormal or zero at the other end."""
 
 
 class _NonFiniteLiteral:
@@ -202,8 +209,17 @@ def _check_numeric(
     rejects: dict[int, Reject],
 ) -> None:
     name = feature.name
-    for j in np.flatnonzero(np.isinf(array)).tolist():
-        _reject(rejects, positions[j], ReasonCode.NOT_FINITE, f"{name!r} overflows to infinity")
+    for j in np.flatnonzero(np.abs(array) >= MODEL_RANGE_LIMIT).tolist():
+        value = float(array[j])
+        if math.isinf(value):
+            _reject(rejects, positions[j], ReasonCode.NOT_FINITE, f"{name!r} overflows to infinity")
+        else:
+            _reject(
+                rejects,
+                positions[j],
+                ReasonCode.OUT_OF_RANGE,
+                f"{name!r} is {value!r}, beyond the model's float32 range (±3.4028235e38)",
+            )
     if not feature.missing_seen:
         for j in np.flatnonzero(np.isnan(array)).tolist():
             _reject(
@@ -296,9 +312,10 @@ def decode_batch(
     where training never saw it missing → ``missing_feature``; numeric feature not a number
     (booleans and numeric strings too) or categorical feature not a string (``true``/``false``
     are fine for a feature trained on a boolean column) → ``wrong_type``; NaN/±Infinity or a
-    number overflowing to infinity → ``not_finite``. Unseen categories and extra keys are
-    allowed and only counted. When a record has several problems, the first feature in schema
-    order names it.
+    number overflowing to infinity → ``not_finite``; a finite number too large for the model's
+    float32 (magnitude ≥ :data:`MODEL_RANGE_LIMIT`) → ``out_of_range``. Unseen categories and
+    extra keys are allowed and only counted. When a record has several problems, the first
+    feature in schema order names it.
     """
     rejects: dict[int, Reject] = {}
     positions, objects = _parse(values, max_record_bytes, rejects)
@@ -309,9 +326,12 @@ def decode_batch(
     typed = matrix is not None  # no per-value type errors among the numeric features
     if matrix is None:
         matrix = np.empty((len(objects), len(numeric)), dtype=np.float64)
-    # a clean batch (nothing infinite, nothing missing where it must not be) skips the checks
+    # a clean batch (nothing beyond float32, so nothing infinite either, and nothing missing
+    # where it must not be) skips the per-column checks: one vectorised pass over the matrix
     required = [k for k, f in enumerate(numeric_features) if not f.missing_seen]
-    suspicious = not typed or bool(np.isinf(matrix).any() or np.isnan(matrix[:, required]).any())
+    suspicious = not typed or bool(
+        (np.abs(matrix) >= MODEL_RANGE_LIMIT).any() or np.isnan(matrix[:, required]).any()
+    )
     any_null = not typed or bool(np.isnan(matrix).any())
 
     categorical: dict[str, list[Any]] = {}

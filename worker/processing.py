@@ -27,7 +27,7 @@ from contracts.logs import RateLimited
 from worker.batch import BatchObserver, ScoredBatch
 from worker.decoding import Reject, decode_batch, empty_frame
 from worker.models import ActiveModel
-from worker.scoring import Scores, ScoringError, dlq_headers, encode_predictions, score_frame
+from worker.scoring import dlq_headers, encode_predictions, score_isolating
 
 log = structlog.get_logger("forestream.worker")
 
@@ -70,8 +70,9 @@ class ProcessedBatch:
     predicted: int
     dead_lettered: Counter[str]
     scored: ScoredBatch
-    """What observers see (zero valid rows when scoring failed: all went to the DLQ)."""
+    """What observers see: the predicted rows only (none went to the DLQ)."""
     scoring_error: str | None = None
+    """The model's error on the whole batch when some of its rows were dead-lettered for it."""
 
 
 def process_records(
@@ -84,8 +85,9 @@ def process_records(
 ) -> ProcessedBatch:
     """Decode, score with one ``predict_proba``, and build predictions plus dead letters.
 
-    Pure apart from the clock: never raises for bad input or a failing model (a model failure
-    dead-letters every valid record of the batch as ``scoring_failed``), so no record is lost.
+    Pure apart from the clock: never raises for bad input or a failing model, so no record is
+    lost. When the model fails on the batch, :func:`worker.scoring.score_isolating` finds the
+    rows it fails on: only those are dead-lettered (``scoring_failed``), the rest predicted.
     """
     long_keys = [i for i, r in enumerate(records) if r.key and len(r.key) > MAX_KEY_BYTES]
     if long_keys:  # rare: keep the common path free of the bookkeeping
@@ -100,25 +102,30 @@ def process_records(
     decoded = decode_batch(
         [r.value for r in records], model.schema, max_record_bytes=max_record_bytes
     )
-    valid = [records[i] for i in decoded.valid_indexes]
     rejects = list(decoded.rejects)
     started = time.perf_counter()
-    scores: Scores | None = None
+    isolated = score_isolating(model.pipeline, decoded.frame, model.classes)
+    scores = isolated.scores
     scoring_error: str | None = None
-    try:
-        scores = score_frame(model.pipeline, decoded.frame, model.classes)
-    except ScoringError as exc:
-        scoring_error = str(exc)
-        detail = scoring_error[:_DETAIL_CHARS]
-        rejects += [Reject(i, ReasonCode.SCORING_FAILED, detail) for i in decoded.valid_indexes]
+    if isolated.failed:  # only the rows the model cannot score are lost, each in the DLQ
+        scoring_error = isolated.error
+        rejects += [
+            Reject(decoded.valid_indexes[j], ReasonCode.SCORING_FAILED, why[:_DETAIL_CHARS])
+            for j, why in isolated.failed.items()
+        ]
         rejects.sort(key=lambda reject: reject.index)
-        valid = []
+        scored_rows = isolated.scored.tolist()
+        valid = [records[decoded.valid_indexes[j]] for j in scored_rows]
+        frame = decoded.frame.iloc[scored_rows].reset_index(drop=True)
+    else:
+        valid = [records[i] for i in decoded.valid_indexes]
+        frame = decoded.frame
     predict_seconds = time.perf_counter() - started
     scored_at_ms = int(time.time() * 1000)
 
     event_times_ms = [r.timestamp for r in valid]
     outgoing: list[Outgoing] = []
-    if scores is not None and valid:
+    if valid:
         values = encode_predictions(
             scores=scores,
             classes=model.classes,
@@ -135,11 +142,8 @@ def process_records(
         for reject in rejects
     ]
 
-    if scores is None:
-        scores = Scores.empty(len(model.classes))
+    if not valid:
         frame = empty_frame(model.schema)
-    else:
-        frame = decoded.frame
     scored = ScoredBatch(
         model_version=model.version,
         classes=model.classes,
@@ -259,9 +263,16 @@ class AckedPublisher:
     not only after the client's own delivery timeout (two minutes).
     """
 
-    def __init__(self, producer: Any, give_up: Callable[[], bool] = lambda: False) -> None:
+    def __init__(
+        self,
+        producer: Any,
+        give_up: Callable[[], bool] = lambda: False,
+        fatal: Callable[[BaseException], Exception | None] = lambda _exc: None,
+    ) -> None:
         self.producer = producer
         self.give_up = give_up
+        self.fatal = fatal
+        """Says which send errors no retry can fix (a missing ACL): raised, not retried."""
         self._warn = RateLimited(10.0)
 
     def publish(
@@ -294,6 +305,8 @@ class AckedPublisher:
             if not failed:
                 return True
             error = error or next((f.exception for f in futures if f.is_done and f.failed()), None)
+            if error is not None and (fatal := self.fatal(error)) is not None:
+                raise fatal
             if not waited or give_up():
                 break
             if self._warn.ready():

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from contracts.headers import ReasonCode
 from contracts.schema import CategoricalFeature, FeatureSchema, NumericFeature
-from worker.decoding import decode_batch
+from worker.decoding import MODEL_RANGE_LIMIT, decode_batch
 
 SCHEMA = FeatureSchema(
     features=[
@@ -150,8 +150,8 @@ def test_arbitrary_bytes_never_raise_and_partition_the_batch(values: list[bytes 
     assert len(decoded.frame) == len(decoded.valid_indexes)
     assert all(r.code in ReasonCode.ALL for r in decoded.rejects)
     # valid rows respect the schema: finite numbers, strings or NaN only where allowed
-    assert np.isfinite(decoded.frame["age"]).all()
-    assert not np.isinf(decoded.frame["income"]).any()
+    assert (np.abs(decoded.frame["age"]) < MODEL_RANGE_LIMIT).all()  # so finite in float32
+    assert not (np.abs(decoded.frame["income"]) >= MODEL_RANGE_LIMIT).any()
     assert decoded.frame["color"].map(lambda v: type(v) is str).all()
     assert decoded.frame["city"].map(lambda v: type(v) is str or pd.isna(v)).all()
 
@@ -190,8 +190,12 @@ NUMERIC_SCHEMA = FeatureSchema(
 )
 
 
+BELOW_LIMIT = float(np.nextafter(MODEL_RANGE_LIMIT, 0.0))
+"""The largest float64 the model takes: float32 rounds it down to its max."""
+
+
 @settings(max_examples=300, deadline=None)
-@given(st.floats(allow_nan=False, allow_infinity=False) | st.integers(-(2**70), 2**70))
+@given(st.floats(-BELOW_LIMIT, BELOW_LIMIT) | st.integers(-(2**70), 2**70))
 def test_numbers_decode_to_exactly_the_float_json_wrote(number: float) -> None:
     value = json.dumps({"a": number, "b": None, "c": -number}).encode()
     decoded = decode_batch([value], NUMERIC_SCHEMA)
@@ -220,6 +224,123 @@ def test_numbers_decode_to_exactly_the_float_json_wrote(number: float) -> None:
 def test_reason_codes_of_an_all_numeric_schema(value: bytes, code: str | None) -> None:
     decoded = decode_batch([value], NUMERIC_SCHEMA)
     assert [r.code for r in decoded.rejects] == ([code] if code else [])
+
+
+def digits(n: int, sign: bytes = b"") -> bytes:
+    """An n-digit JSON integer, 1 followed by zeros (msgspec hands it over as a Python int)."""
+    return sign + b"1" + b"0" * (n - 1)
+
+
+@pytest.mark.parametrize(
+    ("value", "code"),
+    [
+        # finite in float64 but infinite in float32, where the forest computes: out_of_range
+        (b'{"a": 1e300, "c": 2}', ReasonCode.OUT_OF_RANGE),
+        (b'{"a": 3.5e38, "c": 2}', ReasonCode.OUT_OF_RANGE),
+        (b'{"a": 1, "c": -3.5e38}', ReasonCode.OUT_OF_RANGE),
+        (b'{"a": 1, "b": 1.7976931348623157e308, "c": 2}', ReasonCode.OUT_OF_RANGE),
+        (b'{"a": ' + digits(40) + b', "c": 2}', ReasonCode.OUT_OF_RANGE),
+        (b'{"a": 1, "c": ' + digits(300, b"-") + b"}", ReasonCode.OUT_OF_RANGE),
+        (b'{"a": %r, "c": 2}' % MODEL_RANGE_LIMIT, ReasonCode.OUT_OF_RANGE),
+        # beyond float64 stays not_finite, as it always was
+        (b'{"a": ' + digits(400) + b', "c": 2}', ReasonCode.NOT_FINITE),
+        (b'{"a": 1e999, "c": 3.5e38}', ReasonCode.NOT_FINITE),  # schema order: a first
+        # taken: float32 rounds these to its max, a subnormal or zero
+        (b'{"a": %r, "c": %r}' % (BELOW_LIMIT, -BELOW_LIMIT), None),
+        (b'{"a": 3.4028235e38, "c": -3.4028235e38}', None),
+        (b'{"a": ' + digits(38) + b', "c": 2}', None),
+        (b'{"a": 5e-324, "c": -0.0}', None),
+        (b'{"a": 1e-320, "c": 1e-400, "b": -0}', None),
+        (b'{"a": 1.' + b"0" * 400 + b', "c": 2}', None),
+        # duplicate keys: the last one wins, in msgspec and in the stdlib fallback alike
+        (b'{"a": 1, "c": 2, "a": 1e300}', ReasonCode.OUT_OF_RANGE),
+        (b'{"a": 1e300, "c": 2, "a": 1}', None),
+        (b'{"a": NaN, "c": 2, "a": 1}', None),
+        # several problems: the first feature in schema order names it
+        (b'{"a": 1, "c": "x", "b": 1e300}', ReasonCode.OUT_OF_RANGE),
+        (b'{"a": 1, "c": 1e300, "b": "x"}', ReasonCode.WRONG_TYPE),
+    ],
+)
+def test_numbers_the_model_cannot_take_are_out_of_range(value: bytes, code: str | None) -> None:
+    decoded = decode_batch([value], NUMERIC_SCHEMA)
+    assert [r.code for r in decoded.rejects] == ([code] if code else [])
+
+
+def test_out_of_range_names_the_feature_and_the_value() -> None:
+    [reject] = decode_batch([b'{"a": 1, "c": -1e300}'], NUMERIC_SCHEMA).rejects
+    assert reject.detail == "'c' is -1e+300, beyond the model's float32 range (±3.4028235e38)"
+
+
+def test_the_limit_is_where_the_float32_cast_overflows() -> None:
+    """Not float32's max itself: values up to half an ulp above it round down to it."""
+    with np.errstate(over="ignore"):
+        assert np.float32(BELOW_LIMIT) == np.finfo(np.float32).max
+        assert np.isinf(np.float32(MODEL_RANGE_LIMIT))
+        assert np.isinf(np.float32(-MODEL_RANGE_LIMIT))
+    assert float(np.finfo(np.float32).max) < BELOW_LIMIT
+
+
+def float32_verdict(number: float | int) -> str | None:
+    """The oracle: what the model would do with the float64 the decoder builds."""
+    try:
+        as_float64 = float(number)
+    except OverflowError:
+        return ReasonCode.NOT_FINITE
+    with np.errstate(over="ignore"):
+        return None if np.isfinite(np.float32(as_float64)) else ReasonCode.OUT_OF_RANGE
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    st.floats(allow_nan=False, allow_infinity=False)
+    | st.floats(BELOW_LIMIT / 2, 2 * MODEL_RANGE_LIMIT)
+    | st.integers(-(10**400), 10**400)
+    | st.integers(10**37, 10**40)
+    | st.sampled_from([BELOW_LIMIT, MODEL_RANGE_LIMIT, -MODEL_RANGE_LIMIT, 5e-324, -0.0]),
+    st.booleans(),
+)
+def test_a_number_is_taken_exactly_when_float32_can_hold_it(number: float, batch: bool) -> None:
+    """Accepted numbers are those the float32 cast keeps finite; a row that is fine in a batch
+    of clean rows is rejected alone and the rest of the batch is untouched."""
+    value = b'{"a": 0.5, "c": ' + json.dumps(number).encode() + b"}"
+    clean = b'{"a": 1, "c": 2}'
+    values = [clean, value, clean] if batch else [value]
+    decoded = decode_batch(values, NUMERIC_SCHEMA)
+    expected = float32_verdict(number)
+    assert [r.code for r in decoded.rejects] == ([expected] if expected else [])
+    if batch:
+        assert decoded.valid_indexes == ([0, 2] if expected else [0, 1, 2])
+    with np.errstate(over="ignore"):
+        assert np.isfinite(decoded.frame.to_numpy(dtype=np.float32)[:, [0, 2]]).all()
+
+
+def test_the_served_forest_takes_every_number_the_decoder_accepts() -> None:
+    """What the range check is for: sklearn's forest raises for a whole batch on one value
+    that is infinite in float32; every value the decoder lets through, it scores."""
+    import warnings
+
+    from tests.worker_support import fit_pipeline, make_frame, schema_for
+
+    train = make_frame(200, seed=1)
+    pipeline, schema = fit_pipeline(train), schema_for(train)
+    taken = [BELOW_LIMIT, -BELOW_LIMIT, 3.4028235e38, 5e-324, 1e-320, -0.0, 1e38]
+    rejected = [MODEL_RANGE_LIMIT, -MODEL_RANGE_LIMIT, 3.5e38, 1e300, -1.7976931348623157e308]
+
+    def row(x1: float) -> bytes:
+        return json.dumps({"x1": x1, "x3": -x1, "color": "red"}).encode()
+
+    decoded = decode_batch([row(x) for x in taken + rejected], schema)
+    assert decoded.valid_indexes == list(range(len(taken)))
+    assert {r.code for r in decoded.rejects} == {ReasonCode.OUT_OF_RANGE}
+    with warnings.catch_warnings():
+        # sklearn's finiteness check sums the float32 input first: x1 + x3 = max - max may
+        # warn "invalid value" before its exact per-value check passes the row
+        warnings.simplefilter("ignore", RuntimeWarning)
+        probabilities = pipeline.predict_proba(decoded.frame)
+        assert probabilities.shape == (len(taken), len(pipeline.classes_))
+        for x in rejected:
+            with pytest.raises(ValueError, match="too large for dtype"):
+                pipeline.predict_proba(decoded.frame.iloc[:1].assign(x1=x))
 
 
 def decode_one_by_one(values: list[bytes | None], schema: FeatureSchema) -> tuple[Any, ...]:
@@ -251,10 +372,13 @@ numeric_records = (
 CATEGORICAL_SCHEMA = FeatureSchema(
     features=[f for f in SCHEMA.features if isinstance(f, CategoricalFeature)]
 )
-overflowing = st.sampled_from(  # a number only the float conversion finds infinite
+overflowing = st.sampled_from(  # a number only the float conversion finds infinite or huge
     [
         b'{"a":1e999,"b":1,"c":1,"x":2}',
         b'{"age":-1e999,"income":1,"color":"red","city":"oslo","x":1}',
+        b'{"a":1e300,"b":1,"c":1,"x":2}',
+        b'{"a":1,"b":-3.5e38,"c":1}',
+        b'{"age":3.5e38,"income":1,"color":"red","city":"oslo"}',
     ]
 )
 

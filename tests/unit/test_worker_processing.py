@@ -8,6 +8,8 @@ from typing import Any
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from contracts import headers
 from contracts.headers import ReasonCode
@@ -149,3 +151,91 @@ def test_observer_failure_is_counted_and_others_still_run(calls: int) -> None:
     assert fanout.errors == calls
     assert len(before.batches) == len(after.batches) == calls
     assert np.array_equal(after.batches[0].predictions, scored.predictions)
+
+
+def test_one_number_beyond_float32_dead_letters_only_its_record() -> None:
+    """Issue 13: one 1e300 used to send its whole batch to the DLQ as scoring_failed."""
+    live = make_frame(40, seed=4)
+    records = [
+        Record(f"k{i}".encode(), row_json(row), offset=i)
+        for i, (_, row) in enumerate(live.iterrows())
+    ]
+    for offset, value in ((40, b"1e300"), (41, b"-3.5e38"), (42, b"5e-324")):
+        body = b'{"x1": %s, "x3": 0.1, "color": "red"}' % value
+        records.append(Record(b"odd%d" % offset, body, offset=offset))
+    batch = run(records, model())
+    assert batch.predicted == 41  # 5e-324 is a subnormal, which the model takes
+    assert batch.dead_lettered == {ReasonCode.OUT_OF_RANGE: 2}
+    assert batch.scoring_error is None
+    letters = [o for o in batch.outgoing if o.topic == "dlq"]
+    assert [o.key for o in letters] == [b"odd40", b"odd41"]
+    assert (
+        "beyond the model's float32 range"
+        in dict(letters[0].headers)[headers.ERROR_DETAIL].decode()
+    )
+
+
+def rejecting_model() -> ActiveModel:
+    from tests.unit.rejecting_model import rejecting_pipeline
+
+    pipeline = rejecting_pipeline()
+    return ActiveModel("v9", "sha", pipeline, Metadata(model().classes, model().schema))
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    st.lists(st.sampled_from(["good"] * 5 + ["malformed"]), max_size=59),
+    st.lists(st.sampled_from(["raises", "nan"]), max_size=5),
+    st.randoms(use_true_random=False),
+)
+def test_only_the_rows_the_model_rejects_are_dead_lettered_as_scoring_failed(
+    others: list[str], rejected: list[str], rng: Any
+) -> None:
+    """Any mix of good rows, rows the model fails on and malformed records: every good row is
+    predicted in input order with its own key and offset, every row the model fails on is in
+    the DLQ as scoring_failed with its original bytes (five or fewer per batch of up to 64 are
+    always within the isolation budget)."""
+    from tests.unit.rejecting_model import NAN, RAISES
+
+    kinds = others + rejected
+    rng.shuffle(kinds)
+    live = make_frame(len(kinds), seed=rng.randrange(1000))
+    bad = malformed_records()
+    records, expected = [], []
+    for i, (kind, (_, row)) in enumerate(zip(kinds, live.iterrows(), strict=True)):
+        if kind in ("raises", "nan"):
+            row = row.copy()
+            row["x1"] = RAISES if kind == "raises" else NAN
+        value, code = rng.choice(bad) if kind == "malformed" else (row_json(row), None)
+        code = ReasonCode.SCORING_FAILED if kind in ("raises", "nan") else code
+        records.append(Record(f"k{i}".encode(), value, offset=100 + i, partition=i % 3))
+        expected.append(code)
+
+    batch = run(records, rejecting_model())
+
+    predictions = [o for o in batch.outgoing if o.topic == "out"]
+    letters = {o.key: o for o in batch.outgoing if o.topic == "dlq"}
+    good = [r for r, code in zip(records, expected, strict=True) if code is None]
+    assert len(batch.outgoing) == len(records)
+    assert [o.key for o in predictions] == [r.key for r in good], "input order, own keys"
+    parsed = [Prediction.model_validate_json(o.value or b"") for o in predictions]
+    assert [(p.source.partition, p.source.offset) for p in parsed] == [
+        (r.partition, r.offset) for r in good
+    ]
+    for record, code in zip(records, expected, strict=True):
+        if code is not None:
+            letter = letters[record.key]
+            assert letter.value == record.value, "dead letters keep the original bytes"
+            assert dict(letter.headers)[headers.ERROR].decode() == code
+            assert dict(letter.headers)[headers.SOURCE_OFFSET] == str(record.offset).encode()
+    scoring_failed = expected.count(ReasonCode.SCORING_FAILED)
+    assert batch.dead_lettered[ReasonCode.SCORING_FAILED] == scoring_failed
+    assert (batch.scoring_error is not None) == (scoring_failed > 0)
+    assert batch.predicted == len(good) == len(batch.scored.frame) == len(batch.scored.keys)
+    assert batch.scored.keys == [r.key for r in good]
+    if good:  # each prediction is what the model says about that row alone
+        pipeline = rejecting_model().pipeline
+        frame = batch.scored.frame
+        assert np.array_equal(batch.scored.probabilities, pipeline.predict_proba(frame))
+        for p, row in zip(parsed, batch.scored.probabilities.tolist(), strict=True):
+            assert [p.probabilities[c] for c in model().classes] == row

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import math
+import warnings
 from functools import cache
 from typing import Any
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from contracts import headers
 from contracts.headers import ReasonCode
@@ -189,3 +193,137 @@ def test_a_released_model_is_not_kept_alive_by_the_scoring_cache() -> None:
     del forest
     gc.collect()
     assert released() is None
+
+
+# -- isolating the rows a model cannot score -----------------------------------------------------
+
+
+def marked_frame(kinds: list[str], seed: int = 6) -> Any:
+    """A decoded frame of len(kinds) live rows, x1 marked where the kind is "raises"/"nan"."""
+    from tests.unit.rejecting_model import NAN, RAISES
+
+    _, train = trained()
+    live = make_frame(len(kinds), seed=seed)
+    live.loc[[k == "raises" for k in kinds], "x1"] = RAISES
+    live.loc[[k == "nan" for k in kinds], "x1"] = NAN
+    decoded = decode_batch([row_json(r) for _, r in live.iterrows()], schema_for(train))
+    assert decoded.valid_indexes == list(range(len(kinds)))
+    return decoded.frame
+
+
+def calls_bound(bad: int, rows: int) -> int:
+    """What score_isolating promises: one call, plus two per failing range per halving."""
+    return 1 + 2 * bad * math.ceil(math.log2(rows)) if bad else 1
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.sampled_from(["good", "good", "good", "raises", "nan"]), max_size=70))
+def test_isolation_scores_every_good_row_and_fails_exactly_the_bad_ones(kinds: list[str]) -> None:
+    from tests.unit.rejecting_model import rejecting_pipeline
+    from worker.scoring import score_isolating
+
+    pipeline = rejecting_pipeline()
+    classes = [str(c) for c in pipeline.classes_]
+    frame = marked_frame(kinds)
+    good = [i for i, kind in enumerate(kinds) if kind == "good"]
+    bad = [i for i, kind in enumerate(kinds) if kind != "good"]
+
+    isolated = score_isolating(pipeline, frame, classes, max_calls=10**6)
+
+    assert isolated.scored.tolist() == good
+    assert list(isolated.failed) == bad
+    assert (isolated.error is None) == (not bad)
+    assert isolated.calls <= calls_bound(len(bad), len(kinds))
+    if good:  # the same numbers as scoring the good rows alone, in input order
+        expected = pipeline.predict_proba(frame.iloc[good])
+        assert np.array_equal(isolated.scores.probabilities, expected)
+        assert isolated.scores.labels.tolist() == [classes[j] for j in expected.argmax(axis=1)]
+    for i in bad:
+        reason = "rejects" if kinds[i] == "raises" else "NaN"
+        assert reason in isolated.failed[i]
+
+
+def test_a_clean_batch_costs_one_call() -> None:
+    from tests.unit.rejecting_model import rejecting_pipeline
+    from worker.scoring import score_isolating
+
+    calls = 0
+
+    class Counting:
+        def predict_proba(self, frame: Any) -> Any:
+            nonlocal calls
+            calls += 1
+            return rejecting_pipeline().predict_proba(frame)
+
+    frame = marked_frame(["good"] * 50)
+    isolated = score_isolating(Counting(), frame, ["high", "low", "mid"])
+    assert (calls, isolated.calls, len(isolated.scored), isolated.failed) == (1, 1, 50, {})
+
+
+def test_a_few_bad_rows_of_a_full_batch_fit_the_default_budget() -> None:
+    """Three bad rows of 1,000 (the default --max-batch): every other row is predicted."""
+    from tests.unit.rejecting_model import rejecting_pipeline
+    from worker.scoring import score_isolating
+
+    kinds = ["good"] * 1000
+    for i in (0, 517, 999):
+        kinds[i] = "raises"
+    isolated = score_isolating(rejecting_pipeline(), marked_frame(kinds), ["high", "low", "mid"])
+    assert list(isolated.failed) == [0, 517, 999]
+    assert len(isolated.scored) == 997
+    assert isolated.calls <= calls_bound(3, 1000)
+
+
+@pytest.mark.parametrize("bad", [40, 1000])
+def test_past_the_budget_the_unsplit_rest_fails_whole_and_nothing_is_lost(bad: int) -> None:
+    from tests.unit.rejecting_model import rejecting_pipeline
+    from worker.scoring import ISOLATION_MAX_CALLS, score_isolating
+
+    kinds = ["good"] * 1000
+    for i in np.random.default_rng(bad).choice(1000, size=bad, replace=False).tolist():
+        kinds[i] = "raises"
+    isolated = score_isolating(rejecting_pipeline(), marked_frame(kinds), ["high", "low", "mid"])
+    assert isolated.calls <= 1 + ISOLATION_MAX_CALLS
+    scored, failed = set(isolated.scored.tolist()), set(isolated.failed)
+    assert not scored & failed and scored | failed == set(range(1000))
+    assert {i for i, kind in enumerate(kinds) if kind != "good"} <= failed
+    assert any("isolation budget spent" in why for why in isolated.failed.values())
+
+
+@pytest.mark.parametrize(
+    "result",
+    [ValueError("boom"), np.ones((3, 2)), np.full((1, 3), np.nan)],
+    ids=["raises", "wrong-shape", "nan"],
+)
+def test_a_model_that_fails_on_everything_fails_every_row_in_bounded_calls(result: Any) -> None:
+    from worker.scoring import score_isolating
+
+    calls = 0
+
+    class Broken:
+        def predict_proba(self, frame: Any) -> Any:
+            nonlocal calls
+            calls += 1
+            if isinstance(result, Exception):
+                raise result
+            return np.resize(result, (len(frame), 3)) if np.isnan(result).all() else result
+
+    frame = marked_frame(["good"] * 300)
+    isolated = score_isolating(Broken(), frame, ["a", "b", "c"], max_calls=20)
+    assert calls == isolated.calls <= 21
+    assert list(isolated.failed) == list(range(300))
+    assert len(isolated.scores.labels) == len(isolated.scored) == 0
+    assert isolated.scores.probabilities.shape == (0, 3)
+
+
+def test_a_bad_first_batch_does_not_cost_a_forest_its_fast_path() -> None:
+    """The bit-identity check needs a batch predict_proba can score; a failing one defers it."""
+    from worker.scoring import _probability_fn
+
+    frame = marked_frame(["good"] * 20)
+    forest = fit_pipeline(make_frame(300, seed=1))  # a fresh model: nothing cached yet
+    classes = [str(c) for c in forest.classes_]
+    with warnings.catch_warnings(), pytest.raises(ScoringError):
+        warnings.simplefilter("ignore", RuntimeWarning)  # numpy's "overflow in cast"
+        score_frame(forest, frame.assign(x1=1e300), classes)  # beyond float32: refused whole
+    assert _probability_fn(forest, frame) is not None
