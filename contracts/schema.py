@@ -16,7 +16,8 @@ class _Frozen(BaseModel):
 
 
 class NumericFeature(_Frozen):
-    """A numeric column: any finite JSON number is accepted (min/max are informational)."""
+    """A numeric column: any JSON number the model can compute with is accepted (finite and
+    within float32's range; min/max are informational)."""
 
     name: str
     kind: Literal["numeric"] = "numeric"

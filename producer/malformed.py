@@ -25,6 +25,7 @@ MALFORMED_KINDS: tuple[str, ...] = (
     ReasonCode.MISSING_FEATURE,
     ReasonCode.WRONG_TYPE,
     ReasonCode.NOT_FINITE,
+    ReasonCode.OUT_OF_RANGE,
     ReasonCode.TOO_LARGE,
     ReasonCode.EMPTY,
 )
@@ -64,6 +65,10 @@ def malformed_value(
             raise ValueError("no numeric feature to spoil")
         spoilt = {**clean, numeric[pick % len(numeric)]: float("nan")}
         return json.dumps(spoilt, separators=(",", ":"), allow_nan=True).encode()
+    if kind == ReasonCode.OUT_OF_RANGE:  # finite, but beyond float32, which the forest uses
+        if not numeric:
+            raise ValueError("no numeric feature to spoil")
+        return encode_row({**clean, numeric[pick % len(numeric)]: 1e300})
     if kind == ReasonCode.TOO_LARGE:
         # a runaway free-text field; compressible, so the broker's own 1 MiB limit is not hit
         return encode_row({**clean, "comment": "x" * (MAX_VALUE_BYTES + 1)})
@@ -73,13 +78,14 @@ def malformed_value(
 
 
 def possible_kinds(required: Sequence[str], numeric: Sequence[str]) -> tuple[str, ...]:
-    """The kinds that can be made for a schema (no numeric feature: no wrong_type/not_finite)."""
+    """The kinds that can be made for a schema (no numeric feature: none of the numeric kinds)."""
     kinds = list(MALFORMED_KINDS)
     if not required:
         kinds.remove(ReasonCode.MISSING_FEATURE)
     if not numeric:
         kinds.remove(ReasonCode.WRONG_TYPE)
         kinds.remove(ReasonCode.NOT_FINITE)
+        kinds.remove(ReasonCode.OUT_OF_RANGE)
     return tuple(kinds)
 
 
