@@ -1,6 +1,7 @@
 """What a hot reload costs a running worker: the pause the scoring loop sees, and memory.
 
-``python -m bench.reload [--cycles 5] [--trees 100] [--features 30] [--batch 1000]``
+``python -m bench.reload [--cycles 5] [--trees 100] [--features 30] [--batch 1000]
+[--rate 1500] [--workers 2] [--skip-under-load]``
 
 In one process: two versions of a realistic model (like ``bench.throughput``) in a temporary
 store, the real :class:`worker.models.ModelFollower` on a fresh models topic of a real broker,
@@ -15,6 +16,11 @@ and reports:
   first by the new one, and the largest gap between batches while the load was running
   (the loader shares the GIL with the loop), next to the median gap without a reload;
 - VmRSS (``/proc/self/status``, after ``gc.collect()``) before and after each reload.
+
+Then, unless ``--skip-under-load``, the same promotion end to end (:mod:`bench.promotion`): the
+real ``forestream models promote`` command against ``--workers`` real worker processes scoring
+``--rate`` rec/s: how long the command takes, and when each worker's first prediction by the
+new version comes after it returned.
 """
 
 from __future__ import annotations
@@ -84,8 +90,29 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--features", type=int, default=30)
     parser.add_argument("--batch", type=int, default=1000, help="records per scored batch")
     parser.add_argument("--bootstrap-servers", help="broker (default: the local one)")
+    parser.add_argument("--rate", type=float, default=1500.0, help="rec/s of the end-to-end part")
+    parser.add_argument("--workers", type=int, default=2, help="workers of the end-to-end part")
+    parser.add_argument(
+        "--skip-under-load", action="store_true", help="only the in-process measurement"
+    )
     args = parser.parse_args(argv)
+    in_process(args)
+    if not args.skip_under_load:
+        from bench import promotion
 
+        print("\npromotion under load (real CLI, real workers):")
+        given = ["--bootstrap-servers", args.bootstrap_servers] if args.bootstrap_servers else []
+        argv = [
+            *given,
+            "--rate", str(args.rate), "--workers", str(args.workers),
+            "--cycles", str(max(args.cycles, 2)),
+            "--trees", str(args.trees), "--features", str(args.features),
+        ]  # fmt: skip
+        promotion.run(promotion.parse_args(argv))
+
+
+def in_process(args: argparse.Namespace) -> None:
+    """The in-process part: the real follower beside a scoring thread, no Kafka load."""
     from bench.throughput import broker
     from bench.workload import MODEL_NAME, announce_promotion, make_workload
     from contracts.logs import configure_logging

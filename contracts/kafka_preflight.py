@@ -75,8 +75,7 @@ def check_tls(conn: KafkaConnection, host: str, port: int, timeout_s: float) -> 
             else "set FORESTREAM_SSL_CAFILE to the CA that signed the broker's certificate)"
         )
         raise TlsFailed(
-            f"the certificate of Kafka at {where} is not trusted: {exc.verify_message} "
-            f"({hint}"
+            f"the certificate of Kafka at {where} is not trusted: {exc.verify_message} ({hint}"
         ) from None
     except ssl.SSLError as exc:
         reason = exc.reason or str(exc)

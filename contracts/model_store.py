@@ -1,15 +1,22 @@
 """The model registry on disk: versioned, hashed (optionally signed) artifacts and promotion state.
 
-Layout: ``<root>/<name>/<version>/{model.joblib, metadata.json, quality_report.json}`` and
-``<root>/<name>/promotions.jsonl``. The trainer writes, workers and ``replay`` read. joblib is
-pickle, so :meth:`ModelStore.load_verified` checks the artifact's bytes against its sha256 (and
-HMAC when a signing key is configured) *before* unpickling, and unpickles exactly the bytes it
-checked.
+Layout: ``<root>/<name>/<version>/{model.joblib, metadata.json, quality_report.json}``,
+``<root>/<name>/promotions.jsonl`` and ``<root>/<name>/.lock``. The trainer writes, workers and
+``replay`` read. joblib is pickle, so :meth:`ModelStore.load_verified` checks the artifact's bytes
+against its sha256 (and HMAC when a signing key is configured) *before* unpickling, and unpickles
+exactly the bytes it checked; :meth:`ModelStore.verify_artifact` makes the same checks without
+unpickling (the registry commands must not pay for importing scikit-learn).
+
+The promotion history follows the models topic, which is what workers serve from: registry
+writers hold :meth:`ModelStore.lock` and record an entry only after their event is on the topic
+(``training.publish.change_serving``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import fcntl
 import hashlib
 import hmac
 import io
@@ -18,10 +25,13 @@ import os
 import re
 import shutil
 import stat
+import time
 import uuid
+import zlib
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
@@ -32,6 +42,8 @@ ARTIFACT = "model.joblib"
 METADATA = "metadata.json"
 QUALITY_REPORT = "quality_report.json"
 PROMOTIONS = "promotions.jsonl"
+LOCK = ".lock"
+LOCK_TIMEOUT_S = 60.0
 SIGNING_KEY_ENV = "FORESTREAM_SIGNING_KEY"
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
@@ -107,7 +119,49 @@ def _version_number(version: str) -> int:
 
 
 def _now_iso() -> str:
-    return datetime.now(UTC).isoformat(timespec="seconds")
+    return datetime.now(UTC).isoformat(timespec="milliseconds")
+
+
+HistoryAction = Literal["promote", "rollback"]
+
+
+def pickled_class(data: bytes) -> str | None:
+    """``module.Class`` of the object a joblib artifact pickles, read without unpickling.
+
+    Only the first few opcodes of the (zlib, gzip or uncompressed) pickle stream are parsed:
+    enough to tell an estimator from, say, a pickled dict, at no import cost. None when the
+    stream does not start with a class reference; other joblib codecs are not judged here
+    (``""``): unpickling on the workers still decides.
+    """
+    import pickletools
+
+    head = data[:65536]
+    if head[:1] == b"\x80":
+        raw = head
+    elif head[:1] == b"\x78" or head[:2] == b"\x1f\x8b":
+        wbits = zlib.MAX_WBITS | (16 if head[:1] == b"\x1f" else 0)
+        try:
+            raw = zlib.decompressobj(wbits).decompress(head, 65536)
+        except zlib.error:
+            return None
+    else:
+        return ""
+    strings: list[str] = []
+    try:
+        for opcode, arg, _pos in pickletools.genops(io.BytesIO(raw)):
+            if opcode.name in ("PROTO", "FRAME", "MEMOIZE", "PUT", "BINPUT", "LONG_BINPUT"):
+                continue
+            if opcode.name in ("SHORT_BINUNICODE", "BINUNICODE", "UNICODE"):
+                strings.append(str(arg))
+                continue
+            if opcode.name == "STACK_GLOBAL" and len(strings) >= 2:
+                return f"{strings[-2]}.{strings[-1]}"
+            if opcode.name == "GLOBAL":
+                return str(arg).replace(" ", ".")
+            return None
+    except (ValueError, EOFError):  # truncated prefix or not a pickle at all
+        return None
+    return None
 
 
 class ModelStore:
@@ -218,20 +272,14 @@ class ModelStore:
             )
         return report
 
-    def load_verified(
+    def _checked_bytes(
         self,
         name: str,
         version: str,
-        *,
-        expected_sha256: str | None = None,
-        signing_key: bytes | None = None,
-    ) -> tuple[Any, ModelMetadata]:
-        """Unpickle a version only after its bytes match the recorded hash (and signature).
-
-        ``expected_sha256`` is the hash announced on the models topic: a store whose files were
-        swapped (metadata included) is still caught. With a ``signing_key`` an unsigned
-        artifact is refused, not trusted.
-        """
+        expected_sha256: str | None,
+        signing_key: bytes | None,
+    ) -> tuple[bytes, ModelMetadata, Path]:
+        """The artifact's bytes, its metadata and path, after the hash and signature checks."""
         try:
             meta = self.metadata(name, version)
         except ArtifactRejected:
@@ -260,6 +308,42 @@ class ModelStore:
                 )
             if not hmac.compare_digest(sign(data, signing_key), meta.signature):
                 raise ArtifactRejected(f"{path}: bad HMAC signature; refusing to load it")
+        return data, meta, path
+
+    def verify_artifact(
+        self,
+        name: str,
+        version: str,
+        *,
+        expected_sha256: str | None = None,
+        signing_key: bytes | None = None,
+    ) -> ModelMetadata:
+        """Every check of :meth:`load_verified` that needs no unpickling: metadata, sha256, HMAC,
+        and that the pickle stream starts with a class (not, say, a dict).
+
+        What a registry command runs before announcing a version: importing scikit-learn to
+        unpickle would cost it seconds; workers still unpickle, warm up and refuse a non-model.
+        """
+        data, meta, path = self._checked_bytes(name, version, expected_sha256, signing_key)
+        if pickled_class(data) is None:
+            raise ArtifactRejected(f"{path}: not a pickled model (no class at the top)")
+        return meta
+
+    def load_verified(
+        self,
+        name: str,
+        version: str,
+        *,
+        expected_sha256: str | None = None,
+        signing_key: bytes | None = None,
+    ) -> tuple[Any, ModelMetadata]:
+        """Unpickle a version only after its bytes match the recorded hash (and signature).
+
+        ``expected_sha256`` is the hash announced on the models topic: a store whose files were
+        swapped (metadata included) is still caught. With a ``signing_key`` an unsigned
+        artifact is refused, not trusted.
+        """
+        data, meta, path = self._checked_bytes(name, version, expected_sha256, signing_key)
         import joblib
 
         try:
@@ -375,19 +459,28 @@ class ModelStore:
             entries.append({**entry, "version": normalize_version(version)})
         return entries
 
+    def history(self, name: str) -> list[dict[str, Any]]:
+        """The promotion history, oldest first: each entry names the version served after it."""
+        return self._history(name)
+
     def _served_stack(self, name: str) -> list[str]:
-        """Replays history: a promotion pushes a version, a rollback pops back to the previous."""
+        """Replays history: a promotion pushes a version, a rollback pops back to the previous.
+
+        A rollback entry whose version is not the previous one (the history was repaired from
+        the models topic, whose order decides) is taken as what it says: that version is served.
+        """
         stack: list[str] = []
         for entry in self._history(name):
-            if entry.get("action") == "rollback":
-                if len(stack) > 1:
-                    stack.pop()
-            elif not stack or stack[-1] != entry.get("version"):
-                stack.append(str(entry.get("version")))
+            version = str(entry["version"])
+            if entry["action"] == "rollback" and len(stack) > 1 and stack[-2] == version:
+                stack.pop()
+            elif not stack or stack[-1] != version:
+                stack.append(version)
         return stack
 
-    def _append(self, name: str, action: str, version: str) -> None:
-        line = json.dumps({"action": action, "version": version, "at": _now_iso()}) + "\n"
+    def _append(self, name: str, action: str, version: str, **extra: Any) -> None:
+        entry = {"action": action, "version": version, "at": _now_iso(), **extra}
+        line = json.dumps(entry) + "\n"
         path = self.root / check_name(name) / PROMOTIONS
         # one O_APPEND write per entry: concurrent writers interleave lines, never bytes
         try:
@@ -398,6 +491,58 @@ class ModelStore:
                 os.close(fd)
         except OSError as exc:
             raise self._os_error("write", exc) from None
+
+    @contextlib.contextmanager
+    def lock(self, name: str, timeout_s: float = LOCK_TIMEOUT_S) -> Iterator[bool]:
+        """Hold ``<root>/<name>/.lock`` exclusively (``flock``): one registry writer at a time.
+
+        Serializes every promote/rollback/publish sharing this store, on this machine or on a
+        shared volume that honours ``flock`` (NFSv4 does). Yields False, without waiting, where
+        the filesystem has no locks at all: the models-topic check of the caller still catches
+        a concurrent writer. The kernel drops the lock when the process dies: nothing goes stale.
+        """
+        path = self.prepare(name) / LOCK
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise self._os_error("write", exc) from None
+        try:
+            deadline = time.monotonic() + timeout_s
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    locked = True
+                    break
+                except BlockingIOError:
+                    if time.monotonic() > deadline:
+                        raise UserError(
+                            f"another registry command has held {path} for {timeout_s:.0f}s; "
+                            "retry when it has finished"
+                        ) from None
+                    time.sleep(0.02)
+                except OSError as exc:
+                    if exc.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.EINVAL):
+                        raise self._os_error("lock", exc) from None
+                    locked = False
+                    break
+            yield locked
+        finally:
+            os.close(fd)  # releases the lock
+
+    def record(self, name: str, action: HistoryAction, version: str, **extra: Any) -> None:
+        """Append an entry whose event is already on the models topic (``extra``: its offset)."""
+        version = normalize_version(version)
+        self._served_stack(name)  # never append to a history that cannot be read back
+        self._append(name, action, version, **extra)
+
+    def follow(self, name: str, version: str, action: HistoryAction, **extra: Any) -> bool:
+        """Make the history say ``version`` is served, as the models topic does; True if it had
+        to (an entry marked ``"source": "models topic"``), False if it already agreed."""
+        version = normalize_version(version)
+        if self.served(name) == version:
+            return False
+        self._append(name, action, version, source="models topic", **extra)
+        return True
 
     def served(self, name: str) -> str | None:
         """As recorded: the version may have been pruned by hand since (``models list`` warns,
@@ -410,15 +555,18 @@ class ModelStore:
         return stack[-2] if len(stack) > 1 else None
 
     def promote(self, name: str, version: str) -> ModelMetadata:
-        """Mark a version as the one workers serve; it must exist and pass verification."""
+        """Mark a version as the one workers serve; it must exist and pass verification.
+
+        Records only: ``forestream models promote`` announces through
+        ``training.publish.change_serving``, which records after the announcement.
+        """
         version = normalize_version(version)
         meta = self.metadata(name, version)
-        self._served_stack(name)  # never append to a history that cannot be read back
-        self._append(name, "promote", version)
+        self.record(name, "promote", version)
         return meta
 
-    def rollback(self, name: str) -> str:
-        """Serve the version that was served before the current one."""
+    def rollback_target(self, name: str) -> str:
+        """The version a rollback would serve: the one served before the current one."""
         previous = self.previously_served(name)
         if previous is None:
             current = self.served(name)
@@ -431,5 +579,10 @@ class ModelStore:
                 f"cannot roll {name!r} back to {previous}: that version is no longer in "
                 f"{self.root}; promote the version to serve instead"
             )
+        return previous
+
+    def rollback(self, name: str) -> str:
+        """Serve the version that was served before the current one (records only)."""
+        previous = self.rollback_target(name)
         self._append(name, "rollback", previous)
         return previous

@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from rich.console import Console
 
     from contracts.model_store import ModelMetadata, ModelStore
+    from training.publish import Action, Announced
     from training.quality import QualityReport
 
 models_app = typer.Typer(
@@ -127,21 +128,17 @@ def _announce_new_version(
     promote: bool,
 ) -> None:
     from contracts.errors import UserError
-    from training.publish import model_event, publish_event, serving_ref
 
-    if promote:
-        model_store.promote(meta.name, meta.version)
-    event = model_event(
-        "promoted" if promote else "published", meta, serving_ref(model_store, meta.name)
-    )
     try:
-        publish_event(settings.kafka(), settings.models_topic, event)
+        done = _change_serving(
+            settings, model_store, "promote" if promote else "publish", meta.version
+        )
     except UserError as exc:
         raise UserError(
-            f"{meta.version} is saved{' and promoted in the store' if promote else ''} but was "
-            f"not announced ({exc}); retry with `forestream models promote {meta.version}`"
+            f"{meta.version} is saved but was not announced ({exc}); "
+            f"retry with `forestream models promote {meta.version}`"
         ) from None
-    console.print(f"{event.kind} {meta.name} {meta.version} on {settings.models_topic}")
+    console.print(f"{done.event.kind} {meta.name} {meta.version} on {settings.models_topic}")
 
 
 class _FitProgress:
@@ -367,7 +364,7 @@ def models_promote(
     bootstrap_servers: BootstrapOpt = None,
     models_topic: ModelsTopicOpt = None,
 ) -> None:
-    """Serve a version: verified first, then recorded in the store and announced to workers."""
+    """Serve a version: verified first, then announced to workers and recorded in the store."""
     from contracts.model_store import signing_key_from_env
 
     settings = _settings(
@@ -377,14 +374,14 @@ def models_promote(
         models_topic=models_topic,
     )
     model_store = _store(settings)
-    # refuse to announce what no worker could load (altered, unsigned under a key, not a model)
-    _, meta = model_store.load_verified(
+    # refuse to announce what no worker could load (altered, unsigned under a key, not a
+    # pickled object); checked on the bytes, without unpickling: importing scikit-learn would
+    # cost the command seconds, and every worker unpickles and warms it up before serving it
+    meta = model_store.verify_artifact(
         settings.model_name, version, signing_key=signing_key_from_env()
     )
     model_store.served(settings.model_name)  # a broken promotion history: say so before Kafka
-    _check_kafka(settings)
-    model_store.promote(settings.model_name, meta.version)
-    _publish(settings, model_store, "promoted", meta)
+    _echo_announced(_change_serving(settings, model_store, "promote", meta.version))
 
 
 @models_app.command("rollback")
@@ -402,30 +399,49 @@ def models_rollback(
         models_topic=models_topic,
     )
     model_store = _store(settings)
-    if model_store.previously_served(settings.model_name) is None:
-        model_store.rollback(settings.model_name)  # raises the store's one-line explanation
-    _check_kafka(settings)
-    version = model_store.rollback(settings.model_name)
-    _publish(
-        settings, model_store, "rolled_back", model_store.metadata(settings.model_name, version)
-    )
+    if model_store.served(settings.model_name) is None:  # never promoted here: say so first
+        model_store.rollback_target(settings.model_name)
+    # otherwise the target is decided under the store's lock, once the history follows the
+    # models topic (it may know a promotion this store missed)
+    _echo_announced(_change_serving(settings, model_store, "rollback"))
 
 
 def _check_kafka(settings: CommonSettings) -> None:
-    """Reach the broker before changing promotion state, so store and topic stay in step."""
+    """Reach the broker (and the models topic) before a long fit whose result it announces."""
     from contracts.kafka_io import ensure_topics, models_topic_spec
 
     ensure_topics(settings.kafka(), [models_topic_spec(settings.models_topic)])
 
 
-def _publish(
-    settings: CommonSettings, model_store: ModelStore, kind: str, meta: ModelMetadata
-) -> None:
-    from training.publish import model_event, publish_event, serving_ref
+def _change_serving(
+    settings: CommonSettings, model_store: ModelStore, action: Action, version: str | None = None
+) -> Announced:
+    """One registry write (store lock, compare-and-set on the models topic, then the history);
+    notes about a repaired history or a concurrent writer go to stderr."""
+    from contracts.kafka_io import require_reachable
+    from contracts.model_store import signing_key_from_env
+    from training.publish import change_serving
 
-    event = model_event(kind, meta, serving_ref(model_store, meta.name))  # type: ignore[arg-type]
-    publish_event(settings.kafka(), settings.models_topic, event)
-    typer.echo(f"{kind.replace('_', ' ')} {meta.name} {meta.version}: now serving {meta.version}")
+    require_reachable(settings.kafka())  # one line now, not a client retrying for seconds
+    done = change_serving(
+        settings.kafka(),
+        settings.models_topic,
+        model_store,
+        settings.model_name,
+        action,
+        version,
+        signing_key=signing_key_from_env(),
+    )
+    for note in done.notes:
+        typer.echo(note, err=True)
+    return done
+
+
+def _echo_announced(done: Announced) -> None:
+    event = done.event
+    serving = event.serving.version if event.serving else "nothing"
+    kind = event.kind.replace("_", " ")
+    typer.echo(f"{kind} {event.name} {event.version}: now serving {serving}")
 
 
 # -- demo data -----------------------------------------------------------------------------------

@@ -3,27 +3,72 @@
 Key = model name, so compaction keeps the newest event per model. Every event carries
 ``serving`` (the promoted version at that moment, with its hash), so whatever compaction
 drops, the surviving event still tells a new worker what to load and how to verify it.
+
+Registry writes (``models promote|rollback``, ``train --publish|--promote``) go through
+:func:`change_serving`. The rule: **the models topic is the source of truth** for what is
+served (workers follow nothing else), and the store's promotion history follows it.
+
+- Writers sharing a store take its lock (:meth:`ModelStore.lock`, ``flock``) for the whole
+  read-decide-announce-record sequence, so two commands on one machine run one after the other.
+- Across machines (or a volume without locks) the decision is a compare-and-set on the topic:
+  read the newest event for the name and the partition's end offset, decide, append, then read
+  what lies between that end offset and our record. An event for the name there whose
+  ``serving`` differs from what we decided on means another writer won the race:
+
+  * a promotion stands (serving the version asked for is right whatever came before it);
+  * a rollback is withdrawn: it was meant to undo the version it saw served, which is no longer
+    served. The other writer's event is announced again, and the command fails in one line;
+  * a publication (it keeps ``serving`` unchanged) is announced again with the new ``serving``.
+
+- The history records an entry only once its event is on the topic, and before deciding, a
+  writer first makes the history agree with the topic (an entry marked ``"source": "models
+  topic"``): a crash between announcing and recording, or another machine's write, is
+  repaired by the next registry command.
 """
 
 from __future__ import annotations
 
 import time
-from typing import Literal
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import TYPE_CHECKING, Literal
 
-from contracts.kafka_errors import classify_client_error
-from contracts.kafka_io import (
-    Target,
-    connection,
-    ensure_topics,
-    make_producer,
-    models_topic_spec,
-)
+from pydantic import ValidationError
+
+from contracts.errors import UserError
 from contracts.model_store import ModelMetadata, ModelStore
 from contracts.wire import ModelEvent, ServingRef
 
+if TYPE_CHECKING:
+    from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+
+    from contracts.kafka_io import Target
+
 EventKind = Literal["published", "promoted", "rolled_back"]
+Action = Literal["promote", "rollback", "publish"]
 
 SEND_TIMEOUT_S = 30.0
+READ_TIMEOUT_S = 30.0
+METADATA_BACKOFF_MS = 10
+"""Least time between two metadata requests of the registry's clients. kafka-python 3.0.12 builds
+its cluster metadata with the default 100 ms whatever ``retry_backoff_ms`` says, and the first
+topic lookup always follows the bootstrap's own request: 0.1 s per client, twice per command."""
+
+
+def _quick_metadata(cluster: object) -> None:
+    """Lower that pause on a client's cluster metadata (private; left alone if it changed)."""
+    config = getattr(cluster, "config", None)
+    if isinstance(config, dict) and "retry_backoff_ms" in config:
+        config["retry_backoff_ms"] = METADATA_BACKOFF_MS
+
+
+ATTEMPTS = 3
+"""Announcements of a publication that keeps losing the race before the command gives up."""
+
+
+class RegistryConflict(UserError):
+    """Another registry command changed what is served between our read and our announcement."""
 
 
 def serving_ref(store: ModelStore, name: str) -> ServingRef | None:
@@ -50,26 +95,351 @@ def model_event(kind: EventKind, metadata: ModelMetadata, serving: ServingRef | 
     )
 
 
-def publish_event(kafka: Target, topic: str, event: ModelEvent) -> None:
-    """Send one event (topic created compacted on first use) and wait until the broker has it."""
-    from kafka.errors import KafkaError
+def _kafka_failure(exc: Exception, kafka: Target, topic: str, doing: str) -> UserError:
+    """A client error as the fatal error of its class, else one line saying what failed."""
+    from contracts.kafka_errors import classify_client_error
+    from contracts.kafka_io import connection
 
-    from contracts.errors import UserError
+    fatal = classify_client_error(exc, connection(kafka), topic=topic)
+    if fatal is not None:
+        return fatal
+    return UserError(f"could not {doing} {topic!r} at {connection(kafka).bootstrap}: {exc}")
 
-    ensure_topics(kafka, [models_topic_spec(topic)])
-    producer = make_producer(kafka, linger_ms=0)
-    try:
-        future = producer.send(
-            topic, key=event.name.encode(), value=event.model_dump_json().encode()
+
+@dataclass(frozen=True)
+class TopicEvent:
+    """One event for a model name, where it sits on the models topic."""
+
+    offset: int
+    event: ModelEvent
+
+    @property
+    def serving(self) -> str | None:
+        return self.event.serving.version if self.event.serving else None
+
+
+@dataclass(frozen=True)
+class TopicState:
+    """What the models topic said about one name when read: newest event, and the end offset."""
+
+    end: int
+    latest: TopicEvent | None
+
+
+@dataclass
+class ModelsTopic:
+    """One command's reader and writer of the models topic.
+
+    A name's events all live on one partition (the producer's key hash; the project creates the
+    topic with one), so offsets on it are the total order of that name's announcements.
+    """
+
+    kafka: Target
+    topic: str
+    timeout_s: float = READ_TIMEOUT_S
+    _consumer: KafkaConsumer | None = None
+    _producer: KafkaProducer | None = None
+    _partitions: list[int] = field(default_factory=list)
+
+    def __enter__(self) -> ModelsTopic:
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self._producer is not None:
+            self._producer.close(timeout=2)  # our record is acknowledged: nothing left to wait for
+        if self._consumer is not None:
+            self._consumer.close()
+
+    def _reader(self) -> KafkaConsumer:
+        """A group-less consumer; creates the (compacted) topic on first use, and only then:
+        the usual case costs no admin round trip."""
+        if self._consumer is not None:
+            return self._consumer
+        from kafka.errors import KafkaError
+
+        from contracts.kafka_io import ensure_topics, make_consumer, models_topic_spec
+
+        consumer = make_consumer(
+            self.kafka,
+            group_id=None,
+            client_id="forestream-registry",
+            fetch_max_wait_ms=20,
         )
-        future.get(timeout=SEND_TIMEOUT_S)
-    except KafkaError as exc:
-        fatal = classify_client_error(exc, connection(kafka), topic=topic)
-        if fatal is not None:
-            raise fatal from None
-        raise UserError(
-            f"could not publish {event.kind} {event.name} {event.version} to {topic!r} "
-            f"at {connection(kafka).bootstrap}: {exc}"
-        ) from None
-    finally:
-        producer.close(timeout=5)
+        _quick_metadata(getattr(getattr(consumer, "_client", None), "cluster", None))
+        self._consumer = consumer
+        try:
+            partitions = consumer.partitions_for_topic(self.topic)
+            if not partitions:
+                ensure_topics(self.kafka, [models_topic_spec(self.topic)])
+                deadline = time.monotonic() + self.timeout_s
+                while not (partitions := consumer.partitions_for_topic(self.topic)):
+                    if time.monotonic() > deadline:
+                        raise UserError(f"topic {self.topic!r} not visible after creating it")
+                    time.sleep(0.1)
+        except KafkaError as exc:
+            raise _kafka_failure(exc, self.kafka, self.topic, "read") from None
+        self._partitions = sorted(partitions)
+        return consumer
+
+    def _partition(self, name: str) -> TopicPartition:
+        """The partition the producer's default partitioner puts ``name``'s events on."""
+        from kafka import TopicPartition
+        from kafka.partitioner.default import murmur2
+
+        self._reader()
+        index = (murmur2(name.encode()) & 0x7FFFFFFF) % len(self._partitions)
+        return TopicPartition(self.topic, self._partitions[index])
+
+    def read(self, name: str) -> TopicState:
+        """The newest event for ``name`` and the partition's end offset, read from the tail back
+        (chunks growing eightfold): the topic is compacted, but not its active segment."""
+        from kafka.errors import KafkaError
+
+        consumer = self._reader()
+        tp = self._partition(name)
+        try:
+            consumer.assign([tp])
+            end = consumer.end_offsets([tp])[tp]
+            begin = consumer.beginning_offsets([tp])[tp]
+            stop, chunk = end, 64
+            while stop > begin:
+                start = max(begin, stop - chunk)
+                found = self._scan(tp, name, start, stop)
+                if found:
+                    return TopicState(end, found[-1])
+                stop, chunk = start, chunk * 8
+        except KafkaError as exc:
+            raise _kafka_failure(exc, self.kafka, self.topic, "read") from None
+        return TopicState(end, None)
+
+    def events(self, name: str, start: int, stop: int) -> list[TopicEvent]:
+        """``name``'s events at offsets ``start`` (inclusive) to ``stop`` (exclusive)."""
+        from kafka.errors import KafkaError
+
+        if stop <= start:
+            return []
+        try:
+            return self._scan(self._partition(name), name, start, stop)
+        except KafkaError as exc:
+            raise _kafka_failure(exc, self.kafka, self.topic, "read") from None
+
+    def _scan(self, tp: TopicPartition, name: str, start: int, stop: int) -> list[TopicEvent]:
+        consumer = self._reader()
+        consumer.seek(tp, start)
+        key = name.encode()
+        found: list[TopicEvent] = []
+        deadline = time.monotonic() + self.timeout_s
+        while consumer.position(tp) < stop:
+            if time.monotonic() > deadline:
+                raise UserError(
+                    f"could not read {self.topic!r} offsets {start}-{stop} in {self.timeout_s:.0f}s"
+                )
+            for records in consumer.poll(timeout_ms=200).values():
+                for record in records:
+                    if record.offset >= stop or record.key != key or not record.value:
+                        continue
+                    try:
+                        event = ModelEvent.model_validate_json(record.value)
+                    except ValidationError:
+                        continue  # workers skip it too
+                    found.append(TopicEvent(record.offset, event))
+        return found
+
+    def append(self, event: ModelEvent) -> int:
+        """Publish ``event`` and wait for the broker's acknowledgement; returns its offset."""
+        from kafka.errors import KafkaError
+
+        from contracts.kafka_io import make_producer
+
+        tp = self._partition(event.name)
+        try:
+            if self._producer is None:
+                self._producer = make_producer(self.kafka, linger_ms=0)
+                _quick_metadata(getattr(self._producer, "_metadata", None))
+            future = self._producer.send(
+                self.topic,
+                key=event.name.encode(),
+                value=event.model_dump_json().encode(),
+                partition=tp.partition,
+            )
+            return int(future.get(timeout=SEND_TIMEOUT_S).offset)
+        except KafkaError as exc:
+            raise _kafka_failure(exc, self.kafka, self.topic, "publish to") from None
+
+
+@dataclass
+class Announced:
+    """What :func:`change_serving` put on the topic, and anything the user should know."""
+
+    event: ModelEvent
+    offset: int
+    notes: list[str] = field(default_factory=list)
+
+
+def _describe(item: TopicEvent) -> str:
+    """An event as a note or an error names it: what, where on the topic, what it serves."""
+    kind = item.event.kind.replace("_", " ")
+    return f"{kind} {item.event.version} at offset {item.offset}, serving {item.serving}"
+
+
+def _follow(store: ModelStore, name: str, item: TopicEvent) -> bool:
+    """Make the history agree with one topic event (True if an entry had to be added)."""
+    if item.serving is None:
+        return False  # the topic serves nothing: the history has no entry for that
+    action = "rollback" if item.event.kind == "rolled_back" else "promote"
+    return store.follow(name, item.serving, action, offset=item.offset)
+
+
+def _decide(
+    store: ModelStore,
+    name: str,
+    action: Action,
+    version: str | None,
+    signing_key: bytes | None,
+) -> ModelEvent:
+    """The event for ``action`` on the history as it stands (it already follows the topic).
+
+    A rollback's target is verified here like a promotion's: it may have been altered since.
+    """
+    if action == "rollback":
+        target = store.rollback_target(name)
+        meta = store.verify_artifact(name, target, signing_key=signing_key)
+        return model_event("rolled_back", meta, _ref(meta))
+    assert version is not None
+    meta = store.metadata(name, version)
+    if action == "promote":
+        return model_event("promoted", meta, _ref(meta))
+    return model_event("published", meta, serving_ref(store, name))
+
+
+def _ref(meta: ModelMetadata) -> ServingRef:
+    """What workers need to load and verify ``meta``'s version."""
+    return ServingRef(version=meta.version, sha256=meta.artifact_sha256, signature=meta.signature)
+
+
+def change_serving(
+    kafka: Target,
+    topic: str,
+    store: ModelStore,
+    name: str,
+    action: Action,
+    version: str | None = None,
+    *,
+    signing_key: bytes | None = None,
+    on_decided: Callable[[], None] | None = None,
+) -> Announced:
+    """Announce a promotion, rollback or publication as one serialized registry write.
+
+    See the module's docstring for the rule. ``version`` is the version to promote or publish
+    (verified by the caller); a rollback decides its own. ``on_decided`` (tests) runs between
+    the decision and the announcement: where a writer on another machine could slip in.
+    """
+    notes: list[str] = []
+    with store.lock(name) as locked, ModelsTopic(kafka, topic) as models:
+        if not locked:
+            notes.append(f"note: {store.root} has no file locks; relying on the models topic")
+        state = models.read(name)
+        if state.latest is not None and _follow(store, name, state.latest):
+            notes.append(
+                "note: the promotion history did not say what the models topic serves; "
+                f"recorded {state.latest.serving} from it ({_describe(state.latest)})"
+            )
+        based_on = store.served(name)
+        event = _decide(store, name, action, version, signing_key)
+        if on_decided is not None:
+            on_decided()
+        offset = models.append(event)
+        others = models.events(name, state.end, offset)
+        for other in others:
+            _follow(store, name, other)
+        changed = [o for o in others if o.serving != based_on]
+        if changed:
+            if action == "rollback":
+                raise _withdraw(models, store, name, event, offset, changed[-1])
+            notes.append(
+                f"note: another registry command changed {name} meanwhile "
+                f"({_describe(changed[-1])}); "
+                + (
+                    f"announced {event.version} again with what that serves"
+                    if action == "publish"
+                    else f"{event.version} was announced after it and is served"
+                )
+            )
+            if action == "publish":
+                event, offset = _republish(models, store, name, event, offset, changed[-1])
+        if action != "publish" and event.serving is not None:
+            store.record(
+                name,
+                "rollback" if action == "rollback" else "promote",
+                event.serving.version,
+                offset=offset,
+            )
+        return Announced(event, offset, notes)
+
+
+def _republish(
+    models: ModelsTopic,
+    store: ModelStore,
+    name: str,
+    event: ModelEvent,
+    offset: int,
+    theirs: TopicEvent,
+) -> tuple[ModelEvent, int]:
+    """A publication carried a stale ``serving``: announce it again with what ``theirs`` set,
+    until no other writer slips in between (a publication must never change what is served)."""
+    for _attempt in range(ATTEMPTS):
+        fixed = event.model_copy(
+            update={"serving": theirs.event.serving, "at": int(time.time() * 1000)}
+        )
+        fixed_offset = models.append(fixed)
+        others = models.events(name, offset + 1, fixed_offset)
+        for other in others:
+            _follow(store, name, other)
+        changed = [o for o in others if o.serving != theirs.serving]
+        if not changed:
+            return fixed, fixed_offset
+        theirs, offset = changed[-1], fixed_offset
+    raise RegistryConflict(
+        f"other registry commands kept changing {name} on {models.topic!r}; the publication "
+        f"of {event.version} may carry a stale serving version: run `forestream models promote "
+        f"{theirs.serving}` to restore it"
+    )
+
+
+def _withdraw(
+    models: ModelsTopic,
+    store: ModelStore,
+    name: str,
+    ours: ModelEvent,
+    offset: int,
+    theirs: TopicEvent,
+) -> RegistryConflict:
+    """Announce the other writer's state again on top of our rollback, if nothing came after."""
+    later = models.events(name, offset + 1, models.read(name).end)
+    if not later:
+        restored = theirs.event.model_copy(update={"at": int(time.time() * 1000)})
+        models.append(restored)
+    final = models.read(name).latest
+    if final is not None:
+        _follow(store, name, final)
+    served = final.serving if final is not None else theirs.serving
+    return RegistryConflict(
+        f"conflict: another registry command changed {name} while this rollback ran "
+        f"({_describe(theirs)}); rollback to {ours.version} withdrawn, {served} is served; "
+        "check `forestream models list` and roll back again if still wanted"
+    )
+
+
+def publish_event(kafka: Target, topic: str, event: ModelEvent) -> None:
+    """Send one event as is (topic created compacted on first use) and wait for the ack.
+
+    For announcements that bypass the registry (tests, benchmarks); commands use
+    :func:`change_serving`.
+    """
+    with ModelsTopic(kafka, topic) as models:
+        models.append(event)

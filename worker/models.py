@@ -7,7 +7,8 @@ of :func:`contracts.schema.serving_incompatibilities`, a warm-up prediction) hap
 background thread; the scoring loop only reads :meth:`ModelFollower.current` once per batch,
 so a new model takes over between two batches and a bad one never takes over at all: the old
 model keeps serving, the reason is logged once, and the load is retried with backoff (the
-artifact may simply not be visible yet on a shared store).
+artifact may simply not be visible yet on a shared store). A version superseded while it
+loaded (a registry command withdrew it) is dropped instead of swapped in.
 """
 
 from __future__ import annotations
@@ -134,6 +135,13 @@ def warm_up(pipeline: Any, metadata: Any) -> None:
     score_frame(pipeline, decoded.frame, classes)
 
 
+def _same(a: ServingRef | None, b: ServingRef | None) -> bool:
+    """The same version and artifact (events are new objects each time)."""
+    if a is None or b is None:
+        return a is b
+    return (a.version, a.sha256) == (b.version, b.sha256)
+
+
 class ModelFollower:
     """Background follower of the models topic for one model name."""
 
@@ -236,13 +244,20 @@ class ModelFollower:
             consumer.seek_to_beginning(*tps)
             next_load_at = 0.0
             backoff = self.retry_backoff_s
-            while not self._stop.is_set():
-                for records in consumer.poll(timeout_ms=200).values():
+
+            def read(timeout_ms: int) -> None:
+                for records in consumer.poll(timeout_ms=timeout_ms).values():
                     for record in records:
                         self._on_record(record.key, record.value)
+
+            while not self._stop.is_set():
+                read(200)  # returns as soon as an event arrives (the fetch is a long poll)
                 if self._needs_load() and time.monotonic() >= next_load_at:
-                    if self._load_wanted():
+                    wanted = self._wanted
+                    if self._load_wanted(refresh=lambda: read(0)):
                         backoff = self.retry_backoff_s
+                    elif not _same(self._wanted, wanted):
+                        next_load_at = 0.0  # superseded while loading: load the newer one now
                     else:
                         next_load_at = time.monotonic() + backoff
                         backoff = min(backoff * 2, self.max_backoff_s)
@@ -277,8 +292,12 @@ class ModelFollower:
             return False
         return active is None or (active.version, active.sha256) != (wanted.version, wanted.sha256)
 
-    def _load_wanted(self) -> bool:
-        """Load beside the active model, verify, warm up, then swap; False on failure."""
+    def _load_wanted(self, refresh: Callable[[], None] | None = None) -> bool:
+        """Load beside the active model, verify, warm up, then swap; False on failure.
+
+        ``refresh`` reads events that arrived meanwhile: a version superseded while it loaded
+        (a registry command that withdrew it) is never swapped in, not even for one batch.
+        """
         wanted = self._wanted
         assert wanted is not None
         started = time.monotonic()
@@ -300,6 +319,16 @@ class ModelFollower:
                     reason=f"{type(exc).__name__}: {exc}",
                     keeps_serving=self._active.version if self._active else None,
                 )
+            return False
+        if refresh is not None:
+            refresh()
+        if not _same(self._wanted, wanted):
+            log.info(
+                "model_load_superseded",
+                name=self.name,
+                version=wanted.version,
+                wanted=self._wanted.version if self._wanted else None,
+            )
             return False
         previous = self._active
         with self._changed:
