@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from contracts import shutdown
 from contracts.errors import UserError
 
 if TYPE_CHECKING:
@@ -59,6 +60,8 @@ EXIT_CODES: dict[int, str] = {
     NotAuthorized.exit_code: "an ACL is missing on a topic, the consumer group or the cluster",
     TopicUnavailable.exit_code: "a topic does not exist and may not be created",
     UnreadableRecords.exit_code: "records in a codec or format this client cannot read",
+    shutdown.EXIT_CODE: f"the shutdown grace ({shutdown.GRACE_S:.0f} s after SIGTERM/SIGINT) ran "
+    "out, or a second signal came: ended hard",
 }
 """Documented in the README ("Exit codes"); a unit test keeps the two in step."""
 

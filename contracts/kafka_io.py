@@ -31,6 +31,13 @@ from contracts.settings import broker_addresses
 Target = KafkaConnection | str
 """A connection, or a bare PLAINTEXT bootstrap address."""
 
+RECONNECT_BACKOFF_MAX_MS = 1000
+"""Cap on the clients' exponential reconnect backoff: the Java client's default, where
+kafka-python's is 30 s. The same backoff spaces metadata refreshes once no broker answers, so
+after a broker restart the 30 s cap left producers, fetches and coordinator lookups idle for up
+to half a minute more (measured: 7-30 s), long enough for a group member to miss its session.
+One connection attempt a second per client to a broker that is away is cheap."""
+
 
 def connection(target: Target) -> KafkaConnection:
     return target if isinstance(target, KafkaConnection) else KafkaConnection(bootstrap=target)
@@ -106,6 +113,7 @@ def admin_client(target: Target, timeout_s: float = 10.0) -> KafkaAdminClient:
         lambda: KafkaAdminClient(
             **conn.kafka_python_config(),
             client_id="forestream-admin",
+            reconnect_backoff_max_ms=RECONNECT_BACKOFF_MAX_MS,
             request_timeout_ms=int(timeout_s * 1000),
             bootstrap_timeout_ms=int(timeout_s * 1000),
         ),
@@ -125,6 +133,7 @@ def make_producer(target: Target, **overrides: Any) -> KafkaProducer:
         "delivery_timeout_ms": 120_000,
         "max_in_flight_requests_per_connection": 5,
         "enable_idempotence": True,
+        "reconnect_backoff_max_ms": RECONNECT_BACKOFF_MAX_MS,
     }
     config.update(overrides)
     return _built(conn, lambda: KafkaProducer(**config))
@@ -138,6 +147,7 @@ def make_consumer(target: Target, *topics: str, **overrides: Any) -> KafkaConsum
         "auto_offset_reset": "earliest",
         "max_poll_records": 2000,
         "fetch_max_wait_ms": 100,
+        "reconnect_backoff_max_ms": RECONNECT_BACKOFF_MAX_MS,
     }
     config.update(overrides)
     return _built(conn, lambda: KafkaConsumer(*topics, **config))

@@ -217,7 +217,7 @@ class Demo:
             time.sleep(0.2)
         return False
 
-    def stop_workers(self, timeout_s: float = 20.0) -> list[int | None]:
+    def stop_workers(self, timeout_s: float = 25.0) -> list[int | None]:
         for process, _ in self.workers:
             if process.poll() is None:
                 process.send_signal(signal.SIGTERM)

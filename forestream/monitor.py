@@ -234,7 +234,14 @@ def monitor(
         _read_to_end(board, s)
         console.print(render(board, s.monitoring_topic, _now_ms(), s.monitor_stale_s))
         return
-    with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C is how a live view ends
+    from contracts.shutdown import install
+
+    def interrupt(_signum: int) -> None:
+        raise KeyboardInterrupt  # SIGTERM ends the view as Ctrl-C does
+
+    # Ctrl-C is how a live view ends; the watchdog bounds a close on a broker that never answers
+    # (nothing is abandoned: the monitor only reads, with no group and no commits)
+    with contextlib.suppress(KeyboardInterrupt), install(interrupt):
         _live(board, s, console)
 
 

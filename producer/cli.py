@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import signal
 import sys
 import threading
 import uuid
@@ -31,6 +30,7 @@ if TYPE_CHECKING:
 
     from kafka import KafkaProducer
 
+    from producer.sending import SendStats
     from producer.settings import ProducerSettings
 
 PartitionsOpt = Annotated[
@@ -144,6 +144,7 @@ def _run_produce(
     from contracts.logs import checked_log_format, configure_logging
     from producer.malformed import MalformedMixer
     from producer.sending import (
+        SendStats,
         expected_total,
         make_oversize_producer,
         record_stream,
@@ -198,9 +199,10 @@ def _run_produce(
     def oversize_producer() -> KafkaProducer:
         return make_oversize_producer(settings.kafka(), max_block_ms=15_000)
 
+    stats = SendStats()
     try:
-        with _progress(total) as advance, _stop_requested() as stop:
-            stats = send_records(
+        with _progress(total) as advance, _stop_requested(stats) as stop:
+            send_records(
                 producer,
                 topic,
                 record_stream(rows, run_id, mixer),
@@ -209,6 +211,7 @@ def _run_produce(
                 oversize_producer=oversize_producer,
                 on_sent=advance,
                 should_stop=stop.is_set,
+                stats=stats,
             )
     finally:
         producer.close(timeout=5)
@@ -218,19 +221,22 @@ def _run_produce(
 
 
 @contextlib.contextmanager
-def _stop_requested() -> Iterator[threading.Event]:
+def _stop_requested(stats: SendStats) -> Iterator[threading.Event]:
     """SIGINT/SIGTERM set an event instead of killing us: sending stops, acks are awaited.
 
-    ``--loop`` runs until stopped, so a stop is the normal end of a run, not a failure.
+    ``--loop`` runs until stopped, so a stop is the normal end of a run, not a failure. A
+    broker that never acknowledges cannot hold us past the watchdog's grace: its exit line
+    says how many sent records were never confirmed (those may be missing from the topic).
     """
+    from contracts.shutdown import install
+
+    def abandoned() -> dict[str, int]:
+        sent, acknowledged = stats.sent, stats.acknowledged
+        return {"sent": sent, "acknowledged": acknowledged, "unconfirmed": sent - acknowledged}
+
     stop = threading.Event()
-    signals = (signal.SIGINT, signal.SIGTERM)
-    previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in signals}
-    try:
+    with install(lambda _signum: stop.set(), abandoned):
         yield stop
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
 
 
 @contextlib.contextmanager

@@ -105,6 +105,8 @@ class SendStats:
     seconds: float = 0.0
     malformed: Counter[str] = field(default_factory=Counter)
     interrupted: bool = False
+    acknowledged: int = 0
+    """Updated live from the client's I/O thread, for a shutdown that cannot wait for the rest."""
 
     @property
     def rate(self) -> float:
@@ -116,12 +118,17 @@ class SendStats:
 
 
 class _DeliveryTracker:
-    """Counts failed deliveries reported on the producer's I/O thread."""
+    """Counts deliveries (into ``stats``) and failures reported on the producer's I/O thread."""
 
-    def __init__(self) -> None:
+    def __init__(self, stats: SendStats) -> None:
         self._lock = threading.Lock()
+        self.stats = stats
         self.failed = 0
         self.first_error: str | None = None
+
+    def on_ack(self, _metadata: object) -> None:
+        with self._lock:
+            self.stats.acknowledged += 1
 
     def on_error(self, exc: BaseException) -> None:
         with self._lock:
@@ -166,17 +173,19 @@ def send_records(
     should_stop: Callable[[], bool] = lambda: False,
     clock: Callable[[], float] = time.monotonic,
     sleep: Callable[[float], None] = time.sleep,
+    stats: SendStats | None = None,
 ) -> SendStats:
     """Send ``records`` (at most ``count``) at ``rate``/s, then flush and check every ack.
 
     ``should_stop`` ends the sending early (SIGINT/SIGTERM): what was sent is still flushed
     and checked, so an interrupted run reports true numbers. Raises :class:`DeliveryFailed`
-    if any record was not acknowledged by the broker.
+    if any record was not acknowledged by the broker. ``stats`` (filled in and returned) lets
+    the caller watch progress while this runs, e.g. to say what a forced exit left unconfirmed.
     """
     from kafka.errors import KafkaError
 
-    tracker = _DeliveryTracker()
-    stats = SendStats()
+    stats = stats if stats is not None else SendStats()
+    tracker = _DeliveryTracker(stats)
     big: KafkaProducer | None = None
     start = clock()
     schedule = RateSchedule(rate=rate, start=start)
@@ -197,9 +206,15 @@ def send_records(
             try:
                 future = target.send(topic, key=record.key, value=record.value)
             except KafkaError as exc:
+                from contracts.kafka_errors import classify_client_error
+
+                fatal = classify_client_error(exc, topic=topic)
+                if fatal is not None:
+                    raise fatal from None
                 raise DeliveryFailed(
                     f"sending to {topic} failed after {stats.sent} records: {exc}"
                 ) from None
+            future.add_callback(tracker.on_ack)
             future.add_errback(tracker.on_error)
             schedule.mark_sent()
             stats.sent += 1

@@ -28,6 +28,7 @@ from kafka.errors import CommitFailedError, KafkaError
 from kafka.structs import OffsetAndMetadata
 
 from contracts.headers import ReasonCode
+from contracts.kafka_errors import KafkaFatalError, classify_client_error
 from contracts.kafka_io import (
     TopicSpec,
     ensure_topics,
@@ -56,9 +57,17 @@ session timeout, since that callback holds the client's IO thread (and its heart
 _REVOKE_COMMIT_TIMEOUT_MS = 10_000
 _COMMIT_TIMEOUT_MS = 10_000
 _LATE_COMMIT_TIMEOUT_MS = 3_000
+_BATCH_COMMIT_TIMEOUT_MS = 2_000
+"""One commit try after a batch (milliseconds when healthy). Past it the offsets are held and
+retried between polls: blocking in long tries while the coordinator is away kept the loop from
+polling, and polls are what complete a rejoin once it is back."""
+_HELD_RETRY_MAX_S = 1.0
+_HELD_POLL_MS = 100
+_POLL_BACKOFF_MAX_S = 1.0
 _SHUTDOWN_GRACE_S = 10.0
 """After SIGTERM, how long a batch in hand may wait for the broker before it is left
 uncommitted (to be re-read by the next owner) so that the worker exits."""
+_SEND_BLOCK_MS = 2_000
 _MAX_BACKOFF_S = 10.0
 _JOIN_STUCK_AFTER_S = 2.0
 
@@ -131,6 +140,7 @@ class Worker:
         telemetry: Telemetry | None = None,
     ) -> None:
         self.settings = settings
+        self.kafka = settings.kafka()
         self.follower = follower
         self.telemetry = telemetry
         self.monitoring: StreamMonitoring | None = None
@@ -145,15 +155,20 @@ class Worker:
         self._uncommitted: dict[TopicPartition, OffsetAndMetadata] = {}
         self._stopping = False
         self._stop_requested_at: float | None = None
+        self._fatal: KafkaFatalError | None = None
+        self._closed = False
         self._consumer: KafkaConsumer | None = None
         self._producer: KafkaProducer | None = None
         self._publisher: AckedPublisher | None = None
         self._model: ActiveModel | None = None
-        self._warn = {name: RateLimited(10.0) for name in ("poll", "commit", "scoring")}
+        self._warn = {name: RateLimited(10.0) for name in ("poll", "commit", "deferred", "scoring")}
         self._warn["model"] = RateLimited(settings.model_wait_log_s)
         self._summary_at = time.monotonic()
         self._summary_records = 0
         self._join_stuck_since: float | None = None
+        self._held_since: float | None = None
+        self._held_retry_at = 0.0
+        self._held_backoff = 0.1
 
     def attach_monitoring(self, monitoring: StreamMonitoring) -> None:
         """Add drift/accuracy/latency observers and the periodic report (before ``run``)."""
@@ -175,18 +190,64 @@ class Worker:
             self._stop_requested_at = time.monotonic()
 
     def _past_shutdown_grace(self) -> bool:
-        """Stopping, and the batch in hand has had its chance to be acknowledged."""
-        return (
+        """Stopping, and the batch in hand has had its chance to be acknowledged (or a fatal
+        error means it never will be)."""
+        return self._fatal is not None or (
             self._stop_requested_at is not None
             and time.monotonic() - self._stop_requested_at > _SHUTDOWN_GRACE_S
         )
 
     def install_signal_handlers(self) -> None:
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(signum, self.request_stop)
+        """SIGTERM/SIGINT stop the loop in order; a watchdog ends the process anyway once
+        ``contracts.shutdown.GRACE_S`` has passed (a client wedged in ``poll()``, say)."""
+        from contracts.shutdown import install
+
+        install(self.request_stop, self.describe_abandoned)
+
+    def describe_abandoned(self) -> dict[str, object]:
+        """For the watchdog's exit line, read from its thread while this one may be stuck:
+        plain reads, no locks. Nothing past the committed offsets is lost: it is re-read."""
+        subscription = getattr(self._consumer, "_subscription", None)
+        return {
+            "pending_records": len(self._pending),
+            "uncommitted": {
+                f"{tp.topic}-{tp.partition}": meta.offset
+                for tp, meta in list(self._uncommitted.items())
+            },
+            "assigned": sorted(
+                f"{tp.topic}-{tp.partition}" for tp in list(getattr(subscription, "assignment", ()))
+            ),
+            "records_in": self.totals.records_in,
+        }
 
     def run(self) -> int:
-        """The main loop; returns the process exit code (0 on an orderly stop)."""
+        """The main loop; returns the process exit code (0 on an orderly stop).
+
+        A :class:`KafkaFatalError` (credentials, TLS, ACLs, unreadable records) is raised
+        after a short close: ``/healthz`` says why until the process has ended.
+        """
+        try:
+            return self._run()
+        except KafkaFatalError as exc:
+            self._fatal = exc
+            log.error("kafka_fatal", kind=exc.kind, exit_code=exc.exit_code, error=str(exc))
+            if self.telemetry is not None:
+                self.telemetry.health.set_fatal(exc.kind, str(exc))
+            self._close()
+            raise
+
+    def _fatal_output_error(self, exc: BaseException) -> KafkaFatalError | None:
+        return classify_client_error(exc, self.kafka, topic=self.settings.output_topic)
+
+    def _raise_background_fatal(self) -> None:
+        """The model follower and the labels reader run on threads of their own: a fatal
+        error there (say, no ACL on the models topic) ends the worker too."""
+        for source in (self.follower, self.monitoring and self.monitoring.labels):
+            fatal = getattr(source, "fatal", None)
+            if fatal is not None:
+                raise fatal
+
+    def _run(self) -> int:
         s = self.settings
         log.info(
             "worker_started",
@@ -210,12 +271,18 @@ class Worker:
         if self.telemetry is not None:
             self.telemetry.health.set_model(self._model.version)
             self.telemetry.metrics.set_model_version(self._model.version)
-        self._producer = make_producer(s.bootstrap_servers, client_id=self._client_id("out"))
-        self._publisher = AckedPublisher(self._producer, give_up=self._past_shutdown_grace)
+        # send() blocks the loop while it waits for a topic's metadata (60 s by default): a
+        # broker away then stalls scoring and monitoring alike; the publisher retries instead
+        self._producer = make_producer(
+            self.kafka, client_id=self._client_id("out"), max_block_ms=_SEND_BLOCK_MS
+        )
+        self._publisher = AckedPublisher(
+            self._producer, give_up=self._past_shutdown_grace, fatal=self._fatal_output_error
+        )
         if self.monitoring is not None:
             self.monitoring.start(self._producer)
         self._consumer = make_consumer(
-            s.bootstrap_servers,
+            self.kafka,
             group_id=s.group,
             client_id=self._client_id("in"),
             max_poll_records=s.max_batch,
@@ -243,6 +310,9 @@ class Worker:
             else:
                 self._commit_held(attempts=3)
             self._report_monitoring(force=True)
+        except KafkaFatalError as exc:
+            self._fatal = exc  # before closing: nothing more is waited for
+            raise
         finally:
             self._close()
         self._log_summary(final=True)
@@ -256,13 +326,13 @@ class Worker:
         s = self.settings
         partitions = 1
         with contextlib.suppress(KafkaError):
-            probe = make_consumer(s.bootstrap_servers)
+            probe = make_consumer(self.kafka)
             try:
                 partitions = len(probe.partitions_for_topic(s.input_topic) or ()) or 1
             finally:
                 probe.close()
         ensure_topics(
-            s.bootstrap_servers,
+            self.kafka,
             [
                 TopicSpec(s.output_topic, partitions),
                 TopicSpec(s.dlq_topic, partitions),
@@ -277,6 +347,7 @@ class Worker:
             if self.telemetry is not None:
                 self.telemetry.health.tick()  # waiting for a model is not being stuck
             model = self.follower.wait(timeout_s=0.5)
+            self._raise_background_fatal()
             if model is not None:
                 return model
             if self._warn["model"].ready():
@@ -296,17 +367,21 @@ class Worker:
         which may still commit acknowledged offsets.
         """
         self._mark_stopping()
+        closed_before = self._closed
         late = self._past_shutdown_grace()  # the broker is away: do not wait for it again
         self._pending = []
         if self.monitoring is not None:
             self.monitoring.stop()
-        if self._consumer is not None:
+        consumer, self._closed = self._consumer, True  # closed once, whoever calls first
+        producer, self._producer = self._producer, None
+        if consumer is not None and not closed_before:
+            # the revocation callback run by close() still uses self._consumer to commit
             with contextlib.suppress(KafkaError):
-                self._consumer.close(autocommit=False, timeout_ms=3000 if late else None)
-        if self._producer is not None:
+                consumer.close(autocommit=False, timeout_ms=3000 if late else None)
+        if producer is not None:
             with contextlib.suppress(KafkaError):
-                self._producer.flush(timeout=1 if late else 30)
-            self._producer.close(timeout=1 if late else 5)
+                producer.flush(timeout=1 if late else 30)
+            producer.close(timeout=1 if late else 5)
         self.follower.stop()
 
     # -- batching ------------------------------------------------------------------------------
@@ -326,7 +401,10 @@ class Worker:
             if s.max_records is not None and self.totals.records_in >= s.max_records:
                 log.info("max_records_reached", records_in=self.totals.records_in)
                 return
-            if self._pending and deadline is not None:
+            held = self._hold_while_uncommitted()
+            if held:
+                timeout_ms = _HELD_POLL_MS
+            elif self._pending and deadline is not None:
                 timeout_ms = max(int((deadline - time.monotonic()) * 1000), 0)
             else:
                 timeout_ms = _IDLE_POLL_MS
@@ -337,6 +415,9 @@ class Worker:
                 polled = self._consumer.poll(timeout_ms=timeout_ms, max_records=max(room, 1))
                 backoff = 0.1
             except KafkaError as exc:
+                fatal = classify_client_error(exc, self.kafka, topic=s.input_topic, group=s.group)
+                if fatal is not None:
+                    raise fatal from None
                 if self._warn["poll"].ready():
                     log.warning(
                         "poll_failed",
@@ -344,7 +425,7 @@ class Worker:
                         suppressed=self._warn["poll"].take_suppressed(),
                     )
                 time.sleep(backoff)
-                backoff = min(backoff * 2, _MAX_BACKOFF_S)
+                backoff = min(backoff * 2, _POLL_BACKOFF_MAX_S)
                 continue
             for records in polled.values():
                 self._pending.extend(records)
@@ -354,17 +435,45 @@ class Worker:
                 s.max_records is not None
                 and self.totals.records_in + len(self._pending) >= s.max_records
             )
-            if self._pending and (full or time.monotonic() >= (deadline or 0.0)):
+            if self._pending and not held and (full or time.monotonic() >= (deadline or 0.0)):
                 idle_since = time.monotonic()
                 self._finish_pending()
             elif not self._pending:
                 idle_since = time.monotonic()
             if not self._pending:  # also after a rebalance finished the batch in hand
                 deadline = None
+            self._raise_background_fatal()
             self._maybe_log_summary()
-            self._maybe_measure_lag()
-            self._report_monitoring()
+            if not held:  # the broker is not answering: both could block the loop for seconds
+                self._maybe_measure_lag()
+                self._report_monitoring()
             self._unstick_group_join()
+
+    def _hold_while_uncommitted(self) -> bool:
+        """True while acknowledged offsets still wait for a commit (retried here, with backoff).
+
+        Meanwhile the loop takes no new batch and fetches nothing (its partitions are paused)
+        but keeps polling, which is what completes a rejoin; what a lost partition makes the next
+        owner redo stays the one batch held; scoring resumes within a second of the commit.
+        """
+        assert self._consumer is not None
+        now = time.monotonic()
+        retry_due = self._uncommitted and now >= self._held_retry_at
+        if retry_due and not self._commit_held(attempts=1, timeout_ms=_BATCH_COMMIT_TIMEOUT_MS):
+            self._held_backoff = min(self._held_backoff * 2, _HELD_RETRY_MAX_S)
+            self._held_retry_at = time.monotonic() + self._held_backoff
+        if self._uncommitted:
+            if self._held_since is None:
+                self._held_since = now
+            self._consumer.pause(*self._consumer.assignment())
+            return True
+        if self._held_since is not None:
+            log.info("commit_resumed", held_s=round(time.monotonic() - self._held_since, 2))
+            self._held_since = None
+            self._held_backoff = 0.1
+        if paused := self._consumer.paused():
+            self._consumer.resume(*paused)
+        return False
 
     def _unstick_group_join(self) -> None:
         """Work around a kafka-python 3.0.12 join that is never completed.
@@ -522,8 +631,8 @@ class Worker:
             return
         for (topic, partition), offset in next_offsets(records).items():
             self._uncommitted[TopicPartition(topic, partition)] = OffsetAndMetadata(offset, "", -1)
-        if commit:
-            self._commit_held()
+        if commit and not self._commit_held(attempts=1, timeout_ms=_BATCH_COMMIT_TIMEOUT_MS):
+            self._held_retry_at = time.monotonic() + self._held_backoff  # the loop retries
 
         self.totals.records_in += batch.records_in
         self.totals.batches += 1
@@ -551,6 +660,9 @@ class Worker:
                 self._uncommitted.clear()
                 return False
             except KafkaError as exc:
+                fatal = classify_client_error(exc, self.kafka, group=self.settings.group)
+                if fatal is not None:
+                    raise fatal from None
                 if self._warn["commit"].ready():
                     log.warning(
                         "commit_failed_retrying",
@@ -558,12 +670,18 @@ class Worker:
                         attempt=attempt + 1,
                         suppressed=self._warn["commit"].take_suppressed(),
                     )
-                time.sleep(backoff)
-                backoff = min(backoff * 2, _MAX_BACKOFF_S)
+                if attempt + 1 < attempts:
+                    time.sleep(backoff)
+                    backoff = min(backoff * 2, _MAX_BACKOFF_S)
                 continue
             self.forget_committed(offsets)
             return True
-        log.error("commit_deferred", partitions=len(self._uncommitted))
+        if self._warn["deferred"].ready():
+            log.error(
+                "commit_deferred",
+                partitions=len(self._uncommitted),
+                suppressed=self._warn["deferred"].take_suppressed(),
+            )
         return False
 
     # -- reporting -----------------------------------------------------------------------------

@@ -13,13 +13,11 @@ from __future__ import annotations
 import json
 import os
 import re
-import signal
 import time
 from collections import Counter
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from types import FrameType
 from typing import Annotated, Any
 
 import typer
@@ -409,23 +407,37 @@ def replay(
     from kafka import TopicPartition
 
     from contracts.kafka_io import TopicSpec, ensure_topics, make_consumer, make_producer
+    from contracts.shutdown import install as install_shutdown_watchdog
     from worker.processing import AckedPublisher, next_offsets, process_records
 
     stop_requested = False
 
-    def request_stop(_signum: int, _frame: FrameType | None) -> None:
+    def request_stop(_signum: int) -> None:
         nonlocal stop_requested
         stop_requested = True
 
-    previous = {s: signal.signal(s, request_stop) for s in (signal.SIGINT, signal.SIGTERM)}
+    def abandoned() -> dict[str, object]:
+        """What a hard exit leaves: the batch past the checkpoint, re-scored on resume."""
+        return {
+            "remaining_records": checkpoint.remaining(),
+            "resume": f"forestream replay --resume {checkpoint_path}",
+        }
+
+    # SIGINT/SIGTERM stop after the batch in hand; a broker that never answers cannot hold us
+    # past the watchdog's grace (the checkpoint then lags by at most that batch)
+    watchdog = install_shutdown_watchdog(request_stop, abandoned)
     kafka = settings.kafka()
     partitions = max(checkpoint.ranges, default=0) + 1
-    ensure_topics(
-        kafka,
-        [TopicSpec(checkpoint.output_topic, partitions), TopicSpec(checkpoint.dlq_topic, 1)],
-    )
-    consumer = make_consumer(kafka, group_id=None, max_poll_records=settings.replay_max_batch)
-    producer = make_producer(kafka, linger_ms=20)
+    try:
+        ensure_topics(
+            kafka,
+            [TopicSpec(checkpoint.output_topic, partitions), TopicSpec(checkpoint.dlq_topic, 1)],
+        )
+        consumer = make_consumer(kafka, group_id=None, max_poll_records=settings.replay_max_batch)
+        producer = make_producer(kafka, linger_ms=20)
+    except BaseException:
+        watchdog.uninstall()
+        raise
     publisher = AckedPublisher(producer, give_up=lambda: stop_requested)
     scored = 0
     dead: Counter[str] = Counter()
@@ -471,8 +483,7 @@ def replay(
     finally:
         producer.close(timeout=10)
         consumer.close()
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+        watchdog.uninstall()
     checkpoint.save(checkpoint_path)
     return ReplayResult(
         scored=scored,
