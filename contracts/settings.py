@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import re
+from dataclasses import fields
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -194,21 +195,10 @@ class CommonSettings(BaseSettings):
 
     def kafka(self) -> KafkaConnection:
         """What every Kafka client of this command is built from (``contracts.kafka_io``)."""
-        return KafkaConnection(
-            bootstrap=self.bootstrap_servers,
-            security_protocol=self.security_protocol,
-            sasl_mechanism=self.sasl_mechanism,
-            sasl_username=self.sasl_username,
-            sasl_password=self.sasl_password,
-            ssl_cafile=self.ssl_cafile,
-            ssl_certfile=self.ssl_certfile,
-            ssl_keyfile=self.ssl_keyfile,
-            ssl_key_password=self.ssl_key_password,
-            ssl_check_hostname=self.ssl_check_hostname,
-            compression=self.compression,
-            replication_factor=self.replication_factor,
-            min_insync_replicas=self.min_insync_replicas,
-        )
+        same = {
+            f.name: getattr(self, f.name) for f in fields(KafkaConnection) if f.name != "bootstrap"
+        }
+        return KafkaConnection(bootstrap=self.bootstrap_servers, **same)
 
     @field_validator(
         "input_topic",

@@ -91,6 +91,8 @@ def test_count_loop_and_every_malformed_kind(
             return ReasonCode.WRONG_TYPE
         if decoded["y"] != decoded["y"]:
             return ReasonCode.NOT_FINITE
+        if abs(decoded["y"]) >= 1e300:
+            return ReasonCode.OUT_OF_RANGE
         return None
 
     seen = Counter(kind_of(r.value) for r in records)
