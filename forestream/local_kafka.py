@@ -497,7 +497,8 @@ def start(
         ]
         fmt = subprocess.run(
             _java_cmd(java, lib, data_dir, "kafka.tools.StorageTool", "format",
-                      "-t", cluster_id, "-c", str(props), *scram),
+                      # "=": a random id may start with "-", which the parser takes for a flag
+                      f"--cluster-id={cluster_id}", "-c", str(props), *scram),
             capture_output=True, text=True, timeout=120,
         )  # fmt: skip
         if fmt.returncode != 0:
