@@ -97,7 +97,9 @@ class _Revocations(AsyncConsumerRebalanceListener):
         try:
             offsets = self.worker.finish_for_revocation(list(revoked))
             if offsets:
-                await _commit_on_io_loop(self.worker.consumer, offsets)
+                await _commit_on_io_loop(
+                    self.worker.consumer, offsets, self.worker.revocation_commit_timeout_ms()
+                )
                 self.worker.forget_committed(offsets)
         except Exception as exc:  # raising here would break the group join; re-reads are safe
             log.warning("commit_on_revocation_failed", error=f"{type(exc).__name__}: {exc}")
@@ -115,7 +117,9 @@ class _Revocations(AsyncConsumerRebalanceListener):
 
 
 async def _commit_on_io_loop(
-    consumer: KafkaConsumer | None, offsets: dict[TopicPartition, OffsetAndMetadata]
+    consumer: KafkaConsumer | None,
+    offsets: dict[TopicPartition, OffsetAndMetadata],
+    timeout_ms: int,
 ) -> None:
     """Commit from inside a rebalance callback (the consumer's IO thread).
 
@@ -126,7 +130,7 @@ async def _commit_on_io_loop(
     commit = getattr(coordinator, "_commit_offsets_sync_async", None)
     if commit is None:
         raise RuntimeError("this kafka-python has no coroutine commit; offsets left uncommitted")
-    await commit(offsets, timeout_ms=_REVOKE_COMMIT_TIMEOUT_MS)
+    await commit(offsets, timeout_ms=timeout_ms)
 
 
 class Worker:
@@ -307,8 +311,8 @@ class Worker:
             self._finish_pending()
             if self._past_shutdown_grace():  # the broker is away: one short try, then go
                 self._commit_held(attempts=1, timeout_ms=_LATE_COMMIT_TIMEOUT_MS)
-            else:
-                self._commit_held(attempts=3)
+            else:  # within what is left of the orderly budget, so close() still fits the grace
+                self._commit_held(attempts=3, deadline=self._orderly_deadline())
             self._report_monitoring(force=True)
         except KafkaFatalError as exc:
             self._fatal = exc  # before closing: nothing more is waited for
@@ -369,6 +373,10 @@ class Worker:
         self._mark_stopping()
         closed_before = self._closed
         late = self._past_shutdown_grace()  # the broker is away: do not wait for it again
+        # leaving the group (and the revocation commit it runs) gets what is left of the
+        # orderly budget, at least a short try: the whole stop stays inside the watchdog's grace
+        deadline = self._orderly_deadline() or time.monotonic()
+        close_ms = max(int((deadline - time.monotonic()) * 1000), _LATE_COMMIT_TIMEOUT_MS)
         self._pending = []
         if self.monitoring is not None:
             self.monitoring.stop()
@@ -377,7 +385,9 @@ class Worker:
         if consumer is not None and not closed_before:
             # the revocation callback run by close() still uses self._consumer to commit
             with contextlib.suppress(KafkaError):
-                consumer.close(autocommit=False, timeout_ms=3000 if late else None)
+                consumer.close(
+                    autocommit=False, timeout_ms=_LATE_COMMIT_TIMEOUT_MS if late else close_ms
+                )
         if producer is not None:
             with contextlib.suppress(KafkaError):
                 producer.flush(timeout=1 if late else 30)
@@ -640,17 +650,42 @@ class Worker:
         self.totals.dead_lettered.update(batch.dead_lettered)
         self._observers.notify(batch.scored)
 
-    def _commit_held(self, attempts: int = 5, timeout_ms: int = _COMMIT_TIMEOUT_MS) -> bool:
+    def revocation_commit_timeout_ms(self) -> int:
+        """A rebalance may wait for its commit; a stop (close() revokes too) has a budget."""
+        deadline = self._orderly_deadline()
+        if deadline is None:
+            return _REVOKE_COMMIT_TIMEOUT_MS
+        left_ms = int((deadline - time.monotonic()) * 1000)
+        return min(_REVOKE_COMMIT_TIMEOUT_MS, max(left_ms, 1000))
+
+    def _orderly_deadline(self) -> float | None:
+        """When a stop's orderly budget (``_SHUTDOWN_GRACE_S`` from the signal) runs out."""
+        if self._stop_requested_at is None:
+            return None
+        return self._stop_requested_at + _SHUTDOWN_GRACE_S
+
+    def _commit_held(
+        self,
+        attempts: int = 5,
+        timeout_ms: int = _COMMIT_TIMEOUT_MS,
+        deadline: float | None = None,
+    ) -> bool:
         """Commit every acknowledged-but-uncommitted offset; what fails is kept for next time.
 
         Held offsets are merged into the next commit, so a commit lost to a broker blip is
-        retried with the next batch (or at shutdown) rather than forgotten.
+        retried with the next batch (or at shutdown) rather than forgotten. ``deadline``
+        (monotonic) bounds all attempts together, each at least a short one.
         """
         assert self._consumer is not None
         backoff = 0.2
         for attempt in range(attempts):
             if not self._uncommitted:
                 return True
+            if deadline is not None:
+                left_ms = int((deadline - time.monotonic()) * 1000)
+                if attempt > 0 and left_ms <= 0:
+                    break
+                timeout_ms = min(timeout_ms, max(left_ms, _LATE_COMMIT_TIMEOUT_MS))
             offsets = dict(self._uncommitted)
             try:
                 self._consumer.commit(offsets, timeout_ms=timeout_ms)
