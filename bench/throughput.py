@@ -4,17 +4,21 @@
 [--latency-rate 1000] [--latency-seconds 20]`` (``--quick`` for a short check run):
 
 (a) passthrough: consume -> produce with the worker's client settings and batching, no model:
-    the ceiling of kafka-python on this machine;
+    the ceiling of each Kafka client (kafka-python, and librdkafka through confluent-kafka);
 (b) naive: per record decode, ``predict_proba`` on one row, produce (on a subset: it is slow);
-(c) worker: ``forestream worker`` as a subprocess; (a) and (c) are both measured from the
-    first to the last output record's CreateTime, so they share one ruler;
+(c) worker: ``forestream worker`` as a subprocess, once per client
+    (``FORESTREAM_KAFKA_CLIENT``); (a), (c) and (e) are all measured from the first to the last
+    output record's CreateTime, so they share one ruler;
 (d) latency at a fixed offered load: input CreateTime -> prediction CreateTime (stamped by the
     worker's producer when it sends the prediction, i.e. after scoring, before the broker ack),
     plus input CreateTime -> the moment this process received the prediction (includes the
     output's delivery; the two clocks are the same host clock); the same load through (a)'s
-    loop in its own process gives the floor the client alone imposes.
+    loop in its own process gives the floor the client alone imposes;
+(e) reference: the confluent-kafka scoring loop a user would write by hand
+    (:mod:`bench.reference_confluent`), what the worker on confluent is worth against.
 
-Every run uses fresh topics (deleted at the end) and a temporary model store.
+The worker on confluent is allowed to fail (its row says why); anything else failing fails
+the run. Every run uses fresh topics (deleted at the end) and a temporary model store.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ import contextlib
 import json
 import os
 import platform
+import re
 import signal
 import subprocess
 import sys
@@ -35,8 +40,9 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
+from contracts.edge import KafkaClient
 from contracts.errors import UserError
 
 RESULTS = Path(__file__).resolve().parent / "results" / "latest.md"
@@ -144,17 +150,32 @@ class Latency:
         return float(np.percentile(values, q))
 
 
+@dataclass(frozen=True)
+class Failed:
+    """A phase that may fail without failing the run (the worker on confluent, while that
+    client is being brought up): the reason stands in its row instead of a number."""
+
+    reason: str
+
+
+CLIENTS: tuple[KafkaClient, ...] = ("kafka-python", "confluent")
+
+
 @dataclass
 class Results:
+    """Per-client measurements are keyed by ``FORESTREAM_KAFKA_CLIENT``'s value."""
+
     options: Options
-    passthrough: Throughput | None = None
+    passthrough: dict[KafkaClient, Throughput] = field(default_factory=dict)
     naive: Throughput | None = None
-    worker: Throughput | None = None
-    latency: Latency | None = None
-    passthrough_latency: Latency | None = None
-    worker_batch: float | None = None
+    worker: dict[KafkaClient, Throughput | Failed] = field(default_factory=dict)
+    reference: Throughput | None = None
+    """(e) the hand-written confluent-kafka loop."""
+    latency: dict[KafkaClient, Latency | Failed] = field(default_factory=dict)
+    passthrough_latency: dict[KafkaClient, Latency] = field(default_factory=dict)
+    worker_batch: dict[KafkaClient, float | None] = field(default_factory=dict)
     """Mean micro-batch size the worker reported in (c); (d)'s is ``latency_batch``."""
-    latency_batch: float | None = None
+    latency_batch: dict[KafkaClient, float | None] = field(default_factory=dict)
     load: list[tuple[float, float, float]] = field(default_factory=list)
     """1/5/15-minute load averages at the start and the end: the cores may be shared."""
 
@@ -276,39 +297,123 @@ def phase_timeout(records: int, floor_s: float = 120.0) -> float:
 # -- (a) passthrough ---------------------------------------------------------------------------
 
 
-def passthrough(bootstrap: str, source: str, sink: str, records: int, group: str) -> None:
+class Ends(Protocol):
+    """The two ends of a passthrough on one client: what differs between the libraries."""
+
+    def poll(self, max_records: int) -> list[Any]: ...
+    def forward(self, batch: list[Any]) -> None:
+        """Send every record of ``batch`` to the sink and return once all are acknowledged."""
+
+    def commit(self, batch: list[Any]) -> None:
+        """Commit past ``batch``, synchronously."""
+
+    def close(self) -> None: ...
+
+
+class KafkaPythonEnds:
+    def __init__(self, bootstrap: str, source: str, sink: str, group: str) -> None:
+        from contracts.kafka_io import make_consumer, make_producer
+
+        self.sink = sink
+        self.consumer = make_consumer(bootstrap, source, group_id=group, max_poll_records=MAX_BATCH)
+        self.producer = make_producer(bootstrap)
+
+    def poll(self, max_records: int) -> list[Any]:
+        polled = self.consumer.poll(timeout_ms=200, max_records=max_records)
+        return [r for rs in polled.values() for r in rs]
+
+    def forward(self, batch: list[Any]) -> None:
+        futures = [self.producer.send(self.sink, key=r.key, value=r.value) for r in batch]
+        self.producer.flush()
+        if any(f.failed() for f in futures):
+            raise BenchFailed("passthrough: the broker refused records")
+
+    def commit(self, batch: list[Any]) -> None:
+        from kafka import TopicPartition
+        from kafka.structs import OffsetAndMetadata
+
+        self.consumer.commit(
+            {
+                TopicPartition(r.topic, r.partition): OffsetAndMetadata(r.offset + 1, "", -1)
+                for r in batch
+            }
+        )
+
+    def close(self) -> None:
+        self.producer.close(timeout=10)
+        self.consumer.close(autocommit=False)
+
+
+class ConfluentEnds:
+    """librdkafka's ends: ``consume(n, timeout)``, ``produce`` per record, ``flush``."""
+
+    def __init__(self, bootstrap: str, source: str, sink: str, group: str) -> None:
+        from bench import confluent_clients
+
+        self.sink = sink
+        self.consumer = confluent_clients.make_consumer(bootstrap, source, group)
+        self.producer = confluent_clients.make_producer(bootstrap)
+        self.refused: list[Any] = []
+
+    def _delivered(self, err: Any, _msg: Any) -> None:
+        if err is not None:
+            self.refused.append(err)
+
+    def poll(self, max_records: int) -> list[Any]:
+        from bench.confluent_clients import POLL_TIMEOUT_S
+
+        batch = self.consumer.consume(max_records, timeout=POLL_TIMEOUT_S)
+        for msg in batch:
+            if msg.error() is not None:
+                raise BenchFailed(f"passthrough: {msg.error()}")
+        return batch
+
+    def forward(self, batch: list[Any]) -> None:
+        produce = self.producer.produce
+        for m in batch:
+            produce(self.sink, key=m.key(), value=m.value(), on_delivery=self._delivered)
+        if self.producer.flush(60) or self.refused:
+            raise BenchFailed(f"passthrough: the broker refused records: {self.refused[:1]}")
+
+    def commit(self, batch: list[Any]) -> None:
+        from confluent_kafka import TopicPartition
+
+        ends = {(m.topic(), m.partition()): m.offset() + 1 for m in batch}  # offsets ascend
+        self.consumer.commit(
+            offsets=[TopicPartition(t, p, o) for (t, p), o in ends.items()], asynchronous=False
+        )
+
+    def close(self) -> None:
+        self.producer.flush(10)
+        self.consumer.close()
+
+
+def passthrough(
+    bootstrap: str,
+    source: str,
+    sink: str,
+    records: int,
+    group: str,
+    client: KafkaClient = "kafka-python",
+) -> None:
     """The worker's loop without decoding or scoring: poll, send, flush (all acks), commit."""
-    from kafka import TopicPartition
-    from kafka.structs import OffsetAndMetadata
-
-    from contracts.kafka_io import make_consumer, make_producer
-
-    consumer = make_consumer(bootstrap, source, group_id=group, max_poll_records=MAX_BATCH)
-    producer = make_producer(bootstrap)
+    ends: Ends = (ConfluentEnds if client == "confluent" else KafkaPythonEnds)(
+        bootstrap, source, sink, group
+    )
     try:
         done = 0
         deadline = time.monotonic() + phase_timeout(records)
         while done < records:
             if time.monotonic() > deadline:
                 raise BenchFailed(f"passthrough moved {done} of {records} records in time")
-            polled = consumer.poll(timeout_ms=200, max_records=min(MAX_BATCH, records - done))
-            batch = [r for rs in polled.values() for r in rs]
+            batch = ends.poll(min(MAX_BATCH, records - done))
             if not batch:
                 continue
-            futures = [producer.send(sink, key=r.key, value=r.value) for r in batch]
-            producer.flush()
-            if any(f.failed() for f in futures):
-                raise BenchFailed("passthrough: the broker refused records")
-            consumer.commit(
-                {
-                    TopicPartition(r.topic, r.partition): OffsetAndMetadata(r.offset + 1, "", -1)
-                    for r in batch
-                }
-            )
+            ends.forward(batch)
+            ends.commit(batch)
             done += len(batch)
     finally:
-        producer.close(timeout=10)
-        consumer.close(autocommit=False)
+        ends.close()
 
 
 # -- (b) naive ---------------------------------------------------------------------------------
@@ -380,7 +485,9 @@ def start_worker(
     group: str,
     log_path: Path,
     max_records: int | None = None,
+    client: KafkaClient = "kafka-python",
 ) -> subprocess.Popen[bytes]:
+    """The worker on ``client``, set explicitly: an inherited setting must not relabel a row."""
     from bench.workload import MODEL_NAME
 
     cmd = [
@@ -394,7 +501,12 @@ def start_worker(
     if max_records is not None:
         cmd += ["--max-records", str(max_records)]
     with log_path.open("ab") as log:
-        return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=log)
+        return subprocess.Popen(
+            cmd,
+            stdout=subprocess.DEVNULL,
+            stderr=log,
+            env={**os.environ, "FORESTREAM_KAFKA_CLIENT": client},
+        )
 
 
 def worker_died(proc: subprocess.Popen[bytes], log_path: Path) -> BenchFailed:
@@ -402,6 +514,37 @@ def worker_died(proc: subprocess.Popen[bytes], log_path: Path) -> BenchFailed:
     return BenchFailed(
         f"process under test exited with code {proc.returncode}: " + " | ".join(tail)
     )
+
+
+ERROR_LINE = re.compile(r"^(error:|(\w+\.)*\w+(Error|Exception|Exit)\b)")
+"""A plain stderr line that reports an error: the CLI's ``error: ...`` or an exception's line
+(a traceback's last line; its frames are indented)."""
+
+
+def first_error(log_path: Path) -> str | None:
+    """The first error a log reports (a JSON event at level error or above, or a plain error
+    line), shortened for a table cell."""
+    with contextlib.suppress(OSError):
+        for line in log_path.read_text(errors="replace").splitlines():
+            try:
+                event = json.loads(line)
+            except ValueError:
+                event = None
+            if isinstance(event, dict):
+                if str(event.get("level", "")).lower() in ("error", "critical", "fatal"):
+                    extra = [f"{k}={v}" for k, v in event.items() if k in ("error", "exc_info")]
+                    return " ".join([str(event.get("event", "")), *extra])[:200]
+            elif ERROR_LINE.match(line):
+                return line.strip()[:200]
+    return None
+
+
+def allowed_to_fail(measure: Callable[[], Any], log_path: Path) -> Any:
+    """``measure()``, or a :class:`Failed` saying why it did not finish."""
+    try:
+        return measure()
+    except BenchFailed as exc:
+        return Failed(first_error(log_path) or str(exc)[:200])
 
 
 def mean_batch(log_path: Path) -> float | None:
@@ -426,9 +569,15 @@ def stop_worker(proc: subprocess.Popen[bytes]) -> None:
 
 
 def worker_throughput(
-    bootstrap: str, topics: WorkerTopics, store: Path, records: int, group: str, log_path: Path
+    bootstrap: str,
+    topics: WorkerTopics,
+    store: Path,
+    records: int,
+    group: str,
+    log_path: Path,
+    client: KafkaClient = "kafka-python",
 ) -> Throughput:
-    proc = start_worker(bootstrap, topics, store, group, log_path, max_records=records)
+    proc = start_worker(bootstrap, topics, store, group, log_path, records, client)
     try:
         proc.wait(timeout=phase_timeout(records, floor_s=300.0))
     except subprocess.TimeoutExpired:
@@ -441,16 +590,23 @@ def worker_throughput(
 
 
 def start_passthrough(
-    bootstrap: str, source: str, sink: str, records: int, group: str, log_path: Path
+    bootstrap: str,
+    source: str,
+    sink: str,
+    records: int,
+    group: str,
+    log_path: Path,
+    client: KafkaClient = "kafka-python",
 ) -> subprocess.Popen[bytes]:
     """(a)'s loop in its own process, as the worker runs in its own: the latency floor."""
     code = (
         "import sys; from bench.throughput import passthrough; "
-        "passthrough(*sys.argv[1:4], int(sys.argv[4]), sys.argv[5])"
+        "passthrough(*sys.argv[1:4], int(sys.argv[4]), *sys.argv[5:7])"
     )
+    args = [bootstrap, source, sink, str(records), group, client]
     with log_path.open("ab") as log:
         return subprocess.Popen(
-            [sys.executable, "-c", code, bootstrap, source, sink, str(records), group],
+            [sys.executable, "-c", code, *args],
             stdout=subprocess.DEVNULL,
             stderr=log,
             cwd=Path(__file__).resolve().parent.parent,
@@ -563,49 +719,89 @@ def table_rows(res: Results) -> list[tuple[str, str, str]]:
     """(measurement, value, note) rows shared by the terminal table and the markdown file."""
     o = res.options
     rows: list[tuple[str, str, str]] = []
-    if res.passthrough:
-        rows.append(
-            ("(a) passthrough, no model", f"{res.passthrough.rate:,.0f} rec/s",
-             f"{o.records:,} records, ceiling of the client")
-        )  # fmt: skip
+    pt, workers = res.passthrough, res.worker
+    notes = {
+        "kafka-python": f"{o.records:,} records, ceiling of the client",
+        "confluent": f"{o.records:,} records, consume({MAX_BATCH}) -> produce, flush, commit",
+    }
+    for client, t in pt.items():
+        rows.append((f"(a) passthrough, {client}", rate(t), notes[client]))
+    if len(pt) == 2:
+        rows.append(ratio_row("passthrough confluent / kafka-python", pt["confluent"],
+                              pt["kafka-python"], "x", "the clients' ceilings compared"))  # fmt: skip
     if res.naive:
         rows.append(
-            ("(b) naive per-record loop", f"{res.naive.rate:,.0f} rec/s",
+            ("(b) naive per-record loop", rate(res.naive),
              f"{res.naive.records:,} records, predict_proba on one row each")
         )  # fmt: skip
-    if res.worker:
+    for client, t in workers.items():
+        note = f"{o.records:,} records, 1 process, max batch {MAX_BATCH}"
+        rows.append((f"(c) forestream worker, {client}", rate(t),
+                     note + batch_note(res.worker_batch.get(client))))  # fmt: skip
+    if res.reference:
         rows.append(
-            ("(c) forestream worker", f"{res.worker.rate:,.0f} rec/s",
-             f"{o.records:,} records, 1 process, max batch {MAX_BATCH}"
-             + batch_note(res.worker_batch))
+            ("(e) hand-written confluent-kafka loop", rate(res.reference),
+             f"{o.records:,} records, consume({MAX_BATCH}, 0.05) -> DataFrame -> predict_proba "
+             "-> produce, flush, commit")
         )  # fmt: skip
-    if res.worker and res.passthrough:
-        ratio = res.worker.rate / res.passthrough.rate
-        rows.append(
-            ("worker / passthrough", f"{ratio:.0%}", "target >= 50%: " + verdict(ratio >= 0.5))
-        )
-    if res.worker and res.naive:
-        ratio = res.worker.rate / res.naive.rate
-        rows.append(("worker / naive", f"{ratio:,.0f}x", "target >= 50x: " + verdict(ratio >= 50)))
-    if res.latency:
-        lat = res.latency
+    cf, kp = workers.get("confluent"), workers.get("kafka-python")
+    if cf and kp:
+        rows.append(ratio_row("worker confluent / worker kafka-python", cf, kp, "x", "same worker"))
+    if cf and res.reference:
+        rows.append(ratio_row("worker confluent / hand-written loop", cf, res.reference, "x",
+                              "forestream vs the loop a user would write"))  # fmt: skip
+    for client, t in workers.items():
+        if client in pt:
+            rows.append(ratio_row(f"worker / passthrough, {client}", t, pt[client], "%",
+                                  "target >= 50%", target=0.5))  # fmt: skip
+    if kp and res.naive:
+        rows.append(ratio_row("worker kafka-python / naive", kp, res.naive, "x", "target >= 50x",
+                              target=50))  # fmt: skip
+    for client, lat in res.latency.items():
+        name = f"(d) worker latency, {client}"
+        if isinstance(lat, Failed):
+            rows.append((name, "failed", lat.reason))
+            continue
         p99 = lat.percentile("created", 99)
         rows.append(
-            ("(d) worker latency p50 / p99", percentiles(lat, "created"),
+            (f"{name} p50 / p99", percentiles(lat, "created"),
              f"input CreateTime -> prediction CreateTime at {lat.offered_rate:,.0f} rec/s "
              f"offered ({lat.achieved_rate:,.0f} achieved, {lat.records:,} records"
-             f"{batch_note(res.latency_batch)}); target p99 <= 100 ms: " + verdict(p99 <= 100))
+             f"{batch_note(res.latency_batch.get(client))}); target p99 <= 100 ms: "
+             + verdict(p99 <= 100))
         )  # fmt: skip
         rows.append(
-            ("(d) worker latency as received p50 / p99", percentiles(lat, "received"),
+            (f"{name} as received p50 / p99", percentiles(lat, "received"),
              "input CreateTime -> prediction read back by the benchmark")
         )  # fmt: skip
-    if res.passthrough_latency:
+    for client, lat in res.passthrough_latency.items():
         rows.append(
-            ("(d) passthrough latency p50 / p99", percentiles(res.passthrough_latency, "created"),
+            (f"(d) passthrough latency, {client} p50 / p99", percentiles(lat, "created"),
              "same load through (a)'s loop in its own process: the client's floor")
         )  # fmt: skip
     return rows
+
+
+def rate(t: Throughput | Failed) -> str:
+    return "failed" if isinstance(t, Failed) else f"{t.rate:,.0f} rec/s"
+
+
+def ratio_row(
+    name: str,
+    num: Throughput | Failed,
+    den: Throughput | Failed,
+    unit: str,
+    note: str,
+    target: float | None = None,
+) -> tuple[str, str, str]:
+    """``num`` / ``den`` as ``unit`` ("x" or "%"), with a verdict when there is a target."""
+    if isinstance(num, Failed) or isinstance(den, Failed):
+        return name, "n/a", "failed: " + (num if isinstance(num, Failed) else den).reason
+    ratio = num.rate / den.rate
+    shown = f"{ratio:.0%}" if unit == "%" else f"{ratio:,.2f}x" if ratio < 10 else f"{ratio:,.0f}x"
+    if target is not None:
+        note += ": " + verdict(ratio >= target)
+    return name, shown, note
 
 
 def load_note(res: Results) -> str:

@@ -17,6 +17,8 @@ from typing import Any, Literal
 
 from pydantic import SecretStr
 
+from contracts.edge import KafkaClient
+
 SecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
 SaslMechanism = Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"]
 Compression = Literal["none", "gzip", "snappy", "lz4", "zstd"]
@@ -45,6 +47,8 @@ class KafkaConnection:
     """Where the cluster is and how to talk to it; ``PLAINTEXT`` with defaults (local broker)."""
 
     bootstrap: str
+    kafka_client: KafkaClient = "kafka-python"
+    """Which client library every component talks to Kafka with (:mod:`contracts.edge`)."""
     security_protocol: SecurityProtocol = "PLAINTEXT"
     sasl_mechanism: SaslMechanism | None = None
     sasl_username: str | None = None

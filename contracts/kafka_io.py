@@ -19,6 +19,7 @@ from kafka.admin import NewTopic
 from kafka.errors import KafkaError, TopicAlreadyExistsError, TopicAuthorizationFailedError
 
 from contracts.connection import KafkaConnection
+from contracts.edge import AckingProducer, GroupConsumer
 from contracts.errors import UserError
 from contracts.kafka_errors import (
     KafkaFatalError,
@@ -151,6 +152,63 @@ def make_consumer(target: Target, *topics: str, **overrides: Any) -> KafkaConsum
     }
     config.update(overrides)
     return _built(conn, lambda: KafkaConsumer(*topics, **config))
+
+
+def group_consumer(
+    target: Target,
+    *,
+    group: str,
+    client_id: str,
+    max_poll_records: int,
+    session_timeout_ms: int,
+) -> GroupConsumer:
+    """A consumer-group member on the connection's client (``FORESTREAM_KAFKA_CLIENT``)."""
+    conn = connection(target)
+    heartbeat_ms = min(3000, session_timeout_ms // 3)
+    if conn.kafka_client == "confluent":
+        from contracts.edge_confluent import ConfluentGroupConsumer
+
+        return ConfluentGroupConsumer(
+            conn,
+            group_id=group,
+            client_id=client_id,
+            max_poll_records=max_poll_records,
+            session_timeout_ms=session_timeout_ms,
+            heartbeat_interval_ms=heartbeat_ms,
+        )
+    from contracts.edge_kafka_python import KafkaPythonGroupConsumer
+
+    consumer = make_consumer(
+        conn,
+        group_id=group,
+        client_id=client_id,
+        max_poll_records=max_poll_records,
+        # The group leader rebalances when topic metadata changes, but kafka-python only
+        # refreshes it every 5 min by default: a worker that joined while the input topic
+        # was being created (or gained partitions) would sit idle with nothing assigned.
+        metadata_max_age_ms=5000,
+        session_timeout_ms=session_timeout_ms,
+        heartbeat_interval_ms=heartbeat_ms,
+    )
+    return KafkaPythonGroupConsumer(consumer, conn, group)
+
+
+def acking_producer(
+    target: Target, *, client_id: str, max_block_ms: int | None = None, linger_ms: int = 5
+) -> AckingProducer:
+    """A producer that says which records the full ISR acknowledged, on the connection's
+    client. ``max_block_ms`` bounds how long a send may block for metadata or buffer room."""
+    conn = connection(target)
+    if conn.kafka_client == "confluent":
+        from contracts.edge_confluent import ConfluentProducer
+
+        return ConfluentProducer(conn, client_id=client_id, linger_ms=linger_ms)
+    from contracts.edge_kafka_python import KafkaPythonProducer
+
+    overrides: dict[str, Any] = {"client_id": client_id, "linger_ms": linger_ms}
+    if max_block_ms is not None:
+        overrides["max_block_ms"] = max_block_ms
+    return KafkaPythonProducer(make_producer(conn, **overrides), conn)
 
 
 def new_topic(spec: TopicSpec, conn: KafkaConnection) -> NewTopic:

@@ -23,6 +23,7 @@ from contracts.connection import (
     SaslMechanism,
     SecurityProtocol,
 )
+from contracts.edge import KafkaClient
 from contracts.errors import UserError
 
 FALLBACK_BOOTSTRAP = "127.0.0.1:9092"
@@ -122,6 +123,9 @@ class CommonSettings(BaseSettings):
     ssl_key_password: SecretStr | None = None
     ssl_check_hostname: bool = True
     compression: Compression = DEFAULT_COMPRESSION
+    kafka_client: KafkaClient = "kafka-python"
+    """``confluent`` switches every Kafka client to librdkafka (see README, "Two Kafka
+    clients")."""
     replication_factor: int | None = Field(default=None, ge=1, le=32767)
     min_insync_replicas: int | None = Field(default=None, ge=1, le=32767)
 
@@ -130,7 +134,7 @@ class CommonSettings(BaseSettings):
     def _upper(cls, value: object) -> object:
         return value.strip().upper() if isinstance(value, str) else value
 
-    @field_validator("compression", mode="before")
+    @field_validator("compression", "kafka_client", mode="before")
     @classmethod
     def _lower(cls, value: object) -> object:
         return value.strip().lower() if isinstance(value, str) else value

@@ -21,25 +21,31 @@ from types import FrameType
 from typing import TYPE_CHECKING
 
 import structlog
-from kafka import KafkaConsumer, KafkaProducer, TopicPartition
-from kafka.consumer.fetcher import ConsumerRecord
-from kafka.consumer.subscription_state import AsyncConsumerRebalanceListener
-from kafka.errors import CommitFailedError, KafkaError
-from kafka.structs import OffsetAndMetadata
 
+from contracts.edge import (
+    AckingProducer,
+    CommitRejected,
+    GroupConsumer,
+    InputRecord,
+    TopicPartition,
+    TransientKafkaError,
+    describe_partitions,
+)
 from contracts.headers import ReasonCode
-from contracts.kafka_errors import KafkaFatalError, classify_client_error
+from contracts.kafka_errors import KafkaFatalError
 from contracts.kafka_io import (
     TopicSpec,
+    acking_producer,
     ensure_topics,
-    make_consumer,
-    make_producer,
+    group_consumer,
     models_topic_spec,
+    topic_partitions,
 )
 from contracts.logs import RateLimited
 from worker.batch import BatchObserver
+from worker.cycle import BatchCycle
 from worker.models import ActiveModel, ModelFollower
-from worker.processing import AckedPublisher, ObserverFanout, next_offsets, process_records
+from worker.processing import AckedPublisher, ObserverFanout, process_records
 from worker.settings import WorkerSettings
 
 if TYPE_CHECKING:
@@ -49,27 +55,26 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger("forestream.worker")
 
-_IDLE_POLL_MS = 200
+_IDLE_POLL_S = 0.2
 _LAG_INTERVAL_S = 5.0
 _REVOKE_PUBLISH_LIMIT_S = 30.0
 """Upper bound on publishing a held batch inside a revocation callback; also at most half the
-session timeout, since that callback holds the client's IO thread (and its heartbeats)."""
-_REVOKE_COMMIT_TIMEOUT_MS = 10_000
-_COMMIT_TIMEOUT_MS = 10_000
-_LATE_COMMIT_TIMEOUT_MS = 3_000
-_BATCH_COMMIT_TIMEOUT_MS = 2_000
+session timeout, since that callback holds the client's group protocol (and its heartbeats)."""
+_REVOKE_COMMIT_TIMEOUT_S = 10.0
+_COMMIT_TIMEOUT_S = 10.0
+_LATE_COMMIT_TIMEOUT_S = 3.0
+_BATCH_COMMIT_TIMEOUT_S = 2.0
 """One commit try after a batch (milliseconds when healthy). Past it the offsets are held and
 retried between polls: blocking in long tries while the coordinator is away kept the loop from
 polling, and polls are what complete a rejoin once it is back."""
 _HELD_RETRY_MAX_S = 1.0
-_HELD_POLL_MS = 100
+_HELD_POLL_S = 0.1
 _POLL_BACKOFF_MAX_S = 1.0
 _SHUTDOWN_GRACE_S = 10.0
 """After SIGTERM, how long a batch in hand may wait for the broker before it is left
 uncommitted (to be re-read by the next owner) so that the worker exits."""
 _SEND_BLOCK_MS = 2_000
 _MAX_BACKOFF_S = 10.0
-_JOIN_STUCK_AFTER_S = 2.0
 
 
 @dataclass
@@ -80,61 +85,12 @@ class _Totals:
     batches: int = 0
 
 
-class _Revocations(AsyncConsumerRebalanceListener):
-    """Finish and commit what the worker holds before its partitions go to someone else.
-
-    kafka-python 3 runs rebalance callbacks on the consumer's IO thread while the loop thread
-    is blocked inside ``poll()``/``close()``, so the held batch is not touched concurrently;
-    but a blocking consumer call (``commit()``) from there raises. Hence an *async* listener
-    that publishes with the producer (its own client and thread) and then awaits the commit on
-    the consumer's event loop, the way the client commits before a rebalance itself.
-    """
-
-    def __init__(self, worker: Worker) -> None:
-        self.worker = worker
-
-    async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
-        try:
-            offsets = self.worker.finish_for_revocation(list(revoked))
-            if offsets:
-                await _commit_on_io_loop(
-                    self.worker.consumer, offsets, self.worker.revocation_commit_timeout_ms()
-                )
-                self.worker.forget_committed(offsets)
-        except Exception as exc:  # raising here would break the group join; re-reads are safe
-            log.warning("commit_on_revocation_failed", error=f"{type(exc).__name__}: {exc}")
-        self.worker.release(list(revoked))
-
-    async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
-        self.worker.on_assigned(list(assigned))
-
-    async def on_partitions_lost(self, lost: set[TopicPartition]) -> None:
-        """Evicted: the partitions already belong to someone else, so commit nothing."""
-        log.warning(
-            "partitions_lost", partitions=sorted(f"{tp.topic}-{tp.partition}" for tp in lost)
-        )
-        self.worker.release(list(lost), drop_pending=True)
-
-
-async def _commit_on_io_loop(
-    consumer: KafkaConsumer | None,
-    offsets: dict[TopicPartition, OffsetAndMetadata],
-    timeout_ms: int,
-) -> None:
-    """Commit from inside a rebalance callback (the consumer's IO thread).
-
-    ``KafkaConsumer.commit()`` would block that very thread; the coordinator's coroutine is
-    what the client awaits for its own pre-rebalance commit.
-    """
-    coordinator = getattr(consumer, "_coordinator", None)
-    commit = getattr(coordinator, "_commit_offsets_sync_async", None)
-    if commit is None:
-        raise RuntimeError("this kafka-python has no coroutine commit; offsets left uncommitted")
-    await commit(offsets, timeout_ms=timeout_ms)
-
-
 class Worker:
-    """One consumer-group member: ``run()`` until SIGTERM/SIGINT or ``max_records``."""
+    """One consumer-group member: ``run()`` until SIGTERM/SIGINT or ``max_records``.
+
+    It is also the consumer's :class:`~contracts.edge.RebalanceHandler`: the adapters call
+    ``on_revoking`` and friends from wherever their client runs rebalance callbacks.
+    """
 
     def __init__(
         self,
@@ -149,27 +105,26 @@ class Worker:
         self.telemetry = telemetry
         self.monitoring: StreamMonitoring | None = None
         self.totals = _Totals()
+        self.cycle = BatchCycle()
         if telemetry is not None:
             observers = [telemetry.observer, *observers]
             self._observers = ObserverFanout(observers, telemetry.metrics.record_observer_error)
         else:
             self._observers = ObserverFanout(observers)
         self._lag_at = 0.0
-        self._pending: list[ConsumerRecord] = []
-        self._uncommitted: dict[TopicPartition, OffsetAndMetadata] = {}
+        self._owned: set[TopicPartition] = set()
         self._stopping = False
         self._stop_requested_at: float | None = None
         self._fatal: KafkaFatalError | None = None
         self._closed = False
-        self._consumer: KafkaConsumer | None = None
-        self._producer: KafkaProducer | None = None
+        self._consumer: GroupConsumer | None = None
+        self._producer: AckingProducer | None = None
         self._publisher: AckedPublisher | None = None
         self._model: ActiveModel | None = None
         self._warn = {name: RateLimited(10.0) for name in ("poll", "commit", "deferred", "scoring")}
         self._warn["model"] = RateLimited(settings.model_wait_log_s)
         self._summary_at = time.monotonic()
         self._summary_records = 0
-        self._join_stuck_since: float | None = None
         self._held_since: float | None = None
         self._held_retry_at = 0.0
         self._held_backoff = 0.1
@@ -185,7 +140,7 @@ class Worker:
         """Signal handler: stop taking new records; the loop flushes and commits, then exits."""
         if not self._stopping:
             name = signal.Signals(signum).name if signum else None
-            log.info("worker_stopping", signal=name, pending=len(self._pending))
+            log.info("worker_stopping", signal=name, pending=len(self.cycle.pending))
         self._mark_stopping()
 
     def _mark_stopping(self) -> None:
@@ -211,16 +166,14 @@ class Worker:
     def describe_abandoned(self) -> dict[str, object]:
         """For the watchdog's exit line, read from its thread while this one may be stuck:
         plain reads, no locks. Nothing past the committed offsets is lost: it is re-read."""
-        subscription = getattr(self._consumer, "_subscription", None)
+        consumer = self._consumer
         return {
-            "pending_records": len(self._pending),
+            "pending_records": len(self.cycle.pending) + len(self.cycle.out or ()),
             "uncommitted": {
-                f"{tp.topic}-{tp.partition}": meta.offset
-                for tp, meta in list(self._uncommitted.items())
+                f"{tp.topic}-{tp.partition}": offset
+                for tp, offset in list(self.cycle.acknowledged.items())
             },
-            "assigned": sorted(
-                f"{tp.topic}-{tp.partition}" for tp in list(getattr(subscription, "assignment", ()))
-            ),
+            "assigned": describe_partitions(consumer.assignment_snapshot() if consumer else ()),
             "records_in": self.totals.records_in,
         }
 
@@ -239,9 +192,6 @@ class Worker:
                 self.telemetry.health.set_fatal(exc.kind, str(exc))
             self._close()
             raise
-
-    def _fatal_output_error(self, exc: BaseException) -> KafkaFatalError | None:
-        return classify_client_error(exc, self.kafka, topic=self.settings.output_topic)
 
     def _raise_background_fatal(self) -> None:
         """The model follower and the labels reader run on threads of their own: a fatal
@@ -263,6 +213,7 @@ class Worker:
             max_batch=s.max_batch,
             max_wait_ms=s.max_wait_ms,
             worker_index=s.worker_index,
+            kafka_client=self.kafka.kafka_client,
         )
         self._ensure_topics()
         self._model = self._wait_for_model()
@@ -275,42 +226,27 @@ class Worker:
         if self.telemetry is not None:
             self.telemetry.health.set_model(self._model.version)
             self.telemetry.metrics.set_model_version(self._model.version)
-        # send() blocks the loop while it waits for a topic's metadata (60 s by default): a
-        # broker away then stalls scoring and monitoring alike; the publisher retries instead
-        self._producer = make_producer(
+        # a send that blocks for a topic's metadata (60 s by default) stalls scoring and
+        # monitoring alike while a broker is away; the publisher retries instead
+        self._producer = acking_producer(
             self.kafka, client_id=self._client_id("out"), max_block_ms=_SEND_BLOCK_MS
         )
-        self._publisher = AckedPublisher(
-            self._producer, give_up=self._past_shutdown_grace, fatal=self._fatal_output_error
-        )
+        self._publisher = AckedPublisher(self._producer, give_up=self._past_shutdown_grace)
         if self.monitoring is not None:
             self.monitoring.start(self._producer)
-        self._consumer = make_consumer(
+        self._consumer = group_consumer(
             self.kafka,
-            group_id=s.group,
+            group=s.group,
             client_id=self._client_id("in"),
             max_poll_records=s.max_batch,
-            # The group leader rebalances when topic metadata changes, but kafka-python only
-            # refreshes it every 5 min by default: a worker that joined while the input topic
-            # was being created (or gained partitions) would sit idle with nothing assigned.
-            metadata_max_age_ms=5000,
             session_timeout_ms=s.session_timeout_ms,
-            heartbeat_interval_ms=min(3000, s.session_timeout_ms // 3),
         )
-        # kafka-python 3.0.12: a group leader that joins before it has the input topic's
-        # metadata assigns nobody anything, then rejoins when the metadata arrives; if that
-        # rejoin outlives one poll() timeout the client never consumes its result (heartbeats
-        # stay disabled, the broker evicts the member after session_timeout_ms, and the worker
-        # idles with no partitions while /healthz says ok). Knowing the partitions before the
-        # first join avoids that empty first generation.
-        with contextlib.suppress(KafkaError):
-            self._consumer.partitions_for_topic(s.input_topic)
-        self._consumer.subscribe([s.input_topic], listener=_Revocations(self))
+        self._consumer.subscribe(s.input_topic, self)
         try:
             self._loop()
             self._finish_pending()
             if self._past_shutdown_grace():  # the broker is away: one short try, then go
-                self._commit_held(attempts=1, timeout_ms=_LATE_COMMIT_TIMEOUT_MS)
+                self._commit_held(attempts=1, timeout_s=_LATE_COMMIT_TIMEOUT_S)
             else:  # within what is left of the orderly budget, so close() still fits the grace
                 self._commit_held(attempts=3, deadline=self._orderly_deadline())
             self._report_monitoring(force=True)
@@ -329,12 +265,8 @@ class Worker:
         """Outputs get as many partitions as the input (if it exists) so keys spread alike."""
         s = self.settings
         partitions = 1
-        with contextlib.suppress(KafkaError):
-            probe = make_consumer(self.kafka)
-            try:
-                partitions = len(probe.partitions_for_topic(s.input_topic) or ()) or 1
-            finally:
-                probe.close()
+        with contextlib.suppress(Exception):  # absent or unreachable: the default will do
+            partitions = topic_partitions(self.kafka, [s.input_topic]).get(s.input_topic, 1) or 1
         ensure_topics(
             self.kafka,
             [
@@ -376,22 +308,16 @@ class Worker:
         # leaving the group (and the revocation commit it runs) gets what is left of the
         # orderly budget, at least a short try: the whole stop stays inside the watchdog's grace
         deadline = self._orderly_deadline() or time.monotonic()
-        close_ms = max(int((deadline - time.monotonic()) * 1000), _LATE_COMMIT_TIMEOUT_MS)
-        self._pending = []
+        close_s = max(deadline - time.monotonic(), _LATE_COMMIT_TIMEOUT_S)
+        self.cycle.drop_pending()
         if self.monitoring is not None:
             self.monitoring.stop()
         consumer, self._closed = self._consumer, True  # closed once, whoever calls first
         producer, self._producer = self._producer, None
         if consumer is not None and not closed_before:
-            # the revocation callback run by close() still uses self._consumer to commit
-            with contextlib.suppress(KafkaError):
-                consumer.close(
-                    autocommit=False, timeout_ms=_LATE_COMMIT_TIMEOUT_MS if late else close_ms
-                )
+            consumer.close(_LATE_COMMIT_TIMEOUT_S if late else close_s)
         if producer is not None:
-            with contextlib.suppress(KafkaError):
-                producer.flush(timeout=1 if late else 30)
-            producer.close(timeout=1 if late else 5)
+            producer.close(1 if late else 30)
         self.follower.stop()
 
     # -- batching ------------------------------------------------------------------------------
@@ -399,6 +325,7 @@ class Worker:
     def _loop(self) -> None:
         s = self.settings
         assert self._consumer is not None
+        cycle = self.cycle
         deadline: float | None = None
         backoff = 0.1
         # When the loop last knew nothing was waiting. Records found by the first poll after a
@@ -413,21 +340,18 @@ class Worker:
                 return
             held = self._hold_while_uncommitted()
             if held:
-                timeout_ms = _HELD_POLL_MS
-            elif self._pending and deadline is not None:
-                timeout_ms = max(int((deadline - time.monotonic()) * 1000), 0)
+                timeout_s = _HELD_POLL_S
+            elif cycle.pending and deadline is not None:
+                timeout_s = max(deadline - time.monotonic(), 0.0)
             else:
-                timeout_ms = _IDLE_POLL_MS
-            room = s.max_batch - len(self._pending)
+                timeout_s = _IDLE_POLL_S
+            room = s.max_batch - len(cycle.pending)
             if s.max_records is not None:
-                room = min(room, s.max_records - self.totals.records_in - len(self._pending))
+                room = min(room, s.max_records - self.totals.records_in - len(cycle.pending))
             try:
-                polled = self._consumer.poll(timeout_ms=timeout_ms, max_records=max(room, 1))
+                cycle.take(self._consumer.poll_batch(max(room, 1), timeout_s))
                 backoff = 0.1
-            except KafkaError as exc:
-                fatal = classify_client_error(exc, self.kafka, topic=s.input_topic, group=s.group)
-                if fatal is not None:
-                    raise fatal from None
+            except TransientKafkaError as exc:
                 if self._warn["poll"].ready():
                     log.warning(
                         "poll_failed",
@@ -437,27 +361,25 @@ class Worker:
                 time.sleep(backoff)
                 backoff = min(backoff * 2, _POLL_BACKOFF_MAX_S)
                 continue
-            for records in polled.values():
-                self._pending.extend(records)
-            if self._pending and deadline is None:
+            if cycle.pending and deadline is None:
                 deadline = idle_since + s.max_wait_ms / 1000
-            full = len(self._pending) >= s.max_batch or (
+            full = len(cycle.pending) >= s.max_batch or (
                 s.max_records is not None
-                and self.totals.records_in + len(self._pending) >= s.max_records
+                and self.totals.records_in + len(cycle.pending) >= s.max_records
             )
-            if self._pending and not held and (full or time.monotonic() >= (deadline or 0.0)):
+            if cycle.pending and not held and (full or time.monotonic() >= (deadline or 0.0)):
                 idle_since = time.monotonic()
                 self._finish_pending()
-            elif not self._pending:
+            elif not cycle.pending:
                 idle_since = time.monotonic()
-            if not self._pending:  # also after a rebalance finished the batch in hand
+            if not cycle.pending:  # also after a rebalance finished the batch in hand
                 deadline = None
             self._raise_background_fatal()
             self._maybe_log_summary()
             if not held:  # the broker is not answering: both could block the loop for seconds
                 self._maybe_measure_lag()
                 self._report_monitoring()
-            self._unstick_group_join()
+            self._consumer.maintain()
 
     def _hold_while_uncommitted(self) -> bool:
         """True while acknowledged offsets still wait for a commit (retried here, with backoff).
@@ -468,149 +390,112 @@ class Worker:
         """
         assert self._consumer is not None
         now = time.monotonic()
-        retry_due = self._uncommitted and now >= self._held_retry_at
-        if retry_due and not self._commit_held(attempts=1, timeout_ms=_BATCH_COMMIT_TIMEOUT_MS):
+        retry_due = self.cycle.holding and now >= self._held_retry_at
+        if retry_due and not self._commit_held(attempts=1, timeout_s=_BATCH_COMMIT_TIMEOUT_S):
             self._held_backoff = min(self._held_backoff * 2, _HELD_RETRY_MAX_S)
             self._held_retry_at = time.monotonic() + self._held_backoff
-        if self._uncommitted:
+        if self.cycle.holding:
             if self._held_since is None:
                 self._held_since = now
-            self._consumer.pause(*self._consumer.assignment())
+            self._consumer.pause(self._consumer.assignment())
             return True
         if self._held_since is not None:
             log.info("commit_resumed", held_s=round(time.monotonic() - self._held_since, 2))
             self._held_since = None
             self._held_backoff = 0.1
         if paused := self._consumer.paused():
-            self._consumer.resume(*paused)
+            self._consumer.resume(paused)
         return False
 
-    def _unstick_group_join(self) -> None:
-        """Work around a kafka-python 3.0.12 join that is never completed.
+    # -- rebalances (contracts.edge.RebalanceHandler) -------------------------------------------
 
-        When the group leader rejoins because topic metadata changed and the JoinGroup outlives
-        one ``poll()`` timeout, the leader's own assignment step (run inside that join) clears
-        the metadata mismatch that made it rejoin, so ``poll()`` never comes back to finish the
-        join: no partitions, heartbeats off, and the broker evicts the member after the session
-        timeout. The client is then ``rejoining`` but no longer thinks it ``need_rejoin()``;
-        after a moment in that state, asking for a rejoin makes the next ``poll()`` finish it.
-        """
-        coordinator = getattr(self._consumer, "_coordinator", None)
-        if coordinator is None or not getattr(coordinator, "rejoining", False):
-            self._join_stuck_since = None
-            return
-        if coordinator.need_rejoin():  # the client is driving the join itself
-            self._join_stuck_since = None
-            return
-        now = time.monotonic()
-        if self._join_stuck_since is None:
-            self._join_stuck_since = now
-        elif now - self._join_stuck_since >= _JOIN_STUCK_AFTER_S:
-            log.warning(
-                "group_join_stalled_rejoining", stalled_s=round(now - self._join_stuck_since, 1)
-            )
-            coordinator.request_rejoin()
-            self._join_stuck_since = None
+    def on_revoking(self, partitions: list[TopicPartition]) -> dict[TopicPartition, int]:
+        """Publish the held batch while we still own its partitions.
 
-    @property
-    def consumer(self) -> KafkaConsumer | None:
-        return self._consumer
-
-    def finish_for_revocation(
-        self, revoked: list[TopicPartition]
-    ) -> dict[TopicPartition, OffsetAndMetadata]:
-        """Rebalance: publish the held batch while we still own its partitions.
-
-        Returns every acknowledged-but-uncommitted offset, for the listener to commit before
+        Returns every acknowledged-but-uncommitted offset, for the adapter to commit before
         the partitions move. Publishing is bounded in time here: the rebalance waits for us.
         """
-        if revoked:
+        if partitions:
             log.info(
                 "partitions_revoked",
-                partitions=sorted(f"{tp.topic}-{tp.partition}" for tp in revoked),
-                pending=len(self._pending),
+                partitions=describe_partitions(partitions),
+                pending=len(self.cycle.pending),
             )
         limit_s = min(_REVOKE_PUBLISH_LIMIT_S, self.settings.session_timeout_ms / 2000)
         deadline = time.monotonic() + limit_s
         self._finish_pending(
             give_up=lambda: self._past_shutdown_grace() or time.monotonic() > deadline
         )
-        return dict(self._uncommitted)
+        return self.cycle.to_commit()
 
-    def forget_committed(self, offsets: dict[TopicPartition, OffsetAndMetadata]) -> None:
-        for tp, committed in offsets.items():
-            if self._uncommitted.get(tp) == committed:
-                del self._uncommitted[tp]
+    def revocation_commit_timeout_s(self) -> float:
+        """A rebalance may wait for its commit; a stop (close() revokes too) has a budget."""
+        deadline = self._orderly_deadline()
+        if deadline is None:
+            return _REVOKE_COMMIT_TIMEOUT_S
+        return min(_REVOKE_COMMIT_TIMEOUT_S, max(deadline - time.monotonic(), 1.0))
 
-    def release(self, partitions: list[TopicPartition], drop_pending: bool = False) -> None:
-        """Forget state of partitions we no longer own: the next owner re-reads from the last
+    def on_committed(self, offsets: dict[TopicPartition, int]) -> None:
+        self.cycle.committed(offsets)
+
+    def on_released(self, partitions: list[TopicPartition], lost: bool) -> None:
+        """Forget partitions we no longer own: the next owner re-reads from the last
         committed offset, so anything dropped here is duplicated, never lost."""
-        gone = set(partitions)
-        for tp in gone:
-            self._uncommitted.pop(tp, None)
-        if drop_pending:
-            self._pending = [
-                r for r in self._pending if TopicPartition(r.topic, r.partition) not in gone
-            ]
+        self.cycle.release(partitions, lost=lost)
+        self._owned.difference_update(partitions)
         if self.telemetry is not None:
-            self.telemetry.health.set_assignment([])
+            self.telemetry.health.set_assignment(self._owned)
 
-    def on_assigned(self, assigned: list[TopicPartition]) -> None:
-        log.info(
-            "partitions_assigned",
-            partitions=sorted(f"{tp.topic}-{tp.partition}" for tp in assigned),
-        )
+    def on_assigned(self, partitions: list[TopicPartition]) -> None:
+        log.info("partitions_assigned", partitions=describe_partitions(partitions))
+        self._owned.update(partitions)
         if self.telemetry is not None:
-            self.telemetry.health.set_assignment(assigned)
-
-    def _finish_pending(self, give_up: Callable[[], bool] | None = None) -> None:
-        """Process the held batch. With ``give_up`` (the rebalance path, on the consumer's IO
-        thread) it publishes but leaves committing to the caller: a blocking consumer call
-        from that thread would raise."""
-        if not self._pending:
-            return
-        batch, self._pending = self._pending, []
-        try:
-            self._process(batch, give_up=give_up, commit=give_up is None)
-        except BaseException:
-            self._rewind(batch)
-            raise
-
-    def _rewind(self, records: list[ConsumerRecord]) -> None:
-        """Make records that leave without acknowledged outputs be read again.
-
-        Committing nothing for them is not enough: the client keeps each partition's fetch
-        position across a rebalance that hands the partition back to this member, so the next
-        batch would start after them and its commit would skip them for good. Seeking back to
-        the first unacknowledged offset (local state, safe from a rebalance callback) makes the
-        client discard what it fetched beyond it; a partition no longer ours is re-read by its
-        new owner from the committed offset.
-        """
-        assert self._consumer is not None
-        first: dict[TopicPartition, int] = {}
-        for r in records:
-            tp = TopicPartition(r.topic, r.partition)
-            first[tp] = min(first.get(tp, r.offset), r.offset)
-        owned = self._consumer.assignment()
-        for tp, offset in first.items():
-            if tp in owned:
-                with contextlib.suppress(KafkaError, AssertionError, ValueError):
-                    self._consumer.seek(tp, offset)
-        log.warning(
-            "batch_left_unacknowledged_rewound",
-            records=len(records),
-            partitions=sorted(f"{tp.topic}-{tp.partition}@{o}" for tp, o in first.items()),
-        )
+            self.telemetry.health.set_assignment(self._owned)
 
     # -- one batch -----------------------------------------------------------------------------
 
+    def _finish_pending(self, give_up: Callable[[], bool] | None = None) -> None:
+        """Process the held batch. With ``give_up`` (the rebalance path) it publishes but
+        leaves committing to the caller: the adapter commits in its client's own way there."""
+        if not self.cycle.pending:
+            return
+        batch = self.cycle.start_batch()
+        try:
+            acknowledged = self._process(batch, give_up=give_up)
+        except BaseException:
+            self._rewind()
+            raise
+        if not acknowledged:
+            self._rewind()  # not committed, and read again (at-least-once)
+            return
+        self.cycle.acknowledge()
+        if give_up is None and not self._commit_held(attempts=1, timeout_s=_BATCH_COMMIT_TIMEOUT_S):
+            self._held_retry_at = time.monotonic() + self._held_backoff  # the loop retries
+
+    def _rewind(self) -> None:
+        """Make the batch out, whose outputs were not all acknowledged, be read again.
+
+        Seeking back to its first offsets (local state, safe from a rebalance callback) makes
+        the client discard what it fetched beyond them; a partition no longer ours is re-read
+        by its new owner from the committed offset.
+        """
+        assert self._consumer is not None
+        records = len(self.cycle.out or ())
+        first = self.cycle.abandon()
+        owned = self._consumer.assignment()
+        for tp, offset in first.items():
+            if tp in owned:
+                self._consumer.seek(tp, offset)
+        log.warning(
+            "batch_left_unacknowledged_rewound",
+            records=records,
+            partitions=sorted(f"{tp.topic}-{tp.partition}@{o}" for tp, o in first.items()),
+        )
+
     def _process(
-        self,
-        records: list[ConsumerRecord],
-        give_up: Callable[[], bool] | None = None,
-        commit: bool = True,
-    ) -> None:
-        """Score, publish, wait for every ack, then commit; unacknowledged means uncommitted."""
+        self, records: list[InputRecord], give_up: Callable[[], bool] | None = None
+    ) -> bool:
+        """Score and publish; True once every output is acknowledged."""
         s = self.settings
         model = self.follower.current() or self._model
         assert model is not None
@@ -637,26 +522,13 @@ class Worker:
             )
         assert self._publisher is not None
         if not self._publisher.publish(batch.outgoing, give_up=give_up):
-            self._rewind(records)  # not committed, and read again (at-least-once)
-            return
-        for (topic, partition), offset in next_offsets(records).items():
-            self._uncommitted[TopicPartition(topic, partition)] = OffsetAndMetadata(offset, "", -1)
-        if commit and not self._commit_held(attempts=1, timeout_ms=_BATCH_COMMIT_TIMEOUT_MS):
-            self._held_retry_at = time.monotonic() + self._held_backoff  # the loop retries
-
+            return False
         self.totals.records_in += batch.records_in
         self.totals.batches += 1
         self.totals.predicted += batch.predicted
         self.totals.dead_lettered.update(batch.dead_lettered)
         self._observers.notify(batch.scored)
-
-    def revocation_commit_timeout_ms(self) -> int:
-        """A rebalance may wait for its commit; a stop (close() revokes too) has a budget."""
-        deadline = self._orderly_deadline()
-        if deadline is None:
-            return _REVOKE_COMMIT_TIMEOUT_MS
-        left_ms = int((deadline - time.monotonic()) * 1000)
-        return min(_REVOKE_COMMIT_TIMEOUT_MS, max(left_ms, 1000))
+        return True
 
     def _orderly_deadline(self) -> float | None:
         """When a stop's orderly budget (``_SHUTDOWN_GRACE_S`` from the signal) runs out."""
@@ -667,7 +539,7 @@ class Worker:
     def _commit_held(
         self,
         attempts: int = 5,
-        timeout_ms: int = _COMMIT_TIMEOUT_MS,
+        timeout_s: float = _COMMIT_TIMEOUT_S,
         deadline: float | None = None,
     ) -> bool:
         """Commit every acknowledged-but-uncommitted offset; what fails is kept for next time.
@@ -679,25 +551,22 @@ class Worker:
         assert self._consumer is not None
         backoff = 0.2
         for attempt in range(attempts):
-            if not self._uncommitted:
+            if not self.cycle.holding:
                 return True
             if deadline is not None:
-                left_ms = int((deadline - time.monotonic()) * 1000)
-                if attempt > 0 and left_ms <= 0:
+                left_s = deadline - time.monotonic()
+                if attempt > 0 and left_s <= 0:
                     break
-                timeout_ms = min(timeout_ms, max(left_ms, _LATE_COMMIT_TIMEOUT_MS))
-            offsets = dict(self._uncommitted)
+                timeout_s = min(timeout_s, max(left_s, _LATE_COMMIT_TIMEOUT_S))
+            offsets = self.cycle.to_commit()
             try:
-                self._consumer.commit(offsets, timeout_ms=timeout_ms)
-            except CommitFailedError as exc:
+                self._consumer.commit(offsets, timeout_s)
+            except CommitRejected as exc:
                 # the group moved on without us: the new owner re-reads these (duplicates)
                 log.warning("commit_rejected_after_rebalance", error=str(exc))
-                self._uncommitted.clear()
+                self.cycle.commit_rejected()
                 return False
-            except KafkaError as exc:
-                fatal = classify_client_error(exc, self.kafka, group=self.settings.group)
-                if fatal is not None:
-                    raise fatal from None
+            except TransientKafkaError as exc:
                 if self._warn["commit"].ready():
                     log.warning(
                         "commit_failed_retrying",
@@ -709,12 +578,12 @@ class Worker:
                     time.sleep(backoff)
                     backoff = min(backoff * 2, _MAX_BACKOFF_S)
                 continue
-            self.forget_committed(offsets)
+            self.cycle.committed(offsets)
             return True
         if self._warn["deferred"].ready():
             log.error(
                 "commit_deferred",
-                partitions=len(self._uncommitted),
+                partitions=len(self.cycle.acknowledged),
                 suppressed=self._warn["deferred"].take_suppressed(),
             )
         return False
@@ -729,9 +598,7 @@ class Worker:
         if now - self._lag_at < _LAG_INTERVAL_S:
             return
         self._lag_at = now
-        from worker.metrics import measure_lag
-
-        lag = measure_lag(self._consumer, timeout_s=2.0)
+        lag = self._consumer.lag(timeout_s=2.0)
         if lag is not None:  # Kafka did not answer: keep the previous values
             self.telemetry.metrics.set_lag(lag)
 

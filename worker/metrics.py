@@ -14,7 +14,6 @@ from __future__ import annotations
 import threading
 from collections import Counter as CountOf
 from collections.abc import Iterable, Iterator, Sequence
-from typing import TYPE_CHECKING
 
 import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -24,9 +23,6 @@ from prometheus_client.utils import floatToGoString
 
 from contracts.headers import ReasonCode
 from worker.batch import ScoredBatch
-
-if TYPE_CHECKING:
-    from kafka import KafkaConsumer
 
 NAMESPACE = "forestream"
 
@@ -261,33 +257,3 @@ class MetricsObserver:
 
     def record_reject_codes(self, codes: Iterable[str]) -> None:
         self.metrics.record_reject_codes(codes)
-
-
-def lag_by_partition(end_offsets: dict[int, int], positions: dict[int, int]) -> dict[int, int]:
-    """Records behind per partition; a partition without a known position is left out."""
-    return {p: max(end - positions[p], 0) for p, end in end_offsets.items() if p in positions}
-
-
-def measure_lag(consumer: KafkaConsumer, timeout_s: float = 5.0) -> dict[int, int] | None:
-    """Lag of every partition assigned to ``consumer``; ``None`` when Kafka did not answer.
-
-    Call it every few seconds from the loop thread (kafka-python consumers are not
-    thread-safe) and hand a non-``None`` result to :meth:`WorkerMetrics.set_lag`; on ``None``
-    keep the previous values rather than stop scoring for a metric.
-    """
-    from kafka.errors import KafkaError
-
-    assigned = list(consumer.assignment() or ())
-    if not assigned:
-        return {}
-    timeout_ms = int(timeout_s * 1000)
-    try:
-        end = consumer.end_offsets(assigned, timeout_ms=timeout_ms)
-        positions: dict[int, int] = {}
-        for tp in assigned:
-            position = consumer.position(tp, timeout_ms=timeout_ms)
-            if position is not None:
-                positions[tp.partition] = position
-    except KafkaError:
-        return None
-    return lag_by_partition({tp.partition: off for tp, off in end.items()}, positions)

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import structlog
 
+from contracts.edge import AckingProducer, Outgoing
 from contracts.logs import RateLimited
 from contracts.schema import ReferenceStats
 from contracts.wire import DriftReport
@@ -146,7 +147,7 @@ class StreamMonitoring:
         self.evaluator = OnlineEvaluator(window=drift_window)
         self.latency = LatencyWindow(window=drift_window)
         self.labels = LabelConsumer(kafka, labels_topic, self.evaluator) if labels_topic else None
-        self._producer: Any = None
+        self._producer: AckingProducer | None = None
         self._next_report = time.monotonic() + report_interval_s
         self._last_records = 0
         self._last_at = time.monotonic()
@@ -157,7 +158,7 @@ class StreamMonitoring:
     def observers(self) -> list[BatchObserver]:
         return [self.drift, self.evaluator, self.latency]
 
-    def start(self, producer: Any) -> StreamMonitoring:
+    def start(self, producer: AckingProducer) -> StreamMonitoring:
         """``producer``: the worker's own (reports are small; no second client needed)."""
         self._producer = producer
         if self.labels is not None:
@@ -207,9 +208,13 @@ class StreamMonitoring:
             # Fire and forget: a lost report is replaced by the next one; waiting for its ack
             # would put monitoring on the scoring path.
             self._producer.send(
-                self.monitoring_topic,
-                key=self.worker_id.encode(),
-                value=report.model_dump_json().encode(),
+                [
+                    Outgoing(
+                        self.monitoring_topic,
+                        self.worker_id.encode(),
+                        report.model_dump_json().encode(),
+                    )
+                ]
             )
         except Exception as exc:  # never let a report stop scoring
             if self._warn.ready():

@@ -16,12 +16,12 @@ import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, NamedTuple, Protocol
 
 import numpy as np
 import structlog
 
 from contracts import headers
+from contracts.edge import AckingProducer, InputRecord, Outgoing
 from contracts.headers import DLQ_MAX_VALUE_BYTES, MAX_KEY_BYTES, ReasonCode
 from contracts.logs import RateLimited
 from worker.batch import BatchObserver, ScoredBatch
@@ -34,31 +34,6 @@ log = structlog.get_logger("forestream.worker")
 _MAX_BACKOFF_S = 10.0
 _ACK_WAIT_SLICE_S = 0.5
 _DETAIL_CHARS = 200
-
-
-class InputRecord(Protocol):
-    """What the batch path reads from a consumed record (kafka-python's ``ConsumerRecord``)."""
-
-    topic: str
-    partition: int
-    offset: int
-    timestamp: int
-    key: bytes | None
-    value: bytes | None
-
-
-class Outgoing(NamedTuple):
-    """One record to publish; kept until acknowledged so a failed send is retried unchanged.
-
-    A NamedTuple rather than a frozen dataclass: one is built per record, and a tuple is
-    several times cheaper to construct.
-    """
-
-    topic: str
-    key: bytes | None
-    value: bytes | None
-    headers: list[tuple[str, bytes]] | None = None
-    """None for none (the client takes a list or None, not any sequence)."""
 
 
 @dataclass(frozen=True)
@@ -246,13 +221,6 @@ def _cut(
     return data[:limit]
 
 
-def next_offsets(records: Sequence[InputRecord]) -> dict[tuple[str, int], int]:
-    """Per (topic, partition): the offset after the last record of the batch, i.e. what to
-    commit or checkpoint once the batch is acknowledged (records of a partition arrive in
-    offset order)."""
-    return {(r.topic, r.partition): r.offset + 1 for r in records}
-
-
 class AckedPublisher:
     """Sends a batch's records and waits until the broker acknowledged every one of them.
 
@@ -265,14 +233,11 @@ class AckedPublisher:
 
     def __init__(
         self,
-        producer: Any,
+        producer: AckingProducer,
         give_up: Callable[[], bool] = lambda: False,
-        fatal: Callable[[BaseException], Exception | None] = lambda _exc: None,
     ) -> None:
         self.producer = producer
         self.give_up = give_up
-        self.fatal = fatal
-        """Says which send errors no retry can fix (a missing ACL): raised, not retried."""
         self._warn = RateLimited(10.0)
 
     def publish(
@@ -281,31 +246,19 @@ class AckedPublisher:
         """True once all of ``outgoing`` is acknowledged; False if abandoned (do not commit).
 
         ``give_up`` overrides the publisher's own condition for this call (e.g. a deadline).
+        An error no retry can fix (a missing ACL) is raised, classified, not retried.
         """
-        from kafka.errors import KafkaError
-
         give_up = give_up or self.give_up
-
         pending = list(outgoing)
         backoff = 0.2
         while pending:
-            futures = []
-            error: BaseException | None = None
-            try:
-                for o in pending:
-                    futures.append(
-                        self.producer.send(o.topic, value=o.value, key=o.key, headers=o.headers)
-                    )
-            except KafkaError as exc:
-                error = exc
+            delivery = self.producer.send(pending)
             waited = self._await_acks(give_up)
-            sent = zip(pending[: len(futures)], futures, strict=True)
-            failed = [o for o, f in sent if not f.is_done or f.failed()]
-            failed += pending[len(futures) :]
+            failed = [pending[i] for i in delivery.unacknowledged()]
             if not failed:
                 return True
-            error = error or next((f.exception for f in futures if f.is_done and f.failed()), None)
-            if error is not None and (fatal := self.fatal(error)) is not None:
+            error = delivery.error()
+            if error is not None and (fatal := self.producer.fatal(error, failed[0].topic)):
                 raise fatal
             if not waited or give_up():
                 break
@@ -333,17 +286,10 @@ class AckedPublisher:
 
     def _await_acks(self, give_up: Callable[[], bool]) -> bool:
         """Wait until everything sent is acknowledged or failed; False if given up first."""
-        from kafka.errors import KafkaError, KafkaTimeoutError
-
-        while True:
-            try:
-                self.producer.flush(timeout=_ACK_WAIT_SLICE_S)
-                return True
-            except KafkaTimeoutError:
-                if give_up():
-                    return False
-            except KafkaError:  # the futures say which records failed
-                return True
+        while not self.producer.flush(_ACK_WAIT_SLICE_S):
+            if give_up():
+                return False
+        return True
 
 
 def _sleep_unless(give_up: Callable[[], bool], seconds: float) -> bool:

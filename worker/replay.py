@@ -406,9 +406,10 @@ def replay(
     """Score every record of ``checkpoint.ranges``; stop early (cleanly) on SIGINT/SIGTERM."""
     from kafka import TopicPartition
 
-    from contracts.kafka_io import TopicSpec, ensure_topics, make_consumer, make_producer
+    from contracts.kafka_io import TopicSpec, acking_producer, ensure_topics, make_consumer
     from contracts.shutdown import install as install_shutdown_watchdog
-    from worker.processing import AckedPublisher, next_offsets, process_records
+    from worker.cycle import next_offsets
+    from worker.processing import AckedPublisher, process_records
 
     stop_requested = False
 
@@ -434,7 +435,7 @@ def replay(
             [TopicSpec(checkpoint.output_topic, partitions), TopicSpec(checkpoint.dlq_topic, 1)],
         )
         consumer = make_consumer(kafka, group_id=None, max_poll_records=settings.replay_max_batch)
-        producer = make_producer(kafka, linger_ms=20)
+        producer = acking_producer(kafka, client_id="forestream-replay", linger_ms=20)
     except BaseException:
         watchdog.uninstall()
         raise
@@ -481,7 +482,7 @@ def replay(
             if on_progress is not None and batch:
                 on_progress(len(batch))
     finally:
-        producer.close(timeout=10)
+        producer.close(10)
         consumer.close()
         watchdog.uninstall()
     checkpoint.save(checkpoint_path)

@@ -7,8 +7,10 @@ from collections.abc import Callable
 
 from kafka import TopicPartition
 
+from contracts.connection import KafkaConnection
+from contracts.edge_kafka_python import KafkaPythonGroupConsumer
 from contracts.kafka_io import TopicSpec, ensure_topics, make_consumer, make_producer
-from worker.metrics import WorkerMetrics, measure_lag
+from worker.metrics import WorkerMetrics
 
 
 def test_lag_per_partition_falls_to_zero_as_records_are_consumed(
@@ -25,19 +27,20 @@ def test_lag_per_partition_falls_to_zero_as_records_are_consumed(
         producer.close(timeout=5)
 
     consumer = make_consumer(kafka_bootstrap)
+    edge = KafkaPythonGroupConsumer(consumer, KafkaConnection(kafka_bootstrap))
     try:
-        assert measure_lag(consumer) == {}  # nothing assigned yet
+        assert edge.lag(timeout_s=5.0) == {}  # nothing assigned yet
         tps = [TopicPartition(topic, 0), TopicPartition(topic, 1)]
         consumer.assign(tps)
         consumer.seek_to_beginning(*tps)
-        assert measure_lag(consumer) == {0: 5, 1: 2}
+        assert edge.lag(timeout_s=5.0) == {0: 5, 1: 2}
 
         consumed = 0
         deadline = time.monotonic() + 30
         while consumed < 7:
             assert time.monotonic() < deadline, f"consumed only {consumed} of 7 records"
             consumed += sum(len(b) for b in consumer.poll(timeout_ms=200).values())
-        lag = measure_lag(consumer)
+        lag = edge.lag(timeout_s=5.0)
         assert lag == {0: 0, 1: 0}
 
         metrics = WorkerMetrics()

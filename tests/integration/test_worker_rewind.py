@@ -16,10 +16,13 @@ from pathlib import Path
 import pytest
 from kafka import KafkaConsumer, TopicPartition
 
+from contracts.connection import KafkaConnection
+from contracts.edge import Outgoing
+from contracts.edge_kafka_python import KafkaPythonGroupConsumer, KafkaPythonProducer
 from contracts.kafka_io import TopicSpec, ensure_topics, make_consumer, make_producer
 from tests.worker_support import make_frame, row_json, save_model
 from worker.models import ActiveModel, ModelFollower
-from worker.processing import AckedPublisher, Outgoing
+from worker.processing import AckedPublisher
 from worker.settings import WorkerSettings
 
 RECORDS = 12
@@ -65,11 +68,12 @@ def held_batch(
     worker._model = ActiveModel(metadata.version, metadata.artifact_sha256, pipeline, metadata)
     consumer = make_consumer(kafka_bootstrap, group_id=settings.group, max_poll_records=RECORDS)
     consumer.subscribe([source])
-    worker._consumer = consumer
+    conn = KafkaConnection(kafka_bootstrap)
+    worker._consumer = KafkaPythonGroupConsumer(consumer, conn, settings.group)
     undeliverable = make_producer(kafka_bootstrap, max_request_size=64)
-    worker._producer = undeliverable
-    worker._publisher = AckedPublisher(undeliverable, give_up=worker._past_shutdown_grace)
-    worker._pending = _poll_records(consumer, RECORDS)
+    worker._producer = KafkaPythonProducer(undeliverable, conn)
+    worker._publisher = AckedPublisher(worker._producer, give_up=worker._past_shutdown_grace)
+    worker.cycle.take(_poll_records(consumer, RECORDS))
     try:
         yield worker, consumer, TopicPartition(source, 0)
     finally:
@@ -82,7 +86,7 @@ def test_an_abandoned_batch_is_not_committed_and_is_delivered_again(held_batch) 
     assert consumer.position(tp) == RECORDS
 
     started = time.monotonic()
-    offered = worker.finish_for_revocation([tp])
+    offered = worker.on_revoking([tp])
     waited = time.monotonic() - started
 
     assert offered == {}, f"offsets offered for commit without acknowledged outputs: {offered}"
@@ -99,7 +103,7 @@ def test_a_publisher_gives_up_on_an_undeliverable_record_only_when_told(
     ensure_topics(kafka_bootstrap, [TopicSpec(topic, 1)])
     producer = make_producer(kafka_bootstrap, max_request_size=256)
     try:
-        publisher = AckedPublisher(producer)
+        publisher = AckedPublisher(KafkaPythonProducer(producer, KafkaConnection(kafka_bootstrap)))
         assert publisher.publish([Outgoing(topic, b"k", b"small")])
         deadline = time.monotonic() + 1.5
         too_big = Outgoing(topic, b"k", b"x" * 1024)

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry, Histogram
 from prometheus_client.parser import text_string_to_metric_families
 
+from contracts.edge import lag_by_partition
 from contracts.headers import ReasonCode
 from worker.batch import BatchObserver, ScoredBatch
 from worker.metrics import (
@@ -19,7 +20,6 @@ from worker.metrics import (
     BatchHistogram,
     MetricsObserver,
     WorkerMetrics,
-    lag_by_partition,
 )
 
 

@@ -1,4 +1,4 @@
-"""The worker's guard against kafka-python 3.0.12's never-completed group join.
+"""The kafka-python adapter's guard against kafka-python 3.0.12's never-completed group join.
 
 The coordinator here is a stand-in for the three attributes the guard reads and the one call it
 makes (the stuck state cannot be produced on demand against a real broker); delivery itself is
@@ -11,9 +11,9 @@ from types import SimpleNamespace
 
 import pytest
 
-from worker import loop
-from worker.loop import Worker
-from worker.settings import WorkerSettings
+from contracts import edge_kafka_python
+from contracts.connection import KafkaConnection
+from contracts.edge_kafka_python import KafkaPythonGroupConsumer
 
 
 class Coordinator:
@@ -29,23 +29,22 @@ class Coordinator:
         self.requests += 1
 
 
-def _worker(coordinator: Coordinator) -> Worker:
-    worker = Worker(WorkerSettings(bootstrap_servers="127.0.0.1:1"), follower=None)  # type: ignore[arg-type]
-    worker._consumer = SimpleNamespace(_coordinator=coordinator)  # type: ignore[assignment]
-    return worker
+def _consumer(coordinator: Coordinator) -> KafkaPythonGroupConsumer:
+    client = SimpleNamespace(_coordinator=coordinator)
+    return KafkaPythonGroupConsumer(client, KafkaConnection("127.0.0.1:1"))  # type: ignore[arg-type]
 
 
 @pytest.fixture(autouse=True)
 def _no_grace(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(loop, "_JOIN_STUCK_AFTER_S", 0.0)
+    monkeypatch.setattr(edge_kafka_python, "_JOIN_STUCK_AFTER_S", 0.0)
 
 
 def test_a_join_nobody_drives_is_restarted_after_the_grace_period() -> None:
     stuck = Coordinator(rejoining=True, needs=False)
-    worker = _worker(stuck)
-    worker._unstick_group_join()  # first sight: start the clock only
+    consumer = _consumer(stuck)
+    consumer.maintain()  # first sight: start the clock only
     assert stuck.requests == 0
-    worker._unstick_group_join()
+    consumer.maintain()
     assert stuck.requests == 1
 
 
@@ -56,7 +55,7 @@ def test_a_join_nobody_drives_is_restarted_after_the_grace_period() -> None:
 )
 def test_healthy_states_are_left_alone(rejoining: bool, needs: bool) -> None:
     coordinator = Coordinator(rejoining, needs)
-    worker = _worker(coordinator)
+    consumer = _consumer(coordinator)
     for _ in range(3):
-        worker._unstick_group_join()
+        consumer.maintain()
     assert coordinator.requests == 0

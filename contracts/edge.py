@@ -1,0 +1,185 @@
+"""The Kafka edge: the few things forestream asks of a Kafka client, whichever client it is.
+
+Two clients sit behind it: kafka-python (the default, pure Python) and librdkafka through
+``confluent-kafka`` (fetching, batching and sending in C threads, outside the GIL). Each has
+one adapter (:mod:`contracts.edge_kafka_python`, :mod:`contracts.edge_confluent`) that turns
+its API, its errors and its quirks into this interface; :func:`contracts.kafka_io.group_consumer`
+and :func:`contracts.kafka_io.acking_producer` pick one by ``FORESTREAM_KAFKA_CLIENT``. The
+worker's loop, its batch cycle and the per-batch core see only what is defined here.
+
+Errors cross the edge in three kinds only: :class:`~contracts.kafka_errors.KafkaFatalError`
+(already classified, with its exit code: stop), :class:`TransientKafkaError` (retry with
+backoff) and :class:`CommitRejected` (the group moved on; the new owner re-reads).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Literal, NamedTuple, Protocol
+
+KafkaClient = Literal["kafka-python", "confluent"]
+KAFKA_CLIENTS: tuple[str, ...] = ("kafka-python", "confluent")
+
+
+class TopicPartition(NamedTuple):
+    """A partition. kafka-python's own ``TopicPartition`` is the same two-field tuple, so the
+    two compare and hash alike."""
+
+    topic: str
+    partition: int
+
+
+class InputRecord(Protocol):
+    """What the batch path reads of a consumed record (kafka-python's ``ConsumerRecord`` has
+    it as is; the librdkafka adapter builds :class:`ConsumedRecord`)."""
+
+    @property
+    def topic(self) -> str: ...
+    @property
+    def partition(self) -> int: ...
+    @property
+    def offset(self) -> int: ...
+    @property
+    def timestamp(self) -> int: ...
+    @property
+    def key(self) -> bytes | None: ...
+    @property
+    def value(self) -> bytes | None: ...
+
+
+class ConsumedRecord(NamedTuple):
+    topic: str
+    partition: int
+    offset: int
+    timestamp: int
+    """Milliseconds since the epoch (create or append time, as the topic says)."""
+    key: bytes | None
+    value: bytes | None
+
+
+class Outgoing(NamedTuple):
+    """One record to publish; kept until acknowledged so a failed send is retried unchanged.
+
+    A NamedTuple rather than a frozen dataclass: one is built per record, and a tuple is
+    several times cheaper to construct.
+    """
+
+    topic: str
+    key: bytes | None
+    value: bytes | None
+    headers: list[tuple[str, bytes]] | None = None
+    """None for none (the clients take a list or None, not any sequence)."""
+
+
+class TransientKafkaError(Exception):
+    """The cluster is away or busy (broker down, leader moving, a timeout): retry with backoff."""
+
+
+class CommitRejected(Exception):
+    """The group rebalanced without us: those offsets are the new owner's to commit (it
+    re-reads from the last committed ones: duplicates, never a gap)."""
+
+
+class RebalanceHandler(Protocol):
+    """What a group member does when partitions come and go; the adapters call it from
+    wherever their client runs rebalance callbacks (kafka-python: its IO thread, while the
+    loop thread is blocked in the client; librdkafka: inside ``poll`` on the loop thread)."""
+
+    def on_assigned(self, partitions: list[TopicPartition]) -> None: ...
+
+    def on_revoking(self, partitions: list[TopicPartition]) -> dict[TopicPartition, int]:
+        """Finish the work held for them; the acknowledged offsets to commit before they go."""
+        ...
+
+    def revocation_commit_timeout_s(self) -> float: ...
+
+    def on_committed(self, offsets: dict[TopicPartition, int]) -> None: ...
+
+    def on_released(self, partitions: list[TopicPartition], lost: bool) -> None:
+        """They are no longer ours. ``lost``: taken away (session expired) without a chance
+        to commit."""
+        ...
+
+
+class GroupConsumer(Protocol):
+    """A consumer-group member reading one topic, offsets committed by hand."""
+
+    def subscribe(self, topic: str, handler: RebalanceHandler) -> None: ...
+
+    def poll_batch(self, max_records: int, timeout_s: float) -> Sequence[InputRecord]:
+        """Up to ``max_records`` records, waiting at most ``timeout_s`` for the first ones.
+        Raises :class:`TransientKafkaError` or a classified fatal error."""
+        ...
+
+    def commit(self, offsets: dict[TopicPartition, int], timeout_s: float) -> None:
+        """Commit next-offsets synchronously. Raises :class:`CommitRejected`,
+        :class:`TransientKafkaError` or a classified fatal error."""
+        ...
+
+    def seek(self, partition: TopicPartition, offset: int) -> None:
+        """Fetch ``partition`` from ``offset`` next (drops what was fetched beyond it)."""
+        ...
+
+    def pause(self, partitions: Iterable[TopicPartition]) -> None: ...
+
+    def resume(self, partitions: Iterable[TopicPartition]) -> None: ...
+
+    def paused(self) -> set[TopicPartition]: ...
+
+    def assignment(self) -> set[TopicPartition]: ...
+
+    def assignment_snapshot(self) -> list[TopicPartition]:
+        """The assignment read without locks, for a watchdog thread while the loop is stuck."""
+        ...
+
+    def lag(self, timeout_s: float) -> dict[int, int] | None:
+        """Records behind the end, per assigned partition; None when Kafka did not answer."""
+        ...
+
+    def maintain(self) -> None:
+        """Called once per loop turn: room for the adapter's client workarounds."""
+        ...
+
+    def close(self, timeout_s: float) -> None:
+        """Leave the group (the revocation handler still runs) and release the client."""
+        ...
+
+
+class Delivery(Protocol):
+    """The fate of the records of one :meth:`AckingProducer.send` call."""
+
+    def unacknowledged(self) -> list[int]:
+        """Indexes of the records not acknowledged (failed, in flight, or never handed over)."""
+        ...
+
+    def error(self) -> BaseException | None:
+        """The first error seen, if any."""
+        ...
+
+
+class AckingProducer(Protocol):
+    """Sends with ``acks=all`` and idempotence, and says which records were acknowledged."""
+
+    def send(self, records: Sequence[Outgoing]) -> Delivery:
+        """Hand the records to the client; stops at the first that cannot be handed over."""
+        ...
+
+    def flush(self, timeout_s: float) -> bool:
+        """Wait until nothing is in flight; False when ``timeout_s`` ran out first."""
+        ...
+
+    def fatal(self, exc: BaseException, topic: str | None = None) -> Exception | None:
+        """The fatal error ``exc`` amounts to (a missing ACL, say), or None: retry."""
+        ...
+
+    def close(self, timeout_s: float) -> None: ...
+
+
+def describe_partitions(partitions: Iterable[TopicPartition]) -> list[str]:
+    """``topic-partition`` names, sorted: how logs show partitions."""
+    return sorted(f"{tp.topic}-{tp.partition}" for tp in partitions)
+
+
+def lag_by_partition(end_offsets: dict[int, int], positions: dict[int, int]) -> dict[int, int]:
+    """Records behind per partition; a partition without a known position is left out."""
+    return {p: max(end - positions[p], 0) for p, end in end_offsets.items() if p in positions}

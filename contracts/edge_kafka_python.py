@@ -1,0 +1,268 @@
+"""The kafka-python side of the Kafka edge (:mod:`contracts.edge`), with its workarounds.
+
+kafka-python runs the group protocol (heartbeats, joins, rebalance callbacks) on an IO thread
+of its own while the caller blocks in ``poll()``; a blocking consumer call from a rebalance
+callback raises there, and its 3.0.12 release can leave a group join unfinished. Both are
+dealt with here, so the worker's loop never sees a kafka-python type or quirk.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import structlog
+from kafka import KafkaConsumer, KafkaProducer
+from kafka import TopicPartition as KafkaTopicPartition
+from kafka.consumer.subscription_state import AsyncConsumerRebalanceListener
+from kafka.errors import CommitFailedError, KafkaError, KafkaTimeoutError
+from kafka.structs import OffsetAndMetadata
+
+from contracts.connection import KafkaConnection
+from contracts.edge import (
+    CommitRejected,
+    InputRecord,
+    Outgoing,
+    RebalanceHandler,
+    TopicPartition,
+    TransientKafkaError,
+    describe_partitions,
+    lag_by_partition,
+)
+from contracts.kafka_errors import classify_client_error
+
+log = structlog.get_logger("forestream.kafka")
+
+_JOIN_STUCK_AFTER_S = 2.0
+
+
+def _theirs(tp: TopicPartition) -> KafkaTopicPartition:
+    """kafka-python checks ``isinstance(tp, its TopicPartition)`` in some calls."""
+    return KafkaTopicPartition(tp.topic, tp.partition)
+
+
+def _ours(partitions: Iterable[Any]) -> list[TopicPartition]:
+    return [TopicPartition(tp.topic, tp.partition) for tp in partitions]
+
+
+class KafkaPythonGroupConsumer:
+    """A group member on kafka-python; ``consumer`` is built by :mod:`contracts.kafka_io`."""
+
+    def __init__(
+        self, consumer: KafkaConsumer, conn: KafkaConnection, group: str | None = None
+    ) -> None:
+        self._consumer = consumer
+        self._conn = conn
+        self._group = group
+        self._topic: str | None = None
+        self._join_stuck_since: float | None = None
+
+    def _classified(self, exc: KafkaError) -> Exception:
+        fatal = classify_client_error(exc, self._conn, topic=self._topic, group=self._group)
+        return fatal if fatal is not None else TransientKafkaError(str(exc))
+
+    def subscribe(self, topic: str, handler: RebalanceHandler) -> None:
+        self._topic = topic
+        # kafka-python 3.0.12: a group leader that joins before it has the topic's metadata
+        # assigns nobody anything, then rejoins when the metadata arrives; if that rejoin
+        # outlives one poll() the client never finishes it (see maintain()). Knowing the
+        # partitions before the first join avoids that empty first generation.
+        with contextlib.suppress(KafkaError):
+            self._consumer.partitions_for_topic(topic)
+        self._consumer.subscribe([topic], listener=_Listener(self._consumer, handler))
+
+    def poll_batch(self, max_records: int, timeout_s: float) -> Sequence[InputRecord]:
+        try:
+            polled = self._consumer.poll(
+                timeout_ms=max(int(timeout_s * 1000), 0), max_records=max(max_records, 1)
+            )
+        except KafkaError as exc:
+            raise self._classified(exc) from None
+        if len(polled) == 1:
+            return next(iter(polled.values()))
+        records: list[InputRecord] = []
+        for part in polled.values():
+            records.extend(part)
+        return records
+
+    def commit(self, offsets: dict[TopicPartition, int], timeout_s: float) -> None:
+        try:
+            self._consumer.commit(
+                {_theirs(tp): OffsetAndMetadata(o, "", -1) for tp, o in offsets.items()},
+                timeout_ms=max(int(timeout_s * 1000), 1),
+            )
+        except CommitFailedError as exc:
+            raise CommitRejected(str(exc)) from None
+        except KafkaError as exc:
+            raise self._classified(exc) from None
+
+    def seek(self, partition: TopicPartition, offset: int) -> None:
+        with contextlib.suppress(KafkaError, AssertionError, ValueError):
+            self._consumer.seek(_theirs(partition), offset)
+
+    def pause(self, partitions: Iterable[TopicPartition]) -> None:
+        self._consumer.pause(*map(_theirs, partitions))
+
+    def resume(self, partitions: Iterable[TopicPartition]) -> None:
+        self._consumer.resume(*map(_theirs, partitions))
+
+    def paused(self) -> set[TopicPartition]:
+        return set(_ours(self._consumer.paused()))
+
+    def assignment(self) -> set[TopicPartition]:
+        return set(_ours(self._consumer.assignment() or ()))
+
+    def assignment_snapshot(self) -> list[TopicPartition]:
+        subscription = getattr(self._consumer, "_subscription", None)
+        return _ours(list(getattr(subscription, "assignment", ())))
+
+    def lag(self, timeout_s: float) -> dict[int, int] | None:
+        assigned = list(self._consumer.assignment() or ())
+        if not assigned:
+            return {}
+        timeout_ms = int(timeout_s * 1000)
+        try:
+            end = self._consumer.end_offsets(assigned, timeout_ms=timeout_ms)
+            positions: dict[int, int] = {}
+            for tp in assigned:
+                position = self._consumer.position(tp, timeout_ms=timeout_ms)
+                if position is not None:
+                    positions[tp.partition] = position
+        except KafkaError:
+            return None
+        return lag_by_partition({tp.partition: o for tp, o in end.items()}, positions)
+
+    def maintain(self) -> None:
+        """Work around a kafka-python 3.0.12 join that is never completed.
+
+        When the group leader rejoins because topic metadata changed and the JoinGroup outlives
+        one ``poll()`` timeout, the leader's own assignment step (run inside that join) clears
+        the metadata mismatch that made it rejoin, so ``poll()`` never comes back to finish the
+        join: no partitions, heartbeats off, and the broker evicts the member after the session
+        timeout. The client is then ``rejoining`` but no longer thinks it ``need_rejoin()``;
+        after a moment in that state, asking for a rejoin makes the next ``poll()`` finish it.
+        """
+        coordinator = getattr(self._consumer, "_coordinator", None)
+        if coordinator is None or not getattr(coordinator, "rejoining", False):
+            self._join_stuck_since = None
+            return
+        if coordinator.need_rejoin():  # the client is driving the join itself
+            self._join_stuck_since = None
+            return
+        now = time.monotonic()
+        if self._join_stuck_since is None:
+            self._join_stuck_since = now
+        elif now - self._join_stuck_since >= _JOIN_STUCK_AFTER_S:
+            log.warning(
+                "group_join_stalled_rejoining", stalled_s=round(now - self._join_stuck_since, 1)
+            )
+            coordinator.request_rejoin()
+            self._join_stuck_since = None
+
+    def close(self, timeout_s: float) -> None:
+        with contextlib.suppress(KafkaError):
+            self._consumer.close(autocommit=False, timeout_ms=max(int(timeout_s * 1000), 1))
+
+
+class _Listener(AsyncConsumerRebalanceListener):
+    """Finish and commit what the worker holds before its partitions go to someone else.
+
+    kafka-python 3 runs rebalance callbacks on the consumer's IO thread while the loop thread
+    is blocked inside ``poll()``/``close()``, so the held batch is not touched concurrently;
+    but a blocking consumer call (``commit()``) from there raises. Hence an *async* listener
+    that lets the handler publish (the producer is a client of its own) and then awaits the
+    commit on the consumer's event loop, the way the client commits before a rebalance itself.
+    """
+
+    def __init__(self, consumer: KafkaConsumer, handler: RebalanceHandler) -> None:
+        self.consumer = consumer
+        self.handler = handler
+
+    async def on_partitions_revoked(self, revoked: set[KafkaTopicPartition]) -> None:
+        partitions = _ours(revoked)
+        try:
+            offsets = self.handler.on_revoking(partitions)
+            if offsets:
+                await self._commit_on_io_loop(offsets)
+                self.handler.on_committed(offsets)
+        except Exception as exc:  # raising here would break the group join; re-reads are safe
+            log.warning("commit_on_revocation_failed", error=f"{type(exc).__name__}: {exc}")
+        self.handler.on_released(partitions, lost=False)
+
+    async def on_partitions_assigned(self, assigned: set[KafkaTopicPartition]) -> None:
+        self.handler.on_assigned(_ours(assigned))
+
+    async def on_partitions_lost(self, lost: set[KafkaTopicPartition]) -> None:
+        """Evicted: the partitions already belong to someone else, so commit nothing."""
+        log.warning("partitions_lost", partitions=describe_partitions(_ours(lost)))
+        self.handler.on_released(_ours(lost), lost=True)
+
+    async def _commit_on_io_loop(self, offsets: dict[TopicPartition, int]) -> None:
+        """``KafkaConsumer.commit()`` would block this very thread; the coordinator's
+        coroutine is what the client awaits for its own pre-rebalance commit."""
+        coordinator = getattr(self.consumer, "_coordinator", None)
+        commit = getattr(coordinator, "_commit_offsets_sync_async", None)
+        if commit is None:
+            raise RuntimeError(
+                "this kafka-python has no coroutine commit; offsets left as they are"
+            )
+        timeout_ms = int(self.handler.revocation_commit_timeout_s() * 1000)
+        await commit(
+            {_theirs(tp): OffsetAndMetadata(o, "", -1) for tp, o in offsets.items()},
+            timeout_ms=timeout_ms,
+        )
+
+
+class _FutureDelivery:
+    def __init__(self, count: int, futures: list[Any], error: BaseException | None) -> None:
+        self._count = count
+        self._futures = futures
+        self._error = error
+
+    def unacknowledged(self) -> list[int]:
+        failed = [i for i, f in enumerate(self._futures) if not f.is_done or f.failed()]
+        return failed + list(range(len(self._futures), self._count))
+
+    def error(self) -> BaseException | None:
+        if self._error is not None:
+            return self._error
+        return next((f.exception for f in self._futures if f.is_done and f.failed()), None)
+
+
+class KafkaPythonProducer:
+    """An acknowledging producer on kafka-python (``producer`` built by ``kafka_io``)."""
+
+    def __init__(self, producer: KafkaProducer, conn: KafkaConnection) -> None:
+        self._producer = producer
+        self._conn = conn
+
+    def send(self, records: Sequence[Outgoing]) -> _FutureDelivery:
+        futures: list[Any] = []
+        error: BaseException | None = None
+        send = self._producer.send
+        try:
+            for o in records:
+                futures.append(send(o.topic, value=o.value, key=o.key, headers=o.headers))
+        except KafkaError as exc:  # e.g. metadata not there within max_block_ms
+            error = exc
+        return _FutureDelivery(len(records), futures, error)
+
+    def flush(self, timeout_s: float) -> bool:
+        try:
+            self._producer.flush(timeout=timeout_s)
+        except KafkaTimeoutError:
+            return False
+        except KafkaError:  # the futures say which records failed
+            pass
+        return True
+
+    def fatal(self, exc: BaseException, topic: str | None = None) -> Exception | None:
+        return classify_client_error(exc, self._conn, topic=topic)
+
+    def close(self, timeout_s: float) -> None:
+        with contextlib.suppress(KafkaError):
+            self._producer.flush(timeout=timeout_s)
+        with contextlib.suppress(KafkaError):
+            self._producer.close(timeout=max(timeout_s, 1))
