@@ -145,6 +145,49 @@ class GroupConsumer(Protocol):
         ...
 
 
+class PartitionReader(Protocol):
+    """Reads the partitions it is told to, outside any group, committing nothing: the model
+    follower, the labels reader, replay, the monitor and the demo's reader."""
+
+    def topics(self) -> set[str]: ...
+
+    def partitions(self, topic: str) -> set[int]:
+        """The topic's partitions; empty when it does not exist (yet)."""
+        ...
+
+    def assign(self, partitions: Sequence[TopicPartition]) -> None: ...
+
+    def seek(self, partition: TopicPartition, offset: int) -> None: ...
+
+    def seek_to_beginning(self, partitions: Sequence[TopicPartition]) -> None: ...
+
+    def seek_to_end(self, partitions: Sequence[TopicPartition]) -> None: ...
+
+    def position(self, partition: TopicPartition) -> int:
+        """The offset of the next record to be read (resolving a pending seek)."""
+        ...
+
+    def beginning_offsets(
+        self, partitions: Sequence[TopicPartition]
+    ) -> dict[TopicPartition, int]: ...
+
+    def end_offsets(self, partitions: Sequence[TopicPartition]) -> dict[TopicPartition, int]: ...
+
+    def offsets_for_times(
+        self, partitions: Sequence[TopicPartition], timestamp_ms: int
+    ) -> dict[TopicPartition, int | None]:
+        """The first offset at or after ``timestamp_ms``; None past the last record."""
+        ...
+
+    def poll_batch(self, max_records: int, timeout_s: float) -> Sequence[InputRecord]:
+        """Raises :class:`TransientKafkaError` or a classified fatal error."""
+        ...
+
+    def pause(self, partitions: Sequence[TopicPartition]) -> None: ...
+
+    def close(self) -> None: ...
+
+
 class Delivery(Protocol):
     """The fate of the records of one :meth:`AckingProducer.send` call."""
 

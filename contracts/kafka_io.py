@@ -19,7 +19,7 @@ from kafka.admin import NewTopic
 from kafka.errors import KafkaError, TopicAlreadyExistsError, TopicAuthorizationFailedError
 
 from contracts.connection import KafkaConnection
-from contracts.edge import AckingProducer, GroupConsumer
+from contracts.edge import AckingProducer, GroupConsumer, PartitionReader
 from contracts.errors import UserError
 from contracts.kafka_errors import (
     KafkaFatalError,
@@ -211,6 +211,23 @@ def acking_producer(
     return KafkaPythonProducer(make_producer(conn, **overrides), conn)
 
 
+def partition_reader(
+    target: Target, *, client_id: str, max_poll_records: int = 2000
+) -> PartitionReader:
+    """A group-less reader (nothing committed) on the connection's client."""
+    conn = connection(target)
+    if conn.kafka_client == "confluent":
+        from contracts.edge_confluent import ConfluentReader
+
+        return ConfluentReader(conn, client_id=client_id, max_poll_records=max_poll_records)
+    from contracts.edge_kafka_python import KafkaPythonReader
+
+    consumer = make_consumer(
+        conn, group_id=None, client_id=client_id, max_poll_records=max_poll_records
+    )
+    return KafkaPythonReader(consumer, conn)
+
+
 def new_topic(spec: TopicSpec, conn: KafkaConnection) -> NewTopic:
     """The creation request: replication from the connection's settings, else the broker's
     ``default.replication.factor`` (-1), never a hard-coded 1."""
@@ -282,9 +299,9 @@ def _refused_creation(
 def topic_partitions(target: Target, names: Iterable[str]) -> dict[str, int]:
     """Partition counts of those of ``names`` that exist (absent ones are left out)."""
     wanted = set(names)
-    consumer = make_consumer(target)
+    reader = partition_reader(target, client_id="forestream-admin")
     try:
-        present = wanted & set(consumer.topics())
-        return {name: len(consumer.partitions_for_topic(name) or ()) for name in sorted(present)}
+        present = wanted & reader.topics()
+        return {name: len(reader.partitions(name)) for name in sorted(present)}
     finally:
-        consumer.close()
+        reader.close()

@@ -261,12 +261,11 @@ class Demo:
         return thread
 
     def _read_outputs(self) -> None:
-        from kafka import TopicPartition
-
         from contracts import headers
-        from contracts.kafka_io import make_consumer
+        from contracts.edge import TopicPartition
+        from contracts.kafka_io import partition_reader
 
-        consumer = make_consumer(self.kafka(), group_id=None, client_id="forestream-demo-reader")
+        consumer = partition_reader(self.kafka(), client_id="forestream-demo-reader")
         topics = [self.topics.predictions, self.topics.dlq, self.topics.monitoring]
         assigned: list[TopicPartition] = []
         try:
@@ -275,19 +274,19 @@ class Demo:
                     TopicPartition(topic, p)
                     for topic in topics
                     if topic not in {tp.topic for tp in assigned}
-                    for p in consumer.partitions_for_topic(topic) or ()
+                    for p in sorted(consumer.partitions(topic))
                 ]
                 if fresh:
                     assigned += fresh
                     consumer.assign(assigned)
-                    consumer.seek_to_beginning(*fresh)
+                    consumer.seek_to_beginning(fresh)
                 if not assigned:
                     time.sleep(0.2)
                     continue
-                for tp, records in consumer.poll(timeout_ms=200).items():
-                    with self._lock:
-                        for record in records:
-                            self._observe(tp.topic, record, headers)
+                records = consumer.poll_batch(2000, 0.2)
+                with self._lock:
+                    for record in records:
+                        self._observe(record.topic, record, headers)
         except Exception as exc:  # the summary must say the numbers are incomplete
             self.reader_error = f"{type(exc).__name__}: {exc}"
         finally:

@@ -10,19 +10,20 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Mapping
-from typing import TYPE_CHECKING, Annotated, Any
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from pydantic import Field
 
 from contracts.cli_options import BootstrapOpt, MonitoringTopicOpt
+from contracts.edge import TopicPartition
 from contracts.settings import CommonSettings
 
 if TYPE_CHECKING:
-    from kafka import KafkaConsumer
     from rich.table import Table
 
+    from contracts.edge import InputRecord, PartitionReader
     from contracts.kafka_io import Target
     from contracts.wire import DriftReport
 
@@ -66,11 +67,10 @@ class ReportBoard:
         if held is None or report.at >= held.at:
             self.latest[report.worker_id] = report
 
-    def add_polled(self, polled: Mapping[Any, list[Any]]) -> None:
-        """Every record of one ``KafkaConsumer.poll()`` result."""
-        for records in polled.values():
-            for record in records:
-                self.add(record.value)
+    def add_polled(self, records: Iterable[InputRecord]) -> None:
+        """Every record of one poll."""
+        for record in records:
+            self.add(record.value)
 
 
 def _fmt_ms(value: float | None) -> str:
@@ -164,15 +164,14 @@ def render(board: ReportBoard, topic: str, now_ms: int, stale_s: float) -> Table
     return table
 
 
-def _open(kafka: Target, topic: str, backlog: int) -> tuple[KafkaConsumer, dict]:
-    """A group-less consumer positioned ``backlog`` reports before each partition's end."""
-    from kafka import TopicPartition
+def _open(
+    kafka: Target, topic: str, backlog: int
+) -> tuple[PartitionReader, dict[TopicPartition, int]]:
+    """A group-less reader positioned ``backlog`` reports before each partition's end."""
+    from contracts.kafka_io import partition_reader
 
-    from contracts.kafka_io import make_consumer
-
-    consumer = make_consumer(kafka, client_id="forestream-monitor")
-    partitions = consumer.partitions_for_topic(topic) or set()
-    tps = [TopicPartition(topic, p) for p in sorted(partitions)]
+    consumer = partition_reader(kafka, client_id="forestream-monitor")
+    tps = [TopicPartition(topic, p) for p in sorted(consumer.partitions(topic))]
     consumer.assign(tps)
     begin = consumer.beginning_offsets(tps)
     end = consumer.end_offsets(tps)
@@ -183,9 +182,9 @@ def _open(kafka: Target, topic: str, backlog: int) -> tuple[KafkaConsumer, dict]
 
 def _topic_exists(kafka: Target, topic: str) -> bool:
     """Asked without touching the topic: a metadata request for it could auto-create it."""
-    from contracts.kafka_io import make_consumer
+    from contracts.kafka_io import partition_reader
 
-    probe = make_consumer(kafka, client_id="forestream-monitor-probe")
+    probe = partition_reader(kafka, client_id="forestream-monitor-probe")
     try:
         return topic in probe.topics()
     finally:
@@ -256,7 +255,7 @@ def _read_to_end(board: ReportBoard, s: MonitorSettings, timeout_s: float = 30.0
         while any(consumer.position(tp) < offset for tp, offset in end.items()):
             if time.monotonic() > deadline:
                 break  # show what arrived rather than nothing
-            board.add_polled(consumer.poll(timeout_ms=200))
+            board.add_polled(consumer.poll_batch(2000, 0.2))
     finally:
         consumer.close()
 
@@ -264,7 +263,7 @@ def _read_to_end(board: ReportBoard, s: MonitorSettings, timeout_s: float = 30.0
 def _live(board: ReportBoard, s: MonitorSettings, console: object) -> None:
     from rich.live import Live
 
-    consumer: KafkaConsumer | None = None
+    consumer: PartitionReader | None = None
     redraw_at = 0.0
     with Live(
         render(board, s.monitoring_topic, _now_ms(), s.monitor_stale_s),
@@ -279,7 +278,7 @@ def _live(board: ReportBoard, s: MonitorSettings, console: object) -> None:
                     else:
                         time.sleep(s.monitor_refresh_s)
                 else:
-                    board.add_polled(consumer.poll(timeout_ms=200))
+                    board.add_polled(consumer.poll_batch(2000, 0.2))
                 if time.monotonic() >= redraw_at:
                     table = render(board, s.monitoring_topic, _now_ms(), s.monitor_stale_s)
                     if consumer is None:

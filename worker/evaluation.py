@@ -27,8 +27,7 @@ import structlog
 from contracts.wire import VersionAccuracy
 
 if TYPE_CHECKING:
-    from kafka import KafkaConsumer
-
+    from contracts.edge import InputRecord, PartitionReader
     from contracts.kafka_errors import KafkaFatalError
     from contracts.kafka_io import Target
     from worker.batch import ScoredBatch
@@ -248,38 +247,33 @@ class LabelConsumer:
 
     def run(self) -> None:
         """Poll until :meth:`stop`; Kafka errors are retried, never raised into the worker."""
-        from kafka.errors import KafkaError
-
-        from contracts.kafka_errors import KafkaFatalError, classify_client_error
-        from contracts.kafka_io import make_consumer
+        from contracts.edge import TransientKafkaError
+        from contracts.kafka_errors import KafkaFatalError
+        from contracts.kafka_io import partition_reader
         from contracts.logs import RateLimited
 
         warn = RateLimited(10.0)
-        consumer: KafkaConsumer | None = None
+        consumer: PartitionReader | None = None
         assigned: set[int] = set()
         refreshed = float("-inf")
         while not self._stop.is_set():
             try:
                 if consumer is None:
-                    consumer = make_consumer(self.kafka, client_id="forestream-labels")
+                    consumer = partition_reader(self.kafka, client_id="forestream-labels")
                 if time.monotonic() - refreshed >= self.refresh_s or not assigned:
                     assigned = self._assign(consumer, assigned)
                     refreshed = time.monotonic()
                     if not assigned:
                         self._stop.wait(0.2)
                         continue
-                for records in consumer.poll(timeout_ms=200).values():
-                    self._feed(records)
-            except (KafkaError, KafkaFatalError) as exc:
-                fatal = classify_client_error(exc, None, topic=self.topic)
-                if fatal is not None:
-                    self.fatal = fatal
-                    break
+                self._feed(consumer.poll_batch(2000, 0.2))
+            except KafkaFatalError as fatal:
+                self.fatal = fatal
+                break
+            except TransientKafkaError as exc:
                 if warn.ready():
                     log.warning(
-                        "labels_consumer_error",
-                        error=f"{type(exc).__name__}: {exc}",
-                        suppressed=warn.take_suppressed(),
+                        "labels_consumer_error", error=str(exc), suppressed=warn.take_suppressed()
                     )
                 self._stop.wait(1.0)
             except Exception as exc:  # the UserError of an unreachable broker, for one
@@ -289,19 +283,19 @@ class LabelConsumer:
         if consumer is not None:
             consumer.close()
 
-    def _assign(self, consumer: KafkaConsumer, assigned: set[int]) -> set[int]:
-        from kafka import TopicPartition
+    def _assign(self, consumer: PartitionReader, assigned: set[int]) -> set[int]:
+        from contracts.edge import TopicPartition
 
-        partitions = consumer.partitions_for_topic(self.topic) or set()
+        partitions = consumer.partitions(self.topic)
         if not partitions or partitions == assigned:
-            return set(partitions)
+            return partitions
         new = [TopicPartition(self.topic, p) for p in sorted(partitions - assigned)]
         consumer.assign([TopicPartition(self.topic, p) for p in sorted(partitions)])
         # partitions added while running are read from their start: none of it was seen
         if assigned or self.start_at == "earliest":
-            consumer.seek_to_beginning(*new)
+            consumer.seek_to_beginning(new)
         else:
-            consumer.seek_to_end(*new)
+            consumer.seek_to_end(new)
         for tp in new:  # resolve the lazy seek now, so `ready` means "reading from here"
             consumer.position(tp)
         if not self.ready.is_set():
@@ -309,9 +303,9 @@ class LabelConsumer:
                 "labels_following", topic=self.topic, partitions=len(partitions), at=self.start_at
             )
         self.ready.set()
-        return set(partitions)
+        return partitions
 
-    def _feed(self, records: list[Any]) -> None:
+    def _feed(self, records: Sequence[InputRecord]) -> None:
         keys: list[bytes | None] = []
         labels: list[str] = []
         for record in records:

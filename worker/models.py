@@ -201,22 +201,20 @@ class ModelFollower:
     # -- background thread -------------------------------------------------------------------
 
     def _run(self) -> None:
-        from kafka.errors import KafkaError
-
-        from contracts.kafka_errors import KafkaFatalError, classify_client_error
+        from contracts.edge import TransientKafkaError
+        from contracts.kafka_errors import KafkaFatalError
 
         backoff = self.retry_backoff_s
         while not self._stop.is_set():
             try:
                 self._follow()
                 return
-            except (KafkaError, KafkaFatalError) as exc:
-                fatal = classify_client_error(exc, None, topic=self.models_topic)
-                if fatal is not None:
-                    self.fatal = fatal
-                    with self._changed:
-                        self._changed.notify_all()
-                    return
+            except KafkaFatalError as fatal:
+                self.fatal = fatal
+                with self._changed:
+                    self._changed.notify_all()
+                return
+            except TransientKafkaError as exc:
                 log.warning("models_topic_unreachable", error=str(exc), retry_in_s=backoff)
             except Exception:  # never let the follower die silently: the loop would starve
                 log.exception("model_follower_error", retry_in_s=backoff)
@@ -224,37 +222,33 @@ class ModelFollower:
             backoff = min(backoff * 2, self.max_backoff_s)
 
     def _follow(self) -> None:
-        from kafka import TopicPartition
+        from contracts.edge import TopicPartition
+        from contracts.kafka_io import partition_reader
 
-        from contracts.kafka_io import make_consumer
-
-        consumer = make_consumer(
-            self.kafka, group_id=None, client_id=f"forestream-model-follower-{self.name}"
-        )
+        consumer = partition_reader(self.kafka, client_id=f"forestream-model-follower-{self.name}")
         try:
-            partitions: set[int] | None = None
+            partitions: set[int] = set()
             while not partitions and not self._stop.is_set():
-                partitions = consumer.partitions_for_topic(self.models_topic)
+                partitions = consumer.partitions(self.models_topic)
                 if not partitions:
                     self._stop.wait(0.5)
             if self._stop.is_set() or not partitions:
                 return
             tps = [TopicPartition(self.models_topic, p) for p in sorted(partitions)]
             consumer.assign(tps)
-            consumer.seek_to_beginning(*tps)
+            consumer.seek_to_beginning(tps)
             next_load_at = 0.0
             backoff = self.retry_backoff_s
 
-            def read(timeout_ms: int) -> None:
-                for records in consumer.poll(timeout_ms=timeout_ms).values():
-                    for record in records:
-                        self._on_record(record.key, record.value)
+            def read(timeout_s: float) -> None:
+                for record in consumer.poll_batch(2000, timeout_s):
+                    self._on_record(record.key, record.value)
 
             while not self._stop.is_set():
-                read(200)  # returns as soon as an event arrives (the fetch is a long poll)
+                read(0.2)  # returns as soon as an event arrives (the fetch is a long poll)
                 if self._needs_load() and time.monotonic() >= next_load_at:
                     wanted = self._wanted
-                    if self._load_wanted(refresh=lambda: read(0)):
+                    if self._load_wanted(refresh=lambda: read(0.0)):
                         backoff = self.retry_backoff_s
                     elif not _same(self._wanted, wanted):
                         next_load_at = 0.0  # superseded while loading: load the newer one now

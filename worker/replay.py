@@ -30,6 +30,7 @@ from contracts.cli_options import (
     ModelNameOpt,
     StoreOpt,
 )
+from contracts.edge import PartitionReader, TopicPartition
 from contracts.errors import UserError
 from contracts.settings import CommonSettings, illegal_topic_name
 
@@ -353,7 +354,7 @@ def _load_model(settings: ReplaySettings, version: str | None) -> Any:
 
 
 def resolve_checkpoint(
-    consumer: Any,
+    consumer: PartitionReader,
     settings: ReplaySettings,
     model_version: str,
     output_topic: str,
@@ -362,10 +363,8 @@ def resolve_checkpoint(
     flags: RangeFlags,
 ) -> Checkpoint:
     """Turn the flags into fixed per-partition ranges, against the topic as it is now."""
-    from kafka import TopicPartition
-
     topic = settings.input_topic
-    available = consumer.partitions_for_topic(topic)
+    available = consumer.partitions(topic)
     if not available:
         raise UserError(f"input topic {topic!r} does not exist on {settings.bootstrap_servers}")
     partitions = parse_partitions(partitions_spec, sorted(available), topic)
@@ -378,9 +377,10 @@ def resolve_checkpoint(
     end = {tp.partition: o for tp, o in consumer.end_offsets(tps).items()}
 
     def at(ms: int) -> dict[int, int]:
-        found = consumer.offsets_for_times({tp: ms for tp in tps})
+        found = consumer.offsets_for_times(tps, ms)
         return {
-            tp.partition: (found[tp].offset if found.get(tp) else end[tp.partition]) for tp in tps
+            tp.partition: (o if (o := found.get(tp)) is not None else end[tp.partition])
+            for tp in tps
         }
 
     start = flags.from_offset if flags.from_ms is None else at(flags.from_ms)
@@ -404,9 +404,7 @@ def replay(
     on_progress: Any = None,
 ) -> ReplayResult:
     """Score every record of ``checkpoint.ranges``; stop early (cleanly) on SIGINT/SIGTERM."""
-    from kafka import TopicPartition
-
-    from contracts.kafka_io import TopicSpec, acking_producer, ensure_topics, make_consumer
+    from contracts.kafka_io import TopicSpec, acking_producer, ensure_topics, partition_reader
     from contracts.shutdown import install as install_shutdown_watchdog
     from worker.cycle import next_offsets
     from worker.processing import AckedPublisher, process_records
@@ -434,7 +432,9 @@ def replay(
             kafka,
             [TopicSpec(checkpoint.output_topic, partitions), TopicSpec(checkpoint.dlq_topic, 1)],
         )
-        consumer = make_consumer(kafka, group_id=None, max_poll_records=settings.replay_max_batch)
+        consumer = partition_reader(
+            kafka, client_id="forestream-replay", max_poll_records=settings.replay_max_batch
+        )
         producer = acking_producer(kafka, client_id="forestream-replay", linger_ms=20)
     except BaseException:
         watchdog.uninstall()
@@ -450,11 +450,8 @@ def replay(
         for p, tp in tps.items():
             consumer.seek(tp, todo[p][0])
         while todo and not stop_requested:
-            polled = consumer.poll(timeout_ms=500, max_records=settings.replay_max_batch)
-            batch = []
-            for tp, records in polled.items():
-                end = checkpoint.ranges[tp.partition][1]
-                batch += [r for r in records if r.offset < end]
+            polled = consumer.poll_batch(settings.replay_max_batch, 0.5)
+            batch = [r for r in polled if r.offset < checkpoint.ranges[r.partition][1]]
             if batch:
                 processed = process_records(
                     batch,
@@ -477,7 +474,7 @@ def replay(
                 if nxt >= end or consumer.position(tps[p]) >= end:
                     checkpoint.ranges[p] = (end, end)
                     del todo[p]
-                    consumer.pause(tps[p])
+                    consumer.pause([tps[p]])
             checkpoint.save(checkpoint_path)
             if on_progress is not None and batch:
                 on_progress(len(batch))
@@ -636,10 +633,10 @@ def register(app: typer.Typer) -> None:
                 )
             flags = parse_range(from_offset, to_offset, from_time, to_time)
             model = _load_model(settings, model_version)
-            from contracts.kafka_io import make_consumer, require_reachable
+            from contracts.kafka_io import partition_reader, require_reachable
 
             require_reachable(settings.kafka())
-            probe = make_consumer(settings.kafka(), group_id=None)
+            probe = partition_reader(settings.kafka(), client_id="forestream-replay-probe")
             try:
                 state = resolve_checkpoint(
                     probe, settings, model.version, output_topic, dlq, partitions, flags
