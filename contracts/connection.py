@@ -105,6 +105,31 @@ class KafkaConnection:
                 config["ssl_password"] = self.ssl_key_password.get_secret_value()
         return config
 
+    def librdkafka_config(self) -> dict[str, Any]:
+        """The security part of a librdkafka (``confluent-kafka``) client's configuration."""
+        config: dict[str, Any] = {
+            "bootstrap.servers": self.bootstrap,
+            "security.protocol": self.security_protocol,
+        }
+        if self.uses_sasl:
+            config["sasl.mechanism"] = self.sasl_mechanism
+            config["sasl.username"] = self.sasl_username
+            if self.sasl_password is not None:
+                config["sasl.password"] = self.sasl_password.get_secret_value()
+        if self.uses_tls:
+            config["ssl.endpoint.identification.algorithm"] = (
+                "https" if self.ssl_check_hostname else "none"
+            )
+            if self.ssl_cafile is not None:
+                config["ssl.ca.location"] = str(self.ssl_cafile)
+            if self.ssl_certfile is not None:
+                config["ssl.certificate.location"] = str(self.ssl_certfile)
+            if self.ssl_keyfile is not None:
+                config["ssl.key.location"] = str(self.ssl_keyfile)
+            if self.ssl_key_password is not None:
+                config["ssl.key.password"] = self.ssl_key_password.get_secret_value()
+        return config
+
     def topic_configs(self) -> dict[str, str]:
         """Configs every topic this project creates gets on top of its own."""
         if self.min_insync_replicas is None:

@@ -80,9 +80,67 @@ def _where(conn: KafkaConnection | None) -> str:
     return f" at {conn.bootstrap}" if conn is not None else ""
 
 
-def _said(exc: BaseException) -> str:
+def said(exc: BaseException) -> str:
     text = str(exc).strip()
     return text[:300] if text else type(exc).__name__
+
+
+def authentication_failed(conn: KafkaConnection | None, said: str) -> AuthenticationFailed:
+    mechanism = conn.sasl_mechanism if conn is not None else "SASL"
+    return AuthenticationFailed(
+        f"Kafka{_where(conn)} refused authentication{_who(conn)} with {mechanism} "
+        f"({said}): check FORESTREAM_SASL_USERNAME, FORESTREAM_SASL_PASSWORD(_FILE) "
+        "and FORESTREAM_SASL_MECHANISM"
+    )
+
+
+def topic_not_authorized(
+    conn: KafkaConnection | None, topic: str | None, said: str
+) -> NotAuthorized:
+    on = f"topic {topic!r}" if topic else "a topic"
+    return NotAuthorized(
+        f"not authorized on {on}{_who(conn)}{_where(conn)} ({said}): grant the "
+        "principal READ and DESCRIBE on input topics, WRITE and DESCRIBE on output topics"
+    )
+
+
+def group_not_authorized(conn: KafkaConnection | None, group: str | None) -> NotAuthorized:
+    on = f"consumer group {group!r}" if group else "the consumer group"
+    return NotAuthorized(
+        f"not authorized on {on}{_who(conn)}{_where(conn)}: grant the principal READ on "
+        "the group (FORESTREAM_GROUP)"
+    )
+
+
+def not_authorized(conn: KafkaConnection | None, what: str) -> NotAuthorized:
+    return NotAuthorized(
+        f"not authorized{_who(conn)}{_where(conn)} ({what}): grant the principal the ACL "
+        "this operation needs"
+    )
+
+
+def unsupported_codec(
+    conn: KafkaConnection | None, topic: str | None, said: str
+) -> UnreadableRecords:
+    return UnreadableRecords(
+        f"records{' in ' + repr(topic) if topic else ''}{_where(conn)} use a compression "
+        f"codec this client cannot decode ({said}): the codec libraries "
+        "(python-snappy, lz4, zstandard) are forestream dependencies, reinstall it"
+    )
+
+
+def format_mismatch(conn: KafkaConnection | None, said: str) -> UnreadableRecords:
+    return UnreadableRecords(
+        f"the broker{_where(conn)} and this client disagree on the record format or "
+        f"protocol ({said})"
+    )
+
+
+def tls_failed(conn: KafkaConnection | None, said: str) -> TlsFailed:
+    return TlsFailed(
+        f"TLS with Kafka{_where(conn)} failed ({said}): check FORESTREAM_SSL_CAFILE "
+        "(the CA that signed the broker's certificate) and FORESTREAM_SECURITY_PROTOCOL"
+    )
 
 
 def classify_client_error(
@@ -91,7 +149,8 @@ def classify_client_error(
     topic: str | None = None,
     group: str | None = None,
 ) -> KafkaFatalError | None:
-    """The fatal error ``exc`` amounts to, or None when it is worth retrying."""
+    """The fatal error a kafka-python ``exc`` amounts to, or None when it is worth retrying
+    (the librdkafka twin is in :mod:`contracts.edge_confluent`)."""
     from kafka import errors as e
 
     if isinstance(exc, KafkaFatalError):
@@ -100,57 +159,36 @@ def classify_client_error(
         exc,
         e.SaslAuthenticationFailedError | e.UnsupportedSaslMechanismError | e.IllegalSaslStateError,
     ):
-        mechanism = conn.sasl_mechanism if conn is not None else "SASL"
-        return AuthenticationFailed(
-            f"Kafka{_where(conn)} refused authentication{_who(conn)} with {mechanism} "
-            f"({_said(exc)}): check FORESTREAM_SASL_USERNAME, FORESTREAM_SASL_PASSWORD(_FILE) "
-            "and FORESTREAM_SASL_MECHANISM"
-        )
+        return authentication_failed(conn, said(exc))
     if isinstance(exc, e.TopicAuthorizationFailedError):
-        on = f"topic {topic!r}" if topic else "a topic"
-        return NotAuthorized(
-            f"not authorized on {on}{_who(conn)}{_where(conn)} ({_said(exc)}): grant the "
-            "principal READ and DESCRIBE on input topics, WRITE and DESCRIBE on output topics"
-        )
+        return topic_not_authorized(conn, topic, said(exc))
     if isinstance(exc, e.GroupAuthorizationFailedError):
-        on = f"consumer group {group!r}" if group else "the consumer group"
-        return NotAuthorized(
-            f"not authorized on {on}{_who(conn)}{_where(conn)}: grant the principal READ on "
-            "the group (FORESTREAM_GROUP)"
-        )
+        return group_not_authorized(conn, group)
     if isinstance(exc, e.AuthorizationError):  # cluster, transactional id, delegation token
-        return NotAuthorized(
-            f"not authorized{_who(conn)}{_where(conn)} ({type(exc).__name__}): grant the "
-            "principal the ACL this operation needs"
-        )
+        return not_authorized(conn, type(exc).__name__)
     if isinstance(exc, e.UnsupportedCodecError):
-        return UnreadableRecords(
-            f"records{' in ' + repr(topic) if topic else ''}{_where(conn)} use a compression "
-            f"codec this client cannot decode ({_said(exc)}): the codec libraries "
-            "(python-snappy, lz4, zstandard) are forestream dependencies, reinstall it"
-        )
+        return unsupported_codec(conn, topic, said(exc))
     if isinstance(
         exc,
         e.UnsupportedForMessageFormatError
         | e.UnsupportedCompressionTypeError
         | e.UnsupportedVersionError,
     ):
-        return UnreadableRecords(
-            f"the broker{_where(conn)} and this client disagree on the record format or "
-            f"protocol ({type(exc).__name__}: {_said(exc)})"
-        )
-    if isinstance(exc, e.KafkaConnectionError) and _looks_like_tls(str(exc)):
-        return TlsFailed(
-            f"TLS with Kafka{_where(conn)} failed ({_said(exc)}): check FORESTREAM_SSL_CAFILE "
-            "(the CA that signed the broker's certificate) and FORESTREAM_SECURITY_PROTOCOL"
-        )
+        return format_mismatch(conn, f"{type(exc).__name__}: {said(exc)}")
+    if isinstance(exc, e.KafkaConnectionError) and looks_like_tls(str(exc)):
+        return tls_failed(conn, said(exc))
     return None
 
 
-_TLS_MARKERS = ("CERTIFICATE_VERIFY_FAILED", "certificate verify failed", "WRONG_VERSION_NUMBER")
+_TLS_MARKERS = (
+    "CERTIFICATE_VERIFY_FAILED",
+    "certificate verify failed",
+    "WRONG_VERSION_NUMBER",
+    "SSL handshake failed",
+)
 
 
-def _looks_like_tls(message: str) -> bool:
+def looks_like_tls(message: str) -> bool:
     return any(marker in message for marker in _TLS_MARKERS)
 
 

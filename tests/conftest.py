@@ -74,3 +74,11 @@ def topic_name(request: pytest.FixtureRequest) -> Callable[[str], str]:
     stem = re.sub(r"[^A-Za-z0-9]+", "-", request.node.name)[:60].strip("-")
     run = uuid.uuid4().hex[:8]
     return lambda suffix="t": f"test.{stem}.{run}.{suffix}"
+
+
+@pytest.fixture(params=["kafka-python", "confluent"])
+def kafka_client(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Run the test once per Kafka client: ``FORESTREAM_KAFKA_CLIENT`` for this process and
+    every command it starts (one body of tests, two clients)."""
+    monkeypatch.setenv("FORESTREAM_KAFKA_CLIENT", request.param)
+    return str(request.param)

@@ -226,9 +226,18 @@ def log_events(path: Path, event: str) -> list[dict[str, Any]]:
 ROOT = Path(__file__).resolve().parent.parent
 
 MEMBERSHIP_EVENTS = (
-    "model_in_use", "partitions_assigned", "partitions_revoked", "partitions_lost",
+    "model_in_use", "partitions_assigned", "partitions_revoked", "partitions_released",
+    "partitions_lost",
     "group_join_stalled_rejoining", "kafka_client_error", "worker_stopping",
 )  # fmt: skip
+
+
+def owned_partitions(path: Path) -> list[str]:
+    """The partitions a worker owns now, from its newest assignment change (incremental
+    rebalancing adds and removes a few at a time; each change logs the whole set)."""
+    changes = log_events(path, "partitions_assigned") + log_events(path, "partitions_released")
+    changes.sort(key=lambda e: str(e.get("timestamp")))
+    return changes[-1]["owned"] if changes else []
 
 
 class WorkerGroup:
@@ -268,10 +277,7 @@ class WorkerGroup:
         than by a test's SIGKILL or an orderly exit) fails the wait at once, with its log."""
         deadline = time.monotonic() + timeout_s
         while True:
-            latest = {}
-            for i in self.live():
-                events = log_events(self.log_paths[i], "partitions_assigned")
-                latest[i] = events[-1]["partitions"] if events else []
+            latest = {i: owned_partitions(self.log_paths[i]) for i in self.live()}
             owned = [p for parts in latest.values() for p in parts]
             if all(latest.values()) and len(owned) == len(set(owned)) == partitions:
                 return latest

@@ -443,12 +443,22 @@ class Worker:
         committed offset, so anything dropped here is duplicated, never lost."""
         self.cycle.release(partitions, lost=lost)
         self._owned.difference_update(partitions)
+        log.info(
+            "partitions_released",
+            partitions=describe_partitions(partitions),
+            owned=describe_partitions(self._owned),
+        )
         if self.telemetry is not None:
             self.telemetry.health.set_assignment(self._owned)
 
     def on_assigned(self, partitions: list[TopicPartition]) -> None:
-        log.info("partitions_assigned", partitions=describe_partitions(partitions))
         self._owned.update(partitions)
+        # with incremental rebalancing ``partitions`` is what was added; ``owned`` is all
+        log.info(
+            "partitions_assigned",
+            partitions=describe_partitions(partitions),
+            owned=describe_partitions(self._owned),
+        )
         if self.telemetry is not None:
             self.telemetry.health.set_assignment(self._owned)
 

@@ -34,6 +34,8 @@ from tests.worker_support import (
     worker_command,
 )
 
+pytestmark = pytest.mark.usefixtures("kafka_client")  # every test on both clients
+
 PARTITIONS = 4
 WORKERS = 2
 MAX_BATCH = 100

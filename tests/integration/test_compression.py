@@ -35,6 +35,8 @@ from tests.worker_support import (
     worker_env,
 )
 
+pytestmark = pytest.mark.usefixtures("kafka_client")  # every test on both clients
+
 KCAT = shutil.which("kcat") or shutil.which("kafkacat")
 CODES = {
     "gzip": DefaultRecordBatch.CODEC_GZIP,

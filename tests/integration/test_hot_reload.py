@@ -42,6 +42,8 @@ from tests.worker_support import (
     worker_env,
 )
 
+pytestmark = pytest.mark.usefixtures("kafka_client")  # every test on both clients
+
 ROOT = Path(__file__).resolve().parents[2]
 MODEL = "penguins"
 PARTITIONS = 4

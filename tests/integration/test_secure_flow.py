@@ -21,6 +21,8 @@ from forestream.local_kafka import SecureBrokerInfo
 from tests.kafka_helpers import read_topic
 from training.demo_data import write_penguins_csv
 
+pytestmark = pytest.mark.usefixtures("kafka_client")  # every test on both clients
+
 CLI = [sys.executable, "-m", "forestream.cli"]
 FATAL_WITHIN_S = 10.0
 

@@ -32,6 +32,8 @@ from tests.worker_support import (
     worker_env,
 )
 
+pytestmark = pytest.mark.usefixtures("kafka_client")  # every test on both clients
+
 ROOT = Path(__file__).resolve().parents[2]
 RECORDS = 120
 MARGIN_S = 5.0

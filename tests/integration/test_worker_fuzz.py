@@ -56,6 +56,8 @@ from tests.worker_support import (
 )
 from worker.decoding import MODEL_RANGE_LIMIT
 
+pytestmark = pytest.mark.usefixtures("kafka_client")  # every test on both clients
+
 PARTITIONS = 2
 MODEL = "fuzz"
 MAX_RECORD_BYTES = 256 * 1024

@@ -1,0 +1,682 @@
+"""The librdkafka side of the Kafka edge (:mod:`contracts.edge`), through ``confluent-kafka``.
+
+librdkafka fetches, decompresses, batches and sends in C threads of its own, outside the GIL:
+the Python cost per record is building one small tuple on the way in and one ``produce`` call
+on the way out, where kafka-python parses every record batch and every response in Python.
+
+What differs from kafka-python, and is dealt with here:
+
+- rebalance callbacks run inside ``consume()`` on the caller's thread, so the revocation
+  handler may commit synchronously right there; the assignment strategy is
+  ``cooperative-sticky``: a member joining or leaving moves only the partitions that change
+  owner, the others keep being scored;
+- errors the cluster keeps giving (a refused login, a failed TLS handshake) are not raised but
+  reported to ``error_cb`` while librdkafka retries forever: fatal ones are kept and raised
+  from the next call, classified like kafka-python's;
+- a synchronous ``commit()`` has no timeout: commits are sent asynchronously and their result
+  awaited for at most the caller's timeout, records fetched meanwhile kept for the next poll.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import time
+import uuid
+from collections import deque
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import structlog
+from confluent_kafka import (
+    OFFSET_BEGINNING,
+    OFFSET_END,
+    Consumer,
+    KafkaError,
+    KafkaException,
+    Message,
+    Producer,
+)
+from confluent_kafka import TopicPartition as RdTopicPartition
+
+from contracts.connection import KafkaConnection
+from contracts.edge import (
+    CommitRejected,
+    ConsumedRecord,
+    InputRecord,
+    Outgoing,
+    RebalanceHandler,
+    TopicPartition,
+    TransientKafkaError,
+    describe_partitions,
+    lag_by_partition,
+)
+from contracts.kafka_errors import (
+    KafkaFatalError,
+    authentication_failed,
+    format_mismatch,
+    group_not_authorized,
+    looks_like_tls,
+    not_authorized,
+    tls_failed,
+    topic_not_authorized,
+)
+from contracts.logs import RateLimited
+
+log = structlog.get_logger("forestream.kafka")
+
+RECONNECT_BACKOFF_MAX_MS = 1000
+_METADATA_TIMEOUT_S = 10.0
+_ENQUEUE_BLOCK_S = 2.0
+"""How long ``send`` waits for room in librdkafka's queue before it stops handing records over
+(the publisher then retries the rest): a broker away must not block the loop for long."""
+_CLIENT_LOG = logging.getLogger("kafka.librdkafka")
+"""librdkafka's own log lines, through the rate-limited bridge of :mod:`contracts.logs`."""
+
+_REJECTED_COMMIT = frozenset(
+    {
+        KafkaError.REBALANCE_IN_PROGRESS,
+        KafkaError.ILLEGAL_GENERATION,
+        KafkaError.UNKNOWN_MEMBER_ID,
+        KafkaError._ASSIGNMENT_LOST,
+        KafkaError._STATE,
+        KafkaError.FENCED_INSTANCE_ID,
+    }
+)
+_NOT_AN_ERROR = frozenset({KafkaError._PARTITION_EOF, KafkaError._NO_OFFSET})
+
+
+def classify_librdkafka_error(
+    error: KafkaError | BaseException,
+    conn: KafkaConnection | None = None,
+    topic: str | None = None,
+    group: str | None = None,
+) -> KafkaFatalError | None:
+    """The fatal error a librdkafka error amounts to, or None: worth retrying."""
+    if isinstance(error, KafkaFatalError):
+        return error
+    if isinstance(error, KafkaException) and error.args and isinstance(error.args[0], KafkaError):
+        error = error.args[0]
+    if not isinstance(error, KafkaError):
+        return None
+    code, said = error.code(), error.str()[:300]
+    if code in (KafkaError._AUTHENTICATION, KafkaError.SASL_AUTHENTICATION_FAILED):
+        return authentication_failed(conn, said)
+    if code == KafkaError._SSL or (code == KafkaError._TRANSPORT and looks_like_tls(said)):
+        return tls_failed(conn, said)
+    if code == KafkaError.TOPIC_AUTHORIZATION_FAILED:
+        return topic_not_authorized(conn, topic, said)
+    if code == KafkaError.GROUP_AUTHORIZATION_FAILED:
+        return group_not_authorized(conn, group)
+    if code in (
+        KafkaError.CLUSTER_AUTHORIZATION_FAILED,
+        KafkaError.TRANSACTIONAL_ID_AUTHORIZATION_FAILED,
+    ):
+        return not_authorized(conn, error.name())
+    if code in (
+        KafkaError.UNSUPPORTED_COMPRESSION_TYPE,
+        KafkaError.UNSUPPORTED_VERSION,
+        KafkaError._UNSUPPORTED_FEATURE,
+        KafkaError.UNSUPPORTED_FOR_MESSAGE_FORMAT,
+    ):
+        return format_mismatch(conn, f"{error.name()}: {said}")
+    if error.fatal():
+        return format_mismatch(conn, f"{error.name()}: {said}")
+    return None
+
+
+def _rd(tp: TopicPartition, offset: int | None = None) -> RdTopicPartition:
+    if offset is None:
+        return RdTopicPartition(tp.topic, tp.partition)
+    return RdTopicPartition(tp.topic, tp.partition, offset)
+
+
+def _ours(partitions: Iterable[RdTopicPartition]) -> list[TopicPartition]:
+    return [TopicPartition(tp.topic, tp.partition) for tp in partitions]
+
+
+def _records(messages: list[Message]) -> tuple[list[InputRecord], list[KafkaError]]:
+    """Records, and the error events librdkafka put among them. The hot path of the fetch:
+    one tuple per record, the timestamp's type dropped."""
+    records: list[InputRecord] = [
+        ConsumedRecord(m.topic(), m.partition(), m.offset(), m.timestamp()[1], m.key(), m.value())
+        for m in messages
+        if m.error() is None
+    ]
+    if len(records) == len(messages):
+        return records, []
+    return records, [m.error() for m in messages if m.error() is not None]
+
+
+class _Client:
+    """What the three librdkafka clients share: the config and the error reports."""
+
+    def __init__(self, conn: KafkaConnection, topic: str | None, group: str | None) -> None:
+        self._conn = conn
+        self._topic = topic
+        self._group = group
+        self._fatal: KafkaFatalError | None = None
+        self._warn = RateLimited(10.0)
+
+    def _config(self, client_id: str, **extra: Any) -> dict[str, Any]:
+        return {
+            **self._conn.librdkafka_config(),
+            "client.id": client_id,
+            "reconnect.backoff.max.ms": RECONNECT_BACKOFF_MAX_MS,
+            "error_cb": self._on_error,
+            "logger": _CLIENT_LOG,
+            **extra,
+        }
+
+    def _classify(self, error: KafkaError | BaseException) -> KafkaFatalError | None:
+        return classify_librdkafka_error(error, self._conn, topic=self._topic, group=self._group)
+
+    def _on_error(self, error: KafkaError) -> None:
+        """Served from poll/consume/flush on the caller's thread."""
+        fatal = self._classify(error)
+        if fatal is not None:
+            self._fatal = self._fatal or fatal
+        elif self._warn.ready():
+            log.warning(
+                "kafka_client_error", error=error.str(), suppressed=self._warn.take_suppressed()
+            )
+
+    def _raise_fatal(self) -> None:
+        if self._fatal is not None:
+            raise self._fatal
+
+    def _translated(self, exc: KafkaException) -> Exception:
+        fatal = self._classify(exc)
+        return fatal if fatal is not None else TransientKafkaError(str(exc))
+
+
+class ConfluentGroupConsumer(_Client):
+    """A consumer-group member on librdkafka (:class:`contracts.edge.GroupConsumer`)."""
+
+    def __init__(
+        self,
+        conn: KafkaConnection,
+        *,
+        group_id: str,
+        client_id: str,
+        max_poll_records: int,
+        session_timeout_ms: int,
+        heartbeat_interval_ms: int,
+    ) -> None:
+        super().__init__(conn, topic=None, group=group_id)
+        self._max_poll_records = max_poll_records
+        self._consumer = Consumer(
+            self._config(
+                client_id,
+                **{
+                    "group.id": group_id,
+                    "enable.auto.commit": False,
+                    "enable.auto.offset.store": False,
+                    "auto.offset.reset": "earliest",
+                    "session.timeout.ms": session_timeout_ms,
+                    "heartbeat.interval.ms": heartbeat_interval_ms,
+                    "partition.assignment.strategy": "cooperative-sticky",
+                    "fetch.wait.max.ms": 100,
+                    "topic.metadata.refresh.interval.ms": 5000,
+                    # what librdkafka prefetches per partition: enough for several batches
+                    "queued.max.messages.kbytes": 32 * 1024,
+                    "on_commit": self._on_commit,
+                },
+            )
+        )
+        self._handler: RebalanceHandler | None = None
+        self._assigned: set[TopicPartition] = set()
+        self._paused: set[TopicPartition] = set()
+        self._early: deque[InputRecord] = deque()
+        """Records fetched while a commit was awaited: handed out by the next poll."""
+        self._awaiting: dict[TopicPartition, int] | None = None
+        self._commit_result: KafkaError | list[RdTopicPartition] | None = None
+
+    # -- rebalances (librdkafka calls these inside consume(), on this thread) -------------------
+
+    def subscribe(self, topic: str, handler: RebalanceHandler) -> None:
+        self._topic = topic
+        self._handler = handler
+        self._consumer.subscribe(
+            [topic], on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_lost
+        )
+
+    def _on_assign(self, _consumer: Consumer, partitions: list[RdTopicPartition]) -> None:
+        assigned = _ours(partitions)
+        self._assigned.update(assigned)
+        if self._handler is not None and assigned:
+            self._handler.on_assigned(assigned)
+
+    def _on_revoke(self, _consumer: Consumer, partitions: list[RdTopicPartition]) -> None:
+        revoked = _ours(partitions)
+        self._forget(revoked)
+        if self._handler is None or not revoked:
+            return
+        try:
+            offsets = self._handler.on_revoking(revoked)
+            if offsets:
+                self._commit_sync(offsets)
+                self._handler.on_committed(offsets)
+        except Exception as exc:  # the rebalance goes on anyway; the new owner re-reads
+            log.warning("commit_on_revocation_failed", error=f"{type(exc).__name__}: {exc}")
+        self._handler.on_released(revoked, lost=False)
+
+    def _on_lost(self, _consumer: Consumer, partitions: list[RdTopicPartition]) -> None:
+        lost = _ours(partitions)
+        self._forget(lost)
+        log.warning("partitions_lost", partitions=describe_partitions(lost))
+        if self._handler is not None:
+            self._handler.on_released(lost, lost=True)
+
+    def _forget(self, partitions: list[TopicPartition]) -> None:
+        gone = set(partitions)
+        self._assigned -= gone
+        self._paused -= gone
+        if self._early:
+            self._early = deque(
+                r for r in self._early if TopicPartition(r.topic, r.partition) not in gone
+            )
+
+    # -- records -------------------------------------------------------------------------------
+
+    def poll_batch(self, max_records: int, timeout_s: float) -> Sequence[InputRecord]:
+        self._raise_fatal()
+        if self._early:
+            n = min(max_records, len(self._early))
+            return [self._early.popleft() for _ in range(n)]
+        try:
+            messages = self._consumer.consume(num_messages=max(max_records, 1), timeout=timeout_s)
+        except KafkaException as exc:
+            raise self._translated(exc) from None
+        self._raise_fatal()
+        records, errors = _records(messages)
+        for error in errors:
+            self._on_fetch_error(error)
+        return records
+
+    def _on_fetch_error(self, error: KafkaError) -> None:
+        """An error event among the records: fatal ones end the command, others are retried
+        by librdkafka itself (the records around it were kept)."""
+        if error.code() in _NOT_AN_ERROR:
+            return
+        fatal = self._classify(error)
+        if fatal is not None:
+            raise fatal
+        if self._warn.ready():
+            log.warning(
+                "kafka_fetch_error", error=error.str(), suppressed=self._warn.take_suppressed()
+            )
+
+    # -- offsets -------------------------------------------------------------------------------
+
+    def commit(self, offsets: dict[TopicPartition, int], timeout_s: float) -> None:
+        """Sent asynchronously, awaited at most ``timeout_s``: librdkafka's synchronous commit
+        waits for the coordinator without a bound. Serving the result runs ``consume()``: what
+        it fetches meanwhile is kept, in order, for the next poll."""
+        self._raise_fatal()
+        self._awaiting, self._commit_result = dict(offsets), None
+        try:
+            self._consumer.commit(
+                offsets=[_rd(tp, o) for tp, o in offsets.items()], asynchronous=True
+            )
+            deadline = time.monotonic() + timeout_s
+            while self._commit_result is None:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise TransientKafkaError(f"commit not confirmed within {timeout_s:.1f}s")
+                fetched = self._consumer.consume(
+                    num_messages=self._max_poll_records, timeout=min(left, 0.05)
+                )
+                records, errors = _records(fetched)
+                self._early.extend(records)
+                for error in errors:
+                    self._on_fetch_error(error)
+                self._raise_fatal()
+        except KafkaException as exc:
+            self._raise_commit_error(exc.args[0] if exc.args else None, str(exc))
+        finally:
+            result, self._awaiting = self._commit_result, None
+        self._check_commit(result)
+
+    def _on_commit(self, error: KafkaError | None, partitions: list[RdTopicPartition]) -> None:
+        """librdkafka's commit result (also for the revocation's synchronous commits, which
+        are told apart by their offsets)."""
+        if self._awaiting is None:
+            return
+        committed = {TopicPartition(p.topic, p.partition): p.offset for p in partitions}
+        if error is None and committed != self._awaiting:  # a revocation's commit, not ours
+            return
+        self._commit_result = error if error is not None else partitions
+
+    def _check_commit(self, result: KafkaError | list[RdTopicPartition] | None) -> None:
+        if isinstance(result, KafkaError):
+            self._raise_commit_error(result, result.str())
+        for p in result or ():
+            if p.error is not None:
+                self._raise_commit_error(p.error, p.error.str())
+
+    def _raise_commit_error(self, error: KafkaError | None, said: str) -> None:
+        if isinstance(error, KafkaError):
+            if error.code() in _REJECTED_COMMIT:
+                raise CommitRejected(said)
+            fatal = self._classify(error)
+            if fatal is not None:
+                raise fatal
+        raise TransientKafkaError(said)
+
+    def _commit_sync(self, offsets: dict[TopicPartition, int]) -> None:
+        """Inside a revocation callback: blocking is what the rebalance waits for."""
+        done = self._consumer.commit(
+            offsets=[_rd(tp, o) for tp, o in offsets.items()], asynchronous=False
+        )
+        self._check_commit(done)
+
+    def seek(self, partition: TopicPartition, offset: int) -> None:
+        if self._early:
+            self._early = deque(
+                r
+                for r in self._early
+                if (r.topic, r.partition) != (partition.topic, partition.partition)
+            )
+        try:
+            self._consumer.seek(_rd(partition, offset))
+        except KafkaException as exc:  # not being fetched yet: the committed offset holds
+            log.warning(
+                "seek_failed",
+                partition=f"{partition.topic}-{partition.partition}",
+                offset=offset,
+                error=str(exc),
+            )
+
+    def pause(self, partitions: Iterable[TopicPartition]) -> None:
+        fresh = set(partitions) - self._paused
+        if fresh:
+            self._consumer.pause([_rd(tp) for tp in fresh])
+            self._paused |= fresh
+
+    def resume(self, partitions: Iterable[TopicPartition]) -> None:
+        back = set(partitions) & self._paused
+        if back:
+            self._consumer.resume([_rd(tp) for tp in back])
+            self._paused -= back
+
+    def paused(self) -> set[TopicPartition]:
+        return set(self._paused)
+
+    def assignment(self) -> set[TopicPartition]:
+        return set(self._assigned)
+
+    def assignment_snapshot(self) -> list[TopicPartition]:
+        return list(self._assigned)
+
+    def lag(self, timeout_s: float) -> dict[int, int] | None:
+        assigned = sorted(self._assigned)
+        if not assigned:
+            return {}
+        try:
+            ends = {
+                tp.partition: self._consumer.get_watermark_offsets(
+                    _rd(tp), timeout=timeout_s, cached=False
+                )[1]
+                for tp in assigned
+            }
+            positions = {
+                p.partition: p.offset
+                for p in self._consumer.position([_rd(tp) for tp in assigned])
+                if p.offset >= 0
+            }
+        except KafkaException:
+            return None
+        return lag_by_partition(ends, positions)
+
+    def maintain(self) -> None:
+        """librdkafka drives the group protocol in its own threads: nothing to nudge."""
+
+    def close(self, timeout_s: float) -> None:
+        """Leave the group (the revocation handler runs); librdkafka bounds it by itself."""
+        try:
+            self._consumer.close()
+        except (KafkaException, RuntimeError) as exc:
+            log.warning("consumer_close_failed", error=str(exc))
+
+
+class _Delivery:
+    """Which records of one ``send`` the broker acknowledged, filled in by callbacks."""
+
+    __slots__ = ("_error", "_state")
+
+    def __init__(self, count: int) -> None:
+        self._state: list[KafkaError | bool | None] = [None] * count
+        """None: not handed over or in flight; True: acknowledged; an error: failed."""
+        self._error: BaseException | None = None
+
+    def done(self, index: int, error: KafkaError | None, _message: Message) -> None:
+        self._state[index] = True if error is None else error
+        if error is not None and self._error is None:
+            self._error = KafkaException(error)
+
+    def stopped(self, error: BaseException) -> None:
+        if self._error is None:
+            self._error = error
+
+    def unacknowledged(self) -> list[int]:
+        return [i for i, s in enumerate(self._state) if s is not True]
+
+    def error(self) -> BaseException | None:
+        return self._error
+
+
+class ConfluentProducer(_Client):
+    """An acknowledging producer on librdkafka (:class:`contracts.edge.AckingProducer`)."""
+
+    def __init__(self, conn: KafkaConnection, *, client_id: str, linger_ms: int = 5) -> None:
+        super().__init__(conn, topic=None, group=None)
+        self._producer = Producer(
+            self._config(
+                client_id,
+                **{
+                    "acks": "all",
+                    "enable.idempotence": True,
+                    "linger.ms": linger_ms,
+                    "batch.size": 256 * 1024,
+                    "compression.type": conn.compression,
+                    "message.timeout.ms": 120_000,
+                },
+            )
+        )
+
+    def send(self, records: Sequence[Outgoing]) -> _Delivery:
+        self._raise_fatal()
+        delivery = _Delivery(len(records))
+        produce, done = self._producer.produce, delivery.done
+        for i, o in enumerate(records):
+            callback = functools.partial(done, i)
+            try:
+                produce(o.topic, o.value, o.key, headers=o.headers, on_delivery=callback)
+            except BufferError:  # librdkafka's queue is full: let it drain a little
+                if not self._wait_for_room(o, callback):
+                    delivery.stopped(BufferError("producer queue full"))
+                    break
+            except KafkaException as exc:
+                delivery.stopped(exc)
+                break
+        self._producer.poll(0)
+        return delivery
+
+    def _wait_for_room(self, o: Outgoing, callback: Any) -> bool:
+        deadline = time.monotonic() + _ENQUEUE_BLOCK_S
+        while time.monotonic() < deadline:
+            self._producer.poll(0.05)
+            try:
+                self._producer.produce(
+                    o.topic, o.value, o.key, headers=o.headers, on_delivery=callback
+                )
+                return True
+            except BufferError:
+                continue
+        return False
+
+    def flush(self, timeout_s: float) -> bool:
+        left = self._producer.flush(timeout_s)
+        self._raise_fatal()
+        return left == 0
+
+    def fatal(self, exc: BaseException, topic: str | None = None) -> Exception | None:
+        return classify_librdkafka_error(exc, self._conn, topic=topic)
+
+    def close(self, timeout_s: float) -> None:
+        self._producer.flush(timeout_s)
+
+
+class ConfluentReader(_Client):
+    """A group-less reader on librdkafka (:class:`contracts.edge.PartitionReader`).
+
+    librdkafka seeks only partitions it is already fetching, so a seek here is kept and
+    applied by (re)assigning with explicit offsets before the next read.
+    """
+
+    def __init__(self, conn: KafkaConnection, *, client_id: str, max_poll_records: int) -> None:
+        super().__init__(conn, topic=None, group=None)
+        self._max_poll_records = max_poll_records
+        self._consumer = Consumer(
+            self._config(
+                client_id,
+                **{
+                    # librdkafka wants a group id even when nothing is committed
+                    "group.id": f"forestream-reader-{uuid.uuid4().hex}",
+                    "enable.auto.commit": False,
+                    "enable.auto.offset.store": False,
+                    "auto.offset.reset": "earliest",
+                    "fetch.wait.max.ms": 100,
+                    "queued.max.messages.kbytes": 16 * 1024,
+                },
+            )
+        )
+        self._assigned: list[TopicPartition] = []
+        self._wanted: dict[TopicPartition, int] = {}
+        """Seeks not yet applied (absolute offsets, or OFFSET_BEGINNING/OFFSET_END)."""
+        self._next: dict[TopicPartition, int] = {}
+        self._paused: set[TopicPartition] = set()
+
+    def topics(self) -> set[str]:
+        try:
+            return set(self._consumer.list_topics(timeout=_METADATA_TIMEOUT_S).topics)
+        except KafkaException as exc:
+            raise self._translated(exc) from None
+
+    def partitions(self, topic: str) -> set[int]:
+        try:
+            found = self._consumer.list_topics(topic, timeout=_METADATA_TIMEOUT_S).topics.get(topic)
+        except KafkaException as exc:
+            raise self._translated(exc) from None
+        if found is None or found.error is not None:
+            return set()
+        return set(found.partitions)
+
+    def assign(self, partitions: Sequence[TopicPartition]) -> None:
+        self._topic = partitions[0].topic if partitions else None
+        self._assigned = list(partitions)
+        self._next = {tp: o for tp, o in self._next.items() if tp in set(partitions)}
+        for tp in partitions:
+            if tp not in self._next:
+                self._wanted.setdefault(tp, OFFSET_BEGINNING)
+        self._apply()
+
+    def seek(self, partition: TopicPartition, offset: int) -> None:
+        self._wanted[partition] = offset
+
+    def seek_to_beginning(self, partitions: Sequence[TopicPartition]) -> None:
+        for tp in partitions:
+            self._wanted[tp] = OFFSET_BEGINNING
+
+    def seek_to_end(self, partitions: Sequence[TopicPartition]) -> None:
+        for tp in partitions:
+            self._wanted[tp] = OFFSET_END
+
+    def _apply(self) -> None:
+        """Resolve pending seeks to absolute offsets, then assign everything at once."""
+        if not self._wanted:
+            return
+        for tp, offset in list(self._wanted.items()):
+            if offset in (OFFSET_BEGINNING, OFFSET_END):
+                low, high = self._watermarks(tp)
+                offset = low if offset == OFFSET_BEGINNING else high
+            self._next[tp] = offset
+        self._wanted.clear()
+        self._consumer.assign(
+            [_rd(tp, self._next.get(tp, OFFSET_BEGINNING)) for tp in self._assigned]
+        )
+        if self._paused:
+            self._consumer.pause([_rd(tp) for tp in self._paused])
+
+    def _watermarks(self, tp: TopicPartition) -> tuple[int, int]:
+        try:
+            low, high = self._consumer.get_watermark_offsets(
+                _rd(tp), timeout=_METADATA_TIMEOUT_S, cached=False
+            )
+        except KafkaException as exc:
+            raise self._translated(exc) from None
+        return int(low), int(high)
+
+    def position(self, partition: TopicPartition) -> int:
+        self._apply()
+        try:
+            (at,) = self._consumer.position([_rd(partition)])
+        except KafkaException as exc:
+            raise self._translated(exc) from None
+        # librdkafka's position steps over control records (transaction markers) as well
+        if at.offset >= 0:
+            self._next[partition] = max(self._next.get(partition, 0), at.offset)
+        return self._next.get(partition, 0)
+
+    def beginning_offsets(self, partitions: Sequence[TopicPartition]) -> dict[TopicPartition, int]:
+        return {tp: self._watermarks(tp)[0] for tp in partitions}
+
+    def end_offsets(self, partitions: Sequence[TopicPartition]) -> dict[TopicPartition, int]:
+        return {tp: self._watermarks(tp)[1] for tp in partitions}
+
+    def offsets_for_times(
+        self, partitions: Sequence[TopicPartition], timestamp_ms: int
+    ) -> dict[TopicPartition, int | None]:
+        try:
+            found = self._consumer.offsets_for_times(
+                [_rd(tp, timestamp_ms) for tp in partitions], timeout=_METADATA_TIMEOUT_S
+            )
+        except KafkaException as exc:
+            raise self._translated(exc) from None
+        return {
+            TopicPartition(p.topic, p.partition): (p.offset if p.offset >= 0 else None)
+            for p in found
+        }
+
+    def poll_batch(self, max_records: int, timeout_s: float) -> Sequence[InputRecord]:
+        self._raise_fatal()
+        self._apply()
+        if not self._assigned:
+            time.sleep(timeout_s)
+            return []
+        try:
+            messages = self._consumer.consume(num_messages=max(max_records, 1), timeout=timeout_s)
+        except KafkaException as exc:
+            raise self._translated(exc) from None
+        self._raise_fatal()
+        records, errors = _records(messages)
+        for error in errors:
+            if error.code() in _NOT_AN_ERROR:
+                continue
+            fatal = self._classify(error)
+            if fatal is not None:
+                raise fatal
+        for r in records:
+            self._next[TopicPartition(r.topic, r.partition)] = r.offset + 1
+        return records
+
+    def pause(self, partitions: Sequence[TopicPartition]) -> None:
+        self._paused.update(partitions)
+        self._consumer.pause([_rd(tp) for tp in partitions])
+
+    def close(self) -> None:
+        try:
+            self._consumer.close()
+        except (KafkaException, RuntimeError) as exc:
+            log.warning("consumer_close_failed", error=str(exc))
