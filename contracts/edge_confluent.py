@@ -241,9 +241,15 @@ class ConfluentGroupConsumer(_Client):
             [topic], on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_lost
         )
 
-    def _on_assign(self, _consumer: Consumer, partitions: list[RdTopicPartition]) -> None:
+    def _on_assign(self, consumer: Consumer, partitions: list[RdTopicPartition]) -> None:
+        """Assign here rather than let the client do it after us: a partition paused while
+        it was ours before (a held commit) would come back paused, and never be read."""
         assigned = _ours(partitions)
+        consumer.incremental_assign(partitions)
+        if partitions:
+            consumer.resume(partitions)
         self._assigned.update(assigned)
+        self._paused -= set(assigned)
         if self._handler is not None and assigned:
             self._handler.on_assigned(assigned)
 
