@@ -189,6 +189,32 @@ class _Client:
         fatal = self._classify(exc)
         return fatal if fatal is not None else TransientKafkaError(str(exc))
 
+    def _consume(self, consumer: Consumer, max_records: int, timeout_s: float) -> list[InputRecord]:
+        """One ``consume()``: its records, after dealing with the error events among them."""
+        self._raise_fatal()
+        try:
+            messages = consumer.consume(num_messages=max(max_records, 1), timeout=timeout_s)
+        except KafkaException as exc:
+            raise self._translated(exc) from None
+        self._raise_fatal()
+        records, errors = _records(messages)
+        for error in errors:
+            self._on_fetch_error(error)
+        return records
+
+    def _on_fetch_error(self, error: KafkaError) -> None:
+        """An error event among the records: fatal ones end the command, others are retried
+        by librdkafka itself (the records around it were kept)."""
+        if error.code() in _NOT_AN_ERROR:
+            return
+        fatal = self._classify(error)
+        if fatal is not None:
+            raise fatal
+        if self._warn.ready():
+            log.warning(
+                "kafka_fetch_error", error=error.str(), suppressed=self._warn.take_suppressed()
+            )
+
 
 class ConfluentGroupConsumer(_Client):
     """A consumer-group member on librdkafka (:class:`contracts.edge.GroupConsumer`)."""
@@ -290,28 +316,7 @@ class ConfluentGroupConsumer(_Client):
         if self._early:
             n = min(max_records, len(self._early))
             return [self._early.popleft() for _ in range(n)]
-        try:
-            messages = self._consumer.consume(num_messages=max(max_records, 1), timeout=timeout_s)
-        except KafkaException as exc:
-            raise self._translated(exc) from None
-        self._raise_fatal()
-        records, errors = _records(messages)
-        for error in errors:
-            self._on_fetch_error(error)
-        return records
-
-    def _on_fetch_error(self, error: KafkaError) -> None:
-        """An error event among the records: fatal ones end the command, others are retried
-        by librdkafka itself (the records around it were kept)."""
-        if error.code() in _NOT_AN_ERROR:
-            return
-        fatal = self._classify(error)
-        if fatal is not None:
-            raise fatal
-        if self._warn.ready():
-            log.warning(
-                "kafka_fetch_error", error=error.str(), suppressed=self._warn.take_suppressed()
-            )
+        return self._consume(self._consumer, max_records, timeout_s)
 
     # -- offsets -------------------------------------------------------------------------------
 
@@ -330,14 +335,9 @@ class ConfluentGroupConsumer(_Client):
                 left = deadline - time.monotonic()
                 if left <= 0:
                     raise TransientKafkaError(f"commit not confirmed within {timeout_s:.1f}s")
-                fetched = self._consumer.consume(
-                    num_messages=self._max_poll_records, timeout=min(left, 0.05)
+                self._early.extend(
+                    self._consume(self._consumer, self._max_poll_records, min(left, 0.05))
                 )
-                records, errors = _records(fetched)
-                self._early.extend(records)
-                for error in errors:
-                    self._on_fetch_error(error)
-                self._raise_fatal()
         except KafkaException as exc:
             self._raise_commit_error(exc.args[0] if exc.args else None, str(exc))
         finally:
@@ -661,18 +661,7 @@ class ConfluentReader(_Client):
         if not self._assigned:
             time.sleep(timeout_s)
             return []
-        try:
-            messages = self._consumer.consume(num_messages=max(max_records, 1), timeout=timeout_s)
-        except KafkaException as exc:
-            raise self._translated(exc) from None
-        self._raise_fatal()
-        records, errors = _records(messages)
-        for error in errors:
-            if error.code() in _NOT_AN_ERROR:
-                continue
-            fatal = self._classify(error)
-            if fatal is not None:
-                raise fatal
+        records = self._consume(self._consumer, max_records, timeout_s)
         for r in records:
             self._next[TopicPartition(r.topic, r.partition)] = r.offset + 1
         return records
