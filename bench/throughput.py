@@ -727,8 +727,15 @@ def table_rows(res: Results) -> list[tuple[str, str, str]]:
     for client, t in pt.items():
         rows.append((f"(a) passthrough, {client}", rate(t), notes[client]))
     if len(pt) == 2:
-        rows.append(ratio_row("passthrough confluent / kafka-python", pt["confluent"],
-                              pt["kafka-python"], "x", "the clients' ceilings compared"))  # fmt: skip
+        rows.append(
+            ratio_row(
+                "passthrough confluent / kafka-python",
+                pt["confluent"],
+                pt["kafka-python"],
+                "x",
+                "the clients' ceilings compared",
+            )
+        )
     if res.naive:
         rows.append(
             ("(b) naive per-record loop", rate(res.naive),
@@ -736,8 +743,13 @@ def table_rows(res: Results) -> list[tuple[str, str, str]]:
         )  # fmt: skip
     for client, t in workers.items():
         note = f"{o.records:,} records, 1 process, max batch {MAX_BATCH}"
-        rows.append((f"(c) forestream worker, {client}", rate(t),
-                     note + batch_note(res.worker_batch.get(client))))  # fmt: skip
+        rows.append(
+            (
+                f"(c) forestream worker, {client}",
+                rate(t),
+                note + batch_note(res.worker_batch.get(client)),
+            )
+        )
     if res.reference:
         rows.append(
             ("(e) hand-written confluent-kafka loop", rate(res.reference),
@@ -748,15 +760,31 @@ def table_rows(res: Results) -> list[tuple[str, str, str]]:
     if cf and kp:
         rows.append(ratio_row("worker confluent / worker kafka-python", cf, kp, "x", "same worker"))
     if cf and res.reference:
-        rows.append(ratio_row("worker confluent / hand-written loop", cf, res.reference, "x",
-                              "forestream vs the loop a user would write"))  # fmt: skip
+        rows.append(
+            ratio_row(
+                "worker confluent / hand-written loop",
+                cf,
+                res.reference,
+                "x",
+                "forestream vs the loop a user would write",
+            )
+        )
     for client, t in workers.items():
         if client in pt:
-            rows.append(ratio_row(f"worker / passthrough, {client}", t, pt[client], "%",
-                                  "target >= 50%", target=0.5))  # fmt: skip
+            rows.append(
+                ratio_row(
+                    f"worker / passthrough, {client}",
+                    t,
+                    pt[client],
+                    "%",
+                    "target >= 50%",
+                    target=0.5,
+                )
+            )
     if kp and res.naive:
-        rows.append(ratio_row("worker kafka-python / naive", kp, res.naive, "x", "target >= 50x",
-                              target=50))  # fmt: skip
+        rows.append(
+            ratio_row("worker kafka-python / naive", kp, res.naive, "x", "target >= 50x", target=50)
+        )
     for client, lat in res.latency.items():
         name = f"(d) worker latency, {client}"
         if isinstance(lat, Failed):
@@ -826,6 +854,7 @@ def verdict(ok: bool) -> str:
 
 def render(res: Results) -> None:
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     o = res.options
@@ -837,7 +866,7 @@ def render(res: Results) -> None:
     table.add_column("result", justify="right")
     table.add_column("notes")
     for row in table_rows(res):
-        table.add_row(*row)
+        table.add_row(*map(escape, row))  # a failure's reason may hold [brackets]
     Console().print(table)
 
 
@@ -854,13 +883,16 @@ def markdown(res: Results) -> str:
         "",
         "| measurement | result | notes |",
         "|---|---:|---|",
-        *(f"| {m} | {v} | {n} |" for m, v, n in table_rows(res)),
+        *("| " + " | ".join(c.replace("|", "\\|") for c in row) + " |" for row in table_rows(res)),
         "",
-        "Rates of (a) and (c) are output records over the span between the first and the "
+        "Rates of (a), (c) and (e) are output records over the span between the first and the "
         "last output record's CreateTime (stamped by the sending client); (b) is timed in "
         "process. Latencies use the input record's CreateTime; 'CreateTime' rows end at the "
         "output record's CreateTime (set by the worker's producer after scoring, before the "
-        "broker's ack), 'as received' rows end when the benchmark's consumer got the output.",
+        "broker's ack), 'as received' rows end when the benchmark's consumer got the output. "
+        "kafka-python and confluent rows run the same code with `FORESTREAM_KAFKA_CLIENT` "
+        "set accordingly; (e) is `bench/reference_confluent.py`, the confluent-kafka loop a "
+        "user would write by hand, on the same client settings.",
     ]
     return "\n".join(lines).rstrip() + "\n"
 
@@ -868,15 +900,84 @@ def markdown(res: Results) -> str:
 # -- main ----------------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class Layout:
+    """Every topic of one run: each process under test writes (and, under load, reads) its own."""
+
+    input: str
+    models: str
+    naive: str
+    reference: str
+    worker: dict[KafkaClient, WorkerTopics]
+    latency: dict[KafkaClient, WorkerTopics]
+    passthrough: dict[KafkaClient, str]
+    latency_passthrough: dict[KafkaClient, tuple[str, str]]
+    """(input, output) of (d)'s passthrough."""
+
+    @classmethod
+    def of(cls, prefix: str) -> Layout:
+        source, models = f"{prefix}.in", f"{prefix}.models"
+
+        def worker(tag: str, source: str) -> WorkerTopics:
+            return WorkerTopics(source, f"{prefix}.{tag}.out", f"{prefix}.{tag}.dlq", models)
+
+        return cls(
+            input=source,
+            models=models,
+            naive=f"{prefix}.naive",
+            reference=f"{prefix}.reference",
+            worker={c: worker(c, source) for c in CLIENTS},
+            latency={c: worker(f"{c}.lat", f"{prefix}.{c}.lat.in") for c in CLIENTS},
+            passthrough={c: f"{prefix}.{c}.passthrough" for c in CLIENTS},
+            latency_passthrough={
+                c: (f"{prefix}.{c}.lat.pass.in", f"{prefix}.{c}.lat.pass.out") for c in CLIENTS
+            },
+        )
+
+    def all(self) -> list[str]:
+        workers = [*self.worker.values(), *self.latency.values()]
+        return sorted(
+            {
+                self.input, self.models, self.naive, self.reference,
+                *(t for w in workers for t in (w.input, w.output, w.dlq)),
+                *self.passthrough.values(),
+                *(t for pair in self.latency_passthrough.values() for t in pair),
+            }
+        )  # fmt: skip
+
+
+def reference_throughput(
+    bootstrap: str, source: str, sink: str, records: int, group: str, artifact: Path, version: str
+) -> Throughput:
+    """(e): the hand-written confluent-kafka loop, on (a) and (c)'s ruler."""
+    from bench.reference_confluent import ReferenceFailed, score_loop
+
+    timeout = phase_timeout(records, floor_s=300.0)
+    try:
+        score_loop(bootstrap, source, sink, records, group, artifact, version, timeout)
+    except ReferenceFailed as exc:
+        raise BenchFailed(f"(e) hand-written loop: {exc}") from None
+    return output_span(bootstrap, sink, records, timeout_s=phase_timeout(records))
+
+
+def shown(result: Throughput | Latency | Failed) -> str:
+    if isinstance(result, Failed):
+        return f"failed: {result.reason}"
+    if isinstance(result, Latency):
+        return f"p99 {result.percentile('created', 99):.0f} ms"
+    return rate(result)
+
+
 def run(opts: Options) -> Results:
-    from bench.workload import announce_promotion, make_workload
+    from bench.workload import MODEL_NAME, announce_promotion, make_workload
     from contracts.kafka_io import TopicSpec, admin_client, ensure_topics
-    from contracts.model_store import ModelStore
+    from contracts.model_store import ARTIFACT, ModelStore
 
     res = Results(opts)
     res.load.append(os.getloadavg())
     run_id = uuid.uuid4().hex[:8]
     prefix = f"bench.{run_id}"
+    topics = Layout.of(prefix)
 
     def say(message: str) -> None:
         print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
@@ -886,70 +987,102 @@ def run(opts: Options) -> Results:
         tempfile.TemporaryDirectory(prefix="forestream-bench-") as tmp,
     ):
         work = Path(tmp)
-        bulk = WorkerTopics(f"{prefix}.in", f"{prefix}.out", f"{prefix}.dlq", f"{prefix}.models")
-        lat = WorkerTopics(
-            f"{prefix}.lat.in", f"{prefix}.lat.out", f"{prefix}.lat.dlq", bulk.models
-        )
-        pass_out, naive_out = f"{prefix}.passthrough", f"{prefix}.naive"
-        lat_pass_in, lat_pass_out = f"{prefix}.lat.pass.in", f"{prefix}.lat.pass.out"
-        extra = [pass_out, naive_out, lat_pass_in, lat_pass_out]
-        created = [*bulk.__dict__.values(), *lat.__dict__.values(), *extra]
         try:
             say(f"broker {bootstrap}; training RF {opts.trees} trees on {opts.train_rows} rows")
             store = ModelStore(work / "models")
             workload = make_workload(
                 opts.records, opts.features, opts.trees, opts.train_rows, store
             )
-            announce_promotion(bootstrap, bulk.models, workload.metadata)
-            fresh = [t for t in created if t != bulk.models]  # models: one compacted partition
+            announce_promotion(bootstrap, topics.models, workload.metadata)
+            # the models topic has its one compacted partition already
+            fresh = [t for t in topics.all() if t != topics.models]
             ensure_topics(bootstrap, [TopicSpec(t, opts.partitions) for t in fresh])
-            say(f"writing {opts.records:,} input records to {bulk.input}")
-            fill_topic(bootstrap, bulk.input, workload.values, "b")
+            say(f"writing {opts.records:,} input records to {topics.input}")
+            fill_topic(bootstrap, topics.input, workload.values, "b")
 
-            say("(a) passthrough")
-            passthrough(bootstrap, bulk.input, pass_out, opts.records, f"{prefix}.pass")
-            res.passthrough = output_span(
-                bootstrap, pass_out, opts.records, phase_timeout(opts.records)
-            )
-            say(f"(a) {res.passthrough.rate:,.0f} rec/s")
+            for client in CLIENTS:
+                say(f"(a) passthrough on {client}")
+                sink = topics.passthrough[client]
+                passthrough(bootstrap, topics.input, sink, opts.records,
+                            f"{prefix}.{client}.pass", client)  # fmt: skip
+                res.passthrough[client] = output_span(
+                    bootstrap, sink, opts.records, phase_timeout(opts.records)
+                )
+                say(f"(a) {client}: {shown(res.passthrough[client])}")
 
             say(f"(b) naive loop on {opts.naive_records:,} records")
             pipeline, _ = store.load_verified(workload.metadata.name, workload.metadata.version)
-            res.naive = naive_loop(bootstrap, bulk.input, naive_out, opts.naive_records,
+            res.naive = naive_loop(bootstrap, topics.input, topics.naive, opts.naive_records,
                                    f"{prefix}.naive", pipeline, workload.feature_names)  # fmt: skip
             say(f"(b) {res.naive.rate:,.0f} rec/s")
 
-            say("(c) forestream worker")
-            res.worker = worker_throughput(
-                bootstrap, bulk, store.root, opts.records, f"{prefix}.worker", work / "c.log"
-            )
-            res.worker_batch = mean_batch(work / "c.log")
-            say(f"(c) {res.worker.rate:,.0f} rec/s")
+            def worker_phase(client: KafkaClient) -> Throughput:
+                return worker_throughput(
+                    bootstrap, topics.worker[client], store.root, opts.records,
+                    f"{prefix}.{client}.worker", work / f"c-{client}.log", client,
+                )  # fmt: skip
 
-            say(f"(d) latency at {opts.latency_rate:g} rec/s for {opts.latency_seconds:g} s")
-            res.latency = offered_load_latency(
-                bootstrap, lat.input, lat.output, workload.values, opts.latency_rate,
-                opts.latency_seconds,
-                lambda _: start_worker(bootstrap, lat, store.root, f"{prefix}.lat", work / "d.log"),
-                work / "d.log",
-            )  # fmt: skip
-            res.latency_batch = mean_batch(work / "d.log")
-            say(f"(d) worker p99 {res.latency.percentile('created', 99):.0f} ms")
+            def latency_phase(client: KafkaClient) -> Latency:
+                log = work / f"d-{client}.log"
+                wt = topics.latency[client]
+                return offered_load_latency(
+                    bootstrap, wt.input, wt.output, workload.values, opts.latency_rate,
+                    opts.latency_seconds,
+                    lambda _: start_worker(bootstrap, wt, store.root, f"{prefix}.{client}.lat",
+                                           log, client=client),
+                    log,
+                )  # fmt: skip
 
-            say("(d) the same load through the passthrough")
-            res.passthrough_latency = offered_load_latency(
-                bootstrap, lat_pass_in, lat_pass_out, workload.values, opts.latency_rate,
-                opts.latency_seconds,
-                lambda n: start_passthrough(bootstrap, lat_pass_in, lat_pass_out, n,
-                                            f"{prefix}.lat.pass", work / "d-pass.log"),
-                work / "d-pass.log",
+            for client in CLIENTS:
+                say(f"(c) forestream worker on {client}")
+                log = work / f"c-{client}.log"
+                res.worker[client] = (
+                    worker_phase(client)
+                    if client == "kafka-python"  # the default client: its failure is the run's
+                    else allowed_to_fail(lambda c=client: worker_phase(c), log)
+                )
+                res.worker_batch[client] = mean_batch(log)
+                say(f"(c) {client}: {shown(res.worker[client])}")
+
+            say("(e) hand-written confluent-kafka loop")
+            artifact = store.version_dir(MODEL_NAME, workload.metadata.version) / ARTIFACT
+            res.reference = reference_throughput(
+                bootstrap, topics.input, topics.reference, opts.records, f"{prefix}.reference",
+                artifact, workload.metadata.version,
             )  # fmt: skip
+            say(f"(e) {shown(res.reference)}")
+
+            for client in CLIENTS:
+                say(f"(d) worker on {client}: {opts.latency_rate:g} rec/s "
+                    f"for {opts.latency_seconds:g} s")  # fmt: skip
+                if isinstance(res.worker[client], Failed):
+                    res.latency[client] = Failed("not run: the worker failed in (c)")
+                elif client == "kafka-python":
+                    res.latency[client] = latency_phase(client)
+                else:
+                    res.latency[client] = allowed_to_fail(
+                        lambda c=client: latency_phase(c), work / f"d-{client}.log"
+                    )
+                res.latency_batch[client] = mean_batch(work / f"d-{client}.log")
+                say(f"(d) worker on {client}: {shown(res.latency[client])}")
+
+            for client in CLIENTS:
+                say(f"(d) the same load through the passthrough on {client}")
+                source, sink = topics.latency_passthrough[client]
+                log = work / f"d-pass-{client}.log"
+                res.passthrough_latency[client] = offered_load_latency(
+                    bootstrap, source, sink, workload.values, opts.latency_rate,
+                    opts.latency_seconds,
+                    lambda n, c=client, src=source, dst=sink, log=log: start_passthrough(
+                        bootstrap, src, dst, n, f"{prefix}.{c}.lat.pass", log, c),
+                    log,
+                )  # fmt: skip
             res.load.append(os.getloadavg())
         finally:
             admin = None
             with contextlib.suppress(Exception):  # best effort: leave the shared broker tidy
                 admin = admin_client(bootstrap)
-                admin.delete_topics(created, timeout_ms=30_000)
+                admin.delete_topics(topics.all(), timeout_ms=30_000)
             if admin is not None:
                 admin.close()
     return res
