@@ -537,8 +537,8 @@ class ConfluentProducer(_Client):
 class ConfluentReader(_Client):
     """A group-less reader on librdkafka (:class:`contracts.edge.PartitionReader`).
 
-    librdkafka seeks only partitions it is already fetching, so a seek here is kept and
-    applied by (re)assigning with explicit offsets before the next read.
+    librdkafka seeks only partitions it is already fetching, so a seek of a partition not yet
+    handed over is kept and applied by assigning it at that offset before the next read.
     """
 
     def __init__(self, conn: KafkaConnection, *, client_id: str, max_poll_records: int) -> None:
@@ -559,8 +559,10 @@ class ConfluentReader(_Client):
             )
         )
         self._assigned: list[TopicPartition] = []
+        self._live: set[TopicPartition] = set()
+        """Assigned partitions librdkafka already fetches."""
         self._wanted: dict[TopicPartition, int] = {}
-        """Seeks not yet applied (absolute offsets, or OFFSET_BEGINNING/OFFSET_END)."""
+        """Where partitions not yet handed over start (an offset, or OFFSET_BEGINNING/END)."""
         self._next: dict[TopicPartition, int] = {}
         self._paused: set[TopicPartition] = set()
 
@@ -580,40 +582,64 @@ class ConfluentReader(_Client):
         return set(found.partitions)
 
     def assign(self, partitions: Sequence[TopicPartition]) -> None:
+        """Partitions new to the assignment are handed to librdkafka at the next read, at the
+        offset a seek asked for meanwhile (by default their beginning): assigning twice would
+        let records fetched for the first position arrive beside the second's."""
         self._topic = partitions[0].topic if partitions else None
-        self._assigned = list(partitions)
-        self._next = {tp: o for tp, o in self._next.items() if tp in set(partitions)}
-        for tp in partitions:
-            if tp not in self._next:
+        wanted = list(dict.fromkeys(partitions))
+        gone = [tp for tp in self._assigned if tp not in set(wanted)]
+        if gone:
+            self._consumer.incremental_unassign([_rd(tp) for tp in gone if tp in self._live])
+            self._live -= set(gone)
+            for tp in gone:
+                self._next.pop(tp, None)
+                self._wanted.pop(tp, None)
+        for tp in wanted:
+            if tp not in self._live:
                 self._wanted.setdefault(tp, OFFSET_BEGINNING)
-        self._apply()
+        self._assigned = wanted
 
     def seek(self, partition: TopicPartition, offset: int) -> None:
+        if partition in self._live:  # being fetched: librdkafka's own seek drops what it had
+            try:
+                self._consumer.seek(_rd(partition, offset))
+                self._next[partition] = offset
+                return
+            except KafkaException:  # not fetching yet: hand it over again at that offset
+                self._consumer.incremental_unassign([_rd(partition)])
+                self._live.discard(partition)
         self._wanted[partition] = offset
 
     def seek_to_beginning(self, partitions: Sequence[TopicPartition]) -> None:
         for tp in partitions:
-            self._wanted[tp] = OFFSET_BEGINNING
+            self._seek_logical(tp, OFFSET_BEGINNING)
 
     def seek_to_end(self, partitions: Sequence[TopicPartition]) -> None:
         for tp in partitions:
-            self._wanted[tp] = OFFSET_END
+            self._seek_logical(tp, OFFSET_END)
+
+    def _seek_logical(self, tp: TopicPartition, where: int) -> None:
+        if tp in self._live:
+            low, high = self._watermarks(tp)
+            self.seek(tp, low if where == OFFSET_BEGINNING else high)
+        else:
+            self._wanted[tp] = where
 
     def _apply(self) -> None:
-        """Resolve pending seeks to absolute offsets, then assign everything at once."""
-        if not self._wanted:
+        """Hand partitions not yet assigned to librdkafka, each at its resolved offset."""
+        fresh = [tp for tp in self._assigned if tp not in self._live]
+        if not fresh:
             return
-        for tp, offset in list(self._wanted.items()):
+        for tp in fresh:
+            offset = self._wanted.pop(tp, OFFSET_BEGINNING)
             if offset in (OFFSET_BEGINNING, OFFSET_END):
                 low, high = self._watermarks(tp)
                 offset = low if offset == OFFSET_BEGINNING else high
             self._next[tp] = offset
-        self._wanted.clear()
-        self._consumer.assign(
-            [_rd(tp, self._next.get(tp, OFFSET_BEGINNING)) for tp in self._assigned]
-        )
-        if self._paused:
-            self._consumer.pause([_rd(tp) for tp in self._paused])
+        self._consumer.incremental_assign([_rd(tp, self._next[tp]) for tp in fresh])
+        self._live.update(fresh)
+        if paused := [tp for tp in fresh if tp in self._paused]:
+            self._consumer.pause([_rd(tp) for tp in paused])
 
     def _watermarks(self, tp: TopicPartition) -> tuple[int, int]:
         try:
@@ -668,7 +694,8 @@ class ConfluentReader(_Client):
 
     def pause(self, partitions: Sequence[TopicPartition]) -> None:
         self._paused.update(partitions)
-        self._consumer.pause([_rd(tp) for tp in partitions])
+        if live := [_rd(tp) for tp in partitions if tp in self._live]:
+            self._consumer.pause(live)
 
     def close(self) -> None:
         try:
