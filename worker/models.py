@@ -222,16 +222,10 @@ class ModelFollower:
             backoff = min(backoff * 2, self.max_backoff_s)
 
     def _follow(self) -> None:
-        import dataclasses
-
         from contracts.edge import TopicPartition
-        from contracts.kafka_io import connection, partition_reader
+        from contracts.kafka_io import partition_reader
 
-        # kafka-python whatever FORESTREAM_KAFKA_CLIENT says: on librdkafka's reader the
-        # rollback-under-load test saw promotions served again (v1 v2 v1 v2 v1), not yet
-        # explained; the follower reads a handful of events, so the client costs nothing here
-        kafka = dataclasses.replace(connection(self.kafka), kafka_client="kafka-python")
-        consumer = partition_reader(kafka, client_id=f"forestream-model-follower-{self.name}")
+        consumer = partition_reader(self.kafka, client_id=f"forestream-model-follower-{self.name}")
         try:
             partitions: set[int] = set()
             while not partitions and not self._stop.is_set():

@@ -32,8 +32,6 @@ from tests.worker_support import (
     worker_env,
 )
 
-pytestmark = pytest.mark.usefixtures("kafka_client")  # every test on both clients
-
 RECORDS = 10_000
 PARTITIONS = 4
 BASE_MS = 1_700_000_000_000
