@@ -63,7 +63,6 @@ from contracts.logs import RateLimited
 log = structlog.get_logger("forestream.kafka")
 
 RECONNECT_BACKOFF_MAX_MS = 1000
-_METADATA_TIMEOUT_S = 10.0
 _ENQUEUE_BLOCK_S = 2.0
 """How long ``send`` waits for room in librdkafka's queue before it stops handing records over
 (the publisher then retries the rest): a broker away must not block the loop for long."""
