@@ -3,9 +3,10 @@
 Two clients sit behind it: kafka-python (the default, pure Python) and librdkafka through
 ``confluent-kafka`` (fetching, batching and sending in C threads, outside the GIL). Each has
 one adapter (:mod:`contracts.edge_kafka_python`, :mod:`contracts.edge_confluent`) that turns
-its API, its errors and its quirks into this interface; :func:`contracts.kafka_io.group_consumer`
-and :func:`contracts.kafka_io.acking_producer` pick one by ``FORESTREAM_KAFKA_CLIENT``. The
-worker's loop, its batch cycle and the per-batch core see only what is defined here.
+its API, its errors and its quirks into this interface; :func:`contracts.kafka_io.group_consumer`,
+:func:`contracts.kafka_io.partition_reader` and :func:`contracts.kafka_io.acking_producer` pick
+one by ``FORESTREAM_KAFKA_CLIENT``. The worker's loop, its batch cycle and the per-batch
+core see only what is defined here.
 
 Errors cross the edge in three kinds only: :class:`~contracts.kafka_errors.KafkaFatalError`
 (already classified, with its exit code: stop), :class:`TransientKafkaError` (retry with
@@ -55,6 +56,19 @@ class ConsumedRecord(NamedTuple):
     """Milliseconds since the epoch (create or append time, as the topic says)."""
     key: bytes | None
     value: bytes | None
+
+
+class ReadRecord(NamedTuple):
+    """A record from the librdkafka :class:`PartitionReader`: a :class:`ConsumedRecord` with
+    its headers, which readers of the DLQ need (kafka-python's ``ConsumerRecord`` has them)."""
+
+    topic: str
+    partition: int
+    offset: int
+    timestamp: int
+    key: bytes | None
+    value: bytes | None
+    headers: list[tuple[str, bytes]]
 
 
 class Outgoing(NamedTuple):

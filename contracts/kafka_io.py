@@ -214,10 +214,13 @@ def acking_producer(
 def partition_reader(
     target: Target, *, client_id: str, max_poll_records: int = 2000
 ) -> PartitionReader:
-    """A group-less reader (nothing committed): the follower, labels, replay, monitor, demo."""
+    """A group-less reader (nothing committed) on the connection's client: the follower,
+    labels, replay, monitor, demo."""
     conn = connection(target)
-    # kafka-python whatever FORESTREAM_KAFKA_CLIENT says: a librdkafka reader delivered records
-    # twice under CI load (a replay by time); readers are off the hot path
+    if conn.kafka_client == "confluent":
+        from contracts.edge_confluent import ConfluentReader
+
+        return ConfluentReader(conn, client_id=client_id, max_poll_records=max_poll_records)
     from contracts.edge_kafka_python import KafkaPythonReader
 
     consumer = make_consumer(

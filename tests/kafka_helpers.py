@@ -4,11 +4,21 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from typing import cast
 
 from kafka import TopicPartition
 from kafka.consumer.fetcher import ConsumerRecord
 
+from contracts.connection import KafkaConnection
+from contracts.edge import KAFKA_CLIENTS, KafkaClient
 from contracts.kafka_io import Target, make_consumer
+
+
+def on_client(bootstrap: str, kafka_client: str) -> KafkaConnection:
+    """The broker through ``kafka_client``, for in-process components given a connection (a
+    bare address means kafka-python whatever ``FORESTREAM_KAFKA_CLIENT`` says)."""
+    assert kafka_client in KAFKA_CLIENTS, kafka_client
+    return KafkaConnection(bootstrap=bootstrap, kafka_client=cast(KafkaClient, kafka_client))
 
 
 def read_topic(

@@ -7,6 +7,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+pytestmark = pytest.mark.usefixtures("kafka_client")  # every test on both clients
+
 ROOT = Path(__file__).resolve().parents[2]
 
 

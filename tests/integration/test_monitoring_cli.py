@@ -8,8 +8,12 @@ import sys
 import time
 from collections.abc import Callable
 
+import pytest
+
 from contracts.kafka_io import TopicSpec, ensure_topics, make_producer
 from contracts.wire import DriftReport, FeatureDrift, VersionAccuracy
+
+pytestmark = pytest.mark.usefixtures("kafka_client")  # every test on both clients
 
 CLI = [sys.executable, "-m", "forestream"]
 

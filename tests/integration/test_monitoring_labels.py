@@ -11,6 +11,7 @@ import pytest
 from sklearn.metrics import accuracy_score, f1_score
 
 from contracts.kafka_io import TopicSpec, ensure_topics, make_producer
+from tests.kafka_helpers import on_client
 from worker.evaluation import LabelConsumer, OnlineEvaluator
 
 CLASSES = ["adelie", "chinstrap", "gentoo"]
@@ -37,7 +38,7 @@ def send_labels(bootstrap: str, topic: str, keys: list[bytes], labels: list[str]
 
 
 def test_labels_from_the_topic_give_the_offline_accuracy(
-    kafka_bootstrap: str, topic_name: Callable[[str], str]
+    kafka_bootstrap: str, topic_name: Callable[[str], str], kafka_client: str
 ) -> None:
     topic = topic_name("labels")
     ensure_topics(kafka_bootstrap, [TopicSpec(topic, partitions=3)])
@@ -50,7 +51,9 @@ def test_labels_from_the_topic_give_the_offline_accuracy(
     evaluator = OnlineEvaluator()
     # half the labels are on the topic before the predictions exist (they wait as pending)
     send_labels(kafka_bootstrap, topic, keys[: n // 2], labels[: n // 2].tolist())
-    consumer = LabelConsumer(kafka_bootstrap, topic, evaluator, start_at="earliest").start()
+    consumer = LabelConsumer(
+        on_client(kafka_bootstrap, kafka_client), topic, evaluator, start_at="earliest"
+    ).start()
     try:
         wait_for(lambda: consumer.labels_read == n // 2, "the first half of the labels")
         evaluator.add_predictions(keys, predictions, "v1")
@@ -65,14 +68,14 @@ def test_labels_from_the_topic_give_the_offline_accuracy(
 
 
 def test_starting_at_latest_skips_labels_already_on_the_topic(
-    kafka_bootstrap: str, topic_name: Callable[[str], str]
+    kafka_bootstrap: str, topic_name: Callable[[str], str], kafka_client: str
 ) -> None:
     topic = topic_name("labels")
     ensure_topics(kafka_bootstrap, [TopicSpec(topic)])
     send_labels(kafka_bootstrap, topic, [b"old"], ["adelie"])
     evaluator = OnlineEvaluator()
     evaluator.add_predictions([b"old", b"new"], ["adelie", "gentoo"], "v1")
-    consumer = LabelConsumer(kafka_bootstrap, topic, evaluator).start()
+    consumer = LabelConsumer(on_client(kafka_bootstrap, kafka_client), topic, evaluator).start()
     try:
         assert consumer.ready.wait(30), "label consumer never got its partitions"
         send_labels(kafka_bootstrap, topic, [b"new"], ["chinstrap"])

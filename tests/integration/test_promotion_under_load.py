@@ -37,6 +37,8 @@ from tests.worker_support import (
     worker_env,
 )
 
+pytestmark = pytest.mark.usefixtures("kafka_client")  # every test on both clients
+
 NAME = "m"
 PARTITIONS = 4
 RATE_PER_S = 400

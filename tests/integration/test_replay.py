@@ -11,7 +11,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,10 +32,15 @@ from tests.worker_support import (
     worker_env,
 )
 
+pytestmark = pytest.mark.usefixtures("kafka_client")  # every test on both clients
+
 RECORDS = 10_000
 PARTITIONS = 4
 BASE_MS = 1_700_000_000_000
 STEP_MS = 10
+KEEP_FOREVER = {"retention.ms": "-1"}
+"""The records' times are in 2023: under the broker's default 7-day retention its next check
+(every 5 minutes) deletes them all, mid-module (replays then read nothing)."""
 MODEL = "replayed"
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -72,7 +77,7 @@ def scenario(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> 
     _, v1 = save_model(store, MODEL, make_frame(300, seed=1), trees=10)
     save_model(store, MODEL, make_frame(300, seed=2), trees=12)  # v2, promoted below...
     ModelStore(store).promote(MODEL, v1.version)  # ...then v1 again: live serves v1
-    ensure_topics(kafka_bootstrap, [TopicSpec(topics["in"], PARTITIONS)])
+    ensure_topics(kafka_bootstrap, [TopicSpec(topics["in"], PARTITIONS, KEEP_FOREVER)])
     publish_promotion(kafka_bootstrap, topics["models"], v1)
 
     frame = make_frame(RECORDS, seed=9)
@@ -100,6 +105,28 @@ def scenario(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> 
     yield Scenario(kafka_bootstrap, topics, store, group, live)
 
 
+@pytest.fixture
+def fresh_output(scenario: Scenario, kafka_client: str) -> Callable[[str], str]:
+    """Output topic names of this test on this client, checked absent from the broker.
+
+    The scenario is shared by both clients' runs of a test. When the output names were too,
+    the second run read the first run's records beside its own (each record twice), and its
+    interrupted replay was sent SIGINT as soon as it started (the first run's output was
+    already there), while Python was still importing: killed by the signal, exit -2.
+    """
+
+    def make(suffix: str) -> str:
+        name = f"{scenario.topics['in']}.{kafka_client}.{suffix}"
+        admin = KafkaAdminClient(bootstrap_servers=scenario.bootstrap)
+        try:
+            assert name not in admin.list_topics(), f"output topic {name!r} already exists"
+        finally:
+            admin.close()
+        return name
+
+    return make
+
+
 def _replay(s: Scenario, output: str, *flags: str) -> subprocess.CompletedProcess[str]:
     return _forestream(
         "replay",
@@ -122,9 +149,11 @@ def _committed(s: Scenario) -> dict[int, int]:
     return {tp.partition: meta.offset for tp, meta in offsets.items()}
 
 
-def test_replay_with_the_live_version_reproduces_the_live_predictions(scenario: Scenario) -> None:
+def test_replay_with_the_live_version_reproduces_the_live_predictions(
+    scenario: Scenario, fresh_output: Callable[[str], str]
+) -> None:
     before = _committed(scenario)
-    output = scenario.topics["in"] + ".replay-v1"
+    output = fresh_output("replay-v1")
     done = _replay(scenario, output, "--model-version", "v1")
     assert done.returncode == 0, done.stderr
     assert f"replayed {RECORDS} records with v1" in done.stdout
@@ -140,8 +169,10 @@ def test_replay_with_the_live_version_reproduces_the_live_predictions(scenario: 
     assert _committed(scenario) == before, "replay must never touch the live group's offsets"
 
 
-def test_replay_with_v2_rescores_everything_with_v2(scenario: Scenario) -> None:
-    output = scenario.topics["in"] + ".replay-v2"
+def test_replay_with_v2_rescores_everything_with_v2(
+    scenario: Scenario, fresh_output: Callable[[str], str]
+) -> None:
+    output = fresh_output("replay-v2")
     done = _replay(scenario, output, "--model-version", "v2")
     assert done.returncode == 0, done.stderr
     replayed = _by_key(read_topic(scenario.bootstrap, output, expected=RECORDS, settle_s=1))
@@ -149,9 +180,11 @@ def test_replay_with_v2_rescores_everything_with_v2(scenario: Scenario) -> None:
     assert {p.model_version for p in replayed.values()} == {"v2"}
 
 
-def test_replay_by_time_picks_exactly_the_records_inside(scenario: Scenario) -> None:
+def test_replay_by_time_picks_exactly_the_records_inside(
+    scenario: Scenario, fresh_output: Callable[[str], str]
+) -> None:
     first, end = 2_000, 5_000
-    output = scenario.topics["in"] + ".replay-time"
+    output = fresh_output("replay-time")
     done = _replay(
         scenario,
         output,
@@ -162,6 +195,8 @@ def test_replay_by_time_picks_exactly_the_records_inside(scenario: Scenario) -> 
         ) + f".{(BASE_MS + end * STEP_MS) % 1000:03d}Z",
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
+    # the replay's own count tells a record read twice from a topic written twice
+    assert f"replayed {end - first} records" in done.stdout, done.stdout
     records = read_topic(scenario.bootstrap, output, expected=end - first, settle_s=2)
     assert sorted(int(r.key[1:]) for r in records) == list(range(first, end))
 
@@ -173,9 +208,11 @@ def test_replay_refuses_the_live_topic_without_into_live(scenario: Scenario) -> 
     assert "Traceback" not in done.stderr
 
 
-def test_interrupted_replay_resumes_where_it_stopped(scenario: Scenario) -> None:
-    output = scenario.topics["in"] + ".replay-resume"
-    checkpoint = scenario.store / "resume.json"
+def test_interrupted_replay_resumes_where_it_stopped(
+    scenario: Scenario, fresh_output: Callable[[str], str]
+) -> None:
+    output = fresh_output("replay-resume")
+    checkpoint = scenario.store / f"{output}.resume.json"
     command = [
         sys.executable, "-m", "forestream", "replay",
         "--bootstrap-servers", scenario.bootstrap,
@@ -191,13 +228,17 @@ def test_interrupted_replay_resumes_where_it_stopped(scenario: Scenario) -> None
     try:
         read_topic(scenario.bootstrap, output, expected=1, timeout_s=120)
         proc.send_signal(signal.SIGINT)
+        sent = time.monotonic()
         _, stderr = proc.communicate(timeout=60)
+        stopped_in = time.monotonic() - sent
     finally:
         if proc.poll() is None:
             proc.kill()
     if proc.returncode == 0:
         pytest.fail("the replay finished before it could be interrupted; use a smaller batch")
     assert proc.returncode == 130, stderr
+    print(f"stopped {stopped_in:.2f}s after SIGINT")
+    assert stopped_in < 10, f"the replay took {stopped_in:.1f}s to stop after SIGINT"
     assert f"forestream replay --resume {checkpoint}" in stderr
     left = sum(end - nxt for nxt, end in json.loads(checkpoint.read_text())["ranges"].values())
     assert 0 < left < RECORDS
@@ -229,9 +270,9 @@ def test_interrupted_replay_resumes_where_it_stopped(scenario: Scenario) -> None
     ],
 )  # fmt: skip
 def test_replay_refuses_impossible_ranges_and_topics(
-    scenario: Scenario, flags: list[str], message: str
+    scenario: Scenario, fresh_output: Callable[[str], str], flags: list[str], message: str
 ) -> None:
-    output = scenario.topics["in"] + ".replay-refused"
+    output = fresh_output("replay-refused")
     done = _replay(scenario, output, *(f.format(**scenario.topics) for f in flags))
     assert done.returncode == 2, done.stdout + done.stderr
     assert message.format(**scenario.topics) in done.stderr
@@ -246,8 +287,10 @@ def test_replay_refuses_to_write_into_its_input_topic(scenario: Scenario) -> Non
     assert "Traceback" not in done.stderr
 
 
-def test_an_empty_time_window_is_a_valid_empty_replay(scenario: Scenario) -> None:
-    output = scenario.topics["in"] + ".replay-empty"
+def test_an_empty_time_window_is_a_valid_empty_replay(
+    scenario: Scenario, fresh_output: Callable[[str], str]
+) -> None:
+    output = fresh_output("replay-empty")
     done = _replay(
         scenario, output, "--from-time", str(BASE_MS - 5_000), "--to-time", str(BASE_MS - 1)
     )

@@ -23,6 +23,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from contracts.edge import KAFKA_CLIENTS
 from contracts.kafka_io import TopicSpec, ensure_topics, make_producer
 from contracts.wire import DriftReport
 from tests.kafka_helpers import read_topic
@@ -119,11 +120,12 @@ class Stream:
         return found[0]
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="module", params=KAFKA_CLIENTS)
 def stream(
-    kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory
+    request: pytest.FixtureRequest, kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[tuple[Stream, Path, Path]]:
-    """A trained + promoted model and one running worker with a 2,000-record drift window."""
+    """A trained + promoted model and one running worker with a 2,000-record drift window,
+    once per Kafka client (the worker's group consumer, producer and labels reader)."""
     work = tmp_path_factory.mktemp("monitoring")
     run = uuid.uuid4().hex[:8]
     topics = {
@@ -145,6 +147,7 @@ def stream(
     env = {
         "FORESTREAM_LABELS_TOPIC": topics["labels"],
         "FORESTREAM_MONITORING_TOPIC": topics["monitoring"],
+        "FORESTREAM_KAFKA_CLIENT": str(request.param),
     }
     command = [
         sys.executable, "-m", "forestream.cli", "worker",
