@@ -11,12 +11,12 @@ WORKDIR /app
 COPY . .
 RUN pip install . \
     && useradd --create-home --uid 10001 forestream \
-    && mkdir -p /models /data \
-    && chown forestream:forestream /models /data
+    && mkdir -p /models /data /cache \
+    && chown forestream:forestream /models /data /cache
 
 # Named volumes mounted here start with this ownership, so the non-root user can write to them.
 USER forestream
-VOLUME ["/models", "/data"]
+VOLUME ["/models", "/data", "/cache"]
 ENV FORESTREAM_MODEL_STORE=/models \
     FORESTREAM_LOG_FORMAT=json
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -59,9 +58,12 @@ MonitoringTopicOpt = Annotated[
     ),
 ]
 StoreOpt = Annotated[
-    Path | None,
+    str | None,
     typer.Option(
-        "--store", help="model store directory [env FORESTREAM_MODEL_STORE]", show_default=False
+        "--store",
+        help="model store: a directory or a URI such as s3://bucket/prefix "
+        "[env FORESTREAM_MODEL_STORE]",
+        show_default=False,
     ),
 ]
 ModelNameOpt = Annotated[

@@ -1,4 +1,8 @@
-"""The model registry on disk: versioned, hashed (optionally signed) artifacts and promotion state.
+"""The model registry: versioned, hashed (optionally signed) artifacts and promotion state.
+
+A local directory here; :func:`open_store` also takes a URI (``s3://bucket/prefix`` and the other
+fsspec filesystems), served by :class:`contracts.object_store.ObjectModelStore` with the same
+rules rebuilt from conditional writes.
 
 Layout: ``<root>/<name>/<version>/{model.joblib, metadata.json, quality_report.json}``,
 ``<root>/<name>/promotions.jsonl`` and ``<root>/<name>/.lock``. The trainer writes, workers and
@@ -52,6 +56,108 @@ _VERSION = re.compile(r"^v?([0-9]{1,9})$")
 
 class ArtifactRejected(UserError):
     """An artifact that must not be served: missing, altered, unsigned, or not a model."""
+
+
+class StoreUnavailable(UserError):
+    """The store could not be reached or refused the request (network, credentials, bucket).
+
+    Its own class so a worker's reload-failure metric tells "store away" from "bad artifact".
+    """
+
+
+_URI = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
+
+
+def is_uri(location: str | os.PathLike[str]) -> bool:
+    """``scheme://...`` (an object store or another fsspec filesystem) rather than a path."""
+    return isinstance(location, str) and _URI.match(location) is not None
+
+
+def store_location(location: str | os.PathLike[str]) -> str:
+    """The store setting as given, checked: a local path, or a URI fsspec can open.
+
+    ``file://`` URIs become plain paths (the local store keeps its rename and ``flock``).
+    """
+    if not isinstance(location, str):
+        return os.fspath(location)
+    text = location.strip()
+    if not text:
+        raise UserError("the model store is empty: give a directory or a URI like s3://bucket/p")
+    match = _URI.match(text)
+    if match is None:
+        return text
+    scheme = match.group(1).lower()
+    if scheme == "file":
+        path = text[len("file://") :]
+        if not path.startswith("/"):
+            raise UserError(f"model store {text!r}: a file:// URI needs an absolute path")
+        return path
+    from contracts.object_store import check_uri
+
+    return check_uri(text)
+
+
+def open_store(location: str | os.PathLike[str], *, endpoint_url: str | None = None) -> ModelStore:
+    """The store for a path or URI: every registry command and the worker open it this way.
+
+    ``endpoint_url`` (``FORESTREAM_S3_ENDPOINT_URL``) points S3 URIs at an S3-compatible store.
+    """
+    where = store_location(location)
+    if is_uri(where):
+        from contracts.object_store import ObjectModelStore
+
+        return ObjectModelStore(where, endpoint_url=endpoint_url)
+    return ModelStore(where)
+
+
+def dump_artifact(pipeline: Any) -> bytes:
+    """The artifact's bytes, exactly what gets hashed, signed and stored."""
+    import joblib
+
+    buffer = io.BytesIO()
+    joblib.dump(pipeline, buffer, compress=3)
+    return buffer.getvalue()
+
+
+def check_artifact(
+    data: bytes,
+    meta: ModelMetadata,
+    where: str,
+    expected_sha256: str | None,
+    signing_key: bytes | None,
+) -> None:
+    """The hash and signature checks every artifact passes before unpickling, wherever its
+    bytes came from (the store or a worker's local cache)."""
+    actual = hashlib.sha256(data).hexdigest()
+    if actual != meta.artifact_sha256:
+        raise ArtifactRejected(
+            f"{where}: sha256 mismatch (recorded {meta.artifact_sha256[:12]}, "
+            f"file {actual[:12]}): the artifact was altered; refusing to load it"
+        )
+    if expected_sha256 is not None and actual != expected_sha256:
+        raise ArtifactRejected(
+            f"{where}: sha256 {actual[:12]} differs from the announced {expected_sha256[:12]}"
+        )
+    if signing_key is not None:
+        if not meta.signature:
+            raise ArtifactRejected(
+                f"{where}: not signed, but {SIGNING_KEY_ENV} is set; refusing to load it"
+            )
+        if not hmac.compare_digest(sign(data, signing_key), meta.signature):
+            raise ArtifactRejected(f"{where}: bad HMAC signature; refusing to load it")
+
+
+def unpickle_model(data: bytes, where: str) -> Any:
+    """Unpickle bytes that already passed :func:`check_artifact`; refuse what is no model."""
+    import joblib
+
+    try:
+        pipeline = joblib.load(io.BytesIO(data))
+    except Exception as exc:  # anything unpickling raises means "not a usable artifact"
+        raise ArtifactRejected(f"{where}: cannot unpickle ({type(exc).__name__}: {exc})") from None
+    if not callable(getattr(pipeline, "predict_proba", None)):
+        raise ArtifactRejected(f"{where}: {type(pipeline).__name__} has no predict_proba")
+    return pipeline
 
 
 class ModelMetadata(BaseModel):
@@ -170,6 +276,21 @@ class ModelStore:
     def __init__(self, root: Path | str) -> None:
         self.root = Path(root)
 
+    @property
+    def location(self) -> str:
+        """The store as messages name it (a path here, a URI on object storage)."""
+        return str(self.root)
+
+    def __str__(self) -> str:
+        return self.location
+
+    def version_location(self, name: str, version: str) -> str:
+        """Where a version's files are, for messages."""
+        return str(self.version_dir(name, version))
+
+    def _where(self, name: str, version: str, filename: str) -> str:
+        return str(self.version_dir(name, version) / filename)
+
     def _os_error(self, action: str, exc: OSError) -> UserError:
         """An OSError under the store as one line naming the store, the file and the reason."""
         where = f" ({exc.filename})" if exc.filename and str(exc.filename) != str(self.root) else ""
@@ -240,30 +361,54 @@ class ModelStore:
     def version_dir(self, name: str, version: str) -> Path:
         return self.root / check_name(name) / normalize_version(version)
 
-    def metadata(self, name: str, version: str) -> ModelMetadata:
+    def _metadata_bytes(self, name: str, version: str) -> bytes | None:
+        """A complete version's ``metadata.json``; None when there is no such version."""
         path = self.version_dir(name, version) / METADATA
         if not path.is_file():
+            return None
+        try:
+            return path.read_bytes()
+        except OSError as exc:
+            raise ArtifactRejected(f"{path}: cannot read metadata ({exc.strerror})") from None
+
+    def _report_bytes(self, name: str, version: str) -> bytes | None:
+        path = self.version_dir(name, version) / QUALITY_REPORT
+        if not path.is_file():
+            return None
+        try:
+            return path.read_bytes()
+        except OSError as exc:
+            raise UserError(f"{path}: cannot read quality report ({exc.strerror})") from None
+
+    def _artifact_bytes(self, name: str, version: str) -> bytes:
+        path = self.version_dir(name, version) / ARTIFACT
+        try:
+            return path.read_bytes()
+        except OSError as exc:
+            raise ArtifactRejected(f"{path}: cannot read artifact ({exc.strerror})") from None
+
+    def metadata(self, name: str, version: str) -> ModelMetadata:
+        raw = self._metadata_bytes(name, version)
+        if raw is None:
             known = ", ".join(self.versions(name)) or "none"
             raise UserError(
-                f"model {name!r} has no version {normalize_version(version)} in {self.root} "
+                f"model {name!r} has no version {normalize_version(version)} in {self.location} "
                 f"(known versions: {known})"
             )
         try:
-            return ModelMetadata.model_validate_json(path.read_bytes())
-        except OSError as exc:
-            raise ArtifactRejected(f"{path}: cannot read metadata ({exc.strerror})") from None
+            return ModelMetadata.model_validate_json(raw)
         except ValidationError as exc:
-            raise ArtifactRejected(f"{path}: unreadable metadata: {_first_error(exc)}") from None
+            where = self._where(name, version, METADATA)
+            raise ArtifactRejected(f"{where}: unreadable metadata: {_first_error(exc)}") from None
 
     def quality_report(self, name: str, version: str) -> dict[str, Any]:
         """The saved quality report; ``{}`` if the version has none, a UserError if unreadable."""
-        path = self.version_dir(name, version) / QUALITY_REPORT
-        if not path.is_file():
+        raw = self._report_bytes(name, version)
+        if raw is None:
             return {}
+        path = self._where(name, version, QUALITY_REPORT)
         try:
-            report = json.loads(path.read_bytes())
-        except OSError as exc:
-            raise UserError(f"{path}: cannot read quality report ({exc.strerror})") from None
+            report = json.loads(raw)
         except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError
             raise UserError(f"{path}: quality report is not valid JSON ({exc})") from None
         if not isinstance(report, dict):
@@ -278,37 +423,34 @@ class ModelStore:
         version: str,
         expected_sha256: str | None,
         signing_key: bytes | None,
-    ) -> tuple[bytes, ModelMetadata, Path]:
-        """The artifact's bytes, its metadata and path, after the hash and signature checks."""
+    ) -> tuple[bytes, ModelMetadata, str]:
+        """The artifact's bytes, its metadata and location, after the hash and signature checks.
+
+        A store that cannot be reached stays :class:`StoreUnavailable` (retry later), anything
+        else missing or wrong is :class:`ArtifactRejected`.
+        """
         try:
             meta = self.metadata(name, version)
-        except ArtifactRejected:
+        except (ArtifactRejected, StoreUnavailable):
             raise
         except UserError as exc:
             raise ArtifactRejected(str(exc)) from None
-        path = self.version_dir(name, version) / ARTIFACT
-        try:
-            data = path.read_bytes()
-        except OSError as exc:
-            raise ArtifactRejected(f"{path}: cannot read artifact ({exc.strerror})") from None
-        actual = hashlib.sha256(data).hexdigest()
-        if actual != meta.artifact_sha256:
-            raise ArtifactRejected(
-                f"{path}: sha256 mismatch (recorded {meta.artifact_sha256[:12]}, "
-                f"file {actual[:12]}): the artifact was altered; refusing to load it"
-            )
-        if expected_sha256 is not None and actual != expected_sha256:
-            raise ArtifactRejected(
-                f"{path}: sha256 {actual[:12]} differs from the announced {expected_sha256[:12]}"
-            )
-        if signing_key is not None:
-            if not meta.signature:
-                raise ArtifactRejected(
-                    f"{path}: not signed, but {SIGNING_KEY_ENV} is set; refusing to load it"
-                )
-            if not hmac.compare_digest(sign(data, signing_key), meta.signature):
-                raise ArtifactRejected(f"{path}: bad HMAC signature; refusing to load it")
-        return data, meta, path
+        where = self._where(name, version, ARTIFACT)
+        data = self._artifact_bytes(name, version)
+        check_artifact(data, meta, where, expected_sha256, signing_key)
+        return data, meta, where
+
+    def fetch_verified(
+        self,
+        name: str,
+        version: str,
+        *,
+        expected_sha256: str | None = None,
+        signing_key: bytes | None = None,
+    ) -> tuple[bytes, ModelMetadata]:
+        """The checked bytes and metadata of a version, not unpickled (a worker caches them)."""
+        data, meta, _where = self._checked_bytes(name, version, expected_sha256, signing_key)
+        return data, meta
 
     def verify_artifact(
         self,
@@ -324,9 +466,9 @@ class ModelStore:
         What a registry command runs before announcing a version: importing scikit-learn to
         unpickle would cost it seconds; workers still unpickle, warm up and refuse a non-model.
         """
-        data, meta, path = self._checked_bytes(name, version, expected_sha256, signing_key)
+        data, meta, where = self._checked_bytes(name, version, expected_sha256, signing_key)
         if pickled_class(data) is None:
-            raise ArtifactRejected(f"{path}: not a pickled model (no class at the top)")
+            raise ArtifactRejected(f"{where}: not a pickled model (no class at the top)")
         return meta
 
     def load_verified(
@@ -343,18 +485,8 @@ class ModelStore:
         swapped (metadata included) is still caught. With a ``signing_key`` an unsigned
         artifact is refused, not trusted.
         """
-        data, meta, path = self._checked_bytes(name, version, expected_sha256, signing_key)
-        import joblib
-
-        try:
-            pipeline = joblib.load(io.BytesIO(data))
-        except Exception as exc:  # anything unpickling raises means "not a usable artifact"
-            raise ArtifactRejected(
-                f"{path}: cannot unpickle ({type(exc).__name__}: {exc})"
-            ) from None
-        if not callable(getattr(pipeline, "predict_proba", None)):
-            raise ArtifactRejected(f"{path}: {type(pipeline).__name__} has no predict_proba")
-        return pipeline, meta
+        data, meta, where = self._checked_bytes(name, version, expected_sha256, signing_key)
+        return unpickle_model(data, where), meta
 
     # -- writing ---------------------------------------------------------------------------
     def save(
@@ -384,16 +516,12 @@ class ModelStore:
         report: dict[str, Any],
         signing_key: bytes | None,
     ) -> ModelMetadata:
-        import joblib
-
         model_dir = self.root / check_name(name)
         model_dir.mkdir(parents=True, exist_ok=True)
         tmp = model_dir / f".tmp-{uuid.uuid4().hex}"
         tmp.mkdir()
         try:
-            buffer = io.BytesIO()
-            joblib.dump(pipeline, buffer, compress=3)
-            data = buffer.getvalue()
+            data = dump_artifact(pipeline)
             (tmp / ARTIFACT).write_bytes(data)
             (tmp / QUALITY_REPORT).write_text(json.dumps(report, indent=2, default=str))
             base = metadata.model_copy(
@@ -421,13 +549,8 @@ class ModelStore:
                 shutil.rmtree(tmp, ignore_errors=True)
 
     # -- promotion -------------------------------------------------------------------------
-    def _history(self, name: str) -> list[dict[str, Any]]:
-        """The promotion history, every line checked: a broken history is never guessed around.
-
-        Serving the wrong version silently would be worse than refusing, so a line that is not
-        a promotion entry, or names a version the store does not hold, is a UserError naming the
-        file and line.
-        """
+    def _history_lines(self, name: str) -> list[tuple[str, str]]:
+        """``(where, line)`` of every history entry, oldest first."""
         path = self.root / check_name(name) / PROMOTIONS
         if not self._is_dir(self.root) or not path.is_file():
             return []
@@ -437,11 +560,19 @@ class ModelStore:
             raise UserError(f"{path}: cannot read promotion history ({exc.strerror})") from None
         except UnicodeDecodeError:
             raise UserError(f"{path}: promotion history is not UTF-8 text") from None
+        return [(f"{path} line {n}", line) for n, line in enumerate(text.splitlines(), start=1)]
+
+    def _history(self, name: str) -> list[dict[str, Any]]:
+        """The promotion history, every line checked: a broken history is never guessed around.
+
+        Serving the wrong version silently would be worse than refusing, so a line that is not
+        a promotion entry, or names a version the store does not hold, is a UserError naming the
+        file and line.
+        """
         entries = []
-        for number, line in enumerate(text.splitlines(), start=1):
+        for where, line in self._history_lines(name):
             if not line.strip():
                 continue
-            where = f"{path} line {number}"
             try:
                 entry = json.loads(line)
             except ValueError:
@@ -480,7 +611,9 @@ class ModelStore:
 
     def _append(self, name: str, action: str, version: str, **extra: Any) -> None:
         entry = {"action": action, "version": version, "at": _now_iso(), **extra}
-        line = json.dumps(entry) + "\n"
+        self._write_entry(name, json.dumps(entry) + "\n")
+
+    def _write_entry(self, name: str, line: str) -> None:
         path = self.root / check_name(name) / PROMOTIONS
         # one O_APPEND write per entry: concurrent writers interleave lines, never bytes
         try:
@@ -577,7 +710,7 @@ class ModelStore:
         if previous not in self.versions(name):
             raise UserError(
                 f"cannot roll {name!r} back to {previous}: that version is no longer in "
-                f"{self.root}; promote the version to serve instead"
+                f"{self.location}; promote the version to serve instead"
             )
         return previous
 

@@ -11,7 +11,7 @@ import os
 import re
 from dataclasses import fields
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -25,6 +25,9 @@ from contracts.connection import (
 )
 from contracts.edge import KafkaClient
 from contracts.errors import UserError
+
+if TYPE_CHECKING:
+    from contracts.model_store import ModelStore
 
 FALLBACK_BOOTSTRAP = "127.0.0.1:9092"
 DEFAULT_KAFKA_DIR = Path(".forestream/kafka")
@@ -106,7 +109,12 @@ class CommonSettings(BaseSettings):
     models_topic: str = DEFAULT_MODELS_TOPIC
     labels_topic: str = DEFAULT_LABELS_TOPIC
     monitoring_topic: str = DEFAULT_MONITORING_TOPIC
-    model_store: Path = Path(".forestream/models")
+    model_store: str = ".forestream/models"
+    """A directory, or a URI: ``s3://bucket/prefix`` (also ``gs://``, ``az://``, ``file://``)."""
+    s3_endpoint_url: str | None = None
+    """An S3-compatible store (MinIO, Ceph, ...) for ``s3://`` URIs; unset, botocore decides
+    (AWS, or its own ``AWS_ENDPOINT_URL_S3`` / ``AWS_ENDPOINT_URL``). Credentials come the AWS
+    way: ``AWS_ACCESS_KEY_ID``/``AWS_SECRET_ACCESS_KEY``, ``AWS_PROFILE``, an instance role."""
     model_name: str = "model"
     log_format: str = "auto"
 
@@ -128,6 +136,34 @@ class CommonSettings(BaseSettings):
     clients")."""
     replication_factor: int | None = Field(default=None, ge=1, le=32767)
     min_insync_replicas: int | None = Field(default=None, ge=1, le=32767)
+
+    @field_validator("model_store", mode="before")
+    @classmethod
+    def _store_location(cls, value: object) -> object:
+        """A path or a URI fsspec can open (a typo'd scheme or bucket fails here, in one line)."""
+        from contracts.model_store import store_location
+
+        if isinstance(value, str | os.PathLike):
+            try:
+                return store_location(value)
+            except UserError as exc:
+                raise ValueError(str(exc)) from None
+        return value
+
+    @field_validator("s3_endpoint_url")
+    @classmethod
+    def _endpoint(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        if not re.match(r"^https?://[^/\s]+", value.strip()):
+            raise ValueError(f"{value!r} is not an http(s):// URL, e.g. http://minio:9000")
+        return value.strip()
+
+    def open_store(self) -> ModelStore:
+        """The model store these settings name: a directory, or an object store's URI."""
+        from contracts.model_store import open_store
+
+        return open_store(self.model_store, endpoint_url=self.s3_endpoint_url)
 
     @field_validator("security_protocol", "sasl_mechanism", mode="before")
     @classmethod

@@ -169,7 +169,12 @@ def _run_produce(
         origin = str(data)
     else:
         assert synthetic is not None
-        model = load_model_inputs(settings.model_store, settings.model_name, version)
+        model = load_model_inputs(
+            settings.model_store,
+            settings.model_name,
+            version,
+            endpoint_url=settings.s3_endpoint_url,
+        )
         for feature_name in shifts:
             if feature_name not in model.schema.names:
                 raise UserError(f"--shift: model has no feature {feature_name!r}")

@@ -97,13 +97,15 @@ class ModelInputs:
     reference: ReferenceStats | None
 
 
-def load_model_inputs(store_root: Path, name: str, version: str | None) -> ModelInputs:
+def load_model_inputs(
+    store_root: Path | str, name: str, version: str | None, *, endpoint_url: str | None = None
+) -> ModelInputs:
     """Schema and reference stats of ``name`` at ``version`` (default: the served version)."""
     try:
-        from contracts.model_store import ModelStore
+        from contracts.model_store import open_store
     except ImportError:
         raise UserError("the model registry is not available in this build") from None
-    store = ModelStore(store_root)
+    store = open_store(store_root, endpoint_url=endpoint_url)
     try:
         if version is None:
             served = store.served(name)

@@ -14,6 +14,7 @@ from hypothesis import HealthCheck, settings
 
 if TYPE_CHECKING:
     from forestream.local_kafka import SecureBrokerInfo
+    from tests.s3_support import S3Server
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -82,3 +83,50 @@ def kafka_client(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
     every command it starts (one body of tests, two clients)."""
     monkeypatch.setenv("FORESTREAM_KAFKA_CLIENT", request.param)
     return str(request.param)
+
+
+@pytest.fixture(scope="session")
+def aws_test_credentials() -> Iterator[None]:
+    """The fake AWS credentials the local S3 server takes, for this process and its children
+    (none of the developer's own AWS settings leak into the tests)."""
+    from tests.s3_support import CLEARED, aws_test_env
+
+    wanted = aws_test_env()
+    saved = {k: os.environ.get(k) for k in (*wanted, *CLEARED)}
+    os.environ.update(wanted)
+    for key in CLEARED:
+        os.environ.pop(key, None)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+@pytest.fixture(scope="session")
+def s3_server(aws_test_credentials: None) -> Iterator[S3Server]:
+    """A real S3 API server (moto's) on 127.0.0.1, a free port, shared by the session: give
+    each test a bucket of its own (``tests.s3_support.new_bucket``), and never stop it."""
+    from tests.s3_support import S3Server
+
+    server = S3Server().start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def own_s3_server(s3_server: S3Server) -> Iterator[S3Server]:
+    """A second endpoint onto the same objects, for a test that stops it (and starts it again
+    on its port): what a store that goes away looks like to whoever uses this endpoint."""
+    from tests.s3_support import S3Server
+
+    server = S3Server().start()
+    try:
+        yield server
+    finally:
+        server.stop()

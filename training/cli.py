@@ -45,9 +45,7 @@ def _settings(**flags: Any) -> CommonSettings:
 
 
 def _store(settings: CommonSettings) -> ModelStore:
-    from contracts.model_store import ModelStore
-
-    return ModelStore(settings.model_store)
+    return settings.open_store()
 
 
 # -- train ---------------------------------------------------------------------------------------
@@ -113,7 +111,8 @@ def train(
     meta = outcome.metadata
     _print_metrics(console, meta.metrics)
     console.print(
-        f"saved {meta.name} {meta.version} to {model_store.version_dir(meta.name, meta.version)} "
+        f"saved {meta.name} {meta.version} to "
+        f"{model_store.version_location(meta.name, meta.version)} "
         f"(sha256 {meta.artifact_sha256[:12]}{', signed' if meta.signature else ''})"
     )
     if announce:

@@ -342,7 +342,7 @@ def change_serving(
     notes: list[str] = []
     with store.lock(name) as locked, ModelsTopic(kafka, topic) as models:
         if not locked:
-            notes.append(f"note: {store.root} has no file locks; relying on the models topic")
+            notes.append(f"note: {store.location} has no file locks; relying on the models topic")
         state = models.read(name)
         if state.latest is not None and _follow(store, name, state.latest):
             notes.append(

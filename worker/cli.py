@@ -7,6 +7,7 @@ stays fast.
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -115,6 +116,15 @@ def worker(
             show_default=False,
         ),
     ] = None,
+    model_cache_dir: Annotated[
+        Path | None,
+        typer.Option(
+            "--model-cache-dir",
+            help="keep loaded artifacts here by sha256 (restarts and rollbacks skip the store) "
+            "[env FORESTREAM_MODEL_CACHE_DIR; default .forestream/model-cache for a URI store]",
+            show_default=False,
+        ),
+    ] = None,
     processes: Annotated[
         int | None,
         typer.Option(
@@ -149,6 +159,7 @@ def worker(
         metrics_port=metrics_port,
         drift_window=drift_window,
         report_interval_s=report_interval_s,
+        model_cache_dir=model_cache_dir,
         log_format=log_format,
     )
     configure_logging(checked_log_format(settings.log_format))
@@ -181,7 +192,7 @@ def worker(
             settings.kafka(),
             settings.models_topic,
             settings.model_name,
-            store_loader(settings.model_store, settings.model_name),
+            store_loader(settings.open_store(), settings.model_name, settings.cache_dir()),
             on_load_failure=telemetry.metrics.record_reload_failure,
         )
         code = run_worker(

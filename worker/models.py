@@ -37,6 +37,7 @@ from contracts.wire import ModelEvent, ServingRef
 if TYPE_CHECKING:
     from contracts.kafka_errors import KafkaFatalError
     from contracts.kafka_io import Target
+    from contracts.model_store import ModelStore
 
 log = structlog.get_logger("forestream.worker.models")
 
@@ -81,17 +82,55 @@ class ActiveModel:
         return self.metadata.feature_schema
 
 
-def store_loader(store: Path, name: str) -> ModelLoader:
-    """The production loader: :class:`contracts.model_store.ModelStore` with hash/HMAC checks."""
-    from contracts.model_store import ModelStore, signing_key_from_env
+def store_loader(
+    store: ModelStore | Path | str, name: str, cache_dir: Path | None = None
+) -> ModelLoader:
+    """The production loader: the store (a directory or a URI) with hash/HMAC checks, and with
+    ``cache_dir`` a local cache by content hash in front of it.
 
-    model_store = ModelStore(store)
+    A version already in the cache loads without touching the store: after a restart, on a
+    rollback, or while the store is unreachable. Cached or downloaded, the bytes pass the same
+    checks against the hash announced on the models topic before they are unpickled.
+    """
+    from contracts.artifact_cache import ArtifactCache
+    from contracts.model_store import (
+        ArtifactRejected,
+        ModelStore,
+        check_artifact,
+        open_store,
+        signing_key_from_env,
+        unpickle_model,
+    )
+
+    model_store = store if isinstance(store, ModelStore) else open_store(store)
     signing_key = signing_key_from_env()
+    cache = ArtifactCache(cache_dir) if cache_dir is not None else None
 
     def load(ref: ServingRef) -> tuple[Any, Any]:
-        return model_store.load_verified(
+        if cache is None:
+            return model_store.load_verified(
+                name, ref.version, expected_sha256=ref.sha256, signing_key=signing_key
+            )
+        hit = cache.get(name, ref.version, ref.sha256)
+        if hit is not None:
+            data, meta = hit
+            where = f"cached {name} {ref.version} ({cache.artifact_path(ref.sha256)})"
+            try:
+                check_artifact(data, meta, where, ref.sha256, signing_key)
+            except ArtifactRejected as exc:
+                log.warning("model_cache_entry_rejected", version=ref.version, reason=str(exc))
+                cache.discard(name, ref.version, ref.sha256)
+            else:
+                pipeline = unpickle_model(data, where)
+                log.info("model_artifact_read", version=ref.version, source="cache")
+                return pipeline, meta
+        data, meta = model_store.fetch_verified(
             name, ref.version, expected_sha256=ref.sha256, signing_key=signing_key
         )
+        pipeline = unpickle_model(data, model_store.version_location(name, ref.version))
+        cached = cache.put(name, meta, data)
+        log.info("model_artifact_read", version=ref.version, source="store", cached=cached)
+        return pipeline, meta
 
     return load
 

@@ -10,7 +10,6 @@ interrupted replay resumes where it stopped instead of starting over.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import re
@@ -330,10 +329,10 @@ class ReplayResult:
 
 # -- the Kafka edge -------------------------------------------------------------------------
 def _load_model(settings: ReplaySettings, version: str | None) -> Any:
-    from contracts.model_store import ModelStore, normalize_version, signing_key_from_env
+    from contracts.model_store import normalize_version, signing_key_from_env
     from worker.models import ActiveModel, warm_up
 
-    store = ModelStore(settings.model_store)
+    store = settings.open_store()
     name = settings.model_name
     if version is None:
         version = store.served(name)
@@ -352,6 +351,13 @@ def _load_model(settings: ReplaySettings, version: str | None) -> Any:
             f"model {name} {meta.version} cannot be served: {type(exc).__name__}: {exc}"
         ) from None
     return ActiveModel(meta.version, meta.artifact_sha256, pipeline, meta)
+
+
+def store_checkpoint_location(location: str) -> str:
+    """A local store as an absolute path (a resume may run elsewhere); a URI as given."""
+    from contracts.model_store import is_uri
+
+    return location if is_uri(location) else str(Path(location).resolve())
 
 
 def resolve_checkpoint(
@@ -390,7 +396,7 @@ def resolve_checkpoint(
         input_topic=topic,
         output_topic=output_topic,
         dlq_topic=dlq_topic,
-        model_store=str(Path(settings.model_store).resolve()),
+        model_store=store_checkpoint_location(settings.model_store),
         model_name=settings.model_name,
         model_version=model_version,
         ranges=bounded_range(partitions, beginning, end, start, stop),
@@ -426,9 +432,7 @@ def replay(
     # SIGINT/SIGTERM stop after the batch in hand; a broker that never answers cannot hold us
     # past the watchdog's grace (the checkpoint then lags by at most that batch)
     watchdog = install_shutdown_watchdog(request_stop, abandoned)
-    # kafka-python whatever FORESTREAM_KAFKA_CLIENT says: on librdkafka a replay by time wrote
-    # every record twice under load, not yet explained (README, "Two Kafka clients")
-    kafka = dataclasses.replace(settings.kafka(), kafka_client="kafka-python")
+    kafka = settings.kafka()
     partitions = max(checkpoint.ranges, default=0) + 1
     try:
         ensure_topics(
@@ -612,7 +616,7 @@ def register(app: typer.Typer) -> None:
             settings = settings.model_copy(
                 update={
                     "input_topic": state.input_topic,
-                    "model_store": Path(state.model_store),
+                    "model_store": state.model_store,
                     "model_name": state.model_name,
                 }
             )

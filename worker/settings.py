@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from pydantic import Field
 
+from contracts.model_store import is_uri
 from contracts.settings import CommonSettings
+
+DEFAULT_MODEL_CACHE = Path(".forestream/model-cache")
 
 
 class WorkerSettings(CommonSettings):
@@ -43,3 +48,13 @@ class WorkerSettings(CommonSettings):
     """A worker silent this long leaves the group and its partitions move. kafka-python 3
     defaults to 45 s (heartbeats run on the client's IO thread, so a long batch does not
     count); 10 s bounds both failover after a crash and a stalled group join (see README)."""
+    model_cache_dir: Path | None = None
+    """Where loaded artifacts are kept by sha256, so a restart or a rollback to a version seen
+    before needs no store. Unset: ``.forestream/model-cache`` when the store is a URI; a local
+    store is read in place."""
+
+    def cache_dir(self) -> Path | None:
+        """The artifact cache to use, if any (see ``model_cache_dir``)."""
+        if self.model_cache_dir is not None:
+            return self.model_cache_dir
+        return DEFAULT_MODEL_CACHE if is_uri(self.model_store) else None

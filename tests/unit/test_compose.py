@@ -120,7 +120,7 @@ def resolve(cli: Any, args: list[str]) -> tuple[Any, list[str], list[str]]:
 
 
 def test_compose_has_the_expected_services_and_images(services: dict[str, dict[str, Any]]) -> None:
-    assert {"kafka", "topics", "trainer", "worker", "producer"} <= set(services)
+    assert {"kafka", "minio", "bucket", "topics", "trainer", "worker", "producer"} <= set(services)
     assert services["kafka"]["image"] == "apache/kafka:4.1.1"
     for name in ("topics", "trainer", "worker", "producer"):
         assert services[name]["build"] == ".", name
@@ -148,16 +148,40 @@ def test_every_forestream_service_talks_to_the_compose_broker(
             assert service["environment"]["FORESTREAM_BOOTSTRAP_SERVERS"] == "kafka:9092", name
 
 
-def test_model_store_is_one_named_volume_shared_by_trainer_and_workers(
+def test_model_store_is_the_minio_bucket_not_a_shared_volume(
     compose: dict[str, Any], services: dict[str, dict[str, Any]]
 ) -> None:
-    mounts = {}
+    """Trainer and workers meet only in the bucket the one-shot ``bucket`` service creates, on
+    the MinIO service, with its root credentials; workers cache artifacts in their own /cache."""
+    from contracts.model_store import is_uri, store_location
+
+    minio = services["minio"]
+    port = next(p.split(":")[-1] for p in minio["ports"] if p.endswith(":9000"))
+    script = services["bucket"]["entrypoint"][-1]
+    created = re.search(r"mc mb (?:--ignore-existing )?store/([a-z0-9.-]+)", script)
+    assert created, script
+    alias = re.search(r"mc alias set store (\S+) (\S+) (\S+)", script)
+    assert alias, script
+    assert alias.group(1) == f"http://minio:{port}"
+    assert (alias.group(2), alias.group(3)) == (
+        minio["environment"]["MINIO_ROOT_USER"],
+        minio["environment"]["MINIO_ROOT_PASSWORD"],
+    )
     for name in ("trainer", "worker"):
-        store = services[name]["environment"]["FORESTREAM_MODEL_STORE"]
-        volume = next(v.split(":")[0] for v in services[name]["volumes"] if v.endswith(f":{store}"))
-        mounts[name] = volume
-    assert mounts["trainer"] == mounts["worker"]
-    assert mounts["trainer"] in compose["volumes"]  # named, not a host path
+        env = services[name]["environment"]
+        store = store_location(env["FORESTREAM_MODEL_STORE"])
+        assert is_uri(store) and store.startswith(f"s3://{created.group(1)}/"), (name, store)
+        assert env["FORESTREAM_S3_ENDPOINT_URL"] == f"http://minio:{port}", name
+        assert env["AWS_ACCESS_KEY_ID"] == minio["environment"]["MINIO_ROOT_USER"], name
+        assert env["AWS_SECRET_ACCESS_KEY"] == minio["environment"]["MINIO_ROOT_PASSWORD"], name
+        depends = services[name]["depends_on"]
+        assert depends["bucket"]["condition"] == "service_completed_successfully", name
+        mounts = [v.split(":")[1] for v in services[name].get("volumes", [])]
+        assert "/models" not in mounts, f"{name} still mounts a shared model volume"
+    assert "models" not in compose["volumes"]
+    assert services["worker"]["environment"]["FORESTREAM_MODEL_CACHE_DIR"] == "/cache"
+    assert "/cache" in DOCKERFILE.read_text()  # created and owned by the image's user
+    assert services["bucket"]["depends_on"]["minio"]["condition"] == "service_healthy"
 
 
 def test_depends_on_names_real_services(services: dict[str, dict[str, Any]]) -> None:
