@@ -8,7 +8,8 @@ rules that make delivery at-least-once without a gap live here, where unit tests
 through failing acks, revocations mid-batch and shutdown without a broker:
 
 - an offset is committed only once every output of the records before it is acknowledged;
-- a batch that leaves without acknowledged outputs is read again from its first offset;
+- a batch that leaves without acknowledged outputs is read again from its first offset, and
+  so is what was taken after it (the loop scores the next batch while one is out);
 - offsets acknowledged but not committed are kept (and retried) until committed, rejected by
   the group, or their partition is gone;
 - records of a lost partition are dropped unprocessed: the new owner re-reads them.
@@ -69,10 +70,13 @@ class BatchCycle:
         return done
 
     def abandon(self) -> dict[TopicPartition, int]:
-        """The batch out left without acknowledged outputs: where to seek back to so that it is
-        read again (the client keeps fetch positions across a rebalance that hands a partition
-        back to the same member, so not committing alone would let the next commit skip it)."""
-        batch, self.out = self._take_out(), None
+        """The batch out (if any) left without acknowledged outputs: where to seek back to so
+        that it, and whatever was taken after it (scored ahead while it was out, never
+        published), is read again. The client keeps fetch positions across a rebalance that
+        hands a partition back to the same member, so not committing alone would let the next
+        commit skip it."""
+        batch, self.out = [*(self.out or ()), *self.pending], None
+        self.pending = []
         return first_offsets(batch)
 
     def _take_out(self) -> list[InputRecord]:

@@ -196,6 +196,9 @@ def test_two_workers_account_for_every_input(
         assert header(record, headers.SOURCE_TOPIC) == topics["in"]
         assert header(record, headers.MODEL_VERSION) == metadata.version
         assert int(header(record, headers.SOURCE_OFFSET)) >= 0
+        assert record.partition == int(header(record, headers.SOURCE_PARTITION)), (
+            "a dead letter lands on its input's partition (same key, the Java partitioner)"
+        )
     assert Counter(header(r, headers.ERROR) for r in dlq) == Counter(c for _, c in bad)
 
     labels, probabilities = offline(pipeline, frame)
@@ -207,6 +210,9 @@ def test_two_workers_account_for_every_input(
         assert prediction.prediction == labels[i]
         assert prediction.model_version == metadata.version
         assert prediction.source.topic == topics["in"]
+        assert record.partition == prediction.source.partition, (
+            "a prediction lands on its input's partition (same key, the Java partitioner)"
+        )
         got = [prediction.probabilities[c] for c in metadata.classes]
         assert np.allclose(got, probabilities[i])
     print(f"predictions: {len(predictions)} for {len(keys)} valid inputs")
