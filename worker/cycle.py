@@ -48,6 +48,8 @@ class BatchCycle:
         """The batch being scored and published (not yet acknowledged)."""
         self.acknowledged: dict[TopicPartition, int] = {}
         """Next-offsets whose records' outputs are all acknowledged, not yet committed."""
+        self._gone_while_out: set[TopicPartition] = set()
+        """Partitions released while the batch out was in flight: not ours to commit."""
 
     # -- taking and scoring --------------------------------------------------------------------
 
@@ -60,12 +62,15 @@ class BatchCycle:
             raise RuntimeError("a batch is already out: acknowledge or abandon it first")
         batch, self.pending = self.pending, []
         self.out = batch
+        self._gone_while_out = set()
         return batch
 
     def acknowledge(self) -> dict[TopicPartition, int]:
         """Every output of the batch out was acknowledged: its offsets may be committed."""
         batch, self.out = self._take_out(), None
         done = next_offsets(batch)
+        for tp in self._gone_while_out:  # lost while out: the new owner re-reads them
+            done.pop(tp, None)
         self.acknowledged.update(done)
         return done
 
@@ -113,6 +118,8 @@ class BatchCycle:
         gone = set(partitions)
         for tp in gone:
             self.acknowledged.pop(tp, None)
+        if self.out is not None:
+            self._gone_while_out |= gone
         if lost:
             self.pending = [
                 r for r in self.pending if TopicPartition(r.topic, r.partition) not in gone

@@ -216,3 +216,17 @@ def test_pipelined_commits_never_skip_an_unacknowledged_record(
             committed = in_flight_commit[A]
             assert set(range(committed)) <= acknowledged
             in_flight_commit = None
+
+
+def test_a_partition_lost_while_its_batch_is_out_is_not_committed_by_us() -> None:
+    """Pipelined, the loop polls (and so may be told of a lost partition) while a batch is
+    out: when that batch is acknowledged, only the partitions still ours are offered."""
+    cycle = BatchCycle()
+    cycle.take(records(A, range(0, 3)) + records(B, range(0, 2)))
+    cycle.start_batch()
+    cycle.release([B], lost=True)
+    assert cycle.acknowledge() == {A: 3}
+    assert cycle.to_commit() == {A: 3}
+    cycle.take(records(B, range(5, 6)))  # B is ours again later: counted afresh
+    cycle.start_batch()
+    assert cycle.acknowledge() == {B: 6}
