@@ -130,6 +130,18 @@ class GroupConsumer(Protocol):
         :class:`TransientKafkaError` or a classified fatal error."""
         ...
 
+    def commit_async(self, offsets: dict[TopicPartition, int]) -> None:
+        """Send a commit of next-offsets without waiting for the coordinator; its outcome comes
+        out of a later :meth:`commit_results`. What cannot even be sent raises like
+        :meth:`commit`."""
+        ...
+
+    def commit_results(self) -> list[tuple[dict[TopicPartition, int], Exception | None]]:
+        """Outcomes of :meth:`commit_async` calls that ended since the last call, in the order
+        they were sent: None for committed, else :class:`CommitRejected`,
+        :class:`TransientKafkaError` or a classified fatal error. Never blocks."""
+        ...
+
     def seek(self, partition: TopicPartition, offset: int) -> None:
         """Fetch ``partition`` from ``offset`` next (drops what was fetched beyond it)."""
         ...
@@ -213,6 +225,10 @@ class Delivery(Protocol):
         """The first error seen, if any."""
         ...
 
+    def settled(self) -> bool:
+        """Every record handed over is acknowledged or failed (none is still in flight)."""
+        ...
+
 
 class AckingProducer(Protocol):
     """Sends with ``acks=all`` and idempotence, and says which records were acknowledged."""
@@ -223,6 +239,11 @@ class AckingProducer(Protocol):
 
     def flush(self, timeout_s: float) -> bool:
         """Wait until nothing is in flight; False when ``timeout_s`` ran out first."""
+        ...
+
+    def await_delivery(self, delivery: Delivery, timeout_s: float) -> bool:
+        """Wait until ``delivery`` is settled (other sends may still be in flight); False
+        when ``timeout_s`` ran out first. ``0`` only serves what already arrived."""
         ...
 
     def fatal(self, exc: BaseException, topic: str | None = None) -> Exception | None:

@@ -43,6 +43,7 @@ from contracts.connection import KafkaConnection
 from contracts.edge import (
     CommitRejected,
     ConsumedRecord,
+    Delivery,
     InputRecord,
     Outgoing,
     ReadRecord,
@@ -174,6 +175,20 @@ def _read_records(messages: list[Message]) -> tuple[list[InputRecord], list[Kafk
     return records, [m.error() for m in messages if m.error() is not None]
 
 
+def consume_available(consumer: Consumer, max_records: int, timeout_s: float) -> list[Message]:
+    """What is there now, else the first message to come within ``timeout_s`` and what came
+    with it. ``consume(n, timeout)`` alone waits until ``n`` messages or the timeout, so at
+    1,000 rec/s a ``consume(1000, 0.2)`` held every record for up to 200 ms; kafka-python's
+    ``poll`` (and this edge's contract) return as soon as records are there."""
+    messages = consumer.consume(num_messages=max_records, timeout=0)
+    if messages or timeout_s <= 0:
+        return messages
+    messages = consumer.consume(num_messages=1, timeout=timeout_s)
+    if messages and max_records > 1:
+        messages += consumer.consume(num_messages=max_records - 1, timeout=0)
+    return messages
+
+
 class _Client:
     """What the three librdkafka clients share: the config and the error reports."""
 
@@ -225,7 +240,7 @@ class _Client:
         """One ``consume()``: its records, after dealing with the error events among them."""
         self._raise_fatal()
         try:
-            messages = consumer.consume(num_messages=max(max_records, 1), timeout=timeout_s)
+            messages = consume_available(consumer, max(max_records, 1), timeout_s)
         except KafkaException as exc:
             raise self._translated(exc) from None
         self._raise_fatal()
@@ -276,8 +291,11 @@ class ConfluentGroupConsumer(_Client):
                     "partition.assignment.strategy": "cooperative-sticky",
                     "fetch.wait.max.ms": 100,
                     "topic.metadata.refresh.interval.ms": 5000,
-                    # what librdkafka prefetches per partition: enough for several batches
-                    "queued.max.messages.kbytes": 32 * 1024,
+                    # what librdkafka prefetches (all partitions together): ~10 full batches of
+                    # 0.5 KB records; its defaults (64 MB, 100,000 records a partition) would
+                    # take ~60 MB of RSS for records the worker cannot score any sooner
+                    "queued.max.messages.kbytes": 8 * 1024,
+                    "queued.min.messages": 10_000,
                     "on_commit": self._on_commit,
                 },
             )
@@ -289,6 +307,9 @@ class ConfluentGroupConsumer(_Client):
         """Records fetched while a commit was awaited: handed out by the next poll."""
         self._awaiting: dict[TopicPartition, int] | None = None
         self._commit_result: KafkaError | list[RdTopicPartition] | None = None
+        self._sent_async: deque[dict[TopicPartition, int]] = deque()
+        """Asynchronous commits sent, oldest first, whose outcome has not come back."""
+        self._async_results: list[tuple[dict[TopicPartition, int], Exception | None]] = []
 
     # -- rebalances (librdkafka calls these inside consume(), on this thread) -------------------
 
@@ -371,36 +392,64 @@ class ConfluentGroupConsumer(_Client):
                     self._consume(self._consumer, self._max_poll_records, min(left, 0.05))
                 )
         except KafkaException as exc:
-            self._raise_commit_error(exc.args[0] if exc.args else None, str(exc))
+            raise self._commit_error(exc.args[0] if exc.args else None, str(exc)) from None
         finally:
             result, self._awaiting = self._commit_result, None
         self._check_commit(result)
 
+    def commit_async(self, offsets: dict[TopicPartition, int]) -> None:
+        self._raise_fatal()
+        try:
+            self._consumer.commit(
+                offsets=[_rd(tp, o) for tp, o in offsets.items()], asynchronous=True
+            )
+        except KafkaException as exc:
+            raise self._commit_error(exc.args[0] if exc.args else None, str(exc)) from None
+        self._sent_async.append(dict(offsets))
+
+    def commit_results(self) -> list[tuple[dict[TopicPartition, int], Exception | None]]:
+        results, self._async_results = self._async_results, []
+        return results
+
     def _on_commit(self, error: KafkaError | None, partitions: list[RdTopicPartition]) -> None:
-        """librdkafka's commit result (also for the revocation's synchronous commits, which
-        are told apart by their offsets)."""
+        """librdkafka's commit result, for every commit (the revocation's synchronous ones
+        too): told apart by their offsets."""
+        committed = {TopicPartition(p.topic, p.partition): p.offset for p in partitions}
+        if self._sent_async:
+            head = self._sent_async[0]
+            if committed == head or (error is not None and committed.keys() == head.keys()):
+                self._sent_async.popleft()
+                self._async_results.append((head, self._commit_outcome(error, partitions)))
+                return
         if self._awaiting is None:
             return
-        committed = {TopicPartition(p.topic, p.partition): p.offset for p in partitions}
         if error is None and committed != self._awaiting:  # a revocation's commit, not ours
             return
         self._commit_result = error if error is not None else partitions
 
+    def _commit_outcome(
+        self, error: KafkaError | None, partitions: list[RdTopicPartition]
+    ) -> Exception | None:
+        if error is not None:
+            return self._commit_error(error, error.str())
+        failed = next((p.error for p in partitions if p.error is not None), None)
+        return None if failed is None else self._commit_error(failed, failed.str())
+
     def _check_commit(self, result: KafkaError | list[RdTopicPartition] | None) -> None:
         if isinstance(result, KafkaError):
-            self._raise_commit_error(result, result.str())
+            raise self._commit_error(result, result.str())
         for p in result or ():
             if p.error is not None:
-                self._raise_commit_error(p.error, p.error.str())
+                raise self._commit_error(p.error, p.error.str())
 
-    def _raise_commit_error(self, error: KafkaError | None, said: str) -> None:
+    def _commit_error(self, error: KafkaError | None, said: str) -> Exception:
         if isinstance(error, KafkaError):
             if error.code() in _REJECTED_COMMIT:
-                raise CommitRejected(said)
+                return CommitRejected(said)
             fatal = self._classify(error)
             if fatal is not None:
-                raise fatal
-        raise TransientKafkaError(said)
+                return fatal
+        return TransientKafkaError(said)
 
     def _commit_sync(self, offsets: dict[TopicPartition, int]) -> None:
         """Inside a revocation callback: blocking is what the rebalance waits for."""
@@ -454,7 +503,7 @@ class ConfluentGroupConsumer(_Client):
         try:
             ends = {
                 tp.partition: self._consumer.get_watermark_offsets(
-                    _rd(tp), timeout=timeout_s, cached=False
+                    _rd(tp), timeout=timeout_s, cached=True
                 )[1]
                 for tp in assigned
             }
@@ -481,21 +530,29 @@ class ConfluentGroupConsumer(_Client):
 class _Delivery:
     """Which records of one ``send`` the broker acknowledged, filled in by callbacks."""
 
-    __slots__ = ("_error", "_state")
+    __slots__ = ("_error", "_handed", "_settled", "_state")
 
     def __init__(self, count: int) -> None:
         self._state: list[KafkaError | bool | None] = [None] * count
         """None: not handed over or in flight; True: acknowledged; an error: failed."""
         self._error: BaseException | None = None
+        self._handed = count
+        self._settled = 0
 
     def done(self, index: int, error: KafkaError | None, _message: Message) -> None:
         self._state[index] = True if error is None else error
+        self._settled += 1
         if error is not None and self._error is None:
             self._error = KafkaException(error)
 
-    def stopped(self, error: BaseException) -> None:
+    def stopped(self, error: BaseException, handed: int) -> None:
+        """Records from ``handed`` on were never given to librdkafka."""
+        self._handed = handed
         if self._error is None:
             self._error = error
+
+    def settled(self) -> bool:
+        return self._settled >= self._handed
 
     def unacknowledged(self) -> list[int]:
         return [i for i, s in enumerate(self._state) if s is not True]
@@ -537,10 +594,10 @@ class ConfluentProducer(_Client):
                 produce(o.topic, o.value, o.key, headers=o.headers, on_delivery=callback)
             except BufferError:  # librdkafka's queue is full: let it drain a little
                 if not self._wait_for_room(o, callback):
-                    delivery.stopped(BufferError("producer queue full"))
+                    delivery.stopped(BufferError("producer queue full"), i)
                     break
             except KafkaException as exc:
-                delivery.stopped(exc)
+                delivery.stopped(exc, i)
                 break
         self._producer.poll(0)
         return delivery
@@ -562,6 +619,19 @@ class ConfluentProducer(_Client):
         left = self._producer.flush(timeout_s)
         self._raise_fatal()
         return left == 0
+
+    def await_delivery(self, delivery: Delivery, timeout_s: float) -> bool:
+        """Served by ``poll`` rather than ``flush``: sends made after ``delivery`` (the
+        monitoring's, the next batch's) need not be waited for."""
+        deadline = time.monotonic() + timeout_s
+        poll = self._producer.poll
+        while not delivery.settled():
+            left = deadline - time.monotonic()
+            poll(max(min(left, 0.05), 0))
+            if left <= 0:
+                break
+        self._raise_fatal()
+        return delivery.settled()
 
     def fatal(self, exc: BaseException, topic: str | None = None) -> Exception | None:
         return classify_librdkafka_error(exc, self._conn, topic=topic)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
@@ -23,6 +24,7 @@ from kafka.structs import OffsetAndMetadata
 from contracts.connection import KafkaConnection
 from contracts.edge import (
     CommitRejected,
+    Delivery,
     InputRecord,
     Outgoing,
     RebalanceHandler,
@@ -58,6 +60,8 @@ class KafkaPythonGroupConsumer:
         self._group = group
         self._topic: str | None = None
         self._join_stuck_since: float | None = None
+        self._sent_async: deque[tuple[dict[TopicPartition, int], Any]] = deque()
+        """Asynchronous commits and their futures, oldest first."""
 
     def _classified(self, exc: KafkaError) -> Exception:
         fatal = classify_client_error(exc, self._conn, topic=self._topic, group=self._group)
@@ -97,6 +101,32 @@ class KafkaPythonGroupConsumer:
             raise CommitRejected(str(exc)) from None
         except KafkaError as exc:
             raise self._classified(exc) from None
+
+    def commit_async(self, offsets: dict[TopicPartition, int]) -> None:
+        try:
+            future = self._consumer.commit_async(
+                {_theirs(tp): OffsetAndMetadata(o, "", -1) for tp, o in offsets.items()}
+            )
+        except KafkaError as exc:
+            raise self._classified(exc) from None
+        self._sent_async.append((dict(offsets), future))
+
+    def commit_results(self) -> list[tuple[dict[TopicPartition, int], Exception | None]]:
+        """Futures are completed by the IO thread; read here, oldest first, only once done."""
+        results: list[tuple[dict[TopicPartition, int], Exception | None]] = []
+        while self._sent_async and self._sent_async[0][1].is_done:
+            offsets, future = self._sent_async.popleft()
+            results.append((offsets, self._commit_outcome(future.exception)))
+        return results
+
+    def _commit_outcome(self, error: BaseException | None) -> Exception | None:
+        if error is None:
+            return None
+        if isinstance(error, CommitFailedError):
+            return CommitRejected(str(error))
+        if isinstance(error, KafkaError):
+            return self._classified(error)
+        return TransientKafkaError(f"{type(error).__name__}: {error}")
 
     def seek(self, partition: TopicPartition, offset: int) -> None:
         with contextlib.suppress(KafkaError, AssertionError, ValueError):
@@ -313,6 +343,9 @@ class _FutureDelivery:
             return self._error
         return next((f.exception for f in self._futures if f.is_done and f.failed()), None)
 
+    def settled(self) -> bool:
+        return all(f.is_done for f in self._futures)
+
 
 class KafkaPythonProducer:
     """An acknowledging producer on kafka-python (``producer`` built by ``kafka_io``)."""
@@ -339,6 +372,17 @@ class KafkaPythonProducer:
             return False
         except KafkaError:  # the futures say which records failed
             pass
+        return True
+
+    def await_delivery(self, delivery: Delivery, timeout_s: float) -> bool:
+        """kafka-python's sender thread completes the futures: wait on them, not on a flush
+        (which would also wait for whatever was sent after ``delivery``)."""
+        deadline = time.monotonic() + timeout_s
+        while not delivery.settled():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            time.sleep(min(left, 0.002))
         return True
 
     def fatal(self, exc: BaseException, topic: str | None = None) -> Exception | None:

@@ -77,7 +77,7 @@ def worker(
         typer.Option(
             "--max-wait-ms",
             help="...or this many ms after its first record [env FORESTREAM_MAX_WAIT_MS; "
-            "default 50]",
+            "default 20]",
             show_default=False,
         ),
     ] = None,
@@ -125,6 +125,16 @@ def worker(
             show_default=False,
         ),
     ] = None,
+    pipeline: Annotated[
+        bool | None,
+        typer.Option(
+            "--pipeline/--no-pipeline",
+            help="score the next batch while the previous one is acknowledged, commit without "
+            "waiting [env FORESTREAM_PIPELINE; default: on for the confluent client, off for "
+            "kafka-python, where it was measured not to pay]",
+            show_default=False,
+        ),
+    ] = None,
     processes: Annotated[
         int | None,
         typer.Option(
@@ -156,6 +166,7 @@ def worker(
         max_batch=max_batch,
         max_wait_ms=max_wait_ms,
         max_records=max_records,
+        pipeline=pipeline,
         metrics_port=metrics_port,
         drift_window=drift_window,
         report_interval_s=report_interval_s,

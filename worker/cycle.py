@@ -8,7 +8,8 @@ rules that make delivery at-least-once without a gap live here, where unit tests
 through failing acks, revocations mid-batch and shutdown without a broker:
 
 - an offset is committed only once every output of the records before it is acknowledged;
-- a batch that leaves without acknowledged outputs is read again from its first offset;
+- a batch that leaves without acknowledged outputs is read again from its first offset, and
+  so is what was taken after it (the loop scores the next batch while one is out);
 - offsets acknowledged but not committed are kept (and retried) until committed, rejected by
   the group, or their partition is gone;
 - records of a lost partition are dropped unprocessed: the new owner re-reads them.
@@ -47,6 +48,8 @@ class BatchCycle:
         """The batch being scored and published (not yet acknowledged)."""
         self.acknowledged: dict[TopicPartition, int] = {}
         """Next-offsets whose records' outputs are all acknowledged, not yet committed."""
+        self._gone_while_out: set[TopicPartition] = set()
+        """Partitions released while the batch out was in flight: not ours to commit."""
 
     # -- taking and scoring --------------------------------------------------------------------
 
@@ -59,20 +62,26 @@ class BatchCycle:
             raise RuntimeError("a batch is already out: acknowledge or abandon it first")
         batch, self.pending = self.pending, []
         self.out = batch
+        self._gone_while_out = set()
         return batch
 
     def acknowledge(self) -> dict[TopicPartition, int]:
         """Every output of the batch out was acknowledged: its offsets may be committed."""
         batch, self.out = self._take_out(), None
         done = next_offsets(batch)
+        for tp in self._gone_while_out:  # lost while out: the new owner re-reads them
+            done.pop(tp, None)
         self.acknowledged.update(done)
         return done
 
     def abandon(self) -> dict[TopicPartition, int]:
-        """The batch out left without acknowledged outputs: where to seek back to so that it is
-        read again (the client keeps fetch positions across a rebalance that hands a partition
-        back to the same member, so not committing alone would let the next commit skip it)."""
-        batch, self.out = self._take_out(), None
+        """The batch out (if any) left without acknowledged outputs: where to seek back to so
+        that it, and whatever was taken after it (scored ahead while it was out, never
+        published), is read again. The client keeps fetch positions across a rebalance that
+        hands a partition back to the same member, so not committing alone would let the next
+        commit skip it."""
+        batch, self.out = [*(self.out or ()), *self.pending], None
+        self.pending = []
         return first_offsets(batch)
 
     def _take_out(self) -> list[InputRecord]:
@@ -109,6 +118,8 @@ class BatchCycle:
         gone = set(partitions)
         for tp in gone:
             self.acknowledged.pop(tp, None)
+        if self.out is not None:
+            self._gone_while_out |= gone
         if lost:
             self.pending = [
                 r for r in self.pending if TopicPartition(r.topic, r.partition) not in gone

@@ -45,7 +45,13 @@ from contracts.logs import RateLimited
 from worker.batch import BatchObserver
 from worker.cycle import BatchCycle
 from worker.models import ActiveModel, ModelFollower
-from worker.processing import AckedPublisher, ObserverFanout, process_records
+from worker.processing import (
+    AckedPublisher,
+    ObserverFanout,
+    ProcessedBatch,
+    Publication,
+    process_records,
+)
 from worker.settings import WorkerSettings
 
 if TYPE_CHECKING:
@@ -56,6 +62,8 @@ if TYPE_CHECKING:
 log = structlog.get_logger("forestream.worker")
 
 _IDLE_POLL_S = 0.2
+_IN_FLIGHT_POLL_S = 0.005
+"""Poll timeout while a published batch awaits its acks: settle (and commit) it soon after."""
 _LAG_INTERVAL_S = 5.0
 _REVOKE_PUBLISH_LIMIT_S = 30.0
 """Upper bound on publishing a held batch inside a revocation callback; also at most half the
@@ -83,6 +91,12 @@ class _Totals:
     predicted: int = 0
     dead_lettered: Counter[str] = field(default_factory=Counter)
     batches: int = 0
+
+
+@dataclass(slots=True)
+class _InFlight:
+    processed: ProcessedBatch
+    publication: Publication
 
 
 class Worker:
@@ -128,6 +142,13 @@ class Worker:
         self._held_since: float | None = None
         self._held_retry_at = 0.0
         self._held_backoff = 0.1
+        self._commit_failing = False
+        """An asynchronous commit failed: hold (commit synchronously, with backoff) until one
+        succeeds."""
+        self._commit_sent: tuple[dict[TopicPartition, int], float] | None = None
+        """The asynchronous commit in flight (one at a time) and when it was sent."""
+        self._in_flight: _InFlight | None = None
+        """The batch out (``cycle.out``): published, its acknowledgements not yet awaited."""
 
     def attach_monitoring(self, monitoring: StreamMonitoring) -> None:
         """Add drift/accuracy/latency observers and the periodic report (before ``run``)."""
@@ -214,6 +235,7 @@ class Worker:
             max_wait_ms=s.max_wait_ms,
             worker_index=s.worker_index,
             kafka_client=self.kafka.kafka_client,
+            pipelined=s.pipelined,
         )
         self._ensure_topics()
         self._model = self._wait_for_model()
@@ -244,7 +266,7 @@ class Worker:
         self._consumer.subscribe(s.input_topic, self)
         try:
             self._loop()
-            self._finish_pending()
+            self._finish_pending(serial=True)
             if self._past_shutdown_grace():  # the broker is away: one short try, then go
                 self._commit_held(attempts=1, timeout_s=_LATE_COMMIT_TIMEOUT_S)
             else:  # within what is left of the orderly budget, so close() still fits the grace
@@ -338,6 +360,9 @@ class Worker:
             if s.max_records is not None and self.totals.records_in >= s.max_records:
                 log.info("max_records_reached", records_in=self.totals.records_in)
                 return
+            self._take_commit_results()
+            if self._in_flight is not None and self._publisher_settled():
+                self._settle_out()
             held = self._hold_while_uncommitted()
             if held:
                 timeout_s = _HELD_POLL_S
@@ -345,9 +370,15 @@ class Worker:
                 timeout_s = max(deadline - time.monotonic(), 0.0)
             else:
                 timeout_s = _IDLE_POLL_S
+            if self._in_flight is not None:  # look at its acknowledgements again soon
+                timeout_s = min(timeout_s, _IN_FLIGHT_POLL_S)
             room = s.max_batch - len(cycle.pending)
             if s.max_records is not None:
-                room = min(room, s.max_records - self.totals.records_in - len(cycle.pending))
+                taken = self.totals.records_in + len(cycle.out or ()) + len(cycle.pending)
+                if taken >= s.max_records:  # the rest is out: settle it, then stop
+                    self._finish_pending(serial=True)
+                    continue
+                room = min(room, s.max_records - taken)
             try:
                 cycle.take(self._consumer.poll_batch(max(room, 1), timeout_s))
                 backoff = 0.1
@@ -365,7 +396,8 @@ class Worker:
                 deadline = idle_since + s.max_wait_ms / 1000
             full = len(cycle.pending) >= s.max_batch or (
                 s.max_records is not None
-                and self.totals.records_in + len(cycle.pending) >= s.max_records
+                and self.totals.records_in + len(cycle.out or ()) + len(cycle.pending)
+                >= s.max_records
             )
             if cycle.pending and not held and (full or time.monotonic() >= (deadline or 0.0)):
                 idle_since = time.monotonic()
@@ -382,21 +414,29 @@ class Worker:
             self._consumer.maintain()
 
     def _hold_while_uncommitted(self) -> bool:
-        """True while acknowledged offsets still wait for a commit (retried here, with backoff).
+        """True while a commit failed and acknowledged offsets still wait for one (retried
+        here, synchronously, with backoff).
 
         Meanwhile the loop takes no new batch and fetches nothing (its partitions are paused)
         but keeps polling, which is what completes a rejoin; what a lost partition makes the next
-        owner redo stays the one batch held; scoring resumes within a second of the commit.
+        owner redo stays bounded; scoring resumes within a second of the commit. While commits
+        succeed, what is acknowledged is committed asynchronously: the loop does not wait.
         """
         assert self._consumer is not None
-        now = time.monotonic()
-        retry_due = self.cycle.holding and now >= self._held_retry_at
-        if retry_due and not self._commit_held(attempts=1, timeout_s=_BATCH_COMMIT_TIMEOUT_S):
-            self._held_backoff = min(self._held_backoff * 2, _HELD_RETRY_MAX_S)
-            self._held_retry_at = time.monotonic() + self._held_backoff
-        if self.cycle.holding:
+        if self._commit_failing:
+            if self.cycle.holding and time.monotonic() >= self._held_retry_at:
+                if self._commit_held(attempts=1, timeout_s=_BATCH_COMMIT_TIMEOUT_S):
+                    self._commit_failing = False
+                else:
+                    self._held_backoff = min(self._held_backoff * 2, _HELD_RETRY_MAX_S)
+                    self._held_retry_at = time.monotonic() + self._held_backoff
+            if not self.cycle.holding:
+                self._commit_failing = False
+        elif self.settings.pipelined:
+            self._commit_async()
+        if self._commit_failing:
             if self._held_since is None:
-                self._held_since = now
+                self._held_since = time.monotonic()
             self._consumer.pause(self._consumer.assignment())
             return True
         if self._held_since is not None:
@@ -406,6 +446,59 @@ class Worker:
         if paused := self._consumer.paused():
             self._consumer.resume(paused)
         return False
+
+    def _commit_async(self) -> None:
+        """Commit what is acknowledged without waiting; one commit in flight at a time, and
+        one not confirmed in time counts as failed (the hold then retries synchronously)."""
+        assert self._consumer is not None
+        if self._commit_sent is not None:
+            if time.monotonic() - self._commit_sent[1] > _BATCH_COMMIT_TIMEOUT_S:
+                self._commit_sent = None
+                self._commit_failed(
+                    TransientKafkaError(
+                        f"commit not confirmed within {_BATCH_COMMIT_TIMEOUT_S:.0f}s"
+                    )
+                )
+            return
+        if not self.cycle.holding:
+            return
+        offsets = self.cycle.to_commit()
+        try:
+            self._consumer.commit_async(offsets)
+        except (CommitRejected, TransientKafkaError) as exc:
+            self._commit_failed(exc)
+            return
+        self._commit_sent = (offsets, time.monotonic())
+
+    def _take_commit_results(self) -> None:
+        """What became of the asynchronous commits (a late one that had timed out still
+        counts when it succeeded: only exactly those offsets are forgotten)."""
+        assert self._consumer is not None
+        for offsets, error in self._consumer.commit_results():
+            current = self._commit_sent is not None and self._commit_sent[0] == offsets
+            if current:
+                self._commit_sent = None
+            if error is None:
+                self.cycle.committed(offsets)
+            elif current:
+                self._commit_failed(error)
+
+    def _commit_failed(self, error: Exception) -> None:
+        if isinstance(error, CommitRejected):
+            # the group moved on without us: the new owner re-reads these (duplicates)
+            log.warning("commit_rejected_after_rebalance", error=str(error))
+            self.cycle.commit_rejected()
+            return
+        if not isinstance(error, TransientKafkaError):
+            raise error  # classified fatal (an ACL, say)
+        if self._warn["commit"].ready():
+            log.warning(
+                "commit_failed_retrying",
+                error=str(error),
+                suppressed=self._warn["commit"].take_suppressed(),
+            )
+        self._commit_failing = True
+        self._held_retry_at = time.monotonic() + self._held_backoff
 
     # -- rebalances (contracts.edge.RebalanceHandler) -------------------------------------------
 
@@ -464,48 +557,89 @@ class Worker:
 
     # -- one batch -----------------------------------------------------------------------------
 
-    def _finish_pending(self, give_up: Callable[[], bool] | None = None) -> None:
-        """Process the held batch. With ``give_up`` (the rebalance path) it publishes but
-        leaves committing to the caller: the adapter commits in its client's own way there."""
-        if not self.cycle.pending:
-            return
-        batch = self.cycle.start_batch()
+    def _finish_pending(
+        self, give_up: Callable[[], bool] | None = None, serial: bool = False
+    ) -> None:
+        """Score the records taken and publish them.
+
+        Pipelined (``settings.pipelined``): the batch published
+        before is settled only once this one is scored, so its acknowledgements arrive while
+        this one is scored, and this one stays out when we return; commits are sent, not
+        waited for. ``serial`` (stopping) or ``give_up`` (the rebalance path): everything out
+        is settled before returning; with ``give_up`` committing is left to the caller (the
+        adapter commits in its client's own way there).
+        """
+        serial = serial or give_up is not None or not self.settings.pipelined
+        cycle = self.cycle
         try:
-            acknowledged = self._process(batch, give_up=give_up)
+            if serial and not self._settle_out(give_up):
+                return
+            if not cycle.pending:
+                return
+            scored = self._score(cycle.pending)
+            if not self._settle_out(give_up):
+                return
+            cycle.start_batch()
+            assert self._publisher is not None
+            self._in_flight = _InFlight(scored, self._publisher.send(scored.outgoing))
+            if serial and not self._settle_out(give_up):
+                return
         except BaseException:
             self._rewind()
             raise
-        if not acknowledged:
-            self._rewind()  # not committed, and read again (at-least-once)
-            return
-        self.cycle.acknowledge()
-        if give_up is None and not self._commit_held(attempts=1, timeout_s=_BATCH_COMMIT_TIMEOUT_S):
+        unpipelined = give_up is None and not self.settings.pipelined
+        if unpipelined and not self._commit_held(attempts=1, timeout_s=_BATCH_COMMIT_TIMEOUT_S):
+            self._commit_failing = True
             self._held_retry_at = time.monotonic() + self._held_backoff  # the loop retries
 
-    def _rewind(self) -> None:
-        """Make the batch out, whose outputs were not all acknowledged, be read again.
+    def _publisher_settled(self) -> bool:
+        assert self._publisher is not None and self._in_flight is not None
+        return self._publisher.settled(self._in_flight.publication)
 
-        Seeking back to its first offsets (local state, safe from a rebalance callback) makes
-        the client discard what it fetched beyond them; a partition no longer ours is re-read
-        by its new owner from the committed offset.
+    def _settle_out(self, give_up: Callable[[], bool] | None = None) -> bool:
+        """Await the acknowledgements of the batch out; True when there is none (any more).
+        A batch not acknowledged is rewound with whatever was taken after it."""
+        flight, self._in_flight = self._in_flight, None
+        if flight is None:
+            return True
+        assert self._publisher is not None
+        if not self._publisher.complete(flight.publication, give_up=give_up):
+            self._rewind()  # not committed, and read again (at-least-once)
+            return False
+        self.cycle.acknowledge()
+        batch = flight.processed
+        self.totals.records_in += batch.records_in
+        self.totals.batches += 1
+        self.totals.predicted += batch.predicted
+        self.totals.dead_lettered.update(batch.dead_lettered)
+        self._observers.notify(batch.scored)
+        return True
+
+    def _rewind(self) -> None:
+        """Make the batch out, whose outputs were not all acknowledged, and the records taken
+        after it be read again.
+
+        Seeking back to their first offsets (local state, safe from a rebalance callback)
+        makes the client discard what it fetched beyond them; a partition no longer ours is
+        re-read by its new owner from the committed offset.
         """
         assert self._consumer is not None
-        records = len(self.cycle.out or ())
+        self._in_flight = None
+        records = len(self.cycle.out or ()) + len(self.cycle.pending)
         first = self.cycle.abandon()
         owned = self._consumer.assignment()
         for tp, offset in first.items():
             if tp in owned:
                 self._consumer.seek(tp, offset)
-        log.warning(
-            "batch_left_unacknowledged_rewound",
-            records=records,
-            partitions=sorted(f"{tp.topic}-{tp.partition}@{o}" for tp, o in first.items()),
-        )
+        if records:
+            log.warning(
+                "batch_left_unacknowledged_rewound",
+                records=records,
+                partitions=sorted(f"{tp.topic}-{tp.partition}@{o}" for tp, o in first.items()),
+            )
 
-    def _process(
-        self, records: list[InputRecord], give_up: Callable[[], bool] | None = None
-    ) -> bool:
-        """Score and publish; True once every output is acknowledged."""
+    def _score(self, records: list[InputRecord]) -> ProcessedBatch:
+        """Validate and score with the model active now (a swap shows here first)."""
         s = self.settings
         model = self.follower.current() or self._model
         assert model is not None
@@ -515,7 +649,6 @@ class Worker:
                 self.telemetry.health.set_model(model.version)
                 self.telemetry.metrics.record_reload(model.version)
         self._model = model
-
         batch = process_records(
             records,
             model,
@@ -530,15 +663,7 @@ class Worker:
                 dead_lettered=batch.dead_lettered[ReasonCode.SCORING_FAILED],
                 suppressed=self._warn["scoring"].take_suppressed(),
             )
-        assert self._publisher is not None
-        if not self._publisher.publish(batch.outgoing, give_up=give_up):
-            return False
-        self.totals.records_in += batch.records_in
-        self.totals.batches += 1
-        self.totals.predicted += batch.predicted
-        self.totals.dead_lettered.update(batch.dead_lettered)
-        self._observers.notify(batch.scored)
-        return True
+        return batch
 
     def _orderly_deadline(self) -> float | None:
         """When a stop's orderly budget (``_SHUTDOWN_GRACE_S`` from the signal) runs out."""

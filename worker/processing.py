@@ -21,7 +21,7 @@ import numpy as np
 import structlog
 
 from contracts import headers
-from contracts.edge import AckingProducer, InputRecord, Outgoing
+from contracts.edge import AckingProducer, Delivery, InputRecord, Outgoing
 from contracts.headers import DLQ_MAX_VALUE_BYTES, MAX_KEY_BYTES, ReasonCode
 from contracts.logs import RateLimited
 from worker.batch import BatchObserver, ScoredBatch
@@ -221,6 +221,14 @@ def _cut(
     return data[:limit]
 
 
+@dataclass(frozen=True, slots=True)
+class Publication:
+    """Records handed to the producer, and what became of them so far."""
+
+    records: list[Outgoing]
+    delivery: Delivery
+
+
 class AckedPublisher:
     """Sends a batch's records and waits until the broker acknowledged every one of them.
 
@@ -240,20 +248,33 @@ class AckedPublisher:
         self.give_up = give_up
         self._warn = RateLimited(10.0)
 
+    def send(self, outgoing: Sequence[Outgoing]) -> Publication:
+        """Hand the records to the client without waiting: :meth:`complete` awaits them, so
+        the caller can score the next batch meanwhile."""
+        pending = list(outgoing)
+        return Publication(pending, self.producer.send(pending))
+
+    def settled(self, publication: Publication) -> bool:
+        """Whether :meth:`complete` would return at once (serves what already arrived)."""
+        return self.producer.await_delivery(publication.delivery, 0)
+
     def publish(
         self, outgoing: Sequence[Outgoing], give_up: Callable[[], bool] | None = None
     ) -> bool:
-        """True once all of ``outgoing`` is acknowledged; False if abandoned (do not commit).
+        """:meth:`send` then :meth:`complete`."""
+        return self.complete(self.send(outgoing), give_up)
 
-        ``give_up`` overrides the publisher's own condition for this call (e.g. a deadline).
-        An error no retry can fix (a missing ACL) is raised, classified, not retried.
+    def complete(self, publication: Publication, give_up: Callable[[], bool] | None = None) -> bool:
+        """True once all of the publication is acknowledged; False if abandoned (do not
+        commit). ``give_up`` overrides the publisher's own condition for this call (e.g. a
+        deadline). An error no retry can fix (a missing ACL) is raised, classified, not
+        retried.
         """
         give_up = give_up or self.give_up
-        pending = list(outgoing)
+        pending, delivery = publication.records, publication.delivery
         backoff = 0.2
-        while pending:
-            delivery = self.producer.send(pending)
-            waited = self._await_acks(give_up)
+        while True:
+            waited = self._await_acks(delivery, give_up)
             failed = [pending[i] for i in delivery.unacknowledged()]
             if not failed:
                 return True
@@ -275,8 +296,7 @@ class AckedPublisher:
                 break
             backoff = min(backoff * 2, _MAX_BACKOFF_S)
             pending = failed
-        else:
-            return True
+            delivery = self.producer.send(pending)
         log.error(
             "publish_abandoned",
             unacknowledged=len(failed),
@@ -284,9 +304,9 @@ class AckedPublisher:
         )
         return False
 
-    def _await_acks(self, give_up: Callable[[], bool]) -> bool:
+    def _await_acks(self, delivery: Delivery, give_up: Callable[[], bool]) -> bool:
         """Wait until everything sent is acknowledged or failed; False if given up first."""
-        while not self.producer.flush(_ACK_WAIT_SLICE_S):
+        while not self.producer.await_delivery(delivery, _ACK_WAIT_SLICE_S):
             if give_up():
                 return False
         return True

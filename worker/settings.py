@@ -20,8 +20,21 @@ class WorkerSettings(CommonSettings):
     """A service: JSON lines unless told otherwise (the other commands default to ``auto``)."""
     max_batch: int = Field(default=1000, ge=1, le=100_000)
     """A micro-batch closes at this many records..."""
-    max_wait_ms: int = Field(default=50, ge=0, le=60_000)
-    """...or this long after its first record, whichever comes first."""
+    max_wait_ms: int = Field(default=20, ge=0, le=60_000)
+    """...or this long after its first record, whichever comes first. Under load batches fill
+    before that (records arrive while the previous batch is scored); at a trickle it is most
+    of a record's latency (p99 at 1,000 rec/s: ~64 ms with 50, see the README benchmark)."""
+    pipeline: bool | None = None
+    """Score the next micro-batch while the previous one's outputs are being acknowledged,
+    and commit without waiting for the coordinator (``False``: one batch at a time). Unset:
+    where it was measured to pay, i.e. on librdkafka, whose C threads send while Python
+    scores; kafka-python's sender is Python and contends for the GIL with scoring (see the
+    README benchmark)."""
+
+    @property
+    def pipelined(self) -> bool:
+        return self.pipeline if self.pipeline is not None else self.kafka_client == "confluent"
+
     max_record_bytes: int = Field(default=1024 * 1024, ge=1)
     """Larger input values are dead-lettered as ``too_large`` without being parsed."""
     max_records: int | None = Field(default=None, ge=1)

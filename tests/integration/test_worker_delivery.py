@@ -196,6 +196,9 @@ def test_two_workers_account_for_every_input(
         assert header(record, headers.SOURCE_TOPIC) == topics["in"]
         assert header(record, headers.MODEL_VERSION) == metadata.version
         assert int(header(record, headers.SOURCE_OFFSET)) >= 0
+        assert record.partition == int(header(record, headers.SOURCE_PARTITION)), (
+            "a dead letter lands on its input's partition (same key, the Java partitioner)"
+        )
     assert Counter(header(r, headers.ERROR) for r in dlq) == Counter(c for _, c in bad)
 
     labels, probabilities = offline(pipeline, frame)
@@ -207,6 +210,9 @@ def test_two_workers_account_for_every_input(
         assert prediction.prediction == labels[i]
         assert prediction.model_version == metadata.version
         assert prediction.source.topic == topics["in"]
+        assert record.partition == prediction.source.partition, (
+            "a prediction lands on its input's partition (same key, the Java partitioner)"
+        )
         got = [prediction.probabilities[c] for c in metadata.classes]
         assert np.allclose(got, probabilities[i])
     print(f"predictions: {len(predictions)} for {len(keys)} valid inputs")
@@ -214,10 +220,18 @@ def test_two_workers_account_for_every_input(
     assert len(scorers) == 2
 
 
+@pytest.mark.parametrize("pipelining", ["default", "flipped"])
 def test_survivor_takes_over_after_sigkill(
     kafka_bootstrap: str,
     workers_for: Callable[..., tuple[WorkerGroup, dict[str, str]]],
+    kafka_client: str,
+    pipelining: str,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    """Also with pipelining the other way round than the client's default (on for
+    kafka-python, off for librdkafka): both shapes of the batch cycle lose nothing."""
+    if pipelining == "flipped":
+        monkeypatch.setenv("FORESTREAM_PIPELINE", str(kafka_client != "confluent").lower())
     workers, topics = workers_for(2)
     keys, frame = valid_inputs(600, seed=8)
     records = [(k, row_json(row)) for k, (_, row) in zip(keys, frame.iterrows(), strict=True)]
@@ -239,6 +253,9 @@ def test_survivor_takes_over_after_sigkill(
     assert set(counts) == set(keys)
     assert workers.procs[1].poll() is None, "the survivor must still be running"
     assert len(owned_partitions(workers.log_paths[1])) == PARTITIONS
+    pipelined = (kafka_client == "confluent") != (pipelining == "flipped")
+    started = log_events(workers.log_paths[1], "worker_started")
+    assert started and started[0]["pipelined"] is pipelined, started[:1]
 
 
 def test_sigterm_exits_zero_with_offsets_committed_after_last_scored(

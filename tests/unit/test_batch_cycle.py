@@ -140,3 +140,93 @@ def test_no_commit_ever_skips_a_record_whose_outputs_were_not_acknowledged(
             assert offsets[A] >= committed
             committed = offsets[A]
             assert set(range(committed)) <= acknowledged
+
+
+def test_a_failed_batch_also_rewinds_the_batch_scored_ahead_of_its_acks() -> None:
+    """Pipelined: batch 2 was taken (and scored) while batch 1 was out. Batch 1's acks fail:
+    both are read again, batch 2 from its first offset where batch 1 did not cover it."""
+    cycle = BatchCycle()
+    cycle.take(records(A, range(0, 4)))
+    cycle.start_batch()
+    cycle.take(records(A, range(4, 6)) + records(B, range(7, 9)))
+    assert cycle.abandon() == {A: 0, B: 7}
+    assert cycle.pending == []
+    assert cycle.out is None
+    assert not cycle.holding
+
+
+def test_a_commit_confirmed_late_forgets_only_what_it_covered() -> None:
+    """An asynchronous commit of batch 1 confirms after batch 2 was acknowledged: batch 2's
+    offsets stay held for the next commit."""
+    cycle = BatchCycle()
+    cycle.take(records(A, range(0, 3)))
+    cycle.start_batch()
+    first = dict(cycle.acknowledge())
+    cycle.take(records(A, range(3, 5)))
+    cycle.start_batch()
+    cycle.acknowledge()
+    cycle.committed(first)
+    assert cycle.to_commit() == {A: 5}
+
+
+def test_abandon_with_nothing_out_rewinds_what_was_taken() -> None:
+    """Scoring failed before anything went out (an unexpected error): the taken records are
+    read again."""
+    cycle = BatchCycle()
+    cycle.take(records(B, range(2, 5)))
+    assert cycle.abandon() == {B: 2}
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(
+        st.tuples(st.integers(1, 6), st.booleans(), st.sampled_from(["none", "sent", "ok"])),
+        max_size=40,
+    )
+)
+def test_pipelined_commits_never_skip_an_unacknowledged_record(
+    steps: list[tuple[int, bool, str]],
+) -> None:
+    """The worker's pipelined order on one partition: take batch N+1 while batch N is out,
+    then settle N (acknowledged or not), send N+1; commits are sent asynchronously and
+    confirmed (or lost) later, out of step with the batches. Every offset ever confirmed
+    has every record before it acknowledged, and confirmed offsets never go backwards."""
+    cycle = BatchCycle()
+    position = 0
+    acknowledged: set[int] = set()
+    committed = 0
+    in_flight_commit: dict[TopicPartition, int] | None = None
+    for n, acked, commit in steps:
+        cycle.take(records(A, range(position, position + n)))  # N+1, scored ahead
+        position += n
+        if cycle.out is not None:  # settle N
+            out = list(cycle.out)
+            if acked:
+                cycle.acknowledge()
+                acknowledged.update(r.offset for r in out)
+            else:
+                position = cycle.abandon().get(A, position)  # seek back: N and N+1 again
+        if cycle.pending and cycle.out is None:
+            cycle.start_batch()  # N+1 goes out
+        if commit == "sent" and in_flight_commit is None and cycle.holding:
+            in_flight_commit = cycle.to_commit()
+        elif commit == "ok" and in_flight_commit is not None:
+            cycle.committed(in_flight_commit)
+            assert in_flight_commit[A] >= committed
+            committed = in_flight_commit[A]
+            assert set(range(committed)) <= acknowledged
+            in_flight_commit = None
+
+
+def test_a_partition_lost_while_its_batch_is_out_is_not_committed_by_us() -> None:
+    """Pipelined, the loop polls (and so may be told of a lost partition) while a batch is
+    out: when that batch is acknowledged, only the partitions still ours are offered."""
+    cycle = BatchCycle()
+    cycle.take(records(A, range(0, 3)) + records(B, range(0, 2)))
+    cycle.start_batch()
+    cycle.release([B], lost=True)
+    assert cycle.acknowledge() == {A: 3}
+    assert cycle.to_commit() == {A: 3}
+    cycle.take(records(B, range(5, 6)))  # B is ours again later: counted afresh
+    cycle.start_batch()
+    assert cycle.acknowledge() == {B: 6}

@@ -1,0 +1,232 @@
+"""The pause a group rebalance costs the workers already running, when a third one joins.
+
+``python -m bench.rebalance [--rate 1000] [--partitions 6] [--seconds 30]``: two workers share
+the input at a steady offered rate; a third joins halfway. Each output carries its source
+partition, so the gaps between consecutive outputs of a partition show how long it was not
+scored. Partitions the third worker took moved; the others stayed with their owner, and a
+rebalance that stops nobody (cooperative-sticky on librdkafka) leaves their gaps as before the
+join, where an eager one (kafka-python: every member gives everything back, then rejoins)
+stops them all. Figures per client, in one run; rates and gaps are measured from CreateTimes
+(input stamped by this process, output by the worker's producer).
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+
+from bench.throughput import (
+    CLIENTS,
+    BenchFailed,
+    WorkerTopics,
+    broker,
+    machine,
+    read_all,
+    start_worker,
+    stop_worker,
+    worker_died,
+)
+from contracts.edge import KafkaClient
+
+RESULTS = Path(__file__).resolve().parent / "results" / "rebalance.md"
+
+
+@dataclass(frozen=True)
+class Pause:
+    client: str
+    moved: list[int]
+    """Partitions whose owner changed (the joining worker's, or moved between the others)."""
+    before_ms: float
+    """Largest gap between outputs of any partition in the seconds before the join."""
+    stayed_ms: float | None
+    """Largest gap, from the join on, of partitions that kept their owner (None: none did)."""
+    moved_ms: float | None
+    """Largest gap, from the join on, of partitions that moved."""
+    outputs: int
+
+
+def offer(bootstrap: str, topic: str, values: list[bytes], rate: float, seconds: float) -> int:
+    """Send at ``rate`` rec/s for ``seconds`` (in this thread); returns how many were sent."""
+    from contracts.kafka_io import make_producer
+    from producer.pacing import RateSchedule
+
+    producer = make_producer(bootstrap)
+    schedule = RateSchedule(rate=rate, start=time.monotonic())
+    count = int(rate * seconds)
+    try:
+        for i in range(count):
+            wait = schedule.wait_s(time.monotonic())
+            if wait > 0.0005:
+                time.sleep(wait)
+            producer.send(topic, key=f"r-{i}".encode(), value=values[i % len(values)])
+            schedule.mark_sent()
+        producer.flush()
+    finally:
+        producer.close(timeout=10)
+    return count
+
+
+def ownership(log_path: Path) -> list[tuple[float, set[int]]]:
+    """(time in ms, partitions owned from then on) for each change a worker's log reports."""
+    from datetime import datetime
+
+    changes: list[tuple[float, set[int]]] = []
+    for line in log_path.read_text(errors="replace").splitlines():
+        try:
+            event = json.loads(line)
+        except ValueError:
+            continue
+        if not isinstance(event, dict) or event.get("event") not in (
+            "partitions_assigned",
+            "partitions_released",
+        ):
+            continue
+        at = datetime.fromisoformat(event["timestamp"].replace("Z", "+00:00")).timestamp()
+        changes.append((at * 1000, {int(p.rsplit("-", 1)[1]) for p in event.get("owned", [])}))
+    return changes
+
+
+def owner_at(logs: list[Path], partition: int, at_ms: float) -> int | None:
+    """Which worker (index into ``logs``) owned ``partition`` at ``at_ms``."""
+    for index, log in enumerate(logs):
+        owned: set[int] = set()
+        for when, now_owned in ownership(log):
+            if when > at_ms:
+                break
+            owned = now_owned
+        if partition in owned:
+            return index
+    return None
+
+
+def largest_gap(stamps: list[int], start_ms: float, end_ms: float) -> float:
+    """The longest time between consecutive outputs within [start, end] (ms)."""
+    inside = sorted(t for t in stamps if start_ms <= t <= end_ms)
+    return max((b - a for a, b in itertools.pairwise(inside)), default=0.0)
+
+
+def measure(
+    client: KafkaClient, bootstrap: str, store: Path, values: list[bytes], models: str,
+    partitions: int, rate: float, seconds: float, work: Path,
+) -> Pause:  # fmt: skip
+    from contracts.kafka_io import TopicSpec, ensure_topics
+
+    tag = f"bench.rebalance.{uuid.uuid4().hex[:8]}.{client}"
+    topics = WorkerTopics(f"{tag}.in", f"{tag}.out", f"{tag}.dlq", models)
+    ensure_topics(bootstrap, [TopicSpec(t, partitions) for t in (topics.input, topics.output)])
+    group = f"{tag}.group"
+    logs = [work / f"{client}-{i}.log" for i in range(3)]
+    procs = [start_worker(bootstrap, topics, store, group, logs[i], client=client) for i in (0, 1)]
+    sent: list[int] = []
+    try:
+        time.sleep(10)  # model loaded, group formed
+        sender = threading.Thread(
+            target=lambda: sent.append(offer(bootstrap, topics.input, values, rate, seconds)),
+            daemon=True,
+        )
+        sender.start()
+        time.sleep(seconds / 2)
+        join_ms = time.time() * 1000
+        procs.append(start_worker(bootstrap, topics, store, group, logs[2], client=client))
+        sender.join(timeout=seconds + 60)
+        load_end_ms = time.time() * 1000  # before the workers stop (and log owning nothing)
+        if not sent:
+            raise BenchFailed("the offered load did not finish")
+        stamps: dict[int, list[int]] = defaultdict(list)
+
+        def keep(record: object) -> None:
+            prediction = json.loads(record.value)  # type: ignore[attr-defined]
+            stamps[prediction["source"]["partition"]].append(record.timestamp)  # type: ignore[attr-defined]
+
+        for proc, log in zip(procs, logs, strict=True):
+            if proc.poll() not in (None, 0):
+                raise worker_died(proc, log)
+        read_all(bootstrap, topics.output, sent[0], 120, keep)
+    finally:
+        for proc in procs:
+            stop_worker(proc)
+    moved = {
+        p for p in range(partitions) if owner_at(logs, p, join_ms) != owner_at(logs, p, load_end_ms)
+    }
+    # the joining worker loads its model before it asks to join: the rebalance starts later
+    end_ms = join_ms + seconds / 2 * 1000 - 1000
+    before = max(largest_gap(stamps[p], join_ms - 5000, join_ms) for p in range(partitions))
+    stayed = [largest_gap(stamps[p], join_ms, end_ms) for p in range(partitions) if p not in moved]
+    went = [largest_gap(stamps[p], join_ms, end_ms) for p in moved]
+    return Pause(client, sorted(moved), before, max(stayed, default=None),
+                 max(went, default=None), sum(map(len, stamps.values())))  # fmt: skip
+
+
+def main(argv: list[str] | None = None) -> int:
+    import os
+
+    from bench.workload import announce_promotion, make_workload
+    from contracts.model_store import ModelStore
+
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.rebalance",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--rate", type=float, default=1000.0, help="offered rec/s [1000]")
+    parser.add_argument("--partitions", type=int, default=6, help="input partitions [6]")
+    parser.add_argument("--seconds", type=float, default=30.0, help="offered-load span [30]")
+    parser.add_argument("--bootstrap-servers", help="broker (default: the local one, or start one)")
+    parser.add_argument("--output", type=Path, default=RESULTS, help=f"markdown [{RESULTS}]")
+    a = parser.parse_args(argv)
+    if a.rate <= 0 or a.partitions < 3 or a.seconds < 10:
+        print("error: --rate > 0, --partitions >= 3 and --seconds >= 10", file=sys.stderr)
+        return 2
+    load = [os.getloadavg()]
+    results: list[Pause] = []
+    with broker(a.bootstrap_servers) as bootstrap, tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        store = ModelStore(work / "models")
+        workload = make_workload(5000, 30, 100, 4000, store)
+        models = f"bench.rebalance.{uuid.uuid4().hex[:8]}.models"
+        announce_promotion(bootstrap, models, workload.metadata)
+        for client in CLIENTS:
+            print(f"[{time.strftime('%H:%M:%S')}] {client}: 2 workers, a third joins",
+                  file=sys.stderr, flush=True)  # fmt: skip
+            results.append(measure(client, bootstrap, store.root, workload.values, models,
+                                   a.partitions, a.rate, a.seconds, work))  # fmt: skip
+    load.append(os.getloadavg())
+    lines = [
+        f"# Rebalance pause ({time.strftime('%Y-%m-%dT%H:%M:%S%z')})",
+        "",
+        f"Machine: {machine()}; load average (1/5/15 min) "
+        + " -> ".join("/".join(f"{x:.1f}" for x in la) for la in load)
+        + f". {a.rate:,.0f} rec/s offered over {a.partitions} partitions for {a.seconds:g} s; "
+        "a third worker joins two at half time.",
+        "",
+        "| client | partitions moved | largest gap before the join | after: partitions that "
+        "stayed | after: partitions that moved |",
+        "|---|---|---:|---:|---:|",
+    ]
+
+    def ms(value: float | None) -> str:
+        return "none stayed" if value is None else f"{value:,.0f} ms"
+
+    for r in results:
+        lines.append(
+            f"| {r.client} | {', '.join(map(str, r.moved)) or 'none'} | {ms(r.before_ms)} | "
+            f"{ms(r.stayed_ms)} | {ms(r.moved_ms)} |"
+        )
+    text = "\n".join(lines) + "\n"
+    print(text)
+    a.output.parent.mkdir(parents=True, exist_ok=True)
+    a.output.write_text(text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
