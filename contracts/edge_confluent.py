@@ -19,12 +19,15 @@ What differs from kafka-python, and is dealt with here:
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import time
 import uuid
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any
 
 import structlog
@@ -70,6 +73,8 @@ log = structlog.get_logger("forestream.kafka")
 RECONNECT_BACKOFF_MAX_MS = 1000
 _METADATA_TIMEOUT_S = 10.0
 """Bound on a reader's metadata and offset queries: past it the caller sees a transient error."""
+_CLOSE_COMMIT_WAIT_S = 3.0
+"""How long closing waits for a commit still running on the committer thread."""
 _ENQUEUE_BLOCK_S = 2.0
 """How long ``send`` waits for room in librdkafka's queue before it stops handing records over
 (the publisher then retries the rest): a broker away must not block the loop for long."""
@@ -296,20 +301,21 @@ class ConfluentGroupConsumer(_Client):
                     # take ~60 MB of RSS for records the worker cannot score any sooner
                     "queued.max.messages.kbytes": 8 * 1024,
                     "queued.min.messages": 10_000,
-                    "on_commit": self._on_commit,
+                    # once that is full, fetch again 10 ms later, not librdkafka's 1 s: the
+                    # queue drains in well under a second, and the worker then sat idle
+                    "fetch.queue.backoff.ms": 10,
                 },
             )
         )
         self._handler: RebalanceHandler | None = None
         self._assigned: set[TopicPartition] = set()
         self._paused: set[TopicPartition] = set()
-        self._early: deque[InputRecord] = deque()
-        """Records fetched while a commit was awaited: handed out by the next poll."""
-        self._awaiting: dict[TopicPartition, int] | None = None
-        self._commit_result: KafkaError | list[RdTopicPartition] | None = None
-        self._sent_async: deque[dict[TopicPartition, int]] = deque()
-        """Asynchronous commits sent, oldest first, whose outcome has not come back."""
-        self._async_results: list[tuple[dict[TopicPartition, int], Exception | None]] = []
+        self._committer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="commit")
+        """Commits run here, one at a time, in order (see :meth:`commit_async`)."""
+        self._sent: deque[tuple[dict[TopicPartition, int], Future[list[RdTopicPartition]]]] = (
+            deque()
+        )
+        """Commits handed to the committer, oldest first, whose outcome was not taken yet."""
 
     # -- rebalances (librdkafka calls these inside consume(), on this thread) -------------------
 
@@ -340,7 +346,7 @@ class ConfluentGroupConsumer(_Client):
         try:
             offsets = self._handler.on_revoking(revoked)
             if offsets:
-                self._commit_sync(offsets)
+                self._commit_sync(offsets, self._handler.revocation_commit_timeout_s())
                 self._handler.on_committed(offsets)
         except Exception as exc:  # the rebalance goes on anyway; the new owner re-reads
             log.warning("commit_on_revocation_failed", error=f"{type(exc).__name__}: {exc}")
@@ -357,75 +363,60 @@ class ConfluentGroupConsumer(_Client):
         gone = set(partitions)
         self._assigned -= gone
         self._paused -= gone
-        if self._early:
-            self._early = deque(
-                r for r in self._early if TopicPartition(r.topic, r.partition) not in gone
-            )
 
     # -- records -------------------------------------------------------------------------------
 
     def poll_batch(self, max_records: int, timeout_s: float) -> Sequence[InputRecord]:
         self._raise_fatal()
-        if self._early:
-            n = min(max_records, len(self._early))
-            return [self._early.popleft() for _ in range(n)]
         return self._consume(self._consumer, max_records, timeout_s)
 
     # -- offsets -------------------------------------------------------------------------------
 
     def commit(self, offsets: dict[TopicPartition, int], timeout_s: float) -> None:
-        """Sent asynchronously, awaited at most ``timeout_s``: librdkafka's synchronous commit
-        waits for the coordinator without a bound. Serving the result runs ``consume()``: what
-        it fetches meanwhile is kept, in order, for the next poll."""
+        """The committer's synchronous commit, awaited at most ``timeout_s`` (librdkafka's own
+        waits for the coordinator without a bound; one not done in time may still land)."""
         self._raise_fatal()
-        self._awaiting, self._commit_result = dict(offsets), None
+        future = self._submit(offsets)
         try:
-            self._consumer.commit(
-                offsets=[_rd(tp, o) for tp, o in offsets.items()], asynchronous=True
-            )
-            deadline = time.monotonic() + timeout_s
-            while self._commit_result is None:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise TransientKafkaError(f"commit not confirmed within {timeout_s:.1f}s")
-                self._early.extend(
-                    self._consume(self._consumer, self._max_poll_records, min(left, 0.05))
-                )
+            done = future.result(timeout=timeout_s)
+        except FutureTimeout:
+            raise TransientKafkaError(f"commit not confirmed within {timeout_s:.1f}s") from None
         except KafkaException as exc:
             raise self._commit_error(exc.args[0] if exc.args else None, str(exc)) from None
-        finally:
-            result, self._awaiting = self._commit_result, None
-        self._check_commit(result)
+        except RuntimeError as exc:  # the consumer was closed under it
+            raise TransientKafkaError(f"commit failed: {exc}") from None
+        self._check_commit(done)
 
     def commit_async(self, offsets: dict[TopicPartition, int]) -> None:
+        """librdkafka's own asynchronous commit reports back through the consumer queue,
+        behind every record fetched before the answer (measured: 13,700 records later), so a
+        slow model would learn of its commits tens of seconds late. A synchronous commit on a
+        thread of its own answers in a round trip, and the loop is not held meanwhile."""
         self._raise_fatal()
+        self._sent.append((dict(offsets), self._submit(offsets)))
+
+    def _submit(self, offsets: dict[TopicPartition, int]) -> Future[list[RdTopicPartition]]:
+        partitions = [_rd(tp, o) for tp, o in offsets.items()]
         try:
-            self._consumer.commit(
-                offsets=[_rd(tp, o) for tp, o in offsets.items()], asynchronous=True
-            )
-        except KafkaException as exc:
-            raise self._commit_error(exc.args[0] if exc.args else None, str(exc)) from None
-        self._sent_async.append(dict(offsets))
+            return self._committer.submit(self._consumer.commit, offsets=partitions,
+                                          asynchronous=False)  # fmt: skip
+        except RuntimeError as exc:  # the committer is shut down: the consumer is closing
+            raise TransientKafkaError(f"commit not sent: {exc}") from None
 
     def commit_results(self) -> list[tuple[dict[TopicPartition, int], Exception | None]]:
-        results, self._async_results = self._async_results, []
+        results: list[tuple[dict[TopicPartition, int], Exception | None]] = []
+        while self._sent and self._sent[0][1].done():
+            offsets, future = self._sent.popleft()
+            results.append((offsets, self._outcome_of(future)))
         return results
 
-    def _on_commit(self, error: KafkaError | None, partitions: list[RdTopicPartition]) -> None:
-        """librdkafka's commit result, for every commit (the revocation's synchronous ones
-        too): told apart by their offsets."""
-        committed = {TopicPartition(p.topic, p.partition): p.offset for p in partitions}
-        if self._sent_async:
-            head = self._sent_async[0]
-            if committed == head or (error is not None and committed.keys() == head.keys()):
-                self._sent_async.popleft()
-                self._async_results.append((head, self._commit_outcome(error, partitions)))
-                return
-        if self._awaiting is None:
-            return
-        if error is None and committed != self._awaiting:  # a revocation's commit, not ours
-            return
-        self._commit_result = error if error is not None else partitions
+    def _outcome_of(self, future: Future[list[RdTopicPartition]]) -> Exception | None:
+        error = future.exception()
+        if error is None:
+            return self._commit_outcome(None, future.result())
+        if isinstance(error, KafkaException):
+            return self._commit_error(error.args[0] if error.args else None, str(error))
+        return TransientKafkaError(f"{type(error).__name__}: {error}")
 
     def _commit_outcome(
         self, error: KafkaError | None, partitions: list[RdTopicPartition]
@@ -451,20 +442,13 @@ class ConfluentGroupConsumer(_Client):
                 return fatal
         return TransientKafkaError(said)
 
-    def _commit_sync(self, offsets: dict[TopicPartition, int]) -> None:
-        """Inside a revocation callback: blocking is what the rebalance waits for."""
-        done = self._consumer.commit(
-            offsets=[_rd(tp, o) for tp, o in offsets.items()], asynchronous=False
-        )
-        self._check_commit(done)
+    def _commit_sync(self, offsets: dict[TopicPartition, int], timeout_s: float) -> None:
+        """Inside a revocation callback: blocking is what the rebalance waits for. Through the
+        committer, behind any commit still running there, so an older one cannot land after
+        it and move the group's offset back."""
+        self.commit(offsets, timeout_s)
 
     def seek(self, partition: TopicPartition, offset: int) -> None:
-        if self._early:
-            self._early = deque(
-                r
-                for r in self._early
-                if (r.topic, r.partition) != (partition.topic, partition.partition)
-            )
         try:
             self._consumer.seek(_rd(partition, offset))
         except KafkaException as exc:  # not being fetched yet: the committed offset holds
@@ -520,11 +504,17 @@ class ConfluentGroupConsumer(_Client):
         """librdkafka drives the group protocol in its own threads: nothing to nudge."""
 
     def close(self, timeout_s: float) -> None:
-        """Leave the group (the revocation handler runs); librdkafka bounds it by itself."""
+        """Leave the group (the revocation handler runs); librdkafka bounds it by itself. A
+        commit still running on the committer is given a moment first (closing the handle
+        under it would fail it anyway); one not started is dropped: re-read, never lost."""
+        for _offsets, future in self._sent:
+            with contextlib.suppress(Exception):
+                future.result(timeout=min(timeout_s, _CLOSE_COMMIT_WAIT_S))
         try:
-            self._consumer.close()
+            self._consumer.close()  # the revocation's commit still goes through the committer
         except (KafkaException, RuntimeError) as exc:
             log.warning("consumer_close_failed", error=str(exc))
+        self._committer.shutdown(wait=False, cancel_futures=True)
 
 
 class _Delivery:
