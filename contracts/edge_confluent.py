@@ -346,7 +346,7 @@ class ConfluentGroupConsumer(_Client):
         try:
             offsets = self._handler.on_revoking(revoked)
             if offsets:
-                self._commit_sync(offsets, self._handler.revocation_commit_timeout_s())
+                self._commit_sync(offsets)
                 self._handler.on_committed(offsets)
         except Exception as exc:  # the rebalance goes on anyway; the new owner re-reads
             log.warning("commit_on_revocation_failed", error=f"{type(exc).__name__}: {exc}")
@@ -442,11 +442,15 @@ class ConfluentGroupConsumer(_Client):
                 return fatal
         return TransientKafkaError(said)
 
-    def _commit_sync(self, offsets: dict[TopicPartition, int], timeout_s: float) -> None:
-        """Inside a revocation callback: blocking is what the rebalance waits for. Through the
-        committer, behind any commit still running there, so an older one cannot land after
-        it and move the group's offset back."""
-        self.commit(offsets, timeout_s)
+    def _commit_sync(self, offsets: dict[TopicPartition, int]) -> None:
+        """Inside a revocation callback, on this thread: blocking is what the rebalance waits
+        for, and librdkafka holds commits from other threads until the callback returns (one
+        sent through the committer from here timed out). A committer commit released after
+        it carries older offsets: at worst records are read again, never skipped."""
+        done = self._consumer.commit(
+            offsets=[_rd(tp, o) for tp, o in offsets.items()], asynchronous=False
+        )
+        self._check_commit(done)
 
     def seek(self, partition: TopicPartition, offset: int) -> None:
         try:
