@@ -277,12 +277,10 @@ class ConfluentGroupConsumer(_Client):
         *,
         group_id: str,
         client_id: str,
-        max_poll_records: int,
         session_timeout_ms: int,
         heartbeat_interval_ms: int,
     ) -> None:
         super().__init__(conn, topic=None, group=group_id)
-        self._max_poll_records = max_poll_records
         self._consumer = Consumer(
             self._config(
                 client_id,
@@ -413,25 +411,19 @@ class ConfluentGroupConsumer(_Client):
     def _outcome_of(self, future: Future[list[RdTopicPartition]]) -> Exception | None:
         error = future.exception()
         if error is None:
-            return self._commit_outcome(None, future.result())
+            return self._partition_error(future.result())
         if isinstance(error, KafkaException):
             return self._commit_error(error.args[0] if error.args else None, str(error))
         return TransientKafkaError(f"{type(error).__name__}: {error}")
 
-    def _commit_outcome(
-        self, error: KafkaError | None, partitions: list[RdTopicPartition]
-    ) -> Exception | None:
-        if error is not None:
-            return self._commit_error(error, error.str())
-        failed = next((p.error for p in partitions if p.error is not None), None)
+    def _partition_error(self, partitions: list[RdTopicPartition] | None) -> Exception | None:
+        """A synchronous commit's per-partition errors, the first one as ours."""
+        failed = next((p.error for p in partitions or () if p.error is not None), None)
         return None if failed is None else self._commit_error(failed, failed.str())
 
-    def _check_commit(self, result: KafkaError | list[RdTopicPartition] | None) -> None:
-        if isinstance(result, KafkaError):
-            raise self._commit_error(result, result.str())
-        for p in result or ():
-            if p.error is not None:
-                raise self._commit_error(p.error, p.error.str())
+    def _check_commit(self, partitions: list[RdTopicPartition] | None) -> None:
+        if (error := self._partition_error(partitions)) is not None:
+            raise error
 
     def _commit_error(self, error: KafkaError | None, said: str) -> Exception:
         if isinstance(error, KafkaError):
@@ -646,9 +638,8 @@ class ConfluentReader(_Client):
     reader never hands the same offset out twice, whatever the client's queues hold.
     """
 
-    def __init__(self, conn: KafkaConnection, *, client_id: str, max_poll_records: int) -> None:
+    def __init__(self, conn: KafkaConnection, *, client_id: str) -> None:
         super().__init__(conn, topic=None, group=None)
-        self._max_poll_records = max_poll_records
         self._consumer = Consumer(
             self._config(
                 client_id,

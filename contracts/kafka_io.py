@@ -172,10 +172,9 @@ def group_consumer(
             conn,
             group_id=group,
             client_id=client_id,
-            max_poll_records=max_poll_records,
             session_timeout_ms=session_timeout_ms,
             heartbeat_interval_ms=heartbeat_ms,
-        )
+        )  # librdkafka is told how many records per poll_batch, not up front
     from contracts.edge_kafka_python import KafkaPythonGroupConsumer
 
     consumer = make_consumer(
@@ -220,7 +219,7 @@ def partition_reader(
     if conn.kafka_client == "confluent":
         from contracts.edge_confluent import ConfluentReader
 
-        return ConfluentReader(conn, client_id=client_id, max_poll_records=max_poll_records)
+        return ConfluentReader(conn, client_id=client_id)
     from contracts.edge_kafka_python import KafkaPythonReader
 
     consumer = make_consumer(

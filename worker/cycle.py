@@ -92,6 +92,11 @@ class BatchCycle:
     # -- committing ----------------------------------------------------------------------------
 
     @property
+    def in_hand(self) -> int:
+        """Records taken and not yet acknowledged (out plus pending)."""
+        return len(self.out or ()) + len(self.pending)
+
+    @property
     def holding(self) -> bool:
         """Acknowledged offsets wait for a commit (the loop takes no new batch meanwhile)."""
         return bool(self.acknowledged)

@@ -189,7 +189,7 @@ class Worker:
         plain reads, no locks. Nothing past the committed offsets is lost: it is re-read."""
         consumer = self._consumer
         return {
-            "pending_records": len(self.cycle.pending) + len(self.cycle.out or ()),
+            "pending_records": self.cycle.in_hand,
             "uncommitted": {
                 f"{tp.topic}-{tp.partition}": offset
                 for tp, offset in list(self.cycle.acknowledged.items())
@@ -374,7 +374,7 @@ class Worker:
                 timeout_s = min(timeout_s, _IN_FLIGHT_POLL_S)
             room = s.max_batch - len(cycle.pending)
             if s.max_records is not None:
-                taken = self.totals.records_in + len(cycle.out or ()) + len(cycle.pending)
+                taken = self.totals.records_in + cycle.in_hand
                 if taken >= s.max_records:  # the rest is out: settle it, then stop
                     self._finish_pending(serial=True)
                     continue
@@ -396,8 +396,7 @@ class Worker:
                 deadline = idle_since + s.max_wait_ms / 1000
             full = len(cycle.pending) >= s.max_batch or (
                 s.max_records is not None
-                and self.totals.records_in + len(cycle.out or ()) + len(cycle.pending)
-                >= s.max_records
+                and self.totals.records_in + cycle.in_hand >= s.max_records
             )
             if cycle.pending and not held and (full or time.monotonic() >= (deadline or 0.0)):
                 idle_since = time.monotonic()
@@ -497,6 +496,10 @@ class Worker:
                 error=str(error),
                 suppressed=self._warn["commit"].take_suppressed(),
             )
+        self._hold_for_retry()
+
+    def _hold_for_retry(self) -> None:
+        """A commit failed: the loop holds and retries it (``_hold_while_uncommitted``)."""
         self._commit_failing = True
         self._held_retry_at = time.monotonic() + self._held_backoff
 
@@ -589,8 +592,7 @@ class Worker:
             raise
         unpipelined = give_up is None and not self.settings.pipelined
         if unpipelined and not self._commit_held(attempts=1, timeout_s=_BATCH_COMMIT_TIMEOUT_S):
-            self._commit_failing = True
-            self._held_retry_at = time.monotonic() + self._held_backoff  # the loop retries
+            self._hold_for_retry()
 
     def _publisher_settled(self) -> bool:
         assert self._publisher is not None and self._in_flight is not None
@@ -625,7 +627,7 @@ class Worker:
         """
         assert self._consumer is not None
         self._in_flight = None
-        records = len(self.cycle.out or ()) + len(self.cycle.pending)
+        records = self.cycle.in_hand
         first = self.cycle.abandon()
         owned = self._consumer.assignment()
         for tp, offset in first.items():
