@@ -94,6 +94,11 @@ class CommitRejected(Exception):
     re-reads from the last committed ones: duplicates, never a gap)."""
 
 
+class TransactionAborted(Exception):
+    """The transaction was aborted: none of its records or offsets count (``read_committed``
+    readers never see them), so the batch is read again from its first offsets."""
+
+
 class RebalanceHandler(Protocol):
     """What a group member does when partitions come and go; the adapters call it from
     wherever their client runs rebalance callbacks (kafka-python: its IO thread, while the
@@ -144,6 +149,18 @@ class GroupConsumer(Protocol):
 
     def seek(self, partition: TopicPartition, offset: int) -> None:
         """Fetch ``partition`` from ``offset`` next (drops what was fetched beyond it)."""
+        ...
+
+    def committed(
+        self, partitions: Sequence[TopicPartition], timeout_s: float
+    ) -> dict[TopicPartition, int | None]:
+        """The group's committed next-offsets (None: none yet). Raises
+        :class:`TransientKafkaError` or a classified fatal error."""
+        ...
+
+    def group_metadata(self) -> object:
+        """This member's group, generation and member id, as the client's producer takes it
+        in a transaction (the coordinator refuses offsets from a stale generation: KIP-447)."""
         ...
 
     def pause(self, partitions: Iterable[TopicPartition]) -> None: ...
@@ -251,6 +268,28 @@ class AckingProducer(Protocol):
         ...
 
     def close(self, timeout_s: float) -> None: ...
+
+
+class TransactionalProducer(AckingProducer, Protocol):
+    """An :class:`AckingProducer` whose records, with the consumer's offsets, count only once
+    their transaction commits. Built with a ``transactional.id``: creating it fences (and
+    settles the open transaction of) any earlier producer with the same id."""
+
+    def begin(self) -> None: ...
+
+    def commit_transaction(
+        self, offsets: dict[TopicPartition, int], group_metadata: object, timeout_s: float
+    ) -> None:
+        """Add ``offsets`` (next-offsets of the records consumed) to the open transaction and
+        commit it. Raises :class:`TransactionAborted` (it was aborted: nothing of it counts),
+        :class:`TransientKafkaError` (its outcome is unknown: replace this producer, whose
+        successor settles it, and re-read from the committed offsets) or a classified fatal
+        error (:class:`~contracts.kafka_errors.ProducerFenced` among them)."""
+        ...
+
+    def abort(self, timeout_s: float) -> bool:
+        """Abort the open transaction, if any; False when that could not be confirmed."""
+        ...
 
 
 def describe_partitions(partitions: Iterable[TopicPartition]) -> list[str]:

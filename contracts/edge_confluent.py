@@ -52,17 +52,20 @@ from contracts.edge import (
     ReadRecord,
     RebalanceHandler,
     TopicPartition,
+    TransactionAborted,
     TransientKafkaError,
     describe_partitions,
     lag_by_partition,
 )
 from contracts.kafka_errors import (
     KafkaFatalError,
+    ProducerFenced,
     authentication_failed,
     format_mismatch,
     group_not_authorized,
     looks_like_tls,
     not_authorized,
+    producer_fenced,
     tls_failed,
     topic_not_authorized,
 )
@@ -91,6 +94,13 @@ _REJECTED_COMMIT = frozenset(
         KafkaError.FENCED_INSTANCE_ID,
     }
 )
+_FENCED = frozenset(
+    {KafkaError._FENCED, KafkaError.PRODUCER_FENCED, KafkaError.INVALID_PRODUCER_EPOCH}
+)
+"""A newer producer holds our transactional id, or the coordinator aborted our transaction
+for its timeout and moved the id on: whatever we still send is void."""
+
+
 _NOT_AN_ERROR = frozenset({KafkaError._PARTITION_EOF, KafkaError._NO_OFFSET})
 
 
@@ -128,6 +138,8 @@ def classify_librdkafka_error(
         KafkaError.UNSUPPORTED_FOR_MESSAGE_FORMAT,
     ):
         return format_mismatch(conn, f"{error.name()}: {said}")
+    if code in _FENCED:
+        return producer_fenced(None, f"{error.name()}: {said}")
     if error.fatal():
         return format_mismatch(conn, f"{error.name()}: {said}")
     return None
@@ -444,6 +456,21 @@ class ConfluentGroupConsumer(_Client):
         )
         self._check_commit(done)
 
+    def committed(
+        self, partitions: Sequence[TopicPartition], timeout_s: float
+    ) -> dict[TopicPartition, int | None]:
+        self._raise_fatal()
+        try:
+            found = self._consumer.committed([_rd(tp) for tp in partitions], timeout=timeout_s)
+        except KafkaException as exc:
+            raise self._translated(exc) from None
+        return {
+            TopicPartition(p.topic, p.partition): p.offset if p.offset >= 0 else None for p in found
+        }
+
+    def group_metadata(self) -> object:
+        return self._consumer.consumer_group_metadata()
+
     def seek(self, partition: TopicPartition, offset: int) -> None:
         try:
             self._consumer.seek(_rd(partition, offset))
@@ -550,7 +577,9 @@ class _Delivery:
 class ConfluentProducer(_Client):
     """An acknowledging producer on librdkafka (:class:`contracts.edge.AckingProducer`)."""
 
-    def __init__(self, conn: KafkaConnection, *, client_id: str, linger_ms: int = 5) -> None:
+    def __init__(
+        self, conn: KafkaConnection, *, client_id: str, linger_ms: int = 5, **extra: Any
+    ) -> None:
         super().__init__(conn, topic=None, group=None)
         self._producer = Producer(
             self._config(
@@ -566,6 +595,7 @@ class ConfluentProducer(_Client):
                     "batch.size": 256 * 1024,
                     "compression.type": conn.compression,
                     "message.timeout.ms": 120_000,
+                    **extra,
                 },
             )
         )
@@ -624,6 +654,101 @@ class ConfluentProducer(_Client):
 
     def close(self, timeout_s: float) -> None:
         self._producer.flush(timeout_s)
+
+
+class ConfluentTransactionalProducer(ConfluentProducer):
+    """A transactional producer on librdkafka (:class:`contracts.edge.TransactionalProducer`).
+
+    librdkafka's transactional calls take a timeout; an error says whether the transaction must
+    be aborted, may be retried, or is fatal (fenced: this producer is done)."""
+
+    def __init__(
+        self,
+        conn: KafkaConnection,
+        *,
+        client_id: str,
+        transactional_id: str,
+        transaction_timeout_ms: int,
+        init_timeout_s: float,
+        linger_ms: int = 5,
+    ) -> None:
+        self._id = transactional_id
+        super().__init__(
+            conn,
+            client_id=client_id,
+            linger_ms=linger_ms,
+            **{
+                "transactional.id": transactional_id,
+                "transaction.timeout.ms": transaction_timeout_ms,
+                "message.timeout.ms": transaction_timeout_ms,  # librdkafka: at most that
+            },
+        )
+        self._open = False
+        try:
+            self._producer.init_transactions(init_timeout_s)
+        except KafkaException as exc:
+            raise self._txn_error(exc) from None
+
+    def _classify(self, error: KafkaError | BaseException) -> KafkaFatalError | None:
+        fatal = super()._classify(error)
+        if isinstance(fatal, ProducerFenced):  # name the id
+            return producer_fenced(self._id, str(error)[:300])
+        return fatal
+
+    def _txn_error(self, exc: KafkaException) -> Exception:
+        error = exc.args[0] if exc.args else None
+        if isinstance(error, KafkaError) and error.code() in _FENCED:
+            return producer_fenced(self._id, f"{error.name()}: {error.str()}")
+        if isinstance(error, KafkaError) and error.txn_requires_abort():
+            return TransientKafkaError(str(exc))  # abortable: the caller aborts
+        return self._translated(exc)
+
+    def begin(self) -> None:
+        self._raise_fatal()
+        try:
+            self._producer.begin_transaction()
+        except KafkaException as exc:
+            raise self._txn_error(exc) from None
+        self._open = True
+
+    def commit_transaction(
+        self, offsets: dict[TopicPartition, int], group_metadata: object, timeout_s: float
+    ) -> None:
+        deadline = time.monotonic() + timeout_s
+        try:
+            if offsets:
+                self._producer.send_offsets_to_transaction(
+                    [_rd(tp, o) for tp, o in offsets.items()],
+                    group_metadata,
+                    max(deadline - time.monotonic(), 0.1),
+                )
+            self._producer.commit_transaction(max(deadline - time.monotonic(), 0.1))
+        except KafkaException as exc:
+            error = exc.args[0] if exc.args else None
+            failed = self._txn_error(exc)
+            if not isinstance(failed, TransientKafkaError):
+                raise failed from None
+            abortable = isinstance(error, KafkaError) and error.txn_requires_abort()
+            if abortable and self.abort(max(deadline - time.monotonic(), 1.0)):
+                raise TransactionAborted(str(exc)) from None
+            raise TransientKafkaError(f"transaction outcome unknown: {exc}") from None
+        self._open = False
+
+    def abort(self, timeout_s: float) -> bool:
+        if not self._open:
+            return True
+        try:
+            self._producer.abort_transaction(timeout_s)
+        except KafkaException:
+            return False
+        self._open = False
+        return True
+
+    def close(self, timeout_s: float) -> None:
+        """An open transaction is left to the next producer with our id (which aborts it) or
+        to the coordinator's timeout; a closed transaction's records are all acknowledged."""
+        if not self._open:
+            self._producer.flush(timeout_s)
 
 
 class ConfluentReader(_Client):

@@ -18,7 +18,14 @@ import structlog
 from kafka import KafkaConsumer, KafkaProducer
 from kafka import TopicPartition as KafkaTopicPartition
 from kafka.consumer.subscription_state import AsyncConsumerRebalanceListener
-from kafka.errors import CommitFailedError, KafkaError, KafkaTimeoutError
+from kafka.errors import (
+    CommitFailedError,
+    InvalidProducerEpochError,
+    KafkaError,
+    KafkaTimeoutError,
+    ProducerFencedError,
+    TransactionalIdNotFoundError,
+)
 from kafka.structs import OffsetAndMetadata
 
 from contracts.connection import KafkaConnection
@@ -29,11 +36,12 @@ from contracts.edge import (
     Outgoing,
     RebalanceHandler,
     TopicPartition,
+    TransactionAborted,
     TransientKafkaError,
     describe_partitions,
     lag_by_partition,
 )
-from contracts.kafka_errors import classify_client_error
+from contracts.kafka_errors import classify_client_error, producer_fenced
 
 log = structlog.get_logger("forestream.kafka")
 
@@ -131,6 +139,21 @@ class KafkaPythonGroupConsumer:
     def seek(self, partition: TopicPartition, offset: int) -> None:
         with contextlib.suppress(KafkaError, AssertionError, ValueError):
             self._consumer.seek(_theirs(partition), offset)
+
+    def committed(
+        self, partitions: Sequence[TopicPartition], timeout_s: float
+    ) -> dict[TopicPartition, int | None]:
+        timeout_ms = max(int(timeout_s * 1000), 1)
+        try:
+            return {
+                tp: self._consumer.committed(_theirs(tp), timeout_ms=timeout_ms)
+                for tp in partitions
+            }
+        except KafkaError as exc:
+            raise self._classified(exc) from None
+
+    def group_metadata(self) -> object:
+        return self._consumer.group_metadata()
 
     def pause(self, partitions: Iterable[TopicPartition]) -> None:
         self._consumer.pause(*map(_theirs, partitions))
@@ -393,3 +416,87 @@ class KafkaPythonProducer:
             self._producer.flush(timeout=timeout_s)
         with contextlib.suppress(KafkaError):
             self._producer.close(timeout=max(timeout_s, 1))
+
+
+_FENCED = (ProducerFencedError, InvalidProducerEpochError, TransactionalIdNotFoundError)
+"""A newer producer holds our transactional id, or the coordinator aborted our transaction
+for its timeout and moved the id on: whatever we still send is void."""
+
+
+class KafkaPythonTransactionalProducer(KafkaPythonProducer):
+    """A transactional producer on kafka-python (:class:`contracts.edge.TransactionalProducer`).
+
+    kafka-python's ``send_offsets_to_transaction``, ``commit_transaction`` and
+    ``abort_transaction`` wait without a bound; the same requests are made here through its
+    transaction manager and awaited for at most the caller's timeout, so a broker away cannot
+    hold the worker past its shutdown grace.
+    """
+
+    def __init__(
+        self, producer: KafkaProducer, conn: KafkaConnection, transactional_id: str
+    ) -> None:
+        super().__init__(producer, conn)
+        self._id = transactional_id
+        self._open = False
+        try:
+            producer.init_transactions()  # bounded by max_block_ms
+        except KafkaError as exc:
+            with contextlib.suppress(KafkaError):
+                producer.close(timeout=1)
+            raise self._fatal_or_transient(exc) from None
+
+    def _fatal_or_transient(self, exc: BaseException) -> Exception:
+        if isinstance(exc, _FENCED):
+            return producer_fenced(self._id, f"{type(exc).__name__}: {exc}")
+        fatal = classify_client_error(exc, self._conn)
+        return fatal if fatal is not None else TransientKafkaError(f"{type(exc).__name__}: {exc}")
+
+    def begin(self) -> None:
+        try:
+            self._producer.begin_transaction()
+        except KafkaError as exc:
+            raise self._fatal_or_transient(exc) from None
+        self._open = True
+
+    def _await(self, result: Any, timeout_s: float, what: str) -> None:
+        self._producer._sender.wakeup()
+        if not result.wait(timeout_ms=max(int(timeout_s * 1000), 1)):
+            raise KafkaTimeoutError(f"{what} not confirmed within {timeout_s:.1f}s")
+
+    def commit_transaction(
+        self, offsets: dict[TopicPartition, int], group_metadata: object, timeout_s: float
+    ) -> None:
+        manager = self._producer._transaction_manager
+        deadline = time.monotonic() + timeout_s
+        try:
+            if offsets:
+                theirs = {_theirs(tp): OffsetAndMetadata(o, "", -1) for tp, o in offsets.items()}
+                result = manager.send_offsets_to_transaction(theirs, group_metadata)
+                self._await(result, deadline - time.monotonic(), "offsets in the transaction")
+            self._await(manager.begin_commit(), deadline - time.monotonic(), "commit")
+        except KafkaTimeoutError as exc:
+            raise TransientKafkaError(f"transaction outcome unknown: {exc}") from None
+        except KafkaError as exc:
+            failed = self._fatal_or_transient(exc)
+            if not isinstance(failed, TransientKafkaError):
+                raise failed from None
+            if self.abort(max(deadline - time.monotonic(), 1.0)):
+                raise TransactionAborted(f"{type(exc).__name__}: {exc}") from None
+            raise TransientKafkaError(f"transaction outcome unknown: {exc}") from None
+        self._open = False
+
+    def abort(self, timeout_s: float) -> bool:
+        if not self._open:
+            return True
+        try:
+            self._await(self._producer._transaction_manager.begin_abort(), timeout_s, "abort")
+        except KafkaError:
+            return False
+        self._open = False
+        return True
+
+    def close(self, timeout_s: float) -> None:
+        """An open transaction is left to the next producer with our id (which aborts it) or
+        to the coordinator's timeout: flushing it first would only delay that."""
+        with contextlib.suppress(KafkaError):
+            self._producer.close(timeout=max(timeout_s, 0))

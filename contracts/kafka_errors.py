@@ -51,6 +51,11 @@ class UnreadableRecords(KafkaFatalError):
     kind = "unreadable_records"
 
 
+class ProducerFenced(KafkaFatalError):
+    exit_code = 9
+    kind = "producer_fenced"
+
+
 EXIT_CODES: dict[int, str] = {
     0: "done, or stopped in order (SIGTERM/SIGINT)",
     1: "a bug (traceback), or records the producer could not deliver",
@@ -60,6 +65,8 @@ EXIT_CODES: dict[int, str] = {
     NotAuthorized.exit_code: "an ACL is missing on a topic, the consumer group or the cluster",
     TopicUnavailable.exit_code: "a topic does not exist and may not be created",
     UnreadableRecords.exit_code: "records in a codec or format this client cannot read",
+    ProducerFenced.exit_code: "exactly-once: another producer took this worker's transactional "
+    "id (a replacement started, or two live workers share one)",
     shutdown.EXIT_CODE: f"the shutdown grace ({shutdown.GRACE_S:.0f} s after SIGTERM/SIGINT) ran "
     "out, or a second signal came: ended hard",
 }
@@ -140,6 +147,15 @@ def tls_failed(conn: KafkaConnection | None, said: str) -> TlsFailed:
     return TlsFailed(
         f"TLS with Kafka{_where(conn)} failed ({said}): check FORESTREAM_SSL_CAFILE "
         "(the CA that signed the broker's certificate) and FORESTREAM_SECURITY_PROTOCOL"
+    )
+
+
+def producer_fenced(transactional_id: str | None, said: str) -> ProducerFenced:
+    return ProducerFenced(
+        f"fenced: another producer with transactional id {transactional_id!r} took over "
+        f"({said}); this worker's late transaction is void and it stops. If no replacement was "
+        "started, two live workers share the id: give each its own FORESTREAM_WORKER_INDEX or "
+        "FORESTREAM_TRANSACTIONAL_ID"
     )
 
 

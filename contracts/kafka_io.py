@@ -19,7 +19,7 @@ from kafka.admin import NewTopic
 from kafka.errors import KafkaError, TopicAlreadyExistsError, TopicAuthorizationFailedError
 
 from contracts.connection import KafkaConnection
-from contracts.edge import AckingProducer, GroupConsumer, PartitionReader
+from contracts.edge import AckingProducer, GroupConsumer, PartitionReader, TransactionalProducer
 from contracts.errors import UserError
 from contracts.kafka_errors import (
     KafkaFatalError,
@@ -149,6 +149,9 @@ def make_consumer(target: Target, *topics: str, **overrides: Any) -> KafkaConsum
         "max_poll_records": 2000,
         "fetch_max_wait_ms": 100,
         "reconnect_backoff_max_ms": RECONNECT_BACKOFF_MAX_MS,
+        # records of aborted transactions (exactly-once workers, upstream producers) are
+        # never read, nor those of open ones yet; librdkafka's default already
+        "isolation_level": "read_committed",
     }
     config.update(overrides)
     return _built(conn, lambda: KafkaConsumer(*topics, **config))
@@ -208,6 +211,44 @@ def acking_producer(
     if max_block_ms is not None:
         overrides["max_block_ms"] = max_block_ms
     return KafkaPythonProducer(make_producer(conn, **overrides), conn)
+
+
+def transactional_producer(
+    target: Target,
+    *,
+    client_id: str,
+    transactional_id: str,
+    transaction_timeout_ms: int,
+    max_block_ms: int,
+) -> TransactionalProducer:
+    """A producer whose records and consumer offsets count together or not at all (exactly
+    once). Creating it fences any earlier producer with ``transactional_id`` and settles its
+    open transaction; ``max_block_ms`` also bounds that."""
+    conn = connection(target)
+    if conn.kafka_client == "confluent":
+        from contracts.edge_confluent import ConfluentTransactionalProducer
+
+        return ConfluentTransactionalProducer(
+            conn,
+            client_id=client_id,
+            transactional_id=transactional_id,
+            transaction_timeout_ms=transaction_timeout_ms,
+            init_timeout_s=max_block_ms / 1000,
+        )
+    from contracts.edge_kafka_python import KafkaPythonTransactionalProducer
+
+    producer = make_producer(
+        conn,
+        client_id=client_id,
+        transactional_id=transactional_id,
+        transaction_timeout_ms=transaction_timeout_ms,
+        max_block_ms=max_block_ms,
+        # no record outlives its transaction (kafka-python wants linger + request timeout
+        # below the delivery timeout)
+        delivery_timeout_ms=transaction_timeout_ms,
+        request_timeout_ms=min(30_000, transaction_timeout_ms // 2),
+    )
+    return KafkaPythonTransactionalProducer(producer, conn, transactional_id)
 
 
 def partition_reader(

@@ -135,6 +135,26 @@ def worker(
             show_default=False,
         ),
     ] = None,
+    guarantee: Annotated[
+        str | None,
+        typer.Option(
+            "--guarantee",
+            help="at-least-once (offsets committed after the outputs are acknowledged) or "
+            "exactly-once (outputs and offsets in one transaction per batch; read the outputs "
+            "with isolation.level=read_committed) [env FORESTREAM_GUARANTEE; default "
+            "at-least-once]",
+            show_default=False,
+        ),
+    ] = None,
+    transactional_id: Annotated[
+        str | None,
+        typer.Option(
+            "--transactional-id",
+            help="exactly-once: this worker's transactional.id, unique among live workers "
+            "[env FORESTREAM_TRANSACTIONAL_ID; default forestream-<group>-<host>-<worker index>]",
+            show_default=False,
+        ),
+    ] = None,
     processes: Annotated[
         int | None,
         typer.Option(
@@ -167,6 +187,8 @@ def worker(
         max_wait_ms=max_wait_ms,
         max_records=max_records,
         pipeline=pipeline,
+        guarantee=guarantee,
+        transactional_id=transactional_id,
         metrics_port=metrics_port,
         drift_window=drift_window,
         report_interval_s=report_interval_s,
@@ -178,6 +200,13 @@ def worker(
     require_reachable(settings.kafka())
 
     if processes is not None and processes != 1:
+        if settings.transactional_id is not None:
+            from contracts.errors import UserError
+
+            raise UserError(
+                "--transactional-id names one producer: with --processes the children would "
+                "fence each other; leave it unset (each child gets its own, by worker index)"
+            )
         from worker.supervisor import supervise
 
         argv = [sys.executable, "-m", "forestream.cli", *_without_processes(sys.argv[1:])]

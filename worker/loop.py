@@ -28,6 +28,8 @@ from contracts.edge import (
     GroupConsumer,
     InputRecord,
     TopicPartition,
+    TransactionAborted,
+    TransactionalProducer,
     TransientKafkaError,
     describe_partitions,
 )
@@ -40,10 +42,11 @@ from contracts.kafka_io import (
     group_consumer,
     models_topic_spec,
     topic_partitions,
+    transactional_producer,
 )
 from contracts.logs import RateLimited
 from worker.batch import BatchObserver
-from worker.cycle import BatchCycle
+from worker.cycle import BatchCycle, next_offsets
 from worker.models import ActiveModel, ModelFollower
 from worker.processing import (
     AckedPublisher,
@@ -82,6 +85,11 @@ _SHUTDOWN_GRACE_S = 10.0
 """After SIGTERM, how long a batch in hand may wait for the broker before it is left
 uncommitted (to be re-read by the next owner) so that the worker exits."""
 _SEND_BLOCK_MS = 2_000
+_TXN_TIMEOUT_S = 10.0
+"""Exactly-once: bound on committing one transaction (milliseconds when healthy)."""
+_TXN_INIT_BLOCK_MS = 5_000
+"""Exactly-once: bound on starting a transactional producer (it settles its predecessor's
+open transaction first); past it the loop retries, holding, with backoff."""
 _MAX_BACKOFF_S = 10.0
 
 
@@ -149,6 +157,14 @@ class Worker:
         """The asynchronous commit in flight (one at a time) and when it was sent."""
         self._in_flight: _InFlight | None = None
         """The batch out (``cycle.out``): published, its acknowledgements not yet awaited."""
+        self._txn: TransactionalProducer | None = None
+        """Exactly-once: the producer of predictions and dead letters (``_producer`` then
+        serves monitoring only, outside transactions)."""
+        self._resync: dict[TopicPartition, int] = {}
+        """Exactly-once: partitions whose last transaction's outcome is unknown, with the first
+        offset of what it held. Nothing is read until they are sought to the group's committed
+        offsets (asked after a new producer has settled that transaction)."""
+        self._txn_failures = 0
 
     def attach_monitoring(self, monitoring: StreamMonitoring) -> None:
         """Add drift/accuracy/latency observers and the periodic report (before ``run``)."""
@@ -236,6 +252,8 @@ class Worker:
             worker_index=s.worker_index,
             kafka_client=self.kafka.kafka_client,
             pipelined=s.pipelined,
+            guarantee=s.guarantee,
+            transactional_id=s.transactional_id_or_default() if s.exactly_once else None,
         )
         self._ensure_topics()
         self._model = self._wait_for_model()
@@ -254,6 +272,8 @@ class Worker:
             self.kafka, client_id=self._client_id("out"), max_block_ms=_SEND_BLOCK_MS
         )
         self._publisher = AckedPublisher(self._producer, give_up=self._past_shutdown_grace)
+        if s.exactly_once:  # fences (and settles) an earlier worker's open transaction
+            self._txn = self._transactional_producer()
         if self.monitoring is not None:
             self.monitoring.start(self._producer)
         self._consumer = group_consumer(
@@ -340,6 +360,9 @@ class Worker:
             consumer.close(_LATE_COMMIT_TIMEOUT_S if late else close_s)
         if producer is not None:
             producer.close(1 if late else 30)
+        txn, self._txn = self._txn, None
+        if txn is not None:
+            txn.close(1 if late else 5)
         self.follower.stop()
 
     # -- batching ------------------------------------------------------------------------------
@@ -422,6 +445,8 @@ class Worker:
         succeed, what is acknowledged is committed asynchronously: the loop does not wait.
         """
         assert self._consumer is not None
+        if self.settings.exactly_once:
+            return self._hold_while_unsettled()
         if self._commit_failing:
             if self.cycle.holding and time.monotonic() >= self._held_retry_at:
                 if self._commit_held(attempts=1, timeout_s=_BATCH_COMMIT_TIMEOUT_S):
@@ -539,6 +564,8 @@ class Worker:
         committed offset, so anything dropped here is duplicated, never lost."""
         self.cycle.release(partitions, lost=lost)
         self._owned.difference_update(partitions)
+        for tp in partitions:  # the next owner reads from the committed offsets
+            self._resync.pop(tp, None)
         log.info(
             "partitions_released",
             partitions=describe_partitions(partitions),
@@ -572,6 +599,9 @@ class Worker:
         is settled before returning; with ``give_up`` committing is left to the caller (the
         adapter commits in its client's own way there).
         """
+        if self.settings.exactly_once:
+            self._finish_in_transaction(give_up)
+            return
         serial = serial or give_up is not None or not self.settings.pipelined
         cycle = self.cycle
         try:
@@ -593,6 +623,137 @@ class Worker:
         unpipelined = give_up is None and not self.settings.pipelined
         if unpipelined and not self._commit_held(attempts=1, timeout_s=_BATCH_COMMIT_TIMEOUT_S):
             self._hold_for_retry()
+
+    # -- exactly-once ---------------------------------------------------------------------------
+
+    def _transactional_producer(self) -> TransactionalProducer:
+        s = self.settings
+        return transactional_producer(
+            self.kafka,
+            client_id=self._client_id("txn"),
+            transactional_id=s.transactional_id_or_default(),
+            transaction_timeout_ms=s.transaction_timeout_ms,
+            max_block_ms=_TXN_INIT_BLOCK_MS,
+        )
+
+    def _finish_in_transaction(self, give_up: Callable[[], bool] | None = None) -> None:
+        """Score the records taken and commit their outputs and offsets in one transaction.
+
+        Aborted (a send or the commit failed, the group moved on): nothing of it counts, and
+        the batch is read again from its first offsets. Outcome unknown (a timeout): the
+        loop holds until a new producer has settled it and the partitions are sought to the
+        committed offsets, whichever way it went.
+        """
+        cycle = self.cycle
+        if not cycle.pending or self._resync or (give_up is not None and give_up()):
+            return
+        assert self._consumer is not None
+        scored = self._score(cycle.pending)
+        batch = cycle.start_batch()
+        offsets = next_offsets(batch)
+        try:
+            self._transact(scored, offsets)
+        except TransactionAborted as exc:
+            self._txn_failed("transaction_aborted", exc)
+            self._rewind()
+            return
+        except TransientKafkaError as exc:
+            self._txn_failed("transaction_outcome_unknown", exc)
+            for tp, first in cycle.abandon().items():
+                self._resync.setdefault(tp, first)
+            self._settle_resync()
+            return
+        except BaseException:
+            self._rewind()
+            raise
+        self._txn_failures = 0
+        cycle.committed(cycle.acknowledge())  # both at once: they were one transaction
+        self.totals.records_in += scored.records_in
+        self.totals.batches += 1
+        self.totals.predicted += scored.predicted
+        self.totals.dead_lettered.update(scored.dead_lettered)
+        self._observers.notify(scored.scored)
+
+    def _transact(self, scored: ProcessedBatch, offsets: dict[TopicPartition, int]) -> None:
+        assert self._consumer is not None
+        if self._txn is None:  # the last one was given up: its successor settles it
+            self._txn = self._transactional_producer()
+        txn = self._txn
+        deadline = self._orderly_deadline()
+        timeout_s = _TXN_TIMEOUT_S if deadline is None else deadline - time.monotonic()
+        timeout_s = max(min(timeout_s, _TXN_TIMEOUT_S), _LATE_COMMIT_TIMEOUT_S)
+        txn.begin()
+        delivery = txn.send(scored.outgoing)
+        if (error := delivery.error()) is not None:  # some were never handed over
+            fatal = txn.fatal(error, self.settings.output_topic)
+            if fatal is not None:
+                txn.abort(_LATE_COMMIT_TIMEOUT_S)
+                raise fatal
+            if txn.abort(timeout_s):
+                raise TransactionAborted(f"send failed: {error}")
+            raise TransientKafkaError(f"send failed, abort unconfirmed: {error}")
+        if not offsets.keys() <= self._consumer.assignment():  # lost meanwhile: not ours
+            if txn.abort(timeout_s):
+                raise TransactionAborted("partitions lost before the commit")
+            raise TransientKafkaError("partitions lost, abort unconfirmed")
+        txn.commit_transaction(offsets, self._consumer.group_metadata(), timeout_s)
+
+    def _txn_failed(self, event: str, exc: Exception) -> None:
+        self._txn_failures += 1
+        if self._warn["commit"].ready():
+            log.warning(
+                event,
+                error=str(exc)[:300],
+                failures_in_a_row=self._txn_failures,
+                suppressed=self._warn["commit"].take_suppressed(),
+            )
+        # a cause that persists (a broker away) is retried with backoff, not spun on
+        self._held_retry_at = time.monotonic() + min(0.1 * 2**self._txn_failures, 5.0)
+
+    def _hold_while_unsettled(self) -> bool:
+        """Exactly-once: hold (partitions paused, polling on) while an earlier transaction's
+        outcome is unknown, or after a failed one until its backoff has passed."""
+        assert self._consumer is not None
+        if self._resync and time.monotonic() >= self._held_retry_at:
+            self._settle_resync()
+        held = bool(self._resync) or time.monotonic() < self._held_retry_at
+        if held:
+            if self._held_since is None:
+                self._held_since = time.monotonic()
+            self._consumer.pause(self._consumer.assignment())
+            return True
+        if self._held_since is not None:
+            log.info("transactions_resumed", held_s=round(time.monotonic() - self._held_since, 2))
+            self._held_since = None
+        if paused := self._consumer.paused():
+            self._consumer.resume(paused)
+        return False
+
+    def _settle_resync(self) -> None:
+        """Replace the producer (its successor completes or aborts the transaction left
+        open), then read the partitions again from what the group committed."""
+        assert self._consumer is not None
+        old, self._txn = self._txn, None
+        if old is not None:
+            old.close(0)
+        try:
+            self._txn = self._transactional_producer()
+            owned = self._consumer.assignment()
+            mine = [tp for tp in self._resync if tp in owned]
+            committed = self._consumer.committed(mine, timeout_s=_LATE_COMMIT_TIMEOUT_S)
+        except TransientKafkaError as exc:
+            self._txn_failed("transaction_settle_failed", exc)
+            return
+        self.cycle.abandon()  # whatever was read meanwhile: read again from there
+        # nothing committed: the transaction did not commit either, so its first offset
+        resume = {tp: self._resync[tp] if o is None else o for tp, o in committed.items()}
+        for tp, offset in resume.items():
+            self._consumer.seek(tp, offset)
+        log.info(
+            "transaction_settled",
+            partitions=sorted(f"{tp.topic}-{tp.partition}@{o}" for tp, o in resume.items()),
+        )
+        self._resync.clear()
 
     def _publisher_settled(self) -> bool:
         assert self._publisher is not None and self._in_flight is not None

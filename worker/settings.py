@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 
@@ -33,7 +35,31 @@ class WorkerSettings(CommonSettings):
 
     @property
     def pipelined(self) -> bool:
+        if self.exactly_once:  # one transaction at a time: nothing to overlap with
+            return False
         return self.pipeline if self.pipeline is not None else self.kafka_client == "confluent"
+
+    guarantee: Literal["at-least-once", "exactly-once"] = "at-least-once"
+    """``exactly-once``: each micro-batch's predictions, dead letters and input offsets are
+    committed in one Kafka transaction (readers with ``read_committed`` see every input once);
+    ``at-least-once``: offsets are committed after the outputs are acknowledged (a crash
+    re-reads, downstream may see a duplicate)."""
+    transactional_id: str | None = Field(default=None, min_length=1, max_length=200)
+    """Exactly-once: this worker's ``transactional.id``, unique among live workers. Unset:
+    ``forestream-<group>-<host>-<worker index>``, the same after a restart on the same host,
+    so the restarted worker aborts its predecessor's open transaction at once."""
+    transaction_timeout_ms: int = Field(default=10_000, ge=1_000, le=900_000)
+    """Exactly-once: the coordinator aborts a transaction left open this long (a worker that
+    died mid-batch): until then ``read_committed`` readers of its partitions wait."""
+
+    @property
+    def exactly_once(self) -> bool:
+        return self.guarantee == "exactly-once"
+
+    def transactional_id_or_default(self) -> str:
+        if self.transactional_id is not None:
+            return self.transactional_id
+        return f"forestream-{self.group}-{socket.gethostname()}-{self.worker_index}"
 
     max_record_bytes: int = Field(default=1024 * 1024, ge=1)
     """Larger input values are dead-lettered as ``too_large`` without being parsed."""
