@@ -15,9 +15,11 @@
     output's delivery; the two clocks are the same host clock); the same load through (a)'s
     loop in its own process gives the floor the client alone imposes;
 (e) reference: the confluent-kafka scoring loop a user would write by hand
-    (:mod:`bench.reference_confluent`), what the worker on confluent is worth against.
+    (:mod:`bench.reference_confluent`), what the worker on confluent is worth against;
+(f) exactly-once: (c) and (d) again with ``--guarantee exactly-once`` (a transaction per
+    micro-batch), latency timed to when ``read_committed`` readers can see the prediction.
 
-The worker on confluent is allowed to fail (its row says why); anything else failing fails
+The worker on confluent and the exactly-once phases are allowed to fail (its row says why); anything else failing fails
 the run. Every run uses fresh topics (deleted at the end) and a temporary model store.
 """
 
@@ -185,6 +187,11 @@ class Results:
     worker_batch: dict[KafkaClient, float | None] = field(default_factory=dict)
     """Mean micro-batch size the worker reported in (c); (d)'s is ``latency_batch``."""
     latency_batch: dict[KafkaClient, float | None] = field(default_factory=dict)
+    exactly_once: dict[KafkaClient, Throughput | Failed] = field(default_factory=dict)
+    """(f) (c) with ``--guarantee exactly-once``: a transaction per micro-batch."""
+    exactly_once_latency: dict[KafkaClient, Latency | Failed] = field(default_factory=dict)
+    """(f) (d) with ``--guarantee exactly-once``, timed to when the outputs became readable
+    (read back with ``read_committed``, i.e. once their transaction committed)."""
     load: list[tuple[float, float, float]] = field(default_factory=list)
     """1/5/15-minute load averages at the start and the end: the cores may be shared."""
 
@@ -513,6 +520,7 @@ def start_worker(
     max_records: int | None = None,
     client: KafkaClient = "kafka-python",
     pipeline: bool = True,
+    guarantee: str = "at-least-once",
 ) -> subprocess.Popen[bytes]:
     """The worker on ``client``, set explicitly: an inherited setting must not relabel a row."""
     from bench.workload import MODEL_NAME
@@ -523,7 +531,8 @@ def start_worker(
         "--input-topic", topics.input, "--output-topic", topics.output,
         "--dlq-topic", topics.dlq, "--models-topic", topics.models,
         "--store", str(store), "--name", MODEL_NAME, "--group", group,
-        "--log-format", "json",
+        "--log-format", "json", "--guarantee", guarantee,
+        "--transactional-id", f"{group}.tx",
     ]  # fmt: skip
     if max_records is not None:
         cmd += ["--max-records", str(max_records)]
@@ -635,9 +644,12 @@ def worker_throughput(
     log_path: Path,
     client: KafkaClient = "kafka-python",
     pipeline: bool = True,
+    guarantee: str = "at-least-once",
 ) -> tuple[Throughput, float]:
     """(rate, peak RSS in MB) of one worker scoring ``records`` and exiting."""
-    proc = start_worker(bootstrap, topics, store, group, log_path, records, client, pipeline)
+    proc = start_worker(
+        bootstrap, topics, store, group, log_path, records, client, pipeline, guarantee
+    )
     try:
         peak = wait_watching_rss(proc, phase_timeout(records, floor_s=300.0))
     except subprocess.TimeoutExpired:
@@ -919,6 +931,22 @@ def table_rows(res: Results) -> list[tuple[str, str, str]]:
             (f"{name} as received p50 / p99", percentiles(lat, "received"),
              "input CreateTime -> prediction read back by the benchmark")
         )  # fmt: skip
+    for client, eos in res.exactly_once.items():
+        note = "(c) with --guarantee exactly-once: a transaction per micro-batch"
+        rows.append((f"(f) worker exactly-once, {client}", rate(eos), note))
+        if client in workers:
+            rows.append(ratio_row(f"exactly-once / at-least-once, {client}", eos,
+                                  workers[client], "%", "throughput kept"))  # fmt: skip
+    for client, lat in res.exactly_once_latency.items():
+        name = f"(f) latency exactly-once, {client}"
+        if isinstance(lat, Failed):
+            rows.append((name, "failed", lat.reason))
+            continue
+        rows.append(
+            (f"{name} p50 / p99", percentiles(lat, "received"),
+             f"input CreateTime -> prediction readable to read_committed (transaction "
+             f"committed), at {lat.offered_rate:,.0f} rec/s offered")
+        )  # fmt: skip
     for client, lat in res.passthrough_latency.items():
         rows.append(
             (f"(d) passthrough latency, {client} p50 / p99", percentiles(lat, "created"),
@@ -1028,6 +1056,8 @@ class Layout:
     worker: dict[KafkaClient, WorkerTopics]
     worker_other: dict[KafkaClient, WorkerTopics]
     latency: dict[KafkaClient, WorkerTopics]
+    exactly_once: dict[KafkaClient, WorkerTopics]
+    exactly_once_latency: dict[KafkaClient, WorkerTopics]
     passthrough: dict[KafkaClient, str]
     latency_passthrough: dict[KafkaClient, tuple[str, str]]
     """(input, output) of (d)'s passthrough."""
@@ -1047,6 +1077,10 @@ class Layout:
             worker={c: worker(c, source) for c in CLIENTS},
             worker_other={c: worker(f"{c}.other", source) for c in CLIENTS},
             latency={c: worker(f"{c}.lat", f"{prefix}.{c}.lat.in") for c in CLIENTS},
+            exactly_once={c: worker(f"{c}.eos", source) for c in CLIENTS},
+            exactly_once_latency={
+                c: worker(f"{c}.eos.lat", f"{prefix}.{c}.eos.lat.in") for c in CLIENTS
+            },
             passthrough={c: f"{prefix}.{c}.passthrough" for c in CLIENTS},
             latency_passthrough={
                 c: (f"{prefix}.{c}.lat.pass.in", f"{prefix}.{c}.lat.pass.out") for c in CLIENTS
@@ -1054,7 +1088,10 @@ class Layout:
         )
 
     def all(self) -> list[str]:
-        workers = [*self.worker.values(), *self.worker_other.values(), *self.latency.values()]
+        workers = [
+            *self.worker.values(), *self.worker_other.values(), *self.latency.values(),
+            *self.exactly_once.values(), *self.exactly_once_latency.values(),
+        ]  # fmt: skip
         return sorted(
             {
                 self.input, self.models, self.naive, self.reference,
@@ -1147,14 +1184,16 @@ def run(opts: Options) -> Results:
                     res.worker_rss_mb[client] = peak
                 return span
 
-            def latency_phase(client: KafkaClient) -> Latency:
-                log = work / f"d-{client}.log"
-                wt = topics.latency[client]
+            def latency_phase(client: KafkaClient, guarantee: str = "at-least-once") -> Latency:
+                eos = guarantee == "exactly-once"
+                log = work / (f"f-lat-{client}.log" if eos else f"d-{client}.log")
+                wt = (topics.exactly_once_latency if eos else topics.latency)[client]
+                group = f"{prefix}.{client}.{'eos.' if eos else ''}lat"
                 return offered_load_latency(
                     bootstrap, wt.input, wt.output, workload.values, opts.latency_rate,
                     opts.latency_seconds,
-                    lambda _: start_worker(bootstrap, wt, store.root, f"{prefix}.{client}.lat",
-                                           log, client=client),
+                    lambda _: start_worker(bootstrap, wt, store.root, group, log,
+                                           client=client, guarantee=guarantee),
                     log,
                 )  # fmt: skip
 
@@ -1198,6 +1237,23 @@ def run(opts: Options) -> Results:
                     )
                 res.latency_batch[client] = mean_batch(work / f"d-{client}.log")
                 say(f"(d) worker on {client}: {shown(res.latency[client])}")
+
+            for client in CLIENTS:
+                say(f"(f) exactly-once worker on {client}")
+                res.exactly_once[client] = allowed_to_fail(
+                    lambda c=client: worker_throughput(
+                        bootstrap, topics.exactly_once[c], store.root, opts.records,
+                        f"{prefix}.{c}.eos", work / f"f-{c}.log", c, guarantee="exactly-once",
+                    )[0],
+                    work / f"f-{client}.log",
+                )  # fmt: skip
+                say(f"(f) exactly-once worker on {client}: {shown(res.exactly_once[client])}")
+                say(f"(f) exactly-once worker on {client}: {opts.latency_rate:g} rec/s")
+                res.exactly_once_latency[client] = allowed_to_fail(
+                    lambda c=client: latency_phase(c, "exactly-once"),
+                    work / f"f-lat-{client}.log",
+                )
+                say(f"(f) latency on {client}: {shown(res.exactly_once_latency[client])}")
 
             for client in CLIENTS:
                 say(f"(d) the same load through the passthrough on {client}")

@@ -699,6 +699,13 @@ class ConfluentTransactionalProducer(ConfluentProducer):
         error = exc.args[0] if exc.args else None
         if isinstance(error, KafkaError) and error.code() in _FENCED:
             return producer_fenced(self._id, f"{error.name()}: {error.str()}")
+        if (
+            isinstance(error, KafkaError)
+            and error.code() == KafkaError.TRANSACTIONAL_ID_AUTHORIZATION_FAILED
+        ):
+            return not_authorized(
+                self._conn, f"WRITE and DESCRIBE on transactional id {self._id!r}"
+            )
         if isinstance(error, KafkaError) and error.txn_requires_abort():
             return TransientKafkaError(str(exc))  # abortable: the caller aborts
         return self._translated(exc)

@@ -24,6 +24,7 @@ from kafka.errors import (
     KafkaError,
     KafkaTimeoutError,
     ProducerFencedError,
+    TransactionalIdAuthorizationFailedError,
     TransactionalIdNotFoundError,
 )
 from kafka.structs import OffsetAndMetadata
@@ -41,7 +42,7 @@ from contracts.edge import (
     describe_partitions,
     lag_by_partition,
 )
-from contracts.kafka_errors import classify_client_error, producer_fenced
+from contracts.kafka_errors import classify_client_error, not_authorized, producer_fenced
 
 log = structlog.get_logger("forestream.kafka")
 
@@ -448,6 +449,10 @@ class KafkaPythonTransactionalProducer(KafkaPythonProducer):
     def _fatal_or_transient(self, exc: BaseException) -> Exception:
         if isinstance(exc, _FENCED):
             return producer_fenced(self._id, f"{type(exc).__name__}: {exc}")
+        if isinstance(exc, TransactionalIdAuthorizationFailedError):
+            return not_authorized(
+                self._conn, f"WRITE and DESCRIBE on transactional id {self._id!r}"
+            )
         fatal = classify_client_error(exc, self._conn)
         return fatal if fatal is not None else TransientKafkaError(f"{type(exc).__name__}: {exc}")
 

@@ -250,14 +250,15 @@ class WorkerGroup:
         self.procs: list[subprocess.Popen[bytes]] = []
         self.log_paths: list[Path] = []
 
-    def start(self, count: int = 1) -> int:
-        """Start ``count`` more workers; returns the index (in ``procs``) of the last one."""
+    def start(self, count: int = 1, *extra: str) -> int:
+        """Start ``count`` more workers (``extra``: more flags for them); returns the index
+        (in ``procs``) of the last one."""
         for _ in range(count):
             path = self.logs / f"worker-{len(self.procs)}.log"
             with path.open("wb") as sink:
                 self.procs.append(
                     subprocess.Popen(
-                        self.command,
+                        [*self.command, *extra],
                         stdout=sink,
                         stderr=subprocess.STDOUT,
                         stdin=subprocess.DEVNULL,

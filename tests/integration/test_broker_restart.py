@@ -58,6 +58,8 @@ TIMELINE_EVENTS = (
     "commit_rejected_after_rebalance",
     "poll_failed", "partitions_revoked", "partitions_lost", "partitions_assigned",
     "group_join_stalled_rejoining", "kafka_client_error",
+    "transaction_aborted", "transaction_outcome_unknown", "transaction_settle_failed",
+    "transaction_settled", "transactions_resumed",
 )  # fmt: skip
 
 
@@ -186,9 +188,11 @@ def timeline(group: WorkerGroup, origin: float) -> str:
     return "\n".join(lines)
 
 
+@pytest.mark.parametrize("guarantee", ["at-least-once", "exactly-once"])
 def test_scoring_resumes_soon_after_a_broker_sigkill_and_restart(
-    private_broker: Path, tmp_path: Path
+    private_broker: Path, tmp_path: Path, guarantee: str
 ) -> None:
+    """Under exactly-once, read with ``read_committed``: not one duplicate either."""
     from forestream import local_kafka
 
     info = local_kafka.status(private_broker)
@@ -210,12 +214,13 @@ def test_scoring_resumes_soon_after_a_broker_sigkill_and_restart(
 
     command = worker_command(
         bootstrap, topics, tmp_path / "store", "bounce", "bounce-group",
-        "--max-batch", str(MAX_BATCH),
+        "--max-batch", str(MAX_BATCH), "--guarantee", guarantee,
     )  # fmt: skip
     group = WorkerGroup(command, tmp_path)
     feeder: PacedFeeder | None = None
     try:
-        group.start(WORKERS)
+        for i in range(WORKERS):
+            group.start(1, "--transactional-id", f"bounce-{guarantee}-{i}")
         group.wait_balanced(PARTITIONS, timeout_s=60)
         feeder = PacedFeeder(bootstrap, topics["in"], values)
         feeder.start()
@@ -273,4 +278,5 @@ def test_scoring_resumes_soon_after_a_broker_sigkill_and_restart(
         f"(dead letters {len(dead)}), duplicates {duplicates} (bound {DUPLICATE_BOUND})"
         f"\n{timeline(group, killed_at)}"
     )
-    assert duplicates <= DUPLICATE_BOUND, f"{duplicates} duplicates\n{timeline(group, killed_at)}"
+    bound = 0 if guarantee == "exactly-once" else DUPLICATE_BOUND
+    assert duplicates <= bound, f"{duplicates} duplicates\n{timeline(group, killed_at)}"

@@ -240,3 +240,84 @@ def test_missing_acls_end_commands_with_exit_5(
     print(
         f"missing group ACL: worker ended in {time.monotonic() - started:.1f}s (incl. model load)"
     )
+
+
+def test_exactly_once_needs_the_transactional_id_acl_and_then_delivers_once(
+    secure_kafka: SecureBrokerInfo,
+    topic_name: Callable[[str], str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A principal with its topics and group granted but not its transactional id: exit 5 in
+    one line naming the id. Granted that too: every input scored once, read committed."""
+    from kafka.admin import (
+        ACL,
+        ACLOperation,
+        ACLPermissionType,
+        ACLResourcePatternType,
+        ResourcePattern,
+        ResourceType,
+    )
+
+    from contracts.kafka_io import admin_client
+
+    t = _topics(topic_name)
+    store = ["--store", str(tmp_path / "store"), "--name", "m"]
+    admin_env = _env(secure_kafka.env())
+    created, _ = _cli("topics", "create", *_topic_flags(t), "--partitions", "2",
+                      env=admin_env, cwd=tmp_path)  # fmt: skip
+    assert created.returncode == 0, created.stderr
+    _promoted_model(secure_kafka, t, store, tmp_path)
+    csv = tmp_path / "penguins.csv"
+    produced, _ = _cli("produce", "--data", str(csv), "--target", "species",
+                       "--input-topic", t["in"], env=admin_env, cwd=tmp_path)  # fmt: skip
+    assert produced.returncode == 0, produced.stderr
+    total = len(pd.read_csv(csv))
+
+    prefix = t["in"].rsplit(".", 1)[0]
+    group, transactional_id = f"{prefix}.group", f"{prefix}.tx"
+    outsider = _env(
+        secure_kafka.env(),
+        FORESTREAM_SASL_USERNAME=secure_kafka.outsider_username,
+        FORESTREAM_SASL_PASSWORD_FILE=str(secure_kafka.outsider_password_file),
+    )
+
+    def grant(resource: ResourceType) -> None:
+        admin = admin_client(_connection(secure_kafka.env(), monkeypatch))
+        try:
+            admin.create_acls(
+                [
+                    ACL(
+                        principal=f"User:{secure_kafka.outsider_username}",
+                        host="*",
+                        operation=ACLOperation.ALL,
+                        permission_type=ACLPermissionType.ALLOW,
+                        resource_pattern=ResourcePattern(
+                            resource, prefix, ACLResourcePatternType.PREFIXED
+                        ),
+                    )
+                ]
+            )
+        finally:
+            admin.close()
+
+    grant(ResourceType.TOPIC)
+    grant(ResourceType.GROUP)
+    worker = ["worker", *_topic_flags(t), *store, "--group", group, "--log-format", "json",
+              "--guarantee", "exactly-once", "--transactional-id", transactional_id]  # fmt: skip
+    done, _ = _cli(*worker, env=outsider, cwd=tmp_path)
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == NotAuthorized.exit_code, done.stderr[-3000:]
+    assert lines[-1].startswith("error: not authorized"), lines[-3:]
+    assert f"transactional id {transactional_id!r}" in lines[-1], lines[-1]
+
+    grant(ResourceType.TRANSACTIONAL_ID)
+    done, _ = _cli(*worker, "--max-records", str(total), env=outsider, cwd=tmp_path,
+                   timeout_s=240)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    conn = _connection(secure_kafka.env(), monkeypatch)
+    outputs = read_topic(conn, t["out"], timeout_s=60) + read_topic(conn, t["dlq"], timeout_s=60)
+    sources = [(r.partition, json.loads(r.value)["source"]["offset"]) for r in outputs
+               if r.topic == t["out"]]  # fmt: skip
+    assert len(outputs) == total, (len(outputs), total)
+    assert len(sources) == len(set(sources)), "a prediction was read twice"

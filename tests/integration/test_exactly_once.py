@@ -1,0 +1,260 @@
+"""``forestream worker --guarantee exactly-once`` against a real broker, on both clients.
+
+Workers are real subprocesses in one group, each with a transactional id of its own. A
+``read_committed`` reader of the predictions and the DLQ must see every input exactly once,
+whatever happened to the workers: a SIGKILL mid-stream followed by a replacement (which takes
+the dead worker's transactional id, as a restarted pod would), or a worker frozen (SIGSTOP)
+past its session timeout while another takes its partitions, then thawed (SIGCONT) with the
+batch it was scoring: its late transaction must be void.
+"""
+
+from __future__ import annotations
+
+import signal
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from contracts.kafka_io import TopicSpec, ensure_topics, make_consumer
+from tests.integration.test_worker_delivery import Feeder
+from tests.kafka_helpers import read_topic
+from tests.worker_support import (
+    WorkerGroup,
+    log_events,
+    make_frame,
+    malformed_records,
+    owned_partitions,
+    publish_promotion,
+    row_json,
+    save_model,
+    worker_command,
+)
+
+pytestmark = pytest.mark.usefixtures("kafka_client")  # every test on both clients
+
+PARTITIONS = 6
+MODEL = "once"
+SESSION_TIMEOUT_MS = 6_000
+"""The broker's minimum: the frozen worker's session expires soon."""
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Any]:
+    store = tmp_path_factory.mktemp("store")
+    _pipeline, metadata = save_model(store, MODEL, make_frame(300, seed=4), trees=10)
+    return store, metadata
+
+
+class ExactlyOnceGroup:
+    """Topics with the model promoted, and exactly-once workers each given its own id."""
+
+    def __init__(self, bootstrap: str, topics: dict[str, str], workers: WorkerGroup) -> None:
+        self.bootstrap = bootstrap
+        self.topics = topics
+        self.workers = workers
+        self.ids: list[str] = []
+
+    def start(self, transactional_id: str | None = None) -> int:
+        tid = transactional_id or f"{self.topics['in']}-tx-{len(self.ids)}"
+        self.ids.append(tid)
+        return self.workers.start(1, "--transactional-id", tid)
+
+
+@pytest.fixture
+def exactly_once(
+    kafka_bootstrap: str,
+    topic_name: Callable[[str], str],
+    trained: tuple[Path, Any],
+    tmp_path: Path,
+) -> Iterator[Callable[[int], ExactlyOnceGroup]]:
+    started: list[WorkerGroup] = []
+
+    def start(count: int) -> ExactlyOnceGroup:
+        store, metadata = trained
+        topics = {k: topic_name(k) for k in ("in", "out", "dlq", "models")}
+        ensure_topics(kafka_bootstrap, [TopicSpec(topics["in"], PARTITIONS)])
+        publish_promotion(kafka_bootstrap, topics["models"], metadata)
+        command = worker_command(
+            kafka_bootstrap, topics, store, MODEL, topic_name("group"),
+            "--max-batch", "50", "--guarantee", "exactly-once",
+        )  # fmt: skip
+        workers = WorkerGroup(command, tmp_path)
+        started.append(workers)
+        group = ExactlyOnceGroup(kafka_bootstrap, topics, workers)
+        for _ in range(count):
+            group.start()
+        workers.wait_balanced(PARTITIONS)
+        return group
+
+    try:
+        yield start
+    finally:
+        for workers in started:
+            workers.kill_all()
+
+
+def stream(n: int, seed: int) -> tuple[list[tuple[bytes, bytes | None]], set[bytes], set[bytes]]:
+    """``n`` valid records with a malformed one every 25: (records, valid keys, bad keys)."""
+    frame = make_frame(n, seed=seed).reset_index(drop=True)
+    bad = [value for value, _code in malformed_records() if value is None or len(value) < 4096]
+    records: list[tuple[bytes, bytes | None]] = []
+    valid: set[bytes] = set()
+    dead: set[bytes] = set()
+    for i, (_, row) in enumerate(frame.iterrows()):
+        key = f"ok-{seed}-{i}".encode()
+        records.append((key, row_json(row)))
+        valid.add(key)
+        if i % 25 == 0:
+            bad_key = f"bad-{seed}-{i}".encode()
+            records.append((bad_key, bad[(i // 25) % len(bad)]))
+            dead.add(bad_key)
+    return records, valid, dead
+
+
+def read_exactly(bootstrap: str, topic: str, keys: set[bytes], timeout_s: float) -> Counter[bytes]:
+    """Keys read with ``read_committed`` (the project's readers) until all are there, and for a
+    few seconds more so that late duplicates would show."""
+    got = read_topic(
+        bootstrap,
+        topic,
+        until=lambda records: {r.key for r in records} >= keys,
+        timeout_s=timeout_s,
+        settle_s=3.0,
+    )
+    return Counter(r.key for r in got)
+
+
+def uncommitted_count(bootstrap: str, topic: str) -> int:
+    """Records in ``topic`` as a ``read_uncommitted`` reader sees them (aborted ones too)."""
+    from kafka import TopicPartition
+
+    consumer = make_consumer(bootstrap, group_id=None, isolation_level="read_uncommitted")
+    try:
+        tps = [TopicPartition(topic, p) for p in range(PARTITIONS)]
+        consumer.assign(tps)
+        consumer.seek_to_beginning(*tps)
+        ends = consumer.end_offsets(tps)
+        count = 0
+        deadline = time.monotonic() + 30
+        while any(consumer.position(tp) < ends[tp] for tp in tps):
+            assert time.monotonic() < deadline, "read_uncommitted reader did not reach the end"
+            count += sum(len(batch) for batch in consumer.poll(timeout_ms=200).values())
+        return count
+    finally:
+        consumer.close()
+
+
+def assert_exactly_once(counts: Counter[bytes], keys: set[bytes], what: str) -> None:
+    lost = keys - set(counts)
+    duplicated = {k: n for k, n in counts.items() if n > 1}
+    assert not lost, f"{len(lost)} {what} lost, e.g. {sorted(lost)[:3]}"
+    assert not duplicated, f"{len(duplicated)} {what} duplicated, e.g. {list(duplicated)[:3]}"
+    assert set(counts) == keys, f"unexpected {what}: {sorted(set(counts) - keys)[:3]}"
+
+
+def test_sigkill_and_replacement_lose_and_duplicate_nothing(
+    kafka_bootstrap: str, exactly_once: Callable[[int], ExactlyOnceGroup]
+) -> None:
+    group = exactly_once(3)
+    topics, workers = group.topics, group.workers
+    records, valid, dead = stream(1200, seed=21)
+    with Feeder(kafka_bootstrap, topics["in"], records, pause_every=20):
+        read_topic(kafka_bootstrap, topics["out"], expected=150, timeout_s=60)
+        victim = workers.procs[0]
+        victim.send_signal(signal.SIGKILL)
+        victim.wait(timeout=10)
+        # the replacement takes the dead worker's transactional id: starting it aborts the
+        # transaction the SIGKILL left open at once, not after the transaction timeout
+        group.start(group.ids[0])
+
+    predictions = read_exactly(kafka_bootstrap, topics["out"], valid, timeout_s=120)
+    dead_letters = read_exactly(kafka_bootstrap, topics["dlq"], dead, timeout_s=60)
+    written = uncommitted_count(kafka_bootstrap, topics["out"])
+    print(
+        f"\npredictions {sum(predictions.values())} for {len(valid)} valid inputs, dead letters "
+        f"{sum(dead_letters.values())} for {len(dead)}; records in the topic including aborted "
+        f"ones (read_uncommitted): {written}"
+    )
+    assert_exactly_once(predictions, valid, "predictions")
+    assert_exactly_once(dead_letters, dead, "dead letters")
+    survivors = [workers.procs[i].poll() for i in (1, 2, 3)]
+    assert survivors == [None] * 3, f"exit codes {survivors}:\n{workers.membership_log()}"
+    replacement = log_events(workers.log_paths[3], "worker_started")
+    assert replacement and replacement[0]["transactional_id"] == group.ids[0], replacement[:1]
+
+
+def test_frozen_worker_is_fenced_when_it_thaws(
+    kafka_bootstrap: str,
+    exactly_once: Callable[[int], ExactlyOnceGroup],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("FORESTREAM_SESSION_TIMEOUT_MS", str(SESSION_TIMEOUT_MS))
+    group = exactly_once(2)
+    topics, workers = group.topics, group.workers
+    records, valid, dead = stream(1500, seed=22)
+    zombie, survivor = workers.procs
+    with Feeder(kafka_bootstrap, topics["in"], records, pause_every=10):
+        read_topic(kafka_bootstrap, topics["out"], expected=100, timeout_s=60)
+        zombie.send_signal(signal.SIGSTOP)
+        try:
+            deadline = time.monotonic() + 60
+            while len(owned_partitions(workers.log_paths[1])) < PARTITIONS:
+                assert time.monotonic() < deadline, (
+                    "the survivor did not take the frozen worker's partitions within 60s:\n"
+                    + workers.membership_log()
+                )
+                time.sleep(0.2)
+            # the survivor scores the frozen worker's partitions for a while
+            time.sleep(2.0)
+        finally:
+            zombie.send_signal(signal.SIGCONT)
+        thawed_at = time.time()
+        # the thawed worker finds out it was left behind (or is fenced and exits)
+        deadline = time.monotonic() + 60
+        while not _noticed(workers.log_paths[0], thawed_at) and zombie.poll() is None:
+            assert time.monotonic() < deadline, (
+                "the thawed worker did not notice it lost its partitions within 60s:\n"
+                + workers.membership_log()
+            )
+            time.sleep(0.2)
+
+    predictions = read_exactly(kafka_bootstrap, topics["out"], valid, timeout_s=120)
+    dead_letters = read_exactly(kafka_bootstrap, topics["dlq"], dead, timeout_s=60)
+    events = [
+        e["event"]
+        for name in (
+            "transaction_aborted",
+            "transaction_outcome_unknown",
+            "partitions_lost",
+            "partitions_released",
+            "kafka_fatal",
+        )
+        for e in log_events(workers.log_paths[0], name)
+        if _after(e, thawed_at)
+    ]
+    print(
+        f"\nthawed worker after SIGCONT: exit code {zombie.poll()}, events {Counter(events)}; "
+        f"predictions {sum(predictions.values())} for {len(valid)} valid inputs"
+    )
+    assert_exactly_once(predictions, valid, "predictions")
+    assert_exactly_once(dead_letters, dead, "dead letters")
+    assert survivor.poll() is None, workers.membership_log()
+    assert zombie.poll() in (None, 9), f"the thawed worker exited {zombie.poll()}"
+
+
+def _after(entry: dict[str, Any], at: float) -> bool:
+    from datetime import datetime
+
+    return datetime.fromisoformat(str(entry["timestamp"])).timestamp() >= at
+
+
+def _noticed(log_path: Path, at: float) -> bool:
+    return any(
+        _after(e, at)
+        for name in ("partitions_lost", "partitions_released", "transaction_aborted")
+        for e in log_events(log_path, name)
+    )
