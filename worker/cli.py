@@ -197,16 +197,16 @@ def worker(
     )
     configure_logging(checked_log_format(settings.log_format))
     settings.check_distinct_topics()
+    if processes not in (None, 1) and settings.transactional_id is not None:
+        from contracts.errors import UserError
+
+        raise UserError(
+            "--transactional-id names one producer: with --processes the children would "
+            "fence each other; leave it unset (each child gets its own, by worker index)"
+        )
     require_reachable(settings.kafka())
 
     if processes is not None and processes != 1:
-        if settings.transactional_id is not None:
-            from contracts.errors import UserError
-
-            raise UserError(
-                "--transactional-id names one producer: with --processes the children would "
-                "fence each other; leave it unset (each child gets its own, by worker index)"
-            )
         from worker.supervisor import supervise
 
         argv = [sys.executable, "-m", "forestream.cli", *_without_processes(sys.argv[1:])]

@@ -35,3 +35,13 @@ def test_help_lists_every_command() -> None:
     assert done.returncode == 0, done.stderr
     for command in ("kafka", "train", "models", "worker", "produce", "replay", "demo"):
         assert command in done.stdout
+
+
+def test_one_transactional_id_for_several_processes_is_refused_before_connecting() -> None:
+    done = _forestream(
+        "worker", "--processes", "2", "--guarantee", "exactly-once",
+        "--transactional-id", "billing", "--bootstrap-servers", "127.0.0.1:1",
+    )  # fmt: skip
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr
+    assert "--transactional-id names one producer" in done.stderr, done.stderr

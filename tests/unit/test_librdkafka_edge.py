@@ -102,3 +102,16 @@ def test_a_cluster_away_or_busy_is_retried(code: int) -> None:
 def test_a_transport_error_that_is_a_tls_failure_is_fatal() -> None:
     error = KafkaError(KafkaError._TRANSPORT, "SSL handshake failed: certificate verify failed")
     assert isinstance(classify_librdkafka_error(error, SCRAM), TlsFailed)
+
+
+@pytest.mark.parametrize(
+    "code", [KafkaError._FENCED, KafkaError.PRODUCER_FENCED, KafkaError.INVALID_PRODUCER_EPOCH]
+)
+def test_a_fenced_producer_is_its_own_fatal_error_not_a_format_mismatch(code: int) -> None:
+    """librdkafka flags fencing as fatal; it must not read as "records this client cannot
+    read" (exit 7) but as fencing (exit 9)."""
+    from contracts.kafka_errors import ProducerFenced
+
+    fatal = classify_librdkafka_error(KafkaError(code, "fenced", fatal=True), SCRAM)
+    assert isinstance(fatal, ProducerFenced) and fatal.exit_code == 9
+    assert "transactional id" in str(fatal)
