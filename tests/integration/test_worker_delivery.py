@@ -258,11 +258,15 @@ def test_survivor_takes_over_after_sigkill(
     assert started and started[0]["pipelined"] is pipelined, started[:1]
 
 
+@pytest.mark.parametrize("guarantee", ["at-least-once", "exactly-once"])
 def test_sigterm_exits_zero_with_offsets_committed_after_last_scored(
     kafka_bootstrap: str,
     workers_for: Callable[..., tuple[WorkerGroup, dict[str, str]]],
+    guarantee: str,
 ) -> None:
-    workers, topics = workers_for(1, "--metrics-port", "0")
+    """Exactly-once too: the last transaction is committed (or not begun) before the exit,
+    and what is readable (read_committed) ends exactly at the committed offsets."""
+    workers, topics = workers_for(1, "--metrics-port", "0", "--guarantee", guarantee)
     keys, frame = valid_inputs(3000, seed=9)
     bad = malformed_records()
     records: list[tuple[bytes, bytes | None]] = []
