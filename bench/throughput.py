@@ -19,8 +19,9 @@
 (f) exactly-once: (c) and (d) again with ``--guarantee exactly-once`` (a transaction per
     micro-batch), latency timed to when ``read_committed`` readers can see the prediction.
 
-The worker on confluent and the exactly-once phases are allowed to fail (its row says why); anything else failing fails
-the run. Every run uses fresh topics (deleted at the end) and a temporary model store.
+The worker on confluent and the exactly-once phases are allowed to fail (its row says why);
+anything else failing fails the run. Every run uses fresh topics (deleted at the end) and a
+temporary model store.
 """
 
 from __future__ import annotations
