@@ -15,6 +15,8 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import shutil
+import signal
 import sys
 import tempfile
 import threading
@@ -42,15 +44,24 @@ RESULTS = Path(__file__).resolve().parent / "results" / "rebalance.md"
 
 @dataclass(frozen=True)
 class Pause:
-    client: str
+    """The gaps one membership change (a worker joining, or leaving) left in the outputs."""
+
     moved: list[int]
-    """Partitions whose owner changed (the joining worker's, or moved between the others)."""
+    """Partitions whose owner changed."""
+    stayed_ms: float | None
+    """Largest gap, in the change's window, of partitions that kept their owner (None: none
+    did): what the change cost the workers that were not part of it."""
+    moved_ms: float | None
+    """Largest gap, in the change's window, of partitions that moved."""
+
+
+@dataclass(frozen=True)
+class Result:
+    client: str
     before_ms: float
     """Largest gap between outputs of any partition in the seconds before the join."""
-    stayed_ms: float | None
-    """Largest gap, from the join on, of partitions that kept their owner (None: none did)."""
-    moved_ms: float | None
-    """Largest gap, from the join on, of partitions that moved."""
+    join: Pause
+    leave: Pause
     outputs: int
 
 
@@ -114,10 +125,51 @@ def largest_gap(stamps: list[int], start_ms: float, end_ms: float) -> float:
     return max((b - a for a, b in itertools.pairwise(inside)), default=0.0)
 
 
+def wait_for_ownership(logs: list[Path], partitions: int, timeout_s: float) -> None:
+    """Until the workers writing ``logs`` own every partition between them (bounded)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        owned: set[int] = set()
+        for log in logs:
+            changes = ownership(log) if log.exists() else []
+            if changes:
+                owned |= changes[-1][1]
+        if len(owned) >= partitions:
+            return
+        if time.monotonic() > deadline:
+            raise BenchFailed(f"the workers owned {sorted(owned)} of {partitions} partitions "
+                              f"after {timeout_s:.0f}s")  # fmt: skip
+        time.sleep(0.2)
+
+
+def wait_for_assignment(log: Path, timeout_s: float) -> None:
+    """Until the worker writing ``log`` owns some partition (it has joined)."""
+    deadline = time.monotonic() + timeout_s
+    while not any(owned for _at, owned in (ownership(log) if log.exists() else [])):
+        if time.monotonic() > deadline:
+            raise BenchFailed(f"the joining worker owned nothing after {timeout_s:.0f}s")
+        time.sleep(0.2)
+
+
+def pause_of(
+    stamps: dict[int, list[int]], logs: list[Path], partitions: int, start_ms: float,
+    end_ms: float,
+) -> Pause:  # fmt: skip
+    """The gaps in ``[start_ms, end_ms]``, split by whether a partition changed owner there."""
+    moved = {
+        p for p in range(partitions) if owner_at(logs, p, start_ms) != owner_at(logs, p, end_ms)
+    }
+    stayed = [largest_gap(stamps[p], start_ms, end_ms) for p in range(partitions) if p not in moved]
+    went = [largest_gap(stamps[p], start_ms, end_ms) for p in moved]
+    return Pause(sorted(moved), max(stayed, default=None), max(went, default=None))
+
+
 def measure(
     client: KafkaClient, bootstrap: str, store: Path, values: list[bytes], models: str,
     partitions: int, rate: float, seconds: float, work: Path,
-) -> Pause:  # fmt: skip
+) -> Result:  # fmt: skip
+    """Two workers share the load; a third joins at a third of it, the first leaves (SIGTERM)
+    at two thirds. Each change's window runs until the next one (the last: the load's end)."""
     from contracts.kafka_io import TopicSpec, ensure_topics
 
     tag = f"bench.rebalance.{uuid.uuid4().hex[:8]}.{client}"
@@ -128,17 +180,23 @@ def measure(
     procs = [start_worker(bootstrap, topics, store, group, logs[i], client=client) for i in (0, 1)]
     sent: list[int] = []
     try:
-        time.sleep(10)  # model loaded, group formed
+        wait_for_ownership(logs[:2], partitions, timeout_s=180)
+        started = time.monotonic()
         sender = threading.Thread(
             target=lambda: sent.append(offer(bootstrap, topics.input, values, rate, seconds)),
             daemon=True,
         )
         sender.start()
-        time.sleep(seconds / 2)
+        time.sleep(max(started + seconds / 3 - time.monotonic(), 0))
         join_ms = time.time() * 1000
         procs.append(start_worker(bootstrap, topics, store, group, logs[2], client=client))
+        # it loads its model before it asks to join: the change starts when it is in
+        wait_for_assignment(logs[2], timeout_s=seconds / 3 + 60)
+        time.sleep(max(started + 2 * seconds / 3 - time.monotonic(), 3.0))
+        leave_ms = time.time() * 1000
+        procs[0].send_signal(signal.SIGTERM)
         sender.join(timeout=seconds + 60)
-        load_end_ms = time.time() * 1000  # before the workers stop (and log owning nothing)
+        load_end_ms = time.time() * 1000
         if not sent:
             raise BenchFailed("the offered load did not finish")
         stamps: dict[int, list[int]] = defaultdict(list)
@@ -147,23 +205,23 @@ def measure(
             prediction = json.loads(record.value)  # type: ignore[attr-defined]
             stamps[prediction["source"]["partition"]].append(record.timestamp)  # type: ignore[attr-defined]
 
-        for proc, log in zip(procs, logs, strict=True):
+        for proc, log in zip(procs[1:], logs[1:], strict=True):
             if proc.poll() not in (None, 0):
                 raise worker_died(proc, log)
+        if procs[0].wait(timeout=30) != 0:
+            raise worker_died(procs[0], logs[0])
         read_all(bootstrap, topics.output, sent[0], 120, keep)
     finally:
         for proc in procs:
             stop_worker(proc)
-    moved = {
-        p for p in range(partitions) if owner_at(logs, p, join_ms) != owner_at(logs, p, load_end_ms)
-    }
-    # the joining worker loads its model before it asks to join: the rebalance starts later
-    end_ms = join_ms + seconds / 2 * 1000 - 1000
     before = max(largest_gap(stamps[p], join_ms - 5000, join_ms) for p in range(partitions))
-    stayed = [largest_gap(stamps[p], join_ms, end_ms) for p in range(partitions) if p not in moved]
-    went = [largest_gap(stamps[p], join_ms, end_ms) for p in moved]
-    return Pause(client, sorted(moved), before, max(stayed, default=None),
-                 max(went, default=None), sum(map(len, stamps.values())))  # fmt: skip
+    return Result(
+        client,
+        before,
+        join=pause_of(stamps, logs, partitions, join_ms, leave_ms),
+        leave=pause_of(stamps, logs, partitions, leave_ms, load_end_ms - 500),
+        outputs=sum(map(len, stamps.values())),
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -179,26 +237,38 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--rate", type=float, default=1000.0, help="offered rec/s [1000]")
     parser.add_argument("--partitions", type=int, default=6, help="input partitions [6]")
-    parser.add_argument("--seconds", type=float, default=30.0, help="offered-load span [30]")
+    parser.add_argument("--seconds", type=float, default=45.0, help="offered-load span [45]")
     parser.add_argument("--bootstrap-servers", help="broker (default: the local one, or start one)")
     parser.add_argument("--output", type=Path, default=RESULTS, help=f"markdown [{RESULTS}]")
+    parser.add_argument(
+        "--clients", default=",".join(CLIENTS), help=f"comma-separated [{','.join(CLIENTS)}]"
+    )
+    parser.add_argument("--keep-logs", type=Path, help="copy the workers' logs into this folder")
     a = parser.parse_args(argv)
-    if a.rate <= 0 or a.partitions < 3 or a.seconds < 10:
-        print("error: --rate > 0, --partitions >= 3 and --seconds >= 10", file=sys.stderr)
+    clients = [c.strip() for c in a.clients.split(",") if c.strip()]
+    if not clients or any(c not in CLIENTS for c in clients):
+        print(f"error: --clients takes some of {', '.join(CLIENTS)}", file=sys.stderr)
+        return 2
+    if a.rate <= 0 or a.partitions < 3 or a.seconds < 15:
+        print("error: --rate > 0, --partitions >= 3 and --seconds >= 15", file=sys.stderr)
         return 2
     load = [os.getloadavg()]
-    results: list[Pause] = []
+    results: list[Result] = []
     with broker(a.bootstrap_servers) as bootstrap, tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         store = ModelStore(work / "models")
         workload = make_workload(5000, 30, 100, 4000, store)
         models = f"bench.rebalance.{uuid.uuid4().hex[:8]}.models"
         announce_promotion(bootstrap, models, workload.metadata)
-        for client in CLIENTS:
-            print(f"[{time.strftime('%H:%M:%S')}] {client}: 2 workers, a third joins",
+        for client in clients:
+            print(f"[{time.strftime('%H:%M:%S')}] {client}: 2 workers, a third joins, one leaves",
                   file=sys.stderr, flush=True)  # fmt: skip
             results.append(measure(client, bootstrap, store.root, workload.values, models,
                                    a.partitions, a.rate, a.seconds, work))  # fmt: skip
+        if a.keep_logs is not None:
+            a.keep_logs.mkdir(parents=True, exist_ok=True)
+            for log_file in work.glob("*.log"):
+                shutil.copy(log_file, a.keep_logs / log_file.name)
     load.append(os.getloadavg())
     lines = [
         f"# Rebalance pause ({time.strftime('%Y-%m-%dT%H:%M:%S%z')})",
@@ -206,21 +276,24 @@ def main(argv: list[str] | None = None) -> int:
         f"Machine: {machine()}; load average (1/5/15 min) "
         + " -> ".join("/".join(f"{x:.1f}" for x in la) for la in load)
         + f". {a.rate:,.0f} rec/s offered over {a.partitions} partitions for {a.seconds:g} s; "
-        "a third worker joins two at half time.",
+        "a third worker joins two at a third of it, the first leaves (SIGTERM) at two thirds. "
+        "Largest gap between consecutive outputs of a partition in each window.",
         "",
-        "| client | partitions moved | largest gap before the join | after: partitions that "
-        "stayed | after: partitions that moved |",
-        "|---|---|---:|---:|---:|",
+        "| client | gap before | join: moved | join: gap of those that stayed | join: gap of "
+        "those moved | leave: moved | leave: gap of those that stayed | leave: gap of those "
+        "moved |",
+        "|---|---:|---|---:|---:|---|---:|---:|",
     ]
 
     def ms(value: float | None) -> str:
         return "none stayed" if value is None else f"{value:,.0f} ms"
 
+    def cells(pause: Pause) -> str:
+        moved = ", ".join(map(str, pause.moved)) or "none"
+        return f"{moved} | {ms(pause.stayed_ms)} | {ms(pause.moved_ms)}"
+
     for r in results:
-        lines.append(
-            f"| {r.client} | {', '.join(map(str, r.moved)) or 'none'} | {ms(r.before_ms)} | "
-            f"{ms(r.stayed_ms)} | {ms(r.moved_ms)} |"
-        )
+        lines.append(f"| {r.client} | {ms(r.before_ms)} | {cells(r.join)} | {cells(r.leave)} |")
     text = "\n".join(lines) + "\n"
     print(text)
     a.output.parent.mkdir(parents=True, exist_ok=True)

@@ -14,20 +14,19 @@ What differs from kafka-python, and is dealt with here:
   reported to ``error_cb`` while librdkafka retries forever: fatal ones are kept and raised
   from the next call, classified like kafka-python's;
 - a synchronous ``commit()`` has no timeout: commits are sent asynchronously and their result
-  awaited for at most the caller's timeout, records fetched meanwhile kept for the next poll.
+  awaited for at most the caller's timeout, records fetched meanwhile kept for the next poll;
+- confluent-kafka (2.16) serialises the calls made on one consumer: a commit waiting on
+  another thread holds ``consume()`` for as long, so the consumer is only ever called from the
+  loop's thread, and commits report back through ``consume()`` like the records.
 """
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import logging
 import time
 import uuid
-from collections import deque
 from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
-from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any
 
 import structlog
@@ -76,8 +75,6 @@ log = structlog.get_logger("forestream.kafka")
 RECONNECT_BACKOFF_MAX_MS = 1000
 _METADATA_TIMEOUT_S = 10.0
 """Bound on a reader's metadata and offset queries: past it the caller sees a transient error."""
-_CLOSE_COMMIT_WAIT_S = 3.0
-"""How long closing waits for a commit still running on the committer thread."""
 _ENQUEUE_BLOCK_S = 2.0
 """How long ``send`` waits for room in librdkafka's queue before it stops handing records over
 (the publisher then retries the rest): a broker away must not block the loop for long."""
@@ -102,6 +99,8 @@ for its timeout and moved the id on: whatever we still send is void."""
 
 
 _NOT_AN_ERROR = frozenset({KafkaError._PARTITION_EOF, KafkaError._NO_OFFSET})
+_COMMITTED = object()
+"""The report of a commit that succeeded."""
 
 
 def classify_librdkafka_error(
@@ -314,18 +313,22 @@ class ConfluentGroupConsumer(_Client):
                     # once that is full, fetch again 10 ms later, not librdkafka's 1 s: the
                     # queue drains in well under a second, and the worker then sat idle
                     "fetch.queue.backoff.ms": 10,
+                    "on_commit": self._on_commit,
                 },
             )
         )
         self._handler: RebalanceHandler | None = None
         self._assigned: set[TopicPartition] = set()
         self._paused: set[TopicPartition] = set()
-        self._committer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="commit")
-        """Commits run here, one at a time, in order (see :meth:`commit_async`)."""
-        self._sent: deque[tuple[dict[TopicPartition, int], Future[list[RdTopicPartition]]]] = (
-            deque()
-        )
-        """Commits handed to the committer, oldest first, whose outcome was not taken yet."""
+        self._commit_seq = 0
+        self._sent: list[tuple[int, dict[TopicPartition, int]]] = []
+        """Commits sent whose report has not come yet, oldest first."""
+        self._outcomes: dict[int, Exception | object] = {}
+        """Reports not taken yet, by commit: ``_COMMITTED`` or the error."""
+        self._results: list[tuple[int, dict[TopicPartition, int]]] = []
+        """Commits reported since :meth:`commit_results` was last called, in report order."""
+        self._stash: list[InputRecord] = []
+        """Records fetched while :meth:`commit` awaited its report: the next polls' first."""
 
     # -- rebalances (librdkafka calls these inside consume(), on this thread) -------------------
 
@@ -373,69 +376,94 @@ class ConfluentGroupConsumer(_Client):
         gone = set(partitions)
         self._assigned -= gone
         self._paused -= gone
+        self._drop_stashed(gone)
+
+    def _drop_stashed(self, partitions: set[TopicPartition]) -> None:
+        if self._stash:
+            self._stash = [
+                r for r in self._stash if TopicPartition(r.topic, r.partition) not in partitions
+            ]
 
     # -- records -------------------------------------------------------------------------------
 
     def poll_batch(self, max_records: int, timeout_s: float) -> Sequence[InputRecord]:
         self._raise_fatal()
+        if self._stash:  # fetched while a commit was awaited: theirs first, in order
+            records, self._stash = self._stash[:max_records], self._stash[max_records:]
+            return records
         return self._consume(self._consumer, max_records, timeout_s)
 
     # -- offsets -------------------------------------------------------------------------------
 
     def commit(self, offsets: dict[TopicPartition, int], timeout_s: float) -> None:
-        """The committer's synchronous commit, awaited at most ``timeout_s`` (librdkafka's own
-        waits for the coordinator without a bound; one not done in time may still land)."""
-        self._raise_fatal()
-        future = self._submit(offsets)
-        try:
-            done = future.result(timeout=timeout_s)
-        except FutureTimeout:
-            raise TransientKafkaError(f"commit not confirmed within {timeout_s:.1f}s") from None
-        except KafkaException as exc:
-            raise self._commit_error(exc.args[0] if exc.args else None, str(exc)) from None
-        except RuntimeError as exc:  # the consumer was closed under it
-            raise TransientKafkaError(f"commit failed: {exc}") from None
-        self._check_commit(done)
+        """An asynchronous commit awaited for at most ``timeout_s``: librdkafka's synchronous
+        one has no bound. Its result comes through ``consume()``, behind records already
+        fetched; those are kept for the next :meth:`poll_batch`. One not confirmed in time may
+        still land (its outcome then shows in :meth:`commit_results`)."""
+        sent = self._send_commit(offsets)
+        deadline = time.monotonic() + timeout_s
+        while (outcome := self._outcomes.pop(sent, None)) is None:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TransientKafkaError(f"commit not confirmed within {timeout_s:.1f}s")
+            self._stash.extend(self._consume(self._consumer, 10_000, min(left, 0.05)))
+        if outcome is not _COMMITTED:
+            raise outcome
 
     def commit_async(self, offsets: dict[TopicPartition, int]) -> None:
-        """librdkafka's own asynchronous commit reports back through the consumer queue,
-        behind every record fetched before the answer (measured: 13,700 records later), so a
-        slow model would learn of its commits tens of seconds late. A synchronous commit on a
-        thread of its own answers in a round trip, and the loop is not held meanwhile."""
-        self._raise_fatal()
-        self._sent.append((dict(offsets), self._submit(offsets)))
+        """librdkafka's own asynchronous commit, from the loop's thread: confluent-kafka
+        serialises the calls on a consumer, so a commit waiting on another thread (behind a
+        group join, say) held ``consume()`` for as long (the running workers stopped for ~3 s
+        whenever one joined). Its outcome is served by ``consume()``."""
+        self._send_commit(offsets)
 
-    def _submit(self, offsets: dict[TopicPartition, int]) -> Future[list[RdTopicPartition]]:
-        partitions = [_rd(tp, o) for tp, o in offsets.items()]
+    def _send_commit(self, offsets: dict[TopicPartition, int]) -> int:
+        self._raise_fatal()
+        self._commit_seq += 1
+        self._sent.append((self._commit_seq, dict(offsets)))
         try:
-            return self._committer.submit(self._consumer.commit, offsets=partitions,
-                                          asynchronous=False)  # fmt: skip
-        except RuntimeError as exc:  # the committer is shut down: the consumer is closing
+            self._consumer.commit(
+                offsets=[_rd(tp, o) for tp, o in offsets.items()], asynchronous=True
+            )
+        except KafkaException as exc:
+            self._sent.pop()
+            raise self._commit_error(exc.args[0] if exc.args else None, str(exc)) from None
+        except RuntimeError as exc:  # the consumer was closed under it
+            self._sent.pop()
             raise TransientKafkaError(f"commit not sent: {exc}") from None
+        return self._commit_seq
+
+    def _on_commit(self, error: KafkaError | None, partitions: list[RdTopicPartition]) -> None:
+        """librdkafka's report of an asynchronous commit (served inside ``consume()``), matched
+        to the commit it answers by its offsets (reports come in the order sent, except for
+        commits librdkafka deferred while the coordinator was away)."""
+        reported = {TopicPartition(p.topic, p.partition): p.offset for p in partitions or ()}
+        index = next((i for i, (_, o) in enumerate(self._sent) if o == reported), None)
+        if index is None:  # not one of ours (librdkafka reports each commit once)
+            return
+        seq, offsets = self._sent[index]
+        del self._sent[index]
+        if error is not None:
+            outcome: Exception | object = self._commit_error(error, error.str())
+        else:
+            failed = self._partition_error(partitions)
+            outcome = _COMMITTED if failed is None else failed
+        self._outcomes[seq] = outcome
+        self._results.append((seq, offsets))
 
     def commit_results(self) -> list[tuple[dict[TopicPartition, int], Exception | None]]:
         results: list[tuple[dict[TopicPartition, int], Exception | None]] = []
-        while self._sent and self._sent[0][1].done():
-            offsets, future = self._sent.popleft()
-            results.append((offsets, self._outcome_of(future)))
+        for seq, offsets in self._results:
+            outcome = self._outcomes.pop(seq, None)
+            if outcome is not None:  # else taken by the commit() that awaited it
+                results.append((offsets, None if outcome is _COMMITTED else outcome))
+        self._results.clear()
         return results
 
-    def _outcome_of(self, future: Future[list[RdTopicPartition]]) -> Exception | None:
-        error = future.exception()
-        if error is None:
-            return self._partition_error(future.result())
-        if isinstance(error, KafkaException):
-            return self._commit_error(error.args[0] if error.args else None, str(error))
-        return TransientKafkaError(f"{type(error).__name__}: {error}")
-
     def _partition_error(self, partitions: list[RdTopicPartition] | None) -> Exception | None:
-        """A synchronous commit's per-partition errors, the first one as ours."""
+        """A commit's per-partition errors, the first one as ours."""
         failed = next((p.error for p in partitions or () if p.error is not None), None)
         return None if failed is None else self._commit_error(failed, failed.str())
-
-    def _check_commit(self, partitions: list[RdTopicPartition] | None) -> None:
-        if (error := self._partition_error(partitions)) is not None:
-            raise error
 
     def _commit_error(self, error: KafkaError | None, said: str) -> Exception:
         if isinstance(error, KafkaError):
@@ -447,14 +475,14 @@ class ConfluentGroupConsumer(_Client):
         return TransientKafkaError(said)
 
     def _commit_sync(self, offsets: dict[TopicPartition, int]) -> None:
-        """Inside a revocation callback, on this thread: blocking is what the rebalance waits
-        for, and librdkafka holds commits from other threads until the callback returns (one
-        sent through the committer from here timed out). A committer commit released after
-        it carries older offsets: at worst records are read again, never skipped."""
+        """Inside a revocation callback (within ``consume()``): blocking is what the rebalance
+        waits for, and records must not be consumed from here. Asynchronous commits sent before
+        it reach the coordinator first: a late one never overwrites these offsets."""
         done = self._consumer.commit(
             offsets=[_rd(tp, o) for tp, o in offsets.items()], asynchronous=False
         )
-        self._check_commit(done)
+        if (error := self._partition_error(done)) is not None:
+            raise error
 
     def committed(
         self, partitions: Sequence[TopicPartition], timeout_s: float
@@ -472,6 +500,7 @@ class ConfluentGroupConsumer(_Client):
         return self._consumer.consumer_group_metadata()
 
     def seek(self, partition: TopicPartition, offset: int) -> None:
+        self._drop_stashed({partition})
         try:
             self._consumer.seek(_rd(partition, offset))
         except KafkaException as exc:  # not being fetched yet: the committed offset holds
@@ -527,17 +556,13 @@ class ConfluentGroupConsumer(_Client):
         """librdkafka drives the group protocol in its own threads: nothing to nudge."""
 
     def close(self, timeout_s: float) -> None:
-        """Leave the group (the revocation handler runs); librdkafka bounds it by itself. A
-        commit still running on the committer is given a moment first (closing the handle
-        under it would fail it anyway); one not started is dropped: re-read, never lost."""
-        for _offsets, future in self._sent:
-            with contextlib.suppress(Exception):
-                future.result(timeout=min(timeout_s, _CLOSE_COMMIT_WAIT_S))
+        """Leave the group (the revocation handler runs, and librdkafka waits for the commits
+        in flight); librdkafka bounds it by itself."""
+        self._stash.clear()
         try:
-            self._consumer.close()  # the revocation's commit still goes through the committer
+            self._consumer.close()
         except (KafkaException, RuntimeError) as exc:
             log.warning("consumer_close_failed", error=str(exc))
-        self._committer.shutdown(wait=False, cancel_futures=True)
 
 
 class _Delivery:

@@ -176,7 +176,9 @@ def group_consumer(
             group_id=group,
             client_id=client_id,
             session_timeout_ms=session_timeout_ms,
-            heartbeat_interval_ms=heartbeat_ms,
+            # members learn of a rebalance from a heartbeat's answer, and a cooperative one
+            # takes two rounds: partitions moving to a joining worker waited ~2 heartbeats
+            heartbeat_interval_ms=min(1000, session_timeout_ms // 3),
         )  # librdkafka is told how many records per poll_batch, not up front
     from contracts.edge_kafka_python import KafkaPythonGroupConsumer
 

@@ -110,9 +110,12 @@ class BatchCycle:
             if self.acknowledged.get(tp) == offset:
                 del self.acknowledged[tp]
 
-    def commit_rejected(self) -> None:
-        """The group moved on without us: the new owners re-read from the committed offsets."""
-        self.acknowledged.clear()
+    def commit_rejected(self, still_ours: Iterable[TopicPartition] = ()) -> None:
+        """The group moved on without us: the new owners re-read from the committed offsets.
+        Partitions ``still_ours`` (an incremental rebalance left them to us) keep theirs, to
+        be committed again under the new generation."""
+        keep = set(still_ours)
+        self.acknowledged = {tp: o for tp, o in self.acknowledged.items() if tp in keep}
 
     # -- partitions going ----------------------------------------------------------------------
 

@@ -78,6 +78,13 @@ _BATCH_COMMIT_TIMEOUT_S = 2.0
 """One commit try after a batch (milliseconds when healthy). Past it the offsets are held and
 retried between polls: blocking in long tries while the coordinator is away kept the loop from
 polling, and polls are what complete a rejoin once it is back."""
+_ASYNC_COMMIT_PATIENCE_S = 10.0
+"""How long an asynchronous commit may go unconfirmed before the loop holds and retries it.
+Not the 2 s of a blocking try: during a group join the coordinator answers a commit only once
+every member has rejoined (a heartbeat interval, ~3 s), and holding then paused the partitions
+that the rebalance was leaving alone."""
+_REJECTED_RETRY_S = 0.5
+"""After a commit rejected by a rebalance, when the offsets still ours are committed again."""
 _HELD_RETRY_MAX_S = 1.0
 _HELD_POLL_S = 0.1
 _POLL_BACKOFF_MAX_S = 1.0
@@ -155,6 +162,8 @@ class Worker:
         succeeds."""
         self._commit_sent: tuple[dict[TopicPartition, int], float] | None = None
         """The asynchronous commit in flight (one at a time) and when it was sent."""
+        self._commit_again_at = 0.0
+        """No asynchronous commit before then (one was just rejected by a rebalance)."""
         self._in_flight: _InFlight | None = None
         """The batch out (``cycle.out``): published, its acknowledgements not yet awaited."""
         self._txn: TransactionalProducer | None = None
@@ -476,15 +485,15 @@ class Worker:
         one not confirmed in time counts as failed (the hold then retries synchronously)."""
         assert self._consumer is not None
         if self._commit_sent is not None:
-            if time.monotonic() - self._commit_sent[1] > _BATCH_COMMIT_TIMEOUT_S:
+            if time.monotonic() - self._commit_sent[1] > _ASYNC_COMMIT_PATIENCE_S:
                 self._commit_sent = None
                 self._commit_failed(
                     TransientKafkaError(
-                        f"commit not confirmed within {_BATCH_COMMIT_TIMEOUT_S:.0f}s"
+                        f"commit not confirmed within {_ASYNC_COMMIT_PATIENCE_S:.0f}s"
                     )
                 )
             return
-        if not self.cycle.holding:
+        if not self.cycle.holding or time.monotonic() < self._commit_again_at:
             return
         offsets = self.cycle.to_commit()
         try:
@@ -510,8 +519,10 @@ class Worker:
     def _commit_failed(self, error: Exception) -> None:
         if isinstance(error, CommitRejected):
             # the group moved on without us: the new owner re-reads these (duplicates)
+            assert self._consumer is not None
             log.warning("commit_rejected_after_rebalance", error=str(error))
-            self.cycle.commit_rejected()
+            self.cycle.commit_rejected(still_ours=self._consumer.assignment())
+            self._commit_again_at = time.monotonic() + _REJECTED_RETRY_S
             return
         if not isinstance(error, TransientKafkaError):
             raise error  # classified fatal (an ACL, say)

@@ -88,6 +88,16 @@ def test_a_rejected_commit_drops_every_held_offset() -> None:
     assert not cycle.holding
 
 
+def test_a_rejected_commit_keeps_the_offsets_of_partitions_still_ours() -> None:
+    """An incremental rebalance took A and left B: B's offsets are committed again later."""
+    cycle = BatchCycle()
+    cycle.take(records(A, range(0, 2)) + records(B, range(0, 3)))
+    cycle.start_batch()
+    cycle.acknowledge()
+    cycle.commit_rejected(still_ours=[B])
+    assert cycle.to_commit() == {B: 3}
+
+
 def test_one_batch_out_at_a_time() -> None:
     cycle = BatchCycle()
     cycle.take(records(A, range(0, 2)))
