@@ -97,6 +97,18 @@ def _layout(reference: ReferenceStats) -> tuple[list[_Slot], int]:
     return slots, offset
 
 
+def _numeric_block(frame: pd.DataFrame, names: list[str]) -> np.ndarray | None:
+    """The numeric columns as one float64 matrix (NaN for missing), or None when one of them
+    holds something else (then each goes through ``pd.to_numeric``). One conversion per batch:
+    ``pd.to_numeric`` per column was 15 % of the worker's loop (profiled at ~30k rec/s)."""
+    if not names:
+        return None
+    columns = frame[names]
+    if not all(kind in "fiub" for kind in (dtype.kind for dtype in columns.dtypes)):
+        return None
+    return columns.to_numpy(dtype=np.float64, na_value=np.nan)
+
+
 class DriftMonitor:
     """Sliding-window PSI per feature; a :class:`worker.batch.BatchObserver`.
 
@@ -164,12 +176,21 @@ class DriftMonitor:
         if rows == 0:
             return
         counts = np.zeros(self._size, dtype=np.int64)
+        numeric = [s for s in self._slots if s.edges is not None and s.name in frame.columns]
+        block = _numeric_block(frame, [s.name for s in numeric])
+        for j, slot in enumerate(numeric):
+            values = (
+                block[:, j]
+                if block is not None
+                else pd.to_numeric(frame[slot.name], errors="coerce").to_numpy(
+                    dtype=np.float64, na_value=np.nan
+                )
+            )
+            self._count_numeric(slot, values, counts)
         for slot in self._slots:
             if slot.name not in frame.columns:
                 counts[slot.missing_at] += rows
-            elif slot.edges is not None:
-                self._count_numeric(slot, frame[slot.name], counts)
-            else:
+            elif slot.edges is None:
                 self._count_categorical(slot, frame[slot.name], counts)
         self._ring.append((rows, counts))
         self._totals += counts
@@ -180,8 +201,7 @@ class DriftMonitor:
             self._records -= old_rows
 
     @staticmethod
-    def _count_numeric(slot: _Slot, column: pd.Series, counts: np.ndarray) -> None:
-        values = pd.to_numeric(column, errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
+    def _count_numeric(slot: _Slot, values: np.ndarray, counts: np.ndarray) -> None:
         missing = np.isnan(values)
         present = values[~missing]
         assert slot.edges is not None

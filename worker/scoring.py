@@ -77,13 +77,31 @@ class _TreeByTree:
         self._forest = weakref.ref(forest)
         self.trees = [tree.tree_ for tree in forest.estimators_]
         self.n_classes = int(forest.n_classes_)
+        names = getattr(forest, "feature_names_in_", None)
+        self._names = None if names is None else [str(n) for n in names]
+
+    def _matrix(self, features: Any, forest: Any) -> np.ndarray:
+        """What the trees read: float32, C order. A frame of plain numeric columns named as
+        the forest was fitted is cast here; sklearn's own validation (``_validate_X_predict``,
+        5 % of the worker's loop at ~30k rec/s) does the same cast and has the last word on
+        anything else, missing values and infinities included."""
+        if (
+            isinstance(features, pd.DataFrame)
+            and self._names is not None
+            and list(features.columns) == self._names
+            and all(dtype.kind in "fiu" for dtype in features.dtypes)
+        ):
+            matrix = np.ascontiguousarray(features.to_numpy(dtype=np.float32))
+            if np.isfinite(matrix).all():  # NaN is the forest's to allow or refuse
+                return matrix
+        return forest._validate_X_predict(features)
 
     def __call__(self, frame: pd.DataFrame) -> np.ndarray:
         features = frame if self.preprocess is None else self.preprocess.transform(frame)
         forest = self._forest()
         if forest is None:
             raise ReferenceError("the model of this scorer was released")
-        features = forest._validate_X_predict(features)  # float32, names checked
+        features = self._matrix(features, forest)
         total = np.zeros((features.shape[0], self.n_classes), dtype=np.float64)
         for tree in self.trees:
             total += tree.predict(features)[:, : self.n_classes]

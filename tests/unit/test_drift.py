@@ -265,3 +265,35 @@ def test_a_version_retrained_on_the_same_data_keeps_the_window() -> None:
     monitor.on_batch(scored(make_stream(1_000, seed=11, shift_x1_std=2.0), "v2"))
     assert monitor.window_records == 2_500  # both batches kept: 1,000 alone do not cover 2,000
     assert monitor.snapshot()["x1"].drifting
+
+
+@given(
+    st.lists(
+        st.tuples(
+            st.one_of(st.none(), st.floats(-5, 5, allow_nan=False)),
+            st.one_of(st.none(), st.integers(-5, 5)),
+        ),
+        min_size=1,
+        max_size=60,
+    )
+)
+def test_a_numeric_batch_counts_the_same_whichever_way_its_columns_are_typed(
+    rows: list[tuple[float | None, int | None]],
+) -> None:
+    """The one-matrix path of float columns and the per-column path of object columns (a
+    column holding anything but numbers) bin every value alike."""
+    reference = ReferenceStats(
+        features={
+            "x": NumericReference(edges=[-1.0, 0.0, 2.5], shares=[0.25, 0.25, 0.25, 0.25]),
+            "n": NumericReference(edges=[0.0], shares=[0.5, 0.5]),
+        }
+    )
+    typed = pd.DataFrame(rows, columns=["x", "n"], dtype=np.float64)
+    untyped = pd.DataFrame(rows, columns=["x", "n"], dtype=object)
+    counted = []
+    for frame in (typed, untyped):
+        monitor = DriftMonitor(reference, window=1_000, min_records=1)
+        monitor.add_frame(frame)
+        counted.append(monitor._totals.tolist())
+    assert counted[0] == counted[1]
+    assert sum(counted[0]) == 2 * len(rows)

@@ -327,3 +327,28 @@ def test_a_bad_first_batch_does_not_cost_a_forest_its_fast_path() -> None:
         warnings.simplefilter("ignore", RuntimeWarning)  # numpy's "overflow in cast"
         score_frame(forest, frame.assign(x1=1e300), classes)  # beyond float32: refused whole
     assert _probability_fn(forest, frame) is not None
+
+
+@pytest.mark.parametrize("odd", [np.nan, np.inf, 1e300])
+def test_values_the_forest_must_judge_still_meet_sklearns_own_validation(odd: float) -> None:
+    """The fast path casts a plain numeric frame itself; a missing value or one float32 cannot
+    hold goes through sklearn's validation, so a bare forest scores (or refuses) such a row
+    exactly as ``predict_proba`` does."""
+    from sklearn.ensemble import RandomForestClassifier
+
+    live = make_frame(200, seed=5)
+    numeric = live[["x1", "x3"]].astype(np.float64)
+    forest = RandomForestClassifier(n_estimators=7, random_state=0).fit(numeric, live["target"])
+    classes = [str(c) for c in forest.classes_]
+    score_frame(forest, numeric, classes)  # the fast path, proved on a clean batch
+    odd_frame = numeric.head(10).copy()
+    odd_frame.loc[odd_frame.index[3], "x1"] = odd
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # numpy's "overflow in cast"
+        try:
+            expected = forest.predict_proba(odd_frame)
+        except ValueError:
+            with pytest.raises(ScoringError):
+                score_frame(forest, odd_frame, classes)
+        else:
+            assert np.array_equal(score_frame(forest, odd_frame, classes).probabilities, expected)
