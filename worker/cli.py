@@ -166,6 +166,9 @@ def worker(
     log_format: LogFormatOpt = None,
 ) -> None:
     """Score the input topic with the promoted model: predictions out, bad records to the DLQ."""
+    from worker.process_memory import limit_malloc_arenas
+
+    limit_malloc_arenas()  # before any client starts a thread
     from contracts.kafka_io import require_reachable
     from contracts.logs import checked_log_format, configure_logging
     from contracts.settings import load_settings
