@@ -795,8 +795,10 @@ class ConfluentReader(_Client):
         self._handed_over = True
         """librdkafka reads ``_assigned`` from ``_next``; False after any assign or seek."""
         self._since_handover: set[TopicPartition] = set()
-        """Partitions that delivered a record since the last hand-over: only their librdkafka
-        position is theirs (before, it may still be the previous assignment's)."""
+        """Partitions whose librdkafka position belongs to the last hand-over: those that
+        delivered a record since, and those librdkafka showed without a position right after
+        it (``assign()`` resets it; what it reads later is the new assignment's, control
+        records stepped over included). Any other may still show the previous assignment's."""
         self._paused: set[TopicPartition] = set()
         self.stale_dropped = 0
 
@@ -933,11 +935,15 @@ class ConfluentReader(_Client):
                     self._consumer.resume(running)
                 if self._paused:
                     self._consumer.pause([_rd(tp) for tp in self._paused])
+                reset = self._consumer.position([_rd(tp) for tp in self._assigned])
             else:
                 self._consumer.unassign()
+                reset = []
         except KafkaException as exc:
             raise self._translated(exc) from None
-        self._since_handover.clear()
+        # a partition whose only offsets left are control records (a replay resumed just
+        # before a commit marker) delivers no record: without this its position never moved
+        self._since_handover = {TopicPartition(p.topic, p.partition) for p in reset if p.offset < 0}
         self._handed_over = True
 
     def position(self, partition: TopicPartition) -> int:
