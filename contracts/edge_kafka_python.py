@@ -424,6 +424,16 @@ _FENCED = (ProducerFencedError, InvalidProducerEpochError, TransactionalIdNotFou
 for its timeout and moved the id on: whatever we still send is void."""
 
 
+def _cause(exc: BaseException) -> BaseException:
+    """kafka-python refuses a send after a failed transactional request with a bare
+    ``KafkaError(message, that request's error)``: the error that says what happened."""
+    if type(exc) is KafkaError:
+        for arg in exc.args:
+            if isinstance(arg, KafkaError):
+                return arg
+    return exc
+
+
 class KafkaPythonTransactionalProducer(KafkaPythonProducer):
     """A transactional producer on kafka-python (:class:`contracts.edge.TransactionalProducer`).
 
@@ -447,6 +457,7 @@ class KafkaPythonTransactionalProducer(KafkaPythonProducer):
             raise self._fatal_or_transient(exc) from None
 
     def _fatal_or_transient(self, exc: BaseException) -> Exception:
+        exc = _cause(exc)
         if isinstance(exc, _FENCED):
             return producer_fenced(self._id, f"{type(exc).__name__}: {exc}")
         if isinstance(exc, TransactionalIdAuthorizationFailedError):
@@ -455,6 +466,15 @@ class KafkaPythonTransactionalProducer(KafkaPythonProducer):
             )
         fatal = classify_client_error(exc, self._conn)
         return fatal if fatal is not None else TransientKafkaError(f"{type(exc).__name__}: {exc}")
+
+    def fatal(self, exc: BaseException, topic: str | None = None) -> Exception | None:
+        """Fenced is fatal here too: a send refused because the producer was fenced must end
+        the command, not replace the producer (whose successor would fence the one that took
+        over, and so on)."""
+        cause = _cause(exc)
+        if isinstance(cause, _FENCED):
+            return producer_fenced(self._id, f"{type(cause).__name__}: {cause}")
+        return classify_client_error(cause, self._conn, topic=topic)
 
     def begin(self) -> None:
         try:
