@@ -770,14 +770,17 @@ class ConfluentReader(_Client):
     reader never hands the same offset out twice, whatever the client's queues hold.
     """
 
-    def __init__(self, conn: KafkaConnection, *, client_id: str) -> None:
-        super().__init__(conn, topic=None, group=None)
+    def __init__(
+        self, conn: KafkaConnection, *, client_id: str, group_id: str | None = None
+    ) -> None:
+        super().__init__(conn, topic=None, group=group_id)
         self._consumer = Consumer(
             self._config(
                 client_id,
                 **{
-                    # required by confluent-kafka, never joined (no subscribe) nor committed to
-                    "group.id": f"forestream-reader-{uuid.uuid4().hex}",
+                    # required by confluent-kafka, never joined (no subscribe); committed to
+                    # only by a GroupOffsetsReader's transactions
+                    "group.id": group_id or f"forestream-reader-{uuid.uuid4().hex}",
                     "enable.auto.commit": False,
                     "enable.auto.offset.store": False,
                     "auto.offset.reset": "earliest",
@@ -803,13 +806,13 @@ class ConfluentReader(_Client):
         self.stale_dropped = 0
 
     def _classify(self, error: KafkaError | BaseException) -> KafkaFatalError | None:
-        """The reader's group id is never used: a cluster refusing it (a coordinator lookup
-        librdkafka makes on its own) is no reason to stop reading."""
+        """A plain reader's group id is never used: a cluster refusing it (a coordinator
+        lookup librdkafka makes on its own) is no reason to stop reading."""
         code = error.code() if isinstance(error, KafkaError) else None
         if isinstance(error, KafkaException) and error.args:
             first = error.args[0]
             code = first.code() if isinstance(first, KafkaError) else None
-        if code == KafkaError.GROUP_AUTHORIZATION_FAILED:
+        if code == KafkaError.GROUP_AUTHORIZATION_FAILED and self._group is None:
             return None
         return super()._classify(error)
 
@@ -1009,3 +1012,33 @@ class ConfluentReader(_Client):
             self._consumer.close()
         except (KafkaException, RuntimeError) as exc:
             log.warning("consumer_close_failed", error=str(exc))
+
+
+class ConfluentGroupOffsetsReader(ConfluentReader):
+    """A reader whose offsets are a consumer group's (:class:`contracts.edge.GroupOffsetsReader`):
+    ``group.id`` set, partitions only assigned, so librdkafka never joins the group and its
+    ``consumer_group_metadata()`` is the unjoined one (generation -1) that a transaction's
+    offsets of a memberless group go with."""
+
+    def __init__(self, conn: KafkaConnection, *, client_id: str, group_id: str) -> None:
+        super().__init__(conn, client_id=client_id, group_id=group_id)
+
+    def committed(
+        self, partitions: Sequence[TopicPartition], timeout_s: float
+    ) -> dict[TopicPartition, int | None]:
+        self._raise_fatal()
+        if not partitions:
+            return {}
+        try:
+            found = self._consumer.committed([_rd(tp) for tp in partitions], timeout=timeout_s)
+        except KafkaException as exc:
+            raise self._translated(exc) from None
+        result: dict[TopicPartition, int | None] = {}
+        for p in found:
+            if p.error is not None:
+                raise self._translated(KafkaException(p.error))
+            result[TopicPartition(p.topic, p.partition)] = p.offset if p.offset >= 0 else None
+        return result
+
+    def group_metadata(self) -> object:
+        return self._consumer.consumer_group_metadata()

@@ -227,13 +227,14 @@ class KafkaPythonReader:
         self._consumer = consumer
         self._conn = conn
         self._topic: str | None = None
+        self._group: str | None = None
 
     @contextlib.contextmanager
     def _translated(self) -> Iterator[None]:
         try:
             yield
         except KafkaError as exc:
-            fatal = classify_client_error(exc, self._conn, topic=self._topic)
+            fatal = classify_client_error(exc, self._conn, topic=self._topic, group=self._group)
             raise (fatal if fatal is not None else TransientKafkaError(str(exc))) from None
 
     def topics(self) -> set[str]:
@@ -301,6 +302,31 @@ class KafkaPythonReader:
     def close(self) -> None:
         with contextlib.suppress(KafkaError):
             self._consumer.close()
+
+
+class KafkaPythonGroupOffsetsReader(KafkaPythonReader):
+    """A reader whose ``consumer`` has ``group_id`` set but only ever ``assign``s
+    (:class:`contracts.edge.GroupOffsetsReader`): kafka-python then looks up the group's
+    coordinator for offsets, and never joins (no heartbeats, no rebalances)."""
+
+    def __init__(self, consumer: KafkaConsumer, conn: KafkaConnection, group: str) -> None:
+        super().__init__(consumer, conn)
+        self._group = group
+
+    def committed(
+        self, partitions: Sequence[TopicPartition], timeout_s: float
+    ) -> dict[TopicPartition, int | None]:
+        timeout_ms = max(int(timeout_s * 1000), 1)
+        with self._translated():
+            return {
+                tp: self._consumer.committed(_theirs(tp), timeout_ms=timeout_ms)
+                for tp in partitions
+            }
+
+    def group_metadata(self) -> object:
+        """kafka-python's own snapshot: the group id, generation -1 and no member id, as an
+        assigning consumer never joins (its transaction manager also takes a bare id)."""
+        return self._consumer.group_metadata()
 
 
 class _Listener(AsyncConsumerRebalanceListener):
