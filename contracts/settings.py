@@ -39,6 +39,9 @@ DEFAULT_DLQ_TOPIC = "forestream.features.dlq"
 DEFAULT_MODELS_TOPIC = "forestream.models"
 DEFAULT_LABELS_TOPIC = "forestream.labels"
 DEFAULT_MONITORING_TOPIC = "forestream.monitoring"
+REPLAY_GROUP_PREFIX = "forestream-replay-"
+"""An exactly-once replay's consumer group and transactional id start with this (one prefixed
+ACL covers every replay)."""
 
 
 def kafka_dir() -> Path:
