@@ -529,7 +529,7 @@ def replay(
         run.open()
         run.loop()
     except ProducerFenced:
-        raise _fenced(checkpoint, checkpoint_path) from None
+        raise _fenced(checkpoint, checkpoint_path, settings.transaction_timeout_ms) from None
     finally:
         run.close()
         watchdog.uninstall()
@@ -543,14 +543,16 @@ def replay(
     )
 
 
-def _fenced(checkpoint: Checkpoint, path: Path) -> ProducerFenced:
+def _fenced(checkpoint: Checkpoint, path: Path, timeout_ms: int) -> ProducerFenced:
     from contracts.kafka_errors import ProducerFenced
 
     return ProducerFenced(
-        f"fenced: another producer took this replay's transactional id "
-        f"{checkpoint.transactional_id!r} (was `forestream replay --resume {path}` started "
-        "while this replay ran?); this one stops, its last batch void: the other goes on from "
-        "the offsets committed so far"
+        f"fenced: transactional id {checkpoint.transactional_id!r} was taken over, by another "
+        f"process of this replay (`forestream replay --resume {path}` started while it ran?) "
+        "or by the coordinator, which aborts a transaction left open past "
+        f"FORESTREAM_TRANSACTION_TIMEOUT_MS ({timeout_ms} ms); this replay stops and its last "
+        f"batch is void. If no other replay of {path} runs, resume it: forestream replay "
+        f"--resume {path}"
     )
 
 

@@ -72,11 +72,17 @@ class Backfill:
             *flags,
         ]  # fmt: skip
 
-    def start(self, command: list[str], name: str) -> subprocess.Popen[bytes]:
+    def start(
+        self, command: list[str], name: str, env: dict[str, str] | None = None
+    ) -> subprocess.Popen[bytes]:
         """A replay in the background, its output in ``logs/<name>.log`` (no pipe to fill)."""
         with (self.logs / f"{name}.log").open("wb") as sink:
             return subprocess.Popen(
-                command, stdout=sink, stderr=subprocess.STDOUT, env=worker_env(), cwd=ROOT
+                command,
+                stdout=sink,
+                stderr=subprocess.STDOUT,
+                env=worker_env() | (env or {}),
+                cwd=ROOT,
             )
 
     def log(self, name: str) -> str:
@@ -101,21 +107,20 @@ class Backfill:
         return sum(end - nxt for nxt, end in self.state()["ranges"].values())
 
 
-@pytest.fixture
-def backfill(
-    kafka_bootstrap: str, topic_name: Callable[[str], str], store: Path, tmp_path: Path
+def write_input(
+    bootstrap: str, topic_name: Callable[[str], str], store: Path, logs: Path
 ) -> Backfill:
     """An input topic written in transactions of ``CHUNK`` records (malformed ones mixed in),
     one transaction aborted: its keys must never be scored."""
     topics = {"in": topic_name("in"), "out": topic_name("out")}
     topics["dlq"] = f"{topics['out']}.dlq"
-    ensure_topics(kafka_bootstrap, [TopicSpec(topics["in"], PARTITIONS)])
+    ensure_topics(bootstrap, [TopicSpec(topics["in"], PARTITIONS)])
     records, valid, dead = stream(1500, seed=31)
     frame = make_frame(CHUNK, seed=32).reset_index(drop=True)
     aborted = {
         f"aborted-{i}".encode(): row_json(row) for i, (_, row) in enumerate(frame.iterrows())
     }
-    producer = make_producer(kafka_bootstrap, transactional_id=f"{topics['in']}-upstream")
+    producer = make_producer(bootstrap, transactional_id=f"{topics['in']}-upstream")
     producer.init_transactions()
     chunks = [records[i : i + CHUNK] for i in range(0, len(records), CHUNK)]
     for n, chunk in enumerate(chunks):
@@ -129,16 +134,14 @@ def backfill(
             producer.send(topics["in"], key=key, value=value)
         producer.commit_transaction()
     producer.close()
-    return Backfill(
-        kafka_bootstrap,
-        topics,
-        store,
-        tmp_path / "replay.json",
-        tmp_path,
-        valid,
-        dead,
-        set(aborted),
-    )
+    return Backfill(bootstrap, topics, store, logs / "replay.json", logs, valid, dead, set(aborted))
+
+
+@pytest.fixture
+def backfill(
+    kafka_bootstrap: str, topic_name: Callable[[str], str], store: Path, tmp_path: Path
+) -> Backfill:
+    return write_input(kafka_bootstrap, topic_name, store, tmp_path)
 
 
 def kill_after(b: Backfill, proc: subprocess.Popen[bytes], outputs: int, name: str) -> int:
@@ -248,8 +251,59 @@ def test_a_second_resume_fences_the_first(backfill: Backfill) -> None:
     first_out = b.log("first")
     print(f"\nfenced replay said: {first_out.strip().splitlines()[-1]}")
     assert first_code == 9, first_out[-3000:]
-    assert "fenced: another producer took this replay's transactional id" in first_out
+    assert "fenced: transactional id 'forestream-replay-" in first_out
+    assert "was taken over, by another process of this replay" in first_out
     assert "Traceback" not in first_out
     assert second_code == 0, b.log("second")[-3000:]
     assert b.remaining() == 0
     check_outputs(b)
+
+
+def test_a_broker_frozen_mid_transaction_loses_and_duplicates_nothing(
+    topic_name: Callable[[str], str], store: Path, tmp_path: Path
+) -> None:
+    """A broker frozen (SIGSTOP) for longer than a transaction may take to commit: the replay
+    cannot know whether it committed, so it replaces its producer (which settles it) and goes
+    on from the group's committed offsets once the broker is back. A private broker: freezing
+    the session's would stall the other tests' clients."""
+    import contextlib
+    import os
+
+    from forestream import local_kafka
+
+    info = local_kafka.start(tmp_path / "kafka")
+    try:
+        b = write_input(info.address, topic_name, store, tmp_path)
+        # the coordinator must not abort the frozen transaction on its own (that fences, exit 9)
+        env = {"FORESTREAM_TRANSACTION_TIMEOUT_MS": "120000"}
+        proc = b.start(b.command("--guarantee", "exactly-once", "--max-batch", "20"), "run", env)
+        try:
+            read_topic(b.bootstrap, b.topics["out"], expected=200, timeout_s=120)
+            os.killpg(info.pid, signal.SIGSTOP)
+            try:
+                time.sleep(20)  # past the 10 s a commit is given
+                if proc.poll() is not None:
+                    pytest.fail(f"the replay ended while the broker was frozen\n{b.log('run')}")
+            finally:
+                os.killpg(info.pid, signal.SIGCONT)
+            thawed = time.monotonic()
+            code = proc.wait(timeout=180)
+            print(f"\nfinished {time.monotonic() - thawed:.1f}s after the broker was thawed")
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+        out = b.log("run")
+        assert code == 0, out[-3000:]
+        events = [
+            json.loads(line)["event"]
+            for line in out.splitlines()
+            if line.startswith("{") and '"event"' in line
+        ]
+        print(f"replay events: {events}")
+        assert {"transaction_outcome_unknown", "transaction_aborted"} & set(events), out[-3000:]
+        assert events.count("replay_settled") >= 2, "settled at start and after the freeze"
+        check_outputs(b)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(info.pid, signal.SIGCONT)
+        local_kafka.stop(tmp_path / "kafka")
