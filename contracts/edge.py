@@ -231,6 +231,24 @@ class PartitionReader(Protocol):
     def close(self) -> None: ...
 
 
+class GroupOffsetsReader(PartitionReader, Protocol):
+    """A :class:`PartitionReader` whose progress is a consumer group's committed offsets, in a
+    group it never joins (``assign`` only, so no rebalance can take its partitions): a replay
+    under exactly-once, whose transactions carry the offsets of what it read."""
+
+    def committed(
+        self, partitions: Sequence[TopicPartition], timeout_s: float
+    ) -> dict[TopicPartition, int | None]:
+        """The group's committed next-offsets (None: none yet). Raises
+        :class:`TransientKafkaError` or a classified fatal error."""
+        ...
+
+    def group_metadata(self) -> object:
+        """The group as the client's transactional producer takes it: unjoined (generation
+        -1, no member id), which the coordinator accepts for a group without members."""
+        ...
+
+
 class Delivery(Protocol):
     """The fate of the records of one :meth:`AckingProducer.send` call."""
 

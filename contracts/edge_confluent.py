@@ -795,14 +795,17 @@ class ConfluentReader(_Client):
     reader never hands the same offset out twice, whatever the client's queues hold.
     """
 
-    def __init__(self, conn: KafkaConnection, *, client_id: str) -> None:
-        super().__init__(conn, topic=None, group=None)
+    def __init__(
+        self, conn: KafkaConnection, *, client_id: str, group_id: str | None = None
+    ) -> None:
+        super().__init__(conn, topic=None, group=group_id)
         self._consumer = Consumer(
             self._config(
                 client_id,
                 **{
-                    # required by confluent-kafka, never joined (no subscribe) nor committed to
-                    "group.id": f"forestream-reader-{uuid.uuid4().hex}",
+                    # required by confluent-kafka, never joined (no subscribe); committed to
+                    # only by a GroupOffsetsReader's transactions
+                    "group.id": group_id or f"forestream-reader-{uuid.uuid4().hex}",
                     "enable.auto.commit": False,
                     "enable.auto.offset.store": False,
                     "auto.offset.reset": "earliest",
@@ -820,19 +823,21 @@ class ConfluentReader(_Client):
         self._handed_over = True
         """librdkafka reads ``_assigned`` from ``_next``; False after any assign or seek."""
         self._since_handover: set[TopicPartition] = set()
-        """Partitions that delivered a record since the last hand-over: only their librdkafka
-        position is theirs (before, it may still be the previous assignment's)."""
+        """Partitions whose librdkafka position belongs to the last hand-over: those that
+        delivered a record since, and those librdkafka showed without a position right after
+        it (``assign()`` resets it; what it reads later is the new assignment's, control
+        records stepped over included). Any other may still show the previous assignment's."""
         self._paused: set[TopicPartition] = set()
         self.stale_dropped = 0
 
     def _classify(self, error: KafkaError | BaseException) -> KafkaFatalError | None:
-        """The reader's group id is never used: a cluster refusing it (a coordinator lookup
-        librdkafka makes on its own) is no reason to stop reading."""
+        """A plain reader's group id is never used: a cluster refusing it (a coordinator
+        lookup librdkafka makes on its own) is no reason to stop reading."""
         code = error.code() if isinstance(error, KafkaError) else None
         if isinstance(error, KafkaException) and error.args:
             first = error.args[0]
             code = first.code() if isinstance(first, KafkaError) else None
-        if code == KafkaError.GROUP_AUTHORIZATION_FAILED:
+        if code == KafkaError.GROUP_AUTHORIZATION_FAILED and self._group is None:
             return None
         return super()._classify(error)
 
@@ -958,11 +963,15 @@ class ConfluentReader(_Client):
                     self._consumer.resume(running)
                 if self._paused:
                     self._consumer.pause([_rd(tp) for tp in self._paused])
+                reset = self._consumer.position([_rd(tp) for tp in self._assigned])
             else:
                 self._consumer.unassign()
+                reset = []
         except KafkaException as exc:
             raise self._translated(exc) from None
-        self._since_handover.clear()
+        # a partition whose only offsets left are control records (a replay resumed just
+        # before a commit marker) delivers no record: without this its position never moved
+        self._since_handover = {TopicPartition(p.topic, p.partition) for p in reset if p.offset < 0}
         self._handed_over = True
 
     def position(self, partition: TopicPartition) -> int:
@@ -1028,3 +1037,33 @@ class ConfluentReader(_Client):
             self._consumer.close()
         except (KafkaException, RuntimeError) as exc:
             log.warning("consumer_close_failed", error=str(exc))
+
+
+class ConfluentGroupOffsetsReader(ConfluentReader):
+    """A reader whose offsets are a consumer group's (:class:`contracts.edge.GroupOffsetsReader`):
+    ``group.id`` set, partitions only assigned, so librdkafka never joins the group and its
+    ``consumer_group_metadata()`` is the unjoined one (generation -1) that a transaction's
+    offsets of a memberless group go with."""
+
+    def __init__(self, conn: KafkaConnection, *, client_id: str, group_id: str) -> None:
+        super().__init__(conn, client_id=client_id, group_id=group_id)
+
+    def committed(
+        self, partitions: Sequence[TopicPartition], timeout_s: float
+    ) -> dict[TopicPartition, int | None]:
+        self._raise_fatal()
+        if not partitions:
+            return {}
+        try:
+            found = self._consumer.committed([_rd(tp) for tp in partitions], timeout=timeout_s)
+        except KafkaException as exc:
+            raise self._translated(exc) from None
+        result: dict[TopicPartition, int | None] = {}
+        for p in found:
+            if p.error is not None:
+                raise self._translated(KafkaException(p.error))
+            result[TopicPartition(p.topic, p.partition)] = p.offset if p.offset >= 0 else None
+        return result
+
+    def group_metadata(self) -> object:
+        return self._consumer.consumer_group_metadata()

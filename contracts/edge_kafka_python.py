@@ -227,13 +227,14 @@ class KafkaPythonReader:
         self._consumer = consumer
         self._conn = conn
         self._topic: str | None = None
+        self._group: str | None = None
 
     @contextlib.contextmanager
     def _translated(self) -> Iterator[None]:
         try:
             yield
         except KafkaError as exc:
-            fatal = classify_client_error(exc, self._conn, topic=self._topic)
+            fatal = classify_client_error(exc, self._conn, topic=self._topic, group=self._group)
             raise (fatal if fatal is not None else TransientKafkaError(str(exc))) from None
 
     def topics(self) -> set[str]:
@@ -301,6 +302,31 @@ class KafkaPythonReader:
     def close(self) -> None:
         with contextlib.suppress(KafkaError):
             self._consumer.close()
+
+
+class KafkaPythonGroupOffsetsReader(KafkaPythonReader):
+    """A reader whose ``consumer`` has ``group_id`` set but only ever ``assign``s
+    (:class:`contracts.edge.GroupOffsetsReader`): kafka-python then looks up the group's
+    coordinator for offsets, and never joins (no heartbeats, no rebalances)."""
+
+    def __init__(self, consumer: KafkaConsumer, conn: KafkaConnection, group: str) -> None:
+        super().__init__(consumer, conn)
+        self._group = group
+
+    def committed(
+        self, partitions: Sequence[TopicPartition], timeout_s: float
+    ) -> dict[TopicPartition, int | None]:
+        timeout_ms = max(int(timeout_s * 1000), 1)
+        with self._translated():
+            return {
+                tp: self._consumer.committed(_theirs(tp), timeout_ms=timeout_ms)
+                for tp in partitions
+            }
+
+    def group_metadata(self) -> object:
+        """kafka-python's own snapshot: the group id, generation -1 and no member id, as an
+        assigning consumer never joins (its transaction manager also takes a bare id)."""
+        return self._consumer.group_metadata()
 
 
 class _Listener(AsyncConsumerRebalanceListener):
@@ -424,6 +450,16 @@ _FENCED = (ProducerFencedError, InvalidProducerEpochError, TransactionalIdNotFou
 for its timeout and moved the id on: whatever we still send is void."""
 
 
+def _cause(exc: BaseException) -> BaseException:
+    """kafka-python refuses a send after a failed transactional request with a bare
+    ``KafkaError(message, that request's error)``: the error that says what happened."""
+    if type(exc) is KafkaError:
+        for arg in exc.args:
+            if isinstance(arg, KafkaError):
+                return arg
+    return exc
+
+
 class KafkaPythonTransactionalProducer(KafkaPythonProducer):
     """A transactional producer on kafka-python (:class:`contracts.edge.TransactionalProducer`).
 
@@ -447,6 +483,7 @@ class KafkaPythonTransactionalProducer(KafkaPythonProducer):
             raise self._fatal_or_transient(exc) from None
 
     def _fatal_or_transient(self, exc: BaseException) -> Exception:
+        exc = _cause(exc)
         if isinstance(exc, _FENCED):
             return producer_fenced(self._id, f"{type(exc).__name__}: {exc}")
         if isinstance(exc, TransactionalIdAuthorizationFailedError):
@@ -455,6 +492,15 @@ class KafkaPythonTransactionalProducer(KafkaPythonProducer):
             )
         fatal = classify_client_error(exc, self._conn)
         return fatal if fatal is not None else TransientKafkaError(f"{type(exc).__name__}: {exc}")
+
+    def fatal(self, exc: BaseException, topic: str | None = None) -> Exception | None:
+        """Fenced is fatal here too: a send refused because the producer was fenced must end
+        the command, not replace the producer (whose successor would fence the one that took
+        over, and so on)."""
+        cause = _cause(exc)
+        if isinstance(cause, _FENCED):
+            return producer_fenced(self._id, f"{type(cause).__name__}: {cause}")
+        return classify_client_error(cause, self._conn, topic=topic)
 
     def begin(self) -> None:
         try:

@@ -65,8 +65,9 @@ EXIT_CODES: dict[int, str] = {
     NotAuthorized.exit_code: "an ACL is missing on a topic, the consumer group or the cluster",
     TopicUnavailable.exit_code: "a topic does not exist and may not be created",
     UnreadableRecords.exit_code: "records in a codec or format this client cannot read",
-    ProducerFenced.exit_code: "exactly-once: another producer took this worker's transactional "
-    "id (a replacement started, or two live workers share one)",
+    ProducerFenced.exit_code: "exactly-once: another producer took this worker's or replay's "
+    "transactional id (a replacement started, two live workers share one, or a replay was "
+    "resumed twice)",
     shutdown.EXIT_CODE: f"the shutdown grace ({shutdown.GRACE_S:.0f} s after SIGTERM/SIGINT) ran "
     "out, or a second signal came: ended hard",
 }
@@ -113,9 +114,17 @@ def topic_not_authorized(
 
 def group_not_authorized(conn: KafkaConnection | None, group: str | None) -> NotAuthorized:
     on = f"consumer group {group!r}" if group else "the consumer group"
+    from contracts.settings import REPLAY_GROUP_PREFIX
+
+    which = (
+        f"an exactly-once replay's own group: a prefixed ACL on {REPLAY_GROUP_PREFIX!r} "
+        "covers every replay"
+        if group and group.startswith(REPLAY_GROUP_PREFIX)
+        else "FORESTREAM_GROUP"
+    )
     return NotAuthorized(
         f"not authorized on {on}{_who(conn)}{_where(conn)}: grant the principal READ on "
-        "the group (FORESTREAM_GROUP)"
+        f"the group ({which})"
     )
 
 

@@ -19,7 +19,13 @@ from kafka.admin import NewTopic
 from kafka.errors import KafkaError, TopicAlreadyExistsError, TopicAuthorizationFailedError
 
 from contracts.connection import KafkaConnection
-from contracts.edge import AckingProducer, GroupConsumer, PartitionReader, TransactionalProducer
+from contracts.edge import (
+    AckingProducer,
+    GroupConsumer,
+    GroupOffsetsReader,
+    PartitionReader,
+    TransactionalProducer,
+)
 from contracts.errors import UserError
 from contracts.kafka_errors import (
     KafkaFatalError,
@@ -269,6 +275,24 @@ def partition_reader(
         conn, group_id=None, client_id=client_id, max_poll_records=max_poll_records
     )
     return KafkaPythonReader(consumer, conn)
+
+
+def group_offsets_reader(
+    target: Target, *, group: str, client_id: str, max_poll_records: int = 2000
+) -> GroupOffsetsReader:
+    """A group-less reader (it only assigns) whose offsets are ``group``'s: a replay under
+    exactly-once commits them in its transactions and resumes from them."""
+    conn = connection(target)
+    if conn.kafka_client == "confluent":
+        from contracts.edge_confluent import ConfluentGroupOffsetsReader
+
+        return ConfluentGroupOffsetsReader(conn, client_id=client_id, group_id=group)
+    from contracts.edge_kafka_python import KafkaPythonGroupOffsetsReader
+
+    consumer = make_consumer(
+        conn, group_id=group, client_id=client_id, max_poll_records=max_poll_records
+    )
+    return KafkaPythonGroupOffsetsReader(consumer, conn, group)
 
 
 def new_topic(spec: TopicSpec, conn: KafkaConnection) -> NewTopic:

@@ -11,7 +11,7 @@ import os
 import re
 from dataclasses import fields
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -39,6 +39,9 @@ DEFAULT_DLQ_TOPIC = "forestream.features.dlq"
 DEFAULT_MODELS_TOPIC = "forestream.models"
 DEFAULT_LABELS_TOPIC = "forestream.labels"
 DEFAULT_MONITORING_TOPIC = "forestream.monitoring"
+REPLAY_GROUP_PREFIX = "forestream-replay-"
+"""An exactly-once replay's consumer group and transactional id start with this (one prefixed
+ACL covers every replay)."""
 
 
 def kafka_dir() -> Path:
@@ -277,6 +280,27 @@ class CommonSettings(BaseSettings):
         if not broker_addresses(value):
             raise ValueError(f"{value!r} is not a list of broker addresses (host[:port],...)")
         return value.strip()
+
+
+Guarantee = Literal["at-least-once", "exactly-once"]
+
+
+class GuaranteeSettings(CommonSettings):
+    """The delivery guarantee of a command that scores what it reads into topics (``worker``,
+    ``replay``): ``FORESTREAM_GUARANTEE`` / ``--guarantee`` for both."""
+
+    guarantee: Guarantee = "at-least-once"
+    """``exactly-once``: each batch's predictions, dead letters and input offsets are
+    committed in one Kafka transaction (readers with ``read_committed`` see every input once);
+    ``at-least-once``: offsets are recorded after the outputs are acknowledged (a crash
+    re-reads, downstream may see a duplicate)."""
+    transaction_timeout_ms: int = Field(default=10_000, ge=1_000, le=900_000)
+    """Exactly-once: the coordinator aborts a transaction left open this long (a process that
+    died mid-batch): until then ``read_committed`` readers of its partitions wait."""
+
+    @property
+    def exactly_once(self) -> bool:
+        return self.guarantee == "exactly-once"
 
 
 def _read_secret(path: Path) -> str:

@@ -56,6 +56,13 @@ from worker.processing import (
     process_records,
 )
 from worker.settings import WorkerSettings
+from worker.transactions import (
+    TXN_INIT_BLOCK_MS,
+    TXN_TIMEOUT_S,
+    replace_producer,
+    retry_backoff_s,
+    transact,
+)
 
 if TYPE_CHECKING:
     from contracts.schema import ReferenceStats
@@ -92,11 +99,6 @@ _SHUTDOWN_GRACE_S = 10.0
 """After SIGTERM, how long a batch in hand may wait for the broker before it is left
 uncommitted (to be re-read by the next owner) so that the worker exits."""
 _SEND_BLOCK_MS = 2_000
-_TXN_TIMEOUT_S = 10.0
-"""Exactly-once: bound on committing one transaction (milliseconds when healthy)."""
-_TXN_INIT_BLOCK_MS = 5_000
-"""Exactly-once: bound on starting a transactional producer (it settles its predecessor's
-open transaction first); past it the loop retries, holding, with backoff."""
 _MAX_BACKOFF_S = 10.0
 
 
@@ -644,7 +646,7 @@ class Worker:
             client_id=self._client_id("txn"),
             transactional_id=s.transactional_id_or_default(),
             transaction_timeout_ms=s.transaction_timeout_ms,
-            max_block_ms=_TXN_INIT_BLOCK_MS,
+            max_block_ms=TXN_INIT_BLOCK_MS,
         )
 
     def _finish_in_transaction(self, give_up: Callable[[], bool] | None = None) -> None:
@@ -686,28 +688,22 @@ class Worker:
         self._observers.notify(scored.scored)
 
     def _transact(self, scored: ProcessedBatch, offsets: dict[TopicPartition, int]) -> None:
-        assert self._consumer is not None
+        consumer = self._consumer
+        assert consumer is not None
         if self._txn is None:  # the last one was given up: its successor settles it
             self._txn = self._transactional_producer()
-        txn = self._txn
         deadline = self._orderly_deadline()
-        timeout_s = _TXN_TIMEOUT_S if deadline is None else deadline - time.monotonic()
-        timeout_s = max(min(timeout_s, _TXN_TIMEOUT_S), _LATE_COMMIT_TIMEOUT_S)
-        txn.begin()
-        delivery = txn.send(scored.outgoing)
-        if (error := delivery.error()) is not None:  # some were never handed over
-            fatal = txn.fatal(error, self.settings.output_topic)
-            if fatal is not None:
-                txn.abort(_LATE_COMMIT_TIMEOUT_S)
-                raise fatal
-            if txn.abort(timeout_s):
-                raise TransactionAborted(f"send failed: {error}")
-            raise TransientKafkaError(f"send failed, abort unconfirmed: {error}")
-        if not offsets.keys() <= self._consumer.assignment():  # lost meanwhile: not ours
-            if txn.abort(timeout_s):
-                raise TransactionAborted("partitions lost before the commit")
-            raise TransientKafkaError("partitions lost, abort unconfirmed")
-        txn.commit_transaction(offsets, self._consumer.group_metadata(), timeout_s)
+        timeout_s = TXN_TIMEOUT_S if deadline is None else deadline - time.monotonic()
+        transact(
+            self._txn,
+            scored.outgoing,
+            offsets,
+            consumer.group_metadata,
+            timeout_s=max(min(timeout_s, TXN_TIMEOUT_S), _LATE_COMMIT_TIMEOUT_S),
+            topic=self.settings.output_topic,
+            # lost meanwhile (a rebalance): not ours to commit
+            still_owned=lambda: offsets.keys() <= consumer.assignment(),
+        )
 
     def _txn_failed(self, event: str, exc: Exception) -> None:
         self._txn_failures += 1
@@ -718,8 +714,7 @@ class Worker:
                 failures_in_a_row=self._txn_failures,
                 suppressed=self._warn["commit"].take_suppressed(),
             )
-        # a cause that persists (a broker away) is retried with backoff, not spun on
-        self._held_retry_at = time.monotonic() + min(0.1 * 2**self._txn_failures, 5.0)
+        self._held_retry_at = time.monotonic() + retry_backoff_s(self._txn_failures)
 
     def _hold_while_unsettled(self) -> bool:
         """Exactly-once: hold (partitions paused, polling on) while an earlier transaction's
@@ -745,10 +740,8 @@ class Worker:
         open), then read the partitions again from what the group committed."""
         assert self._consumer is not None
         old, self._txn = self._txn, None
-        if old is not None:
-            old.close(0)
         try:
-            self._txn = self._transactional_producer()
+            self._txn = replace_producer(old, self._transactional_producer)
             owned = self._consumer.assignment()
             mine = [tp for tp in self._resync if tp in owned]
             committed = self._consumer.committed(mine, timeout_s=_LATE_COMMIT_TIMEOUT_S)

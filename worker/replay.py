@@ -1,11 +1,20 @@
 """``forestream replay``: re-score a bounded range of an input topic, for backfills.
 
-It reads with ``assign`` (no consumer group, so the live workers' offsets are never touched),
-fixes the end offsets when it starts (records that arrive later are not part of the range), and
-pushes every batch through the same :func:`worker.processing.process_records` and
-:class:`worker.processing.AckedPublisher` as the live worker: one code path for validation, the
-DLQ and scoring. Progress is checkpointed to a file after every acknowledged batch, so an
-interrupted replay resumes where it stopped instead of starting over.
+It reads with ``assign`` (never joining a group, so the live workers' offsets are never
+touched), fixes the end offsets when it starts (records that arrive later are not part of the
+range), and pushes every batch through the same :func:`worker.processing.process_records` as
+the live worker: one code path for validation, the DLQ and scoring. Progress is checkpointed
+to a file after every batch, so an interrupted replay resumes where it stopped instead of
+starting over.
+
+At-least-once (the default), a batch is published through
+:class:`worker.processing.AckedPublisher` and the file saved once it is acknowledged: a crash
+in between re-scores that batch on ``--resume``. Exactly-once, a batch's outputs and its input
+next-offsets are committed in one transaction (:func:`worker.transactions.transact`), the
+offsets to a consumer group of the replay's own that nobody joins; the group and the
+transactional id are fixed at start and kept in the file, and a resume starts from the
+group's committed offsets (the file may lag them by a batch) after its new producer has
+fenced any earlier one and settled its open transaction.
 """
 
 from __future__ import annotations
@@ -14,11 +23,13 @@ import json
 import os
 import re
 import time
+import uuid
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, cast, get_args
 
 import typer
 from pydantic import Field
@@ -30,15 +41,36 @@ from contracts.cli_options import (
     ModelNameOpt,
     StoreOpt,
 )
-from contracts.edge import PartitionReader, TopicPartition
+from contracts.edge import (
+    InputRecord,
+    PartitionReader,
+    TopicPartition,
+    TransactionAborted,
+    TransientKafkaError,
+)
 from contracts.errors import UserError
-from contracts.settings import CommonSettings, illegal_topic_name
+from contracts.settings import (
+    REPLAY_GROUP_PREFIX,
+    Guarantee,
+    GuaranteeSettings,
+    illegal_topic_name,
+)
+
+if TYPE_CHECKING:  # the clients' side is imported when a replay runs: `--help` stays fast
+    from contracts.edge import AckingProducer, GroupOffsetsReader, TransactionalProducer
+    from contracts.kafka_errors import ProducerFenced
+    from worker.processing import AckedPublisher, ProcessedBatch
 
 CHECKPOINT_DIR = Path(".forestream/replay")
 
 
-class ReplaySettings(CommonSettings):
-    """Replay reads far more than it waits, so its batches are bigger than the live worker's."""
+class ReplaySettings(GuaranteeSettings):
+    """Replay reads far more than it waits, so its batches are bigger than the live worker's.
+
+    Its guarantee is ``FORESTREAM_GUARANTEE``, as the workers'; its consumer group and
+    transactional id are its own (never ``FORESTREAM_GROUP`` or ``FORESTREAM_TRANSACTIONAL_ID``,
+    which name live workers': committing to their group, or fencing one of them, would be
+    worse than any duplicate)."""
 
     replay_max_batch: int = Field(default=5000, ge=1, le=100_000)
     max_record_bytes: int = Field(default=1024 * 1024, ge=1)
@@ -257,9 +289,20 @@ def bounded_range(
     return result
 
 
+GUARANTEES: tuple[str, ...] = get_args(Guarantee)
+
+
+def new_exactly_once_ids() -> tuple[str, str]:
+    """A new replay's consumer group and transactional id: one random name (two namespaces),
+    fixed for the replay's life so that a resume commits to the same group and fences the
+    process it replaces. The prefix lets one prefixed ACL cover every replay."""
+    name = f"{REPLAY_GROUP_PREFIX}{uuid.uuid4().hex[:16]}"
+    return name, name
+
+
 @dataclass
 class Checkpoint:
-    """Where a replay is: enough to resume it with the same topics and model."""
+    """Where a replay is: enough to resume it with the same topics, model and guarantee."""
 
     input_topic: str
     output_topic: str
@@ -268,12 +311,24 @@ class Checkpoint:
     model_name: str
     model_version: str
     ranges: dict[int, tuple[int, int]]
-    """partition -> (next offset to read, end offset, exclusive)."""
+    """partition -> (next offset to read, end offset, exclusive). Exactly-once, the group's
+    committed offsets are the truth and these may lag them by one batch (never lead them,
+    but past offsets that hold no record: transaction markers)."""
+    guarantee: Guarantee = "at-least-once"
+    """Files written before exactly-once existed have none: at-least-once."""
+    group: str | None = None
+    """Exactly-once: the consumer group the transactions commit the input offsets to."""
+    transactional_id: str | None = None
+    """Exactly-once: the producer's ``transactional.id``, the same for every resume."""
+
+    @property
+    def exactly_once(self) -> bool:
+        return self.guarantee == "exactly-once"
 
     def save(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp")
-        body = {
+        body: dict[str, object] = {
             "input_topic": self.input_topic,
             "output_topic": self.output_topic,
             "dlq_topic": self.dlq_topic,
@@ -281,7 +336,11 @@ class Checkpoint:
             "model_name": self.model_name,
             "model_version": self.model_version,
             "ranges": {str(p): list(r) for p, r in self.ranges.items()},
+            "guarantee": self.guarantee,
         }
+        if self.exactly_once:
+            body["group"] = self.group
+            body["transactional_id"] = self.transactional_id
         tmp.write_text(json.dumps(body, indent=2))
         os.replace(tmp, path)
 
@@ -289,7 +348,7 @@ class Checkpoint:
     def load(cls, path: Path) -> Checkpoint:
         try:
             body = json.loads(path.read_text())
-            return cls(
+            state = cls(
                 input_topic=body["input_topic"],
                 output_topic=body["output_topic"],
                 dlq_topic=body["dlq_topic"],
@@ -297,17 +356,54 @@ class Checkpoint:
                 model_name=body["model_name"],
                 model_version=body["model_version"],
                 ranges={int(p): (int(r[0]), int(r[1])) for p, r in body["ranges"].items()},
+                guarantee=cast(Guarantee, body.get("guarantee", "at-least-once")),
+                group=body.get("group"),
+                transactional_id=body.get("transactional_id"),
             )
         except FileNotFoundError:
             raise UserError(f"--resume: no checkpoint file {path}") from None
-        except (ValueError, KeyError, TypeError, IndexError):
+        except (ValueError, KeyError, TypeError, IndexError, AttributeError):
             raise UserError(f"--resume: {path} is not a replay checkpoint") from None
+        if state.guarantee not in GUARANTEES:
+            raise UserError(
+                f"--resume: {path} names guarantee {state.guarantee!r}; expected one of "
+                f"{', '.join(GUARANTEES)}"
+            )
+        if state.exactly_once and not (
+            isinstance(state.group, str)
+            and state.group
+            and isinstance(state.transactional_id, str)
+            and state.transactional_id
+        ):
+            raise UserError(
+                f"--resume: {path} is an exactly-once checkpoint without its group and "
+                "transactional id: it cannot be resumed without duplicates"
+            )
+        return state
 
     def remaining(self) -> int:
         return sum(end - nxt for nxt, end in self.ranges.values())
 
     def offsets_text(self) -> str:
         return ",".join(f"{p}:{nxt}" for p, (nxt, _end) in sorted(self.ranges.items()))
+
+
+def settled_ranges(
+    ranges: dict[int, tuple[int, int]], committed: dict[int, int | None]
+) -> dict[int, tuple[int, int]]:
+    """Exactly-once: where each partition really is, from the group's committed offsets.
+
+    The file is saved after each transaction commits, so it lags the group by at most that
+    batch; it leads it only past offsets that hold no record (a partition closed at its end
+    behind transaction markers). Hence the later of the two. A partition the group has no
+    offset for (nothing committed yet, or the broker expired the offsets of the idle group,
+    ``offsets.retention.minutes``) keeps the file's.
+    """
+    settled = {}
+    for p, (nxt, end) in ranges.items():
+        at = committed.get(p)
+        settled[p] = (nxt if at is None else min(max(nxt, at), end), end)
+    return settled
 
 
 @dataclass
@@ -368,6 +464,7 @@ def resolve_checkpoint(
     dlq_topic: str,
     partitions_spec: str | None,
     flags: RangeFlags,
+    guarantee: Guarantee = "at-least-once",
 ) -> Checkpoint:
     """Turn the flags into fixed per-partition ranges, against the topic as it is now."""
     topic = settings.input_topic
@@ -392,6 +489,9 @@ def resolve_checkpoint(
 
     start = flags.from_offset if flags.from_ms is None else at(flags.from_ms)
     stop = flags.to_offset if flags.to_ms is None else at(flags.to_ms)
+    group, transactional_id = (
+        new_exactly_once_ids() if guarantee == "exactly-once" else (None, None)
+    )
     return Checkpoint(
         input_topic=topic,
         output_topic=output_topic,
@@ -400,6 +500,9 @@ def resolve_checkpoint(
         model_name=settings.model_name,
         model_version=model_version,
         ranges=bounded_range(partitions, beginning, end, start, stop),
+        guarantee=guarantee,
+        group=group,
+        transactional_id=transactional_id,
     )
 
 
@@ -408,95 +511,332 @@ def replay(
     checkpoint: Checkpoint,
     model: Any,
     checkpoint_path: Path,
-    on_progress: Any = None,
+    on_progress: Callable[[int], object] | None = None,
 ) -> ReplayResult:
-    """Score every record of ``checkpoint.ranges``; stop early (cleanly) on SIGINT/SIGTERM."""
-    from contracts.kafka_io import TopicSpec, acking_producer, ensure_topics, partition_reader
+    """Score every record of ``checkpoint.ranges``; stop early (cleanly) on SIGINT/SIGTERM.
+
+    The checkpoint's guarantee decides how (``settings.guarantee`` is the new replays' only).
+    """
+    from contracts.kafka_errors import ProducerFenced
     from contracts.shutdown import install as install_shutdown_watchdog
-    from worker.cycle import next_offsets
-    from worker.processing import AckedPublisher, process_records
 
-    stop_requested = False
-
-    def request_stop(_signum: int) -> None:
-        nonlocal stop_requested
-        stop_requested = True
-
-    def abandoned() -> dict[str, object]:
-        """What a hard exit leaves: the batch past the checkpoint, re-scored on resume."""
-        return {
-            "remaining_records": checkpoint.remaining(),
-            "resume": f"forestream replay --resume {checkpoint_path}",
-        }
-
+    run = _Run(settings, checkpoint, model, checkpoint_path, on_progress)
     # SIGINT/SIGTERM stop after the batch in hand; a broker that never answers cannot hold us
     # past the watchdog's grace (the checkpoint then lags by at most that batch)
-    watchdog = install_shutdown_watchdog(request_stop, abandoned)
-    kafka = settings.kafka()
-    partitions = max(checkpoint.ranges, default=0) + 1
-    try:
-        ensure_topics(
-            kafka,
-            [TopicSpec(checkpoint.output_topic, partitions), TopicSpec(checkpoint.dlq_topic, 1)],
-        )
-        consumer = partition_reader(
-            kafka, client_id="forestream-replay", max_poll_records=settings.replay_max_batch
-        )
-        producer = acking_producer(kafka, client_id="forestream-replay", linger_ms=20)
-    except BaseException:
-        watchdog.uninstall()
-        raise
-    publisher = AckedPublisher(producer, give_up=lambda: stop_requested)
-    scored = 0
-    dead: Counter[str] = Counter()
+    watchdog = install_shutdown_watchdog(run.request_stop, run.abandoned)
     started = time.monotonic()
     try:
-        todo = {p: r for p, r in checkpoint.ranges.items() if r[0] < r[1]}
-        tps = {p: TopicPartition(checkpoint.input_topic, p) for p in todo}
-        consumer.assign(list(tps.values()))
-        for p, tp in tps.items():
-            consumer.seek(tp, todo[p][0])
-        while todo and not stop_requested:
-            polled = consumer.poll_batch(settings.replay_max_batch, 0.5)
-            batch = [r for r in polled if r.offset < checkpoint.ranges[r.partition][1]]
-            if batch:
-                processed = process_records(
-                    batch,
-                    model,
-                    output_topic=checkpoint.output_topic,
-                    dlq_topic=checkpoint.dlq_topic,
-                    max_record_bytes=settings.max_record_bytes,
-                )
-                if not publisher.publish(processed.outgoing):
-                    break  # interrupted while the broker was away: this batch is not checkpointed
-                scored += processed.predicted
-                dead.update(processed.dead_lettered)
-                for (_, partition), offset in next_offsets(batch).items():
-                    nxt, end = checkpoint.ranges[partition]
-                    checkpoint.ranges[partition] = (max(nxt, offset), end)
-            # a position at or past the end also closes a partition whose last offsets hold no
-            # record (transaction markers, compaction): waiting for them would never end
-            for p in list(todo):
-                nxt, end = checkpoint.ranges[p]
-                if nxt >= end or consumer.position(tps[p]) >= end:
-                    checkpoint.ranges[p] = (end, end)
-                    del todo[p]
-                    consumer.pause([tps[p]])
-            checkpoint.save(checkpoint_path)
-            if on_progress is not None and batch:
-                on_progress(len(batch))
+        run.open()
+        run.loop()
+    except ProducerFenced:
+        raise _fenced(checkpoint, checkpoint_path, settings.transaction_timeout_ms) from None
     finally:
-        producer.close(10)
-        consumer.close()
+        run.close()
         watchdog.uninstall()
     checkpoint.save(checkpoint_path)
     return ReplayResult(
-        scored=scored,
-        dead_lettered=dead,
+        scored=run.scored,
+        dead_lettered=run.dead,
         seconds=time.monotonic() - started,
         interrupted=checkpoint.remaining() > 0,
         checkpoint=checkpoint,
     )
+
+
+def _fenced(checkpoint: Checkpoint, path: Path, timeout_ms: int) -> ProducerFenced:
+    from contracts.kafka_errors import ProducerFenced
+
+    return ProducerFenced(
+        f"fenced: transactional id {checkpoint.transactional_id!r} was taken over, by another "
+        f"process of this replay (`forestream replay --resume {path}` started while it ran?) "
+        "or by the coordinator, which aborts a transaction left open past "
+        f"FORESTREAM_TRANSACTION_TIMEOUT_MS ({timeout_ms} ms); this replay stops and its last "
+        f"batch is void. If no other replay of {path} runs, resume it: forestream replay "
+        f"--resume {path}"
+    )
+
+
+class _Run:
+    """One replay run: its reader, its producer and its progress, under either guarantee."""
+
+    def __init__(
+        self,
+        settings: ReplaySettings,
+        checkpoint: Checkpoint,
+        model: Any,
+        path: Path,
+        on_progress: Callable[[int], object] | None,
+    ) -> None:
+        self.settings = settings
+        self.kafka = settings.kafka()
+        self.checkpoint = checkpoint
+        self.model = model
+        self.path = path
+        self.on_progress = on_progress
+        self.stop_requested = False
+        self.scored = 0
+        self.dead: Counter[str] = Counter()
+        self.todo: dict[int, TopicPartition] = {}
+        """Partitions with records left to score."""
+        self.consumer: PartitionReader | None = None
+        self.producer: AckingProducer | None = None
+        self.publisher: AckedPublisher | None = None
+        # exactly-once
+        self.reader: GroupOffsetsReader | None = None
+        """The consumer, whose group's committed offsets are the replay's progress."""
+        self.txn: TransactionalProducer | None = None
+        self.unsettled = checkpoint.exactly_once
+        """The producer must be (re)built and the partitions sought to the group's committed
+        offsets before the next transaction: at start (a resume's predecessor may have left a
+        transaction open) and after a transaction whose outcome is unknown."""
+        self.failures = 0
+        self.retry_at = 0.0
+        from contracts.logs import RateLimited
+
+        self._warn = RateLimited(10.0)
+
+    def request_stop(self, _signum: int) -> None:
+        self.stop_requested = True
+
+    def abandoned(self) -> dict[str, object]:
+        """What a hard exit leaves: the batch past the checkpoint, re-read on resume."""
+        return {
+            "remaining_records": self.checkpoint.remaining(),
+            "resume": f"forestream replay --resume {self.path}",
+        }
+
+    # -- clients -------------------------------------------------------------------------------
+
+    def open(self) -> None:
+        from contracts.kafka_io import (
+            TopicSpec,
+            acking_producer,
+            ensure_topics,
+            group_offsets_reader,
+            partition_reader,
+        )
+        from worker.processing import AckedPublisher
+
+        c = self.checkpoint
+        partitions = max(c.ranges, default=0) + 1
+        ensure_topics(
+            self.kafka, [TopicSpec(c.output_topic, partitions), TopicSpec(c.dlq_topic, 1)]
+        )
+        max_batch = self.settings.replay_max_batch
+        if c.exactly_once:
+            assert c.group is not None
+            self.reader = group_offsets_reader(
+                self.kafka, group=c.group, client_id="forestream-replay", max_poll_records=max_batch
+            )
+            self.consumer = self.reader
+        else:
+            self.consumer = partition_reader(
+                self.kafka, client_id="forestream-replay", max_poll_records=max_batch
+            )
+            self.producer = acking_producer(self.kafka, client_id="forestream-replay", linger_ms=20)
+            self.publisher = AckedPublisher(self.producer, give_up=lambda: self.stop_requested)
+
+    def close(self) -> None:
+        if self.producer is not None:
+            self.producer.close(10)
+        if self.txn is not None:
+            self.txn.close(5)
+        if self.consumer is not None:
+            self.consumer.close()
+
+    def _transactional_producer(self) -> TransactionalProducer:
+        from contracts.kafka_io import transactional_producer
+        from worker.transactions import TXN_INIT_BLOCK_MS
+
+        assert self.checkpoint.transactional_id is not None
+        return transactional_producer(
+            self.kafka,
+            client_id="forestream-replay-txn",
+            transactional_id=self.checkpoint.transactional_id,
+            transaction_timeout_ms=self.settings.transaction_timeout_ms,
+            max_block_ms=TXN_INIT_BLOCK_MS,
+        )
+
+    # -- the loop ------------------------------------------------------------------------------
+
+    def loop(self) -> None:
+        c, consumer = self.checkpoint, self.consumer
+        assert consumer is not None
+        self.todo = {
+            p: TopicPartition(c.input_topic, p) for p, (nxt, end) in c.ranges.items() if nxt < end
+        }
+        consumer.assign(list(self.todo.values()))
+        self._seek_to_checkpoint()
+        c.save(self.path)  # exactly-once: it names the group and the transactional id from now
+        while self.todo and not self.stop_requested:
+            if c.exactly_once and not self._ready_for_transactions():
+                continue
+            try:
+                polled = consumer.poll_batch(self.settings.replay_max_batch, 0.5)
+            except TransientKafkaError as exc:  # the broker away: it comes back, or ^C
+                self._warn_rate_limited("poll_failed", exc)
+                time.sleep(_POLL_BACKOFF_S)
+                continue
+            batch = [r for r in polled if r.offset < c.ranges[r.partition][1]]
+            if batch:
+                if c.exactly_once:
+                    if not self._commit_in_transaction(batch):
+                        continue  # read again, from the batch's first or the committed offsets
+                elif not self._publish(batch):
+                    break  # interrupted while the broker was away: not checkpointed
+            self._close_finished()
+            c.save(self.path)
+            if self.on_progress is not None and batch:
+                self.on_progress(len(batch))
+
+    def _seek_to_checkpoint(self) -> None:
+        assert self.consumer is not None
+        for p, tp in self.todo.items():
+            self.consumer.seek(tp, self.checkpoint.ranges[p][0])
+
+    def _close_finished(self) -> None:
+        """A position at or past the end also closes a partition whose last offsets hold no
+        record (transaction markers, compaction): waiting for them would never end."""
+        assert self.consumer is not None
+        for p, tp in list(self.todo.items()):
+            nxt, end = self.checkpoint.ranges[p]
+            if nxt >= end or self.consumer.position(tp) >= end:
+                self.checkpoint.ranges[p] = (end, end)
+                del self.todo[p]
+                self.consumer.pause([tp])
+
+    def _score(self, batch: list[InputRecord]) -> ProcessedBatch:
+        from worker.processing import process_records
+
+        c = self.checkpoint
+        return process_records(
+            batch,
+            self.model,
+            output_topic=c.output_topic,
+            dlq_topic=c.dlq_topic,
+            max_record_bytes=self.settings.max_record_bytes,
+        )
+
+    def _advance(self, batch: list[InputRecord], processed: ProcessedBatch) -> None:
+        from worker.cycle import next_offsets
+
+        self.scored += processed.predicted
+        self.dead.update(processed.dead_lettered)
+        for (_, partition), offset in next_offsets(batch).items():
+            nxt, end = self.checkpoint.ranges[partition]
+            self.checkpoint.ranges[partition] = (max(nxt, offset), end)
+
+    # -- at-least-once -------------------------------------------------------------------------
+
+    def _publish(self, batch: list[InputRecord]) -> bool:
+        assert self.publisher is not None
+        processed = self._score(batch)
+        if not self.publisher.publish(processed.outgoing):
+            return False
+        self._advance(batch, processed)
+        return True
+
+    # -- exactly-once --------------------------------------------------------------------------
+
+    def _ready_for_transactions(self) -> bool:
+        """Past the backoff of a failed transaction, and settled: False means wait (briefly,
+        so that a stop request is seen)."""
+        wait_s = self.retry_at - time.monotonic()
+        if wait_s > 0:
+            time.sleep(min(wait_s, 0.1))
+            return False
+        if self.unsettled:
+            try:
+                self._settle()
+            except TransientKafkaError as exc:
+                self._failed("transaction_settle_failed", exc)
+                return False
+        return True
+
+    def _settle(self) -> None:
+        """Replace the producer (its successor fences any earlier one with this transactional
+        id, a resumed replay's predecessor included, and completes or aborts the transaction
+        it left open), then go on from the group's committed offsets."""
+        from worker.transactions import replace_producer
+
+        reader, c = self.reader, self.checkpoint
+        assert reader is not None
+        old, self.txn = self.txn, None
+        self.txn = replace_producer(old, self._transactional_producer)
+        committed = reader.committed(list(self.todo.values()), timeout_s=_COMMITTED_TIMEOUT_S)
+        before = c.remaining()
+        c.ranges.update(
+            settled_ranges(
+                {p: c.ranges[p] for p in self.todo},
+                {tp.partition: o for tp, o in committed.items()},
+            )
+        )
+        self._seek_to_checkpoint()
+        self.unsettled = False
+        _log().info(
+            "replay_settled",
+            transactional_id=c.transactional_id,
+            group=c.group,
+            next_offsets=c.offsets_text(),
+            already_committed=before - c.remaining(),
+        )
+
+    def _commit_in_transaction(self, batch: list[InputRecord]) -> bool:
+        """Score the batch and commit its outputs and next-offsets in one transaction; False
+        when it did not commit (or may not have): the batch is read again."""
+        from worker.cycle import next_offsets
+        from worker.transactions import TXN_TIMEOUT_S, transact
+
+        assert self.txn is not None and self.reader is not None
+        processed = self._score(batch)
+        try:
+            transact(
+                self.txn,
+                processed.outgoing,
+                next_offsets(batch),
+                self.reader.group_metadata,
+                timeout_s=TXN_TIMEOUT_S,
+                topic=self.checkpoint.output_topic,
+            )
+        except TransactionAborted as exc:  # nothing of it counts
+            self._failed("transaction_aborted", exc)
+            self._seek_to_checkpoint()
+            return False
+        except TransientKafkaError as exc:  # settled by the next producer, whichever way
+            self._failed("transaction_outcome_unknown", exc)
+            self.unsettled = True
+            return False
+        self.failures = 0
+        self._advance(batch, processed)
+        return True
+
+    def _failed(self, event: str, exc: Exception) -> None:
+        """A transaction (or settling one) failed: retry after a backoff."""
+        from worker.transactions import retry_backoff_s
+
+        self.failures += 1
+        self._warn_rate_limited(event, exc, failures_in_a_row=self.failures)
+        self.retry_at = time.monotonic() + retry_backoff_s(self.failures)
+
+    def _warn_rate_limited(self, event: str, exc: Exception, **fields: object) -> None:
+        if self._warn.ready():
+            _log().warning(
+                event,
+                error=str(exc)[:300],
+                suppressed=self._warn.take_suppressed(),
+                **fields,
+            )
+
+
+_COMMITTED_TIMEOUT_S = 5.0
+"""Bound on asking the group's committed offsets (retried with backoff past it)."""
+_POLL_BACKOFF_S = 0.5
+
+
+def _log() -> Any:
+    import structlog
+
+    return structlog.get_logger("forestream.replay")
 
 
 def _default_checkpoint_path(output_topic: str) -> Path:
@@ -561,6 +901,19 @@ def register(app: typer.Typer) -> None:
             Path | None,
             typer.Option("--checkpoint", help="progress file (default .forestream/replay/…)"),
         ] = None,
+        guarantee: Annotated[
+            str | None,
+            typer.Option(
+                "--guarantee",
+                help="at-least-once (the checkpoint is saved once a batch is acknowledged: an "
+                "interruption may score one batch twice) or exactly-once (each batch's outputs "
+                "and input offsets in one transaction, the offsets committed to a consumer "
+                "group of the replay's own; read the outputs with "
+                "isolation.level=read_committed) [env FORESTREAM_GUARANTEE; default "
+                "at-least-once; a resumed replay keeps its checkpoint's]",
+                show_default=False,
+            ),
+        ] = None,
         resume: Annotated[
             Path | None,
             typer.Option(
@@ -586,6 +939,7 @@ def register(app: typer.Typer) -> None:
             model_store=store,
             model_name=name,
             replay_max_batch=max_batch,
+            guarantee=guarantee,
             log_format=log_format,
         )
         configure_logging(checked_log_format(settings.log_format))
@@ -606,6 +960,7 @@ def register(app: typer.Typer) -> None:
                     "--to-time": to_time,
                     "--partitions": partitions,
                     "--checkpoint": checkpoint,
+                    "--guarantee": guarantee,
                 },
             )
             state = Checkpoint.load(resume)
@@ -646,7 +1001,14 @@ def register(app: typer.Typer) -> None:
             probe = partition_reader(settings.kafka(), client_id="forestream-replay-probe")
             try:
                 state = resolve_checkpoint(
-                    probe, settings, model.version, output_topic, dlq, partitions, flags
+                    probe,
+                    settings,
+                    model.version,
+                    output_topic,
+                    dlq,
+                    partitions,
+                    flags,
+                    settings.guarantee,
                 )
             finally:
                 probe.close()
@@ -690,11 +1052,12 @@ def _run_with_progress(
 
 def _print_result(result: ReplayResult, path: Path) -> None:
     dead = ", ".join(f"{k} {v}" for k, v in sorted(result.dead_lettered.items())) or "none"
+    how = " (exactly-once: read it with isolation.level=read_committed)"
     typer.echo(
         f"replayed {result.records} records with {result.checkpoint.model_version}: "
         f"{result.scored} scored, dead-lettered: {dead}; "
         f"{result.seconds:.1f} s, {result.rate:,.0f} rec/s "
-        f"-> {result.checkpoint.output_topic}"
+        f"-> {result.checkpoint.output_topic}{how if result.checkpoint.exactly_once else ''}"
     )
     if result.interrupted:
         typer.echo(

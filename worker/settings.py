@@ -4,17 +4,16 @@ from __future__ import annotations
 
 import socket
 from pathlib import Path
-from typing import Literal
 
 from pydantic import Field
 
 from contracts.model_store import is_uri
-from contracts.settings import CommonSettings
+from contracts.settings import GuaranteeSettings
 
 DEFAULT_MODEL_CACHE = Path(".forestream/model-cache")
 
 
-class WorkerSettings(CommonSettings):
+class WorkerSettings(GuaranteeSettings):
     """What one worker process needs beyond broker address and topic names."""
 
     group: str = "forestream-workers"
@@ -39,22 +38,10 @@ class WorkerSettings(CommonSettings):
             return False
         return self.pipeline if self.pipeline is not None else self.kafka_client == "confluent"
 
-    guarantee: Literal["at-least-once", "exactly-once"] = "at-least-once"
-    """``exactly-once``: each micro-batch's predictions, dead letters and input offsets are
-    committed in one Kafka transaction (readers with ``read_committed`` see every input once);
-    ``at-least-once``: offsets are committed after the outputs are acknowledged (a crash
-    re-reads, downstream may see a duplicate)."""
     transactional_id: str | None = Field(default=None, min_length=1, max_length=200)
     """Exactly-once: this worker's ``transactional.id``, unique among live workers. Unset:
     ``forestream-<group>-<host>-<worker index>``, the same after a restart on the same host,
     so the restarted worker aborts its predecessor's open transaction at once."""
-    transaction_timeout_ms: int = Field(default=10_000, ge=1_000, le=900_000)
-    """Exactly-once: the coordinator aborts a transaction left open this long (a worker that
-    died mid-batch): until then ``read_committed`` readers of its partitions wait."""
-
-    @property
-    def exactly_once(self) -> bool:
-        return self.guarantee == "exactly-once"
 
     def transactional_id_or_default(self) -> str:
         if self.transactional_id is not None:

@@ -215,3 +215,37 @@ def test_position_steps_over_transaction_markers(
         assert [r.offset for r in records] == list(range(10))
     finally:
         reader.close()
+
+
+def test_position_steps_over_a_marker_sought_to_directly(
+    kafka_bootstrap: str, topic_name: Callable[[str], str], kafka_client: str
+) -> None:
+    """A replay resumed just before a commit marker has no record left to read: its position
+    must still reach the end (else the replay never finishes); and a seek back after that
+    must not keep the position of the marker."""
+    confluent_kafka = pytest.importorskip("confluent_kafka")
+    topic = topic_name("tx")
+    ensure_topics(kafka_bootstrap, [TopicSpec(topic, 1)])
+    producer = confluent_kafka.Producer(
+        {"bootstrap.servers": kafka_bootstrap, "transactional.id": f"{topic}-tx"}
+    )
+    producer.init_transactions(30)
+    producer.begin_transaction()
+    for i in range(10):
+        producer.produce(topic, b"x", f"k{i}".encode())
+    producer.commit_transaction(30)
+    tp = TopicPartition(topic, 0)
+    reader = _reader(kafka_bootstrap, kafka_client, "test-reader-marker")
+    try:
+        end = reader.end_offsets([tp])[tp]
+        assert end == 11, "ten records and the commit marker"
+        reader.assign([tp])
+        reader.seek(tp, 10)
+        records = _read_until(reader, lambda rs: reader.position(tp) >= end, "past the marker")
+        assert records == []
+        reader.seek(tp, 5)
+        assert reader.position(tp) == 5
+        records = _read_until(reader, lambda rs: reader.position(tp) >= end, "to the marker")
+        assert [r.offset for r in records] == list(range(5, 10))
+    finally:
+        reader.close()

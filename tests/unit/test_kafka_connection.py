@@ -215,3 +215,25 @@ def test_exit_codes_are_distinct_and_documented_in_the_readme() -> None:
         assert f"| {code} | {meaning} |" in section, f"README misses exit code {code}"
     fatal = [AuthenticationFailed, TlsFailed, NotAuthorized, UnreadableRecords]
     assert len({cls.exit_code for cls in fatal}) == len(fatal)
+
+
+def test_a_send_refused_after_fencing_is_fatal_on_kafka_python() -> None:
+    """kafka-python refuses sends after a fenced request with a bare KafkaError carrying the
+    cause: taken for a transient error, the producer was replaced and fenced its fencer back."""
+    from kafka.errors import KafkaError, KafkaTimeoutError, ProducerFencedError
+
+    from contracts.edge_kafka_python import KafkaPythonTransactionalProducer
+    from contracts.kafka_errors import ProducerFenced
+
+    producer = object.__new__(KafkaPythonTransactionalProducer)  # its logic, not a client
+    producer._id = "tx-7"
+    producer._conn = None  # type: ignore[assignment]
+    refused = KafkaError(
+        "Cannot perform send because at least one previous transactional or idempotent "
+        "request has failed with errors.",
+        ProducerFencedError(),
+    )
+    fatal = producer.fatal(refused, "out")
+    assert isinstance(fatal, ProducerFenced) and "tx-7" in str(fatal)
+    assert isinstance(producer._fatal_or_transient(refused), ProducerFenced)
+    assert producer.fatal(KafkaTimeoutError("slow"), "out") is None

@@ -81,6 +81,7 @@ def test_resume_refuses_every_flag_the_checkpoint_fixes() -> None:
         ["--checkpoint", "c.json"],
         ["--from-offset", "3"],
         ["--partitions", "0"],
+        ["--guarantee", "exactly-once"],
     ],
 )
 def test_resume_with_a_flag_the_checkpoint_fixes_exits_2(flag: list[str], tmp_path: Path) -> None:
@@ -102,6 +103,7 @@ def test_resume_with_a_flag_the_checkpoint_fixes_exits_2(flag: list[str], tmp_pa
         ),
         (["--output-topic", "in"], "is the input topic"),
         (["--dlq-topic", "in"], "--dlq-topic 'in' is the input topic"),
+        (["--guarantee", "exactly_once"], "invalid setting guarantee"),
     ],
 )
 def test_bad_replay_flags_are_one_line_and_exit_2(

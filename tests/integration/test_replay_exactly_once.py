@@ -1,0 +1,309 @@
+"""``forestream replay --guarantee exactly-once`` against a real broker, on both clients.
+
+A backfill is either fully written or resumable without duplicates: a ``read_committed``
+reader of the output topic and of the DLQ sees every input key exactly once, whether the
+replay was SIGKILLed mid-run and resumed, resumed from a checkpoint file that lags the group's
+committed offsets, stopped by SIGTERM on the way, or resumed twice at once (the later resume
+fences the earlier one, which exits 9). The input is itself written in transactions, one of
+them aborted, so its partitions hold transaction markers and records no replay may score.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from contracts.kafka_io import TopicSpec, ensure_topics, make_producer
+from tests.integration.test_exactly_once import assert_exactly_once, read_exactly, stream
+from tests.kafka_helpers import read_topic
+from tests.worker_support import make_frame, row_json, save_model, worker_env
+
+pytestmark = pytest.mark.usefixtures("kafka_client")  # every test on both clients
+
+PARTITIONS = 3
+MODEL = "backfilled"
+CHUNK = 100
+"""Input records per upstream transaction."""
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("store")
+    save_model(path, MODEL, make_frame(300, seed=5), trees=10)
+    return path
+
+
+@dataclass
+class Backfill:
+    bootstrap: str
+    topics: dict[str, str]
+    store: Path
+    checkpoint: Path
+    logs: Path
+    valid: set[bytes]
+    dead: set[bytes]
+    aborted: set[bytes]
+
+    def command(self, *flags: str) -> list[str]:
+        return [
+            sys.executable, "-m", "forestream", "replay",
+            "--bootstrap-servers", self.bootstrap,
+            "--input-topic", self.topics["in"],
+            "--output-topic", self.topics["out"],
+            "--store", str(self.store), "--name", MODEL,
+            "--checkpoint", str(self.checkpoint),
+            *flags,
+        ]  # fmt: skip
+
+    def resume_command(self, *flags: str) -> list[str]:
+        return [
+            sys.executable, "-m", "forestream", "replay",
+            "--resume", str(self.checkpoint), "--bootstrap-servers", self.bootstrap,
+            *flags,
+        ]  # fmt: skip
+
+    def start(
+        self, command: list[str], name: str, env: dict[str, str] | None = None
+    ) -> subprocess.Popen[bytes]:
+        """A replay in the background, its output in ``logs/<name>.log`` (no pipe to fill)."""
+        with (self.logs / f"{name}.log").open("wb") as sink:
+            return subprocess.Popen(
+                command,
+                stdout=sink,
+                stderr=subprocess.STDOUT,
+                env=worker_env() | (env or {}),
+                cwd=ROOT,
+            )
+
+    def log(self, name: str) -> str:
+        return (self.logs / f"{name}.log").read_text(errors="replace")
+
+    def resume_to_the_end(self) -> None:
+        done = subprocess.run(
+            self.resume_command(),
+            capture_output=True,
+            text=True,
+            timeout=240,
+            env=worker_env(),
+            cwd=ROOT,
+        )
+        assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+        assert "replayed" in done.stdout, done.stdout
+
+    def state(self) -> dict[str, Any]:
+        return dict(json.loads(self.checkpoint.read_text()))
+
+    def remaining(self) -> int:
+        return sum(end - nxt for nxt, end in self.state()["ranges"].values())
+
+
+def write_input(
+    bootstrap: str, topic_name: Callable[[str], str], store: Path, logs: Path
+) -> Backfill:
+    """An input topic written in transactions of ``CHUNK`` records (malformed ones mixed in),
+    one transaction aborted: its keys must never be scored."""
+    topics = {"in": topic_name("in"), "out": topic_name("out")}
+    topics["dlq"] = f"{topics['out']}.dlq"
+    ensure_topics(bootstrap, [TopicSpec(topics["in"], PARTITIONS)])
+    records, valid, dead = stream(1500, seed=31)
+    frame = make_frame(CHUNK, seed=32).reset_index(drop=True)
+    aborted = {
+        f"aborted-{i}".encode(): row_json(row) for i, (_, row) in enumerate(frame.iterrows())
+    }
+    producer = make_producer(bootstrap, transactional_id=f"{topics['in']}-upstream")
+    producer.init_transactions()
+    chunks = [records[i : i + CHUNK] for i in range(0, len(records), CHUNK)]
+    for n, chunk in enumerate(chunks):
+        if n == len(chunks) // 2:  # an aborted transaction in the middle of the range
+            producer.begin_transaction()
+            for key, value in aborted.items():
+                producer.send(topics["in"], key=key, value=value)
+            producer.abort_transaction()
+        producer.begin_transaction()
+        for key, value in chunk:
+            producer.send(topics["in"], key=key, value=value)
+        producer.commit_transaction()
+    producer.close()
+    return Backfill(bootstrap, topics, store, logs / "replay.json", logs, valid, dead, set(aborted))
+
+
+@pytest.fixture
+def backfill(
+    kafka_bootstrap: str, topic_name: Callable[[str], str], store: Path, tmp_path: Path
+) -> Backfill:
+    return write_input(kafka_bootstrap, topic_name, store, tmp_path)
+
+
+def kill_after(b: Backfill, proc: subprocess.Popen[bytes], outputs: int, name: str) -> int:
+    """SIGKILL ``proc`` once a ``read_committed`` reader sees ``outputs`` predictions; returns
+    how many it saw."""
+    try:
+        seen = len(read_topic(b.bootstrap, b.topics["out"], expected=outputs, timeout_s=120))
+    finally:
+        proc.kill()
+        proc.wait(timeout=10)
+    if proc.returncode == 0:
+        pytest.fail(
+            f"the replay finished before it could be killed; use a smaller batch\n{b.log(name)}"
+        )
+    return seen
+
+
+def check_outputs(b: Backfill, exactly_once: bool = True) -> None:
+    predictions = read_exactly(b.bootstrap, b.topics["out"], b.valid, timeout_s=60)
+    dead_letters = read_exactly(b.bootstrap, b.topics["dlq"], b.dead, timeout_s=60)
+    duplicated = sum(n - 1 for n in predictions.values()) + sum(
+        n - 1 for n in dead_letters.values()
+    )
+    print(
+        f"\npredictions {sum(predictions.values())} for {len(b.valid)} valid inputs, dead "
+        f"letters {sum(dead_letters.values())} for {len(b.dead)}; keys scored more than once: "
+        f"{duplicated}"
+    )
+    scored_aborted = b.aborted & (set(predictions) | set(dead_letters))
+    assert not scored_aborted, f"{len(scored_aborted)} records of an aborted input transaction"
+    if exactly_once:
+        assert_exactly_once(predictions, b.valid, "predictions")
+        assert_exactly_once(dead_letters, b.dead, "dead letters")
+    else:  # at-least-once: nothing lost, duplicates allowed
+        assert set(predictions) == b.valid, f"{len(b.valid - set(predictions))} predictions lost"
+        assert set(dead_letters) == b.dead, f"{len(b.dead - set(dead_letters))} dead letters lost"
+
+
+@pytest.mark.parametrize("guarantee", ["exactly-once", "at-least-once"])
+def test_sigkilled_replay_resumes_without_loss(backfill: Backfill, guarantee: str) -> None:
+    b = backfill
+    proc = b.start(b.command("--guarantee", guarantee, "--max-batch", "20"), "first")
+    kill_after(b, proc, 300, "first")
+    state = b.state()
+    assert state["guarantee"] == guarantee
+    assert b.remaining() > 0, state
+    if guarantee == "exactly-once":
+        assert state["group"].startswith("forestream-replay-"), state
+        assert state["transactional_id"] == state["group"], state
+
+    b.resume_to_the_end()
+    assert b.remaining() == 0
+    check_outputs(b, exactly_once=guarantee == "exactly-once")
+
+
+def test_resume_goes_by_the_group_not_a_lagging_file_and_sigterm_stops_in_order(
+    backfill: Backfill,
+) -> None:
+    """The file rewound to the range's start stands for a crash between a transaction's commit
+    and the file's save (the file lags by one batch there; by all of them here): the resume
+    must start from the group's committed offsets all the same."""
+    b = backfill
+    proc = b.start(b.command("--guarantee", "exactly-once", "--max-batch", "20"), "first")
+    seen = kill_after(b, proc, 300, "first")
+    state = b.state()
+    state["ranges"] = {p: [0, end] for p, (_nxt, end) in state["ranges"].items()}
+    b.checkpoint.write_text(json.dumps(state))
+
+    resumed = b.start(b.resume_command("--max-batch", "5"), "resumed")  # slower: SIGTERM in time
+    try:
+        read_topic(b.bootstrap, b.topics["out"], expected=seen + 50, timeout_s=120)
+        resumed.send_signal(signal.SIGTERM)
+        sent = time.monotonic()
+        code = resumed.wait(timeout=30)
+        stopped_in = time.monotonic() - sent
+    finally:
+        if resumed.poll() is None:
+            resumed.kill()
+    out = b.log("resumed")
+    if code == 0:
+        pytest.fail(f"the resumed replay finished before SIGTERM; use a smaller batch\n{out}")
+    print(f"\nstopped {stopped_in:.2f}s after SIGTERM")
+    assert code == 130, out[-3000:]
+    assert f"Resume with: forestream replay --resume {b.checkpoint}" in out, out[-3000:]
+    assert "Traceback" not in out
+    assert b.remaining() > 0
+
+    b.resume_to_the_end()
+    check_outputs(b)
+
+
+def test_a_second_resume_fences_the_first(backfill: Backfill) -> None:
+    b = backfill
+    first = b.start(b.command("--guarantee", "exactly-once", "--max-batch", "5"), "first")
+    second: subprocess.Popen[bytes] | None = None
+    try:
+        read_topic(b.bootstrap, b.topics["out"], expected=100, timeout_s=120)
+        second = b.start(b.resume_command(), "second")
+        first_code = first.wait(timeout=120)
+        second_code = second.wait(timeout=240)
+    finally:
+        for proc in (first, second):
+            if proc is not None and proc.poll() is None:
+                proc.kill()
+    if first_code == 0:
+        pytest.fail(f"the first replay finished before the second started\n{b.log('first')}")
+    first_out = b.log("first")
+    print(f"\nfenced replay said: {first_out.strip().splitlines()[-1]}")
+    assert first_code == 9, first_out[-3000:]
+    assert "fenced: transactional id 'forestream-replay-" in first_out
+    assert "was taken over, by another process of this replay" in first_out
+    assert "Traceback" not in first_out
+    assert second_code == 0, b.log("second")[-3000:]
+    assert b.remaining() == 0
+    check_outputs(b)
+
+
+def test_a_broker_frozen_mid_transaction_loses_and_duplicates_nothing(
+    topic_name: Callable[[str], str], store: Path, tmp_path: Path
+) -> None:
+    """A broker frozen (SIGSTOP) for longer than a transaction may take to commit: the replay
+    cannot know whether it committed, so it replaces its producer (which settles it) and goes
+    on from the group's committed offsets once the broker is back. A private broker: freezing
+    the session's would stall the other tests' clients."""
+    import contextlib
+    import os
+
+    from forestream import local_kafka
+
+    info = local_kafka.start(tmp_path / "kafka")
+    try:
+        b = write_input(info.address, topic_name, store, tmp_path)
+        # the coordinator must not abort the frozen transaction on its own (that fences, exit 9)
+        env = {"FORESTREAM_TRANSACTION_TIMEOUT_MS": "120000"}
+        proc = b.start(b.command("--guarantee", "exactly-once", "--max-batch", "20"), "run", env)
+        try:
+            read_topic(b.bootstrap, b.topics["out"], expected=200, timeout_s=120)
+            os.killpg(info.pid, signal.SIGSTOP)
+            try:
+                time.sleep(20)  # past the 10 s a commit is given
+                if proc.poll() is not None:
+                    pytest.fail(f"the replay ended while the broker was frozen\n{b.log('run')}")
+            finally:
+                os.killpg(info.pid, signal.SIGCONT)
+            thawed = time.monotonic()
+            code = proc.wait(timeout=180)
+            print(f"\nfinished {time.monotonic() - thawed:.1f}s after the broker was thawed")
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+        out = b.log("run")
+        assert code == 0, out[-3000:]
+        events = [
+            json.loads(line)["event"]
+            for line in out.splitlines()
+            if line.startswith("{") and '"event"' in line
+        ]
+        print(f"replay events: {events}")
+        assert {"transaction_outcome_unknown", "transaction_aborted"} & set(events), out[-3000:]
+        assert events.count("replay_settled") >= 2, "settled at start and after the freeze"
+        check_outputs(b)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(info.pid, signal.SIGCONT)
+        local_kafka.stop(tmp_path / "kafka")
