@@ -839,6 +839,25 @@ def _log() -> Any:
     return structlog.get_logger("forestream.replay")
 
 
+def refuse_unfinished(path: Path) -> None:
+    """A new replay must not overwrite the checkpoint of one that has not finished: that file
+    is all there is to resume it with (and, under exactly-once, its group and transactional id)."""
+    if not path.exists():
+        return
+    try:
+        earlier = Checkpoint.load(path)
+    except UserError:
+        raise UserError(
+            f"checkpoint {path} exists and is not a replay checkpoint: pass another --checkpoint"
+        ) from None
+    if earlier.remaining() > 0:
+        raise UserError(
+            f"checkpoint {path} holds an unfinished replay ({earlier.remaining()} records left, "
+            f"into {earlier.output_topic!r}): resume it with `forestream replay --resume "
+            f"{path}`, or pass another --checkpoint (or delete the file) to start over"
+        )
+
+
 def _default_checkpoint_path(output_topic: str) -> Path:
     safe = "".join(c if c.isalnum() or c in "._-" else "_" for c in output_topic)
     return CHECKPOINT_DIR / f"{safe}.json"
@@ -994,6 +1013,8 @@ def register(app: typer.Typer) -> None:
                     "pass --into-live if you mean to write there"
                 )
             flags = parse_range(from_offset, to_offset, from_time, to_time)
+            path = checkpoint or _default_checkpoint_path(output_topic)
+            refuse_unfinished(path)
             model = _load_model(settings, model_version)
             from contracts.kafka_io import partition_reader, require_reachable
 
@@ -1012,7 +1033,6 @@ def register(app: typer.Typer) -> None:
                 )
             finally:
                 probe.close()
-            path = checkpoint or _default_checkpoint_path(output_topic)
         result = _run_with_progress(settings, state, model, path)
         _print_result(result, path)
         if result.interrupted:

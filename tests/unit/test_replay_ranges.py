@@ -205,3 +205,18 @@ def test_a_missing_or_foreign_checkpoint_is_a_user_error(tmp_path: Path) -> None
     other.write_text('{"hello": 1}')
     with pytest.raises(UserError, match="not a replay checkpoint"):
         Checkpoint.load(other)
+
+
+def test_a_new_replay_refuses_to_overwrite_an_unfinished_checkpoint(tmp_path: Path) -> None:
+    from worker.replay import refuse_unfinished
+
+    path = tmp_path / "replay.json"
+    refuse_unfinished(path)  # none yet: fine
+    Checkpoint("in", "out", "out.dlq", "/models", "m", "v2", {0: (5, 9), 1: (7, 7)}).save(path)
+    with pytest.raises(UserError, match=r"4 records left.*--resume"):
+        refuse_unfinished(path)
+    Checkpoint("in", "out", "out.dlq", "/models", "m", "v2", {0: (9, 9)}).save(path)
+    refuse_unfinished(path)  # finished: a new replay may take the file over
+    path.write_text("not json")
+    with pytest.raises(UserError, match="not a replay checkpoint"):
+        refuse_unfinished(path)
