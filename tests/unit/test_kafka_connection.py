@@ -10,6 +10,7 @@ import pytest
 from kafka import errors as kafka_errors
 
 from contracts.connection import SECURITY_ENV, KafkaConnection
+from contracts.edge_kafka_python import classify_client_error
 from contracts.errors import UserError
 from contracts.kafka_errors import (
     EXIT_CODES,
@@ -17,9 +18,8 @@ from contracts.kafka_errors import (
     NotAuthorized,
     TlsFailed,
     UnreadableRecords,
-    classify_client_error,
 )
-from contracts.kafka_io import TopicSpec, new_topic
+from contracts.kafka_io import TopicSpec, topic_request
 from contracts.settings import CommonSettings, load_settings
 from tests.conftest import ROOT
 
@@ -158,14 +158,14 @@ def test_help_does_not_show_a_password_from_the_environment() -> None:
 
 def test_replication_factor_is_the_brokers_default_unless_set() -> None:
     spec = TopicSpec("t", 3, {"cleanup.policy": "compact"})
-    default = new_topic(spec, KafkaConnection("b:9092"))
+    default = topic_request(spec, KafkaConnection("b:9092"))
     assert default.replication_factor == -1  # "the broker's default.replication.factor"
-    assert default.topic_configs == {"cleanup.policy": "compact"}
-    durable = new_topic(
+    assert default.configs == {"cleanup.policy": "compact"}
+    durable = topic_request(
         spec, KafkaConnection("b:9092", replication_factor=3, min_insync_replicas=2)
     )
     assert durable.replication_factor == 3
-    assert durable.topic_configs == {"cleanup.policy": "compact", "min.insync.replicas": "2"}
+    assert durable.configs == {"cleanup.policy": "compact", "min.insync.replicas": "2"}
 
 
 def test_output_compression_defaults_to_lz4_and_none_means_none(
