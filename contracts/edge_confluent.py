@@ -67,6 +67,7 @@ from contracts.kafka_errors import (
     authentication_failed,
     format_mismatch,
     group_not_authorized,
+    idempotence_refused,
     looks_like_tls,
     not_authorized,
     producer_fenced,
@@ -130,6 +131,8 @@ def classify_librdkafka_error(
         return topic_not_authorized(conn, topic, said)
     if code == KafkaError.GROUP_AUTHORIZATION_FAILED:
         return group_not_authorized(conn, group)
+    if code == KafkaError.CLUSTER_AUTHORIZATION_FAILED and "idempotence" in said:
+        return idempotence_refused(conn, topic, said)
     if code in (
         KafkaError.CLUSTER_AUTHORIZATION_FAILED,
         KafkaError.TRANSACTIONAL_ID_AUTHORIZATION_FAILED,
@@ -250,6 +253,21 @@ class _Client:
     def _translated(self, exc: KafkaException) -> Exception:
         fatal = self._classify(exc)
         return fatal if fatal is not None else TransientKafkaError(str(exc))
+
+    def _served(self, call: Callable[..., Any], *args: Any) -> Any:
+        """A call that serves callbacks (``poll``, ``flush``). A fatal error (a producer id
+        refused, say) is not given to ``error_cb`` but raised from it; a delivery callback
+        run after that, with the exception pending, raises ``SystemError`` on its first call
+        into C (measured), the KafkaException as its cause. Either is classified here."""
+        try:
+            return call(*args)
+        except KafkaException as exc:
+            raise self._translated(exc) from None
+        except SystemError as exc:
+            cause = exc.__cause__ or exc.__context__
+            if isinstance(cause, KafkaException):
+                raise self._translated(cause) from None
+            raise
 
     def _consume(
         self,
@@ -676,9 +694,9 @@ class ConfluentProducer(_Client):
         return True
 
     def _poll(self, timeout_s: float) -> None:
-        self._producer.poll(timeout_s)
+        self._served(self._producer.poll, timeout_s)
         if self._alone is not None:
-            self._alone.poll(0)
+            self._served(self._alone.poll, 0)
 
     def _wait_for_room(self, o: Outgoing, callback: Any) -> bool:
         deadline = time.monotonic() + self._enqueue_block_s
@@ -695,9 +713,9 @@ class ConfluentProducer(_Client):
 
     def flush(self, timeout_s: float) -> bool:
         deadline = time.monotonic() + timeout_s
-        left = self._producer.flush(timeout_s)
+        left = self._served(self._producer.flush, timeout_s)
         if self._alone is not None:  # after the main handle: its callbacks may send here
-            left += self._alone.flush(max(deadline - time.monotonic(), 0))
+            left += self._served(self._alone.flush, max(deadline - time.monotonic(), 0))
         self._raise_fatal()
         return left == 0
 
@@ -734,7 +752,7 @@ class ConfluentProducer(_Client):
             raise self._translated_any(exc, record.topic) from None
         deadline = time.monotonic() + timeout_s
         while not outcome and time.monotonic() < deadline:
-            self._producer.poll(min(0.05, max(deadline - time.monotonic(), 0)))
+            self._served(self._producer.poll, min(0.05, max(deadline - time.monotonic(), 0)))
             self._raise_fatal()
         if not outcome:
             raise TransientKafkaError(f"no acknowledgement within {timeout_s:.0f}s")
@@ -748,10 +766,12 @@ class ConfluentProducer(_Client):
         return fatal if fatal is not None else TransientKafkaError(str(exc) or type(exc).__name__)
 
     def close(self, timeout_s: float) -> None:
-        deadline = time.monotonic() + timeout_s
-        self._producer.flush(timeout_s)
-        if self._alone is not None:
-            self._alone.flush(max(deadline - time.monotonic(), 0))
+        """Flushes what is in flight; a fatal error is the last call's to report, not this."""
+        with contextlib.suppress(KafkaException, SystemError):
+            deadline = time.monotonic() + timeout_s
+            self._producer.flush(timeout_s)
+            if self._alone is not None:
+                self._alone.flush(max(deadline - time.monotonic(), 0))
 
 
 class ConfluentTransactionalProducer(ConfluentProducer):

@@ -55,6 +55,7 @@ from contracts.kafka_errors import (
     authentication_failed,
     format_mismatch,
     group_not_authorized,
+    idempotence_refused,
     looks_like_tls,
     not_authorized,
     producer_fenced,
@@ -88,6 +89,9 @@ def classify_client_error(
         return group_not_authorized(conn, group)
     if isinstance(exc, e.AuthorizationError):  # cluster, transactional id, delegation token
         return not_authorized(conn, type(exc).__name__)
+    if type(exc) is e.KafkaError and "InitProducerId" in str(exc) and "Authorization" in str(exc):
+        # the producer-id request's refusal comes wrapped in a plain KafkaError
+        return idempotence_refused(conn, topic, said(exc))
     if isinstance(exc, e.UnsupportedCodecError):
         return unsupported_codec(conn, topic, said(exc))
     if isinstance(

@@ -123,6 +123,19 @@ def group_not_authorized(conn: KafkaConnection | None, group: str | None) -> Not
     )
 
 
+def idempotence_refused(
+    conn: KafkaConnection | None, topic: str | None, said: str
+) -> NotAuthorized:
+    """The broker refused an idempotent producer its producer id: since Kafka 3.0 that takes
+    WRITE on some topic (or IDEMPOTENT_WRITE on the cluster), so a principal that may only
+    DESCRIBE the topic hears it as a cluster authorization failure."""
+    to = f" to topic {topic!r}" if topic else ""
+    return NotAuthorized(
+        f"not authorized to produce{to}{_who(conn)}{_where(conn)} ({said}): grant the "
+        "principal WRITE and DESCRIBE on the topics it writes"
+    )
+
+
 def not_authorized(conn: KafkaConnection | None, what: str) -> NotAuthorized:
     return NotAuthorized(
         f"not authorized{_who(conn)}{_where(conn)} ({what}): grant the principal the ACL "
