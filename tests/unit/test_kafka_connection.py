@@ -198,7 +198,9 @@ def test_output_compression_defaults_to_lz4_and_none_means_none(
 def test_client_errors_are_fatal_or_retried(
     error: Exception, fatal: type[Exception] | None
 ) -> None:
-    conn = KafkaConnection("b:9092", "SASL_SSL", "PLAIN", "svc")
+    conn = KafkaConnection(
+        "b:9092", security_protocol="SASL_SSL", sasl_mechanism="PLAIN", sasl_username="svc"
+    )
     got = classify_client_error(error, conn, topic="in", group="g")
     if fatal is None:
         assert got is None
@@ -215,3 +217,32 @@ def test_exit_codes_are_distinct_and_documented_in_the_readme() -> None:
         assert f"| {code} | {meaning} |" in section, f"README misses exit code {code}"
     fatal = [AuthenticationFailed, TlsFailed, NotAuthorized, UnreadableRecords]
     assert len({cls.exit_code for cls in fatal}) == len(fatal)
+
+
+def test_a_refused_producer_id_is_an_acl_to_grant_not_a_delivery_failure() -> None:
+    """kafka-python wraps the InitProducerId refusal in a plain KafkaError: it is still the
+    ACL's exit code, and the line says which ACL."""
+    conn = KafkaConnection(
+        "b:9092", security_protocol="SASL_SSL", sasl_mechanism="PLAIN", sasl_username="svc"
+    )
+    wrapped = kafka_errors.KafkaError(
+        "Unexpected error in InitProducerIdResponse: [Error 31] ClusterAuthorizationFailedError"
+    )
+    fatal = classify_client_error(wrapped, conn, topic="in")
+    assert isinstance(fatal, NotAuthorized) and fatal.exit_code == 5
+    assert "not authorized to produce to topic 'in' as 'svc'" in str(fatal)
+    assert "WRITE and DESCRIBE" in str(fatal)
+    assert classify_client_error(kafka_errors.KafkaError("something else"), conn) is None
+
+
+def test_a_client_error_no_command_caught_is_classified_on_either_client() -> None:
+    """``forestream.cli``'s last resort: one line and the exit code, whichever client raised."""
+    from confluent_kafka import KafkaError, KafkaException
+
+    from contracts.kafka_io import classify_stray
+
+    assert isinstance(classify_stray(kafka_errors.TopicAuthorizationFailedError()), NotAuthorized)
+    rd = KafkaException(KafkaError(KafkaError.SASL_AUTHENTICATION_FAILED))
+    assert isinstance(classify_stray(rd), AuthenticationFailed)
+    assert classify_stray(kafka_errors.NodeNotReadyError()) is None
+    assert classify_stray(ValueError("not a client's")) is None
