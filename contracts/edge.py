@@ -9,9 +9,11 @@ its API, its errors and its quirks into this interface; the factories of
 else (the worker, ``produce``, the registry, replay, the monitor, topic creation) sees only what
 is defined here and imports no Kafka client.
 
-Errors cross the edge in three kinds only: :class:`~contracts.kafka_errors.KafkaFatalError`
+Errors cross the edge in a few kinds only: :class:`~contracts.kafka_errors.KafkaFatalError`
 (already classified, with its exit code: stop), :class:`TransientKafkaError` (retry with
-backoff) and :class:`CommitRejected` (the group moved on; the new owner re-reads).
+backoff), and for the operation that has one, its own outcome: :class:`CommitRejected` (the
+group moved on; the new owner re-reads), :class:`TransactionAborted` (nothing of it counts),
+:class:`CreationRefused` (the broker will not create that topic; the user must change it).
 """
 
 from __future__ import annotations
