@@ -234,10 +234,10 @@ def broker(given: str | None) -> Iterator[str]:
 
 def fill_topic(bootstrap: str, topic: str, values: list[bytes], prefix: str) -> None:
     """Write the input records up front (acks checked), so (a)-(c) only measure consuming."""
-    from contracts.kafka_io import make_producer
+    from contracts.kafka_io import acking_producer
     from producer.sending import OutgoingRecord, send_records
 
-    producer = make_producer(bootstrap)
+    producer = acking_producer(bootstrap, client_id="bench-fill")
     try:
         send_records(
             producer,
@@ -245,7 +245,7 @@ def fill_topic(bootstrap: str, topic: str, values: list[bytes], prefix: str) -> 
             (OutgoingRecord(f"{prefix}-{i}".encode(), v) for i, v in enumerate(values)),
         )
     finally:
-        producer.close(timeout=10)
+        producer.close(10)
 
 
 def read_all(

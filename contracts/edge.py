@@ -3,14 +3,17 @@
 Two clients sit behind it: kafka-python (the default, pure Python) and librdkafka through
 ``confluent-kafka`` (fetching, batching and sending in C threads, outside the GIL). Each has
 one adapter (:mod:`contracts.edge_kafka_python`, :mod:`contracts.edge_confluent`) that turns
-its API, its errors and its quirks into this interface; :func:`contracts.kafka_io.group_consumer`,
-:func:`contracts.kafka_io.partition_reader` and :func:`contracts.kafka_io.acking_producer` pick
-one by ``FORESTREAM_KAFKA_CLIENT``. The worker's loop, its batch cycle and the per-batch
-core see only what is defined here.
+its API, its errors and its quirks into this interface; the factories of
+:mod:`contracts.kafka_io` (``group_consumer``, ``partition_reader``, ``acking_producer``,
+``transactional_producer``, ``topic_admin``) pick one by ``FORESTREAM_KAFKA_CLIENT``. Everything
+else (the worker, ``produce``, the registry, replay, the monitor, topic creation) sees only what
+is defined here and imports no Kafka client.
 
-Errors cross the edge in three kinds only: :class:`~contracts.kafka_errors.KafkaFatalError`
+Errors cross the edge in a few kinds only: :class:`~contracts.kafka_errors.KafkaFatalError`
 (already classified, with its exit code: stop), :class:`TransientKafkaError` (retry with
-backoff) and :class:`CommitRejected` (the group moved on; the new owner re-reads).
+backoff), and for the operation that has one, its own outcome: :class:`CommitRejected` (the
+group moved on; the new owner re-reads), :class:`TransactionAborted` (nothing of it counts),
+:class:`CreationRefused` (the broker will not create that topic; the user must change it).
 """
 
 from __future__ import annotations
@@ -85,6 +88,16 @@ class Outgoing(NamedTuple):
     """None for none (the clients take a list or None, not any sequence)."""
 
 
+class TopicRequest(NamedTuple):
+    """A topic to create: its layout and configs as the broker is to get them."""
+
+    name: str
+    partitions: int
+    replication_factor: int
+    """-1: the broker's ``default.replication.factor``."""
+    configs: dict[str, str]
+
+
 class TransientKafkaError(Exception):
     """The cluster is away or busy (broker down, leader moving, a timeout): retry with backoff."""
 
@@ -97,6 +110,12 @@ class CommitRejected(Exception):
 class TransactionAborted(Exception):
     """The transaction was aborted: none of its records or offsets count (``read_committed``
     readers never see them), so the batch is read again from its first offsets."""
+
+
+class CreationRefused(Exception):
+    """The broker refused to create a topic for a reason no retry changes (a partition count or
+    replication factor it cannot meet, a config it rejects, a creation policy); ``str()`` says
+    the broker's reason, for a one-line user error."""
 
 
 class RebalanceHandler(Protocol):
@@ -264,6 +283,11 @@ class Delivery(Protocol):
         """Every record handed over is acknowledged or failed (none is still in flight)."""
         ...
 
+    def handed_over(self) -> int:
+        """How many records (the first ones) the client took; fewer than were given when
+        ``send`` stopped early, :meth:`error` then saying why."""
+        ...
+
 
 class AckingProducer(Protocol):
     """Sends with ``acks=all`` and idempotence, and says which records were acknowledged."""
@@ -283,6 +307,12 @@ class AckingProducer(Protocol):
 
     def fatal(self, exc: BaseException, topic: str | None = None) -> Exception | None:
         """The fatal error ``exc`` amounts to (a missing ACL, say), or None: retry."""
+        ...
+
+    def append(self, record: Outgoing, partition: int | None, timeout_s: float) -> int:
+        """Send one record (to ``partition`` if given) and wait for its acknowledgement: its
+        offset. For rare writes whose position matters (the registry's compare-and-set), not
+        for the hot path. Raises :class:`TransientKafkaError` or a classified fatal error."""
         ...
 
     def close(self, timeout_s: float) -> None: ...
@@ -308,6 +338,38 @@ class TransactionalProducer(AckingProducer, Protocol):
     def abort(self, timeout_s: float) -> bool:
         """Abort the open transaction, if any; False when that could not be confirmed."""
         ...
+
+
+class TopicAdmin(Protocol):
+    """Topic creation and inspection (``topics create``, every command's topics on first use,
+    the connection check before a command starts). Calls are bounded by the timeout the admin
+    was built with; each raises :class:`TransientKafkaError` or a classified fatal error."""
+
+    def topics(self) -> set[str]:
+        """The names of the topics this principal may see."""
+        ...
+
+    def partition_counts(self, names: Iterable[str]) -> dict[str, int]:
+        """Partition counts of those of ``names`` that exist (absent ones are left out);
+        asking never creates a topic, whatever ``auto.create.topics.enable`` says."""
+        ...
+
+    def create_topics(self, requests: Sequence[TopicRequest], timeout_s: float) -> None:
+        """Create them; one that exists already is no error (another process may win the
+        race). Also raises :class:`CreationRefused`; a refused creation for want of an ACL is a
+        classified :class:`~contracts.kafka_errors.NotAuthorized`."""
+        ...
+
+    def may_describe(self, topic: str) -> bool:
+        """False when the broker refuses to say whether ``topic`` exists (no DESCRIBE ACL)."""
+        ...
+
+    def brokers(self) -> int:
+        """How many brokers the cluster has: one metadata round trip as our principal, so a
+        refused login, TLS failure or missing ACL shows here as its fatal error."""
+        ...
+
+    def close(self) -> None: ...
 
 
 def describe_partitions(partitions: Iterable[TopicPartition]) -> list[str]:

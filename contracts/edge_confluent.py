@@ -22,11 +22,14 @@ What differs from kafka-python, and is dealt with here:
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import time
 import uuid
 from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any
 
 import structlog
@@ -38,19 +41,23 @@ from confluent_kafka import (
     KafkaException,
     Message,
     Producer,
+    TopicCollection,
 )
 from confluent_kafka import TopicPartition as RdTopicPartition
+from confluent_kafka.admin import AdminClient, NewTopic
 
 from contracts.connection import KafkaConnection
 from contracts.edge import (
     CommitRejected,
     ConsumedRecord,
+    CreationRefused,
     Delivery,
     InputRecord,
     Outgoing,
     ReadRecord,
     RebalanceHandler,
     TopicPartition,
+    TopicRequest,
     TransactionAborted,
     TransientKafkaError,
     describe_partitions,
@@ -62,6 +69,7 @@ from contracts.kafka_errors import (
     authentication_failed,
     format_mismatch,
     group_not_authorized,
+    idempotence_refused,
     looks_like_tls,
     not_authorized,
     producer_fenced,
@@ -125,6 +133,8 @@ def classify_librdkafka_error(
         return topic_not_authorized(conn, topic, said)
     if code == KafkaError.GROUP_AUTHORIZATION_FAILED:
         return group_not_authorized(conn, group)
+    if code == KafkaError.CLUSTER_AUTHORIZATION_FAILED and "idempotence" in said:
+        return idempotence_refused(conn, topic, said)
     if code in (
         KafkaError.CLUSTER_AUTHORIZATION_FAILED,
         KafkaError.TRANSACTIONAL_ID_AUTHORIZATION_FAILED,
@@ -245,6 +255,21 @@ class _Client:
     def _translated(self, exc: KafkaException) -> Exception:
         fatal = self._classify(exc)
         return fatal if fatal is not None else TransientKafkaError(str(exc))
+
+    def _served(self, call: Callable[..., Any], *args: Any) -> Any:
+        """A call that serves callbacks (``poll``, ``flush``). A fatal error (a producer id
+        refused, say) is not given to ``error_cb`` but raised from it; a delivery callback
+        run after that, with the exception pending, raises ``SystemError`` on its first call
+        into C (measured), the KafkaException as its cause. Either is classified here."""
+        try:
+            return call(*args)
+        except KafkaException as exc:
+            raise self._translated(exc) from None
+        except SystemError as exc:
+            cause = exc.__cause__ or exc.__context__
+            if isinstance(cause, KafkaException):
+                raise self._translated(cause) from None
+            raise
 
     def _consume(
         self,
@@ -565,19 +590,34 @@ class ConfluentGroupConsumer(_Client):
             log.warning("consumer_close_failed", error=str(exc))
 
 
+_Resend = Callable[["_Delivery", int, Message], bool]
+"""Sends a record refused in a too-large batch again, alone; False if it could not."""
+
+
 class _Delivery:
     """Which records of one ``send`` the broker acknowledged, filled in by callbacks."""
 
-    __slots__ = ("_error", "_handed", "_settled", "_state")
+    __slots__ = ("_error", "_handed", "_resend", "_settled", "_state")
 
-    def __init__(self, count: int) -> None:
+    def __init__(self, count: int, resend: _Resend | None = None) -> None:
         self._state: list[KafkaError | bool | None] = [None] * count
         """None: not handed over or in flight; True: acknowledged; an error: failed."""
         self._error: BaseException | None = None
         self._handed = count
         self._settled = 0
+        self._resend = resend
 
-    def done(self, index: int, error: KafkaError | None, _message: Message) -> None:
+    def done(self, index: int, error: KafkaError | None, message: Message) -> None:
+        if (
+            error is not None
+            and error.code() == KafkaError.MSG_SIZE_TOO_LARGE
+            and self._resend is not None
+            and self._resend(self, index, message)
+        ):
+            return  # its outcome comes to settle()
+        self.settle(index, error, message)
+
+    def settle(self, index: int, error: KafkaError | None, _message: Message) -> None:
         self._state[index] = True if error is None else error
         self._settled += 1
         if error is not None and self._error is None:
@@ -592,6 +632,9 @@ class _Delivery:
     def settled(self) -> bool:
         return self._settled >= self._handed
 
+    def handed_over(self) -> int:
+        return self._handed
+
     def unacknowledged(self) -> list[int]:
         return [i for i, s in enumerate(self._state) if s is not True]
 
@@ -603,31 +646,45 @@ class ConfluentProducer(_Client):
     """An acknowledging producer on librdkafka (:class:`contracts.edge.AckingProducer`)."""
 
     def __init__(
-        self, conn: KafkaConnection, *, client_id: str, linger_ms: int = 5, **extra: Any
+        self,
+        conn: KafkaConnection,
+        *,
+        client_id: str,
+        linger_ms: int = 5,
+        enqueue_block_s: float = _ENQUEUE_BLOCK_S,
+        **extra: Any,
     ) -> None:
         super().__init__(conn, topic=None, group=None)
-        self._producer = Producer(
-            self._config(
-                client_id,
-                **{
-                    "acks": "all",
-                    "enable.idempotence": True,
-                    # a key lands on the partition kafka-python and the Java client pick
-                    # (murmur2); librdkafka's default (CRC32) would spread one input
-                    # partition's outputs over all output partitions, interleaving owners
-                    "partitioner": "murmur2_random",
-                    "linger.ms": linger_ms,
-                    "batch.size": 256 * 1024,
-                    "compression.type": conn.compression,
-                    "message.timeout.ms": 120_000,
-                    **extra,
-                },
-            )
+        self._enqueue_block_s = enqueue_block_s
+        config = self._config(
+            client_id,
+            **{
+                "acks": "all",
+                "enable.idempotence": True,
+                # a key lands on the partition kafka-python and the Java client pick
+                # (murmur2); librdkafka's default (CRC32) would spread one input
+                # partition's outputs over all output partitions, interleaving owners
+                "partitioner": "murmur2_random",
+                "linger.ms": linger_ms,
+                "batch.size": 256 * 1024,
+                "compression.type": conn.compression,
+                "message.timeout.ms": 120_000,
+                **extra,
+            },
         )
+        self._producer = Producer(config)
+        self._alone_config: dict[str, Any] | None = (
+            None
+            if "transactional.id" in config  # a transaction's records go through it alone
+            else {**config, "batch.num.messages": 1, "linger.ms": 0}
+        )
+        self._alone: Producer | None = None
+        """Started on the first batch refused as too large (see :meth:`_resend_alone`)."""
 
     def send(self, records: Sequence[Outgoing]) -> _Delivery:
         self._raise_fatal()
-        delivery = _Delivery(len(records))
+        resend = self._resend_alone if self._alone_config is not None else None
+        delivery = _Delivery(len(records), resend)
         produce, done = self._producer.produce, delivery.done
         for i, o in enumerate(records):
             callback = functools.partial(done, i)
@@ -640,13 +697,39 @@ class ConfluentProducer(_Client):
             except KafkaException as exc:
                 delivery.stopped(exc, i)
                 break
-        self._producer.poll(0)
+        self._poll(0)
         return delivery
 
+    def _resend_alone(self, delivery: _Delivery, index: int, message: Message) -> bool:
+        """A batch the broker refused as too large fails every record in it on librdkafka,
+        where kafka-python splits it and sends the parts again: only a record too large on
+        its own is then refused. The same here: each record of such a batch goes again,
+        alone in its request, through a second handle that batches nothing."""
+        assert self._alone_config is not None
+        if self._alone is None:
+            self._alone = Producer(self._alone_config)
+        try:
+            self._alone.produce(
+                message.topic(),
+                message.value(),
+                message.key(),
+                partition=message.partition(),
+                headers=message.headers(),
+                on_delivery=functools.partial(delivery.settle, index),
+            )
+        except (BufferError, KafkaException):
+            return False
+        return True
+
+    def _poll(self, timeout_s: float) -> None:
+        self._served(self._producer.poll, timeout_s)
+        if self._alone is not None:
+            self._served(self._alone.poll, 0)
+
     def _wait_for_room(self, o: Outgoing, callback: Any) -> bool:
-        deadline = time.monotonic() + _ENQUEUE_BLOCK_S
+        deadline = time.monotonic() + self._enqueue_block_s
         while time.monotonic() < deadline:
-            self._producer.poll(0.05)
+            self._poll(0.05)
             try:
                 self._producer.produce(
                     o.topic, o.value, o.key, headers=o.headers, on_delivery=callback
@@ -657,7 +740,10 @@ class ConfluentProducer(_Client):
         return False
 
     def flush(self, timeout_s: float) -> bool:
-        left = self._producer.flush(timeout_s)
+        deadline = time.monotonic() + timeout_s
+        left = self._served(self._producer.flush, timeout_s)
+        if self._alone is not None:  # after the main handle: its callbacks may send here
+            left += self._served(self._alone.flush, max(deadline - time.monotonic(), 0))
         self._raise_fatal()
         return left == 0
 
@@ -665,7 +751,7 @@ class ConfluentProducer(_Client):
         """Served by ``poll`` rather than ``flush``: sends made after ``delivery`` (the
         monitoring's, the next batch's) need not be waited for."""
         deadline = time.monotonic() + timeout_s
-        poll = self._producer.poll
+        poll = self._poll
         while not delivery.settled():
             left = deadline - time.monotonic()
             poll(max(min(left, 0.05), 0))
@@ -677,8 +763,43 @@ class ConfluentProducer(_Client):
     def fatal(self, exc: BaseException, topic: str | None = None) -> Exception | None:
         return classify_librdkafka_error(exc, self._conn, topic=topic)
 
+    def append(self, record: Outgoing, partition: int | None, timeout_s: float) -> int:
+        self._raise_fatal()
+        outcome: list[tuple[KafkaError | None, Message]] = []
+        extra = {} if partition is None else {"partition": partition}
+        try:
+            self._producer.produce(
+                record.topic,
+                record.value,
+                record.key,
+                headers=record.headers,
+                on_delivery=lambda error, message: outcome.append((error, message)),
+                **extra,
+            )
+        except (BufferError, KafkaException) as exc:
+            raise self._translated_any(exc, record.topic) from None
+        deadline = time.monotonic() + timeout_s
+        while not outcome and time.monotonic() < deadline:
+            self._served(self._producer.poll, min(0.05, max(deadline - time.monotonic(), 0)))
+            self._raise_fatal()
+        if not outcome:
+            raise TransientKafkaError(f"no acknowledgement within {timeout_s:.0f}s")
+        error, message = outcome[0]
+        if error is not None:
+            raise self._translated_any(KafkaException(error), record.topic)
+        return int(message.offset())
+
+    def _translated_any(self, exc: BaseException, topic: str) -> Exception:
+        fatal = classify_librdkafka_error(exc, self._conn, topic=topic)
+        return fatal if fatal is not None else TransientKafkaError(str(exc) or type(exc).__name__)
+
     def close(self, timeout_s: float) -> None:
-        self._producer.flush(timeout_s)
+        """Flushes what is in flight; a fatal error is the last call's to report, not this."""
+        with contextlib.suppress(KafkaException, SystemError):
+            deadline = time.monotonic() + timeout_s
+            self._producer.flush(timeout_s)
+            if self._alone is not None:
+                self._alone.flush(max(deadline - time.monotonic(), 0))
 
 
 class ConfluentTransactionalProducer(ConfluentProducer):
@@ -796,7 +917,12 @@ class ConfluentReader(_Client):
     """
 
     def __init__(
-        self, conn: KafkaConnection, *, client_id: str, group_id: str | None = None
+        self,
+        conn: KafkaConnection,
+        *,
+        client_id: str,
+        group_id: str | None = None,
+        fetch_max_wait_ms: int = 100,
     ) -> None:
         super().__init__(conn, topic=None, group=group_id)
         self._consumer = Consumer(
@@ -809,7 +935,7 @@ class ConfluentReader(_Client):
                     "enable.auto.commit": False,
                     "enable.auto.offset.store": False,
                     "auto.offset.reset": "earliest",
-                    "fetch.wait.max.ms": 100,
+                    "fetch.wait.max.ms": fetch_max_wait_ms,
                     "queued.max.messages.kbytes": 16 * 1024,
                 },
             )
@@ -1067,3 +1193,154 @@ class ConfluentGroupOffsetsReader(ConfluentReader):
 
     def group_metadata(self) -> object:
         return self._consumer.consumer_group_metadata()
+
+
+_STEP_S = 0.25
+"""Admin calls wait in steps this long, so a login or TLS failure librdkafka reports to
+``error_cb`` (it keeps retrying) ends the call at once rather than at its timeout."""
+
+
+class ConfluentAdmin(_Client):
+    """Topic creation and inspection on librdkafka (:class:`contracts.edge.TopicAdmin`).
+
+    librdkafka's admin handle is a producer underneath, whose metadata requests would let the
+    broker auto-create a topic merely asked about: that is switched off. Its ``error_cb`` is
+    served by ``poll()``, so every wait here is a series of short ones with a poll between.
+    """
+
+    def __init__(self, conn: KafkaConnection, *, client_id: str, timeout_s: float) -> None:
+        super().__init__(conn, topic=None, group=None)
+        self._timeout_s = timeout_s
+        self._admin = AdminClient(
+            self._config(
+                client_id,
+                **{
+                    "allow.auto.create.topics": False,
+                    # a broker away shows as the call's own error, in one line: librdkafka's
+                    # log of every failed connection attempt would only repeat it
+                    "log_level": 2,
+                },
+            )
+        )
+
+    def _on_error(self, error: KafkaError) -> None:
+        """Fatal errors are kept for the call under way; transient ones are its timeout's."""
+        fatal = self._classify(error)
+        if fatal is not None:
+            self._fatal = self._fatal or fatal
+
+    def _check(self) -> None:
+        self._admin.poll(0)
+        self._raise_fatal()
+
+    def _failed(self, exc: BaseException, topic: str | None = None) -> Exception:
+        """A failed call: the fatal error librdkafka reported meanwhile, if any, comes first
+        (a refused login shows to the call itself only as brokers that are down)."""
+        self._admin.poll(0)
+        if self._fatal is not None:
+            return self._fatal
+        fatal = classify_librdkafka_error(exc, self._conn, topic=topic)
+        return fatal if fatal is not None else TransientKafkaError(str(exc) or type(exc).__name__)
+
+    def _metadata(self) -> Any:
+        """Cluster metadata (every topic), in short tries until the admin's timeout."""
+        deadline = time.monotonic() + self._timeout_s
+        while True:
+            self._check()
+            step = min(_STEP_S, max(deadline - time.monotonic(), 0.01))
+            try:
+                return self._admin.list_topics(timeout=step)
+            except KafkaException as exc:
+                if time.monotonic() >= deadline:
+                    raise self._failed(exc) from None
+
+    def _wait(self, future: Future[Any]) -> Any:
+        """The future's result within the admin's timeout; its KafkaException as raised."""
+        deadline = time.monotonic() + self._timeout_s
+        while True:
+            self._check()
+            try:
+                return future.result(timeout=min(_STEP_S, max(deadline - time.monotonic(), 0.01)))
+            except FutureTimeout:
+                if time.monotonic() >= deadline:
+                    raise TransientKafkaError(
+                        f"no answer from Kafka at {self._conn.bootstrap} within "
+                        f"{self._timeout_s:.0f}s"
+                    ) from None
+
+    def topics(self) -> set[str]:
+        return set(self._metadata().topics)
+
+    def partition_counts(self, names: Iterable[str]) -> dict[str, int]:
+        found = self._metadata().topics
+        return {
+            name: len(found[name].partitions)
+            for name in sorted(set(names))
+            if name in found and found[name].partitions
+        }
+
+    def create_topics(self, requests: Sequence[TopicRequest], timeout_s: float) -> None:
+        new = [
+            NewTopic(
+                r.name,
+                num_partitions=r.partitions,
+                replication_factor=r.replication_factor,
+                config=dict(r.configs),
+            )
+            for r in requests
+        ]
+        try:
+            futures = self._admin.create_topics(
+                new, operation_timeout=timeout_s, request_timeout=self._timeout_s
+            )
+        except KafkaException as exc:
+            raise self._failed(exc, requests[0].name) from None
+        refused: list[str] = []
+        for request in requests:
+            try:
+                self._wait(futures[request.name])
+            except KafkaException as exc:
+                error = exc.args[0] if exc.args else None
+                if not isinstance(error, KafkaError):
+                    raise self._failed(exc, request.name) from None
+                if error.code() == KafkaError.TOPIC_ALREADY_EXISTS:  # another process won
+                    continue
+                failed = self._failed(exc, request.name)
+                if not isinstance(failed, TransientKafkaError) or _retriable(error):
+                    raise failed from None
+                refused.append(f"{error.name()}: {error.str()[:200]}")
+        if refused:  # the first reason, as kafka-python says it (the others are alike, mostly)
+            raise CreationRefused(refused[0])
+
+    def may_describe(self, topic: str) -> bool:
+        futures = self._admin.describe_topics(
+            TopicCollection([topic]), request_timeout=self._timeout_s
+        )
+        try:
+            self._wait(futures[topic])
+        except KafkaException as exc:
+            return _code(exc) != KafkaError.TOPIC_AUTHORIZATION_FAILED
+        return True
+
+    def brokers(self) -> int:
+        return len(self._metadata().brokers)
+
+    def close(self) -> None:
+        """The admin handle has nothing in flight worth waiting for."""
+        self._admin.poll(0)
+
+
+def _code(error: BaseException) -> int | None:
+    if isinstance(error, KafkaException) and error.args and isinstance(error.args[0], KafkaError):
+        return int(error.args[0].code())
+    return None
+
+
+def _retriable(error: KafkaError) -> bool:
+    """Worth another try: librdkafka says so, or the cluster did not answer in time."""
+    return bool(error.retriable()) or error.code() in (
+        KafkaError._TIMED_OUT,
+        KafkaError.REQUEST_TIMED_OUT,
+        KafkaError._TRANSPORT,
+        KafkaError._ALL_BROKERS_DOWN,
+    )

@@ -2,21 +2,25 @@
 
 kafka-python runs the group protocol (heartbeats, joins, rebalance callbacks) on an IO thread
 of its own while the caller blocks in ``poll()``; a blocking consumer call from a rebalance
-callback raises there, and its 3.0.12 release can leave a group join unfinished. Both are
-dealt with here, so the worker's loop never sees a kafka-python type or quirk.
+callback raises there, and its 3.0.12 release can leave a group join unfinished. Its producer's
+``flush`` raises before the end while a batch the broker refused as too large is split and sent
+again. All of that is dealt with here, so no command sees a kafka-python type or quirk.
 """
 
 from __future__ import annotations
 
 import contextlib
+import re
 import time
 from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 import structlog
-from kafka import KafkaConsumer, KafkaProducer
+from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
 from kafka import TopicPartition as KafkaTopicPartition
+from kafka import errors as e
+from kafka.admin import NewTopic
 from kafka.consumer.subscription_state import AsyncConsumerRebalanceListener
 from kafka.errors import (
     CommitFailedError,
@@ -24,6 +28,8 @@ from kafka.errors import (
     KafkaError,
     KafkaTimeoutError,
     ProducerFencedError,
+    TopicAlreadyExistsError,
+    TopicAuthorizationFailedError,
     TransactionalIdAuthorizationFailedError,
     TransactionalIdNotFoundError,
 )
@@ -32,21 +38,86 @@ from kafka.structs import OffsetAndMetadata
 from contracts.connection import KafkaConnection
 from contracts.edge import (
     CommitRejected,
+    CreationRefused,
     Delivery,
     InputRecord,
     Outgoing,
     RebalanceHandler,
     TopicPartition,
+    TopicRequest,
     TransactionAborted,
     TransientKafkaError,
     describe_partitions,
     lag_by_partition,
 )
-from contracts.kafka_errors import classify_client_error, not_authorized, producer_fenced
+from contracts.kafka_errors import (
+    KafkaFatalError,
+    authentication_failed,
+    format_mismatch,
+    group_not_authorized,
+    idempotence_refused,
+    looks_like_tls,
+    not_authorized,
+    producer_fenced,
+    said,
+    tls_failed,
+    topic_not_authorized,
+    unsupported_codec,
+)
 
 log = structlog.get_logger("forestream.kafka")
 
+
+def classify_client_error(
+    exc: BaseException,
+    conn: KafkaConnection | None = None,
+    topic: str | None = None,
+    group: str | None = None,
+) -> KafkaFatalError | None:
+    """The fatal error a kafka-python ``exc`` amounts to, or None when it is worth retrying
+    (the librdkafka twin is :func:`contracts.edge_confluent.classify_librdkafka_error`)."""
+    if isinstance(exc, KafkaFatalError):
+        return exc
+    if isinstance(
+        exc,
+        e.SaslAuthenticationFailedError | e.UnsupportedSaslMechanismError | e.IllegalSaslStateError,
+    ):
+        return authentication_failed(conn, said(exc))
+    if isinstance(exc, e.TopicAuthorizationFailedError):
+        return topic_not_authorized(conn, topic, said(exc))
+    if isinstance(exc, e.GroupAuthorizationFailedError):
+        return group_not_authorized(conn, group)
+    if isinstance(exc, e.AuthorizationError):  # cluster, transactional id, delegation token
+        return not_authorized(conn, type(exc).__name__)
+    if type(exc) is e.KafkaError and "InitProducerId" in str(exc) and "Authorization" in str(exc):
+        # the producer-id request's refusal comes wrapped in a plain KafkaError
+        return idempotence_refused(conn, topic, said(exc))
+    if isinstance(exc, e.UnsupportedCodecError):
+        return unsupported_codec(conn, topic, said(exc))
+    if isinstance(
+        exc,
+        e.UnsupportedForMessageFormatError
+        | e.UnsupportedCompressionTypeError
+        | e.UnsupportedVersionError,
+    ):
+        return format_mismatch(conn, f"{type(exc).__name__}: {said(exc)}")
+    if isinstance(exc, e.KafkaConnectionError) and looks_like_tls(str(exc)):
+        return tls_failed(conn, said(exc))
+    return None
+
+
 _JOIN_STUCK_AFTER_S = 2.0
+_QUICK_METADATA_BACKOFF_MS = 10
+
+
+def quicken_metadata(cluster: object) -> None:
+    """Lower the pause between a client's metadata requests, for one-shot commands (the
+    registry). kafka-python 3.0.12 builds its cluster metadata with the default 100 ms whatever
+    ``retry_backoff_ms`` says, and the first topic lookup always follows the bootstrap's own
+    request: 0.1 s per client, twice per command. Private; left alone if it changed."""
+    config = getattr(cluster, "config", None)
+    if isinstance(config, dict) and "retry_backoff_ms" in config:
+        config["retry_backoff_ms"] = _QUICK_METADATA_BACKOFF_MS
 
 
 def _theirs(tp: TopicPartition) -> KafkaTopicPartition:
@@ -396,6 +467,9 @@ class _FutureDelivery:
     def settled(self) -> bool:
         return all(f.is_done for f in self._futures)
 
+    def handed_over(self) -> int:
+        return len(self._futures)
+
 
 class KafkaPythonProducer:
     """An acknowledging producer on kafka-python (``producer`` built by ``kafka_io``)."""
@@ -416,13 +490,20 @@ class KafkaPythonProducer:
         return _FutureDelivery(len(records), futures, error)
 
     def flush(self, timeout_s: float) -> bool:
-        try:
-            self._producer.flush(timeout=timeout_s)
-        except KafkaTimeoutError:
-            return False
-        except KafkaError:  # the futures say which records failed
-            pass
-        return True
+        """kafka-python's ``flush`` raises (``UnknownError: Future not done``) while a batch
+        the broker refused as too large is being split and sent again: not an outcome yet, so
+        flush again until the deadline. Failed records are the futures' to say."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                self._producer.flush(timeout=max(deadline - time.monotonic(), 0.1))
+                return True
+            except KafkaTimeoutError:
+                return False
+            except KafkaError:
+                if time.monotonic() >= deadline:
+                    return False
+                time.sleep(0.05)  # the split batch needs the sender thread, not a busy loop
 
     def await_delivery(self, delivery: Delivery, timeout_s: float) -> bool:
         """kafka-python's sender thread completes the futures: wait on them, not on a flush
@@ -437,6 +518,20 @@ class KafkaPythonProducer:
 
     def fatal(self, exc: BaseException, topic: str | None = None) -> Exception | None:
         return classify_client_error(exc, self._conn, topic=topic)
+
+    def append(self, record: Outgoing, partition: int | None, timeout_s: float) -> int:
+        try:
+            future = self._producer.send(
+                record.topic,
+                value=record.value,
+                key=record.key,
+                headers=record.headers,
+                partition=partition,
+            )
+            return int(future.get(timeout=timeout_s).offset)
+        except KafkaError as exc:
+            fatal = classify_client_error(exc, self._conn, topic=record.topic)
+            raise (fatal if fatal is not None else TransientKafkaError(said(exc))) from None
 
     def close(self, timeout_s: float) -> None:
         with contextlib.suppress(KafkaError):
@@ -551,3 +646,72 @@ class KafkaPythonTransactionalProducer(KafkaPythonProducer):
         to the coordinator's timeout: flushing it first would only delay that."""
         with contextlib.suppress(KafkaError):
             self._producer.close(timeout=max(timeout_s, 0))
+
+
+class KafkaPythonAdmin:
+    """Topic creation and inspection on kafka-python (:class:`contracts.edge.TopicAdmin`)."""
+
+    def __init__(self, admin: KafkaAdminClient, conn: KafkaConnection) -> None:
+        self._admin = admin
+        self._conn = conn
+
+    def _failed(self, exc: KafkaError, topic: str | None = None) -> Exception:
+        fatal = classify_client_error(exc, self._conn, topic=topic)
+        return fatal if fatal is not None else TransientKafkaError(said(exc))
+
+    def topics(self) -> set[str]:
+        try:
+            return set(self._admin.list_topics())
+        except KafkaError as exc:
+            raise self._failed(exc) from None
+
+    def partition_counts(self, names: Iterable[str]) -> dict[str, int]:
+        present = sorted(set(names) & self.topics())
+        if not present:
+            return {}
+        try:
+            described = self._admin.describe_topics(present)
+        except KafkaError as exc:
+            raise self._failed(exc, present[0]) from None
+        return {t["name"]: len(t["partitions"]) for t in described if t.get("partitions")}
+
+    def create_topics(self, requests: Sequence[TopicRequest], timeout_s: float) -> None:
+        new = [
+            NewTopic(
+                r.name,
+                num_partitions=r.partitions,
+                replication_factor=r.replication_factor,
+                topic_configs=dict(r.configs),
+            )
+            for r in requests
+        ]
+        try:
+            self._admin.create_topics(new, timeout_ms=int(timeout_s * 1000))
+        except TopicAlreadyExistsError:  # the others in the request were created
+            pass
+        except KafkaError as exc:  # e.g. a partition count over the broker's policy
+            fatal = classify_client_error(exc, self._conn, topic=requests[0].name)
+            if fatal is not None:
+                raise fatal from None
+            if exc.retriable or isinstance(exc, KafkaTimeoutError):
+                raise TransientKafkaError(said(exc)) from None
+            told = re.search(r"error_message='([^']+)'", str(exc))
+            reason = told.group(1) if told else str(exc)[:200]
+            raise CreationRefused(f"{type(exc).__name__}: {reason}") from None
+
+    def may_describe(self, topic: str) -> bool:
+        try:
+            (described,) = self._admin.describe_topics([topic])
+        except KafkaError as exc:
+            raise self._failed(exc, topic) from None
+        return described.get("error_code") != TopicAuthorizationFailedError.errno
+
+    def brokers(self) -> int:
+        try:
+            return len(self._admin.describe_cluster().get("brokers") or ())
+        except KafkaError as exc:
+            raise self._failed(exc) from None
+
+    def close(self) -> None:
+        with contextlib.suppress(KafkaError):
+            self._admin.close()

@@ -7,6 +7,10 @@ there and may not be created. Those end the command within seconds, in one line 
 the cause and what to change, with an exit code of its own (orchestrators and scripts can tell
 a bad secret from a bad ACL without parsing text). Anything not classified fatal here is
 retried with backoff by the caller.
+
+Pure: each client's adapter maps its own errors onto these
+(:func:`contracts.edge_kafka_python.classify_client_error`,
+:func:`contracts.edge_confluent.classify_librdkafka_error`).
 """
 
 from __future__ import annotations
@@ -128,6 +132,19 @@ def group_not_authorized(conn: KafkaConnection | None, group: str | None) -> Not
     )
 
 
+def idempotence_refused(
+    conn: KafkaConnection | None, topic: str | None, said: str
+) -> NotAuthorized:
+    """The broker refused an idempotent producer its producer id: since Kafka 3.0 that takes
+    WRITE on some topic (or IDEMPOTENT_WRITE on the cluster), so a principal that may only
+    DESCRIBE the topic hears it as a cluster authorization failure."""
+    to = f" to topic {topic!r}" if topic else ""
+    return NotAuthorized(
+        f"not authorized to produce{to}{_who(conn)}{_where(conn)} ({said}): grant the "
+        "principal WRITE and DESCRIBE on the topics it writes"
+    )
+
+
 def not_authorized(conn: KafkaConnection | None, what: str) -> NotAuthorized:
     return NotAuthorized(
         f"not authorized{_who(conn)}{_where(conn)} ({what}): grant the principal the ACL "
@@ -166,43 +183,6 @@ def producer_fenced(transactional_id: str | None, said: str) -> ProducerFenced:
         "started, two live workers share the id: give each its own FORESTREAM_WORKER_INDEX or "
         "FORESTREAM_TRANSACTIONAL_ID"
     )
-
-
-def classify_client_error(
-    exc: BaseException,
-    conn: KafkaConnection | None = None,
-    topic: str | None = None,
-    group: str | None = None,
-) -> KafkaFatalError | None:
-    """The fatal error a kafka-python ``exc`` amounts to, or None when it is worth retrying
-    (the librdkafka twin is in :mod:`contracts.edge_confluent`)."""
-    from kafka import errors as e
-
-    if isinstance(exc, KafkaFatalError):
-        return exc
-    if isinstance(
-        exc,
-        e.SaslAuthenticationFailedError | e.UnsupportedSaslMechanismError | e.IllegalSaslStateError,
-    ):
-        return authentication_failed(conn, said(exc))
-    if isinstance(exc, e.TopicAuthorizationFailedError):
-        return topic_not_authorized(conn, topic, said(exc))
-    if isinstance(exc, e.GroupAuthorizationFailedError):
-        return group_not_authorized(conn, group)
-    if isinstance(exc, e.AuthorizationError):  # cluster, transactional id, delegation token
-        return not_authorized(conn, type(exc).__name__)
-    if isinstance(exc, e.UnsupportedCodecError):
-        return unsupported_codec(conn, topic, said(exc))
-    if isinstance(
-        exc,
-        e.UnsupportedForMessageFormatError
-        | e.UnsupportedCompressionTypeError
-        | e.UnsupportedVersionError,
-    ):
-        return format_mismatch(conn, f"{type(exc).__name__}: {said(exc)}")
-    if isinstance(exc, e.KafkaConnectionError) and looks_like_tls(str(exc)):
-        return tls_failed(conn, said(exc))
-    return None
 
 
 _TLS_MARKERS = (

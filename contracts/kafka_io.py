@@ -1,39 +1,46 @@
 """Kafka client construction and topic creation, configured one way for every component.
 
 Every Kafka client of every command is built here, from one :class:`KafkaConnection` (address,
-TLS/SASL, compression, topic layout), so a secured cluster is reached alike everywhere. A plain
-``str`` stands for a PLAINTEXT address with defaults (the local broker: tests, benchmarks).
+TLS/SASL, compression, topic layout, client library), so a secured cluster is reached alike
+everywhere. The edge factories (``group_consumer``, ``partition_reader``, ``acking_producer``,
+``transactional_producer``, ``topic_admin``) return :mod:`contracts.edge` interfaces on the
+connection's client; ``make_producer``, ``make_consumer`` and ``admin_client`` build raw
+kafka-python clients for that adapter, tests and benchmarks. No Kafka client is imported until
+one is built. A plain ``str`` stands for a PLAINTEXT address with defaults (the local broker:
+tests, benchmarks).
 """
 
 from __future__ import annotations
 
 import contextlib
-import re
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any
-
-from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
-from kafka.admin import NewTopic
-from kafka.errors import KafkaError, TopicAlreadyExistsError, TopicAuthorizationFailedError
+from typing import TYPE_CHECKING, Any
 
 from contracts.connection import KafkaConnection
 from contracts.edge import (
     AckingProducer,
+    CreationRefused,
     GroupConsumer,
     GroupOffsetsReader,
     PartitionReader,
+    TopicAdmin,
+    TopicRequest,
     TransactionalProducer,
+    TransientKafkaError,
 )
 from contracts.errors import UserError
 from contracts.kafka_errors import (
     KafkaFatalError,
     NotAuthorized,
-    classify_client_error,
+    topic_not_authorized,
     topic_unavailable,
 )
 from contracts.settings import broker_addresses
+
+if TYPE_CHECKING:
+    from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
 
 Target = KafkaConnection | str
 """A connection, or a bare PLAINTEXT bootstrap address."""
@@ -103,7 +110,12 @@ def require_reachable(target: Target, timeout_s: float = 3.0) -> None:
 
 
 def _built(conn: KafkaConnection, build: Any) -> Any:
-    """Build a client; a failure is classified (fatal: one line and its exit code)."""
+    """Build a kafka-python client; a failure is classified (fatal: one line and its exit
+    code). kafka-python connects while it is built; librdkafka's clients connect later."""
+    from kafka.errors import KafkaError
+
+    from contracts.edge_kafka_python import classify_client_error
+
     try:
         return build()
     except KafkaError as exc:
@@ -113,7 +125,25 @@ def _built(conn: KafkaConnection, build: Any) -> Any:
         raise _unreachable(conn.bootstrap) from exc
 
 
+def classify_stray(exc: BaseException) -> KafkaFatalError | None:
+    """The fatal error a client exception no command caught amounts to (the last resort of
+    ``forestream.cli``), on whichever client raised it."""
+    module = type(exc).__module__
+    if module.startswith("kafka."):
+        from contracts.edge_kafka_python import classify_client_error
+
+        return classify_client_error(exc)
+    if module.startswith(("confluent_kafka", "cimpl")):
+        from contracts.edge_confluent import classify_librdkafka_error
+
+        return classify_librdkafka_error(exc)
+    return None
+
+
 def admin_client(target: Target, timeout_s: float = 10.0) -> KafkaAdminClient:
+    """A raw kafka-python admin client (tests and benchmarks; commands use :func:`topic_admin`)."""
+    from kafka import KafkaAdminClient
+
     conn = connection(target)
     return _built(
         conn,
@@ -128,7 +158,10 @@ def admin_client(target: Target, timeout_s: float = 10.0) -> KafkaAdminClient:
 
 
 def make_producer(target: Target, **overrides: Any) -> KafkaProducer:
-    """A producer that waits for the full ISR and retries: outputs must not be lost."""
+    """A kafka-python producer that waits for the full ISR and retries: outputs must not be
+    lost."""
+    from kafka import KafkaProducer
+
     conn = connection(target)
     config: dict[str, Any] = {
         **conn.kafka_python_config(),
@@ -147,6 +180,9 @@ def make_producer(target: Target, **overrides: Any) -> KafkaProducer:
 
 
 def make_consumer(target: Target, *topics: str, **overrides: Any) -> KafkaConsumer:
+    """A kafka-python consumer, offsets committed by hand, reading committed records only."""
+    from kafka import KafkaConsumer
+
     conn = connection(target)
     config: dict[str, Any] = {
         **conn.kafka_python_config(),
@@ -204,21 +240,45 @@ def group_consumer(
 
 
 def acking_producer(
-    target: Target, *, client_id: str, max_block_ms: int | None = None, linger_ms: int = 5
+    target: Target,
+    *,
+    client_id: str,
+    max_block_ms: int | None = None,
+    linger_ms: int = 5,
+    compression: str | None = None,
+    max_request_bytes: int | None = None,
+    quick_metadata: bool = False,
 ) -> AckingProducer:
     """A producer that says which records the full ISR acknowledged, on the connection's
-    client. ``max_block_ms`` bounds how long a send may block for metadata or buffer room."""
+    client. ``max_block_ms`` bounds how long a send may block for metadata or buffer room;
+    ``compression`` overrides the connection's; ``max_request_bytes`` raises the client's own
+    limit on a record (the broker's still applies, to the compressed batch); ``quick_metadata``
+    is for one-shot commands (the registry) that wait on their first metadata."""
     conn = connection(target)
     if conn.kafka_client == "confluent":
         from contracts.edge_confluent import ConfluentProducer
 
-        return ConfluentProducer(conn, client_id=client_id, linger_ms=linger_ms)
-    from contracts.edge_kafka_python import KafkaPythonProducer
+        extra: dict[str, Any] = {}
+        if compression is not None:
+            extra["compression.type"] = compression
+        if max_request_bytes is not None:
+            extra["message.max.bytes"] = max_request_bytes
+        if max_block_ms is not None:
+            extra["enqueue_block_s"] = max_block_ms / 1000
+        return ConfluentProducer(conn, client_id=client_id, linger_ms=linger_ms, **extra)
+    from contracts.edge_kafka_python import KafkaPythonProducer, quicken_metadata
 
     overrides: dict[str, Any] = {"client_id": client_id, "linger_ms": linger_ms}
     if max_block_ms is not None:
         overrides["max_block_ms"] = max_block_ms
-    return KafkaPythonProducer(make_producer(conn, **overrides), conn)
+    if compression is not None:
+        overrides["compression_type"] = None if compression == "none" else compression
+    if max_request_bytes is not None:
+        overrides["max_request_size"] = max_request_bytes
+    producer = make_producer(conn, **overrides)
+    if quick_metadata:
+        quicken_metadata(getattr(producer, "_metadata", None))
+    return KafkaPythonProducer(producer, conn)
 
 
 def transactional_producer(
@@ -260,20 +320,32 @@ def transactional_producer(
 
 
 def partition_reader(
-    target: Target, *, client_id: str, max_poll_records: int = 2000
+    target: Target,
+    *,
+    client_id: str,
+    max_poll_records: int = 2000,
+    fetch_max_wait_ms: int = 100,
+    quick_metadata: bool = False,
 ) -> PartitionReader:
     """A group-less reader (nothing committed) on the connection's client: the follower,
-    labels, replay, monitor, demo."""
+    labels, replay, monitor, demo, the registry. ``fetch_max_wait_ms``: how long the broker may
+    hold a fetch with nothing to return; ``quick_metadata`` as for :func:`acking_producer`."""
     conn = connection(target)
     if conn.kafka_client == "confluent":
         from contracts.edge_confluent import ConfluentReader
 
-        return ConfluentReader(conn, client_id=client_id)
-    from contracts.edge_kafka_python import KafkaPythonReader
+        return ConfluentReader(conn, client_id=client_id, fetch_max_wait_ms=fetch_max_wait_ms)
+    from contracts.edge_kafka_python import KafkaPythonReader, quicken_metadata
 
     consumer = make_consumer(
-        conn, group_id=None, client_id=client_id, max_poll_records=max_poll_records
+        conn,
+        group_id=None,
+        client_id=client_id,
+        max_poll_records=max_poll_records,
+        fetch_max_wait_ms=fetch_max_wait_ms,
     )
+    if quick_metadata:
+        quicken_metadata(getattr(getattr(consumer, "_client", None), "cluster", None))
     return KafkaPythonReader(consumer, conn)
 
 
@@ -295,14 +367,27 @@ def group_offsets_reader(
     return KafkaPythonGroupOffsetsReader(consumer, conn, group)
 
 
-def new_topic(spec: TopicSpec, conn: KafkaConnection) -> NewTopic:
+def topic_admin(target: Target, timeout_s: float = 10.0) -> TopicAdmin:
+    """Topic creation and inspection on the connection's client; every call answers within
+    about ``timeout_s``."""
+    conn = connection(target)
+    if conn.kafka_client == "confluent":
+        from contracts.edge_confluent import ConfluentAdmin
+
+        return ConfluentAdmin(conn, client_id="forestream-admin", timeout_s=timeout_s)
+    from contracts.edge_kafka_python import KafkaPythonAdmin
+
+    return KafkaPythonAdmin(admin_client(conn, timeout_s=timeout_s), conn)
+
+
+def topic_request(spec: TopicSpec, conn: KafkaConnection) -> TopicRequest:
     """The creation request: replication from the connection's settings, else the broker's
     ``default.replication.factor`` (-1), never a hard-coded 1."""
-    return NewTopic(
+    return TopicRequest(
         spec.name,
-        num_partitions=spec.partitions,
-        replication_factor=conn.replication_factor or -1,
-        topic_configs={**conn.topic_configs(), **spec.configs},
+        spec.partitions,
+        conn.replication_factor or -1,
+        {**conn.topic_configs(), **spec.configs},
     )
 
 
@@ -312,32 +397,25 @@ def ensure_topics(target: Target, specs: Iterable[TopicSpec], timeout_s: float =
     specs = list(specs)
     if not specs:
         return
-    admin = admin_client(conn)
+    admin = _admin_or_unreachable(conn)
     try:
-        existing = set(admin.list_topics())
+        existing = _asked(admin.topics, conn)
         missing = [s for s in specs if s.name not in existing]
         if missing:
-            new = [new_topic(s, conn) for s in missing]
-            # another process may win the race to create a topic; that is fine
+            names = ", ".join(s.name for s in missing)
             try:
-                admin.create_topics(new, timeout_ms=int(timeout_s * 1000))
-            except TopicAlreadyExistsError:
-                pass
-            except KafkaError as exc:  # e.g. a partition count over the broker's policy
-                fatal = classify_client_error(exc, conn, topic=missing[0].name)
-                if isinstance(fatal, NotAuthorized):
-                    raise _refused_creation(admin, missing, conn) from None
-                if fatal is not None:
-                    raise fatal from None
-                names = ", ".join(s.name for s in missing)
-                said = re.search(r"error_message='([^']+)'", str(exc))
-                reason = said.group(1) if said else str(exc)[:200]
+                admin.create_topics([topic_request(s, conn) for s in missing], timeout_s)
+            except NotAuthorized:
+                raise _refused_creation(admin, missing, conn) from None
+            except CreationRefused as exc:
+                raise UserError(f"the broker refused to create {names}: {exc}") from None
+            except TransientKafkaError as exc:
                 raise UserError(
-                    f"the broker refused to create {names}: {type(exc).__name__}: {reason}"
+                    f"could not create {names} at {conn.bootstrap}: {str(exc)[:200]}"
                 ) from None
         deadline = time.monotonic() + timeout_s
         wanted = {s.name for s in specs}
-        while not wanted <= set(admin.list_topics()):
+        while not wanted <= _asked(admin.topics, conn):
             if time.monotonic() > deadline:
                 raise UserError(f"topics {sorted(wanted)} not visible after {timeout_s:.0f}s")
             time.sleep(0.1)
@@ -345,30 +423,39 @@ def ensure_topics(target: Target, specs: Iterable[TopicSpec], timeout_s: float =
         admin.close()
 
 
+def _admin_or_unreachable(conn: KafkaConnection) -> TopicAdmin:
+    try:
+        return topic_admin(conn)
+    except TransientKafkaError:
+        raise _unreachable(conn.bootstrap) from None
+
+
+def _asked(call: Any, conn: KafkaConnection) -> Any:
+    """An admin question whose failure to get an answer ends the command in one line."""
+    try:
+        return call()
+    except TransientKafkaError as exc:
+        raise UserError(f"Kafka at {conn.bootstrap} did not answer: {str(exc)[:200]}") from None
+
+
 def _refused_creation(
-    admin: KafkaAdminClient, missing: list[TopicSpec], conn: KafkaConnection
+    admin: TopicAdmin, missing: list[TopicSpec], conn: KafkaConnection
 ) -> KafkaFatalError:
     """Creating was refused. Without DESCRIBE on a topic the broker hides whether it exists
     (it answers "not authorized" either way): that is an ACL to grant. With DESCRIBE, and
     the topic absent, it is missing and we may not create it."""
     for spec in missing:
-        with contextlib.suppress(KafkaError):
-            (described,) = admin.describe_topics([spec.name])
-            if described.get("error_code") == TopicAuthorizationFailedError.errno:
-                fatal = classify_client_error(
-                    TopicAuthorizationFailedError(), conn, topic=spec.name
-                )
-                assert fatal is not None
-                return fatal
+        with contextlib.suppress(TransientKafkaError):
+            if not admin.may_describe(spec.name):
+                return topic_not_authorized(conn, spec.name, "topic authorization failed")
     return topic_unavailable(missing[0].name, conn, "not allowed to create topics")
 
 
 def topic_partitions(target: Target, names: Iterable[str]) -> dict[str, int]:
     """Partition counts of those of ``names`` that exist (absent ones are left out)."""
-    wanted = set(names)
-    reader = partition_reader(target, client_id="forestream-admin")
+    conn = connection(target)
+    admin = _admin_or_unreachable(conn)
     try:
-        present = wanted & reader.topics()
-        return {name: len(reader.partitions(name)) for name in sorted(present)}
+        return _asked(lambda: admin.partition_counts(names), conn)
     finally:
-        reader.close()
+        admin.close()

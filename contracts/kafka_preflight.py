@@ -15,7 +15,7 @@ import struct
 from typing import TYPE_CHECKING
 
 from contracts.errors import UserError
-from contracts.kafka_errors import AuthenticationFailed, TlsFailed, classify_client_error
+from contracts.kafka_errors import AuthenticationFailed, KafkaFatalError, TlsFailed
 
 if TYPE_CHECKING:
     from contracts.connection import KafkaConnection
@@ -26,7 +26,8 @@ certificate (TLS 1.3 reports it only after the handshake) shows on this first ex
 
 
 def tls_context(conn: KafkaConnection) -> ssl.SSLContext:
-    """The context kafka-python builds from the same settings (see its KafkaSSLTransport)."""
+    """The context kafka-python builds from the same settings (see its KafkaSSLTransport);
+    librdkafka is given the same files, so what this trusts, it trusts."""
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     ctx.check_hostname = conn.ssl_check_hostname
@@ -108,29 +109,27 @@ def check_tls(conn: KafkaConnection, host: str, port: int, timeout_s: float) -> 
 
 def check_login(conn: KafkaConnection, timeout_s: float) -> None:
     """One metadata round trip as our principal: a refused login ends here, in one line."""
-    from kafka.errors import KafkaError
+    from contracts.edge import TransientKafkaError
+    from contracts.kafka_io import topic_admin
 
-    from contracts.kafka_io import admin_client
-
+    refused_login = AuthenticationFailed(
+        f"Kafka at {conn.bootstrap} accepted the connection but not our login as "
+        f"{conn.sasl_username!r} with {conn.sasl_mechanism}: check "
+        "FORESTREAM_SASL_USERNAME, FORESTREAM_SASL_PASSWORD(_FILE) and "
+        "FORESTREAM_SASL_MECHANISM"
+    )
     try:
-        admin = admin_client(conn, timeout_s=timeout_s)
+        admin = topic_admin(conn, timeout_s=timeout_s)  # kafka-python connects here
     except UserError as exc:
-        if conn.uses_sasl and not isinstance(exc, AuthenticationFailed | TlsFailed):
+        if conn.uses_sasl and not isinstance(exc, KafkaFatalError):
             # the client hides a refused login behind "no broker answered": TLS and TCP are
             # fine (checked before), so the login is what failed
-            raise AuthenticationFailed(
-                f"Kafka at {conn.bootstrap} accepted the connection but not our login as "
-                f"{conn.sasl_username!r} with {conn.sasl_mechanism}: check "
-                "FORESTREAM_SASL_USERNAME, FORESTREAM_SASL_PASSWORD(_FILE) and "
-                "FORESTREAM_SASL_MECHANISM"
-            ) from None
+            raise refused_login from None
         raise
     try:
-        admin.describe_cluster()
-    except KafkaError as exc:
-        fatal = classify_client_error(exc, conn)
-        if fatal is not None:
-            raise fatal from None
+        admin.brokers()  # librdkafka connects here; a refused login is its fatal error
+    except TransientKafkaError:
+        pass  # no answer in time: the command's own clients retry from here
     finally:
         admin.close()
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import socket
 from dataclasses import fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
@@ -85,18 +86,37 @@ def illegal_topic_name(name: str) -> str | None:
     )
 
 
-def broker_addresses(bootstrap: str) -> list[tuple[str, int]]:
-    """``(host, port)`` per listed broker, parsed as the Kafka client parses the list (scheme,
-    IPv6 brackets, default port 9092); empty when the list cannot be parsed or names no host."""
-    from kafka.cluster import collect_hosts
+DEFAULT_KAFKA_PORT = 9092
 
+
+def broker_addresses(bootstrap: str) -> list[tuple[str, int]]:
+    """``(host, port)`` per listed broker, parsed as the Kafka clients parse the list (a
+    ``PROTOCOL://`` prefix dropped, IPv6 in brackets or bare, default port 9092); empty when
+    the list cannot be parsed or names no host. Pure: no client is imported to parse it."""
+    addresses = []
+    for entry in bootstrap.strip().split(","):
+        parsed = _host_and_port(re.sub(r"^.*://", "", entry).strip())
+        if parsed is None or not parsed[0]:
+            return []
+        addresses.append(parsed)
+    return addresses
+
+
+def _host_and_port(text: str) -> tuple[str, int] | None:
     try:
-        hosts = collect_hosts(bootstrap)
+        if text.startswith("["):  # [IPv6] or [IPv6]:port
+            host, rest = text[1:].split("]")
+            return host, int(rest[1:]) if rest else DEFAULT_KAFKA_PORT
+        if ":" not in text:
+            return text, DEFAULT_KAFKA_PORT
+        try:
+            socket.inet_pton(socket.AF_INET6, text)  # a bare IPv6 address: no port
+            return text, DEFAULT_KAFKA_PORT
+        except OSError:
+            host, port = text.rsplit(":", 1)
+            return host, int(port)
     except ValueError:
-        return []
-    if any(not host for host, _port, _family in hosts):
-        return []
-    return [(host, port) for host, port, _family in hosts]
+        return None
 
 
 class CommonSettings(BaseSettings):

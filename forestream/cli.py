@@ -142,13 +142,12 @@ def main() -> None:
         if callable(getattr(exc, "show", None)) and hasattr(exc, "exit_code"):
             exc.show()
             sys.exit(2)
-        if type(exc).__module__.startswith("kafka."):  # a client error no command classified
-            from contracts.kafka_errors import classify_client_error
+        from contracts.kafka_io import classify_stray
 
-            fatal = classify_client_error(exc)
-            if fatal is not None:
-                typer.echo(f"error: {fatal}", err=True)
-                sys.exit(fatal.exit_code)
+        fatal = classify_stray(exc)  # a client error no command classified
+        if fatal is not None:
+            typer.echo(f"error: {fatal}", err=True)
+            sys.exit(fatal.exit_code)
         raise
     sys.exit(rc if isinstance(rc, int) else 0)
 

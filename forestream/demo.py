@@ -326,8 +326,9 @@ class Demo:
         """Send ``plan.records`` records at ``plan.rate``; labels follow ``LABEL_DELAY_S`` later."""
         import pandas as pd
 
+        from contracts.edge import Outgoing
         from contracts.headers import ReasonCode
-        from contracts.kafka_io import make_producer
+        from contracts.kafka_io import acking_producer
         from producer.encoding import encode_row, frame_rows
         from producer.malformed import MalformedMixer
         from producer.pacing import RateSchedule
@@ -343,7 +344,7 @@ class Demo:
         mixer = MalformedMixer(
             plan.malformed_share, complete, [c for c in numeric if c in complete], seed=7
         )
-        producer = make_producer(self.kafka())
+        producer = acking_producer(self.kafka(), client_id="forestream-demo-feed")
         oversize = make_oversize_producer(self.kafka())
         pending_labels: deque[tuple[float, bytes, str]] = deque()
         promoted = False
@@ -377,7 +378,7 @@ class Demo:
                     pending_labels.append(
                         (time.monotonic() + LABEL_DELAY_S, key, labels[n % len(labels)])
                     )
-                client.send(self.topics.features, key=key, value=value)
+                client.send([Outgoing(self.topics.features, key, value)])  # checked by reading
                 schedule.mark_sent()
                 self.sent += 1
                 on_progress()
@@ -385,18 +386,21 @@ class Demo:
             while pending_labels:
                 self._send_due_labels(producer, pending_labels, time.monotonic())
                 time.sleep(0.05)
-            producer.flush(timeout=30)
-            oversize.flush(timeout=30)
+            producer.flush(30)
+            oversize.flush(30)
         finally:
-            producer.close(timeout=10)
-            oversize.close(timeout=10)
+            producer.close(10)
+            oversize.close(10)
 
     def _send_due_labels(
         self, producer: Any, pending: deque[tuple[float, bytes, str]], now: float
     ) -> None:
+        from contracts.edge import Outgoing
+
         while pending and pending[0][0] <= now:
             _, key, label = pending.popleft()
-            producer.send(self.topics.labels, key=key, value=json.dumps({"label": label}).encode())
+            value = json.dumps({"label": label}).encode()
+            producer.send([Outgoing(self.topics.labels, key, value)])
             self.labels_sent += 1
 
     def _promote_v2(self) -> None:

@@ -31,6 +31,7 @@ from typing import Any, Literal, overload
 from pydantic import SecretStr
 
 from contracts.connection import KafkaConnection
+from contracts.edge import KafkaClient
 from contracts.errors import UserError
 from contracts.settings import BROKER_STATE_FILE, read_broker_state
 from forestream.local_tls import TlsFiles, ensure_tls
@@ -348,28 +349,35 @@ def _java_cmd(java: str, lib: Path, data_dir: Path, *args: str) -> list[str]:
 
 def _broker_answers(conn: KafkaConnection, timeout_s: float) -> bool:
     """True once the broker answers a metadata request (not just accepts TCP)."""
-    from kafka.errors import KafkaError
-
-    from contracts.kafka_io import admin_client
+    from contracts.edge import TransientKafkaError
+    from contracts.kafka_io import topic_admin
 
     try:
-        admin = admin_client(conn, timeout_s=timeout_s)
+        admin = topic_admin(conn, timeout_s=timeout_s)
     except (UserError, OSError):
         return False
     try:
-        return bool(admin.describe_cluster().get("brokers"))
-    except (KafkaError, OSError):
+        return admin.brokers() > 0
+    except (UserError, TransientKafkaError, OSError):
         return False
     finally:
         admin.close()
 
 
+def _probe_client() -> KafkaClient:
+    """The client ``FORESTREAM_KAFKA_CLIENT`` names (the one the commands will use), so the
+    readiness check proves that client gets in; kafka-python when unset or unknown."""
+    wanted = os.environ.get("FORESTREAM_KAFKA_CLIENT", "").strip().lower()
+    return "confluent" if wanted == "confluent" else "kafka-python"
+
+
 def _readiness_connection(info: BrokerInfo) -> KafkaConnection:
     """Probe a secured broker as its app user over SCRAM: proves TLS, SCRAM and the ACL path."""
     if not isinstance(info, SecureBrokerInfo):
-        return KafkaConnection(info.address)
+        return KafkaConnection(info.address, kafka_client=_probe_client())
     return KafkaConnection(
         info.address,
+        kafka_client=_probe_client(),
         security_protocol="SASL_SSL",
         sasl_mechanism="SCRAM-SHA-512",
         sasl_username=info.username,

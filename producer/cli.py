@@ -28,8 +28,7 @@ from contracts.errors import UserError
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
 
-    from kafka import KafkaProducer
-
+    from contracts.edge import AckingProducer
     from producer.sending import SendStats
     from producer.settings import ProducerSettings
 
@@ -140,7 +139,7 @@ def _run_produce(
 ) -> None:
     import structlog
 
-    from contracts.kafka_io import TopicSpec, ensure_topics, make_producer, require_reachable
+    from contracts.kafka_io import TopicSpec, acking_producer, ensure_topics, require_reachable
     from contracts.logs import checked_log_format, configure_logging
     from producer.malformed import MalformedMixer
     from producer.sending import (
@@ -198,10 +197,19 @@ def _run_produce(
     total = natural if count is None else min(count, natural or count)
     topic = settings.input_topic
     ensure_topics(settings.kafka(), [TopicSpec(topic, settings.partitions)])
-    producer = make_producer(settings.kafka(), max_block_ms=15_000)
-    log.info("producing", run_id=run_id, topic=topic, source=origin, rate=settings.rate)
+    producer = acking_producer(
+        settings.kafka(), client_id="forestream-producer", max_block_ms=15_000
+    )
+    log.info(
+        "producing",
+        run_id=run_id,
+        topic=topic,
+        source=origin,
+        rate=settings.rate,
+        kafka_client=settings.kafka_client,
+    )
 
-    def oversize_producer() -> KafkaProducer:
+    def oversize_producer() -> AckingProducer:
         return make_oversize_producer(settings.kafka(), max_block_ms=15_000)
 
     stats = SendStats()
@@ -219,7 +227,7 @@ def _run_produce(
                 stats=stats,
             )
     finally:
-        producer.close(timeout=5)
+        producer.close(5)
     if stats.malformed:
         log.info("malformed records sent", **dict(stats.malformed))
     typer.echo(stats.summary())
@@ -236,7 +244,7 @@ def _stop_requested(stats: SendStats) -> Iterator[threading.Event]:
     from contracts.shutdown import install
 
     def abandoned() -> dict[str, int]:
-        sent, acknowledged = stats.sent, stats.acknowledged
+        sent, acknowledged = stats.sent, stats.acknowledged_now()
         return {"sent": sent, "acknowledged": acknowledged, "unconfirmed": sent - acknowledged}
 
     stop = threading.Event()

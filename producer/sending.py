@@ -1,7 +1,9 @@
 """The produce loop: build keyed records from rows, pace them, send, and prove delivery.
 
 Every record gets a key (the ``--key-column`` value, else ``<run-id>-<n>``) so any prediction
-or dead letter can be traced back to the exact record that caused it.
+or dead letter can be traced back to the exact record that caused it. Records go out through
+the Kafka edge's acknowledging producer (:class:`contracts.edge.AckingProducer`), so the same
+loop runs on kafka-python and on librdkafka.
 """
 
 from __future__ import annotations
@@ -9,42 +11,44 @@ from __future__ import annotations
 import itertools
 import threading
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from contracts.edge import Outgoing
 from contracts.errors import UserError
 from producer.encoding import encode_row
 from producer.malformed import MalformedMixer
 from producer.pacing import RateSchedule
 
-OVERSIZE_REQUEST_BYTES = 8 * 1024 * 1024
-
-
-def make_oversize_producer(kafka: Target, **overrides: Any) -> KafkaProducer:
-    """A client that may send a ``too_large`` test record (> 1 MiB, compressible): gzip gets it
-    under the broker's message limit, the raised request size past the client's own check."""
-    from contracts.kafka_io import make_producer
-
-    return make_producer(
-        kafka,
-        compression_type="gzip",
-        max_request_size=OVERSIZE_REQUEST_BYTES,
-        **overrides,
-    )
-
-
 if TYPE_CHECKING:
-    from kafka import KafkaProducer
-
+    from contracts.edge import AckingProducer, Delivery
     from contracts.kafka_io import Target
 
+OVERSIZE_REQUEST_BYTES = 8 * 1024 * 1024
 OVERSIZE_BYTES = 1_000_000
 """Values this big go through a compressing producer: the broker's 1 MiB limit is on the
 (compressed) batch, so deliberately too-large test records still reach the worker."""
 
 FLUSH_TIMEOUT_S = 120.0
+CHUNK = 500
+"""Records due together (no pacing, or a burst catching up) are handed over this many at a
+time: one ``send`` call and one delivery to track per chunk, not per record."""
+
+
+def make_oversize_producer(kafka: Target, **options: Any) -> AckingProducer:
+    """A producer that may send a ``too_large`` test record (> 1 MiB, compressible): gzip gets it
+    under the broker's message limit, the raised request size past the client's own check."""
+    from contracts.kafka_io import acking_producer
+
+    return acking_producer(
+        kafka,
+        client_id="forestream-producer-oversize",
+        compression="gzip",
+        max_request_bytes=OVERSIZE_REQUEST_BYTES,
+        **options,
+    )
 
 
 class DeliveryFailed(UserError):
@@ -106,69 +110,101 @@ class SendStats:
     malformed: Counter[str] = field(default_factory=Counter)
     interrupted: bool = False
     acknowledged: int = 0
-    """Updated live from the client's I/O thread, for a shutdown that cannot wait for the rest."""
+    """Records of finished sends the broker acknowledged (see :meth:`acknowledged_now`)."""
+    in_flight_acknowledged: Callable[[], int] = field(default=lambda: 0, repr=False)
+    """Acknowledged records of sends still in flight, counted when asked."""
 
     @property
     def rate(self) -> float:
         return self.sent / self.seconds if self.seconds > 0 else 0.0
+
+    def acknowledged_now(self) -> int:
+        """Every acknowledgement so far: for a shutdown that cannot wait for the rest (the
+        watchdog's thread asks while the loop may be stuck in the client)."""
+        return self.acknowledged + self.in_flight_acknowledged()
 
     def summary(self) -> str:
         line = f"sent {self.sent} records in {self.seconds:.1f} s ({self.rate:.0f} rec/s)"
         return line + (" (stopped early)" if self.interrupted else "")
 
 
-class _DeliveryTracker:
-    """Counts deliveries (into ``stats``) and failures reported on the producer's I/O thread."""
+class _Deliveries:
+    """The sends not yet settled, oldest first, and the outcome of those that are.
 
-    def __init__(self, stats: SendStats) -> None:
-        self._lock = threading.Lock()
-        self.stats = stats
-        self.failed = 0
-        self.first_error: str | None = None
-
-    def on_ack(self, _metadata: object) -> None:
-        with self._lock:
-            self.stats.acknowledged += 1
-
-    def on_error(self, exc: BaseException) -> None:
-        with self._lock:
-            self.failed += 1
-            if self.first_error is None:
-                self.first_error = f"{type(exc).__name__}: {exc}"
-
-
-def _flush(producer: KafkaProducer, sent: int, clock: Callable[[], float]) -> None:
-    """Wait until every record has an outcome (ack or error), within ``FLUSH_TIMEOUT_S``.
-
-    kafka-python's flush raises early (``UnknownError: Future not done``) while a refused batch
-    is being split and retried; that is not an outcome yet, so flush again until the deadline.
+    A delivery leaves once every record of it is acknowledged or failed; its counts go into
+    ``stats``. A failure the client classifies as fatal (an ACL refused, say) ends the run
+    at once, as it would have at ``send`` on the other client.
     """
-    from kafka.errors import KafkaError, KafkaTimeoutError
 
-    deadline = clock() + FLUSH_TIMEOUT_S
-    while True:
-        try:
-            producer.flush(timeout=max(deadline - clock(), 0.1))
+    def __init__(self, stats: SendStats, topic: str) -> None:
+        self._lock = threading.Lock()
+        self._open: deque[tuple[AckingProducer, Delivery]] = deque()
+        self.stats = stats
+        self.topic = topic
+        self.failed = 0
+        self.first_error: BaseException | None = None
+        stats.in_flight_acknowledged = self._acknowledged_in_flight
+
+    def add(self, producer: AckingProducer, delivery: Delivery) -> None:
+        with self._lock:
+            self._open.append((producer, delivery))
+
+    def harvest(self) -> None:
+        """Count the settled sends at the front; raise a fatal failure among them."""
+        while True:
+            with self._lock:
+                if not self._open or not self._open[0][1].settled():
+                    return
+                producer, delivery = self._open.popleft()
+                handed = delivery.handed_over()
+                failed = len([i for i in delivery.unacknowledged() if i < handed])
+                self.stats.acknowledged += handed - failed
+            if failed:
+                self._failed(producer, failed, delivery.error())
+
+    def _failed(self, producer: AckingProducer, count: int, error: BaseException | None) -> None:
+        self.failed += count
+        if error is None:
             return
-        except KafkaTimeoutError:
-            pass
-        except KafkaError:
-            if clock() < deadline:
-                time.sleep(0.05)  # the failing batch needs the I/O thread, not a busy loop
-                continue
+        fatal = producer.fatal(error, self.topic)
+        if fatal is not None:
+            raise fatal
+        if self.first_error is None:
+            self.first_error = error
+
+    def _acknowledged_in_flight(self) -> int:
+        with self._lock:
+            return sum(d.handed_over() - len(d.unacknowledged()) for _p, d in self._open)
+
+    def finish(self, producers: list[AckingProducer], clock: Callable[[], float]) -> None:
+        """Wait until every record has an outcome (ack or error), within ``FLUSH_TIMEOUT_S``."""
+        deadline = clock() + FLUSH_TIMEOUT_S
+        for producer in producers:
+            if not producer.flush(max(deadline - clock(), 0.1)):
+                self._unconfirmed()
+        while True:
+            self.harvest()
+            with self._lock:
+                if not self._open:
+                    return
+                producer, delivery = self._open[0]
+            if not producer.await_delivery(delivery, max(deadline - clock(), 0.0)):
+                self._unconfirmed()
+
+    def _unconfirmed(self) -> None:
         raise DeliveryFailed(
-            f"{sent} records sent but not all acknowledged within {FLUSH_TIMEOUT_S:.0f}s"
+            f"{self.stats.sent} records sent but not all acknowledged within {FLUSH_TIMEOUT_S:.0f}s"
         )
 
 
 def send_records(
-    producer: KafkaProducer,
+    producer: AckingProducer,
     topic: str,
     records: Iterable[OutgoingRecord],
     *,
     rate: float = 0.0,
     count: int | None = None,
-    oversize_producer: Callable[[], KafkaProducer] | None = None,
+    oversize_producer: Callable[[], AckingProducer] | None = None,
     on_sent: Callable[[int], None] | None = None,
     should_stop: Callable[[], bool] = lambda: False,
     clock: Callable[[], float] = time.monotonic,
@@ -179,19 +215,56 @@ def send_records(
 
     ``should_stop`` ends the sending early (SIGINT/SIGTERM): what was sent is still flushed
     and checked, so an interrupted run reports true numbers. Raises :class:`DeliveryFailed`
-    if any record was not acknowledged by the broker. ``stats`` (filled in and returned) lets
-    the caller watch progress while this runs, e.g. to say what a forced exit left unconfirmed.
+    if any record was not acknowledged by the broker, or the fatal error a client error
+    amounts to. ``stats`` (filled in and returned) lets the caller watch progress while this
+    runs, e.g. to say what a forced exit left unconfirmed. The caller closes ``producer``.
     """
-    from kafka.errors import KafkaError
-
     stats = stats if stats is not None else SendStats()
-    tracker = _DeliveryTracker(stats)
-    big: KafkaProducer | None = None
+    deliveries = _Deliveries(stats, topic)
+    big: AckingProducer | None = None
+    due: list[OutgoingRecord] = []
+
+    def hand_over() -> None:
+        nonlocal big
+        if not due:
+            return
+        small: list[OutgoingRecord] = []
+        large: list[OutgoingRecord] = []
+        for r in due:
+            oversize = len(r.value) >= OVERSIZE_BYTES and oversize_producer is not None
+            (large if oversize else small).append(r)
+        if small:
+            _send(producer, small)
+        if large and oversize_producer is not None:
+            big = big or oversize_producer()
+            _send(big, large)
+        due.clear()
+        deliveries.harvest()
+
+    def _send(client: AckingProducer, chunk: list[OutgoingRecord]) -> None:
+        delivery = client.send([Outgoing(topic, r.key, r.value) for r in chunk])
+        handed = delivery.handed_over()
+        deliveries.add(client, delivery)
+        stats.sent += handed
+        for record in chunk[:handed]:
+            if record.malformed:
+                stats.malformed[record.malformed] += 1
+        if on_sent is not None and handed:
+            on_sent(handed)
+        if handed < len(chunk):
+            error = delivery.error()
+            fatal = client.fatal(error, topic) if error is not None else None
+            if fatal is not None:
+                raise fatal
+            raise DeliveryFailed(f"sending to {topic} failed after {stats.sent} records: {error}")
+
     start = clock()
     schedule = RateSchedule(rate=rate, start=start)
     try:
         for record in itertools.islice(records, count):
             wait = schedule.wait_s(clock())
+            if wait > 0.0005:
+                hand_over()  # what is due goes out before we sleep
             # shorter waits cost more in sleep overhead than they pace; long ones stay stoppable
             while wait > 0.0005 and not should_stop():
                 sleep(min(wait, 0.25))
@@ -199,39 +272,23 @@ def send_records(
             if should_stop():
                 stats.interrupted = True
                 break
-            target = producer
-            if len(record.value) >= OVERSIZE_BYTES and oversize_producer is not None:
-                big = big or oversize_producer()
-                target = big
-            try:
-                future = target.send(topic, key=record.key, value=record.value)
-            except KafkaError as exc:
-                from contracts.kafka_errors import classify_client_error
-
-                fatal = classify_client_error(exc, topic=topic)
-                if fatal is not None:
-                    raise fatal from None
-                raise DeliveryFailed(
-                    f"sending to {topic} failed after {stats.sent} records: {exc}"
-                ) from None
-            future.add_callback(tracker.on_ack)
-            future.add_errback(tracker.on_error)
+            due.append(record)
             schedule.mark_sent()
-            stats.sent += 1
-            if record.malformed:
-                stats.malformed[record.malformed] += 1
-            if on_sent is not None:
-                on_sent(1)
-        for p in (producer, big):
-            if p is not None:
-                _flush(p, stats.sent, clock)
+            if len(due) >= CHUNK:
+                hand_over()
+        hand_over()
+        deliveries.finish([p for p in (producer, big) if p is not None], clock)
     finally:
         if big is not None:
-            big.close(timeout=5)
+            big.close(5)
     stats.seconds = clock() - start
-    if tracker.failed:
+    if deliveries.failed:
         raise DeliveryFailed(
-            f"{tracker.failed} of {stats.sent} records were not delivered to {topic} "
-            f"(first: {tracker.first_error})"
+            f"{deliveries.failed} of {stats.sent} records were not delivered to {topic} "
+            f"(first: {_described(deliveries.first_error)})"
         )
     return stats
+
+
+def _described(error: BaseException | None) -> str:
+    return "unknown" if error is None else f"{type(error).__name__}: {error}"

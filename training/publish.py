@@ -36,13 +36,13 @@ from typing import TYPE_CHECKING, Literal
 
 from pydantic import ValidationError
 
+from contracts.edge import Outgoing, TopicPartition, TransientKafkaError
 from contracts.errors import UserError
 from contracts.model_store import ModelMetadata, ModelStore
 from contracts.wire import ModelEvent, ServingRef
 
 if TYPE_CHECKING:
-    from kafka import KafkaConsumer, KafkaProducer, TopicPartition
-
+    from contracts.edge import AckingProducer, PartitionReader
     from contracts.kafka_io import Target
 
 EventKind = Literal["published", "promoted", "rolled_back"]
@@ -50,19 +50,6 @@ Action = Literal["promote", "rollback", "publish"]
 
 SEND_TIMEOUT_S = 30.0
 READ_TIMEOUT_S = 30.0
-METADATA_BACKOFF_MS = 10
-"""Least time between two metadata requests of the registry's clients. kafka-python 3.0.12 builds
-its cluster metadata with the default 100 ms whatever ``retry_backoff_ms`` says, and the first
-topic lookup always follows the bootstrap's own request: 0.1 s per client, twice per command."""
-
-
-def _quick_metadata(cluster: object) -> None:
-    """Lower that pause on a client's cluster metadata (private; left alone if it changed)."""
-    config = getattr(cluster, "config", None)
-    if isinstance(config, dict) and "retry_backoff_ms" in config:
-        config["retry_backoff_ms"] = METADATA_BACKOFF_MS
-
-
 ATTEMPTS = 3
 """Announcements of a publication that keeps losing the race before the command gives up."""
 
@@ -96,13 +83,9 @@ def model_event(kind: EventKind, metadata: ModelMetadata, serving: ServingRef | 
 
 
 def _kafka_failure(exc: Exception, kafka: Target, topic: str, doing: str) -> UserError:
-    """A client error as the fatal error of its class, else one line saying what failed."""
-    from contracts.kafka_errors import classify_client_error
+    """A failure the edge did not classify fatal, as one line saying what failed."""
     from contracts.kafka_io import connection
 
-    fatal = classify_client_error(exc, connection(kafka), topic=topic)
-    if fatal is not None:
-        return fatal
     return UserError(f"could not {doing} {topic!r} at {connection(kafka).bootstrap}: {exc}")
 
 
@@ -128,17 +111,18 @@ class TopicState:
 
 @dataclass
 class ModelsTopic:
-    """One command's reader and writer of the models topic.
+    """One command's reader and writer of the models topic, on the Kafka edge (either client).
 
-    A name's events all live on one partition (the producer's key hash; the project creates the
-    topic with one), so offsets on it are the total order of that name's announcements.
+    A name's events all live on one partition (the producers' key hash, murmur2 on both
+    clients; the project creates the topic with one), so offsets on it are the total order of
+    that name's announcements.
     """
 
     kafka: Target
     topic: str
     timeout_s: float = READ_TIMEOUT_S
-    _consumer: KafkaConsumer | None = None
-    _producer: KafkaProducer | None = None
+    _reader: PartitionReader | None = None
+    _producer: AckingProducer | None = None
     _partitions: list[int] = field(default_factory=list)
 
     def __enter__(self) -> ModelsTopic:
@@ -151,61 +135,66 @@ class ModelsTopic:
 
     def close(self) -> None:
         if self._producer is not None:
-            self._producer.close(timeout=2)  # our record is acknowledged: nothing left to wait for
-        if self._consumer is not None:
-            self._consumer.close()
+            self._producer.close(2)  # our record is acknowledged: nothing left to wait for
+        if self._reader is not None:
+            self._reader.close()
 
-    def _reader(self) -> KafkaConsumer:
-        """A group-less consumer; creates the (compacted) topic on first use, and only then:
-        the usual case costs no admin round trip."""
-        if self._consumer is not None:
-            return self._consumer
-        from kafka.errors import KafkaError
+    def _read(self) -> PartitionReader:
+        """A group-less reader; creates the (compacted) topic on first use, and only then:
+        the usual case costs no admin round trip. The producer is started first: every use
+        of this class writes, and librdkafka's idempotent producer takes ~0.5 s to get its
+        producer id (measured), which the reading then hides."""
+        if self._reader is not None:
+            return self._reader
+        from contracts.kafka_io import (
+            acking_producer,
+            ensure_topics,
+            models_topic_spec,
+            partition_reader,
+        )
 
-        from contracts.kafka_io import ensure_topics, make_consumer, models_topic_spec
-
-        consumer = make_consumer(
+        if self._producer is None:
+            self._producer = acking_producer(
+                self.kafka, client_id="forestream-registry", linger_ms=0, quick_metadata=True
+            )
+        reader = partition_reader(
             self.kafka,
-            group_id=None,
             client_id="forestream-registry",
             fetch_max_wait_ms=20,
+            quick_metadata=True,
         )
-        _quick_metadata(getattr(getattr(consumer, "_client", None), "cluster", None))
-        self._consumer = consumer
+        self._reader = reader
         try:
-            partitions = consumer.partitions_for_topic(self.topic)
+            partitions = reader.partitions(self.topic)
             if not partitions:
                 ensure_topics(self.kafka, [models_topic_spec(self.topic)])
                 deadline = time.monotonic() + self.timeout_s
-                while not (partitions := consumer.partitions_for_topic(self.topic)):
+                while not (partitions := reader.partitions(self.topic)):
                     if time.monotonic() > deadline:
                         raise UserError(f"topic {self.topic!r} not visible after creating it")
                     time.sleep(0.1)
-        except KafkaError as exc:
+        except TransientKafkaError as exc:
             raise _kafka_failure(exc, self.kafka, self.topic, "read") from None
         self._partitions = sorted(partitions)
-        return consumer
+        return reader
 
     def _partition(self, name: str) -> TopicPartition:
-        """The partition the producer's default partitioner puts ``name``'s events on."""
-        from kafka import TopicPartition
-        from kafka.partitioner.default import murmur2
+        """The partition the producers' partitioner puts ``name``'s events on."""
+        from contracts.partitioning import partition_for_key
 
-        self._reader()
-        index = (murmur2(name.encode()) & 0x7FFFFFFF) % len(self._partitions)
+        self._read()
+        index = partition_for_key(name.encode(), len(self._partitions))
         return TopicPartition(self.topic, self._partitions[index])
 
     def read(self, name: str) -> TopicState:
         """The newest event for ``name`` and the partition's end offset, read from the tail back
         (chunks growing eightfold): the topic is compacted, but not its active segment."""
-        from kafka.errors import KafkaError
-
-        consumer = self._reader()
+        reader = self._read()
         tp = self._partition(name)
         try:
-            consumer.assign([tp])
-            end = consumer.end_offsets([tp])[tp]
-            begin = consumer.beginning_offsets([tp])[tp]
+            reader.assign([tp])
+            end = reader.end_offsets([tp])[tp]
+            begin = reader.beginning_offsets([tp])[tp]
             stop, chunk = end, 64
             while stop > begin:
                 start = max(begin, stop - chunk)
@@ -213,62 +202,48 @@ class ModelsTopic:
                 if found:
                     return TopicState(end, found[-1])
                 stop, chunk = start, chunk * 8
-        except KafkaError as exc:
+        except TransientKafkaError as exc:
             raise _kafka_failure(exc, self.kafka, self.topic, "read") from None
         return TopicState(end, None)
 
     def events(self, name: str, start: int, stop: int) -> list[TopicEvent]:
         """``name``'s events at offsets ``start`` (inclusive) to ``stop`` (exclusive)."""
-        from kafka.errors import KafkaError
-
         if stop <= start:
             return []
         try:
             return self._scan(self._partition(name), name, start, stop)
-        except KafkaError as exc:
+        except TransientKafkaError as exc:
             raise _kafka_failure(exc, self.kafka, self.topic, "read") from None
 
     def _scan(self, tp: TopicPartition, name: str, start: int, stop: int) -> list[TopicEvent]:
-        consumer = self._reader()
-        consumer.seek(tp, start)
+        reader = self._read()
+        reader.seek(tp, start)
         key = name.encode()
         found: list[TopicEvent] = []
         deadline = time.monotonic() + self.timeout_s
-        while consumer.position(tp) < stop:
+        while reader.position(tp) < stop:
             if time.monotonic() > deadline:
                 raise UserError(
                     f"could not read {self.topic!r} offsets {start}-{stop} in {self.timeout_s:.0f}s"
                 )
-            for records in consumer.poll(timeout_ms=200).values():
-                for record in records:
-                    if record.offset >= stop or record.key != key or not record.value:
-                        continue
-                    try:
-                        event = ModelEvent.model_validate_json(record.value)
-                    except ValidationError:
-                        continue  # workers skip it too
-                    found.append(TopicEvent(record.offset, event))
+            for record in reader.poll_batch(500, 0.2):
+                if record.offset >= stop or record.key != key or not record.value:
+                    continue
+                try:
+                    event = ModelEvent.model_validate_json(record.value)
+                except ValidationError:
+                    continue  # workers skip it too
+                found.append(TopicEvent(record.offset, event))
         return found
 
     def append(self, event: ModelEvent) -> int:
         """Publish ``event`` and wait for the broker's acknowledgement; returns its offset."""
-        from kafka.errors import KafkaError
-
-        from contracts.kafka_io import make_producer
-
-        tp = self._partition(event.name)
+        tp = self._partition(event.name)  # opens the producer too
+        assert self._producer is not None
+        record = Outgoing(self.topic, event.name.encode(), event.model_dump_json().encode())
         try:
-            if self._producer is None:
-                self._producer = make_producer(self.kafka, linger_ms=0)
-                _quick_metadata(getattr(self._producer, "_metadata", None))
-            future = self._producer.send(
-                self.topic,
-                key=event.name.encode(),
-                value=event.model_dump_json().encode(),
-                partition=tp.partition,
-            )
-            return int(future.get(timeout=SEND_TIMEOUT_S).offset)
-        except KafkaError as exc:
+            return self._producer.append(record, tp.partition, SEND_TIMEOUT_S)
+        except TransientKafkaError as exc:
             raise _kafka_failure(exc, self.kafka, self.topic, "publish to") from None
 
 

@@ -1,5 +1,7 @@
 """The acknowledging producer (:class:`contracts.edge.AckingProducer`) against a real broker,
-on both clients: a keyed record lands on the same partition whichever client sent it.
+on both clients: a keyed record lands on the same partition whichever client sent it; one
+record is appended at a known offset (the registry); a record over the client's own size limit
+stops a send there (``produce``); the oversize producer gets a large compressible record in.
 
 The worker keys each output by its input's key, so with the input's partitioner (murmur2, what
 kafka-python and the Java client use) an output partition holds the outputs of one input
@@ -10,6 +12,7 @@ over every output partition: during a promotion the two workers' outputs interle
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Callable
 
 import pytest
@@ -42,3 +45,67 @@ def test_keyed_records_land_on_the_partition_kafka_python_would_pick(
     expected = {key: (murmur2(key) & 0x7FFFFFFF) % PARTITIONS for key in keys}
     wrong = sorted(k for k in keys if placed.get(k) != expected[k])
     assert not wrong, f"{len(wrong)} of {len(keys)} keys on another partition, e.g. {wrong[:3]}"
+
+
+def test_append_returns_the_offset_on_the_partition_asked_for(
+    kafka_bootstrap: str, topic_name: Callable[[str], str], kafka_client: str
+) -> None:
+    """The registry's write: one record, acknowledged, and where it landed."""
+    topic = topic_name("log")
+    ensure_topics(kafka_bootstrap, [TopicSpec(topic, 2)])
+    producer = acking_producer(on_client(kafka_bootstrap, kafka_client), client_id="test-append")
+    try:
+        offsets = [producer.append(Outgoing(topic, b"k", b"%d" % i), 1, 30) for i in range(3)]
+        first = producer.append(Outgoing(topic, b"k", b"other"), 0, 30)
+    finally:
+        producer.close(5)
+    assert offsets == [0, 1, 2] and first == 0
+    records = read_topic(kafka_bootstrap, topic, expected=4, settle_s=0.5)
+    assert sorted((r.partition, r.offset, r.value) for r in records) == [
+        (0, 0, b"other"), (1, 0, b"0"), (1, 1, b"1"), (1, 2, b"2"),
+    ]  # fmt: skip
+
+
+def test_a_record_over_the_clients_limit_stops_the_send_there(
+    kafka_bootstrap: str, topic_name: Callable[[str], str], kafka_client: str
+) -> None:
+    """The records before it are handed over and acknowledged; it and those after are not."""
+    topic = topic_name("big")
+    ensure_topics(kafka_bootstrap, [TopicSpec(topic, 1)])
+    conn = on_client(kafka_bootstrap, kafka_client)
+    producer = acking_producer(conn, client_id="test-limit", compression="none")
+    huge = secrets.token_bytes(2 * 1024 * 1024)  # incompressible, over both clients' 1 MB
+    records = [
+        Outgoing(topic, b"a", b"1"),
+        Outgoing(topic, b"b", huge),
+        Outgoing(topic, b"c", b"3"),
+    ]
+    try:
+        delivery = producer.send(records)
+        assert producer.flush(30)
+        assert delivery.settled()
+    finally:
+        producer.close(5)
+    assert delivery.handed_over() == 1
+    assert delivery.unacknowledged() == [1, 2]
+    assert delivery.error() is not None
+
+
+def test_the_oversize_producer_gets_a_compressible_large_record_through(
+    kafka_bootstrap: str, topic_name: Callable[[str], str], kafka_client: str
+) -> None:
+    """``produce``'s too_large test records: 1.1 MB of JSON, gzip under the broker's limit."""
+    from producer.sending import make_oversize_producer
+
+    topic = topic_name("oversize")
+    ensure_topics(kafka_bootstrap, [TopicSpec(topic, 1)])
+    value = b'{"comment": "' + b"x" * 1_100_000 + b'"}'
+    producer = make_oversize_producer(on_client(kafka_bootstrap, kafka_client))
+    try:
+        delivery = producer.send([Outgoing(topic, b"big", value)])
+        assert producer.flush(30)
+    finally:
+        producer.close(5)
+    assert delivery.unacknowledged() == [], delivery.error()
+    (record,) = read_topic(kafka_bootstrap, topic, expected=1, settle_s=0.5)
+    assert record.value == value

@@ -1,4 +1,6 @@
-"""`forestream kafka start|stop|status` as a user runs it: one broker, idempotent, clean stop."""
+"""`forestream kafka start|stop|status` as a user runs it: one broker, idempotent, clean stop;
+the readiness check (a metadata round trip) on the client ``FORESTREAM_KAFKA_CLIENT`` names,
+with nothing of the client's own connection noise in the output."""
 
 from __future__ import annotations
 
@@ -6,6 +8,8 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 from forestream.local_kafka import port_is_free
 
@@ -33,12 +37,14 @@ def broker_pids(data_dir: Path) -> list[int]:
     return pids
 
 
+@pytest.mark.usefixtures("kafka_client")
 def test_start_twice_status_stop(tmp_path: Path) -> None:
     data_dir = tmp_path / "kafka"
     first = run("kafka", "start", "--data-dir", str(data_dir))
     try:
         assert first.returncode == 0, first.stderr
-        address = first.stdout.strip().splitlines()[-1]
+        assert first.stderr == "", first.stderr
+        (address,) = first.stdout.strip().splitlines()
         assert address.startswith("127.0.0.1:")
         port = int(address.rsplit(":", 1)[1])
 

@@ -18,12 +18,15 @@ from pathlib import Path
 
 import pytest
 
+from contracts.connection import KafkaConnection
 from contracts.model_store import PROMOTIONS, ModelStore
 from contracts.wire import ModelEvent
-from tests.kafka_helpers import read_topic
+from tests.kafka_helpers import on_client, read_topic
 from tests.worker_support import ROOT, make_frame, save_model, worker_env
 from training.publish import RegistryConflict, change_serving
 from worker.models import ModelFollower, store_loader
+
+pytestmark = pytest.mark.usefixtures("kafka_client")  # every test on both clients
 
 NAME = "m"
 ROUNDS = 6
@@ -50,8 +53,15 @@ def models_topic(topic_name: Callable[[str], str]) -> str:
 
 
 @pytest.fixture
-def follower(kafka_bootstrap: str, models_topic: str, store: Path) -> Iterator[ModelFollower]:
-    running = ModelFollower(kafka_bootstrap, models_topic, NAME, store_loader(store, NAME))
+def kafka(kafka_bootstrap: str, kafka_client: str) -> KafkaConnection:
+    """The broker through this run's client, for what runs in-process (the commands started
+    as processes inherit ``FORESTREAM_KAFKA_CLIENT``)."""
+    return on_client(kafka_bootstrap, kafka_client)
+
+
+@pytest.fixture
+def follower(kafka: KafkaConnection, models_topic: str, store: Path) -> Iterator[ModelFollower]:
+    running = ModelFollower(kafka, models_topic, NAME, store_loader(store, NAME))
     running.start()
     try:
         yield running
@@ -147,6 +157,7 @@ def test_concurrent_promote_and_rollback_leave_store_topic_and_workers_agreeing(
 
 def test_a_rollback_that_loses_the_race_is_withdrawn(
     kafka_bootstrap: str,
+    kafka: KafkaConnection,
     models_topic: str,
     store: Path,
     follower: ModelFollower,
@@ -161,7 +172,7 @@ def test_a_rollback_that_loses_the_race_is_withdrawn(
 
     with pytest.raises(RegistryConflict, match="rollback to v2 withdrawn, v1 is served"):
         change_serving(
-            kafka_bootstrap, models_topic, ModelStore(store), NAME, "rollback",
+            kafka, models_topic, ModelStore(store), NAME, "rollback",
             on_decided=lambda: run(other),
         )  # fmt: skip
     assert assert_agreement(kafka_bootstrap, models_topic, store, follower) == "v1"
@@ -171,6 +182,7 @@ def test_a_rollback_that_loses_the_race_is_withdrawn(
 
 def test_a_promotion_that_loses_the_race_stands_after_the_other(
     kafka_bootstrap: str,
+    kafka: KafkaConnection,
     models_topic: str,
     store: Path,
     follower: ModelFollower,
@@ -182,7 +194,7 @@ def test_a_promotion_that_loses_the_race_stands_after_the_other(
     other = models_cmd(kafka_bootstrap, models_topic, elsewhere, "rollback")
 
     done = change_serving(
-        kafka_bootstrap, models_topic, ModelStore(store), NAME, "promote", "v3",
+        kafka, models_topic, ModelStore(store), NAME, "promote", "v3",
         on_decided=lambda: run(other),
     )  # fmt: skip
     assert any("rolled back v1" in note for note in done.notes), done.notes
@@ -196,6 +208,7 @@ def test_a_promotion_that_loses_the_race_stands_after_the_other(
 
 def test_a_publication_that_loses_the_race_keeps_what_the_other_serves(
     kafka_bootstrap: str,
+    kafka: KafkaConnection,
     models_topic: str,
     store: Path,
     follower: ModelFollower,
@@ -206,7 +219,7 @@ def test_a_publication_that_loses_the_race_keeps_what_the_other_serves(
     other = models_cmd(kafka_bootstrap, models_topic, elsewhere, "promote", "v2")
 
     done = change_serving(
-        kafka_bootstrap, models_topic, ModelStore(store), NAME, "publish", "v3",
+        kafka, models_topic, ModelStore(store), NAME, "publish", "v3",
         on_decided=lambda: run(other),
     )  # fmt: skip
     assert done.event.serving is not None and done.event.serving.version == "v2"
@@ -235,8 +248,8 @@ def test_the_history_follows_the_topic_after_a_crash_between_announcing_and_reco
     assert assert_agreement(kafka_bootstrap, models_topic, store, follower) == "v1"
 
 
-def test_registry_commands_import_no_scikit_learn_or_pandas(
-    kafka_bootstrap: str, models_topic: str, store: Path
+def test_registry_commands_import_no_scikit_learn_or_pandas_nor_the_other_client(
+    kafka_bootstrap: str, models_topic: str, store: Path, kafka_client: str
 ) -> None:
     cmd = models_cmd(kafka_bootstrap, models_topic, store, "promote", "v1")
     result = subprocess.run(
@@ -247,3 +260,5 @@ def test_registry_commands_import_no_scikit_learn_or_pandas(
     imported = {line.rsplit("|", 1)[-1].strip() for line in result.stderr.splitlines()}
     heavy = sorted(m for m in imported if m.split(".")[0] in ("sklearn", "pandas", "scipy"))
     assert not heavy, f"`models promote` imported {heavy[:5]}"
+    other = {"kafka-python": "confluent_kafka", "confluent": "kafka"}[kafka_client]
+    assert other not in imported, f"`models promote` on {kafka_client} imported {other}"

@@ -28,8 +28,10 @@ FATAL_WITHIN_S = 10.0
 
 
 def _env(security: dict[str, str], **extra: str) -> dict[str, str]:
-    """The user's environment: only the secured cluster's FORESTREAM_* settings."""
-    base = {k: v for k, v in os.environ.items() if not k.startswith("FORESTREAM_")}
+    """The user's environment: only the secured cluster's FORESTREAM_* settings, and the
+    Kafka client this run is on (``kafka_client``)."""
+    kept = {"FORESTREAM_KAFKA_CLIENT"}
+    base = {k: v for k, v in os.environ.items() if not k.startswith("FORESTREAM_") or k in kept}
     return base | security | extra
 
 
@@ -162,7 +164,11 @@ def test_wrong_password_ends_the_worker_with_exit_3(
     env = _env(secure_kafka.env(), FORESTREAM_SASL_PASSWORD_FILE=str(wrong))
     done, took = _cli("worker", *_topic_flags(t), "--store", str(tmp_path / "s"), env=env,
                       cwd=tmp_path)  # fmt: skip
-    _assert_one_fatal_line(done, took, AuthenticationFailed.exit_code, "not our login as")
+    # kafka-python sees only that no broker let it in; librdkafka reports the refusal itself
+    _assert_one_fatal_line(
+        done, took, AuthenticationFailed.exit_code, "as 'forestream' with SCRAM-SHA-512"
+    )
+    assert "FORESTREAM_SASL_PASSWORD" in done.stderr.strip().splitlines()[-1]
     assert "not-the-password" not in done.stdout + done.stderr
 
 
@@ -321,3 +327,60 @@ def test_exactly_once_needs_the_transactional_id_acl_and_then_delivers_once(
                if r.topic == t["out"]]  # fmt: skip
     assert len(outputs) == total, (len(outputs), total)
     assert len(sources) == len(set(sources)), "a prediction was read twice"
+
+
+def test_produce_without_the_write_acl_ends_with_exit_5(
+    secure_kafka: SecureBrokerInfo,
+    topic_name: Callable[[str], str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The input topic exists and the principal may DESCRIBE it, not WRITE to it. Since Kafka
+    3.0 an idempotent producer needs WRITE on some topic to get its producer id: the broker
+    refuses that as a cluster authorization failure, which kafka-python wraps in a plain
+    KafkaError and librdkafka raises from ``flush`` as fatal. Either way `produce` stops in
+    one line naming the ACL, with its exit code."""
+    from kafka.admin import (
+        ACL,
+        ACLOperation,
+        ACLPermissionType,
+        ACLResourcePatternType,
+        ResourcePattern,
+        ResourceType,
+    )
+
+    from contracts.kafka_io import admin_client
+
+    t = _topics(topic_name)
+    created, _ = _cli("topics", "create", *_topic_flags(t), "--partitions", "2",
+                      env=_env(secure_kafka.env()), cwd=tmp_path)  # fmt: skip
+    assert created.returncode == 0, created.stderr
+    admin = admin_client(_connection(secure_kafka.env(), monkeypatch))
+    try:
+        admin.create_acls(
+            [
+                ACL(
+                    principal=f"User:{secure_kafka.outsider_username}",
+                    host="*",
+                    operation=ACLOperation.DESCRIBE,
+                    permission_type=ACLPermissionType.ALLOW,
+                    resource_pattern=ResourcePattern(
+                        ResourceType.TOPIC, t["in"], ACLResourcePatternType.LITERAL
+                    ),
+                )
+            ]
+        )
+    finally:
+        admin.close()
+    outsider = _env(
+        secure_kafka.env(),
+        FORESTREAM_SASL_USERNAME=secure_kafka.outsider_username,
+        FORESTREAM_SASL_PASSWORD_FILE=str(secure_kafka.outsider_password_file),
+    )
+    csv = write_penguins_csv(tmp_path / "penguins.csv")
+    done, took = _cli("produce", "--data", str(csv), "--target", "species", "--input-topic",
+                      t["in"], env=outsider, cwd=tmp_path)  # fmt: skip
+    # refused at the producer id, or (when an earlier test granted this principal WRITE on
+    # other topics, which is enough for an id) at the records themselves: one line either way
+    _assert_one_fatal_line(done, took, NotAuthorized.exit_code, "error: not authorized ")
+    assert "WRITE and DESCRIBE on" in done.stderr.strip().splitlines()[-1]

@@ -22,8 +22,9 @@ CLI = [sys.executable, "-m", "forestream"]
 
 
 def run(*args: str, cwd: Path, **env: str) -> subprocess.CompletedProcess[str]:
-    """The CLI in a subprocess; only the broker address is inherited from FORESTREAM_* vars."""
-    kept = {"FORESTREAM_BOOTSTRAP_SERVERS", "FORESTREAM_KAFKA_DIR"}
+    """The CLI in a subprocess; only the broker address and the Kafka client are inherited
+    from FORESTREAM_* vars."""
+    kept = {"FORESTREAM_BOOTSTRAP_SERVERS", "FORESTREAM_KAFKA_DIR", "FORESTREAM_KAFKA_CLIENT"}
     environ = {k: v for k, v in os.environ.items() if not k.startswith("FORESTREAM_") or k in kept}
     return subprocess.run(
         [*CLI, *args], capture_output=True, text=True, timeout=180, cwd=cwd, env=environ | env
@@ -130,6 +131,7 @@ def served_in_list(tmp_path: Path, **env: str) -> dict[str, str]:
     return {row["version"]: row["stage"] for row in json.loads(result.stdout)}
 
 
+@pytest.mark.usefixtures("kafka_client")  # the registry commands on both clients
 def test_train_publish_promote_rollback_through_the_compacted_topic(
     kafka_bootstrap: str, topic_name: Callable[[str], str], tmp_path: Path
 ) -> None:
@@ -180,6 +182,7 @@ def test_train_publish_promote_rollback_through_the_compacted_topic(
     assert by_name[topic]["cleanup.policy"]["value"] == "compact"
 
 
+@pytest.mark.usefixtures("kafka_client")
 def test_a_tampered_artifact_is_refused_and_not_announced(
     kafka_bootstrap: str, topic_name: Callable[[str], str], tmp_path: Path
 ) -> None:

@@ -10,6 +10,7 @@ import pytest
 from kafka import errors as kafka_errors
 
 from contracts.connection import SECURITY_ENV, KafkaConnection
+from contracts.edge_kafka_python import classify_client_error
 from contracts.errors import UserError
 from contracts.kafka_errors import (
     EXIT_CODES,
@@ -17,9 +18,8 @@ from contracts.kafka_errors import (
     NotAuthorized,
     TlsFailed,
     UnreadableRecords,
-    classify_client_error,
 )
-from contracts.kafka_io import TopicSpec, new_topic
+from contracts.kafka_io import TopicSpec, topic_request
 from contracts.settings import CommonSettings, load_settings
 from tests.conftest import ROOT
 
@@ -158,14 +158,14 @@ def test_help_does_not_show_a_password_from_the_environment() -> None:
 
 def test_replication_factor_is_the_brokers_default_unless_set() -> None:
     spec = TopicSpec("t", 3, {"cleanup.policy": "compact"})
-    default = new_topic(spec, KafkaConnection("b:9092"))
+    default = topic_request(spec, KafkaConnection("b:9092"))
     assert default.replication_factor == -1  # "the broker's default.replication.factor"
-    assert default.topic_configs == {"cleanup.policy": "compact"}
-    durable = new_topic(
+    assert default.configs == {"cleanup.policy": "compact"}
+    durable = topic_request(
         spec, KafkaConnection("b:9092", replication_factor=3, min_insync_replicas=2)
     )
     assert durable.replication_factor == 3
-    assert durable.topic_configs == {"cleanup.policy": "compact", "min.insync.replicas": "2"}
+    assert durable.configs == {"cleanup.policy": "compact", "min.insync.replicas": "2"}
 
 
 def test_output_compression_defaults_to_lz4_and_none_means_none(
@@ -198,7 +198,9 @@ def test_output_compression_defaults_to_lz4_and_none_means_none(
 def test_client_errors_are_fatal_or_retried(
     error: Exception, fatal: type[Exception] | None
 ) -> None:
-    conn = KafkaConnection("b:9092", "SASL_SSL", "PLAIN", "svc")
+    conn = KafkaConnection(
+        "b:9092", security_protocol="SASL_SSL", sasl_mechanism="PLAIN", sasl_username="svc"
+    )
     got = classify_client_error(error, conn, topic="in", group="g")
     if fatal is None:
         assert got is None
@@ -237,3 +239,32 @@ def test_a_send_refused_after_fencing_is_fatal_on_kafka_python() -> None:
     assert isinstance(fatal, ProducerFenced) and "tx-7" in str(fatal)
     assert isinstance(producer._fatal_or_transient(refused), ProducerFenced)
     assert producer.fatal(KafkaTimeoutError("slow"), "out") is None
+
+
+def test_a_refused_producer_id_is_an_acl_to_grant_not_a_delivery_failure() -> None:
+    """kafka-python wraps the InitProducerId refusal in a plain KafkaError: it is still the
+    ACL's exit code, and the line says which ACL."""
+    conn = KafkaConnection(
+        "b:9092", security_protocol="SASL_SSL", sasl_mechanism="PLAIN", sasl_username="svc"
+    )
+    wrapped = kafka_errors.KafkaError(
+        "Unexpected error in InitProducerIdResponse: [Error 31] ClusterAuthorizationFailedError"
+    )
+    fatal = classify_client_error(wrapped, conn, topic="in")
+    assert isinstance(fatal, NotAuthorized) and fatal.exit_code == 5
+    assert "not authorized to produce to topic 'in' as 'svc'" in str(fatal)
+    assert "WRITE and DESCRIBE" in str(fatal)
+    assert classify_client_error(kafka_errors.KafkaError("something else"), conn) is None
+
+
+def test_a_client_error_no_command_caught_is_classified_on_either_client() -> None:
+    """``forestream.cli``'s last resort: one line and the exit code, whichever client raised."""
+    from confluent_kafka import KafkaError, KafkaException
+
+    from contracts.kafka_io import classify_stray
+
+    assert isinstance(classify_stray(kafka_errors.TopicAuthorizationFailedError()), NotAuthorized)
+    rd = KafkaException(KafkaError(KafkaError.SASL_AUTHENTICATION_FAILED))
+    assert isinstance(classify_stray(rd), AuthenticationFailed)
+    assert classify_stray(kafka_errors.NodeNotReadyError()) is None
+    assert classify_stray(ValueError("not a client's")) is None

@@ -115,3 +115,36 @@ def test_a_fenced_producer_is_its_own_fatal_error_not_a_format_mismatch(code: in
     fatal = classify_librdkafka_error(KafkaError(code, "fenced", fatal=True), SCRAM)
     assert isinstance(fatal, ProducerFenced) and fatal.exit_code == 9
     assert "transactional id" in str(fatal)
+
+
+def test_a_refused_producer_id_names_the_write_acl() -> None:
+    """librdkafka raises it as a fatal cluster authorization failure of the idempotent
+    producer; any other cluster authorization failure stays generic."""
+    said = "Failed to acquire idempotence PID from broker x/1: Broker: Cluster authorization failed"
+    error = KafkaError(KafkaError.CLUSTER_AUTHORIZATION_FAILED, said, fatal=True)
+    fatal = classify_librdkafka_error(KafkaException(error), SCRAM, topic="out")
+    assert isinstance(fatal, NotAuthorized) and fatal.exit_code == 5
+    assert "not authorized to produce to topic 'out' as 'svc'" in str(fatal)
+    assert "WRITE and DESCRIBE" in str(fatal)
+    other = classify_librdkafka_error(KafkaError(KafkaError.CLUSTER_AUTHORIZATION_FAILED), SCRAM)
+    assert isinstance(other, NotAuthorized) and "to produce" not in str(other)
+
+
+@pytest.mark.parametrize(
+    ("code", "retriable"),
+    [
+        (KafkaError._TIMED_OUT, True),
+        (KafkaError.REQUEST_TIMED_OUT, True),
+        (KafkaError._TRANSPORT, True),
+        (KafkaError.INVALID_REPLICATION_FACTOR, False),
+        (KafkaError.INVALID_PARTITIONS, False),
+        (KafkaError.POLICY_VIOLATION, False),
+        (KafkaError.INVALID_CONFIG, False),
+    ],
+)
+def test_a_topic_creation_the_broker_refuses_is_not_retried(code: int, retriable: bool) -> None:
+    """The admin adapter's split: a refusal is the user's to fix (one line, exit 2), a
+    cluster that did not answer is transient."""
+    from contracts.edge_confluent import _retriable
+
+    assert _retriable(KafkaError(code)) is retriable

@@ -47,3 +47,22 @@ def test_one_topic_in_two_roles_is_refused_where_every_role_is_used() -> None:
     settings = load_settings(CommonSettings, input_topic="x", dlq_topic="x")  # replay may
     with pytest.raises(UserError, match=r"invalid settings: input and dlq topics are both 'x'"):
         settings.check_distinct_topics()
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["kafka", "kafka:9092", " a:1, b:2 ", "[::1]", "[::1]:9093", "::1", "fe80::1:9092",
+     "SASL_SSL://h:9093,SSL://g", "", " , ", "host:port", "a:1,b:x", "a,,b", "[::1:9092", "h:"],
+)  # fmt: skip
+def test_bootstrap_lists_are_parsed_as_the_kafka_python_client_parses_them(value: str) -> None:
+    """Parsed without importing a client, to the same hosts and ports kafka-python finds."""
+    from kafka.cluster import collect_hosts
+
+    from contracts.settings import broker_addresses
+
+    try:
+        hosts = collect_hosts(value, randomize=False)
+        theirs = [] if any(not h for h, _p, _f in hosts) else [(h, p) for h, p, _f in hosts]
+    except ValueError:
+        theirs = []
+    assert broker_addresses(value) == theirs
