@@ -96,23 +96,65 @@ def test_records_read_while_a_commit_is_awaited_are_handed_out_in_order(
 def test_asynchronous_commits_report_the_offsets_sent(
     member: tuple[GroupConsumer, Membership, str],
 ) -> None:
+    """Read on and commit as the worker does: one commit in flight at a time (kafka-python
+    refuses more than its in-flight limit), each reported with exactly its offsets (on
+    librdkafka the reports are served while reading)."""
     consumer, _membership, topic = member
     tp = TopicPartition(topic, 0)
     sent: list[dict[TopicPartition, int]] = []
     reported: list[tuple[dict[TopicPartition, int], Exception | None]] = []
     seen = 0
-    while seen < RECORDS:
-        records = _poll(consumer, min(500, RECORDS - seen))
+    deadline = time.monotonic() + 60
+    while seen < RECORDS or len(reported) < len(sent) or sent[-1] != {tp: RECORDS}:
+        assert time.monotonic() < deadline, f"{seen} records read, {len(reported)} of {sent}"
+        records = consumer.poll_batch(200, 0.05)
         seen += len(records)
-        offsets = {tp: records[-1].offset + 1}
-        consumer.commit_async(offsets)
-        sent.append(offsets)
         reported.extend(consumer.commit_results())
-    deadline = time.monotonic() + 30
-    while len(reported) < len(sent):
-        assert time.monotonic() < deadline, f"{len(reported)} of {len(sent)} commits reported"
-        consumer.poll_batch(100, 0.1)  # reports are served while reading
-        reported.extend(consumer.commit_results())
+        if seen and len(reported) == len(sent) and (not sent or sent[-1] != {tp: seen}):
+            consumer.commit_async({tp: seen})  # one partition, read from offset 0
+            sent.append({tp: seen})
     assert [offsets for offsets, _error in reported] == sent
     assert [error for _offsets, error in reported] == [None] * len(sent)
+    assert len(sent) > 1, "the records came in one read: nothing was tested"
     assert consumer.committed([tp], timeout_s=10) == {tp: RECORDS}
+
+
+def test_a_consumer_committing_after_every_batch_reads_on_in_order_with_bounded_memory(
+    kafka_bootstrap: str, kafka_client: str, topic_name: Callable[[str], str]
+) -> None:
+    """The unpipelined worker's pattern over more records than librdkafka prefetches: each
+    commit's wait reads ahead, so the adapter pauses fetching while it holds many records; none
+    is lost or repeated, and what it holds stays bounded."""
+    from contracts import edge_confluent
+
+    topic, records = topic_name("in"), 60_000
+    ensure_topics(kafka_bootstrap, [TopicSpec(topic, 1)])
+    producer = make_producer(kafka_bootstrap, linger_ms=20)
+    for _ in range(records):
+        producer.send(topic, value=b"v" * 100)
+    producer.flush(timeout=60)
+    producer.close()
+    consumer = group_consumer(
+        on_client(kafka_bootstrap, kafka_client),
+        group=topic_name("group"),
+        client_id="edge-test",
+        max_poll_records=1000,
+        session_timeout_ms=10_000,
+    )
+    consumer.subscribe(topic, Membership())
+    tp = TopicPartition(topic, 0)
+    offsets: list[int] = []
+    held = 0
+    try:
+        deadline = time.monotonic() + 120
+        while len(offsets) < records:
+            assert time.monotonic() < deadline, f"{len(offsets)} of {records} read in 120s"
+            batch = consumer.poll_batch(1000, 0.2)
+            if batch:
+                offsets.extend(r.offset for r in batch)
+                consumer.commit({tp: batch[-1].offset + 1}, timeout_s=10)
+            held = max(held, len(getattr(consumer, "_stash", ())))
+    finally:
+        consumer.close(5)
+    assert offsets == list(range(records)), "records skipped, repeated or out of order"
+    assert held <= edge_confluent._STASH_HIGH + 10_000, f"{held} records held at once"
