@@ -159,6 +159,18 @@ def kill_after(b: Backfill, proc: subprocess.Popen[bytes], outputs: int, name: s
     return seen
 
 
+def wait_for_log(
+    b: Backfill, name: str, text: str, proc: subprocess.Popen[bytes], timeout_s: float
+) -> None:
+    """Until ``logs/<name>.log`` holds ``text``; fails with the log if ``proc`` ends first or
+    the time runs out."""
+    deadline = time.monotonic() + timeout_s
+    while text not in b.log(name):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            pytest.fail(f"{name} never logged {text} (exit {proc.poll()})\n{b.log(name)[-3000:]}")
+        time.sleep(0.1)
+
+
 def check_outputs(b: Backfill, exactly_once: bool = True) -> None:
     predictions = read_exactly(b.bootstrap, b.topics["out"], b.valid, timeout_s=60)
     dead_letters = read_exactly(b.bootstrap, b.topics["dlq"], b.dead, timeout_s=60)
@@ -234,12 +246,20 @@ def test_resume_goes_by_the_group_not_a_lagging_file_and_sigterm_stops_in_order(
 
 
 def test_a_second_resume_fences_the_first(backfill: Backfill) -> None:
+    """The first replay is frozen (SIGSTOP) while the second starts, and thawed once the second
+    has taken its transactional id over: whatever the machine's speed, the first is then a
+    zombie with work left, and its next transactional step must end it with exit 9."""
     b = backfill
     first = b.start(b.command("--guarantee", "exactly-once", "--max-batch", "5"), "first")
     second: subprocess.Popen[bytes] | None = None
     try:
         read_topic(b.bootstrap, b.topics["out"], expected=100, timeout_s=120)
-        second = b.start(b.resume_command(), "second")
+        first.send_signal(signal.SIGSTOP)
+        try:
+            second = b.start(b.resume_command("--max-batch", "5"), "second")
+            wait_for_log(b, "second", '"replay_settled"', second, timeout_s=120)
+        finally:
+            first.send_signal(signal.SIGCONT)
         first_code = first.wait(timeout=120)
         second_code = second.wait(timeout=240)
     finally:
