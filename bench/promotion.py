@@ -34,9 +34,10 @@ import time
 import uuid
 from collections import defaultdict
 from dataclasses import dataclass, field
-from datetime import datetime
 from pathlib import Path
-from typing import Any
+
+from worker import assignment_log
+from worker.assignment_log import log_events, log_time, partition_number
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -144,26 +145,8 @@ class Feeder:
             self._thread.join(timeout=60)
 
 
-def log_events(path: Path, event: str) -> list[dict[str, Any]]:
-    out = []
-    for line in path.read_text(errors="replace").splitlines():
-        try:
-            entry = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(entry, dict) and entry.get("event") == event:
-            out.append(entry)
-    return out
-
-
-def log_time(entry: dict[str, Any]) -> float:
-    """The wall-clock seconds of a JSON log line (ISO timestamp, UTC)."""
-    return datetime.fromisoformat(str(entry["timestamp"]).replace("Z", "+00:00")).timestamp()
-
-
 def owned_partitions(log: Path) -> set[int]:
-    events = log_events(log, "partitions_assigned")
-    return {int(p.rsplit("-", 1)[-1]) for p in events[-1]["partitions"]} if events else set()
+    return {partition_number(name) for name in assignment_log.owned_partitions(log)}
 
 
 def wait_balanced(procs: list[subprocess.Popen[bytes]], logs: list[Path], partitions: int) -> None:

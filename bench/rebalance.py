@@ -38,6 +38,7 @@ from bench.throughput import (
     worker_died,
 )
 from contracts.edge import KafkaClient
+from worker.assignment_log import ownership_changes, partition_number
 
 RESULTS = Path(__file__).resolve().parent / "results" / "rebalance.md"
 
@@ -88,22 +89,10 @@ def offer(bootstrap: str, topic: str, values: list[bytes], rate: float, seconds:
 
 def ownership(log_path: Path) -> list[tuple[float, set[int]]]:
     """(time in ms, partitions owned from then on) for each change a worker's log reports."""
-    from datetime import datetime
-
-    changes: list[tuple[float, set[int]]] = []
-    for line in log_path.read_text(errors="replace").splitlines():
-        try:
-            event = json.loads(line)
-        except ValueError:
-            continue
-        if not isinstance(event, dict) or event.get("event") not in (
-            "partitions_assigned",
-            "partitions_released",
-        ):
-            continue
-        at = datetime.fromisoformat(event["timestamp"].replace("Z", "+00:00")).timestamp()
-        changes.append((at * 1000, {int(p.rsplit("-", 1)[1]) for p in event.get("owned", [])}))
-    return changes
+    return [
+        (at * 1000, {partition_number(name) for name in owned})
+        for at, owned in ownership_changes(log_path)
+    ]
 
 
 def owner_at(logs: list[Path], partition: int, at_ms: float) -> int | None:

@@ -11,7 +11,6 @@ in-process, because it must know each record's key and label to send labels late
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import signal
@@ -197,17 +196,14 @@ class Demo:
     def wait_workers_ready(self, partitions: int = 4, timeout_s: float = 60.0) -> bool:
         """Until every worker's newest assignment is non-empty and together they own every
         partition once, so the clock of the story starts with a settled group."""
+        from worker.assignment_log import owned_partitions
+
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
-            latest: list[list[str]] = []
-            for index in range(len(self.workers)):
-                assigned: list[str] = []
-                path = self.dir / f"worker-{index}.log"
-                for line in path.read_text(errors="replace").splitlines():
-                    if '"partitions_assigned"' in line:
-                        with contextlib.suppress(ValueError):
-                            assigned = json.loads(line).get("partitions") or []
-                latest.append(assigned)
+            latest = [
+                owned_partitions(self.dir / f"worker-{index}.log")
+                for index in range(len(self.workers))
+            ]
             owned = [p for parts in latest for p in parts]
             if all(latest) and len(owned) == len(set(owned)) == partitions:
                 return True

@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 
 from contracts.schema import CategoricalFeature, FeatureSchema, NumericFeature
+from worker.assignment_log import log_events, owned_partitions
 
 NUMERIC = ["x1", "x2", "x3"]
 CATEGORICAL = ["color", "shape"]
@@ -210,19 +211,6 @@ def worker_env() -> dict[str, str]:
     return env
 
 
-def log_events(path: Path, event: str) -> list[dict[str, Any]]:
-    """The JSON log lines of one worker's stderr with this ``event`` name."""
-    out = []
-    for line in path.read_text(errors="replace").splitlines():
-        try:
-            entry = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(entry, dict) and entry.get("event") == event:
-            out.append(entry)
-    return out
-
-
 ROOT = Path(__file__).resolve().parent.parent
 
 MEMBERSHIP_EVENTS = (
@@ -230,14 +218,6 @@ MEMBERSHIP_EVENTS = (
     "partitions_lost",
     "group_join_stalled_rejoining", "kafka_client_error", "worker_stopping",
 )  # fmt: skip
-
-
-def owned_partitions(path: Path) -> list[str]:
-    """The partitions a worker owns now, from its newest assignment change (incremental
-    rebalancing adds and removes a few at a time; each change logs the whole set)."""
-    changes = log_events(path, "partitions_assigned") + log_events(path, "partitions_released")
-    changes.sort(key=lambda e: str(e.get("timestamp")))
-    return changes[-1]["owned"] if changes else []
 
 
 class WorkerGroup:
