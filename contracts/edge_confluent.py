@@ -262,6 +262,15 @@ class _Client:
         fatal = self._classify(exc)
         return fatal if fatal is not None else TransientKafkaError(str(exc))
 
+    def _offsets_or_none(self, found: list[Any]) -> dict[TopicPartition, int | None]:
+        """librdkafka's answer per partition: an error raises, a negative offset is None."""
+        result: dict[TopicPartition, int | None] = {}
+        for p in found:
+            if p.error is not None:
+                raise self._translated(KafkaException(p.error))
+            result[TopicPartition(p.topic, p.partition)] = p.offset if p.offset >= 0 else None
+        return result
+
     def _served(self, call: Callable[..., Any], *args: Any) -> Any:
         """A call that serves callbacks (``poll``, ``flush``). A fatal error (a producer id
         refused, say) is not given to ``error_cb`` but raised from it; a delivery callback
@@ -1052,13 +1061,7 @@ class ConfluentReader(_Client):
             )
         except KafkaException as exc:
             raise self._translated(exc) from None
-        result: dict[TopicPartition, int | None] = {}
-        for p in found:
-            if p.error is not None:
-                raise self._translated(KafkaException(p.error))
-            # -1 (OFFSET_END): no record at or after that time
-            result[TopicPartition(p.topic, p.partition)] = p.offset if p.offset >= 0 else None
-        return result
+        return self._offsets_or_none(found)  # -1 (OFFSET_END): no record since
 
     # -- positions -----------------------------------------------------------------------------
 
@@ -1221,12 +1224,7 @@ class ConfluentGroupOffsetsReader(ConfluentReader):
             found = self._consumer.committed([_rd(tp) for tp in partitions], timeout=timeout_s)
         except KafkaException as exc:
             raise self._translated(exc) from None
-        result: dict[TopicPartition, int | None] = {}
-        for p in found:
-            if p.error is not None:
-                raise self._translated(KafkaException(p.error))
-            result[TopicPartition(p.topic, p.partition)] = p.offset if p.offset >= 0 else None
-        return result
+        return self._offsets_or_none(found)  # -1001 (OFFSET_INVALID): none committed
 
     def group_metadata(self) -> object:
         return self._consumer.consumer_group_metadata()

@@ -26,11 +26,60 @@ settings.register_profile(
 settings.load_profile("forestream")
 
 
+LIBRDKAFKA_VARIANTS_IN_FULL_RUNS_ONLY = frozenset(
+    {
+        "test_broker_restart.py",  # a private broker killed and restarted: ~60 s a variant
+        "test_demo.py",
+        "test_kafka_cli.py",
+        "test_producer_cli.py",
+        "test_promotion_race.py",
+        "test_promotion_under_load.py",
+        "test_sigterm_wedged.py",  # a private broker frozen, then gone: ~30 s a variant
+        "test_training_cli.py",
+        "test_worker_monitoring.py",
+    }
+)
+"""Modules whose librdkafka variants run only with ``--clients all`` (CI) or alone with
+``--clients extra``: every other test of the Kafka edge (delivery incl. SIGTERM, hot reload, replay,
+exactly-once, the DLQ, security, compression, the adapters' own tests) runs on both clients in
+every run, and a warm ``make test`` stays near 20 minutes on two cores."""
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--clients",
+        choices=("core", "all", "extra"),
+        default="core",
+        help="core (default): every test, except the librdkafka variants of the modules in "
+        "LIBRDKAFKA_VARIANTS_IN_FULL_RUNS_ONLY; all: every variant; extra: only those core "
+        "leaves out",
+    )
+
+
+def _extra_variant(item: pytest.Item) -> bool:
+    callspec = getattr(item, "callspec", None)
+    client = callspec.params.get("kafka_client") if callspec is not None else None
+    return client == "confluent" and item.path.name in LIBRDKAFKA_VARIANTS_IN_FULL_RUNS_ONLY
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Everything under tests/integration needs the broker: mark it so `-m` can select it."""
+    """Everything under tests/integration needs the broker: mark it so `-m` can select it.
+    ``--clients`` then selects the client variants (deselected ones are counted, not hidden)."""
     for item in items:
         if "/tests/integration/" in str(item.path):
             item.add_marker(pytest.mark.integration)
+    clients = config.getoption("--clients")
+    if clients == "all":
+        return
+    wanted = clients == "extra"
+    kept = [item for item in items if _extra_variant(item) == wanted]
+    if len(kept) < len(items):
+        config.hook.pytest_deselected(items=[item for item in items if item not in kept])
+        items[:] = kept
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    return f"kafka clients: --clients {config.getoption('--clients')}"
 
 
 @pytest.fixture(scope="session")

@@ -268,7 +268,8 @@ class Worker:
         )
         self._ensure_topics()
         self._model = self._wait_for_model()
-        if self._model is None:  # stopped while waiting
+        if self._model is None:  # stopped while waiting: nothing read, still a final word
+            self._log_summary(final=True)
             return 0
         # sklearn, pandas and the model are loaded for good: take them out of the cyclic GC's
         # view, or each full collection walks them all (30-220 ms pauses measured mid-batch).

@@ -43,7 +43,7 @@ RATE = 400
 """Records per second offered: a steady stream, not a benchmark."""
 DOWN_S = 7.0
 """How long the broker stays dead before it is started again."""
-AFTER_RESTART_S = 12.0
+AFTER_RESTART_S = 8.0
 """How long the stream goes on after the broker answers again."""
 DUPLICATE_BOUND = MAX_BATCH * PARTITIONS * 2
 """Each owner of partitions (at most one per partition) can re-publish at most the batch it held

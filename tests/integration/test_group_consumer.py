@@ -43,26 +43,41 @@ class Membership:
         self.assigned.difference_update(partitions)
 
 
+def subscribed(
+    bootstrap: str,
+    client: str,
+    topic_name: Callable[[str], str],
+    records: int,
+    max_poll_records: int,
+    membership: Membership,
+) -> tuple[GroupConsumer, str]:
+    """A group member of a new one-partition topic that holds ``records`` keyed records."""
+    topic = topic_name("in")
+    ensure_topics(bootstrap, [TopicSpec(topic, 1)])
+    producer = make_producer(bootstrap, linger_ms=20)
+    for i in range(records):
+        producer.send(topic, key=str(i).encode(), value=b"v" * 100)
+    producer.flush(timeout=60)
+    producer.close()
+    consumer = group_consumer(
+        on_client(bootstrap, client),
+        group=topic_name("group"),
+        client_id="edge-test",
+        max_poll_records=max_poll_records,
+        session_timeout_ms=10_000,
+    )
+    consumer.subscribe(topic, membership)
+    return consumer, topic
+
+
 @pytest.fixture
 def member(
     kafka_bootstrap: str, kafka_client: str, topic_name: Callable[[str], str]
 ) -> Iterator[tuple[GroupConsumer, Membership, str]]:
-    topic = topic_name("in")
-    ensure_topics(kafka_bootstrap, [TopicSpec(topic, 1)])
-    producer = make_producer(kafka_bootstrap)
-    for i in range(RECORDS):
-        producer.send(topic, key=str(i).encode(), value=b"v" * 100)
-    producer.flush(timeout=30)
-    producer.close()
-    consumer = group_consumer(
-        on_client(kafka_bootstrap, kafka_client),
-        group=topic_name("group"),
-        client_id="edge-test",
-        max_poll_records=100,
-        session_timeout_ms=10_000,
-    )
     membership = Membership()
-    consumer.subscribe(topic, membership)
+    consumer, topic = subscribed(
+        kafka_bootstrap, kafka_client, topic_name, RECORDS, 100, membership
+    )
     try:
         yield consumer, membership, topic
     finally:
@@ -127,21 +142,10 @@ def test_a_consumer_committing_after_every_batch_reads_on_in_order_with_bounded_
     is lost or repeated, and what it holds stays bounded."""
     from contracts import edge_confluent
 
-    topic, records = topic_name("in"), 60_000
-    ensure_topics(kafka_bootstrap, [TopicSpec(topic, 1)])
-    producer = make_producer(kafka_bootstrap, linger_ms=20)
-    for _ in range(records):
-        producer.send(topic, value=b"v" * 100)
-    producer.flush(timeout=60)
-    producer.close()
-    consumer = group_consumer(
-        on_client(kafka_bootstrap, kafka_client),
-        group=topic_name("group"),
-        client_id="edge-test",
-        max_poll_records=1000,
-        session_timeout_ms=10_000,
+    records = 60_000
+    consumer, topic = subscribed(
+        kafka_bootstrap, kafka_client, topic_name, records, 1000, Membership()
     )
-    consumer.subscribe(topic, Membership())
     tp = TopicPartition(topic, 0)
     offsets: list[int] = []
     held = 0

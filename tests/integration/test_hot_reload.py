@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import signal
 import subprocess
 import sys
 import threading
@@ -337,3 +338,17 @@ def test_worker_started_after_a_promotion_serves_the_promoted_version(stream: St
     assert keys and {Prediction.model_validate_json(r.value).model_version for r in records} == {
         "v1"
     }
+
+
+def test_a_worker_stopped_while_waiting_for_a_model_ends_in_order(stream: Stream) -> None:
+    """Nothing promoted yet: the worker waits, saying so, and SIGTERM ends it with exit 0 and
+    its final summary, like any orderly stop (a supervisor's child stopped early did not log
+    one)."""
+    stream.workers.start(1)
+    stream.wait_log("waiting_for_model", lambda _event: True)
+    worker, log_path = stream.workers.procs[0], stream.workers.log_paths[0]
+    worker.send_signal(signal.SIGTERM)
+    assert worker.wait(timeout=30) == 0, log_path.read_text()[-3000:]
+    final = log_events(log_path, "worker_final_summary")
+    assert len(final) == 1, log_path.read_text()[-3000:]
+    assert final[0]["records_in"] == 0 and final[0]["model_version"] is None

@@ -188,23 +188,31 @@ def test_offsets_metadata_and_pause(
         reader.close()
 
 
-def test_position_steps_over_transaction_markers(
-    kafka_bootstrap: str, topic_name: Callable[[str], str], kafka_client: str
-) -> None:
-    """A committed transaction ends with a marker no record carries: the position still
-    reaches the end offset, so a replay whose range ends on a marker finishes."""
+def _ten_records_in_a_transaction(
+    bootstrap: str, topic_name: Callable[[str], str]
+) -> TopicPartition:
+    """A one-partition topic holding offsets 0-9 and the commit marker at 10 (written through
+    librdkafka, an outside producer)."""
     confluent_kafka = pytest.importorskip("confluent_kafka")
     topic = topic_name("tx")
-    ensure_topics(kafka_bootstrap, [TopicSpec(topic, 1)])
+    ensure_topics(bootstrap, [TopicSpec(topic, 1)])
     producer = confluent_kafka.Producer(
-        {"bootstrap.servers": kafka_bootstrap, "transactional.id": f"{topic}-tx"}
+        {"bootstrap.servers": bootstrap, "transactional.id": f"{topic}-tx"}
     )
     producer.init_transactions(30)
     producer.begin_transaction()
     for i in range(10):
         producer.produce(topic, b"x", f"k{i}".encode())
     producer.commit_transaction(30)
-    tp = TopicPartition(topic, 0)
+    return TopicPartition(topic, 0)
+
+
+def test_position_steps_over_transaction_markers(
+    kafka_bootstrap: str, topic_name: Callable[[str], str], kafka_client: str
+) -> None:
+    """A committed transaction ends with a marker no record carries: the position still
+    reaches the end offset, so a replay whose range ends on a marker finishes."""
+    tp = _ten_records_in_a_transaction(kafka_bootstrap, topic_name)
     reader = _reader(kafka_bootstrap, kafka_client, "test-reader-tx")
     try:
         end = reader.end_offsets([tp])[tp]
@@ -223,18 +231,7 @@ def test_position_steps_over_a_marker_sought_to_directly(
     """A replay resumed just before a commit marker has no record left to read: its position
     must still reach the end (else the replay never finishes); and a seek back after that
     must not keep the position of the marker."""
-    confluent_kafka = pytest.importorskip("confluent_kafka")
-    topic = topic_name("tx")
-    ensure_topics(kafka_bootstrap, [TopicSpec(topic, 1)])
-    producer = confluent_kafka.Producer(
-        {"bootstrap.servers": kafka_bootstrap, "transactional.id": f"{topic}-tx"}
-    )
-    producer.init_transactions(30)
-    producer.begin_transaction()
-    for i in range(10):
-        producer.produce(topic, b"x", f"k{i}".encode())
-    producer.commit_transaction(30)
-    tp = TopicPartition(topic, 0)
+    tp = _ten_records_in_a_transaction(kafka_bootstrap, topic_name)
     reader = _reader(kafka_bootstrap, kafka_client, "test-reader-marker")
     try:
         end = reader.end_offsets([tp])[tp]

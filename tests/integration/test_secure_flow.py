@@ -144,6 +144,55 @@ def _promoted_model(
     assert trained.returncode == 0, trained.stderr
 
 
+def _outsider_env(info: SecureBrokerInfo) -> dict[str, str]:
+    """The secured cluster's settings as the principal that holds no ACL until granted one."""
+    return _env(
+        info.env(),
+        FORESTREAM_SASL_USERNAME=info.outsider_username,
+        FORESTREAM_SASL_PASSWORD_FILE=str(info.outsider_password_file),
+    )
+
+
+def _grant_outsider(
+    info: SecureBrokerInfo,
+    monkeypatch: pytest.MonkeyPatch,
+    resource: str,
+    name: str,
+    operation: str = "ALL",
+    pattern: str = "PREFIXED",
+) -> None:
+    """Allow the outsider ``operation`` on ``resource`` (a kafka-python ``ResourceType`` name)
+    named ``name``, as the cluster's admin."""
+    from kafka.admin import (
+        ACL,
+        ACLOperation,
+        ACLPermissionType,
+        ACLResourcePatternType,
+        ResourcePattern,
+        ResourceType,
+    )
+
+    from contracts.kafka_io import admin_client
+
+    admin = admin_client(_connection(info.env(), monkeypatch))
+    try:
+        admin.create_acls(
+            [
+                ACL(
+                    principal=f"User:{info.outsider_username}",
+                    host="*",
+                    operation=ACLOperation[operation],
+                    permission_type=ACLPermissionType.ALLOW,
+                    resource_pattern=ResourcePattern(
+                        ResourceType[resource], name, ACLResourcePatternType[pattern]
+                    ),
+                )
+            ]
+        )
+    finally:
+        admin.close()
+
+
 def _assert_one_fatal_line(
     done: subprocess.CompletedProcess[str], took_s: float, exit_code: int, says: str
 ) -> None:
@@ -192,48 +241,17 @@ def test_missing_acls_end_commands_with_exit_5(
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from kafka.admin import (
-        ACL,
-        ACLOperation,
-        ACLPermissionType,
-        ACLResourcePatternType,
-        ResourcePattern,
-        ResourceType,
-    )
-
-    from contracts.kafka_io import admin_client
-
     t = _topics(topic_name)
     store = ["--store", str(tmp_path / "store"), "--name", "m"]
     _promoted_model(secure_kafka, t, store, tmp_path)
-    outsider = _env(
-        secure_kafka.env(),
-        FORESTREAM_SASL_USERNAME=secure_kafka.outsider_username,
-        FORESTREAM_SASL_PASSWORD_FILE=str(secure_kafka.outsider_password_file),
-    )
+    outsider = _outsider_env(secure_kafka)
     # no ACL at all: even the topics are out of sight
     done, took = _cli("topics", "create", *_topic_flags(t), env=outsider, cwd=tmp_path)
     _assert_one_fatal_line(done, took, NotAuthorized.exit_code, "not authorized on topic")
 
     # every topic of this test granted, the consumer group not: the worker stops at the join
-    admin = admin_client(_connection(secure_kafka.env(), monkeypatch))
     prefix = t["in"].rsplit(".", 1)[0]
-    try:
-        admin.create_acls(
-            [
-                ACL(
-                    principal=f"User:{secure_kafka.outsider_username}",
-                    host="*",
-                    operation=ACLOperation.ALL,
-                    permission_type=ACLPermissionType.ALLOW,
-                    resource_pattern=ResourcePattern(
-                        ResourceType.TOPIC, prefix, ACLResourcePatternType.PREFIXED
-                    ),
-                )
-            ]
-        )
-    finally:
-        admin.close()
+    _grant_outsider(secure_kafka, monkeypatch, "TOPIC", prefix)
     group = topic_name("group")
     started = time.monotonic()
     done, _ = _cli("worker", *_topic_flags(t), *store, "--group", group, "--log-format", "json",
@@ -256,17 +274,6 @@ def test_exactly_once_needs_the_transactional_id_acl_and_then_delivers_once(
 ) -> None:
     """A principal with its topics and group granted but not its transactional id: exit 5 in
     one line naming the id. Granted that too: every input scored once, read committed."""
-    from kafka.admin import (
-        ACL,
-        ACLOperation,
-        ACLPermissionType,
-        ACLResourcePatternType,
-        ResourcePattern,
-        ResourceType,
-    )
-
-    from contracts.kafka_io import admin_client
-
     t = _topics(topic_name)
     store = ["--store", str(tmp_path / "store"), "--name", "m"]
     admin_env = _env(secure_kafka.env())
@@ -282,33 +289,10 @@ def test_exactly_once_needs_the_transactional_id_acl_and_then_delivers_once(
 
     prefix = t["in"].rsplit(".", 1)[0]
     group, transactional_id = f"{prefix}.group", f"{prefix}.tx"
-    outsider = _env(
-        secure_kafka.env(),
-        FORESTREAM_SASL_USERNAME=secure_kafka.outsider_username,
-        FORESTREAM_SASL_PASSWORD_FILE=str(secure_kafka.outsider_password_file),
-    )
+    outsider = _outsider_env(secure_kafka)
 
-    def grant(resource: ResourceType) -> None:
-        admin = admin_client(_connection(secure_kafka.env(), monkeypatch))
-        try:
-            admin.create_acls(
-                [
-                    ACL(
-                        principal=f"User:{secure_kafka.outsider_username}",
-                        host="*",
-                        operation=ACLOperation.ALL,
-                        permission_type=ACLPermissionType.ALLOW,
-                        resource_pattern=ResourcePattern(
-                            resource, prefix, ACLResourcePatternType.PREFIXED
-                        ),
-                    )
-                ]
-            )
-        finally:
-            admin.close()
-
-    grant(ResourceType.TOPIC)
-    grant(ResourceType.GROUP)
+    _grant_outsider(secure_kafka, monkeypatch, "TOPIC", prefix)
+    _grant_outsider(secure_kafka, monkeypatch, "GROUP", prefix)
     worker = ["worker", *_topic_flags(t), *store, "--group", group, "--log-format", "json",
               "--guarantee", "exactly-once", "--transactional-id", transactional_id]  # fmt: skip
     done, _ = _cli(*worker, env=outsider, cwd=tmp_path)
@@ -317,7 +301,7 @@ def test_exactly_once_needs_the_transactional_id_acl_and_then_delivers_once(
     assert lines[-1].startswith("error: not authorized"), lines[-3:]
     assert f"transactional id {transactional_id!r}" in lines[-1], lines[-1]
 
-    grant(ResourceType.TRANSACTIONAL_ID)
+    _grant_outsider(secure_kafka, monkeypatch, "TRANSACTIONAL_ID", prefix)
     done, _ = _cli(*worker, "--max-records", str(total), env=outsider, cwd=tmp_path,
                    timeout_s=240)  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
@@ -340,43 +324,12 @@ def test_produce_without_the_write_acl_ends_with_exit_5(
     refuses that as a cluster authorization failure, which kafka-python wraps in a plain
     KafkaError and librdkafka raises from ``flush`` as fatal. Either way `produce` stops in
     one line naming the ACL, with its exit code."""
-    from kafka.admin import (
-        ACL,
-        ACLOperation,
-        ACLPermissionType,
-        ACLResourcePatternType,
-        ResourcePattern,
-        ResourceType,
-    )
-
-    from contracts.kafka_io import admin_client
-
     t = _topics(topic_name)
     created, _ = _cli("topics", "create", *_topic_flags(t), "--partitions", "2",
                       env=_env(secure_kafka.env()), cwd=tmp_path)  # fmt: skip
     assert created.returncode == 0, created.stderr
-    admin = admin_client(_connection(secure_kafka.env(), monkeypatch))
-    try:
-        admin.create_acls(
-            [
-                ACL(
-                    principal=f"User:{secure_kafka.outsider_username}",
-                    host="*",
-                    operation=ACLOperation.DESCRIBE,
-                    permission_type=ACLPermissionType.ALLOW,
-                    resource_pattern=ResourcePattern(
-                        ResourceType.TOPIC, t["in"], ACLResourcePatternType.LITERAL
-                    ),
-                )
-            ]
-        )
-    finally:
-        admin.close()
-    outsider = _env(
-        secure_kafka.env(),
-        FORESTREAM_SASL_USERNAME=secure_kafka.outsider_username,
-        FORESTREAM_SASL_PASSWORD_FILE=str(secure_kafka.outsider_password_file),
-    )
+    _grant_outsider(secure_kafka, monkeypatch, "TOPIC", t["in"], "DESCRIBE", "LITERAL")
+    outsider = _outsider_env(secure_kafka)
     csv = write_penguins_csv(tmp_path / "penguins.csv")
     done, took = _cli("produce", "--data", str(csv), "--target", "species", "--input-topic",
                       t["in"], env=outsider, cwd=tmp_path)  # fmt: skip
