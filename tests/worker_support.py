@@ -220,6 +220,19 @@ MEMBERSHIP_EVENTS = (
 )  # fmt: skip
 
 
+def wait_for_event(path: Path, event: str, proc: subprocess.Popen[bytes], timeout_s: float) -> None:
+    """Until the JSON log at ``path`` has an ``event`` line; fails with the log if ``proc``
+    ends first, or when the time runs out."""
+    deadline = time.monotonic() + timeout_s
+    while not log_events(path, event):
+        if proc.poll() is not None:
+            log = path.read_text()
+            raise AssertionError(f"exited ({proc.returncode}) before {event!r}:\n{log}")
+        if time.monotonic() > deadline:
+            raise AssertionError(f"no {event!r} in {path.name} within {timeout_s:.0f}s")
+        time.sleep(0.1)
+
+
 class WorkerGroup:
     """``forestream worker`` subprocesses of one consumer group, each logging JSON to its own
     file; ``kill_all`` in a ``finally`` leaves nothing running whatever the test did."""
@@ -278,8 +291,7 @@ class WorkerGroup:
         lines = []
         for i, path in enumerate(self.log_paths):
             lines.append(f"worker {i} (exit code {self.procs[i].poll()}):")
-            entries = [e for event in MEMBERSHIP_EVENTS for e in log_events(path, event)]
-            for entry in sorted(entries, key=lambda e: str(e.get("timestamp"))):
+            for entry in log_events(path, *MEMBERSHIP_EVENTS):  # in the log's (time) order
                 numbers = [p.rsplit("-", 1)[-1] for p in entry.get("partitions", [])]
                 lines.append(f"  {entry.get('timestamp')} {entry['event']} {numbers}")
         return "\n".join(lines)

@@ -25,7 +25,7 @@ import pytest
 from contracts.kafka_io import TopicSpec, ensure_topics, make_producer
 from tests.integration.test_exactly_once import assert_exactly_once, read_exactly, stream
 from tests.kafka_helpers import read_topic
-from tests.worker_support import make_frame, row_json, save_model, worker_env
+from tests.worker_support import make_frame, row_json, save_model, wait_for_event, worker_env
 
 pytestmark = pytest.mark.usefixtures("kafka_client")  # every test on both clients
 
@@ -159,18 +159,6 @@ def kill_after(b: Backfill, proc: subprocess.Popen[bytes], outputs: int, name: s
     return seen
 
 
-def wait_for_log(
-    b: Backfill, name: str, text: str, proc: subprocess.Popen[bytes], timeout_s: float
-) -> None:
-    """Until ``logs/<name>.log`` holds ``text``; fails with the log if ``proc`` ends first or
-    the time runs out."""
-    deadline = time.monotonic() + timeout_s
-    while text not in b.log(name):
-        if proc.poll() is not None or time.monotonic() > deadline:
-            pytest.fail(f"{name} never logged {text} (exit {proc.poll()})\n{b.log(name)[-3000:]}")
-        time.sleep(0.1)
-
-
 def check_outputs(b: Backfill, exactly_once: bool = True) -> None:
     predictions = read_exactly(b.bootstrap, b.topics["out"], b.valid, timeout_s=60)
     dead_letters = read_exactly(b.bootstrap, b.topics["dlq"], b.dead, timeout_s=60)
@@ -257,7 +245,7 @@ def test_a_second_resume_fences_the_first(backfill: Backfill) -> None:
         first.send_signal(signal.SIGSTOP)
         try:
             second = b.start(b.resume_command("--max-batch", "5"), "second")
-            wait_for_log(b, "second", '"replay_settled"', second, timeout_s=120)
+            wait_for_event(b.logs / "second.log", "replay_settled", second, timeout_s=120)
         finally:
             first.send_signal(signal.SIGCONT)
         first_code = first.wait(timeout=120)

@@ -27,7 +27,14 @@ from contracts.edge import KAFKA_CLIENTS
 from contracts.kafka_io import TopicSpec, ensure_topics, make_producer
 from contracts.wire import DriftReport
 from tests.kafka_helpers import read_topic
-from tests.worker_support import CATEGORICAL, NUMERIC, log_events, make_frame, row_json
+from tests.worker_support import (
+    CATEGORICAL,
+    NUMERIC,
+    log_events,
+    make_frame,
+    row_json,
+    wait_for_event,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 MODEL = "monitored"
@@ -54,16 +61,6 @@ def _send(bootstrap: str, topic: str, items: list[tuple[bytes, bytes]]) -> None:
         producer.flush(timeout=60)
     finally:
         producer.close()
-
-
-def _wait_log(path: Path, event: str, proc: subprocess.Popen[bytes], timeout_s: float) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not log_events(path, event):
-        if proc.poll() is not None:
-            raise AssertionError(f"worker exited ({proc.returncode}):\n{path.read_text()}")
-        if time.monotonic() > deadline:
-            raise AssertionError(f"no {event!r} in the worker log within {timeout_s:.0f}s")
-        time.sleep(0.2)
 
 
 def _free_port() -> int:
@@ -168,8 +165,8 @@ def stream(
             cwd=ROOT,
         )
     try:
-        _wait_log(log_path, "partitions_assigned", proc, 60)
-        _wait_log(log_path, "labels_following", proc, 30)
+        wait_for_event(log_path, "partitions_assigned", proc, 60)
+        wait_for_event(log_path, "labels_following", proc, 30)
         yield Stream(kafka_bootstrap, topics, training, metrics_port), store, log_path
     finally:
         proc.kill()
