@@ -589,6 +589,8 @@ class _Run:
         """The producer must be (re)built and the partitions sought to the group's committed
         offsets before the next transaction: at start (a resume's predecessor may have left a
         transaction open) and after a transaction whose outcome is unknown."""
+        self.settled_before = False
+        """Every settle after the first builds a new reader as well as a new producer."""
         self.failures = 0
         self.retry_at = 0.0
         from contracts.logs import RateLimited
@@ -608,13 +610,7 @@ class _Run:
     # -- clients -------------------------------------------------------------------------------
 
     def open(self) -> None:
-        from contracts.kafka_io import (
-            TopicSpec,
-            acking_producer,
-            ensure_topics,
-            group_offsets_reader,
-            partition_reader,
-        )
+        from contracts.kafka_io import TopicSpec, acking_producer, ensure_topics, partition_reader
         from worker.processing import AckedPublisher
 
         c = self.checkpoint
@@ -622,19 +618,38 @@ class _Run:
         ensure_topics(
             self.kafka, [TopicSpec(c.output_topic, partitions), TopicSpec(c.dlq_topic, 1)]
         )
-        max_batch = self.settings.replay_max_batch
         if c.exactly_once:
-            assert c.group is not None
-            self.reader = group_offsets_reader(
-                self.kafka, group=c.group, client_id="forestream-replay", max_poll_records=max_batch
-            )
-            self.consumer = self.reader
+            self.reader = self.consumer = self._group_offsets_reader()
         else:
             self.consumer = partition_reader(
-                self.kafka, client_id="forestream-replay", max_poll_records=max_batch
+                self.kafka,
+                client_id="forestream-replay",
+                max_poll_records=self.settings.replay_max_batch,
             )
             self.producer = acking_producer(self.kafka, client_id="forestream-replay", linger_ms=20)
             self.publisher = AckedPublisher(self.producer, give_up=lambda: self.stop_requested)
+
+    def _group_offsets_reader(self) -> GroupOffsetsReader:
+        from contracts.kafka_io import group_offsets_reader
+
+        assert self.checkpoint.group is not None
+        return group_offsets_reader(
+            self.kafka,
+            group=self.checkpoint.group,
+            client_id="forestream-replay",
+            max_poll_records=self.settings.replay_max_batch,
+        )
+
+    def _replace_reader(self) -> None:
+        """A fresh reader for the partitions left, the old one closed. A librdkafka client
+        can lose every broker for good after a broker pause (a metadata answer listing no
+        broker drops them all and nothing re-bootstraps: librdkafka#5301), and then never
+        answers ``committed`` again; a new client bootstraps afresh."""
+        old, new = self.reader, self._group_offsets_reader()
+        self.reader = self.consumer = new
+        if old is not None:
+            old.close()
+        new.assign(list(self.todo.values()))
 
     def close(self) -> None:
         if self.producer is not None:
@@ -660,19 +675,19 @@ class _Run:
     # -- the loop ------------------------------------------------------------------------------
 
     def loop(self) -> None:
-        c, consumer = self.checkpoint, self.consumer
-        assert consumer is not None
+        c = self.checkpoint
+        assert self.consumer is not None
         self.todo = {
             p: TopicPartition(c.input_topic, p) for p, (nxt, end) in c.ranges.items() if nxt < end
         }
-        consumer.assign(list(self.todo.values()))
+        self.consumer.assign(list(self.todo.values()))
         self._seek_to_checkpoint()
         c.save(self.path)  # exactly-once: it names the group and the transactional id from now
         while self.todo and not self.stop_requested:
             if c.exactly_once and not self._ready_for_transactions():
                 continue
             try:
-                polled = consumer.poll_batch(self.settings.replay_max_batch, 0.5)
+                polled = self.consumer.poll_batch(self.settings.replay_max_batch, 0.5)
             except TransientKafkaError as exc:  # the broker away: it comes back, or ^C
                 self._warn_rate_limited("poll_failed", exc)
                 time.sleep(_POLL_BACKOFF_S)
@@ -756,14 +771,20 @@ class _Run:
     def _settle(self) -> None:
         """Replace the producer (its successor fences any earlier one with this transactional
         id, a resumed replay's predecessor included, and completes or aborts the transaction
-        it left open), then go on from the group's committed offsets."""
+        it left open), then go on from the group's committed offsets. A settle after the
+        first follows a transaction or a settle that failed: the reader is replaced too, so
+        that no retry waits on a client that lost the cluster."""
         from worker.transactions import replace_producer
 
-        reader, c = self.reader, self.checkpoint
-        assert reader is not None
+        c = self.checkpoint
+        new_reader = self.settled_before
+        if new_reader:
+            self._replace_reader()
+        self.settled_before = True
         old, self.txn = self.txn, None
         self.txn = replace_producer(old, self._transactional_producer)
-        committed = reader.committed(list(self.todo.values()), timeout_s=_COMMITTED_TIMEOUT_S)
+        assert self.reader is not None
+        committed = self.reader.committed(list(self.todo.values()), timeout_s=_COMMITTED_TIMEOUT_S)
         before = c.remaining()
         c.ranges.update(
             settled_ranges(
@@ -779,6 +800,7 @@ class _Run:
             group=c.group,
             next_offsets=c.offsets_text(),
             already_committed=before - c.remaining(),
+            new_reader=new_reader,
         )
 
     def _commit_in_transaction(self, batch: list[InputRecord]) -> bool:

@@ -106,6 +106,13 @@ class Backfill:
     def remaining(self) -> int:
         return sum(end - nxt for nxt, end in self.state()["ranges"].values())
 
+    def checkpointed(self) -> int:
+        """Input offsets checkpointed, over all partitions (a whole-topic range starts at 0);
+        0 before the replay's first save."""
+        if not self.checkpoint.exists():
+            return 0
+        return sum(nxt for nxt, _ in self.state()["ranges"].values())
+
 
 def write_input(
     bootstrap: str, topic_name: Callable[[str], str], store: Path, logs: Path
@@ -271,9 +278,11 @@ def test_a_broker_frozen_mid_transaction_loses_and_duplicates_nothing(
     topic_name: Callable[[str], str], store: Path, tmp_path: Path
 ) -> None:
     """A broker frozen (SIGSTOP) for longer than a transaction may take to commit: the replay
-    cannot know whether it committed, so it replaces its producer (which settles it) and goes
-    on from the group's committed offsets once the broker is back. A private broker: freezing
-    the session's would stall the other tests' clients."""
+    cannot know whether it committed, so it replaces its producer (which settles it) and its
+    reader, and goes on from the group's committed offsets once the broker is back. The replay
+    is held still from its second committed batch until the broker is frozen: it then has the
+    rest of a partition read ahead, and its next transaction falls in the freeze. A private
+    broker: freezing the session's would stall the other tests' clients."""
     import contextlib
     import os
 
@@ -286,8 +295,16 @@ def test_a_broker_frozen_mid_transaction_loses_and_duplicates_nothing(
         env = {"FORESTREAM_TRANSACTION_TIMEOUT_MS": "120000"}
         proc = b.start(b.command("--guarantee", "exactly-once", "--max-batch", "20"), "run", env)
         try:
-            read_topic(b.bootstrap, b.topics["out"], expected=200, timeout_s=120)
-            os.killpg(info.pid, signal.SIGSTOP)
+            deadline = time.monotonic() + 120
+            while b.checkpointed() < 2 * 20:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    pytest.fail(f"no second batch checkpointed within 120 s\n{b.log('run')}")
+                time.sleep(0.01)
+            proc.send_signal(signal.SIGSTOP)
+            try:
+                os.killpg(info.pid, signal.SIGSTOP)
+            finally:
+                proc.send_signal(signal.SIGCONT)
             try:
                 time.sleep(20)  # past the 10 s a commit is given
                 if proc.poll() is not None:
@@ -302,14 +319,17 @@ def test_a_broker_frozen_mid_transaction_loses_and_duplicates_nothing(
                 proc.kill()
         out = b.log("run")
         assert code == 0, out[-3000:]
-        events = [
-            json.loads(line)["event"]
+        entries = [
+            json.loads(line)
             for line in out.splitlines()
             if line.startswith("{") and '"event"' in line
         ]
+        events = [e["event"] for e in entries]
         print(f"replay events: {events}")
         assert {"transaction_outcome_unknown", "transaction_aborted"} & set(events), out[-3000:]
-        assert events.count("replay_settled") >= 2, "settled at start and after the freeze"
+        settles = [e["new_reader"] for e in entries if e["event"] == "replay_settled"]
+        assert settles[:1] == [False] and len(settles) >= 2, "settled at start, after the freeze"
+        assert all(settles[1:]), "every settle after the first with a new reader"
         check_outputs(b)
     finally:
         with contextlib.suppress(ProcessLookupError):
