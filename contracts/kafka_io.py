@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from contracts.connection import KafkaConnection
 from contracts.edge import (
@@ -30,7 +30,7 @@ from contracts.edge import (
     TransactionalProducer,
     TransientKafkaError,
 )
-from contracts.errors import UserError
+from contracts.errors import ClusterUnreachable, UserError
 from contracts.kafka_errors import (
     KafkaFatalError,
     NotAuthorized,
@@ -75,12 +75,26 @@ def models_topic_spec(name: str) -> TopicSpec:
     return TopicSpec(name, 1, dict(COMPACTED))
 
 
-def _unreachable(bootstrap: str) -> UserError:
+def _unreachable(bootstrap: str) -> ClusterUnreachable:
     """No broker answered at all: the address (or the local broker) is the likely mistake."""
-    return UserError(
+    return ClusterUnreachable(
+        bootstrap,
         f"cannot reach Kafka at {bootstrap}: start the local broker with "
-        "`forestream kafka start` or pass --bootstrap-servers"
+        "`forestream kafka start` or pass --bootstrap-servers",
     )
+
+
+_Client = TypeVar("_Client")
+
+
+def rebuilt(build: Callable[[], _Client]) -> _Client:
+    """Build a client in a process already running (a successor after a failed transaction):
+    a cluster that does not answer now is an outage to retry with backoff, not the user's
+    mistake it is at start. kafka-python connects while it is built; librdkafka never does."""
+    try:
+        return build()
+    except ClusterUnreachable as exc:
+        raise TransientKafkaError(f"no broker at {exc.bootstrap} answered") from None
 
 
 def require_reachable(target: Target, timeout_s: float = 3.0) -> None:
@@ -311,6 +325,9 @@ def transactional_producer(
         transactional_id=transactional_id,
         transaction_timeout_ms=transaction_timeout_ms,
         max_block_ms=max_block_ms,
+        # built again after a failed transaction, maybe while the cluster is away: its
+        # bootstrap is bounded like its init (kafka-python's default waits 30 s)
+        bootstrap_timeout_ms=max_block_ms,
         # no record outlives its transaction (kafka-python wants linger + request timeout
         # below the delivery timeout)
         delivery_timeout_ms=transaction_timeout_ms,

@@ -692,7 +692,7 @@ class Worker:
         consumer = self._consumer
         assert consumer is not None
         if self._txn is None:  # the last one was given up: its successor settles it
-            self._txn = self._transactional_producer()
+            self._txn = replace_producer(None, self._transactional_producer)
         deadline = self._orderly_deadline()
         timeout_s = TXN_TIMEOUT_S if deadline is None else deadline - time.monotonic()
         transact(

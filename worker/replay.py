@@ -645,7 +645,9 @@ class _Run:
         can lose every broker for good after a broker pause (a metadata answer listing no
         broker drops them all and nothing re-bootstraps: librdkafka#5301), and then never
         answers ``committed`` again; a new client bootstraps afresh."""
-        old, new = self.reader, self._group_offsets_reader()
+        from contracts.kafka_io import rebuilt
+
+        old, new = self.reader, rebuilt(self._group_offsets_reader)
         self.reader = self.consumer = new
         if old is not None:
             old.close()
@@ -778,11 +780,11 @@ class _Run:
 
         c = self.checkpoint
         new_reader = self.settled_before
-        if new_reader:
-            self._replace_reader()
         self.settled_before = True
         old, self.txn = self.txn, None
         self.txn = replace_producer(old, self._transactional_producer)
+        if new_reader:  # after the producer: the cluster has just answered it
+            self._replace_reader()
         assert self.reader is not None
         committed = self.reader.committed(list(self.todo.values()), timeout_s=_COMMITTED_TIMEOUT_S)
         before = c.remaining()

@@ -70,10 +70,13 @@ def replace_producer(
 ) -> TransactionalProducer:
     """Drop ``old`` without waiting for it and build its successor with the same transactional
     id, which completes or aborts the transaction ``old`` left open before it returns (so the
-    group's committed offsets are final once it has). Raises like ``build``."""
+    group's committed offsets are final once it has). Raises like ``build``, except that a
+    cluster not answering is a :class:`TransientKafkaError` (retried), as it is mid-run."""
+    from contracts.kafka_io import rebuilt
+
     if old is not None:
         old.close(0)
-    return build()
+    return rebuilt(build)
 
 
 def retry_backoff_s(failures_in_a_row: int) -> float:

@@ -141,6 +141,31 @@ def test_the_successor_is_built_after_its_predecessor_is_dropped() -> None:
     assert replace_producer(None, lambda: new) is new  # type: ignore[arg-type, return-value]
 
 
+def test_a_successor_the_cluster_does_not_answer_is_retried_not_a_user_mistake() -> None:
+    """At start "cannot reach Kafka" is the user's (exit 2, a hint); mid-run it is an outage:
+    the settle that builds the successor backs off and tries again."""
+    from contracts.errors import ClusterUnreachable, UserError
+    from contracts.kafka_io import _unreachable
+
+    unreachable = _unreachable("127.0.0.1:1")
+    assert isinstance(unreachable, ClusterUnreachable) and isinstance(unreachable, UserError)
+    assert unreachable.exit_code == 2
+
+    def away() -> FakeTxn:
+        raise unreachable
+
+    old = FakeTxn()
+    with pytest.raises(TransientKafkaError, match=r"^no broker at 127\.0\.0\.1:1 answered$"):
+        replace_producer(old, away)  # type: ignore[arg-type]
+    assert old.closed == [0]
+
+    def misconfigured() -> FakeTxn:
+        raise UserError("a flag was wrong")
+
+    with pytest.raises(UserError, match="a flag was wrong"):  # anything else raises as it was
+        replace_producer(None, misconfigured)  # type: ignore[arg-type]
+
+
 def test_failed_transactions_back_off_up_to_five_seconds() -> None:
     waits = [retry_backoff_s(n) for n in range(1, 10)]
     assert waits == sorted(waits) and waits[0] == 0.2 and waits[-1] == 5.0
