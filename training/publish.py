@@ -193,8 +193,7 @@ class ModelsTopic:
         tp = self._partition(name)
         try:
             reader.assign([tp])
-            end = reader.end_offsets([tp])[tp]
-            begin = reader.beginning_offsets([tp])[tp]
+            begin, end = self._watermarks(reader, tp)
             stop, chunk = end, 64
             while stop > begin:
                 start = max(begin, stop - chunk)
@@ -205,6 +204,19 @@ class ModelsTopic:
         except TransientKafkaError as exc:
             raise _kafka_failure(exc, self.kafka, self.topic, "read") from None
         return TopicState(end, None)
+
+    def _watermarks(self, reader: PartitionReader, tp: TopicPartition) -> tuple[int, int]:
+        """The partition's first and end offsets, asked again while its leader settles (a
+        topic just created, a leader moving: librdkafka answers "not leader") for up to the
+        read timeout."""
+        deadline = time.monotonic() + self.timeout_s
+        while True:
+            try:
+                return reader.beginning_offsets([tp])[tp], reader.end_offsets([tp])[tp]
+            except TransientKafkaError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
 
     def events(self, name: str, start: int, stop: int) -> list[TopicEvent]:
         """``name``'s events at offsets ``start`` (inclusive) to ``stop`` (exclusive)."""

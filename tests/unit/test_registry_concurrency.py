@@ -212,3 +212,45 @@ def test_a_version_superseded_while_it_loads_is_never_swapped_in() -> None:
     assert follower._load_wanted()
     assert follower.current() is not None and follower.current().version == "v3"  # type: ignore[union-attr]
     assert failures == []  # dropping a superseded load is not a failure
+
+
+class _SettlingReader:
+    """A reader (our PartitionReader protocol, not a client) whose partition has no leader
+    for its first ``refusals`` offset lookups, as a topic just created can answer."""
+
+    def __init__(self, refusals: int) -> None:
+        self.refusals = refusals
+
+    def assign(self, partitions: list[Any]) -> None:
+        pass
+
+    def _lookup(self, partitions: list[Any], offset: int) -> dict[Any, int]:
+        from contracts.edge import TransientKafkaError
+
+        if self.refusals > 0:
+            self.refusals -= 1
+            raise TransientKafkaError("Broker: Not leader for partition")
+        return {tp: offset for tp in partitions}
+
+    def beginning_offsets(self, partitions: list[Any]) -> dict[Any, int]:
+        return self._lookup(partitions, 0)
+
+    def end_offsets(self, partitions: list[Any]) -> dict[Any, int]:
+        return self._lookup(partitions, 0)
+
+
+def test_reading_the_models_topic_waits_out_a_leader_not_yet_elected() -> None:
+    """Seen on librdkafka right after the topic was created: "not leader" is asked again
+    within the read timeout, then it is one line naming the topic."""
+    from training.publish import ModelsTopic
+
+    settling = _SettlingReader(refusals=3)
+    topic = ModelsTopic("127.0.0.1:9", "models", timeout_s=5, _reader=settling, _partitions=[0])  # type: ignore[arg-type]
+    state = topic.read("m")
+    assert (state.end, state.latest) == (0, None) and settling.refusals == 0
+
+    never = ModelsTopic(
+        "127.0.0.1:9", "models", timeout_s=0.3, _reader=_SettlingReader(10**6), _partitions=[0]
+    )  # type: ignore[arg-type]
+    with pytest.raises(UserError, match=r"could not read 'models' at 127\.0\.0\.1:9: .*Not leader"):
+        never.read("m")
