@@ -245,12 +245,14 @@ def test_reading_the_models_topic_waits_out_a_leader_not_yet_elected() -> None:
     from training.publish import ModelsTopic
 
     settling = _SettlingReader(refusals=3)
-    topic = ModelsTopic("127.0.0.1:9", "models", timeout_s=5, _reader=settling, _partitions=[0])  # type: ignore[arg-type]
+    reader: Any = settling  # our protocol's stand-in
+    topic = ModelsTopic("127.0.0.1:9", "models", timeout_s=5, _reader=reader, _partitions=[0])
     state = topic.read("m")
     assert (state.end, state.latest) == (0, None) and settling.refusals == 0
 
+    never_settles: Any = _SettlingReader(10**6)
     never = ModelsTopic(
-        "127.0.0.1:9", "models", timeout_s=0.3, _reader=_SettlingReader(10**6), _partitions=[0]
-    )  # type: ignore[arg-type]
+        "127.0.0.1:9", "models", timeout_s=0.3, _reader=never_settles, _partitions=[0]
+    )
     with pytest.raises(UserError, match=r"could not read 'models' at 127\.0\.0\.1:9: .*Not leader"):
         never.read("m")
