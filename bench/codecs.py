@@ -2,10 +2,10 @@
 
 ``python -m bench.codecs [--records 1000] [--batches 30] [--seed 0]``
 
-No broker. Batches of real prediction values (``worker.scoring.encode_predictions``, the
+No broker. Batches of real prediction values (``forestream.worker.scoring.encode_predictions``, the
 worker's own encoder, with forest-like probabilities and uuid keys) go through kafka-python's
 own record batch builder, as its producer does (the ``batch_size`` of
-``contracts.kafka_io.make_producer``: 256 KiB, so 1,000 records fill two batches), once per
+``forestream.edge.factory.make_producer``: 256 KiB, so 1,000 records fill two batches), once per
 codec, codecs interleaved round by round. Per codec it prints the median CPU time per record
 to build the batches (append + compress + CRC), the extra over no compression, the time to
 read them back (what a consumer, the broker's validation of the same bytes aside, pays),
@@ -30,7 +30,7 @@ import numpy as np
 from kafka.record import MemoryRecords, MemoryRecordsBuilder
 from kafka.record.default_records import DefaultRecordBatch
 
-from worker.scoring import Scores, encode_predictions
+from forestream.worker.scoring import Scores, encode_predictions
 
 CODECS = {
     "none": DefaultRecordBatch.CODEC_NONE,

@@ -1,9 +1,9 @@
-"""confluent-kafka clients set up like kafka-python's in :mod:`contracts.kafka_io`.
+"""confluent-kafka clients set up like kafka-python's in :mod:`forestream.edge.factory`.
 
 The passthrough on librdkafka and the hand-written reference loop use these, so a row on one
 client and its twin on the other differ by the library, not by acks, batching or compression.
 The benchmark talks PLAINTEXT to one broker; security settings are the adapter's business
-(:mod:`contracts.edge_confluent`), not this module's.
+(:mod:`forestream.edge.confluent`), not this module's.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ batch waits to fill."""
 
 def producer_config(bootstrap: str) -> dict[str, Any]:
     """``make_producer``'s delivery guarantees and batching, in librdkafka's names."""
-    from contracts.kafka_io import RECONNECT_BACKOFF_MAX_MS, connection
+    from forestream.edge.factory import RECONNECT_BACKOFF_MAX_MS, connection
 
     return {
         "bootstrap.servers": bootstrap,
@@ -46,7 +46,7 @@ def make_consumer(bootstrap: str, topic: str, group: str) -> Consumer:
     """A group member subscribed to ``topic``: manual commits, from the earliest offset."""
     from confluent_kafka import Consumer
 
-    from contracts.kafka_io import RECONNECT_BACKOFF_MAX_MS
+    from forestream.edge.factory import RECONNECT_BACKOFF_MAX_MS
 
     consumer = Consumer(
         {

@@ -36,8 +36,8 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from worker import assignment_log
-from worker.assignment_log import log_events, log_time, partition_number
+from forestream.worker import assignment_log
+from forestream.worker.assignment_log import log_events, log_time, partition_number
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -70,7 +70,7 @@ class Reader:
     def _run(self) -> None:
         from kafka import TopicPartition
 
-        from contracts.kafka_io import make_consumer
+        from forestream.edge.factory import make_consumer
 
         consumer = make_consumer(self.bootstrap, max_poll_records=5000)
         try:
@@ -121,8 +121,8 @@ class Feeder:
         return self
 
     def _run(self) -> None:
-        from contracts.kafka_io import make_producer
-        from producer.pacing import RateSchedule
+        from forestream.edge.factory import make_producer
+        from forestream.producer.pacing import RateSchedule
 
         producer = make_producer(self.bootstrap)
         schedule = RateSchedule(rate=self.rate, start=time.monotonic())
@@ -215,8 +215,8 @@ def main(argv: list[str] | None = None) -> None:
 def run(args: argparse.Namespace) -> list[Cycle]:
     from bench.throughput import broker
     from bench.workload import MODEL_NAME, make_workload
-    from contracts.kafka_io import TopicSpec, ensure_topics
-    from contracts.model_store import ModelStore
+    from forestream.edge.factory import TopicSpec, ensure_topics
+    from forestream.registry.store import ModelStore
 
     with (
         tempfile.TemporaryDirectory(prefix="forestream-bench-promotion-") as tmp,
@@ -345,7 +345,7 @@ def integrity(
     """Inputs without an output once the stream drained, and version changes per partition."""
     from kafka import TopicPartition
 
-    from contracts.kafka_io import make_consumer
+    from forestream.edge.factory import make_consumer
 
     consumer = make_consumer(bootstrap)
     try:

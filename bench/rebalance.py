@@ -37,8 +37,8 @@ from bench.throughput import (
     stop_worker,
     worker_died,
 )
-from contracts.edge import KafkaClient
-from worker.assignment_log import ownership_changes, partition_number
+from forestream.edge.interface import KafkaClient
+from forestream.worker.assignment_log import ownership_changes, partition_number
 
 RESULTS = Path(__file__).resolve().parent / "results" / "rebalance.md"
 
@@ -68,8 +68,8 @@ class Result:
 
 def offer(bootstrap: str, topic: str, values: list[bytes], rate: float, seconds: float) -> int:
     """Send at ``rate`` rec/s for ``seconds`` (in this thread); returns how many were sent."""
-    from contracts.kafka_io import make_producer
-    from producer.pacing import RateSchedule
+    from forestream.edge.factory import make_producer
+    from forestream.producer.pacing import RateSchedule
 
     producer = make_producer(bootstrap)
     schedule = RateSchedule(rate=rate, start=time.monotonic())
@@ -159,7 +159,7 @@ def measure(
 ) -> Result:  # fmt: skip
     """Two workers share the load; a third joins at a third of it, the first leaves (SIGTERM)
     at two thirds. Each change's window runs until the next one (the last: the load's end)."""
-    from contracts.kafka_io import TopicSpec, ensure_topics
+    from forestream.edge.factory import TopicSpec, ensure_topics
 
     tag = f"bench.rebalance.{uuid.uuid4().hex[:8]}.{client}"
     topics = WorkerTopics(f"{tag}.in", f"{tag}.out", f"{tag}.dlq", models)
@@ -217,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
     import os
 
     from bench.workload import announce_promotion, make_workload
-    from contracts.model_store import ModelStore
+    from forestream.registry.store import ModelStore
 
     parser = argparse.ArgumentParser(
         prog="python -m bench.rebalance",

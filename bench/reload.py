@@ -4,7 +4,8 @@
 [--rate 1500] [--workers 2] [--skip-under-load]``
 
 In one process: two versions of a realistic model (like ``bench.throughput``) in a temporary
-store, the real :class:`worker.models.ModelFollower` on a fresh models topic of a real broker,
+store, the real :class:`forestream.worker.models.ModelFollower` on a fresh models topic of a real
+broker,
 and a thread that scores batches continuously the way the worker loop does (read
 ``follower.current()`` once per batch, decode, score). Each cycle announces the other version
 and reports:
@@ -59,8 +60,8 @@ class ScoringLoop:
     _stop: threading.Event = field(default_factory=threading.Event)
 
     def run(self) -> None:
-        from worker.decoding import decode_batch
-        from worker.scoring import score_frame
+        from forestream.worker.decoding import decode_batch
+        from forestream.worker.scoring import score_frame
 
         offset = 0
         while not self._stop.is_set():
@@ -115,9 +116,9 @@ def in_process(args: argparse.Namespace) -> None:
     """The in-process part: the real follower beside a scoring thread, no Kafka load."""
     from bench.throughput import broker
     from bench.workload import MODEL_NAME, announce_promotion, make_workload
-    from contracts.logs import configure_logging
-    from contracts.model_store import ModelStore
-    from worker.models import ModelFollower, store_loader
+    from forestream.registry.store import ModelStore
+    from forestream.runtime.logs import configure_logging
+    from forestream.worker.models import ModelFollower, store_loader
 
     configure_logging("console", level="WARNING")
     with (

@@ -45,8 +45,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
 
-from contracts.edge import KafkaClient
-from contracts.errors import UserError
+from forestream.edge.interface import KafkaClient
+from forestream.errors import UserError
 
 RESULTS = Path(__file__).resolve().parent / "results" / "latest.md"
 WARMUP_RECORDS = 20
@@ -201,7 +201,7 @@ class Results:
 
 
 def reachable(address: str) -> bool:
-    from contracts.kafka_io import admin_client
+    from forestream.edge.factory import admin_client
 
     try:
         admin_client(address, timeout_s=3.0).close()
@@ -213,7 +213,7 @@ def reachable(address: str) -> bool:
 @contextlib.contextmanager
 def broker(given: str | None) -> Iterator[str]:
     """The given or local broker; if none answers, a temporary one for this run only."""
-    from contracts.settings import default_bootstrap
+    from forestream.runtime.settings import default_bootstrap
 
     address = given or os.environ.get("FORESTREAM_BOOTSTRAP_SERVERS") or default_bootstrap()
     if reachable(address):
@@ -221,7 +221,7 @@ def broker(given: str | None) -> Iterator[str]:
         return
     if given:
         raise UserError(f"cannot reach Kafka at {given}")
-    from forestream import local_kafka
+    from forestream.local import kafka as local_kafka
 
     with tempfile.TemporaryDirectory(prefix="forestream-bench-kafka-") as data_dir:
         print(f"no broker at {address}: starting a temporary one", file=sys.stderr)
@@ -234,8 +234,8 @@ def broker(given: str | None) -> Iterator[str]:
 
 def fill_topic(bootstrap: str, topic: str, values: list[bytes], prefix: str) -> None:
     """Write the input records up front (acks checked), so (a)-(c) only measure consuming."""
-    from contracts.kafka_io import acking_producer
-    from producer.sending import OutgoingRecord, send_records
+    from forestream.edge.factory import acking_producer
+    from forestream.producer.sending import OutgoingRecord, send_records
 
     producer = acking_producer(bootstrap, client_id="bench-fill")
     try:
@@ -254,7 +254,7 @@ def read_all(
     """Feed every record of ``topic`` to ``on_record`` until ``expected`` arrived (bounded)."""
     from kafka import TopicPartition
 
-    from contracts.kafka_io import make_consumer
+    from forestream.edge.factory import make_consumer
 
     consumer = make_consumer(bootstrap, max_poll_records=5000)
     try:
@@ -280,7 +280,7 @@ def topic_size(bootstrap: str, topic: str) -> int:
     """Records in a fresh topic (its end offsets; nothing was deleted from it)."""
     from kafka import TopicPartition
 
-    from contracts.kafka_io import make_consumer
+    from forestream.edge.factory import make_consumer
 
     consumer = make_consumer(bootstrap)
     try:
@@ -332,7 +332,7 @@ class Ends(Protocol):
 
 class KafkaPythonEnds:
     def __init__(self, bootstrap: str, source: str, sink: str, group: str) -> None:
-        from contracts.kafka_io import make_consumer, make_producer
+        from forestream.edge.factory import make_consumer, make_producer
 
         self.sink = sink
         self.consumer = make_consumer(bootstrap, source, group_id=group, max_poll_records=MAX_BATCH)
@@ -384,7 +384,7 @@ class ConfluentEnds:
 
     def poll(self, max_records: int) -> list[Any]:
         from bench.confluent_clients import POLL_TIMEOUT_S
-        from contracts.edge_confluent import consume_available
+        from forestream.edge.confluent import consume_available
 
         # the client's floor: return with the first records, as kafka-python's poll does
         batch = consume_available(self.consumer, max_records, POLL_TIMEOUT_S)
@@ -465,7 +465,7 @@ def naive_loop(
     """What a first attempt looks like: each record decoded, scored and sent on its own."""
     import pandas as pd
 
-    from contracts.kafka_io import make_consumer, make_producer
+    from forestream.edge.factory import make_consumer, make_producer
 
     classes = [str(c) for c in pipeline.classes_]
     consumer = make_consumer(bootstrap, source, group_id=group)
@@ -610,7 +610,7 @@ def stop_worker(proc: subprocess.Popen[bytes]) -> None:
 
 
 def pipelined_by_default(client: KafkaClient) -> bool:
-    from worker.settings import WorkerSettings
+    from forestream.worker.settings import WorkerSettings
 
     return WorkerSettings(kafka_client=client, pipeline=None).pipelined
 
@@ -731,8 +731,8 @@ def offered_load_latency(
     """
     from kafka import TopicPartition
 
-    from contracts.kafka_io import make_consumer, make_producer
-    from producer.pacing import RateSchedule
+    from forestream.edge.factory import make_consumer, make_producer
+    from forestream.producer.pacing import RateSchedule
 
     count = int(rate * seconds)
     consumer = make_consumer(bootstrap)
@@ -1127,8 +1127,8 @@ def shown(result: Throughput | Latency | Failed) -> str:
 
 def run(opts: Options) -> Results:
     from bench.workload import MODEL_NAME, announce_promotion, make_workload
-    from contracts.kafka_io import TopicSpec, admin_client, ensure_topics
-    from contracts.model_store import ARTIFACT, ModelStore
+    from forestream.edge.factory import TopicSpec, admin_client, ensure_topics
+    from forestream.registry.store import ARTIFACT, ModelStore
 
     res = Results(opts)
     res.load.append(os.getloadavg())

@@ -14,8 +14,8 @@ from typing import Any
 
 import numpy as np
 
-from contracts.model_store import ModelMetadata, ModelStore
-from contracts.wire import ServingRef
+from forestream.registry.store import ModelMetadata, ModelStore
+from forestream.wire.messages import ServingRef
 
 MODEL_NAME = "bench"
 
@@ -45,8 +45,8 @@ def make_workload(
     from sklearn.datasets import make_classification
     from sklearn.ensemble import RandomForestClassifier
 
-    from training.quality import Kind
-    from training.schema_build import build_reference, build_schema
+    from forestream.training.quality import Kind
+    from forestream.training.schema_build import build_reference, build_schema
 
     names = feature_names(features)
     x, y = make_classification(
@@ -92,7 +92,7 @@ def make_workload(
 
 def announce_promotion(bootstrap: str, models_topic: str, metadata: ModelMetadata) -> None:
     """Publish the ``promoted`` event workers follow, through the trainer's own publisher."""
-    from training.publish import model_event, publish_event
+    from forestream.training.publish import model_event, publish_event
 
     serving = ServingRef(
         version=metadata.version, sha256=metadata.artifact_sha256, signature=metadata.signature

@@ -9,8 +9,8 @@ from typing import Annotated
 
 import typer
 
-from contracts.errors import UserError
-from contracts.settings import kafka_dir
+from forestream.errors import UserError
+from forestream.runtime.settings import kafka_dir
 
 app = typer.Typer(
     help="Streaming RandomForest inference on Apache Kafka.",
@@ -69,7 +69,7 @@ def kafka_start(
     With --secure, `export` lines follow for a SASL_SSL + SCRAM-SHA-512 client; they name the
     password file, never the password.
     """
-    from forestream import local_kafka
+    from forestream.local import kafka as local_kafka
 
     info = local_kafka.start(_data_dir(data_dir, secure), port=port, secure=secure)
     typer.echo(info.address)
@@ -81,7 +81,7 @@ def kafka_start(
 @kafka_app.command("stop")
 def kafka_stop(data_dir: DataDirOpt = None, secure: SecureOpt = False) -> None:
     """Stop the broker this data directory started (and nothing else)."""
-    from forestream import local_kafka
+    from forestream.local import kafka as local_kafka
 
     info = local_kafka.stop(_data_dir(data_dir, secure))
     typer.echo(f"stopped broker on {info.address}" if info else "not running")
@@ -90,7 +90,7 @@ def kafka_stop(data_dir: DataDirOpt = None, secure: SecureOpt = False) -> None:
 @kafka_app.command("status")
 def kafka_status(data_dir: DataDirOpt = None, secure: SecureOpt = False) -> None:
     """Say whether the local broker runs, and where (exit 1 when stopped)."""
-    from forestream import local_kafka
+    from forestream.local import kafka as local_kafka
 
     info = local_kafka.status(_data_dir(data_dir, secure))
     if info is None:
@@ -105,10 +105,10 @@ def kafka_status(data_dir: DataDirOpt = None, secure: SecureOpt = False) -> None
 def _register_components() -> None:
     """Each component adds its own commands; heavy imports wait until a command runs."""
     from forestream import demo, monitor
-    from producer import cli as producer_cli
-    from training import cli as training_cli
-    from worker import cli as worker_cli
-    from worker import replay
+    from forestream.producer import cli as producer_cli
+    from forestream.training import cli as training_cli
+    from forestream.worker import cli as worker_cli
+    from forestream.worker import replay
 
     for module in (training_cli, worker_cli, replay, producer_cli, demo, monitor):
         module.register(app)
@@ -142,7 +142,7 @@ def main() -> None:
         if callable(getattr(exc, "show", None)) and hasattr(exc, "exit_code"):
             exc.show()
             sys.exit(2)
-        from contracts.kafka_io import classify_stray
+        from forestream.edge.factory import classify_stray
 
         fatal = classify_stray(exc)  # a client error no command classified
         if fatal is not None:

@@ -26,10 +26,10 @@ from typing import IO, Annotated, Any
 
 import typer
 
-from contracts.cli_options import BootstrapOpt
-from contracts.connection import SECURITY_ENV as _SECURITY_ENV
-from contracts.connection import KafkaConnection
-from contracts.errors import UserError
+from forestream.edge.connection import SECURITY_ENV as _SECURITY_ENV
+from forestream.edge.connection import KafkaConnection
+from forestream.errors import UserError
+from forestream.runtime.cli_options import BootstrapOpt
 
 MODEL_NAME = "penguins"
 TARGET = "species"
@@ -123,7 +123,7 @@ class Demo:
         local broker the demo starts is plaintext."""
         if not self.given_bootstrap:
             return KafkaConnection(bootstrap=self.bootstrap)
-        from contracts.settings import CommonSettings, load_settings
+        from forestream.runtime.settings import CommonSettings, load_settings
 
         return load_settings(CommonSettings, bootstrap_servers=self.bootstrap).kafka()
 
@@ -149,8 +149,8 @@ class Demo:
     def start_broker(self) -> None:
         if self.given_bootstrap:
             return
-        from contracts.settings import kafka_dir
-        from forestream import local_kafka
+        from forestream.local import kafka as local_kafka
+        from forestream.runtime.settings import kafka_dir
 
         data_dir = kafka_dir()
         already = local_kafka.status(data_dir)
@@ -171,7 +171,7 @@ class Demo:
 
     def create_topics(self, partitions: int = 4) -> None:
         """Before the workers start, so they find a 4-partition input and size outputs alike."""
-        from contracts.kafka_io import TopicSpec, ensure_topics, models_topic_spec
+        from forestream.edge.factory import TopicSpec, ensure_topics, models_topic_spec
 
         t = self.topics
         ensure_topics(
@@ -196,7 +196,7 @@ class Demo:
     def wait_workers_ready(self, partitions: int = 4, timeout_s: float = 60.0) -> bool:
         """Until every worker's newest assignment is non-empty and together they own every
         partition once, so the clock of the story starts with a settled group."""
-        from worker.assignment_log import owned_partitions
+        from forestream.worker.assignment_log import owned_partitions
 
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
@@ -233,14 +233,14 @@ class Demo:
         self._stop_reader.set()
         self.stop_workers(timeout_s=10)
         if self.started_broker_dir is not None:
-            from forestream import local_kafka
+            from forestream.local import kafka as local_kafka
 
             local_kafka.stop(self.started_broker_dir)
             self.started_broker_dir = None
 
     # -- data ------------------------------------------------------------------------------
     def write_data(self) -> Path:
-        from training.demo_data import write_penguins_csv
+        from forestream.training.demo_data import write_penguins_csv
 
         return write_penguins_csv(self.dir / "penguins.csv")
 
@@ -257,9 +257,9 @@ class Demo:
         return thread
 
     def _read_outputs(self) -> None:
-        from contracts import headers
-        from contracts.edge import TopicPartition
-        from contracts.kafka_io import partition_reader
+        from forestream.edge.factory import partition_reader
+        from forestream.edge.interface import TopicPartition
+        from forestream.wire import headers
 
         consumer = partition_reader(self.kafka(), client_id="forestream-demo-reader")
         topics = [self.topics.predictions, self.topics.dlq, self.topics.monitoring]
@@ -322,13 +322,13 @@ class Demo:
         """Send ``plan.records`` records at ``plan.rate``; labels follow ``LABEL_DELAY_S`` later."""
         import pandas as pd
 
-        from contracts.edge import Outgoing
-        from contracts.headers import ReasonCode
-        from contracts.kafka_io import acking_producer
-        from producer.encoding import encode_row, frame_rows
-        from producer.malformed import MalformedMixer
-        from producer.pacing import RateSchedule
-        from producer.sending import make_oversize_producer
+        from forestream.edge.factory import acking_producer
+        from forestream.edge.interface import Outgoing
+        from forestream.producer.encoding import encode_row, frame_rows
+        from forestream.producer.malformed import MalformedMixer
+        from forestream.producer.pacing import RateSchedule
+        from forestream.producer.sending import make_oversize_producer
+        from forestream.wire.headers import ReasonCode
 
         plan = self.plan
         frame = pd.read_csv(csv).dropna(subset=[TARGET])
@@ -391,7 +391,7 @@ class Demo:
     def _send_due_labels(
         self, producer: Any, pending: deque[tuple[float, bytes, str]], now: float
     ) -> None:
-        from contracts.edge import Outgoing
+        from forestream.edge.interface import Outgoing
 
         while pending and pending[0][0] <= now:
             _, key, label = pending.popleft()

@@ -1,6 +1,7 @@
 """``forestream monitor``: a live terminal view of the workers' DriftReports.
 
-Each worker publishes a cumulative :class:`contracts.wire.DriftReport` to the monitoring topic
+Each worker publishes a cumulative :class:`forestream.wire.messages.DriftReport` to the monitoring
+topic
 at a fixed interval (key = worker id), so the newest report per worker is the whole state:
 this command keeps exactly that and redraws one table. It only reads (no consumer group, no
 commits), so any number of monitors can watch a running deployment.
@@ -16,16 +17,16 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 from pydantic import Field
 
-from contracts.cli_options import BootstrapOpt, MonitoringTopicOpt
-from contracts.edge import TopicPartition
-from contracts.settings import CommonSettings
+from forestream.edge.interface import TopicPartition
+from forestream.runtime.cli_options import BootstrapOpt, MonitoringTopicOpt
+from forestream.runtime.settings import CommonSettings
 
 if TYPE_CHECKING:
     from rich.table import Table
 
-    from contracts.edge import InputRecord, PartitionReader
-    from contracts.kafka_io import Target
-    from contracts.wire import DriftReport
+    from forestream.edge.factory import Target
+    from forestream.edge.interface import InputRecord, PartitionReader
+    from forestream.wire.messages import DriftReport
 
 TOP_DRIFTING = 3
 
@@ -56,7 +57,7 @@ class ReportBoard:
     def add(self, value: bytes | None) -> None:
         from pydantic import ValidationError
 
-        from contracts.wire import DriftReport
+        from forestream.wire.messages import DriftReport
 
         try:
             report = DriftReport.model_validate_json(value or b"")
@@ -168,7 +169,7 @@ def _open(
     kafka: Target, topic: str, backlog: int
 ) -> tuple[PartitionReader, dict[TopicPartition, int]]:
     """A group-less reader positioned ``backlog`` reports before each partition's end."""
-    from contracts.kafka_io import partition_reader
+    from forestream.edge.factory import partition_reader
 
     consumer = partition_reader(kafka, client_id="forestream-monitor")
     tps = [TopicPartition(topic, p) for p in sorted(consumer.partitions(topic))]
@@ -182,7 +183,7 @@ def _open(
 
 def _topic_exists(kafka: Target, topic: str) -> bool:
     """Asked without touching the topic: a metadata request for it could auto-create it."""
-    from contracts.kafka_io import partition_reader
+    from forestream.edge.factory import partition_reader
 
     probe = partition_reader(kafka, client_id="forestream-monitor-probe")
     try:
@@ -210,8 +211,8 @@ def monitor(
     """Live table of throughput, DLQ, latency, drift and online accuracy per worker."""
     from rich.console import Console
 
-    from contracts.errors import UserError
-    from contracts.settings import load_settings
+    from forestream.errors import UserError
+    from forestream.runtime.settings import load_settings
 
     s = load_settings(
         MonitorSettings,
@@ -219,7 +220,7 @@ def monitor(
         monitoring_topic=monitoring_topic,
         monitor_refresh_s=refresh,
     )
-    from contracts.kafka_io import require_reachable
+    from forestream.edge.factory import require_reachable
 
     require_reachable(s.kafka())
     console = Console() if Console().is_terminal else Console(width=200)
@@ -233,7 +234,7 @@ def monitor(
         _read_to_end(board, s)
         console.print(render(board, s.monitoring_topic, _now_ms(), s.monitor_stale_s))
         return
-    from contracts.shutdown import install
+    from forestream.runtime.shutdown import install
 
     def interrupt(_signum: int) -> None:
         raise KeyboardInterrupt  # SIGTERM ends the view as Ctrl-C does

@@ -11,7 +11,8 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from contracts.cli_options import (
+from forestream.errors import UserError
+from forestream.runtime.cli_options import (
     BootstrapOpt,
     DlqTopicOpt,
     InputTopicOpt,
@@ -23,14 +24,13 @@ from contracts.cli_options import (
     OutputTopicOpt,
     StoreOpt,
 )
-from contracts.errors import UserError
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
 
-    from contracts.edge import AckingProducer
-    from producer.sending import SendStats
-    from producer.settings import ProducerSettings
+    from forestream.edge.interface import AckingProducer
+    from forestream.producer.sending import SendStats
+    from forestream.producer.settings import ProducerSettings
 
 PartitionsOpt = Annotated[
     int | None,
@@ -93,9 +93,9 @@ def produce(
     log_format: LogFormatOpt = None,
 ) -> None:
     """Send feature records to the input topic: a CSV file or synthetic records."""
-    from contracts.logs import checked_log_format
-    from contracts.settings import load_settings
-    from producer.settings import ProducerSettings
+    from forestream.producer.settings import ProducerSettings
+    from forestream.runtime.logs import checked_log_format
+    from forestream.runtime.settings import load_settings
 
     settings = load_settings(
         ProducerSettings,
@@ -139,18 +139,18 @@ def _run_produce(
 ) -> None:
     import structlog
 
-    from contracts.kafka_io import TopicSpec, acking_producer, ensure_topics, require_reachable
-    from contracts.logs import checked_log_format, configure_logging
-    from producer.malformed import MalformedMixer
-    from producer.sending import (
+    from forestream.edge.factory import TopicSpec, acking_producer, ensure_topics, require_reachable
+    from forestream.producer.malformed import MalformedMixer
+    from forestream.producer.sending import (
         SendStats,
         expected_total,
         make_oversize_producer,
         record_stream,
         send_records,
     )
-    from producer.sources import load_csv, load_model_inputs, parse_shifts
-    from producer.synthetic import synthetic_rows
+    from forestream.producer.sources import load_csv, load_model_inputs, parse_shifts
+    from forestream.producer.synthetic import synthetic_rows
+    from forestream.runtime.logs import checked_log_format, configure_logging
 
     configure_logging(checked_log_format(settings.log_format))
     require_reachable(settings.kafka())
@@ -241,7 +241,7 @@ def _stop_requested(stats: SendStats) -> Iterator[threading.Event]:
     broker that never acknowledges cannot hold us past the watchdog's grace: its exit line
     says how many sent records were never confirmed (those may be missing from the topic).
     """
-    from contracts.shutdown import install
+    from forestream.runtime.shutdown import install
 
     def abandoned() -> dict[str, int]:
         sent, acknowledged = stats.sent, stats.acknowledged_now()
@@ -310,15 +310,15 @@ def topics_create(
 
     Input, output, DLQ and labels get --partitions; monitoring 1; models 1, compacted.
     """
-    from contracts.kafka_io import (
+    from forestream.edge.factory import (
         TopicSpec,
         ensure_topics,
         models_topic_spec,
         require_reachable,
         topic_partitions,
     )
-    from contracts.settings import load_settings
-    from producer.settings import ProducerSettings
+    from forestream.producer.settings import ProducerSettings
+    from forestream.runtime.settings import load_settings
 
     s = load_settings(
         ProducerSettings,

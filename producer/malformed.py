@@ -2,7 +2,7 @@
 
 Each is derived from a valid row so it looks like what a real upstream bug produces (a cut-off
 write, a list instead of an object, a dropped column, a stringly-typed number, ...). The reason
-a worker should give is the matching :class:`contracts.headers.ReasonCode`.
+a worker should give is the matching :class:`forestream.wire.headers.ReasonCode`.
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ import random
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from contracts.headers import ReasonCode
-from producer.encoding import clean_row, encode_row
+from forestream.producer.encoding import clean_row, encode_row
+from forestream.wire.headers import ReasonCode
 
 MAX_VALUE_BYTES = 1024 * 1024
 """The worker's limit on a record value; ``too_large`` records exceed it."""

@@ -2,7 +2,8 @@
 
 Every record gets a key (the ``--key-column`` value, else ``<run-id>-<n>``) so any prediction
 or dead letter can be traced back to the exact record that caused it. Records go out through
-the Kafka edge's acknowledging producer (:class:`contracts.edge.AckingProducer`), so the same
+the Kafka edge's acknowledging producer (:class:`forestream.edge.interface.AckingProducer`), so the
+same
 loop runs on kafka-python and on librdkafka.
 """
 
@@ -16,15 +17,15 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from contracts.edge import Outgoing
-from contracts.errors import UserError
-from producer.encoding import encode_row
-from producer.malformed import MalformedMixer
-from producer.pacing import RateSchedule
+from forestream.edge.interface import Outgoing
+from forestream.errors import UserError
+from forestream.producer.encoding import encode_row
+from forestream.producer.malformed import MalformedMixer
+from forestream.producer.pacing import RateSchedule
 
 if TYPE_CHECKING:
-    from contracts.edge import AckingProducer, Delivery
-    from contracts.kafka_io import Target
+    from forestream.edge.factory import Target
+    from forestream.edge.interface import AckingProducer, Delivery
 
 OVERSIZE_REQUEST_BYTES = 8 * 1024 * 1024
 OVERSIZE_BYTES = 1_000_000
@@ -40,7 +41,7 @@ time: one ``send`` call and one delivery to track per chunk, not per record."""
 def make_oversize_producer(kafka: Target, **options: Any) -> AckingProducer:
     """A producer that may send a ``too_large`` test record (> 1 MiB, compressible): gzip gets it
     under the broker's message limit, the raised request size past the client's own check."""
-    from contracts.kafka_io import acking_producer
+    from forestream.edge.factory import acking_producer
 
     return acking_producer(
         kafka,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from contracts.settings import CommonSettings
+from forestream.runtime.settings import CommonSettings
 
 
 class ProducerSettings(CommonSettings):

@@ -13,12 +13,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from contracts.csv_files import read_csv_file
-from contracts.errors import UserError
-from producer.encoding import JsonScalar, frame_rows
+from forestream.errors import UserError
+from forestream.producer.encoding import JsonScalar, frame_rows
+from forestream.wire.csv_files import read_csv_file
 
 if TYPE_CHECKING:
-    from contracts.schema import FeatureSchema, ReferenceStats
+    from forestream.wire.schema import FeatureSchema, ReferenceStats
 
 
 @dataclass
@@ -102,7 +102,7 @@ def load_model_inputs(
 ) -> ModelInputs:
     """Schema and reference stats of ``name`` at ``version`` (default: the served version)."""
     try:
-        from contracts.model_store import open_store
+        from forestream.registry.store import open_store
     except ImportError:
         raise UserError("the model registry is not available in this build") from None
     store = open_store(store_root, endpoint_url=endpoint_url)

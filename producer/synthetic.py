@@ -12,7 +12,7 @@ import math
 from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING
 
-from contracts.schema import (
+from forestream.wire.schema import (
     CategoricalFeature,
     CategoricalReference,
     FeatureSchema,

@@ -13,7 +13,7 @@ import pytest
 from hypothesis import HealthCheck, settings
 
 if TYPE_CHECKING:
-    from forestream.local_kafka import SecureBrokerInfo
+    from forestream.local.kafka import SecureBrokerInfo
     from tests.s3_support import S3Server
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -92,7 +92,7 @@ def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     if given:
         yield given
         return
-    from forestream import local_kafka
+    from forestream.local import kafka as local_kafka
 
     data_dir = tmp_path_factory.mktemp("kafka")
     info = local_kafka.start(data_dir)
@@ -111,7 +111,7 @@ def secure_kafka(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecureBro
     It leaves the environment alone: tests that use it pass its ``env()`` or client settings
     explicitly, so the plain ``kafka_bootstrap`` broker stays the default for everyone else.
     """
-    from forestream import local_kafka
+    from forestream.local import kafka as local_kafka
 
     data_dir = tmp_path_factory.mktemp("kafka-secure")
     info = local_kafka.start(data_dir, secure=True)

@@ -9,9 +9,9 @@ from typing import cast
 from kafka import TopicPartition
 from kafka.consumer.fetcher import ConsumerRecord
 
-from contracts.connection import KafkaConnection
-from contracts.edge import KAFKA_CLIENTS, KafkaClient
-from contracts.kafka_io import Target, make_consumer
+from forestream.edge.connection import KafkaConnection
+from forestream.edge.factory import Target, make_consumer
+from forestream.edge.interface import KAFKA_CLIENTS, KafkaClient
 
 
 def on_client(bootstrap: str, kafka_client: str) -> KafkaConnection:

@@ -20,8 +20,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from contracts.schema import CategoricalFeature, FeatureSchema, NumericFeature
-from worker.assignment_log import log_events, owned_partitions
+from forestream.wire.schema import CategoricalFeature, FeatureSchema, NumericFeature
+from forestream.worker.assignment_log import log_events, owned_partitions
 
 NUMERIC = ["x1", "x2", "x3"]
 CATEGORICAL = ["color", "shape"]
@@ -108,8 +108,8 @@ def save_model(store: Path, name: str, frame: pd.DataFrame, trees: int = 10) -> 
     """Fit, save through ModelStore and promote: returns (pipeline, saved ModelMetadata)."""
     import sklearn
 
-    from contracts.model_store import ModelMetadata, ModelStore
-    from contracts.schema import ReferenceStats
+    from forestream.registry.store import ModelMetadata, ModelStore
+    from forestream.wire.schema import ReferenceStats
 
     pipeline = fit_pipeline(frame, trees=trees)
     metadata = ModelMetadata(
@@ -132,8 +132,8 @@ def save_model(store: Path, name: str, frame: pd.DataFrame, trees: int = 10) -> 
 
 def publish_promotion(bootstrap: str, models_topic: str, metadata: Any) -> None:
     """What ``forestream models promote`` announces, through the trainer's own publisher."""
-    from contracts.wire import ServingRef
-    from training.publish import model_event, publish_event
+    from forestream.training.publish import model_event, publish_event
+    from forestream.wire.messages import ServingRef
 
     serving = ServingRef(
         version=metadata.version, sha256=metadata.artifact_sha256, signature=metadata.signature

@@ -14,15 +14,15 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from contracts.cli_options import BootstrapOpt, ModelNameOpt, ModelsTopicOpt, StoreOpt
-from contracts.settings import CommonSettings, load_settings
+from forestream.runtime.cli_options import BootstrapOpt, ModelNameOpt, ModelsTopicOpt, StoreOpt
+from forestream.runtime.settings import CommonSettings, load_settings
 
 if TYPE_CHECKING:
     from rich.console import Console
 
-    from contracts.model_store import ModelMetadata, ModelStore
-    from training.publish import Action, Announced
-    from training.quality import QualityReport
+    from forestream.registry.store import ModelMetadata, ModelStore
+    from forestream.training.publish import Action, Announced
+    from forestream.training.quality import QualityReport
 
 models_app = typer.Typer(
     help="The model registry: list, inspect, promote and roll back versions.",
@@ -77,9 +77,9 @@ def train(
     models_topic: ModelsTopicOpt = None,
 ) -> None:
     """Train a RandomForest on a CSV: quality report, holdout metrics, a new registry version."""
-    from contracts.model_store import signing_key_from_env
-    from training.fit import ForestParams
-    from training.train import TrainRequest, run_training
+    from forestream.registry.store import signing_key_from_env
+    from forestream.training.fit import ForestParams
+    from forestream.training.train import TrainRequest, run_training
 
     settings = _settings(
         model_name=name,
@@ -126,7 +126,7 @@ def _announce_new_version(
     meta: ModelMetadata,
     promote: bool,
 ) -> None:
-    from contracts.errors import UserError
+    from forestream.errors import UserError
 
     try:
         done = _change_serving(
@@ -338,7 +338,7 @@ def _print_stored_report(console: Console, report: dict[str, Any]) -> None:
 
     from rich.console import Console
 
-    from training.quality import ColumnQuality, LeakageSuspect, QualityReport
+    from forestream.training.quality import ColumnQuality, LeakageSuspect, QualityReport
 
     try:
         parsed = QualityReport(
@@ -364,7 +364,7 @@ def models_promote(
     models_topic: ModelsTopicOpt = None,
 ) -> None:
     """Serve a version: verified first, then announced to workers and recorded in the store."""
-    from contracts.model_store import signing_key_from_env
+    from forestream.registry.store import signing_key_from_env
 
     settings = _settings(
         model_name=name,
@@ -407,7 +407,7 @@ def models_rollback(
 
 def _check_kafka(settings: CommonSettings) -> None:
     """Reach the broker (and the models topic) before a long fit whose result it announces."""
-    from contracts.kafka_io import ensure_topics, models_topic_spec
+    from forestream.edge.factory import ensure_topics, models_topic_spec
 
     ensure_topics(settings.kafka(), [models_topic_spec(settings.models_topic)])
 
@@ -417,9 +417,9 @@ def _change_serving(
 ) -> Announced:
     """One registry write (store lock, compare-and-set on the models topic, then the history);
     notes about a repaired history or a concurrent writer go to stderr."""
-    from contracts.kafka_io import require_reachable
-    from contracts.model_store import signing_key_from_env
-    from training.publish import change_serving
+    from forestream.edge.factory import require_reachable
+    from forestream.registry.store import signing_key_from_env
+    from forestream.training.publish import change_serving
 
     require_reachable(settings.kafka())  # one line now, not a client retrying for seconds
     done = change_serving(
@@ -448,7 +448,7 @@ def demo_data(
     out: Annotated[Path, typer.Option("--out", help="CSV file to write")] = Path("penguins.csv"),
 ) -> None:
     """Write the Palmer penguins demo CSV (bundled, no download); train with --target species."""
-    from training.demo_data import write_penguins_csv
+    from forestream.training.demo_data import write_penguins_csv
 
     typer.echo(str(write_penguins_csv(out)))
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from contracts.errors import UserError
+from forestream.errors import UserError
 
 PENGUINS_TARGET = "species"
 

@@ -36,14 +36,14 @@ from typing import TYPE_CHECKING, Literal
 
 from pydantic import ValidationError
 
-from contracts.edge import Outgoing, TopicPartition, TransientKafkaError
-from contracts.errors import UserError
-from contracts.model_store import ModelMetadata, ModelStore
-from contracts.wire import ModelEvent, ServingRef
+from forestream.edge.interface import Outgoing, TopicPartition, TransientKafkaError
+from forestream.errors import UserError
+from forestream.registry.store import ModelMetadata, ModelStore
+from forestream.wire.messages import ModelEvent, ServingRef
 
 if TYPE_CHECKING:
-    from contracts.edge import AckingProducer, PartitionReader
-    from contracts.kafka_io import Target
+    from forestream.edge.factory import Target
+    from forestream.edge.interface import AckingProducer, PartitionReader
 
 EventKind = Literal["published", "promoted", "rolled_back"]
 Action = Literal["promote", "rollback", "publish"]
@@ -84,7 +84,7 @@ def model_event(kind: EventKind, metadata: ModelMetadata, serving: ServingRef | 
 
 def _kafka_failure(exc: Exception, kafka: Target, topic: str, doing: str) -> UserError:
     """A failure the edge did not classify fatal, as one line saying what failed."""
-    from contracts.kafka_io import connection
+    from forestream.edge.factory import connection
 
     return UserError(f"could not {doing} {topic!r} at {connection(kafka).bootstrap}: {exc}")
 
@@ -146,7 +146,7 @@ class ModelsTopic:
         producer id (measured), which the reading then hides."""
         if self._reader is not None:
             return self._reader
-        from contracts.kafka_io import (
+        from forestream.edge.factory import (
             acking_producer,
             ensure_topics,
             models_topic_spec,
@@ -180,7 +180,7 @@ class ModelsTopic:
 
     def _partition(self, name: str) -> TopicPartition:
         """The partition the producers' partitioner puts ``name``'s events on."""
-        from contracts.partitioning import partition_for_key
+        from forestream.wire.partitioning import partition_for_key
 
         self._read()
         index = partition_for_key(name.encode(), len(self._partitions))

@@ -10,7 +10,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from contracts.schema import (
+from forestream.training.quality import Kind
+from forestream.wire.schema import (
     CategoricalFeature,
     CategoricalReference,
     FeatureSchema,
@@ -19,7 +20,6 @@ from contracts.schema import (
     Reference,
     ReferenceStats,
 )
-from training.quality import Kind
 
 REFERENCE_BINS = 10
 

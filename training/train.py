@@ -14,12 +14,19 @@ from pathlib import Path
 
 import pandas as pd
 
-from contracts.csv_files import read_csv_file
-from contracts.errors import UserError
-from contracts.model_store import ModelMetadata, ModelStore, check_name
-from training.fit import ForestParams, ProgressCallback, build_pipeline, evaluate, fit, split
-from training.quality import QualityReport, assess, fatal_problem, prepare
-from training.schema_build import build_reference, build_schema
+from forestream.errors import UserError
+from forestream.registry.store import ModelMetadata, ModelStore, check_name
+from forestream.training.fit import (
+    ForestParams,
+    ProgressCallback,
+    build_pipeline,
+    evaluate,
+    fit,
+    split,
+)
+from forestream.training.quality import QualityReport, assess, fatal_problem, prepare
+from forestream.training.schema_build import build_reference, build_schema
+from forestream.wire.csv_files import read_csv_file
 
 MAX_SEED = 2**32 - 1
 """numpy's (and so sklearn's) ``random_state`` range is 0 .. 2**32 - 1."""

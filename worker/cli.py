@@ -12,7 +12,7 @@ from typing import Annotated
 
 import typer
 
-from contracts.cli_options import (
+from forestream.runtime.cli_options import (
     BootstrapOpt,
     DlqTopicOpt,
     InputTopicOpt,
@@ -166,13 +166,13 @@ def worker(
     log_format: LogFormatOpt = None,
 ) -> None:
     """Score the input topic with the promoted model: predictions out, bad records to the DLQ."""
-    from worker.process_memory import limit_malloc_arenas
+    from forestream.worker.process_memory import limit_malloc_arenas
 
     limit_malloc_arenas()  # before any client starts a thread
-    from contracts.kafka_io import require_reachable
-    from contracts.logs import checked_log_format, configure_logging
-    from contracts.settings import load_settings
-    from worker.settings import WorkerSettings
+    from forestream.edge.factory import require_reachable
+    from forestream.runtime.logs import checked_log_format, configure_logging
+    from forestream.runtime.settings import load_settings
+    from forestream.worker.settings import WorkerSettings
 
     settings = load_settings(
         WorkerSettings,
@@ -201,7 +201,7 @@ def worker(
     configure_logging(checked_log_format(settings.log_format))
     settings.check_distinct_topics()
     if processes not in (None, 1) and settings.transactional_id is not None:
-        from contracts.errors import UserError
+        from forestream.errors import UserError
 
         raise UserError(
             "--transactional-id names one producer: with --processes the children would "
@@ -210,15 +210,15 @@ def worker(
     require_reachable(settings.kafka())
 
     if processes is not None and processes != 1:
-        from worker.supervisor import supervise
+        from forestream.worker.supervisor import supervise
 
         argv = [sys.executable, "-m", "forestream.cli", *_without_processes(sys.argv[1:])]
         raise typer.Exit(supervise(argv, processes))
 
-    from worker.health import start_telemetry
-    from worker.loop import run_worker
-    from worker.models import ModelFollower, store_loader
-    from worker.monitoring import StreamMonitoring, worker_id
+    from forestream.worker.health import start_telemetry
+    from forestream.worker.loop import run_worker
+    from forestream.worker.models import ModelFollower, store_loader
+    from forestream.worker.monitoring import StreamMonitoring, worker_id
 
     port = settings.metrics_port
     if port is not None and port != 0:

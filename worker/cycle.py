@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
-from contracts.edge import InputRecord, TopicPartition
+from forestream.edge.interface import InputRecord, TopicPartition
 
 
 def next_offsets(records: Sequence[InputRecord]) -> dict[TopicPartition, int]:

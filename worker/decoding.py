@@ -23,8 +23,8 @@ import msgspec
 import numpy as np
 import pandas as pd
 
-from contracts.headers import ReasonCode
-from contracts.schema import CategoricalFeature, FeatureSchema, NumericFeature
+from forestream.wire.headers import ReasonCode
+from forestream.wire.schema import CategoricalFeature, FeatureSchema, NumericFeature
 
 DEFAULT_MAX_RECORD_BYTES = 1024 * 1024
 _DETAIL_CHARS = 200

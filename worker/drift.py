@@ -17,12 +17,12 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from contracts.schema import CategoricalReference, NumericReference, ReferenceStats
-from contracts.wire import DriftReport, FeatureDrift
+from forestream.wire.messages import DriftReport, FeatureDrift
+from forestream.wire.schema import CategoricalReference, NumericReference, ReferenceStats
 
 if TYPE_CHECKING:
-    from worker.batch import ScoredBatch
-    from worker.evaluation import OnlineEvaluator
+    from forestream.worker.batch import ScoredBatch
+    from forestream.worker.evaluation import OnlineEvaluator
 
 DEFAULT_EPS = 1e-4
 UNSEEN = "unseen"
@@ -110,7 +110,7 @@ def _numeric_block(frame: pd.DataFrame, names: list[str]) -> np.ndarray | None:
 
 
 class DriftMonitor:
-    """Sliding-window PSI per feature; a :class:`worker.batch.BatchObserver`.
+    """Sliding-window PSI per feature; a :class:`forestream.worker.batch.BatchObserver`.
 
     The window is a ring of per-batch count vectors (one int64 vector of
     ``sum(bins + 1)`` entries per batch) plus their running sum: adding a batch and evicting

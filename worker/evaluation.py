@@ -24,13 +24,13 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 import structlog
 
-from contracts.wire import VersionAccuracy
+from forestream.wire.messages import VersionAccuracy
 
 if TYPE_CHECKING:
-    from contracts.edge import InputRecord, PartitionReader
-    from contracts.kafka_errors import KafkaFatalError
-    from contracts.kafka_io import Target
-    from worker.batch import ScoredBatch
+    from forestream.edge.errors import KafkaFatalError
+    from forestream.edge.factory import Target
+    from forestream.edge.interface import InputRecord, PartitionReader
+    from forestream.worker.batch import ScoredBatch
 
 log = structlog.get_logger("forestream.labels")
 
@@ -66,7 +66,8 @@ def macro_f1_score(labels: Sequence[str] | np.ndarray, predictions: Any) -> floa
 class OnlineEvaluator:
     """Joins late labels to predictions by key; rolling accuracy/macro F1 per model version.
 
-    A :class:`worker.batch.BatchObserver` for the prediction side; ``add_labels`` is called by
+    A :class:`forestream.worker.batch.BatchObserver` for the prediction side; ``add_labels`` is
+    called by
     :class:`LabelConsumer` from its own thread, hence the lock. Records without a key cannot be
     joined and are ignored. A key predicted again (redelivery) keeps its newest prediction; a
     pair is counted once: a joined prediction is dropped, so a duplicate label waits as pending.
@@ -247,10 +248,10 @@ class LabelConsumer:
 
     def run(self) -> None:
         """Poll until :meth:`stop`; Kafka errors are retried, never raised into the worker."""
-        from contracts.edge import TransientKafkaError
-        from contracts.kafka_errors import KafkaFatalError
-        from contracts.kafka_io import partition_reader
-        from contracts.logs import RateLimited
+        from forestream.edge.errors import KafkaFatalError
+        from forestream.edge.factory import partition_reader
+        from forestream.edge.interface import TransientKafkaError
+        from forestream.runtime.logs import RateLimited
 
         warn = RateLimited(10.0)
         consumer: PartitionReader | None = None
@@ -284,7 +285,7 @@ class LabelConsumer:
             consumer.close()
 
     def _assign(self, consumer: PartitionReader, assigned: set[int]) -> set[int]:
-        from contracts.edge import TopicPartition
+        from forestream.edge.interface import TopicPartition
 
         partitions = consumer.partitions(self.topic)
         if not partitions or partitions == assigned:

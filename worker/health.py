@@ -19,8 +19,8 @@ from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
-from contracts.errors import UserError
-from worker.metrics import MetricsObserver, WorkerMetrics
+from forestream.errors import UserError
+from forestream.worker.metrics import MetricsObserver, WorkerMetrics
 
 DEFAULT_STALL_AFTER_S = 60.0
 """Longer than any wait the loop does on purpose (poll, publish retry back-off, rebalance)."""
@@ -64,7 +64,7 @@ class HealthState:
             self._model_version = version
 
     def set_fatal(self, kind: str, reason: str) -> None:
-        """A configuration error no retry fixes (see ``contracts.kafka_errors``): the process
+        """A configuration error no retry fixes (see ``forestream.edge.errors``): the process
         is ending; until it has, the probe says why instead of "ok"."""
         with self._lock:
             self._fatal = (kind, reason)

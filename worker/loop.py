@@ -4,7 +4,8 @@ Delivery is at-least-once by construction: the offsets of a batch are committed 
 every prediction and dead letter of that batch has been acknowledged by the broker (acks=all,
 idempotent producer). A crash before the commit means the batch is read again (duplicates,
 never gaps). The per-batch work (decode, score, build outgoing records, publish and wait for
-acks) lives in :mod:`worker.processing`, shared with ``forestream replay``; this module is the
+acks) lives in :mod:`forestream.worker.processing`, shared with ``forestream replay``; this module
+is the
 thin, single-threaded group loop around it: batching, committing, rebalances, signals, logs.
 """
 
@@ -22,7 +23,17 @@ from typing import TYPE_CHECKING
 
 import structlog
 
-from contracts.edge import (
+from forestream.edge.errors import KafkaFatalError
+from forestream.edge.factory import (
+    TopicSpec,
+    acking_producer,
+    ensure_topics,
+    group_consumer,
+    models_topic_spec,
+    topic_partitions,
+    transactional_producer,
+)
+from forestream.edge.interface import (
     AckingProducer,
     CommitRejected,
     GroupConsumer,
@@ -33,30 +44,20 @@ from contracts.edge import (
     TransientKafkaError,
     describe_partitions,
 )
-from contracts.headers import ReasonCode
-from contracts.kafka_errors import KafkaFatalError
-from contracts.kafka_io import (
-    TopicSpec,
-    acking_producer,
-    ensure_topics,
-    group_consumer,
-    models_topic_spec,
-    topic_partitions,
-    transactional_producer,
-)
-from contracts.logs import RateLimited
-from worker.batch import BatchObserver
-from worker.cycle import BatchCycle, next_offsets
-from worker.models import ActiveModel, ModelFollower
-from worker.processing import (
+from forestream.runtime.logs import RateLimited
+from forestream.wire.headers import ReasonCode
+from forestream.worker.batch import BatchObserver
+from forestream.worker.cycle import BatchCycle, next_offsets
+from forestream.worker.models import ActiveModel, ModelFollower
+from forestream.worker.processing import (
     AckedPublisher,
     ObserverFanout,
     ProcessedBatch,
     Publication,
     process_records,
 )
-from worker.settings import WorkerSettings
-from worker.transactions import (
+from forestream.worker.settings import WorkerSettings
+from forestream.worker.transactions import (
     TXN_INIT_BLOCK_MS,
     TXN_TIMEOUT_S,
     replace_producer,
@@ -65,9 +66,9 @@ from worker.transactions import (
 )
 
 if TYPE_CHECKING:
-    from contracts.schema import ReferenceStats
-    from worker.health import Telemetry
-    from worker.monitoring import StreamMonitoring
+    from forestream.wire.schema import ReferenceStats
+    from forestream.worker.health import Telemetry
+    from forestream.worker.monitoring import StreamMonitoring
 
 log = structlog.get_logger("forestream.worker")
 
@@ -119,7 +120,8 @@ class _InFlight:
 class Worker:
     """One consumer-group member: ``run()`` until SIGTERM/SIGINT or ``max_records``.
 
-    It is also the consumer's :class:`~contracts.edge.RebalanceHandler`: the adapters call
+    It is also the consumer's :class:`~forestream.edge.interface.RebalanceHandler`: the adapters
+    call
     ``on_revoking`` and friends from wherever their client runs rebalance callbacks.
     """
 
@@ -206,8 +208,8 @@ class Worker:
 
     def install_signal_handlers(self) -> None:
         """SIGTERM/SIGINT stop the loop in order; a watchdog ends the process anyway once
-        ``contracts.shutdown.GRACE_S`` has passed (a client wedged in ``poll()``, say)."""
-        from contracts.shutdown import install
+        ``forestream.runtime.shutdown.GRACE_S`` has passed (a client wedged in ``poll()``, say)."""
+        from forestream.runtime.shutdown import install
 
         install(self.request_stop, self.describe_abandoned)
 
@@ -542,7 +544,8 @@ class Worker:
         self._commit_failing = True
         self._held_retry_at = time.monotonic() + self._held_backoff
 
-    # -- rebalances (contracts.edge.RebalanceHandler) -------------------------------------------
+    # -- rebalances (forestream.edge.interface.RebalanceHandler)
+    # -------------------------------------------
 
     def on_revoking(self, partitions: list[TopicPartition]) -> dict[TopicPartition, int]:
         """Publish the held batch while we still own its partitions.

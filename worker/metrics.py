@@ -21,8 +21,8 @@ from prometheus_client.core import HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
-from contracts.headers import ReasonCode
-from worker.batch import ScoredBatch
+from forestream.wire.headers import ReasonCode
+from forestream.worker.batch import ScoredBatch
 
 NAMESPACE = "forestream"
 
@@ -247,7 +247,7 @@ class WorkerMetrics:
 
 
 class MetricsObserver:
-    """The :class:`worker.batch.BatchObserver` that feeds :class:`WorkerMetrics`."""
+    """The :class:`forestream.worker.batch.BatchObserver` that feeds :class:`WorkerMetrics`."""
 
     def __init__(self, metrics: WorkerMetrics) -> None:
         self.metrics = metrics

@@ -3,7 +3,7 @@
 Every worker reads the whole compacted models topic on its own, group-less consumer (assign all
 partitions, seek to the beginning), so each process sees every promotion, including those made
 before it started. Loading (hash/HMAC verification, unpickling, the schema compatibility check
-of :func:`contracts.schema.serving_incompatibilities`, a warm-up prediction) happens in a
+of :func:`forestream.wire.schema.serving_incompatibilities`, a warm-up prediction) happens in a
 background thread; the scoring loop only reads :meth:`ModelFollower.current` once per batch,
 so a new model takes over between two batches and a bad one never takes over at all: the old
 model keeps serving, the reason is logged once, and the load is retried with backoff (the
@@ -26,18 +26,18 @@ from typing import TYPE_CHECKING, Any
 import structlog
 from pydantic import ValidationError
 
-from contracts.schema import (
+from forestream.wire.messages import ModelEvent, ServingRef
+from forestream.wire.schema import (
     CategoricalFeature,
     FeatureSchema,
     NumericFeature,
     serving_incompatibilities,
 )
-from contracts.wire import ModelEvent, ServingRef
 
 if TYPE_CHECKING:
-    from contracts.kafka_errors import KafkaFatalError
-    from contracts.kafka_io import Target
-    from contracts.model_store import ModelStore
+    from forestream.edge.errors import KafkaFatalError
+    from forestream.edge.factory import Target
+    from forestream.registry.store import ModelStore
 
 log = structlog.get_logger("forestream.worker.models")
 
@@ -65,7 +65,8 @@ def check_servable(active: ActiveModel | None, metadata: Any) -> None:
 
 @dataclass(frozen=True)
 class ActiveModel:
-    """A verified, warmed-up model; ``metadata`` is a ``contracts.model_store.ModelMetadata``."""
+    """A verified, warmed-up model; ``metadata`` is a
+    ``forestream.registry.store.ModelMetadata``."""
 
     version: str
     sha256: str
@@ -92,8 +93,8 @@ def store_loader(
     rollback, or while the store is unreachable. Cached or downloaded, the bytes pass the same
     checks against the hash announced on the models topic before they are unpickled.
     """
-    from contracts.artifact_cache import ArtifactCache
-    from contracts.model_store import (
+    from forestream.registry.cache import ArtifactCache
+    from forestream.registry.store import (
         ArtifactRejected,
         ModelStore,
         check_artifact,
@@ -150,8 +151,8 @@ def reference_row(schema: FeatureSchema, reference: Any = None) -> bytes:
 
 def warm_up(pipeline: Any, metadata: Any) -> None:
     """Score one reference row through the same path as live batches; raises if it cannot."""
-    from worker.decoding import decode_batch
-    from worker.scoring import score_frame
+    from forestream.worker.decoding import decode_batch
+    from forestream.worker.scoring import score_frame
 
     schema: FeatureSchema = metadata.feature_schema
     expected = getattr(pipeline, "feature_names_in_", None)
@@ -240,8 +241,8 @@ class ModelFollower:
     # -- background thread -------------------------------------------------------------------
 
     def _run(self) -> None:
-        from contracts.edge import TransientKafkaError
-        from contracts.kafka_errors import KafkaFatalError
+        from forestream.edge.errors import KafkaFatalError
+        from forestream.edge.interface import TransientKafkaError
 
         backoff = self.retry_backoff_s
         while not self._stop.is_set():
@@ -261,8 +262,8 @@ class ModelFollower:
             backoff = min(backoff * 2, self.max_backoff_s)
 
     def _follow(self) -> None:
-        from contracts.edge import TopicPartition
-        from contracts.kafka_io import partition_reader
+        from forestream.edge.factory import partition_reader
+        from forestream.edge.interface import TopicPartition
 
         consumer = partition_reader(self.kafka, client_id=f"forestream-model-follower-{self.name}")
         try:

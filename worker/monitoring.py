@@ -2,7 +2,8 @@
 
 :class:`StreamMonitoring` bundles the per-batch observers (a :class:`DriftMonitor` against the
 serving version's training reference, an :class:`OnlineEvaluator` fed by a :class:`LabelConsumer`
-thread, a latency window) and publishes a cumulative :class:`contracts.wire.DriftReport` to the
+thread, a latency window) and publishes a cumulative :class:`forestream.wire.messages.DriftReport`
+to the
 monitoring topic every ``report_interval_s`` (key = worker id), which ``forestream monitor`` and
 the demo read. The loop calls :meth:`StreamMonitoring.tick` once per poll; everything else runs
 per batch with numpy.
@@ -20,16 +21,16 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import structlog
 
-from contracts.edge import AckingProducer, Outgoing
-from contracts.logs import RateLimited
-from contracts.schema import ReferenceStats
-from contracts.wire import DriftReport
-from worker.batch import BatchObserver, ScoredBatch
-from worker.drift import DriftMonitor, build_drift_report
-from worker.evaluation import LabelConsumer, OnlineEvaluator
+from forestream.edge.interface import AckingProducer, Outgoing
+from forestream.runtime.logs import RateLimited
+from forestream.wire.messages import DriftReport
+from forestream.wire.schema import ReferenceStats
+from forestream.worker.batch import BatchObserver, ScoredBatch
+from forestream.worker.drift import DriftMonitor, build_drift_report
+from forestream.worker.evaluation import LabelConsumer, OnlineEvaluator
 
 if TYPE_CHECKING:
-    from contracts.kafka_io import Target
+    from forestream.edge.factory import Target
 
 log = structlog.get_logger("forestream.worker.monitoring")
 

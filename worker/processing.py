@@ -20,14 +20,14 @@ from dataclasses import dataclass
 import numpy as np
 import structlog
 
-from contracts import headers
-from contracts.edge import AckingProducer, Delivery, InputRecord, Outgoing
-from contracts.headers import DLQ_MAX_VALUE_BYTES, MAX_KEY_BYTES, ReasonCode
-from contracts.logs import RateLimited
-from worker.batch import BatchObserver, ScoredBatch
-from worker.decoding import Reject, decode_batch, empty_frame
-from worker.models import ActiveModel
-from worker.scoring import dlq_headers, encode_predictions, score_isolating
+from forestream.edge.interface import AckingProducer, Delivery, InputRecord, Outgoing
+from forestream.runtime.logs import RateLimited
+from forestream.wire import headers
+from forestream.wire.headers import DLQ_MAX_VALUE_BYTES, MAX_KEY_BYTES, ReasonCode
+from forestream.worker.batch import BatchObserver, ScoredBatch
+from forestream.worker.decoding import Reject, decode_batch, empty_frame
+from forestream.worker.models import ActiveModel
+from forestream.worker.scoring import dlq_headers, encode_predictions, score_isolating
 
 log = structlog.get_logger("forestream.worker")
 
@@ -61,7 +61,8 @@ def process_records(
     """Decode, score with one ``predict_proba``, and build predictions plus dead letters.
 
     Pure apart from the clock: never raises for bad input or a failing model, so no record is
-    lost. When the model fails on the batch, :func:`worker.scoring.score_isolating` finds the
+    lost. When the model fails on the batch, :func:`forestream.worker.scoring.score_isolating`
+    finds the
     rows it fails on: only those are dead-lettered (``scoring_failed``), the rest predicted.
     """
     long_keys = [i for i, r in enumerate(records) if r.key and len(r.key) > MAX_KEY_BYTES]

@@ -2,15 +2,17 @@
 
 It reads with ``assign`` (never joining a group, so the live workers' offsets are never
 touched), fixes the end offsets when it starts (records that arrive later are not part of the
-range), and pushes every batch through the same :func:`worker.processing.process_records` as
+range), and pushes every batch through the same
+:func:`forestream.worker.processing.process_records` as
 the live worker: one code path for validation, the DLQ and scoring. Progress is checkpointed
 to a file after every batch, so an interrupted replay resumes where it stopped instead of
 starting over.
 
 At-least-once (the default), a batch is published through
-:class:`worker.processing.AckedPublisher` and the file saved once it is acknowledged: a crash
+:class:`forestream.worker.processing.AckedPublisher` and the file saved once it is acknowledged: a
+crash
 in between re-scores that batch on ``--resume``. Exactly-once, a batch's outputs and its input
-next-offsets are committed in one transaction (:func:`worker.transactions.transact`), the
+next-offsets are committed in one transaction (:func:`forestream.worker.transactions.transact`), the
 offsets to a consumer group of the replay's own that nobody joins; the group and the
 transactional id are fixed at start and kept in the file, and a resume starts from the
 group's committed offsets (the file may lag them by a batch) after its new producer has
@@ -34,22 +36,22 @@ from typing import TYPE_CHECKING, Annotated, Any, cast, get_args
 import typer
 from pydantic import Field
 
-from contracts.cli_options import (
-    BootstrapOpt,
-    InputTopicOpt,
-    LogFormatOpt,
-    ModelNameOpt,
-    StoreOpt,
-)
-from contracts.edge import (
+from forestream.edge.interface import (
     InputRecord,
     PartitionReader,
     TopicPartition,
     TransactionAborted,
     TransientKafkaError,
 )
-from contracts.errors import UserError
-from contracts.settings import (
+from forestream.errors import UserError
+from forestream.runtime.cli_options import (
+    BootstrapOpt,
+    InputTopicOpt,
+    LogFormatOpt,
+    ModelNameOpt,
+    StoreOpt,
+)
+from forestream.runtime.settings import (
     REPLAY_GROUP_PREFIX,
     Guarantee,
     GuaranteeSettings,
@@ -57,9 +59,9 @@ from contracts.settings import (
 )
 
 if TYPE_CHECKING:  # the clients' side is imported when a replay runs: `--help` stays fast
-    from contracts.edge import AckingProducer, GroupOffsetsReader, TransactionalProducer
-    from contracts.kafka_errors import ProducerFenced
-    from worker.processing import AckedPublisher, ProcessedBatch
+    from forestream.edge.errors import ProducerFenced
+    from forestream.edge.interface import AckingProducer, GroupOffsetsReader, TransactionalProducer
+    from forestream.worker.processing import AckedPublisher, ProcessedBatch
 
 CHECKPOINT_DIR = Path(".forestream/replay")
 
@@ -425,8 +427,8 @@ class ReplayResult:
 
 # -- the Kafka edge -------------------------------------------------------------------------
 def _load_model(settings: ReplaySettings, version: str | None) -> Any:
-    from contracts.model_store import normalize_version, signing_key_from_env
-    from worker.models import ActiveModel, warm_up
+    from forestream.registry.store import normalize_version, signing_key_from_env
+    from forestream.worker.models import ActiveModel, warm_up
 
     store = settings.open_store()
     name = settings.model_name
@@ -451,7 +453,7 @@ def _load_model(settings: ReplaySettings, version: str | None) -> Any:
 
 def store_checkpoint_location(location: str) -> str:
     """A local store as an absolute path (a resume may run elsewhere); a URI as given."""
-    from contracts.model_store import is_uri
+    from forestream.registry.store import is_uri
 
     return location if is_uri(location) else str(Path(location).resolve())
 
@@ -517,8 +519,8 @@ def replay(
 
     The checkpoint's guarantee decides how (``settings.guarantee`` is the new replays' only).
     """
-    from contracts.kafka_errors import ProducerFenced
-    from contracts.shutdown import install as install_shutdown_watchdog
+    from forestream.edge.errors import ProducerFenced
+    from forestream.runtime.shutdown import install as install_shutdown_watchdog
 
     run = _Run(settings, checkpoint, model, checkpoint_path, on_progress)
     # SIGINT/SIGTERM stop after the batch in hand; a broker that never answers cannot hold us
@@ -544,7 +546,7 @@ def replay(
 
 
 def _fenced(checkpoint: Checkpoint, path: Path, timeout_ms: int) -> ProducerFenced:
-    from contracts.kafka_errors import ProducerFenced
+    from forestream.edge.errors import ProducerFenced
 
     return ProducerFenced(
         f"fenced: transactional id {checkpoint.transactional_id!r} was taken over, by another "
@@ -593,7 +595,7 @@ class _Run:
         """Every settle after the first builds a new reader as well as a new producer."""
         self.failures = 0
         self.retry_at = 0.0
-        from contracts.logs import RateLimited
+        from forestream.runtime.logs import RateLimited
 
         self._warn = RateLimited(10.0)
 
@@ -610,8 +612,13 @@ class _Run:
     # -- clients -------------------------------------------------------------------------------
 
     def open(self) -> None:
-        from contracts.kafka_io import TopicSpec, acking_producer, ensure_topics, partition_reader
-        from worker.processing import AckedPublisher
+        from forestream.edge.factory import (
+            TopicSpec,
+            acking_producer,
+            ensure_topics,
+            partition_reader,
+        )
+        from forestream.worker.processing import AckedPublisher
 
         c = self.checkpoint
         partitions = max(c.ranges, default=0) + 1
@@ -630,7 +637,7 @@ class _Run:
             self.publisher = AckedPublisher(self.producer, give_up=lambda: self.stop_requested)
 
     def _group_offsets_reader(self) -> GroupOffsetsReader:
-        from contracts.kafka_io import group_offsets_reader
+        from forestream.edge.factory import group_offsets_reader
 
         assert self.checkpoint.group is not None
         return group_offsets_reader(
@@ -645,7 +652,7 @@ class _Run:
         can lose every broker for good after a broker pause (a metadata answer listing no
         broker drops them all and nothing re-bootstraps: librdkafka#5301), and then never
         answers ``committed`` again; a new client bootstraps afresh."""
-        from contracts.kafka_io import rebuilt
+        from forestream.edge.factory import rebuilt
 
         old, new = self.reader, rebuilt(self._group_offsets_reader)
         self.reader = self.consumer = new
@@ -662,8 +669,8 @@ class _Run:
             self.consumer.close()
 
     def _transactional_producer(self) -> TransactionalProducer:
-        from contracts.kafka_io import transactional_producer
-        from worker.transactions import TXN_INIT_BLOCK_MS
+        from forestream.edge.factory import transactional_producer
+        from forestream.worker.transactions import TXN_INIT_BLOCK_MS
 
         assert self.checkpoint.transactional_id is not None
         return transactional_producer(
@@ -723,7 +730,7 @@ class _Run:
                 self.consumer.pause([tp])
 
     def _score(self, batch: list[InputRecord]) -> ProcessedBatch:
-        from worker.processing import process_records
+        from forestream.worker.processing import process_records
 
         c = self.checkpoint
         return process_records(
@@ -735,7 +742,7 @@ class _Run:
         )
 
     def _advance(self, batch: list[InputRecord], processed: ProcessedBatch) -> None:
-        from worker.cycle import next_offsets
+        from forestream.worker.cycle import next_offsets
 
         self.scored += processed.predicted
         self.dead.update(processed.dead_lettered)
@@ -776,7 +783,7 @@ class _Run:
         it left open), then go on from the group's committed offsets. A settle after the
         first follows a transaction or a settle that failed: the reader is replaced too, so
         that no retry waits on a client that lost the cluster."""
-        from worker.transactions import replace_producer
+        from forestream.worker.transactions import replace_producer
 
         c = self.checkpoint
         new_reader = self.settled_before
@@ -808,8 +815,8 @@ class _Run:
     def _commit_in_transaction(self, batch: list[InputRecord]) -> bool:
         """Score the batch and commit its outputs and next-offsets in one transaction; False
         when it did not commit (or may not have): the batch is read again."""
-        from worker.cycle import next_offsets
-        from worker.transactions import TXN_TIMEOUT_S, transact
+        from forestream.worker.cycle import next_offsets
+        from forestream.worker.transactions import TXN_TIMEOUT_S, transact
 
         assert self.txn is not None and self.reader is not None
         processed = self._score(batch)
@@ -836,7 +843,7 @@ class _Run:
 
     def _failed(self, event: str, exc: Exception) -> None:
         """A transaction (or settling one) failed: retry after a backoff."""
-        from worker.transactions import retry_backoff_s
+        from forestream.worker.transactions import retry_backoff_s
 
         self.failures += 1
         self._warn_rate_limited(event, exc, failures_in_a_row=self.failures)
@@ -972,8 +979,8 @@ def register(app: typer.Typer) -> None:
         log_format: LogFormatOpt = None,
     ) -> None:
         """Re-score a bounded range of the input topic into another topic (a backfill)."""
-        from contracts.logs import checked_log_format, configure_logging
-        from contracts.settings import load_settings
+        from forestream.runtime.logs import checked_log_format, configure_logging
+        from forestream.runtime.settings import load_settings
 
         settings = load_settings(
             ReplaySettings,
@@ -1019,7 +1026,7 @@ def register(app: typer.Typer) -> None:
                 }
             )
             model = _load_model(settings, state.model_version)
-            from contracts.kafka_io import require_reachable
+            from forestream.edge.factory import require_reachable
 
             require_reachable(settings.kafka())
             path = resume
@@ -1040,7 +1047,7 @@ def register(app: typer.Typer) -> None:
             path = checkpoint or _default_checkpoint_path(output_topic)
             refuse_unfinished(path)
             model = _load_model(settings, model_version)
-            from contracts.kafka_io import partition_reader, require_reachable
+            from forestream.edge.factory import partition_reader, require_reachable
 
             require_reachable(settings.kafka())
             probe = partition_reader(settings.kafka(), client_id="forestream-replay-probe")

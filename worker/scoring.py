@@ -7,7 +7,7 @@ Pure (no Kafka): the loop hands in frames and record coordinates, gets back byte
 Prediction values are written with string formatting over precomputed JSON fragments, not a
 pydantic model per record, because at thousands of records per second the serialisation would
 cost more than the forest; ``tests/unit/test_worker_scoring.py`` parses the output through
-:class:`contracts.wire.Prediction` so the two shapes cannot drift apart.
+:class:`forestream.wire.messages.Prediction` so the two shapes cannot drift apart.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from contracts import headers
+from forestream.wire import headers
 
 
 class ScoringError(Exception):
@@ -258,7 +258,7 @@ def encode_predictions(
     event_times_ms: Sequence[int],
     scored_at_ms: int,
 ) -> list[bytes]:
-    """One UTF-8 JSON value per row, in the :class:`contracts.wire.Prediction` shape.
+    """One UTF-8 JSON value per row, in the :class:`forestream.wire.messages.Prediction` shape.
 
     Everything constant within a batch is baked into one %-template (JSON strings escaped,
     ``%`` doubled), so a row costs a single formatting call; ``%r`` of a float is its

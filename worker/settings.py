@@ -7,8 +7,8 @@ from pathlib import Path
 
 from pydantic import Field
 
-from contracts.model_store import is_uri
-from contracts.settings import GuaranteeSettings
+from forestream.registry.store import is_uri
+from forestream.runtime.settings import GuaranteeSettings
 
 DEFAULT_MODEL_CACHE = Path(".forestream/model-cache")
 

@@ -41,7 +41,7 @@ from types import FrameType, TracebackType
 
 import structlog
 
-from contracts.errors import UserError
+from forestream.errors import UserError
 
 WORKER_INDEX_ENV = "FORESTREAM_WORKER_INDEX"
 WORKER_PROCESSES_ENV = "FORESTREAM_WORKER_PROCESSES"

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
-from contracts.edge import (
+from forestream.edge.interface import (
     Outgoing,
     TopicPartition,
     TransactionAborted,
@@ -72,7 +72,7 @@ def replace_producer(
     id, which completes or aborts the transaction ``old`` left open before it returns (so the
     group's committed offsets are final once it has). Raises like ``build``, except that a
     cluster not answering is a :class:`TransientKafkaError` (retried), as it is mid-run."""
-    from contracts.kafka_io import rebuilt
+    from forestream.edge.factory import rebuilt
 
     if old is not None:
         old.close(0)

@@ -8,16 +8,16 @@ import subprocess
 
 import pytest
 
-from contracts.connection import KafkaConnection
-from contracts.edge import CreationRefused, TopicRequest
-from contracts.errors import UserError
-from contracts.kafka_io import (
+from forestream.edge.connection import KafkaConnection
+from forestream.edge.factory import (
     TopicSpec,
     ensure_topics,
     make_producer,
     topic_admin,
     topic_partitions,
 )
+from forestream.edge.interface import CreationRefused, TopicRequest
+from forestream.errors import UserError
 from tests.kafka_helpers import on_client, read_topic
 
 

@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 from kafka import TopicPartition
 
-from contracts.kafka_io import TopicSpec, ensure_topics, make_consumer, make_producer
+from forestream.edge.factory import TopicSpec, ensure_topics, make_consumer, make_producer
 from tests.kafka_helpers import read_topic
 from tests.worker_support import (
     WorkerGroup,
@@ -66,7 +66,7 @@ TIMELINE_EVENTS = (
 @pytest.fixture
 def private_broker(tmp_path: Path) -> Iterator[Path]:
     """Data dir of a broker only this test uses; stopped whatever happens."""
-    from forestream import local_kafka
+    from forestream.local import kafka as local_kafka
 
     data_dir = tmp_path / "kafka"
     local_kafka.start(data_dir)
@@ -139,7 +139,7 @@ class PacedFeeder(threading.Thread):
 
 def sigkill_broker(data_dir: Path) -> int:
     """Kill the broker outright (no controlled shutdown, no flush); returns its client port."""
-    from forestream import local_kafka
+    from forestream.local import kafka as local_kafka
 
     info = local_kafka.status(data_dir)
     assert info is not None, "the private broker is not running"
@@ -192,7 +192,7 @@ def test_scoring_resumes_soon_after_a_broker_sigkill_and_restart(
     private_broker: Path, tmp_path: Path, guarantee: str
 ) -> None:
     """Under exactly-once, read with ``read_committed``: not one duplicate either."""
-    from forestream import local_kafka
+    from forestream.local import kafka as local_kafka
 
     info = local_kafka.status(private_broker)
     assert info is not None

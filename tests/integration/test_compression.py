@@ -21,8 +21,8 @@ import pytest
 from kafka.record import MemoryRecords
 from kafka.record.default_records import DefaultRecordBatch
 
-from contracts.kafka_io import TopicSpec, ensure_topics
-from contracts.wire import Prediction
+from forestream.edge.factory import TopicSpec, ensure_topics
+from forestream.wire.messages import Prediction
 from tests.kafka_helpers import read_topic
 from tests.worker_support import (
     ROOT,

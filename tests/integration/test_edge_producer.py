@@ -1,4 +1,5 @@
-"""The acknowledging producer (:class:`contracts.edge.AckingProducer`) against a real broker,
+"""The acknowledging producer (:class:`forestream.edge.interface.AckingProducer`) against a real
+broker,
 on both clients: a keyed record lands on the same partition whichever client sent it; one
 record is appended at a known offset (the registry); a record over the client's own size limit
 stops a send there (``produce``); the oversize producer gets a large compressible record in.
@@ -18,8 +19,8 @@ from collections.abc import Callable
 import pytest
 from kafka.partitioner.default import murmur2
 
-from contracts.edge import Outgoing
-from contracts.kafka_io import TopicSpec, acking_producer, ensure_topics
+from forestream.edge.factory import TopicSpec, acking_producer, ensure_topics
+from forestream.edge.interface import Outgoing
 from tests.kafka_helpers import on_client, read_topic
 
 pytestmark = pytest.mark.usefixtures("kafka_client")  # every test on both clients
@@ -95,7 +96,7 @@ def test_the_oversize_producer_gets_a_compressible_large_record_through(
     kafka_bootstrap: str, topic_name: Callable[[str], str], kafka_client: str
 ) -> None:
     """``produce``'s too_large test records: 1.1 MB of JSON, gzip under the broker's limit."""
-    from producer.sending import make_oversize_producer
+    from forestream.producer.sending import make_oversize_producer
 
     topic = topic_name("oversize")
     ensure_topics(kafka_bootstrap, [TopicSpec(topic, 1)])

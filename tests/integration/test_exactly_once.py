@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from contracts.kafka_io import TopicSpec, ensure_topics, make_consumer
+from forestream.edge.factory import TopicSpec, ensure_topics, make_consumer
 from tests.integration.test_worker_delivery import Feeder
 from tests.kafka_helpers import read_topic
 from tests.worker_support import (

@@ -1,4 +1,5 @@
-"""The group member of the Kafka edge (:class:`contracts.edge.GroupConsumer`) against a real
+"""The group member of the Kafka edge (:class:`forestream.edge.interface.GroupConsumer`) against a
+real
 broker, on both clients: commits report back with exactly the offsets sent, and records that
 arrive while a commit is awaited are handed out later, in order, none twice and none skipped.
 
@@ -13,15 +14,15 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from contracts.edge import GroupConsumer, InputRecord, TopicPartition
-from contracts.kafka_io import TopicSpec, ensure_topics, group_consumer, make_producer
+from forestream.edge.factory import TopicSpec, ensure_topics, group_consumer, make_producer
+from forestream.edge.interface import GroupConsumer, InputRecord, TopicPartition
 from tests.kafka_helpers import on_client
 
 RECORDS = 3_000
 
 
 class Membership:
-    """What the consumer told its :class:`~contracts.edge.RebalanceHandler`."""
+    """What the consumer told its :class:`~forestream.edge.interface.RebalanceHandler`."""
 
     def __init__(self) -> None:
         self.assigned: set[TopicPartition] = set()
@@ -140,7 +141,7 @@ def test_a_consumer_committing_after_every_batch_reads_on_in_order_with_bounded_
     """The unpipelined worker's pattern over more records than librdkafka prefetches: each
     commit's wait reads ahead, so the adapter pauses fetching while it holds many records; none
     is lost or repeated, and what it holds stays bounded."""
-    from contracts import edge_confluent
+    from forestream.edge import confluent as edge_confluent
 
     records = 60_000
     consumer, topic = subscribed(

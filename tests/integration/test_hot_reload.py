@@ -31,9 +31,9 @@ from typing import Any
 import pytest
 from kafka.consumer.fetcher import ConsumerRecord
 
-from contracts.kafka_io import TopicSpec, ensure_topics, make_producer
-from contracts.model_store import ARTIFACT, ModelStore
-from contracts.wire import Prediction
+from forestream.edge.factory import TopicSpec, ensure_topics, make_producer
+from forestream.registry.store import ARTIFACT, ModelStore
+from forestream.wire.messages import Prediction
 from tests.kafka_helpers import read_topic
 from tests.worker_support import (
     WorkerGroup,
@@ -82,7 +82,7 @@ def must(result: subprocess.CompletedProcess[str]) -> str:
 @pytest.fixture(scope="module")
 def trained_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """v1, v2, v3 of the penguins model (10 trees, different seeds), none promoted."""
-    from training.demo_data import write_penguins_csv
+    from forestream.training.demo_data import write_penguins_csv
 
     base = tmp_path_factory.mktemp("trained")
     data = write_penguins_csv(base / "penguins.csv")

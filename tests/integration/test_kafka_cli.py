@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from forestream.local_kafka import port_is_free
+from forestream.local.kafka import port_is_free
 
 CLI = [sys.executable, "-m", "forestream"]
 

@@ -7,10 +7,10 @@ from collections.abc import Callable
 
 from kafka import TopicPartition
 
-from contracts.connection import KafkaConnection
-from contracts.edge_kafka_python import KafkaPythonGroupConsumer
-from contracts.kafka_io import TopicSpec, ensure_topics, make_consumer, make_producer
-from worker.metrics import WorkerMetrics
+from forestream.edge.connection import KafkaConnection
+from forestream.edge.factory import TopicSpec, ensure_topics, make_consumer, make_producer
+from forestream.edge.kafka_python import KafkaPythonGroupConsumer
+from forestream.worker.metrics import WorkerMetrics
 
 
 def test_lag_per_partition_falls_to_zero_as_records_are_consumed(

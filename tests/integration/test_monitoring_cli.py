@@ -10,8 +10,8 @@ from collections.abc import Callable
 
 import pytest
 
-from contracts.kafka_io import TopicSpec, ensure_topics, make_producer
-from contracts.wire import DriftReport, FeatureDrift, VersionAccuracy
+from forestream.edge.factory import TopicSpec, ensure_topics, make_producer
+from forestream.wire.messages import DriftReport, FeatureDrift, VersionAccuracy
 
 pytestmark = pytest.mark.usefixtures("kafka_client")  # every test on both clients
 

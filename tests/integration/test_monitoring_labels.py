@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from sklearn.metrics import accuracy_score, f1_score
 
-from contracts.kafka_io import TopicSpec, ensure_topics, make_producer
+from forestream.edge.factory import TopicSpec, ensure_topics, make_producer
+from forestream.worker.evaluation import LabelConsumer, OnlineEvaluator
 from tests.kafka_helpers import on_client
-from worker.evaluation import LabelConsumer, OnlineEvaluator
 
 CLASSES = ["adelie", "chinstrap", "gentoo"]
 

@@ -22,9 +22,9 @@ from typing import Any
 
 import pytest
 
-from contracts.kafka_io import TopicSpec, ensure_topics, make_producer
-from contracts.model_store import open_store
-from contracts.wire import Prediction
+from forestream.edge.factory import TopicSpec, ensure_topics, make_producer
+from forestream.registry.store import open_store
+from forestream.wire.messages import Prediction
 from tests.kafka_helpers import read_topic
 from tests.s3_support import S3Server, new_bucket
 from tests.worker_support import WorkerGroup, log_events, publish_promotion, worker_command
@@ -62,7 +62,7 @@ def trained_bucket(
 ) -> str:
     """v1, v2, v3 of the penguins model (10 trees, seeds 1-3) in a bucket, none promoted; the
     last one also announced (``train --publish``) on a models topic of its own."""
-    from training.demo_data import write_penguins_csv
+    from forestream.training.demo_data import write_penguins_csv
 
     data = write_penguins_csv(tmp_path_factory.mktemp("s3-trained") / "penguins.csv")
     bucket = new_bucket(s3_server, "fs-trained")

@@ -1,4 +1,5 @@
-"""The group-less reader (:class:`contracts.edge.PartitionReader`) against a real broker, on
+"""The group-less reader (:class:`forestream.edge.interface.PartitionReader`) against a real
+broker, on
 both clients: every offset asked for is handed out exactly once, whatever seeks came before.
 
 Replay, the model follower, the labels reader, the monitor and the demo all read through it,
@@ -13,8 +14,8 @@ from collections.abc import Callable
 
 import pytest
 
-from contracts.edge import InputRecord, PartitionReader, TopicPartition
-from contracts.kafka_io import TopicSpec, ensure_topics, make_producer, partition_reader
+from forestream.edge.factory import TopicSpec, ensure_topics, make_producer, partition_reader
+from forestream.edge.interface import InputRecord, PartitionReader, TopicPartition
 from tests.kafka_helpers import on_client
 
 PARTITIONS = 4

@@ -15,8 +15,8 @@ import pytest
 from kafka import KafkaAdminClient
 from kafka.admin import ConfigResource, ConfigResourceType
 
-from contracts.headers import ReasonCode
-from producer.malformed import MALFORMED_KINDS, MAX_VALUE_BYTES
+from forestream.producer.malformed import MALFORMED_KINDS, MAX_VALUE_BYTES
+from forestream.wire.headers import ReasonCode
 from tests.kafka_helpers import read_topic
 
 CLI = [sys.executable, "-m", "forestream"]
@@ -185,8 +185,8 @@ def test_synthetic_records_match_the_served_model(
 ) -> None:
     from sklearn.dummy import DummyClassifier
 
-    from contracts.model_store import ModelMetadata, ModelStore
-    from contracts.schema import (
+    from forestream.registry.store import ModelMetadata, ModelStore
+    from forestream.wire.schema import (
         CategoricalFeature,
         CategoricalReference,
         FeatureSchema,
@@ -245,7 +245,7 @@ def test_refused_records_fail_the_run_with_exit_1(
 ) -> None:
     import secrets
 
-    from contracts.kafka_io import TopicSpec, ensure_topics
+    from forestream.edge.factory import TopicSpec, ensure_topics
 
     topic = topic_name("small")
     # the broker refuses any batch over 1 KB on this topic: a real, non-retriable send failure

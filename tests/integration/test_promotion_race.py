@@ -18,13 +18,13 @@ from pathlib import Path
 
 import pytest
 
-from contracts.connection import KafkaConnection
-from contracts.model_store import PROMOTIONS, ModelStore
-from contracts.wire import ModelEvent
+from forestream.edge.connection import KafkaConnection
+from forestream.registry.store import PROMOTIONS, ModelStore
+from forestream.training.publish import RegistryConflict, change_serving
+from forestream.wire.messages import ModelEvent
+from forestream.worker.models import ModelFollower, store_loader
 from tests.kafka_helpers import on_client, read_topic
 from tests.worker_support import ROOT, make_frame, save_model, worker_env
-from training.publish import RegistryConflict, change_serving
-from worker.models import ModelFollower, store_loader
 
 pytestmark = pytest.mark.usefixtures("kafka_client")  # every test on both clients
 

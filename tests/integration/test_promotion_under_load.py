@@ -22,9 +22,9 @@ from pathlib import Path
 import pytest
 from kafka import TopicPartition
 
-from contracts.kafka_io import TopicSpec, ensure_topics, make_consumer, make_producer
-from contracts.model_store import PROMOTIONS
-from contracts.wire import Prediction
+from forestream.edge.factory import TopicSpec, ensure_topics, make_consumer, make_producer
+from forestream.registry.store import PROMOTIONS
+from forestream.wire.messages import Prediction
 from tests.kafka_helpers import read_topic
 from tests.worker_support import (
     ROOT,

@@ -19,9 +19,9 @@ from typing import Any
 import pytest
 from kafka import KafkaAdminClient
 
-from contracts.kafka_io import TopicSpec, ensure_topics, make_producer
-from contracts.model_store import ModelStore
-from contracts.wire import Prediction
+from forestream.edge.factory import TopicSpec, ensure_topics, make_producer
+from forestream.registry.store import ModelStore
+from forestream.wire.messages import Prediction
 from tests.kafka_helpers import read_topic
 from tests.worker_support import (
     make_frame,

@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from contracts.kafka_io import TopicSpec, ensure_topics, make_producer
+from forestream.edge.factory import TopicSpec, ensure_topics, make_producer
 from tests.integration.test_exactly_once import assert_exactly_once, read_exactly, stream
 from tests.kafka_helpers import read_topic
 from tests.worker_support import make_frame, row_json, save_model, wait_for_event, worker_env
@@ -286,7 +286,7 @@ def test_a_broker_frozen_mid_transaction_loses_and_duplicates_nothing(
     import contextlib
     import os
 
-    from forestream import local_kafka
+    from forestream.local import kafka as local_kafka
 
     info = local_kafka.start(tmp_path / "kafka")
     try:

@@ -28,7 +28,7 @@ from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import NewTopic
 from kafka.errors import TopicAuthorizationFailedError
 
-from forestream.local_kafka import SecureBrokerInfo
+from forestream.local.kafka import SecureBrokerInfo
 
 KCAT = shutil.which("kcat") or shutil.which("kafkacat")
 CLI = [sys.executable, "-m", "forestream"]
@@ -262,9 +262,9 @@ def test_wrong_password_is_refused(
     while it retries; our check names it either way, on both clients."""
     from pydantic import SecretStr
 
-    from contracts.connection import KafkaConnection
-    from contracts.kafka_errors import AuthenticationFailed
-    from contracts.kafka_io import require_reachable
+    from forestream.edge.connection import KafkaConnection
+    from forestream.edge.errors import AuthenticationFailed
+    from forestream.edge.factory import require_reachable
 
     wrong = KafkaConnection(
         secure_kafka.sasl_ssl_address,

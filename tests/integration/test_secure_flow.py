@@ -15,11 +15,11 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from contracts.kafka_errors import AuthenticationFailed, NotAuthorized, TlsFailed
-from contracts.settings import CommonSettings, load_settings
-from forestream.local_kafka import SecureBrokerInfo
+from forestream.edge.errors import AuthenticationFailed, NotAuthorized, TlsFailed
+from forestream.local.kafka import SecureBrokerInfo
+from forestream.runtime.settings import CommonSettings, load_settings
+from forestream.training.demo_data import write_penguins_csv
 from tests.kafka_helpers import read_topic
-from training.demo_data import write_penguins_csv
 
 pytestmark = pytest.mark.usefixtures("kafka_client")  # every test on both clients
 
@@ -172,7 +172,7 @@ def _grant_outsider(
         ResourceType,
     )
 
-    from contracts.kafka_io import admin_client
+    from forestream.edge.factory import admin_client
 
     admin = admin_client(_connection(info.env(), monkeypatch))
     try:

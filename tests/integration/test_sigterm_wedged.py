@@ -19,8 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from contracts.kafka_io import TopicSpec, ensure_topics, make_producer
-from contracts.shutdown import EVENT, EXIT_CODE, GRACE_S
+from forestream.edge.factory import TopicSpec, ensure_topics, make_producer
+from forestream.runtime.shutdown import EVENT, EXIT_CODE, GRACE_S
 from tests.kafka_helpers import read_topic
 from tests.worker_support import (
     log_events,
@@ -51,7 +51,7 @@ class Running:
 @pytest.fixture
 def running(tmp_path: Path) -> Iterator[Running]:
     """A private broker and a worker that has scored ``RECORDS`` records; both always cleaned."""
-    from forestream import local_kafka
+    from forestream.local import kafka as local_kafka
 
     data_dir = tmp_path / "kafka"
     info = local_kafka.start(data_dir)

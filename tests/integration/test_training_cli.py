@@ -13,10 +13,10 @@ import pytest
 from kafka import KafkaAdminClient
 from kafka.admin import ConfigResource, ConfigResourceType
 
-from contracts.model_store import ModelStore
-from contracts.wire import ModelEvent
+from forestream.registry.store import ModelStore
+from forestream.training.demo_data import write_penguins_csv
+from forestream.wire.messages import ModelEvent
 from tests.kafka_helpers import read_topic
-from training.demo_data import write_penguins_csv
 
 CLI = [sys.executable, "-m", "forestream"]
 

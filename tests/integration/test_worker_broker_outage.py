@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from contracts.kafka_io import TopicSpec, ensure_topics, make_producer
+from forestream.edge.factory import TopicSpec, ensure_topics, make_producer
 from tests.kafka_helpers import read_topic
 from tests.worker_support import (
     make_frame,
@@ -32,7 +32,7 @@ ROOT = Path(__file__).resolve().parents[2]
 @pytest.fixture
 def private_broker(tmp_path: Path) -> Iterator[Path]:
     """Data dir of a broker only this test uses; stopped whatever happens."""
-    from forestream import local_kafka
+    from forestream.local import kafka as local_kafka
 
     data_dir = tmp_path / "kafka"
     local_kafka.start(data_dir)
@@ -53,7 +53,7 @@ def produce(bootstrap: str, topic: str, keys: list[bytes], values: list[bytes]) 
 
 
 def test_worker_survives_a_broker_restart(private_broker: Path, tmp_path: Path) -> None:
-    from forestream import local_kafka
+    from forestream.local import kafka as local_kafka
 
     info = local_kafka.status(private_broker)
     assert info is not None

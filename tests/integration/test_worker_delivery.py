@@ -24,9 +24,9 @@ import pytest
 from kafka import KafkaConsumer, TopicPartition
 from kafka.consumer.fetcher import ConsumerRecord
 
-from contracts import headers
-from contracts.kafka_io import TopicSpec, ensure_topics, make_producer
-from contracts.wire import Prediction
+from forestream.edge.factory import TopicSpec, ensure_topics, make_producer
+from forestream.wire import headers
+from forestream.wire.messages import Prediction
 from tests.kafka_helpers import read_topic
 from tests.worker_support import (
     CATEGORICAL,

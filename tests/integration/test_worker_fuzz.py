@@ -37,10 +37,11 @@ from hypothesis import strategies as st
 from kafka import KafkaConsumer, TopicPartition
 from kafka.consumer.fetcher import ConsumerRecord
 
-from contracts import headers
-from contracts.headers import ReasonCode
-from contracts.kafka_io import TopicSpec, ensure_topics, make_producer
-from contracts.wire import Prediction
+from forestream.edge.factory import TopicSpec, ensure_topics, make_producer
+from forestream.wire import headers
+from forestream.wire.headers import ReasonCode
+from forestream.wire.messages import Prediction
+from forestream.worker.decoding import MODEL_RANGE_LIMIT
 from tests.worker_support import (
     CATEGORICAL,
     COLORS,
@@ -54,7 +55,6 @@ from tests.worker_support import (
     worker_command,
     worker_env,
 )
-from worker.decoding import MODEL_RANGE_LIMIT
 
 pytestmark = pytest.mark.usefixtures("kafka_client")  # every test on both clients
 

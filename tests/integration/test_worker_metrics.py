@@ -24,8 +24,8 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from contracts.headers import ReasonCode
-from contracts.kafka_io import TopicSpec, ensure_topics, make_producer
+from forestream.edge.factory import TopicSpec, ensure_topics, make_producer
+from forestream.wire.headers import ReasonCode
 from tests.kafka_helpers import read_topic
 from tests.worker_support import (
     make_frame,

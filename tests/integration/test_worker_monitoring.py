@@ -23,9 +23,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from contracts.edge import KAFKA_CLIENTS
-from contracts.kafka_io import TopicSpec, ensure_topics, make_producer
-from contracts.wire import DriftReport
+from forestream.edge.factory import TopicSpec, ensure_topics, make_producer
+from forestream.edge.interface import KAFKA_CLIENTS
+from forestream.wire.messages import DriftReport
 from tests.kafka_helpers import read_topic
 from tests.worker_support import (
     CATEGORICAL,
@@ -200,7 +200,7 @@ def test_training_distribution_raises_no_flag_and_labels_give_offline_accuracy(
     assert set(report.features) == set(NUMERIC + CATEGORICAL)
     assert not [f for f, d in report.features.items() if d.drifting], report.features
 
-    from contracts.model_store import ModelStore
+    from forestream.registry.store import ModelStore
 
     pipeline, _metadata = ModelStore(store).load_verified(MODEL, "v1")
     offline = float(np.mean(pipeline.predict(rows[NUMERIC + CATEGORICAL]) == rows["target"]))

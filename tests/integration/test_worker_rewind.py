@@ -16,14 +16,14 @@ from pathlib import Path
 import pytest
 from kafka import KafkaConsumer, TopicPartition
 
-from contracts.connection import KafkaConnection
-from contracts.edge import Outgoing
-from contracts.edge_kafka_python import KafkaPythonGroupConsumer, KafkaPythonProducer
-from contracts.kafka_io import TopicSpec, ensure_topics, make_consumer, make_producer
+from forestream.edge.connection import KafkaConnection
+from forestream.edge.factory import TopicSpec, ensure_topics, make_consumer, make_producer
+from forestream.edge.interface import Outgoing
+from forestream.edge.kafka_python import KafkaPythonGroupConsumer, KafkaPythonProducer
+from forestream.worker.models import ActiveModel, ModelFollower
+from forestream.worker.processing import AckedPublisher
+from forestream.worker.settings import WorkerSettings
 from tests.worker_support import make_frame, row_json, save_model
-from worker.models import ActiveModel, ModelFollower
-from worker.processing import AckedPublisher
-from worker.settings import WorkerSettings
 
 RECORDS = 12
 
@@ -44,7 +44,7 @@ def held_batch(
     kafka_bootstrap: str, topic_name: Callable[[str], str], tmp_path: Path
 ) -> Iterator[tuple[object, KafkaConsumer, TopicPartition]]:
     """A worker holding one polled batch, whose producer can deliver nothing."""
-    from worker.loop import Worker
+    from forestream.worker.loop import Worker
 
     source = topic_name("in")
     ensure_topics(kafka_bootstrap, [TopicSpec(source, 1), TopicSpec(topic_name("out"), 1)])

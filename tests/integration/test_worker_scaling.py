@@ -18,8 +18,8 @@ from typing import Any
 import pytest
 from kafka import KafkaAdminClient
 
-from contracts import headers
-from contracts.kafka_io import TopicSpec, ensure_topics, make_producer
+from forestream.edge.factory import TopicSpec, ensure_topics, make_producer
+from forestream.wire import headers
 from tests.kafka_helpers import read_topic
 from tests.worker_support import (
     WorkerGroup,

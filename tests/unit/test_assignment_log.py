@@ -7,7 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from worker.assignment_log import log_events, owned_partitions, ownership_changes, partition_number
+from forestream.worker.assignment_log import (
+    log_events,
+    owned_partitions,
+    ownership_changes,
+    partition_number,
+)
 
 
 def write_log(path: Path, *entries: dict[str, object]) -> Path:

@@ -7,8 +7,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from contracts.edge import ConsumedRecord, TopicPartition
-from worker.cycle import BatchCycle, first_offsets, next_offsets
+from forestream.edge.interface import ConsumedRecord, TopicPartition
+from forestream.worker.cycle import BatchCycle, first_offsets, next_offsets
 
 A = TopicPartition("in", 0)
 B = TopicPartition("in", 1)

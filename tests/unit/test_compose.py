@@ -20,8 +20,8 @@ import yaml
 from pydantic import TypeAdapter, ValidationError
 from pydantic.fields import FieldInfo
 
-from contracts.settings import CommonSettings
 from forestream.cli import app
+from forestream.runtime.settings import CommonSettings
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = ROOT / "docker-compose.yml"
@@ -153,7 +153,7 @@ def test_model_store_is_the_minio_bucket_not_a_shared_volume(
 ) -> None:
     """Trainer and workers meet only in the bucket the one-shot ``bucket`` service creates, on
     the MinIO service, with its root credentials; workers cache artifacts in their own /cache."""
-    from contracts.model_store import is_uri, store_location
+    from forestream.registry.store import is_uri, store_location
 
     minio = services["minio"]
     port = next(p.split(":")[-1] for p in minio["ports"] if p.endswith(":9000"))

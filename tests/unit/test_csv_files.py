@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from contracts.csv_files import read_csv_file
-from contracts.errors import UserError
+from forestream.errors import UserError
+from forestream.wire.csv_files import read_csv_file
 
 
 def _write(content: bytes) -> Callable[[Path], Path]:

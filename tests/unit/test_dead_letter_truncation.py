@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import hashlib
 
-from contracts import headers
-from contracts.headers import DLQ_MAX_VALUE_BYTES, MAX_KEY_BYTES, ReasonCode
+from forestream.wire import headers
+from forestream.wire.headers import DLQ_MAX_VALUE_BYTES, MAX_KEY_BYTES, ReasonCode
+from forestream.worker.processing import process_records
 from tests.unit.test_worker_processing import Record, model
 from tests.worker_support import make_frame, row_json
-from worker.processing import process_records
 
 
 def _process(value: bytes) -> tuple[bytes | None, dict[str, bytes]]:

@@ -11,11 +11,11 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from contracts.schema import CategoricalReference, NumericReference, ReferenceStats
-from contracts.wire import DriftReport
-from worker.batch import ScoredBatch
-from worker.drift import DriftMonitor, build_drift_report, psi
-from worker.evaluation import OnlineEvaluator
+from forestream.wire.messages import DriftReport
+from forestream.wire.schema import CategoricalReference, NumericReference, ReferenceStats
+from forestream.worker.batch import ScoredBatch
+from forestream.worker.drift import DriftMonitor, build_drift_report, psi
+from forestream.worker.evaluation import OnlineEvaluator
 
 EPS = 1e-4
 

@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 from sklearn.metrics import accuracy_score as sk_accuracy
 from sklearn.metrics import f1_score
 
-from worker.evaluation import (
+from forestream.worker.evaluation import (
     OnlineEvaluator,
     accuracy_score,
     decode_label,

@@ -6,9 +6,9 @@ import socket
 
 import pytest
 
-from contracts.errors import UserError
-from contracts.settings import load_settings
-from worker.settings import WorkerSettings
+from forestream.errors import UserError
+from forestream.runtime.settings import load_settings
+from forestream.worker.settings import WorkerSettings
 
 
 def test_at_least_once_is_the_default_and_keeps_pipelining_where_it_pays() -> None:

@@ -12,9 +12,9 @@ from typing import Any
 import pytest
 from kafka import TopicPartition
 
-from contracts.errors import UserError
-from worker.health import HealthServer, HealthState, serve_health, start_telemetry
-from worker.metrics import WorkerMetrics
+from forestream.errors import UserError
+from forestream.worker.health import HealthServer, HealthState, serve_health, start_telemetry
+from forestream.worker.metrics import WorkerMetrics
 
 
 class FakeClock:

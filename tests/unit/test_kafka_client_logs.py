@@ -9,7 +9,7 @@ from collections.abc import Iterator
 import pytest
 import structlog
 
-from contracts.logs import configure_logging
+from forestream.runtime.logs import configure_logging
 
 
 @pytest.fixture(autouse=True)

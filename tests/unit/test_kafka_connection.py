@@ -9,18 +9,18 @@ from pathlib import Path
 import pytest
 from kafka import errors as kafka_errors
 
-from contracts.connection import SECURITY_ENV, KafkaConnection
-from contracts.edge_kafka_python import classify_client_error
-from contracts.errors import UserError
-from contracts.kafka_errors import (
+from forestream.edge.connection import SECURITY_ENV, KafkaConnection
+from forestream.edge.errors import (
     EXIT_CODES,
     AuthenticationFailed,
     NotAuthorized,
     TlsFailed,
     UnreadableRecords,
 )
-from contracts.kafka_io import TopicSpec, topic_request
-from contracts.settings import CommonSettings, load_settings
+from forestream.edge.factory import TopicSpec, topic_request
+from forestream.edge.kafka_python import classify_client_error
+from forestream.errors import UserError
+from forestream.runtime.settings import CommonSettings, load_settings
 from tests.conftest import ROOT
 
 SECRET = "hunter2-very-secret"
@@ -224,8 +224,8 @@ def test_a_send_refused_after_fencing_is_fatal_on_kafka_python() -> None:
     cause: taken for a transient error, the producer was replaced and fenced its fencer back."""
     from kafka.errors import KafkaError, KafkaTimeoutError, ProducerFencedError
 
-    from contracts.edge_kafka_python import KafkaPythonTransactionalProducer
-    from contracts.kafka_errors import ProducerFenced
+    from forestream.edge.errors import ProducerFenced
+    from forestream.edge.kafka_python import KafkaPythonTransactionalProducer
 
     producer = object.__new__(KafkaPythonTransactionalProducer)  # its logic, not a client
     producer._id = "tx-7"
@@ -261,7 +261,7 @@ def test_a_client_error_no_command_caught_is_classified_on_either_client() -> No
     """``forestream.cli``'s last resort: one line and the exit code, whichever client raised."""
     from confluent_kafka import KafkaError, KafkaException
 
-    from contracts.kafka_io import classify_stray
+    from forestream.edge.factory import classify_stray
 
     assert isinstance(classify_stray(kafka_errors.TopicAuthorizationFailedError()), NotAuthorized)
     rd = KafkaException(KafkaError(KafkaError.SASL_AUTHENTICATION_FAILED))

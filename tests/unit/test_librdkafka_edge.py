@@ -8,9 +8,9 @@ import pytest
 from confluent_kafka import KafkaError, KafkaException
 from pydantic import SecretStr
 
-from contracts.connection import KafkaConnection
-from contracts.edge_confluent import classify_librdkafka_error
-from contracts.kafka_errors import (
+from forestream.edge.confluent import classify_librdkafka_error
+from forestream.edge.connection import KafkaConnection
+from forestream.edge.errors import (
     AuthenticationFailed,
     NotAuthorized,
     TlsFailed,
@@ -110,7 +110,7 @@ def test_a_transport_error_that_is_a_tls_failure_is_fatal() -> None:
 def test_a_fenced_producer_is_its_own_fatal_error_not_a_format_mismatch(code: int) -> None:
     """librdkafka flags fencing as fatal; it must not read as "records this client cannot
     read" (exit 7) but as fencing (exit 9)."""
-    from contracts.kafka_errors import ProducerFenced
+    from forestream.edge.errors import ProducerFenced
 
     fatal = classify_librdkafka_error(KafkaError(code, "fenced", fatal=True), SCRAM)
     assert isinstance(fatal, ProducerFenced) and fatal.exit_code == 9
@@ -145,6 +145,6 @@ def test_a_refused_producer_id_names_the_write_acl() -> None:
 def test_a_topic_creation_the_broker_refuses_is_not_retried(code: int, retriable: bool) -> None:
     """The admin adapter's split: a refusal is the user's to fix (one line, exit 2), a
     cluster that did not answer is transient."""
-    from contracts.edge_confluent import _retriable
+    from forestream.edge.confluent import _retriable
 
     assert _retriable(KafkaError(code)) is retriable

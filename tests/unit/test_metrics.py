@@ -12,10 +12,10 @@ from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry, Histogram
 from prometheus_client.parser import text_string_to_metric_families
 
-from contracts.edge import lag_by_partition
-from contracts.headers import ReasonCode
-from worker.batch import BatchObserver, ScoredBatch
-from worker.metrics import (
+from forestream.edge.interface import lag_by_partition
+from forestream.wire.headers import ReasonCode
+from forestream.worker.batch import BatchObserver, ScoredBatch
+from forestream.worker.metrics import (
     LATENCY_SECONDS_BUCKETS,
     BatchHistogram,
     MetricsObserver,

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from contracts.errors import UserError
-from contracts.model_store import (
+from forestream.errors import UserError
+from forestream.registry.store import (
     ARTIFACT,
     METADATA,
     PROMOTIONS,
@@ -25,7 +25,7 @@ from contracts.model_store import (
     ModelStore,
     normalize_version,
 )
-from contracts.schema import FeatureSchema, NumericFeature, ReferenceStats
+from forestream.wire.schema import FeatureSchema, NumericFeature, ReferenceStats
 from tests.worker_support import fit_pipeline, make_frame
 
 

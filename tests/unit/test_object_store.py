@@ -19,8 +19,9 @@ from typing import Any
 import pytest
 import structlog.testing
 
-from contracts.errors import UserError
-from contracts.model_store import (
+from forestream.errors import UserError
+from forestream.registry.object_store import ObjectModelStore
+from forestream.registry.store import (
     ArtifactRejected,
     ModelMetadata,
     ModelStore,
@@ -29,14 +30,13 @@ from contracts.model_store import (
     sign,
     store_location,
 )
-from contracts.object_store import ObjectModelStore
-from contracts.schema import ReferenceStats
-from contracts.settings import CommonSettings, load_settings
-from contracts.wire import ServingRef
+from forestream.runtime.settings import CommonSettings, load_settings
+from forestream.wire.messages import ServingRef
+from forestream.wire.schema import ReferenceStats
+from forestream.worker.models import store_loader
+from forestream.worker.settings import WorkerSettings
 from tests.s3_support import S3Server, aws_test_env, new_bucket
 from tests.worker_support import fit_pipeline, make_frame, schema_for
-from worker.models import store_loader
-from worker.settings import WorkerSettings
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -156,7 +156,7 @@ def test_a_half_written_version_is_invisible_and_its_number_never_reused(
 
 CRASHING_TRAINER = """
 import os, sys
-from contracts.object_store import COMPLETE, ObjectModelStore
+from forestream.registry.object_store import COMPLETE, ObjectModelStore
 from tests.unit.test_object_store import _metadata
 from tests.worker_support import fit_pipeline, make_frame
 
@@ -282,8 +282,8 @@ def test_a_broken_history_entry_is_refused_naming_the_object(
 def test_replay_pins_and_the_producer_reads_a_version_in_the_bucket(
     store: ObjectModelStore, pipeline: Any
 ) -> None:
-    from producer.sources import load_model_inputs
-    from worker.replay import ReplaySettings, _load_model, store_checkpoint_location
+    from forestream.producer.sources import load_model_inputs
+    from forestream.worker.replay import ReplaySettings, _load_model, store_checkpoint_location
 
     store.save("m", pipeline, _metadata(pipeline), {})
     store.save("m", pipeline, _metadata(pipeline), {})

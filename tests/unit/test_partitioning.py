@@ -7,7 +7,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from kafka.partitioner.default import murmur2 as kafka_python_murmur2
 
-from contracts.partitioning import murmur2, partition_for_key
+from forestream.wire.partitioning import murmur2, partition_for_key
 
 
 @given(st.binary(max_size=64))

@@ -7,7 +7,7 @@ import platform
 
 import pytest
 
-from worker.process_memory import limit_malloc_arenas
+from forestream.worker.process_memory import limit_malloc_arenas
 
 
 def test_an_explicit_environment_setting_wins(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -10,7 +10,7 @@ import pandas as pd
 from hypothesis import given
 from hypothesis import strategies as st
 
-from producer.encoding import encode_row, frame_rows, json_value
+from forestream.producer.encoding import encode_row, frame_rows, json_value
 
 
 def test_nan_becomes_null_and_numbers_stay_numbers() -> None:

@@ -13,14 +13,14 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from contracts.headers import ReasonCode
-from producer.malformed import (
+from forestream.producer.malformed import (
     MALFORMED_KINDS,
     MAX_VALUE_BYTES,
     MalformedMixer,
     malformed_value,
     possible_kinds,
 )
+from forestream.wire.headers import ReasonCode
 
 ROW = {"x1": 1.5, "x2": -3, "colour": "red", "x3": 0.0}
 REQUIRED = ["x1", "x2", "colour", "x3"]

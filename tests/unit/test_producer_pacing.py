@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from producer.pacing import RateSchedule
+from forestream.producer.pacing import RateSchedule
 
 
 def simulate(schedule: RateSchedule, until: float, send_cost: float) -> list[float]:

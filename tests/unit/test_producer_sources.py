@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from contracts.errors import UserError
-from producer.malformed import MalformedMixer
-from producer.sending import expected_total, record_stream
-from producer.sources import load_csv, parse_shifts
+from forestream.errors import UserError
+from forestream.producer.malformed import MalformedMixer
+from forestream.producer.sending import expected_total, record_stream
+from forestream.producer.sources import load_csv, parse_shifts
 
 CSV = "id,x,colour,label\n10,1.5,red,yes\n11,,blue,no\n12,3,green,yes\n"
 

@@ -7,7 +7,8 @@ import statistics
 
 import pytest
 
-from contracts.schema import (
+from forestream.producer.synthetic import reference_std, synthetic_rows
+from forestream.wire.schema import (
     CategoricalFeature,
     CategoricalReference,
     FeatureSchema,
@@ -15,7 +16,6 @@ from contracts.schema import (
     NumericReference,
     ReferenceStats,
 )
-from producer.synthetic import reference_std, synthetic_rows
 
 SCHEMA = FeatureSchema(
     features=[

@@ -7,8 +7,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from contracts.errors import UserError
-from contracts.kafka_io import require_reachable
+from forestream.edge.factory import require_reachable
+from forestream.errors import UserError
 
 
 @pytest.fixture

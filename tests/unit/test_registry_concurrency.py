@@ -15,8 +15,8 @@ from typing import Any
 
 import pytest
 
-from contracts.errors import UserError
-from contracts.model_store import (
+from forestream.errors import UserError
+from forestream.registry.store import (
     ARTIFACT,
     METADATA,
     ArtifactRejected,
@@ -24,9 +24,9 @@ from contracts.model_store import (
     ModelStore,
     pickled_class,
 )
+from forestream.worker.models import ModelFollower
 from tests.unit.test_worker_models import Loader, event
 from tests.worker_support import ROOT, fit_pipeline, make_frame, save_model
-from worker.models import ModelFollower
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +40,7 @@ def hold_lock(store: Path, seconds: float) -> subprocess.Popen[str]:
     """Another process (another registry command) holding the store's lock."""
     code = (
         "import sys, time\n"
-        "from contracts.model_store import ModelStore\n"
+        "from forestream.registry.store import ModelStore\n"
         "with ModelStore(sys.argv[1]).lock('m'):\n"
         "    print('held', flush=True)\n"
         "    time.sleep(float(sys.argv[2]))\n"
@@ -177,8 +177,8 @@ def test_verifying_an_artifact_imports_no_scikit_learn(saved: tuple[Path, ModelM
     store, meta = saved
     code = (
         "import sys\n"
-        "import forestream.cli, training.publish\n"
-        "from contracts.model_store import ModelStore\n"
+        "import forestream.cli, forestream.training.publish\n"
+        "from forestream.registry.store import ModelStore\n"
         f"ModelStore(sys.argv[1]).verify_artifact('m', {meta.version!r})\n"
         "heavy = sorted(m for m in sys.modules if m.split('.')[0] in "
         "('sklearn', 'pandas', 'scipy', 'joblib'))\n"
@@ -225,7 +225,7 @@ class _SettlingReader:
         pass
 
     def _lookup(self, partitions: list[Any], offset: int) -> dict[Any, int]:
-        from contracts.edge import TransientKafkaError
+        from forestream.edge.interface import TransientKafkaError
 
         if self.refusals > 0:
             self.refusals -= 1
@@ -242,7 +242,7 @@ class _SettlingReader:
 def test_reading_the_models_topic_waits_out_a_leader_not_yet_elected() -> None:
     """Seen on librdkafka right after the topic was created: "not leader" is asked again
     within the read timeout, then it is one line naming the topic."""
-    from training.publish import ModelsTopic
+    from forestream.training.publish import ModelsTopic
 
     settling = _SettlingReader(refusals=3)
     reader: Any = settling  # our protocol's stand-in

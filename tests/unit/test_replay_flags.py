@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 import typer.main
 
-from contracts.errors import UserError
 from forestream.cli import app
-from worker.replay import check_resume_flags, check_topics
+from forestream.errors import UserError
+from forestream.worker.replay import check_resume_flags, check_topics
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from contracts.errors import UserError
-from contracts.kafka_errors import NotAuthorized, group_not_authorized
-from contracts.settings import load_settings
-from worker.replay import (
+from forestream.edge.errors import NotAuthorized, group_not_authorized
+from forestream.errors import UserError
+from forestream.runtime.settings import load_settings
+from forestream.worker.replay import (
     Checkpoint,
     ReplaySettings,
     new_exactly_once_ids,

@@ -6,11 +6,11 @@ from pathlib import Path
 
 import pytest
 
-from contracts.errors import UserError
-from contracts.model_store import ModelMetadata, ModelStore
-from contracts.schema import ReferenceStats
+from forestream.errors import UserError
+from forestream.registry.store import ModelMetadata, ModelStore
+from forestream.wire.schema import ReferenceStats
+from forestream.worker.replay import ReplaySettings, _load_model
 from tests.worker_support import fit_pipeline, make_frame, schema_for
-from worker.replay import ReplaySettings, _load_model
 
 
 def _save(store: ModelStore, classes: list[str]) -> str:

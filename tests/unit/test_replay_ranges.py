@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from contracts.errors import UserError
-from worker.replay import (
+from forestream.errors import UserError
+from forestream.worker.replay import (
     MAX_TIME_MS,
     Checkpoint,
     RangeFlags,
@@ -208,7 +208,7 @@ def test_a_missing_or_foreign_checkpoint_is_a_user_error(tmp_path: Path) -> None
 
 
 def test_a_new_replay_refuses_to_overwrite_an_unfinished_checkpoint(tmp_path: Path) -> None:
-    from worker.replay import refuse_unfinished
+    from forestream.worker.replay import refuse_unfinished
 
     path = tmp_path / "replay.json"
     refuse_unfinished(path)  # none yet: fine

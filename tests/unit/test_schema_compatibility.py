@@ -7,7 +7,7 @@ import random
 from hypothesis import given
 from hypothesis import strategies as st
 
-from contracts.schema import (
+from forestream.wire.schema import (
     CategoricalFeature,
     FeatureSchema,
     NumericFeature,
@@ -129,9 +129,9 @@ def test_follower_refuses_an_incompatible_version_and_keeps_serving() -> None:
     """The check runs in the real follower, on the same failure path as a bad artifact."""
     from structlog.testing import capture_logs
 
-    from contracts.wire import ModelEvent, ServingRef
+    from forestream.wire.messages import ModelEvent, ServingRef
+    from forestream.worker.models import ModelFollower
     from tests.worker_support import fit_pipeline, make_frame, schema_for
-    from worker.models import ModelFollower
 
     frame = make_frame(120, seed=3)
     pipeline = fit_pipeline(frame, trees=3)

@@ -6,9 +6,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from contracts.errors import UserError
-from contracts.settings import CommonSettings, load_settings
-from producer.settings import ProducerSettings
+from forestream.errors import UserError
+from forestream.producer.settings import ProducerSettings
+from forestream.runtime.settings import CommonSettings, load_settings
 
 
 @pytest.mark.parametrize("name", ["", "bad topic", "bad!topic", "x" * 250, ".", "..", "é"])
@@ -58,7 +58,7 @@ def test_bootstrap_lists_are_parsed_as_the_kafka_python_client_parses_them(value
     """Parsed without importing a client, to the same hosts and ports kafka-python finds."""
     from kafka.cluster import collect_hosts
 
-    from contracts.settings import broker_addresses
+    from forestream.runtime.settings import broker_addresses
 
     try:
         hosts = collect_hosts(value, randomize=False)

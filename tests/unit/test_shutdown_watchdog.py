@@ -1,4 +1,5 @@
-"""contracts.shutdown with real processes: SIGTERM ends them within the grace, whatever they do.
+"""forestream.runtime.shutdown with real processes: SIGTERM ends them within the grace, whatever
+they do.
 
 Each child is a tiny ``python -c`` script that installs the watchdog with a short grace, says
 ``ready`` on stdout, then gets stuck in a way the Python-level handler cannot end. Each arms
@@ -21,8 +22,8 @@ from pathlib import Path
 
 import pytest
 
-from contracts import shutdown
-from contracts.shutdown import EVENT, EXIT_CODE, GRACE_S
+from forestream.runtime import shutdown
+from forestream.runtime.shutdown import EVENT, EXIT_CODE, GRACE_S
 
 ROOT = Path(__file__).resolve().parents[2]
 GRACE = 2.0
@@ -32,8 +33,8 @@ PRELUDE = textwrap.dedent(
     """
     import ctypes, os, signal, sys, threading, time
     signal.alarm(60)
-    from contracts.logs import configure_logging
-    from contracts.shutdown import install
+    from forestream.runtime.logs import configure_logging
+    from forestream.runtime.shutdown import install
     configure_logging("json")
     stop = threading.Event()
     def on_stop(signum):
@@ -250,7 +251,7 @@ def test_install_refuses_other_threads_and_a_non_positive_grace() -> None:
 
 def test_the_grace_fits_inside_the_supervisors_stop_timeout() -> None:
     """``worker --processes K``: children must end by themselves before the supervisor kills."""
-    from worker.supervisor import supervise
+    from forestream.worker.supervisor import supervise
 
     stop_timeout_s = inspect.signature(supervise).parameters["stop_timeout_s"].default
     assert stop_timeout_s >= GRACE_S + 5

@@ -1,4 +1,5 @@
-"""worker.supervisor with real child processes: restarts, per-child index, SIGTERM forwarding.
+"""forestream.worker.supervisor with real child processes: restarts, per-child index, SIGTERM
+forwarding.
 
 Children are tiny ``python -c`` scripts that record what happened in files under tmp_path.
 Each arms ``signal.alarm`` so that, whatever goes wrong, no child outlives the test for long,
@@ -23,8 +24,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 from structlog.testing import capture_logs
 
-from contracts.errors import UserError
-from worker.supervisor import (
+from forestream.errors import UserError
+from forestream.worker.supervisor import (
     WORKER_INDEX_ENV,
     WORKER_PROCESSES_ENV,
     describe_exit,
@@ -111,8 +112,8 @@ CRASH_THEN_STOP_SUPERVISOR = textwrap.dedent(
 RUN_SUPERVISOR = textwrap.dedent(
     """
     import json, sys
-    from contracts.logs import configure_logging
-    from worker.supervisor import supervise
+    from forestream.runtime.logs import configure_logging
+    from forestream.worker.supervisor import supervise
     configure_logging("json")
     spec = json.loads(sys.argv[1])
     sys.exit(supervise(spec.pop("argv"), spec.pop("processes"), **spec))

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from training.fit import ForestParams, build_pipeline, evaluate, fit, split
-from training.quality import assess, prepare
+from forestream.training.fit import ForestParams, build_pipeline, evaluate, fit, split
+from forestream.training.quality import assess, prepare
 
 NUMERIC = ["x1", "x2"]
 CATEGORICAL = ["colour"]

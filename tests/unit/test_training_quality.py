@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from training.quality import (
+from forestream.training.quality import (
     as_category_strings,
     assess,
     fatal_problem,

@@ -10,8 +10,13 @@ from hypothesis import given
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from contracts.schema import CategoricalReference, NumericReference
-from training.schema_build import bin_shares, build_reference, build_schema, quantile_edges
+from forestream.training.schema_build import (
+    bin_shares,
+    build_reference,
+    build_schema,
+    quantile_edges,
+)
+from forestream.wire.schema import CategoricalReference, NumericReference
 
 
 def training_frame() -> pd.DataFrame:

@@ -10,11 +10,11 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from contracts.errors import UserError
-from contracts.model_store import ModelStore
-from training.demo_data import PENGUINS_TARGET, write_penguins_csv
-from training.fit import ForestParams
-from training.train import TrainOutcome, TrainRequest, check_params, run_training
+from forestream.errors import UserError
+from forestream.registry.store import ModelStore
+from forestream.training.demo_data import PENGUINS_TARGET, write_penguins_csv
+from forestream.training.fit import ForestParams
+from forestream.training.train import TrainOutcome, TrainRequest, check_params, run_training
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,5 @@
-"""The exactly-once step shared by the worker and replay (:mod:`worker.transactions`), driven
+"""The exactly-once step shared by the worker and replay (:mod:`forestream.worker.transactions`),
+driven
 through a stand-in for the edge's TransactionalProducer (our own protocol, not a client)."""
 
 from __future__ import annotations
@@ -8,14 +9,14 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from contracts.edge import (
+from forestream.edge.errors import NotAuthorized
+from forestream.edge.interface import (
     Outgoing,
     TopicPartition,
     TransactionAborted,
     TransientKafkaError,
 )
-from contracts.kafka_errors import NotAuthorized
-from worker.transactions import replace_producer, retry_backoff_s, transact
+from forestream.worker.transactions import replace_producer, retry_backoff_s, transact
 
 
 @dataclass
@@ -144,8 +145,8 @@ def test_the_successor_is_built_after_its_predecessor_is_dropped() -> None:
 def test_a_successor_the_cluster_does_not_answer_is_retried_not_a_user_mistake() -> None:
     """At start "cannot reach Kafka" is the user's (exit 2, a hint); mid-run it is an outage:
     the settle that builds the successor backs off and tries again."""
-    from contracts.errors import ClusterUnreachable, UserError
-    from contracts.kafka_io import _unreachable
+    from forestream.edge.factory import _unreachable
+    from forestream.errors import ClusterUnreachable, UserError
 
     unreachable = _unreachable("127.0.0.1:1")
     assert isinstance(unreachable, ClusterUnreachable) and isinstance(unreachable, UserError)

@@ -11,9 +11,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from contracts.headers import ReasonCode
-from contracts.schema import CategoricalFeature, FeatureSchema, NumericFeature
-from worker.decoding import MODEL_RANGE_LIMIT, decode_batch
+from forestream.wire.headers import ReasonCode
+from forestream.wire.schema import CategoricalFeature, FeatureSchema, NumericFeature
+from forestream.worker.decoding import MODEL_RANGE_LIMIT, decode_batch
 
 SCHEMA = FeatureSchema(
     features=[

@@ -11,9 +11,9 @@ from types import SimpleNamespace
 
 import pytest
 
-from contracts import edge_kafka_python
-from contracts.connection import KafkaConnection
-from contracts.edge_kafka_python import KafkaPythonGroupConsumer
+from forestream.edge import kafka_python as edge_kafka_python
+from forestream.edge.connection import KafkaConnection
+from forestream.edge.kafka_python import KafkaPythonGroupConsumer
 
 
 class Coordinator:

@@ -6,8 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from worker.batch import ScoredBatch
-from worker.monitoring import LatencyWindow
+from forestream.worker.batch import ScoredBatch
+from forestream.worker.monitoring import LatencyWindow
 
 
 def _batch(event_times_ms: list[int], scored_at_ms: int) -> ScoredBatch:

@@ -8,11 +8,11 @@ from typing import Any
 
 import pytest
 
-from contracts.schema import FeatureSchema
-from contracts.wire import ModelEvent, ServingRef
+from forestream.wire.messages import ModelEvent, ServingRef
+from forestream.wire.schema import FeatureSchema
+from forestream.worker.decoding import decode_batch
+from forestream.worker.models import ModelFollower, reference_row, warm_up
 from tests.worker_support import fit_pipeline, make_frame, schema_for
-from worker.decoding import decode_batch
-from worker.models import ModelFollower, reference_row, warm_up
 
 
 @dataclass

@@ -11,13 +11,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from contracts import headers
-from contracts.headers import ReasonCode
-from contracts.wire import Prediction
+from forestream.wire import headers
+from forestream.wire.headers import ReasonCode
+from forestream.wire.messages import Prediction
+from forestream.worker.batch import ScoredBatch
+from forestream.worker.models import ActiveModel
+from forestream.worker.processing import ObserverFanout, process_records
 from tests.worker_support import fit_pipeline, make_frame, malformed_records, row_json, schema_for
-from worker.batch import ScoredBatch
-from worker.models import ActiveModel
-from worker.processing import ObserverFanout, process_records
 
 
 @dataclass

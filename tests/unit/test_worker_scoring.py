@@ -12,12 +12,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from contracts import headers
-from contracts.headers import ReasonCode
-from contracts.wire import Prediction
+from forestream.wire import headers
+from forestream.wire.headers import ReasonCode
+from forestream.wire.messages import Prediction
+from forestream.worker.decoding import decode_batch
+from forestream.worker.scoring import ScoringError, dlq_headers, encode_predictions, score_frame
 from tests.worker_support import fit_pipeline, make_frame, row_json, schema_for
-from worker.decoding import decode_batch
-from worker.scoring import ScoringError, dlq_headers, encode_predictions, score_frame
 
 
 @cache
@@ -116,7 +116,7 @@ def test_forests_are_scored_tree_by_tree_with_bit_identical_results() -> None:
     label), for the trainer's Pipeline and for a bare forest alike."""
     from sklearn.ensemble import RandomForestClassifier
 
-    from worker.scoring import _probability_fn
+    from forestream.worker.scoring import _probability_fn
 
     pipeline, train = trained()
     live = make_frame(200, seed=4)
@@ -135,7 +135,7 @@ def test_forests_are_scored_tree_by_tree_with_bit_identical_results() -> None:
 def test_a_forest_with_its_own_predict_proba_keeps_it() -> None:
     from sklearn.ensemble import RandomForestClassifier
 
-    from worker.scoring import _probability_fn
+    from forestream.worker.scoring import _probability_fn
 
     class Calibrated(RandomForestClassifier):
         def predict_proba(self, frame: Any) -> Any:
@@ -149,7 +149,7 @@ def test_a_forest_with_its_own_predict_proba_keeps_it() -> None:
 
 
 def test_percent_signs_and_quotes_in_names_survive_the_template() -> None:
-    from worker.scoring import Scores
+    from forestream.worker.scoring import Scores
 
     classes = ["50%", 'a"b%d']
     probabilities = np.array([[0.25, 0.75], [1.0, 0.0]])
@@ -219,8 +219,8 @@ def calls_bound(bad: int, rows: int) -> int:
 @settings(max_examples=60, deadline=None)
 @given(st.lists(st.sampled_from(["good", "good", "good", "raises", "nan"]), max_size=70))
 def test_isolation_scores_every_good_row_and_fails_exactly_the_bad_ones(kinds: list[str]) -> None:
+    from forestream.worker.scoring import score_isolating
     from tests.unit.rejecting_model import rejecting_pipeline
-    from worker.scoring import score_isolating
 
     pipeline = rejecting_pipeline()
     classes = [str(c) for c in pipeline.classes_]
@@ -244,8 +244,8 @@ def test_isolation_scores_every_good_row_and_fails_exactly_the_bad_ones(kinds: l
 
 
 def test_a_clean_batch_costs_one_call() -> None:
+    from forestream.worker.scoring import score_isolating
     from tests.unit.rejecting_model import rejecting_pipeline
-    from worker.scoring import score_isolating
 
     calls = 0
 
@@ -262,8 +262,8 @@ def test_a_clean_batch_costs_one_call() -> None:
 
 def test_a_few_bad_rows_of_a_full_batch_fit_the_default_budget() -> None:
     """Three bad rows of 1,000 (the default --max-batch): every other row is predicted."""
+    from forestream.worker.scoring import score_isolating
     from tests.unit.rejecting_model import rejecting_pipeline
-    from worker.scoring import score_isolating
 
     kinds = ["good"] * 1000
     for i in (0, 517, 999):
@@ -276,8 +276,8 @@ def test_a_few_bad_rows_of_a_full_batch_fit_the_default_budget() -> None:
 
 @pytest.mark.parametrize("bad", [40, 1000])
 def test_past_the_budget_the_unsplit_rest_fails_whole_and_nothing_is_lost(bad: int) -> None:
+    from forestream.worker.scoring import ISOLATION_MAX_CALLS, score_isolating
     from tests.unit.rejecting_model import rejecting_pipeline
-    from worker.scoring import ISOLATION_MAX_CALLS, score_isolating
 
     kinds = ["good"] * 1000
     for i in np.random.default_rng(bad).choice(1000, size=bad, replace=False).tolist():
@@ -296,7 +296,7 @@ def test_past_the_budget_the_unsplit_rest_fails_whole_and_nothing_is_lost(bad: i
     ids=["raises", "wrong-shape", "nan"],
 )
 def test_a_model_that_fails_on_everything_fails_every_row_in_bounded_calls(result: Any) -> None:
-    from worker.scoring import score_isolating
+    from forestream.worker.scoring import score_isolating
 
     calls = 0
 
@@ -318,7 +318,7 @@ def test_a_model_that_fails_on_everything_fails_every_row_in_bounded_calls(resul
 
 def test_a_bad_first_batch_does_not_cost_a_forest_its_fast_path() -> None:
     """The bit-identity check needs a batch predict_proba can score; a failing one defers it."""
-    from worker.scoring import _probability_fn
+    from forestream.worker.scoring import _probability_fn
 
     frame = marked_frame(["good"] * 20)
     forest = fit_pipeline(make_frame(300, seed=1))  # a fresh model: nothing cached yet

@@ -1,7 +1,8 @@
 """How every client of every command reaches Kafka: address, security, compression, topic layout.
 
-One value, built once from settings (:meth:`contracts.settings.CommonSettings.kafka`) and handed
-to the client factory in :mod:`contracts.kafka_io`; nothing else builds a Kafka client, so a
+One value, built once from settings (:meth:`forestream.runtime.settings.CommonSettings.kafka`) and
+handed
+to the client factory in :mod:`forestream.edge.factory`; nothing else builds a Kafka client, so a
 secured cluster is reached the same way by the worker, its model follower and labels reader,
 replay, the producer, the monitor, the admin commands and the trainer's publisher.
 
@@ -17,7 +18,7 @@ from typing import Any, Literal
 
 from pydantic import SecretStr
 
-from contracts.edge import KafkaClient
+from forestream.edge.interface import KafkaClient
 
 SecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
 SaslMechanism = Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"]
@@ -48,7 +49,8 @@ class KafkaConnection:
 
     bootstrap: str
     kafka_client: KafkaClient = "kafka-python"
-    """Which client library every component talks to Kafka with (:mod:`contracts.edge`)."""
+    """Which client library every component talks to Kafka with
+    (:mod:`forestream.edge.interface`)."""
     security_protocol: SecurityProtocol = "PLAINTEXT"
     sasl_mechanism: SaslMechanism | None = None
     sasl_username: str | None = None

@@ -15,7 +15,7 @@ LogFormat = Literal["auto", "json", "console"]
 def checked_log_format(value: str) -> LogFormat:
     """A ``--log-format`` value as given by a flag or the environment, or a user error."""
     if value not in ("auto", "json", "console"):
-        from contracts.errors import UserError
+        from forestream.errors import UserError
 
         raise UserError(f"--log-format must be auto, json or console, not {value!r}")
     return value  # type: ignore[return-value]

@@ -1,7 +1,8 @@
 """The model registry: versioned, hashed (optionally signed) artifacts and promotion state.
 
 A local directory here; :func:`open_store` also takes a URI (``s3://bucket/prefix`` and the other
-fsspec filesystems), served by :class:`contracts.object_store.ObjectModelStore` with the same
+fsspec filesystems), served by :class:`forestream.registry.object_store.ObjectModelStore` with the
+same
 rules rebuilt from conditional writes.
 
 Layout: ``<root>/<name>/<version>/{model.joblib, metadata.json, quality_report.json}``,
@@ -13,7 +14,7 @@ unpickling (the registry commands must not pay for importing scikit-learn).
 
 The promotion history follows the models topic, which is what workers serve from: registry
 writers hold :meth:`ModelStore.lock` and record an entry only after their event is on the topic
-(``training.publish.change_serving``).
+(``forestream.training.publish.change_serving``).
 """
 
 from __future__ import annotations
@@ -39,8 +40,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from contracts.errors import UserError
-from contracts.schema import FeatureSchema, ReferenceStats
+from forestream.errors import UserError
+from forestream.wire.schema import FeatureSchema, ReferenceStats
 
 ARTIFACT = "model.joblib"
 METADATA = "metadata.json"
@@ -92,7 +93,7 @@ def store_location(location: str | os.PathLike[str]) -> str:
         if not path.startswith("/"):
             raise UserError(f"model store {text!r}: a file:// URI needs an absolute path")
         return path
-    from contracts.object_store import check_uri
+    from forestream.registry.object_store import check_uri
 
     return check_uri(text)
 
@@ -104,7 +105,7 @@ def open_store(location: str | os.PathLike[str], *, endpoint_url: str | None = N
     """
     where = store_location(location)
     if is_uri(where):
-        from contracts.object_store import ObjectModelStore
+        from forestream.registry.object_store import ObjectModelStore
 
         return ObjectModelStore(where, endpoint_url=endpoint_url)
     return ModelStore(where)
@@ -691,7 +692,7 @@ class ModelStore:
         """Mark a version as the one workers serve; it must exist and pass verification.
 
         Records only: ``forestream models promote`` announces through
-        ``training.publish.change_serving``, which records after the announcement.
+        ``forestream.training.publish.change_serving``, which records after the announcement.
         """
         version = normalize_version(version)
         meta = self.metadata(name, version)

@@ -17,18 +17,18 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from contracts.connection import (
+from forestream.edge.connection import (
     DEFAULT_COMPRESSION,
     Compression,
     KafkaConnection,
     SaslMechanism,
     SecurityProtocol,
 )
-from contracts.edge import KafkaClient
-from contracts.errors import UserError
+from forestream.edge.interface import KafkaClient
+from forestream.errors import UserError
 
 if TYPE_CHECKING:
-    from contracts.model_store import ModelStore
+    from forestream.registry.store import ModelStore
 
 FALLBACK_BOOTSTRAP = "127.0.0.1:9092"
 DEFAULT_KAFKA_DIR = Path(".forestream/kafka")
@@ -164,7 +164,7 @@ class CommonSettings(BaseSettings):
     @classmethod
     def _store_location(cls, value: object) -> object:
         """A path or a URI fsspec can open (a typo'd scheme or bucket fails here, in one line)."""
-        from contracts.model_store import store_location
+        from forestream.registry.store import store_location
 
         if isinstance(value, str | os.PathLike):
             try:
@@ -184,7 +184,7 @@ class CommonSettings(BaseSettings):
 
     def open_store(self) -> ModelStore:
         """The model store these settings name: a directory, or an object store's URI."""
-        from contracts.model_store import open_store
+        from forestream.registry.store import open_store
 
         return open_store(self.model_store, endpoint_url=self.s3_endpoint_url)
 
@@ -257,7 +257,7 @@ class CommonSettings(BaseSettings):
         return self
 
     def kafka(self) -> KafkaConnection:
-        """What every Kafka client of this command is built from (``contracts.kafka_io``)."""
+        """What every Kafka client of this command is built from (``forestream.edge.factory``)."""
         same = {
             f.name: getattr(self, f.name) for f in fields(KafkaConnection) if f.name != "bootstrap"
         }

@@ -3,7 +3,8 @@
 Every Kafka client of every command is built here, from one :class:`KafkaConnection` (address,
 TLS/SASL, compression, topic layout, client library), so a secured cluster is reached alike
 everywhere. The edge factories (``group_consumer``, ``partition_reader``, ``acking_producer``,
-``transactional_producer``, ``topic_admin``) return :mod:`contracts.edge` interfaces on the
+``transactional_producer``, ``topic_admin``) return :mod:`forestream.edge.interface` interfaces on
+the
 connection's client; ``make_producer``, ``make_consumer`` and ``admin_client`` build raw
 kafka-python clients for that adapter, tests and benchmarks. No Kafka client is imported until
 one is built. A plain ``str`` stands for a PLAINTEXT address with defaults (the local broker:
@@ -18,8 +19,14 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from contracts.connection import KafkaConnection
-from contracts.edge import (
+from forestream.edge.connection import KafkaConnection
+from forestream.edge.errors import (
+    KafkaFatalError,
+    NotAuthorized,
+    topic_not_authorized,
+    topic_unavailable,
+)
+from forestream.edge.interface import (
     AckingProducer,
     CreationRefused,
     GroupConsumer,
@@ -30,14 +37,8 @@ from contracts.edge import (
     TransactionalProducer,
     TransientKafkaError,
 )
-from contracts.errors import ClusterUnreachable, UserError
-from contracts.kafka_errors import (
-    KafkaFatalError,
-    NotAuthorized,
-    topic_not_authorized,
-    topic_unavailable,
-)
-from contracts.settings import broker_addresses
+from forestream.errors import ClusterUnreachable, UserError
+from forestream.runtime.settings import broker_addresses
 
 if TYPE_CHECKING:
     from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
@@ -103,7 +104,7 @@ def require_reachable(target: Target, timeout_s: float = 3.0) -> None:
 
     The clients would retry for tens of seconds (and log every attempt) before giving up; a
     mistyped address, an untrusted CA or a wrong password deserve an answer now, with the
-    exit code of their class (:mod:`contracts.kafka_errors`). A broker that accepts but then
+    exit code of their class (:mod:`forestream.edge.errors`). A broker that accepts but then
     misbehaves is still the clients' business.
     """
     import socket
@@ -118,7 +119,7 @@ def require_reachable(target: Target, timeout_s: float = 3.0) -> None:
     else:
         raise _unreachable(conn.bootstrap)
     if conn.uses_tls or conn.uses_sasl:
-        from contracts.kafka_preflight import check_security
+        from forestream.edge.preflight import check_security
 
         check_security(conn, host, port, timeout_s=max(timeout_s, 5.0))
 
@@ -128,7 +129,7 @@ def _built(conn: KafkaConnection, build: Any) -> Any:
     code). kafka-python connects while it is built; librdkafka's clients connect later."""
     from kafka.errors import KafkaError
 
-    from contracts.edge_kafka_python import classify_client_error
+    from forestream.edge.kafka_python import classify_client_error
 
     try:
         return build()
@@ -144,11 +145,11 @@ def classify_stray(exc: BaseException) -> KafkaFatalError | None:
     ``forestream.cli``), on whichever client raised it."""
     module = type(exc).__module__
     if module.startswith("kafka."):
-        from contracts.edge_kafka_python import classify_client_error
+        from forestream.edge.kafka_python import classify_client_error
 
         return classify_client_error(exc)
     if module.startswith(("confluent_kafka", "cimpl")):
-        from contracts.edge_confluent import classify_librdkafka_error
+        from forestream.edge.confluent import classify_librdkafka_error
 
         return classify_librdkafka_error(exc)
     return None
@@ -225,7 +226,7 @@ def group_consumer(
     conn = connection(target)
     heartbeat_ms = min(3000, session_timeout_ms // 3)
     if conn.kafka_client == "confluent":
-        from contracts.edge_confluent import ConfluentGroupConsumer
+        from forestream.edge.confluent import ConfluentGroupConsumer
 
         return ConfluentGroupConsumer(
             conn,
@@ -236,7 +237,7 @@ def group_consumer(
             # takes two rounds: partitions moving to a joining worker waited ~2 heartbeats
             heartbeat_interval_ms=min(1000, session_timeout_ms // 3),
         )  # librdkafka is told how many records per poll_batch, not up front
-    from contracts.edge_kafka_python import KafkaPythonGroupConsumer
+    from forestream.edge.kafka_python import KafkaPythonGroupConsumer
 
     consumer = make_consumer(
         conn,
@@ -270,7 +271,7 @@ def acking_producer(
     is for one-shot commands (the registry) that wait on their first metadata."""
     conn = connection(target)
     if conn.kafka_client == "confluent":
-        from contracts.edge_confluent import ConfluentProducer
+        from forestream.edge.confluent import ConfluentProducer
 
         extra: dict[str, Any] = {}
         if compression is not None:
@@ -280,7 +281,7 @@ def acking_producer(
         if max_block_ms is not None:
             extra["enqueue_block_s"] = max_block_ms / 1000
         return ConfluentProducer(conn, client_id=client_id, linger_ms=linger_ms, **extra)
-    from contracts.edge_kafka_python import KafkaPythonProducer, quicken_metadata
+    from forestream.edge.kafka_python import KafkaPythonProducer, quicken_metadata
 
     overrides: dict[str, Any] = {"client_id": client_id, "linger_ms": linger_ms}
     if max_block_ms is not None:
@@ -308,7 +309,7 @@ def transactional_producer(
     open transaction; ``max_block_ms`` also bounds that."""
     conn = connection(target)
     if conn.kafka_client == "confluent":
-        from contracts.edge_confluent import ConfluentTransactionalProducer
+        from forestream.edge.confluent import ConfluentTransactionalProducer
 
         return ConfluentTransactionalProducer(
             conn,
@@ -317,7 +318,7 @@ def transactional_producer(
             transaction_timeout_ms=transaction_timeout_ms,
             init_timeout_s=max_block_ms / 1000,
         )
-    from contracts.edge_kafka_python import KafkaPythonTransactionalProducer
+    from forestream.edge.kafka_python import KafkaPythonTransactionalProducer
 
     producer = make_producer(
         conn,
@@ -349,10 +350,10 @@ def partition_reader(
     hold a fetch with nothing to return; ``quick_metadata`` as for :func:`acking_producer`."""
     conn = connection(target)
     if conn.kafka_client == "confluent":
-        from contracts.edge_confluent import ConfluentReader
+        from forestream.edge.confluent import ConfluentReader
 
         return ConfluentReader(conn, client_id=client_id, fetch_max_wait_ms=fetch_max_wait_ms)
-    from contracts.edge_kafka_python import KafkaPythonReader, quicken_metadata
+    from forestream.edge.kafka_python import KafkaPythonReader, quicken_metadata
 
     consumer = make_consumer(
         conn,
@@ -373,10 +374,10 @@ def group_offsets_reader(
     exactly-once commits them in its transactions and resumes from them."""
     conn = connection(target)
     if conn.kafka_client == "confluent":
-        from contracts.edge_confluent import ConfluentGroupOffsetsReader
+        from forestream.edge.confluent import ConfluentGroupOffsetsReader
 
         return ConfluentGroupOffsetsReader(conn, client_id=client_id, group_id=group)
-    from contracts.edge_kafka_python import KafkaPythonGroupOffsetsReader
+    from forestream.edge.kafka_python import KafkaPythonGroupOffsetsReader
 
     consumer = make_consumer(
         conn, group_id=group, client_id=client_id, max_poll_records=max_poll_records
@@ -389,10 +390,10 @@ def topic_admin(target: Target, timeout_s: float = 10.0) -> TopicAdmin:
     about ``timeout_s``."""
     conn = connection(target)
     if conn.kafka_client == "confluent":
-        from contracts.edge_confluent import ConfluentAdmin
+        from forestream.edge.confluent import ConfluentAdmin
 
         return ConfluentAdmin(conn, client_id="forestream-admin", timeout_s=timeout_s)
-    from contracts.edge_kafka_python import KafkaPythonAdmin
+    from forestream.edge.kafka_python import KafkaPythonAdmin
 
     return KafkaPythonAdmin(admin_client(conn, timeout_s=timeout_s), conn)
 

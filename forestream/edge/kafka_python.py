@@ -1,4 +1,4 @@
-"""The kafka-python side of the Kafka edge (:mod:`contracts.edge`), with its workarounds.
+"""The kafka-python side of the Kafka edge (:mod:`forestream.edge.interface`), with its workarounds.
 
 kafka-python runs the group protocol (heartbeats, joins, rebalance callbacks) on an IO thread
 of its own while the caller blocks in ``poll()``; a blocking consumer call from a rebalance
@@ -35,22 +35,8 @@ from kafka.errors import (
 )
 from kafka.structs import OffsetAndMetadata
 
-from contracts.connection import KafkaConnection
-from contracts.edge import (
-    CommitRejected,
-    CreationRefused,
-    Delivery,
-    InputRecord,
-    Outgoing,
-    RebalanceHandler,
-    TopicPartition,
-    TopicRequest,
-    TransactionAborted,
-    TransientKafkaError,
-    describe_partitions,
-    lag_by_partition,
-)
-from contracts.kafka_errors import (
+from forestream.edge.connection import KafkaConnection
+from forestream.edge.errors import (
     KafkaFatalError,
     authentication_failed,
     format_mismatch,
@@ -64,6 +50,20 @@ from contracts.kafka_errors import (
     topic_not_authorized,
     unsupported_codec,
 )
+from forestream.edge.interface import (
+    CommitRejected,
+    CreationRefused,
+    Delivery,
+    InputRecord,
+    Outgoing,
+    RebalanceHandler,
+    TopicPartition,
+    TopicRequest,
+    TransactionAborted,
+    TransientKafkaError,
+    describe_partitions,
+    lag_by_partition,
+)
 
 log = structlog.get_logger("forestream.kafka")
 
@@ -75,7 +75,7 @@ def classify_client_error(
     group: str | None = None,
 ) -> KafkaFatalError | None:
     """The fatal error a kafka-python ``exc`` amounts to, or None when it is worth retrying
-    (the librdkafka twin is :func:`contracts.edge_confluent.classify_librdkafka_error`)."""
+    (the librdkafka twin is :func:`forestream.edge.confluent.classify_librdkafka_error`)."""
     if isinstance(exc, KafkaFatalError):
         return exc
     if isinstance(
@@ -130,7 +130,7 @@ def _ours(partitions: Iterable[Any]) -> list[TopicPartition]:
 
 
 class KafkaPythonGroupConsumer:
-    """A group member on kafka-python; ``consumer`` is built by :mod:`contracts.kafka_io`."""
+    """A group member on kafka-python; ``consumer`` is built by :mod:`forestream.edge.factory`."""
 
     def __init__(
         self, consumer: KafkaConsumer, conn: KafkaConnection, group: str | None = None
@@ -292,7 +292,7 @@ class KafkaPythonGroupConsumer:
 
 
 class KafkaPythonReader:
-    """A group-less reader on kafka-python (:class:`contracts.edge.PartitionReader`)."""
+    """A group-less reader on kafka-python (:class:`forestream.edge.interface.PartitionReader`)."""
 
     def __init__(self, consumer: KafkaConsumer, conn: KafkaConnection) -> None:
         self._consumer = consumer
@@ -377,7 +377,7 @@ class KafkaPythonReader:
 
 class KafkaPythonGroupOffsetsReader(KafkaPythonReader):
     """A reader whose ``consumer`` has ``group_id`` set but only ever ``assign``s
-    (:class:`contracts.edge.GroupOffsetsReader`): kafka-python then looks up the group's
+    (:class:`forestream.edge.interface.GroupOffsetsReader`): kafka-python then looks up the group's
     coordinator for offsets, and never joins (no heartbeats, no rebalances)."""
 
     def __init__(self, consumer: KafkaConsumer, conn: KafkaConnection, group: str) -> None:
@@ -556,7 +556,8 @@ def _cause(exc: BaseException) -> BaseException:
 
 
 class KafkaPythonTransactionalProducer(KafkaPythonProducer):
-    """A transactional producer on kafka-python (:class:`contracts.edge.TransactionalProducer`).
+    """A transactional producer on kafka-python
+    (:class:`forestream.edge.interface.TransactionalProducer`).
 
     kafka-python's ``send_offsets_to_transaction``, ``commit_transaction`` and
     ``abort_transaction`` wait without a bound; the same requests are made here through its
@@ -649,7 +650,8 @@ class KafkaPythonTransactionalProducer(KafkaPythonProducer):
 
 
 class KafkaPythonAdmin:
-    """Topic creation and inspection on kafka-python (:class:`contracts.edge.TopicAdmin`)."""
+    """Topic creation and inspection on kafka-python
+    (:class:`forestream.edge.interface.TopicAdmin`)."""
 
     def __init__(self, admin: KafkaAdminClient, conn: KafkaConnection) -> None:
         self._admin = admin

@@ -30,11 +30,11 @@ from typing import Any, Literal, overload
 
 from pydantic import SecretStr
 
-from contracts.connection import KafkaConnection
-from contracts.edge import KafkaClient
-from contracts.errors import UserError
-from contracts.settings import BROKER_STATE_FILE, read_broker_state
-from forestream.local_tls import TlsFiles, ensure_tls
+from forestream.edge.connection import KafkaConnection
+from forestream.edge.interface import KafkaClient
+from forestream.errors import UserError
+from forestream.local.tls import TlsFiles, ensure_tls
+from forestream.runtime.settings import BROKER_STATE_FILE, read_broker_state
 
 KAFKA_VERSION = "4.1.1"
 MIN_JAVA = 17
@@ -207,7 +207,7 @@ def ensure_jars() -> Path:
         )
     lib.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix="lib-", dir=lib.parent))
-    pom = resources.files("forestream").joinpath("kafka/pom.xml")
+    pom = resources.files("forestream").joinpath("local/pom.xml")
     with resources.as_file(pom) as pom_path:
         cmd = [
             mvn, "-q", "-B", "-f", str(pom_path), "dependency:copy-dependencies",
@@ -349,8 +349,8 @@ def _java_cmd(java: str, lib: Path, data_dir: Path, *args: str) -> list[str]:
 
 def _broker_answers(conn: KafkaConnection, timeout_s: float) -> bool:
     """True once the broker answers a metadata request (not just accepts TCP)."""
-    from contracts.edge import TransientKafkaError
-    from contracts.kafka_io import topic_admin
+    from forestream.edge.factory import topic_admin
+    from forestream.edge.interface import TransientKafkaError
 
     try:
         admin = topic_admin(conn, timeout_s=timeout_s)

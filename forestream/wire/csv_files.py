@@ -10,7 +10,7 @@ import io
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from contracts.errors import UserError
+from forestream.errors import UserError
 
 if TYPE_CHECKING:
     import pandas as pd

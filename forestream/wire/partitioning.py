@@ -1,7 +1,7 @@
 """Which partition a keyed record lands on: the Java client's rule, in pure Python.
 
 kafka-python's default partitioner and librdkafka's ``murmur2_random`` (what
-:mod:`contracts.edge_confluent` configures) both put a key on ``murmur2(key) & 0x7fffffff``
+:mod:`forestream.edge.confluent` configures) both put a key on ``murmur2(key) & 0x7fffffff``
 modulo the partition count, as the Java client does. A reader that must know in advance where a
 key's records are (the registry reads a model name's newest event before writing the next)
 computes it here, without importing either client.

@@ -1,4 +1,5 @@
-"""The librdkafka side of the Kafka edge (:mod:`contracts.edge`), through ``confluent-kafka``.
+"""The librdkafka side of the Kafka edge (:mod:`forestream.edge.interface`), through
+``confluent-kafka``.
 
 librdkafka fetches, decompresses, batches and sends in C threads of its own, outside the GIL:
 the Python cost per record is building one small tuple on the way in and one ``produce`` call
@@ -46,8 +47,21 @@ from confluent_kafka import (
 from confluent_kafka import TopicPartition as RdTopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from contracts.connection import KafkaConnection
-from contracts.edge import (
+from forestream.edge.connection import KafkaConnection
+from forestream.edge.errors import (
+    KafkaFatalError,
+    ProducerFenced,
+    authentication_failed,
+    format_mismatch,
+    group_not_authorized,
+    idempotence_refused,
+    looks_like_tls,
+    not_authorized,
+    producer_fenced,
+    tls_failed,
+    topic_not_authorized,
+)
+from forestream.edge.interface import (
     CommitRejected,
     ConsumedRecord,
     CreationRefused,
@@ -63,20 +77,7 @@ from contracts.edge import (
     describe_partitions,
     lag_by_partition,
 )
-from contracts.kafka_errors import (
-    KafkaFatalError,
-    ProducerFenced,
-    authentication_failed,
-    format_mismatch,
-    group_not_authorized,
-    idempotence_refused,
-    looks_like_tls,
-    not_authorized,
-    producer_fenced,
-    tls_failed,
-    topic_not_authorized,
-)
-from contracts.logs import RateLimited
+from forestream.runtime.logs import RateLimited
 
 log = structlog.get_logger("forestream.kafka")
 
@@ -87,7 +88,7 @@ _ENQUEUE_BLOCK_S = 2.0
 """How long ``send`` waits for room in librdkafka's queue before it stops handing records over
 (the publisher then retries the rest): a broker away must not block the loop for long."""
 _CLIENT_LOG = logging.getLogger("kafka.librdkafka")
-"""librdkafka's own log lines, through the rate-limited bridge of :mod:`contracts.logs`."""
+"""librdkafka's own log lines, through the rate-limited bridge of :mod:`forestream.runtime.logs`."""
 
 _REJECTED_COMMIT = frozenset(
     {
@@ -320,7 +321,7 @@ class _Client:
 
 
 class ConfluentGroupConsumer(_Client):
-    """A consumer-group member on librdkafka (:class:`contracts.edge.GroupConsumer`)."""
+    """A consumer-group member on librdkafka (:class:`forestream.edge.interface.GroupConsumer`)."""
 
     def __init__(
         self,
@@ -689,7 +690,8 @@ class _Delivery:
 
 
 class ConfluentProducer(_Client):
-    """An acknowledging producer on librdkafka (:class:`contracts.edge.AckingProducer`)."""
+    """An acknowledging producer on librdkafka
+    (:class:`forestream.edge.interface.AckingProducer`)."""
 
     def __init__(
         self,
@@ -849,7 +851,8 @@ class ConfluentProducer(_Client):
 
 
 class ConfluentTransactionalProducer(ConfluentProducer):
-    """A transactional producer on librdkafka (:class:`contracts.edge.TransactionalProducer`).
+    """A transactional producer on librdkafka
+    (:class:`forestream.edge.interface.TransactionalProducer`).
 
     librdkafka's transactional calls take a timeout; an error says whether the transaction must
     be aborted, may be retried, or is fatal (fenced: this producer is done)."""
@@ -951,7 +954,7 @@ class ConfluentTransactionalProducer(ConfluentProducer):
 
 
 class ConfluentReader(_Client):
-    """A group-less reader on librdkafka (:class:`contracts.edge.PartitionReader`).
+    """A group-less reader on librdkafka (:class:`forestream.edge.interface.PartitionReader`).
 
     Where each partition is read from is kept here, not in librdkafka: ``assign`` and the
     seeks only note it, and the next read or ``position`` hands librdkafka the whole assignment
@@ -1206,7 +1209,8 @@ class ConfluentReader(_Client):
 
 
 class ConfluentGroupOffsetsReader(ConfluentReader):
-    """A reader whose offsets are a consumer group's (:class:`contracts.edge.GroupOffsetsReader`):
+    """A reader whose offsets are a consumer group's
+    (:class:`forestream.edge.interface.GroupOffsetsReader`):
     ``group.id`` set, partitions only assigned, so librdkafka never joins the group and its
     ``consumer_group_metadata()`` is the unjoined one (generation -1) that a transaction's
     offsets of a memberless group go with."""
@@ -1236,7 +1240,7 @@ _STEP_S = 0.25
 
 
 class ConfluentAdmin(_Client):
-    """Topic creation and inspection on librdkafka (:class:`contracts.edge.TopicAdmin`).
+    """Topic creation and inspection on librdkafka (:class:`forestream.edge.interface.TopicAdmin`).
 
     librdkafka's admin handle is a producer underneath, whose metadata requests would let the
     broker auto-create a topic merely asked about: that is switched off. Its ``error_cb`` is

@@ -12,7 +12,8 @@ moto honour; s3fs sends it for ``mode="create"``):
 - **The promotion history is one object per entry**, ``<name>/promotions/<seq>.json``, created
   the same way: an entry is never rewritten or lost, and every reader sees one order.
 - **There is no lock**: :meth:`ObjectModelStore.lock` yields False, and concurrent registry
-  commands are decided by the models-topic compare-and-set of ``training.publish`` (the topic
+  commands are decided by the models-topic compare-and-set of ``forestream.training.publish`` (the
+  topic
   is what workers serve from), as on a shared volume without ``flock``.
 
 Errors become one line: a missing bucket or a bad URI a :class:`UserError`, a store that cannot
@@ -28,8 +29,8 @@ import uuid
 from collections.abc import Iterator
 from typing import Any
 
-from contracts.errors import UserError
-from contracts.model_store import (
+from forestream.errors import UserError
+from forestream.registry.store import (
     _NAME,
     ARTIFACT,
     METADATA,

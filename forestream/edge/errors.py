@@ -9,19 +9,19 @@ a bad secret from a bad ACL without parsing text). Anything not classified fatal
 retried with backoff by the caller.
 
 Pure: each client's adapter maps its own errors onto these
-(:func:`contracts.edge_kafka_python.classify_client_error`,
-:func:`contracts.edge_confluent.classify_librdkafka_error`).
+(:func:`forestream.edge.kafka_python.classify_client_error`,
+:func:`forestream.edge.confluent.classify_librdkafka_error`).
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from contracts import shutdown
-from contracts.errors import UserError
+from forestream.errors import UserError
+from forestream.runtime import shutdown
 
 if TYPE_CHECKING:
-    from contracts.connection import KafkaConnection
+    from forestream.edge.connection import KafkaConnection
 
 
 class KafkaFatalError(UserError):
@@ -118,7 +118,7 @@ def topic_not_authorized(
 
 def group_not_authorized(conn: KafkaConnection | None, group: str | None) -> NotAuthorized:
     on = f"consumer group {group!r}" if group else "the consumer group"
-    from contracts.settings import REPLAY_GROUP_PREFIX
+    from forestream.runtime.settings import REPLAY_GROUP_PREFIX
 
     which = (
         f"an exactly-once replay's own group: a prefixed ACL on {REPLAY_GROUP_PREFIX!r} "

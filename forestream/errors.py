@@ -12,7 +12,7 @@ class UserError(Exception):
 class ClusterUnreachable(UserError):
     """No broker answered while a client was built. At start that is the user's to fix (the
     address, the local broker); in a process already running it is an outage, which
-    :func:`contracts.kafka_io.rebuilt` turns into a transient error to retry."""
+    :func:`forestream.edge.factory.rebuilt` turns into a transient error to retry."""
 
     def __init__(self, bootstrap: str, message: str) -> None:
         super().__init__(message)

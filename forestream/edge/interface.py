@@ -2,14 +2,14 @@
 
 Two clients sit behind it: kafka-python (the default, pure Python) and librdkafka through
 ``confluent-kafka`` (fetching, batching and sending in C threads, outside the GIL). Each has
-one adapter (:mod:`contracts.edge_kafka_python`, :mod:`contracts.edge_confluent`) that turns
+one adapter (:mod:`forestream.edge.kafka_python`, :mod:`forestream.edge.confluent`) that turns
 its API, its errors and its quirks into this interface; the factories of
-:mod:`contracts.kafka_io` (``group_consumer``, ``partition_reader``, ``acking_producer``,
+:mod:`forestream.edge.factory` (``group_consumer``, ``partition_reader``, ``acking_producer``,
 ``transactional_producer``, ``topic_admin``) pick one by ``FORESTREAM_KAFKA_CLIENT``. Everything
 else (the worker, ``produce``, the registry, replay, the monitor, topic creation) sees only what
 is defined here and imports no Kafka client.
 
-Errors cross the edge in a few kinds only: :class:`~contracts.kafka_errors.KafkaFatalError`
+Errors cross the edge in a few kinds only: :class:`~forestream.edge.errors.KafkaFatalError`
 (already classified, with its exit code: stop), :class:`TransientKafkaError` (retry with
 backoff), and for the operation that has one, its own outcome: :class:`CommitRejected` (the
 group moved on; the new owner re-reads), :class:`TransactionAborted` (nothing of it counts),
@@ -332,7 +332,7 @@ class TransactionalProducer(AckingProducer, Protocol):
         commit it. Raises :class:`TransactionAborted` (it was aborted: nothing of it counts),
         :class:`TransientKafkaError` (its outcome is unknown: replace this producer, whose
         successor settles it, and re-read from the committed offsets) or a classified fatal
-        error (:class:`~contracts.kafka_errors.ProducerFenced` among them)."""
+        error (:class:`~forestream.edge.errors.ProducerFenced` among them)."""
         ...
 
     def abort(self, timeout_s: float) -> bool:
@@ -357,7 +357,7 @@ class TopicAdmin(Protocol):
     def create_topics(self, requests: Sequence[TopicRequest], timeout_s: float) -> None:
         """Create them; one that exists already is no error (another process may win the
         race). Also raises :class:`CreationRefused`; a refused creation for want of an ACL is a
-        classified :class:`~contracts.kafka_errors.NotAuthorized`."""
+        classified :class:`~forestream.edge.errors.NotAuthorized`."""
         ...
 
     def may_describe(self, topic: str) -> bool:

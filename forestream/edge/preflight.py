@@ -14,11 +14,11 @@ import ssl
 import struct
 from typing import TYPE_CHECKING
 
-from contracts.errors import UserError
-from contracts.kafka_errors import AuthenticationFailed, KafkaFatalError, TlsFailed
+from forestream.edge.errors import AuthenticationFailed, KafkaFatalError, TlsFailed
+from forestream.errors import UserError
 
 if TYPE_CHECKING:
-    from contracts.connection import KafkaConnection
+    from forestream.edge.connection import KafkaConnection
 
 _API_VERSIONS_V0 = struct.pack(">hhih", 18, 0, 1, 10) + b"forestream"
 """ApiVersions v0: any Kafka listener answers it before authentication; a refused client
@@ -109,8 +109,8 @@ def check_tls(conn: KafkaConnection, host: str, port: int, timeout_s: float) -> 
 
 def check_login(conn: KafkaConnection, timeout_s: float) -> None:
     """One metadata round trip as our principal: a refused login ends here, in one line."""
-    from contracts.edge import TransientKafkaError
-    from contracts.kafka_io import topic_admin
+    from forestream.edge.factory import topic_admin
+    from forestream.edge.interface import TransientKafkaError
 
     refused_login = AuthenticationFailed(
         f"Kafka at {conn.bootstrap} accepted the connection but not our login as "

@@ -1,0 +1,1 @@
+"""The model registry: versioned, hashed artifacts, promotion rules, local and object storage."""

@@ -1,0 +1,1 @@
+"""Process plumbing every command shares: settings, logs, shutdown deadline, CLI option types."""
