@@ -47,6 +47,7 @@ from typing import Any, Protocol
 
 from forestream.edge.interface import KafkaClient
 from forestream.errors import UserError
+from forestream.exit_codes import exit_code_for
 
 RESULTS = Path(__file__).resolve().parent / "results" / "latest.md"
 WARMUP_RECORDS = 20
@@ -1284,7 +1285,7 @@ def main(argv: list[str] | None = None) -> int:
         res = run(opts)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return exc.exit_code
+        return exit_code_for(exc)
     except KeyboardInterrupt:
         print("aborted", file=sys.stderr)
         return 130

@@ -10,6 +10,7 @@ from typing import Annotated
 import typer
 
 from forestream.errors import UserError
+from forestream.exit_codes import USER_ERROR, exit_code_for
 from forestream.runtime.settings import kafka_dir
 
 app = typer.Typer(
@@ -123,7 +124,7 @@ def main() -> None:
         rc = app(standalone_mode=False)
     except UserError as exc:
         typer.echo(f"error: {exc}", err=True)
-        sys.exit(exc.exit_code)
+        sys.exit(exit_code_for(exc))
     except (typer.Abort, KeyboardInterrupt):
         typer.echo("aborted", err=True)
         sys.exit(130)
@@ -133,7 +134,7 @@ def main() -> None:
     except OSError as exc:  # a path the user gave (store, work dir, data file) cannot be used
         where = f" {exc.filename}" if exc.filename else ""
         typer.echo(f"error: cannot use{where}: {exc.strerror or exc}", err=True)
-        sys.exit(2)
+        sys.exit(USER_ERROR)
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
     except Exception as exc:
@@ -141,13 +142,13 @@ def main() -> None:
         # typer >= 0.29 vendors click as ``typer._click`` and a plain ``click`` may be absent
         if callable(getattr(exc, "show", None)) and hasattr(exc, "exit_code"):
             exc.show()
-            sys.exit(2)
+            sys.exit(USER_ERROR)
         from forestream.edge.factory import classify_stray
 
         fatal = classify_stray(exc)  # a client error no command classified
         if fatal is not None:
             typer.echo(f"error: {fatal}", err=True)
-            sys.exit(fatal.exit_code)
+            sys.exit(exit_code_for(fatal))
         raise
     sys.exit(rc if isinstance(rc, int) else 0)
 

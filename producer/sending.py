@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from forestream.edge.interface import Outgoing
-from forestream.errors import UserError
+from forestream.errors import DeliveryFailed as DeliveryFailed
 from forestream.producer.encoding import encode_row
 from forestream.producer.malformed import MalformedMixer
 from forestream.producer.pacing import RateSchedule
@@ -50,12 +50,6 @@ def make_oversize_producer(kafka: Target, **options: Any) -> AckingProducer:
         max_request_bytes=OVERSIZE_REQUEST_BYTES,
         **options,
     )
-
-
-class DeliveryFailed(UserError):
-    """Some records were not acknowledged: the run did not do what it said. Exit code 1."""
-
-    exit_code = 1
 
 
 @dataclass(frozen=True)

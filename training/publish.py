@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING, Literal
 from pydantic import ValidationError
 
 from forestream.edge.interface import Outgoing, TopicPartition, TransientKafkaError
+from forestream.errors import RegistryConflict as RegistryConflict
 from forestream.errors import UserError
 from forestream.registry.store import ModelMetadata, ModelStore
 from forestream.wire.messages import ModelEvent, ServingRef
@@ -52,10 +53,6 @@ SEND_TIMEOUT_S = 30.0
 READ_TIMEOUT_S = 30.0
 ATTEMPTS = 3
 """Announcements of a publication that keeps losing the race before the command gives up."""
-
-
-class RegistryConflict(UserError):
-    """Another registry command changed what is served between our read and our announcement."""
 
 
 def serving_ref(store: ModelStore, name: str) -> ServingRef | None:

@@ -44,6 +44,7 @@ from forestream.edge.interface import (
     TransientKafkaError,
     describe_partitions,
 )
+from forestream.exit_codes import exit_code_for
 from forestream.runtime.logs import RateLimited
 from forestream.wire.headers import ReasonCode
 from forestream.worker.batch import BatchObserver
@@ -237,7 +238,7 @@ class Worker:
             return self._run()
         except KafkaFatalError as exc:
             self._fatal = exc
-            log.error("kafka_fatal", kind=exc.kind, exit_code=exc.exit_code, error=str(exc))
+            log.error("kafka_fatal", kind=exc.kind, exit_code=exit_code_for(exc), error=str(exc))
             if self.telemetry is not None:
                 self.telemetry.health.set_fatal(exc.kind, str(exc))
             self._close()

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 import structlog
 from pydantic import ValidationError
 
+from forestream.errors import SchemaIncompatible as SchemaIncompatible
 from forestream.wire.messages import ModelEvent, ServingRef
 from forestream.wire.schema import (
     CategoricalFeature,
@@ -43,10 +44,6 @@ log = structlog.get_logger("forestream.worker.models")
 
 ModelLoader = Callable[[ServingRef], tuple[Any, Any]]
 """Loads and verifies a serving ref: returns ``(pipeline, metadata)`` or raises."""
-
-
-class SchemaIncompatible(ValueError):
-    """The new version's input contract would reject records the serving version accepts."""
 
 
 def check_servable(active: ActiveModel | None, metadata: Any) -> None:

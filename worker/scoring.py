@@ -24,11 +24,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from forestream.errors import ScoringError as ScoringError
 from forestream.wire import headers
-
-
-class ScoringError(Exception):
-    """The model could not score a frame (a batch, or a part of one while isolating failures)."""
 
 
 @dataclass(frozen=True)

@@ -17,65 +17,16 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from forestream.errors import UserError
-from forestream.runtime import shutdown
+from forestream.errors import AuthenticationFailed as AuthenticationFailed
+from forestream.errors import KafkaFatalError as KafkaFatalError
+from forestream.errors import NotAuthorized as NotAuthorized
+from forestream.errors import ProducerFenced as ProducerFenced
+from forestream.errors import TlsFailed as TlsFailed
+from forestream.errors import TopicUnavailable as TopicUnavailable
+from forestream.errors import UnreadableRecords as UnreadableRecords
 
 if TYPE_CHECKING:
     from forestream.edge.connection import KafkaConnection
-
-
-class KafkaFatalError(UserError):
-    """A Kafka error no retry can fix: reported in one line, ends the command."""
-
-    kind = "kafka_fatal"
-
-
-class AuthenticationFailed(KafkaFatalError):
-    exit_code = 3
-    kind = "authentication_failed"
-
-
-class TlsFailed(KafkaFatalError):
-    exit_code = 4
-    kind = "tls_failed"
-
-
-class NotAuthorized(KafkaFatalError):
-    exit_code = 5
-    kind = "not_authorized"
-
-
-class TopicUnavailable(KafkaFatalError):
-    exit_code = 6
-    kind = "topic_unavailable"
-
-
-class UnreadableRecords(KafkaFatalError):
-    exit_code = 7
-    kind = "unreadable_records"
-
-
-class ProducerFenced(KafkaFatalError):
-    exit_code = 9
-    kind = "producer_fenced"
-
-
-EXIT_CODES: dict[int, str] = {
-    0: "done, or stopped in order (SIGTERM/SIGINT)",
-    1: "a bug (traceback), or records the producer could not deliver",
-    2: "a user error: a flag, setting, file or broker address that cannot work",
-    AuthenticationFailed.exit_code: "Kafka refused our credentials (SASL)",
-    TlsFailed.exit_code: "TLS failed: untrusted or mismatched certificate, or not a TLS listener",
-    NotAuthorized.exit_code: "an ACL is missing on a topic, the consumer group or the cluster",
-    TopicUnavailable.exit_code: "a topic does not exist and may not be created",
-    UnreadableRecords.exit_code: "records in a codec or format this client cannot read",
-    ProducerFenced.exit_code: "exactly-once: another producer took this worker's or replay's "
-    "transactional id (a replacement started, two live workers share one, or a replay was "
-    "resumed twice)",
-    shutdown.EXIT_CODE: f"the shutdown grace ({shutdown.GRACE_S:.0f} s after SIGTERM/SIGINT) ran "
-    "out, or a second signal came: ended hard",
-}
-"""Documented in the README ("Exit codes"); a unit test keeps the two in step."""
 
 
 def _who(conn: KafkaConnection | None) -> str:

@@ -21,6 +21,11 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import Literal, NamedTuple, Protocol
 
+from forestream.errors import CommitRejected as CommitRejected
+from forestream.errors import CreationRefused as CreationRefused
+from forestream.errors import TransactionAborted as TransactionAborted
+from forestream.errors import TransientKafkaError as TransientKafkaError
+
 KafkaClient = Literal["kafka-python", "confluent"]
 KAFKA_CLIENTS: tuple[str, ...] = ("kafka-python", "confluent")
 
@@ -96,26 +101,6 @@ class TopicRequest(NamedTuple):
     replication_factor: int
     """-1: the broker's ``default.replication.factor``."""
     configs: dict[str, str]
-
-
-class TransientKafkaError(Exception):
-    """The cluster is away or busy (broker down, leader moving, a timeout): retry with backoff."""
-
-
-class CommitRejected(Exception):
-    """The group rebalanced without us: those offsets are the new owner's to commit (it
-    re-reads from the last committed ones: duplicates, never a gap)."""
-
-
-class TransactionAborted(Exception):
-    """The transaction was aborted: none of its records or offsets count (``read_committed``
-    readers never see them), so the batch is read again from its first offsets."""
-
-
-class CreationRefused(Exception):
-    """The broker refused to create a topic for a reason no retry changes (a partition count or
-    replication factor it cannot meet, a config it rejects, a creation policy); ``str()`` says
-    the broker's reason, for a one-line user error."""
 
 
 class RebalanceHandler(Protocol):

@@ -40,6 +40,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from forestream.errors import ArtifactRejected as ArtifactRejected
+from forestream.errors import StoreUnavailable as StoreUnavailable
 from forestream.errors import UserError
 from forestream.wire.schema import FeatureSchema, ReferenceStats
 
@@ -53,17 +55,6 @@ SIGNING_KEY_ENV = "FORESTREAM_SIGNING_KEY"
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 _VERSION = re.compile(r"^v?([0-9]{1,9})$")
-
-
-class ArtifactRejected(UserError):
-    """An artifact that must not be served: missing, altered, unsigned, or not a model."""
-
-
-class StoreUnavailable(UserError):
-    """The store could not be reached or refused the request (network, credentials, bucket).
-
-    Its own class so a worker's reload-failure metric tells "store away" from "bad artifact".
-    """
 
 
 _URI = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")

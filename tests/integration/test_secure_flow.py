@@ -16,6 +16,7 @@ import pandas as pd
 import pytest
 
 from forestream.edge.errors import AuthenticationFailed, NotAuthorized, TlsFailed
+from forestream.exit_codes import exit_code_for
 from forestream.local.kafka import SecureBrokerInfo
 from forestream.runtime.settings import CommonSettings, load_settings
 from forestream.training.demo_data import write_penguins_csv
@@ -215,7 +216,7 @@ def test_wrong_password_ends_the_worker_with_exit_3(
                       cwd=tmp_path)  # fmt: skip
     # kafka-python sees only that no broker let it in; librdkafka reports the refusal itself
     _assert_one_fatal_line(
-        done, took, AuthenticationFailed.exit_code, "as 'forestream' with SCRAM-SHA-512"
+        done, took, exit_code_for(AuthenticationFailed), "as 'forestream' with SCRAM-SHA-512"
     )
     assert "FORESTREAM_SASL_PASSWORD" in done.stderr.strip().splitlines()[-1]
     assert "not-the-password" not in done.stdout + done.stderr
@@ -228,11 +229,11 @@ def test_untrusted_ca_ends_the_worker_with_exit_4(
     env = _env(secure_kafka.env(), FORESTREAM_SSL_CAFILE=str(secure_kafka.untrusted_ca_file))
     done, took = _cli("worker", *_topic_flags(t), "--store", str(tmp_path / "s"), env=env,
                       cwd=tmp_path)  # fmt: skip
-    _assert_one_fatal_line(done, took, TlsFailed.exit_code, "is not trusted")
+    _assert_one_fatal_line(done, took, exit_code_for(TlsFailed), "is not trusted")
     mtls = _env(secure_kafka.mtls_env(), FORESTREAM_SSL_CAFILE=str(secure_kafka.untrusted_ca_file))
     done, took = _cli("produce", "--synthetic", "3", "--input-topic", t["in"], env=mtls,
                       cwd=tmp_path)  # fmt: skip
-    _assert_one_fatal_line(done, took, TlsFailed.exit_code, "is not trusted")
+    _assert_one_fatal_line(done, took, exit_code_for(TlsFailed), "is not trusted")
 
 
 def test_missing_acls_end_commands_with_exit_5(
@@ -247,7 +248,7 @@ def test_missing_acls_end_commands_with_exit_5(
     outsider = _outsider_env(secure_kafka)
     # no ACL at all: even the topics are out of sight
     done, took = _cli("topics", "create", *_topic_flags(t), env=outsider, cwd=tmp_path)
-    _assert_one_fatal_line(done, took, NotAuthorized.exit_code, "not authorized on topic")
+    _assert_one_fatal_line(done, took, exit_code_for(NotAuthorized), "not authorized on topic")
 
     # every topic of this test granted, the consumer group not: the worker stops at the join
     prefix = t["in"].rsplit(".", 1)[0]
@@ -257,10 +258,10 @@ def test_missing_acls_end_commands_with_exit_5(
     done, _ = _cli("worker", *_topic_flags(t), *store, "--group", group, "--log-format", "json",
                    env=outsider, cwd=tmp_path)  # fmt: skip
     lines = done.stderr.strip().splitlines()
-    assert done.returncode == NotAuthorized.exit_code, done.stderr[-3000:]
+    assert done.returncode == exit_code_for(NotAuthorized), done.stderr[-3000:]
     assert lines[-1].startswith("error: not authorized on consumer group"), lines[-3:]
     fatal = [json.loads(x) for x in lines if '"kafka_fatal"' in x]
-    assert len(fatal) == 1 and fatal[0]["exit_code"] == NotAuthorized.exit_code
+    assert len(fatal) == 1 and fatal[0]["exit_code"] == exit_code_for(NotAuthorized)
     print(
         f"missing group ACL: worker ended in {time.monotonic() - started:.1f}s (incl. model load)"
     )
@@ -297,7 +298,7 @@ def test_exactly_once_needs_the_transactional_id_acl_and_then_delivers_once(
               "--guarantee", "exactly-once", "--transactional-id", transactional_id]  # fmt: skip
     done, _ = _cli(*worker, env=outsider, cwd=tmp_path)
     lines = done.stderr.strip().splitlines()
-    assert done.returncode == NotAuthorized.exit_code, done.stderr[-3000:]
+    assert done.returncode == exit_code_for(NotAuthorized), done.stderr[-3000:]
     assert lines[-1].startswith("error: not authorized"), lines[-3:]
     assert f"transactional id {transactional_id!r}" in lines[-1], lines[-1]
 
@@ -335,5 +336,5 @@ def test_produce_without_the_write_acl_ends_with_exit_5(
                       t["in"], env=outsider, cwd=tmp_path)  # fmt: skip
     # refused at the producer id, or (when an earlier test granted this principal WRITE on
     # other topics, which is enough for an id) at the records themselves: one line either way
-    _assert_one_fatal_line(done, took, NotAuthorized.exit_code, "error: not authorized ")
+    _assert_one_fatal_line(done, took, exit_code_for(NotAuthorized), "error: not authorized ")
     assert "WRITE and DESCRIBE on" in done.stderr.strip().splitlines()[-1]

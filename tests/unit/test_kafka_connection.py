@@ -11,7 +11,6 @@ from kafka import errors as kafka_errors
 
 from forestream.edge.connection import SECURITY_ENV, KafkaConnection
 from forestream.edge.errors import (
-    EXIT_CODES,
     AuthenticationFailed,
     NotAuthorized,
     TlsFailed,
@@ -20,6 +19,7 @@ from forestream.edge.errors import (
 from forestream.edge.factory import TopicSpec, topic_request
 from forestream.edge.kafka_python import classify_client_error
 from forestream.errors import UserError
+from forestream.exit_codes import EXIT_CODES, exit_code_for
 from forestream.runtime.settings import CommonSettings, load_settings
 from tests.conftest import ROOT
 
@@ -216,7 +216,7 @@ def test_exit_codes_are_distinct_and_documented_in_the_readme() -> None:
     for code, meaning in EXIT_CODES.items():
         assert f"| {code} | {meaning} |" in section, f"README misses exit code {code}"
     fatal = [AuthenticationFailed, TlsFailed, NotAuthorized, UnreadableRecords]
-    assert len({cls.exit_code for cls in fatal}) == len(fatal)
+    assert len({exit_code_for(cls) for cls in fatal}) == len(fatal)
 
 
 def test_a_send_refused_after_fencing_is_fatal_on_kafka_python() -> None:
@@ -251,7 +251,7 @@ def test_a_refused_producer_id_is_an_acl_to_grant_not_a_delivery_failure() -> No
         "Unexpected error in InitProducerIdResponse: [Error 31] ClusterAuthorizationFailedError"
     )
     fatal = classify_client_error(wrapped, conn, topic="in")
-    assert isinstance(fatal, NotAuthorized) and fatal.exit_code == 5
+    assert isinstance(fatal, NotAuthorized) and exit_code_for(fatal) == 5
     assert "not authorized to produce to topic 'in' as 'svc'" in str(fatal)
     assert "WRITE and DESCRIBE" in str(fatal)
     assert classify_client_error(kafka_errors.KafkaError("something else"), conn) is None

@@ -16,6 +16,7 @@ from forestream.edge.errors import (
     TlsFailed,
     UnreadableRecords,
 )
+from forestream.exit_codes import exit_code_for
 
 SCRAM = KafkaConnection(
     "broker:9093",
@@ -113,7 +114,7 @@ def test_a_fenced_producer_is_its_own_fatal_error_not_a_format_mismatch(code: in
     from forestream.edge.errors import ProducerFenced
 
     fatal = classify_librdkafka_error(KafkaError(code, "fenced", fatal=True), SCRAM)
-    assert isinstance(fatal, ProducerFenced) and fatal.exit_code == 9
+    assert isinstance(fatal, ProducerFenced) and exit_code_for(fatal) == 9
     assert "transactional id" in str(fatal)
 
 
@@ -123,7 +124,7 @@ def test_a_refused_producer_id_names_the_write_acl() -> None:
     said = "Failed to acquire idempotence PID from broker x/1: Broker: Cluster authorization failed"
     error = KafkaError(KafkaError.CLUSTER_AUTHORIZATION_FAILED, said, fatal=True)
     fatal = classify_librdkafka_error(KafkaException(error), SCRAM, topic="out")
-    assert isinstance(fatal, NotAuthorized) and fatal.exit_code == 5
+    assert isinstance(fatal, NotAuthorized) and exit_code_for(fatal) == 5
     assert "not authorized to produce to topic 'out' as 'svc'" in str(fatal)
     assert "WRITE and DESCRIBE" in str(fatal)
     other = classify_librdkafka_error(KafkaError(KafkaError.CLUSTER_AUTHORIZATION_FAILED), SCRAM)

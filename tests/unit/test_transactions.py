@@ -16,6 +16,7 @@ from forestream.edge.interface import (
     TransactionAborted,
     TransientKafkaError,
 )
+from forestream.exit_codes import exit_code_for
 from forestream.worker.transactions import replace_producer, retry_backoff_s, transact
 
 
@@ -150,7 +151,7 @@ def test_a_successor_the_cluster_does_not_answer_is_retried_not_a_user_mistake()
 
     unreachable = _unreachable("127.0.0.1:1")
     assert isinstance(unreachable, ClusterUnreachable) and isinstance(unreachable, UserError)
-    assert unreachable.exit_code == 2
+    assert exit_code_for(unreachable) == 2
 
     def away() -> FakeTxn:
         raise unreachable
