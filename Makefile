@@ -18,7 +18,7 @@ setup: $(STAMP) kafka-jars kcat
 
 # The broker's jars come from Maven Central into ~/.cache/forestream (outside the repo), once.
 kafka-jars: $(STAMP)
-	$(BIN)/python -c 'from forestream.local.kafka import ensure_jars; print("kafka jars:", ensure_jars())'
+	$(BIN)/python -c 'from forestream.local.install import ensure_jars; print("kafka jars:", ensure_jars())'
 
 # kcat is the outside client of the interop test (librdkafka, not kafka-python).
 kcat:
