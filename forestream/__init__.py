@@ -1,5 +1,8 @@
-"""forestream application shell: the command tree, the local broker, the demo.
+"""forestream: streaming RandomForest inference on Apache Kafka, under one import root.
 
-This is the one package allowed to import training, worker and producer (to register their
-commands); they never import each other or this package.
+Three components, ``forestream.training``, ``forestream.worker`` and ``forestream.producer``,
+never import each other: they meet in the shared rooms (``wire``, ``edge``, ``registry``,
+``runtime``, ``errors``), which import no component. The shell (``cli``, ``exit_codes``,
+``demo``, ``monitor``) registers the components' commands; ``local`` runs a real broker for the
+demo, the tests and the benchmark.
 """

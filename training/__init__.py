@@ -1,1 +1,1 @@
-"""forestream training."""
+"""The trainer: data-quality report, schema and reference, fitting, publishing a version."""

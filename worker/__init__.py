@@ -1,1 +1,1 @@
-"""forestream worker."""
+"""The scoring service: decode, validate, score per batch, deliver; replay and monitoring."""
