@@ -38,7 +38,7 @@ from pydantic import ValidationError
 
 from forestream.edge.interface import Outgoing, TopicPartition, TransientKafkaError
 from forestream.errors import UserError
-from forestream.registry.store import ModelMetadata, ModelStore
+from forestream.registry.store import HistoryAction, ModelMetadata, ModelStore
 from forestream.wire.messages import ModelEvent, ServingRef
 
 if TYPE_CHECKING:
@@ -278,7 +278,7 @@ def _follow(store: ModelStore, name: str, item: TopicEvent) -> bool:
     """Make the history agree with one topic event (True if an entry had to be added)."""
     if item.serving is None:
         return False  # the topic serves nothing: the history has no entry for that
-    action = "rollback" if item.event.kind == "rolled_back" else "promote"
+    action: HistoryAction = "rollback" if item.event.kind == "rolled_back" else "promote"
     return store.follow(name, item.serving, action, offset=item.offset)
 
 
