@@ -251,7 +251,8 @@ class ModelsTopic:
     def append(self, event: ModelEvent) -> int:
         """Publish ``event`` and wait for the broker's acknowledgement; returns its offset."""
         tp = self._partition(event.name)  # opens the producer too
-        assert self._producer is not None
+        if self._producer is None:  # _partition() -> _read() starts it
+            raise RuntimeError(f"no producer for the models topic {self.topic!r}")
         record = Outgoing(self.topic, event.name.encode(), event.model_dump_json().encode())
         try:
             return self._producer.append(record, tp.partition, SEND_TIMEOUT_S)
@@ -297,7 +298,8 @@ def _decide(
         target = store.rollback_target(name)
         meta = store.verify_artifact(name, target, signing_key=signing_key)
         return model_event("rolled_back", meta, _ref(meta))
-    assert version is not None
+    if version is None:  # change_serving's caller names the version for all but a rollback
+        raise ValueError(f"{action} needs a version")
     meta = store.metadata(name, version)
     if action == "promote":
         return model_event("promoted", meta, _ref(meta))

@@ -257,7 +257,8 @@ class _Supervisor:
                 slot.started_at = now
                 self._schedule_restart(slot, now, pid=None, reason=f"spawn failed: {exc}")
                 continue
-            assert slot.proc is not None
+            if slot.proc is None:
+                raise RuntimeError(f"worker slot {slot.index} has no process right after spawn")
             log.debug("worker_restarted", index=slot.index, pid=slot.proc.pid)
 
     def _idle_timeout(self, now: float) -> float:
@@ -268,7 +269,8 @@ class _Supervisor:
         running = [slot for slot in self.slots if slot.proc is not None]
         log.info("workers_stopping", signal=wake.stop_signal, running=len(running))
         for slot in running:
-            assert slot.proc is not None
+            if slot.proc is None:  # running holds only slots with a process
+                raise RuntimeError(f"worker slot {slot.index} lost its process while stopping")
             with contextlib.suppress(ProcessLookupError):
                 slot.proc.send_signal(signal.SIGTERM)
         deadline = time.monotonic() + self.stop_timeout_s
@@ -279,7 +281,8 @@ class _Supervisor:
                 break
             wake.wait(remaining_s)
         for slot in alive:
-            assert slot.proc is not None
+            if slot.proc is None:  # alive holds only slots with a running process
+                raise RuntimeError(f"worker slot {slot.index} lost its process while stopping")
             log.warning("worker_killed", index=slot.index, pid=slot.proc.pid)
             with contextlib.suppress(ProcessLookupError):
                 slot.proc.kill()
