@@ -55,4 +55,4 @@ bench: setup
 	$(BIN)/python -m bench.throughput
 
 clean:
-	rm -rf $(VENV) .forestream .pytest_cache .ruff_cache
+	rm -rf $(VENV) .forestream .pytest_cache .ruff_cache .mypy_cache
