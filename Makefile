@@ -29,6 +29,7 @@ kcat:
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/mypy
 
 format: $(STAMP)
 	$(BIN)/ruff format .
@@ -54,4 +55,4 @@ bench: setup
 	$(BIN)/python -m bench.throughput
 
 clean:
-	rm -rf $(VENV) .forestream .pytest_cache .ruff_cache
+	rm -rf $(VENV) .forestream .pytest_cache .ruff_cache .mypy_cache

@@ -140,8 +140,9 @@ def main() -> None:
     except Exception as exc:
         # usage errors (unknown flag, bad value) from typer's bundled click: duck-typed, because
         # typer >= 0.29 vendors click as ``typer._click`` and a plain ``click`` may be absent
-        if callable(getattr(exc, "show", None)) and hasattr(exc, "exit_code"):
-            exc.show()
+        show = getattr(exc, "show", None)
+        if callable(show) and hasattr(exc, "exit_code"):
+            show()
             sys.exit(USER_ERROR)
         from forestream.edge.factory import classify_stray
 

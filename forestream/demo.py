@@ -360,8 +360,9 @@ class Demo:
                     "streaming (drifted: bill_length_mm +2 std)" if drifted else "streaming"
                 )
                 row = dict(rows[n % len(rows)])
-                if drifted and isinstance(row.get(DRIFTED_FEATURE), float):
-                    row[DRIFTED_FEATURE] += shift
+                drifting = row.get(DRIFTED_FEATURE)
+                if drifted and isinstance(drifting, float):
+                    row[DRIFTED_FEATURE] = drifting + shift
                 key = f"{self.run_id}-{n}".encode()
                 client = producer
                 if mixer.next_is_malformed():

@@ -22,6 +22,7 @@ from forestream.runtime.cli_options import BootstrapOpt, MonitoringTopicOpt
 from forestream.runtime.settings import CommonSettings
 
 if TYPE_CHECKING:
+    from rich.console import Console, JustifyMethod
     from rich.table import Table
 
     from forestream.edge.factory import Target
@@ -111,7 +112,7 @@ def render(board: ReportBoard, topic: str, now_ms: int, stale_s: float) -> Table
     from rich.table import Table
 
     table = Table(title=f"forestream monitor — {topic}", title_justify="left", expand=False)
-    for header, justify in (
+    columns: tuple[tuple[str, JustifyMethod], ...] = (
         ("worker", "left"),
         ("model", "left"),
         ("rec/s", "right"),
@@ -123,8 +124,9 @@ def render(board: ReportBoard, topic: str, now_ms: int, stale_s: float) -> Table
         ("top PSI (window)", "left"),
         ("online accuracy", "left"),
         ("age", "right"),
-    ):
-        table.add_column(header, justify=justify)  # type: ignore[arg-type]
+    )
+    for header, justify in columns:
+        table.add_column(header, justify=justify)
     reports = sorted(board.latest.values(), key=lambda r: r.worker_id)
     fresh = []
     for r in reports:
@@ -261,14 +263,14 @@ def _read_to_end(board: ReportBoard, s: MonitorSettings, timeout_s: float = 30.0
         consumer.close()
 
 
-def _live(board: ReportBoard, s: MonitorSettings, console: object) -> None:
+def _live(board: ReportBoard, s: MonitorSettings, console: Console) -> None:
     from rich.live import Live
 
     consumer: PartitionReader | None = None
     redraw_at = 0.0
     with Live(
         render(board, s.monitoring_topic, _now_ms(), s.monitor_stale_s),
-        console=console,  # type: ignore[arg-type]
+        console=console,
         auto_refresh=False,
     ) as live:
         try:

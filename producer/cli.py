@@ -167,7 +167,8 @@ def _run_produce(
         valid_rows: int | None = None if loop else len(source.rows)
         origin = str(data)
     else:
-        assert synthetic is not None
+        if synthetic is None:  # produce() checked that exactly one of the two is given
+            raise ValueError("pass exactly one of data or synthetic")
         model = load_model_inputs(
             settings.model_store,
             settings.model_name,

@@ -138,6 +138,6 @@ def synthetic_rows(
                     column[i] = None
             columns[feature.name] = column
         names = list(columns)
-        for values in zip(*columns.values(), strict=True):
-            yield dict(zip(names, values, strict=True))
+        for row in zip(*columns.values(), strict=True):
+            yield dict(zip(names, row, strict=True))
         done += size

@@ -39,7 +39,7 @@ from pydantic import ValidationError
 from forestream.edge.interface import Outgoing, TopicPartition, TransientKafkaError
 from forestream.errors import RegistryConflict as RegistryConflict
 from forestream.errors import UserError
-from forestream.registry.store import ModelMetadata, ModelStore
+from forestream.registry.store import HistoryAction, ModelMetadata, ModelStore
 from forestream.wire.messages import ModelEvent, ServingRef
 
 if TYPE_CHECKING:
@@ -248,7 +248,8 @@ class ModelsTopic:
     def append(self, event: ModelEvent) -> int:
         """Publish ``event`` and wait for the broker's acknowledgement; returns its offset."""
         tp = self._partition(event.name)  # opens the producer too
-        assert self._producer is not None
+        if self._producer is None:  # _partition() -> _read() starts it
+            raise RuntimeError(f"no producer for the models topic {self.topic!r}")
         record = Outgoing(self.topic, event.name.encode(), event.model_dump_json().encode())
         try:
             return self._producer.append(record, tp.partition, SEND_TIMEOUT_S)
@@ -275,7 +276,7 @@ def _follow(store: ModelStore, name: str, item: TopicEvent) -> bool:
     """Make the history agree with one topic event (True if an entry had to be added)."""
     if item.serving is None:
         return False  # the topic serves nothing: the history has no entry for that
-    action = "rollback" if item.event.kind == "rolled_back" else "promote"
+    action: HistoryAction = "rollback" if item.event.kind == "rolled_back" else "promote"
     return store.follow(name, item.serving, action, offset=item.offset)
 
 
@@ -294,7 +295,8 @@ def _decide(
         target = store.rollback_target(name)
         meta = store.verify_artifact(name, target, signing_key=signing_key)
         return model_event("rolled_back", meta, _ref(meta))
-    assert version is not None
+    if version is None:  # change_serving's caller names the version for all but a rollback
+        raise ValueError(f"{action} needs a version")
     meta = store.metadata(name, version)
     if action == "promote":
         return model_event("promoted", meta, _ref(meta))

@@ -363,8 +363,8 @@ def decode_batch(
     unknown = 0
     for feature in schema.features:
         if isinstance(feature, CategoricalFeature) and len(frame):
-            column = frame[feature.name]
-            unknown += int((column.notna() & ~column.isin(feature.categories)).sum())
+            present = frame[feature.name]
+            unknown += int((present.notna() & ~present.isin(feature.categories)).sum())
     width = len(schema.features)
     if any_null:  # a feature may be absent: count the other keys one record at a time
         names = set(schema.names)

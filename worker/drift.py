@@ -204,7 +204,8 @@ class DriftMonitor:
     def _count_numeric(slot: _Slot, values: np.ndarray, counts: np.ndarray) -> None:
         missing = np.isnan(values)
         present = values[~missing]
-        assert slot.edges is not None
+        if slot.edges is None:
+            raise RuntimeError(f"drift slot {slot.name!r} is numeric but has no bin edges")
         bins = np.searchsorted(slot.edges, present, side="left")
         counts[slot.offset : slot.missing_at] += np.bincount(bins, minlength=slot.bins)
         counts[slot.missing_at] += int(missing.sum())
@@ -212,7 +213,8 @@ class DriftMonitor:
     @staticmethod
     def _count_categorical(slot: _Slot, column: pd.Series, counts: np.ndarray) -> None:
         seen = column.value_counts(dropna=True)  # one entry per distinct value, not per record
-        assert slot.categories is not None
+        if slot.categories is None:
+            raise RuntimeError(f"drift slot {slot.name!r} is categorical but has no categories")
         positions = slot.categories.get_indexer(seen.index.astype(str))
         positions[positions < 0] = slot.bins - 1  # unseen bucket
         counts[slot.offset : slot.missing_at] += np.bincount(

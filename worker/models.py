@@ -330,7 +330,8 @@ class ModelFollower:
         (a registry command that withdrew it) is never swapped in, not even for one batch.
         """
         wanted = self._wanted
-        assert wanted is not None
+        if wanted is None:  # callers load only after _needs_load() said there is a version
+            raise RuntimeError("no model version is wanted: nothing to load")
         started = time.monotonic()
         try:
             pipeline, metadata = self.loader(wanted)

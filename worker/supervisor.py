@@ -36,8 +36,10 @@ import select
 import signal
 import subprocess
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from types import FrameType, TracebackType
+from typing import Any, TypeAlias
 
 import structlog
 
@@ -49,6 +51,9 @@ WORKER_PROCESSES_ENV = "FORESTREAM_WORKER_PROCESSES"
 # Upper bound on one idle wait: a safety net only, SIGCHLD normally wakes us long before.
 _MAX_IDLE_WAIT_S = 5.0
 _STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+# What signal.signal() returns and accepts back: a previous handler to restore
+_SignalHandler: TypeAlias = Callable[[int, FrameType | None], Any] | int | signal.Handlers | None
 
 log = structlog.get_logger("forestream.supervisor")
 
@@ -99,7 +104,7 @@ class _SignalWakeup:
         self._read_fd, self._write_fd = os.pipe()
         os.set_blocking(self._read_fd, False)
         os.set_blocking(self._write_fd, False)
-        self._previous_handlers: dict[int, object] = {}
+        self._previous_handlers: dict[int, _SignalHandler] = {}
         self._previous_wakeup_fd = -1
 
     def __enter__(self) -> _SignalWakeup:
@@ -123,7 +128,7 @@ class _SignalWakeup:
         tb: TracebackType | None,
     ) -> None:
         for signum, handler in self._previous_handlers.items():
-            signal.signal(signum, handler)  # type: ignore[arg-type]
+            signal.signal(signum, handler)
         signal.set_wakeup_fd(self._previous_wakeup_fd)
         self._close_pipe()
 
@@ -252,7 +257,8 @@ class _Supervisor:
                 slot.started_at = now
                 self._schedule_restart(slot, now, pid=None, reason=f"spawn failed: {exc}")
                 continue
-            assert slot.proc is not None
+            if slot.proc is None:
+                raise RuntimeError(f"worker slot {slot.index} has no process right after spawn")
             log.debug("worker_restarted", index=slot.index, pid=slot.proc.pid)
 
     def _idle_timeout(self, now: float) -> float:
@@ -263,7 +269,8 @@ class _Supervisor:
         running = [slot for slot in self.slots if slot.proc is not None]
         log.info("workers_stopping", signal=wake.stop_signal, running=len(running))
         for slot in running:
-            assert slot.proc is not None
+            if slot.proc is None:  # running holds only slots with a process
+                raise RuntimeError(f"worker slot {slot.index} lost its process while stopping")
             with contextlib.suppress(ProcessLookupError):
                 slot.proc.send_signal(signal.SIGTERM)
         deadline = time.monotonic() + self.stop_timeout_s
@@ -274,7 +281,8 @@ class _Supervisor:
                 break
             wake.wait(remaining_s)
         for slot in alive:
-            assert slot.proc is not None
+            if slot.proc is None:  # alive holds only slots with a running process
+                raise RuntimeError(f"worker slot {slot.index} lost its process while stopping")
             log.warning("worker_killed", index=slot.index, pid=slot.proc.pid)
             with contextlib.suppress(ProcessLookupError):
                 slot.proc.kill()

@@ -8,17 +8,20 @@ import time
 from typing import Literal
 
 import structlog
+from structlog.typing import Processor
 
 LogFormat = Literal["auto", "json", "console"]
+_LOG_FORMATS: dict[str, LogFormat] = {"auto": "auto", "json": "json", "console": "console"}
 
 
 def checked_log_format(value: str) -> LogFormat:
     """A ``--log-format`` value as given by a flag or the environment, or a user error."""
-    if value not in ("auto", "json", "console"):
+    fmt = _LOG_FORMATS.get(value)
+    if fmt is None:
         from forestream.errors import UserError
 
         raise UserError(f"--log-format must be auto, json or console, not {value!r}")
-    return value  # type: ignore[return-value]
+    return fmt
 
 
 def configure_logging(fmt: LogFormat = "auto", level: str = "INFO") -> None:
@@ -29,7 +32,7 @@ def configure_logging(fmt: LogFormat = "auto", level: str = "INFO") -> None:
         if use_json
         else structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
     )
-    shared = [
+    shared: list[Processor] = [
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),

@@ -31,7 +31,7 @@ class Coordinator:
 
 def _consumer(coordinator: Coordinator) -> KafkaPythonGroupConsumer:
     client = SimpleNamespace(_coordinator=coordinator)
-    return KafkaPythonGroupConsumer(client, KafkaConnection("127.0.0.1:1"))  # type: ignore[arg-type]
+    return KafkaPythonGroupConsumer(client, KafkaConnection("127.0.0.1:1"))
 
 
 @pytest.fixture(autouse=True)
