@@ -121,7 +121,7 @@ def require_reachable(target: Target, timeout_s: float = 3.0) -> None:
     if conn.uses_tls or conn.uses_sasl:
         from forestream.edge.preflight import check_security
 
-        check_security(conn, host, port, timeout_s=max(timeout_s, 5.0))
+        check_security(conn, host, port, timeout_s=max(timeout_s, 5.0), open_admin=topic_admin)
 
 
 def _built(conn: KafkaConnection, build: Any) -> Any:
