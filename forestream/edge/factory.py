@@ -121,7 +121,7 @@ def require_reachable(target: Target, timeout_s: float = 3.0) -> None:
     if conn.uses_tls or conn.uses_sasl:
         from forestream.edge.preflight import check_security
 
-        check_security(conn, host, port, timeout_s=max(timeout_s, 5.0))
+        check_security(conn, host, port, timeout_s=max(timeout_s, 5.0), open_admin=topic_admin)
 
 
 def _built(conn: KafkaConnection, build: Any) -> Any:
@@ -129,7 +129,7 @@ def _built(conn: KafkaConnection, build: Any) -> Any:
     code). kafka-python connects while it is built; librdkafka's clients connect later."""
     from kafka.errors import KafkaError
 
-    from forestream.edge.kafka_python import classify_client_error
+    from forestream.edge.kafka_python.classify import classify_client_error
 
     try:
         return build()
@@ -145,11 +145,11 @@ def classify_stray(exc: BaseException) -> KafkaFatalError | None:
     ``forestream.cli``), on whichever client raised it."""
     module = type(exc).__module__
     if module.startswith("kafka."):
-        from forestream.edge.kafka_python import classify_client_error
+        from forestream.edge.kafka_python.classify import classify_client_error
 
         return classify_client_error(exc)
     if module.startswith(("confluent_kafka", "cimpl")):
-        from forestream.edge.confluent import classify_librdkafka_error
+        from forestream.edge.confluent.classify import classify_librdkafka_error
 
         return classify_librdkafka_error(exc)
     return None
@@ -226,7 +226,7 @@ def group_consumer(
     conn = connection(target)
     heartbeat_ms = min(3000, session_timeout_ms // 3)
     if conn.kafka_client == "confluent":
-        from forestream.edge.confluent import ConfluentGroupConsumer
+        from forestream.edge.confluent.consumer import ConfluentGroupConsumer
 
         return ConfluentGroupConsumer(
             conn,
@@ -237,7 +237,7 @@ def group_consumer(
             # takes two rounds: partitions moving to a joining worker waited ~2 heartbeats
             heartbeat_interval_ms=min(1000, session_timeout_ms // 3),
         )  # librdkafka is told how many records per poll_batch, not up front
-    from forestream.edge.kafka_python import KafkaPythonGroupConsumer
+    from forestream.edge.kafka_python.consumer import KafkaPythonGroupConsumer
 
     consumer = make_consumer(
         conn,
@@ -271,7 +271,7 @@ def acking_producer(
     is for one-shot commands (the registry) that wait on their first metadata."""
     conn = connection(target)
     if conn.kafka_client == "confluent":
-        from forestream.edge.confluent import ConfluentProducer
+        from forestream.edge.confluent.producer import ConfluentProducer
 
         extra: dict[str, Any] = {}
         if compression is not None:
@@ -281,7 +281,8 @@ def acking_producer(
         if max_block_ms is not None:
             extra["enqueue_block_s"] = max_block_ms / 1000
         return ConfluentProducer(conn, client_id=client_id, linger_ms=linger_ms, **extra)
-    from forestream.edge.kafka_python import KafkaPythonProducer, quicken_metadata
+    from forestream.edge.kafka_python.client import quicken_metadata
+    from forestream.edge.kafka_python.producer import KafkaPythonProducer
 
     overrides: dict[str, Any] = {"client_id": client_id, "linger_ms": linger_ms}
     if max_block_ms is not None:
@@ -309,7 +310,7 @@ def transactional_producer(
     open transaction; ``max_block_ms`` also bounds that."""
     conn = connection(target)
     if conn.kafka_client == "confluent":
-        from forestream.edge.confluent import ConfluentTransactionalProducer
+        from forestream.edge.confluent.producer import ConfluentTransactionalProducer
 
         return ConfluentTransactionalProducer(
             conn,
@@ -318,7 +319,7 @@ def transactional_producer(
             transaction_timeout_ms=transaction_timeout_ms,
             init_timeout_s=max_block_ms / 1000,
         )
-    from forestream.edge.kafka_python import KafkaPythonTransactionalProducer
+    from forestream.edge.kafka_python.producer import KafkaPythonTransactionalProducer
 
     producer = make_producer(
         conn,
@@ -350,10 +351,11 @@ def partition_reader(
     hold a fetch with nothing to return; ``quick_metadata`` as for :func:`acking_producer`."""
     conn = connection(target)
     if conn.kafka_client == "confluent":
-        from forestream.edge.confluent import ConfluentReader
+        from forestream.edge.confluent.reader import ConfluentReader
 
         return ConfluentReader(conn, client_id=client_id, fetch_max_wait_ms=fetch_max_wait_ms)
-    from forestream.edge.kafka_python import KafkaPythonReader, quicken_metadata
+    from forestream.edge.kafka_python.client import quicken_metadata
+    from forestream.edge.kafka_python.reader import KafkaPythonReader
 
     consumer = make_consumer(
         conn,
@@ -374,10 +376,10 @@ def group_offsets_reader(
     exactly-once commits them in its transactions and resumes from them."""
     conn = connection(target)
     if conn.kafka_client == "confluent":
-        from forestream.edge.confluent import ConfluentGroupOffsetsReader
+        from forestream.edge.confluent.reader import ConfluentGroupOffsetsReader
 
         return ConfluentGroupOffsetsReader(conn, client_id=client_id, group_id=group)
-    from forestream.edge.kafka_python import KafkaPythonGroupOffsetsReader
+    from forestream.edge.kafka_python.reader import KafkaPythonGroupOffsetsReader
 
     consumer = make_consumer(
         conn, group_id=group, client_id=client_id, max_poll_records=max_poll_records
@@ -390,10 +392,10 @@ def topic_admin(target: Target, timeout_s: float = 10.0) -> TopicAdmin:
     about ``timeout_s``."""
     conn = connection(target)
     if conn.kafka_client == "confluent":
-        from forestream.edge.confluent import ConfluentAdmin
+        from forestream.edge.confluent.admin import ConfluentAdmin
 
         return ConfluentAdmin(conn, client_id="forestream-admin", timeout_s=timeout_s)
-    from forestream.edge.kafka_python import KafkaPythonAdmin
+    from forestream.edge.kafka_python.admin import KafkaPythonAdmin
 
     return KafkaPythonAdmin(admin_client(conn, timeout_s=timeout_s), conn)
 

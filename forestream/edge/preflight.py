@@ -4,7 +4,8 @@ The Kafka client treats a failed TLS handshake as a connection error and retries
 (logging each attempt), so an untrusted CA or a plaintext listener would look like a broker
 that is away. One handshake of our own, built the way the client builds its context, tells
 the cases apart in a second and names the setting to change. Credentials and ACLs are then
-checked by one metadata round trip through the client factory.
+checked by one metadata round trip through a topic admin the caller builds (the client factory,
+which calls this module: handing the admin in keeps the two out of an import circle).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import socket
 import ssl
 import struct
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from forestream.edge.errors import AuthenticationFailed, KafkaFatalError, TlsFailed
@@ -19,6 +21,11 @@ from forestream.errors import UserError
 
 if TYPE_CHECKING:
     from forestream.edge.connection import KafkaConnection
+    from forestream.edge.interface import TopicAdmin
+
+OpenAdmin = Callable[["KafkaConnection", float], "TopicAdmin"]
+"""Builds a topic admin on a connection, its calls bounded by the timeout given (seconds):
+:func:`forestream.edge.factory.topic_admin`."""
 
 _API_VERSIONS_V0 = struct.pack(">hhih", 18, 0, 1, 10) + b"forestream"
 """ApiVersions v0: any Kafka listener answers it before authentication; a refused client
@@ -107,9 +114,8 @@ def check_tls(conn: KafkaConnection, host: str, port: int, timeout_s: float) -> 
         ) from None
 
 
-def check_login(conn: KafkaConnection, timeout_s: float) -> None:
+def check_login(conn: KafkaConnection, timeout_s: float, open_admin: OpenAdmin) -> None:
     """One metadata round trip as our principal: a refused login ends here, in one line."""
-    from forestream.edge.factory import topic_admin
     from forestream.edge.interface import TransientKafkaError
 
     refused_login = AuthenticationFailed(
@@ -119,7 +125,7 @@ def check_login(conn: KafkaConnection, timeout_s: float) -> None:
         "FORESTREAM_SASL_MECHANISM"
     )
     try:
-        admin = topic_admin(conn, timeout_s=timeout_s)  # kafka-python connects here
+        admin = open_admin(conn, timeout_s)  # kafka-python connects here
     except UserError as exc:
         if conn.uses_sasl and not isinstance(exc, KafkaFatalError):
             # the client hides a refused login behind "no broker answered": TLS and TCP are
@@ -134,7 +140,10 @@ def check_login(conn: KafkaConnection, timeout_s: float) -> None:
         admin.close()
 
 
-def check_security(conn: KafkaConnection, host: str, port: int, timeout_s: float) -> None:
+def check_security(
+    conn: KafkaConnection, host: str, port: int, timeout_s: float, open_admin: OpenAdmin
+) -> None:
+    """TLS first (a failed handshake would hide behind the login), then the login itself."""
     if conn.uses_tls:
         check_tls(conn, host, port, timeout_s)
-    check_login(conn, timeout_s)
+    check_login(conn, timeout_s, open_admin)

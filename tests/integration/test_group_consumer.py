@@ -141,7 +141,7 @@ def test_a_consumer_committing_after_every_batch_reads_on_in_order_with_bounded_
     """The unpipelined worker's pattern over more records than librdkafka prefetches: each
     commit's wait reads ahead, so the adapter pauses fetching while it holds many records; none
     is lost or repeated, and what it holds stays bounded."""
-    from forestream.edge import confluent as edge_confluent
+    from forestream.edge.confluent import consumer as confluent_consumer
 
     records = 60_000
     consumer, topic = subscribed(
@@ -162,4 +162,4 @@ def test_a_consumer_committing_after_every_batch_reads_on_in_order_with_bounded_
     finally:
         consumer.close(5)
     assert offsets == list(range(records)), "records skipped, repeated or out of order"
-    assert held <= edge_confluent._STASH_HIGH + 10_000, f"{held} records held at once"
+    assert held <= confluent_consumer._STASH_HIGH + 10_000, f"{held} records held at once"

@@ -8,7 +8,7 @@ import pytest
 from confluent_kafka import KafkaError, KafkaException
 from pydantic import SecretStr
 
-from forestream.edge.confluent import classify_librdkafka_error
+from forestream.edge.confluent.classify import classify_librdkafka_error
 from forestream.edge.connection import KafkaConnection
 from forestream.edge.errors import (
     AuthenticationFailed,
@@ -146,6 +146,6 @@ def test_a_refused_producer_id_names_the_write_acl() -> None:
 def test_a_topic_creation_the_broker_refuses_is_not_retried(code: int, retriable: bool) -> None:
     """The admin adapter's split: a refusal is the user's to fix (one line, exit 2), a
     cluster that did not answer is transient."""
-    from forestream.edge.confluent import _retriable
+    from forestream.edge.confluent.admin import _retriable
 
     assert _retriable(KafkaError(code)) is retriable

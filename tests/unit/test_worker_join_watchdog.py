@@ -11,9 +11,9 @@ from types import SimpleNamespace
 
 import pytest
 
-from forestream.edge import kafka_python as edge_kafka_python
 from forestream.edge.connection import KafkaConnection
-from forestream.edge.kafka_python import KafkaPythonGroupConsumer
+from forestream.edge.kafka_python import consumer as kafka_python_consumer
+from forestream.edge.kafka_python.consumer import KafkaPythonGroupConsumer
 
 
 class Coordinator:
@@ -36,7 +36,7 @@ def _consumer(coordinator: Coordinator) -> KafkaPythonGroupConsumer:
 
 @pytest.fixture(autouse=True)
 def _no_grace(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(edge_kafka_python, "_JOIN_STUCK_AFTER_S", 0.0)
+    monkeypatch.setattr(kafka_python_consumer, "_JOIN_STUCK_AFTER_S", 0.0)
 
 
 def test_a_join_nobody_drives_is_restarted_after_the_grace_period() -> None:
