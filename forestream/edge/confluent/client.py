@@ -53,9 +53,11 @@ def _ours(partitions: Iterable[RdTopicPartition]) -> list[TopicPartition]:
     return [TopicPartition(tp.topic, tp.partition) for tp in partitions]
 
 
-def _records(messages: list[Message]) -> tuple[list[InputRecord], list[KafkaError]]:
+def _records(messages: list[Any]) -> tuple[list[InputRecord], list[KafkaError]]:
     """Records, and the error events librdkafka put among them. The hot path of the fetch:
-    one tuple per record, the timestamp's type dropped."""
+    one tuple per record, the timestamp's type dropped. ``messages`` are ``Message``s, typed
+    ``Any`` because their accessors are ``Optional`` for error events, which are split off here
+    (a cast per record would cost a call on the hot path)."""
     records: list[InputRecord] = [
         ConsumedRecord(m.topic(), m.partition(), m.offset(), m.timestamp()[1], m.key(), m.value())
         for m in messages
@@ -63,7 +65,7 @@ def _records(messages: list[Message]) -> tuple[list[InputRecord], list[KafkaErro
     ]
     if len(records) == len(messages):
         return records, []
-    return records, [m.error() for m in messages if m.error() is not None]
+    return records, [e for m in messages if (e := m.error()) is not None]
 
 
 _Builder = Callable[[list[Message]], tuple[list[InputRecord], list[KafkaError]]]

@@ -190,7 +190,7 @@ class ConfluentGroupConsumer(_Client):
             # in short steps: a report served inside consume() does not end its wait, only a
             # record does (with 50 ms steps the unpipelined worker ran at half speed)
             self._stash_records(self._consume(self._consumer, 10_000, min(left, _REPORT_STEP_S)))
-        if outcome is not _COMMITTED:
+        if isinstance(outcome, Exception):
             raise outcome
 
     def _stash_records(self, records: list[InputRecord]) -> None:
@@ -262,7 +262,7 @@ class ConfluentGroupConsumer(_Client):
         for seq, offsets in self._results:
             outcome = self._outcomes.pop(seq, None)
             if outcome is not None:  # else taken by the commit() that awaited it
-                results.append((offsets, None if outcome is _COMMITTED else outcome))
+                results.append((offsets, outcome if isinstance(outcome, Exception) else None))
         self._results.clear()
         return results
 

@@ -7,7 +7,7 @@ import contextlib
 import functools
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, cast
 
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
@@ -128,7 +128,9 @@ class ConfluentProducer(_Client):
         for i, o in enumerate(records):
             callback = functools.partial(done, i)
             try:
-                produce(o.topic, o.value, o.key, headers=o.headers, on_delivery=callback)
+                # list is invariant: our (str, bytes) headers are librdkafka's
+                # (str, str | bytes | None) all the same
+                produce(o.topic, o.value, o.key, headers=o.headers, on_delivery=callback)  # type: ignore[arg-type]
             except BufferError:  # librdkafka's queue is full: let it drain a little
                 if not self._wait_for_room(o, callback):
                     delivery.stopped(BufferError("producer queue full"), i)
@@ -144,15 +146,16 @@ class ConfluentProducer(_Client):
         where kafka-python splits it and sends the parts again: only a record too large on
         its own is then refused. The same here: each record of such a batch goes again,
         alone in its request, through a second handle that batches nothing."""
-        assert self._alone_config is not None
+        if self._alone_config is None:  # _resend_alone is only handed out with a config
+            raise RuntimeError("a record resent alone without the one-record producer's config")
         if self._alone is None:
             self._alone = Producer(self._alone_config)
         try:
             self._alone.produce(
-                message.topic(),
+                cast(str, message.topic()),  # a delivery report's message has both
                 message.value(),
                 message.key(),
-                partition=message.partition(),
+                partition=cast(int, message.partition()),
                 headers=message.headers(),
                 on_delivery=functools.partial(delivery.settle, index),
             )
@@ -171,7 +174,11 @@ class ConfluentProducer(_Client):
             self._poll(0.05)
             try:
                 self._producer.produce(
-                    o.topic, o.value, o.key, headers=o.headers, on_delivery=callback
+                    o.topic,
+                    o.value,
+                    o.key,
+                    headers=o.headers,  # type: ignore[arg-type]  # list invariance, as above
+                    on_delivery=callback,
                 )
                 return True
             except BufferError:
@@ -205,13 +212,13 @@ class ConfluentProducer(_Client):
     def append(self, record: Outgoing, partition: int | None, timeout_s: float) -> int:
         self._raise_fatal()
         outcome: list[tuple[KafkaError | None, Message]] = []
-        extra = {} if partition is None else {"partition": partition}
+        extra: dict[str, Any] = {} if partition is None else {"partition": partition}
         try:
             self._producer.produce(
                 record.topic,
                 record.value,
                 record.key,
-                headers=record.headers,
+                headers=record.headers,  # type: ignore[arg-type]  # list invariance, as above
                 on_delivery=lambda error, message: outcome.append((error, message)),
                 **extra,
             )
@@ -226,7 +233,10 @@ class ConfluentProducer(_Client):
         error, message = outcome[0]
         if error is not None:
             raise self._translated_any(KafkaException(error), record.topic)
-        return int(message.offset())
+        offset = message.offset()
+        if offset is None:  # an acknowledged record has one; never seen otherwise
+            raise TransientKafkaError("acknowledged without an offset")
+        return int(offset)
 
     def _translated_any(self, exc: BaseException, topic: str) -> Exception:
         fatal = classify_librdkafka_error(exc, self._conn, topic=topic)
@@ -259,15 +269,16 @@ class ConfluentTransactionalProducer(ConfluentProducer):
         linger_ms: int = 5,
     ) -> None:
         self._id = transactional_id
+        transactional: dict[str, Any] = {
+            "transactional.id": transactional_id,
+            "transaction.timeout.ms": transaction_timeout_ms,
+            "message.timeout.ms": transaction_timeout_ms,  # librdkafka: at most that
+        }
         super().__init__(
             conn,
             client_id=client_id,
             linger_ms=linger_ms,
-            **{
-                "transactional.id": transactional_id,
-                "transaction.timeout.ms": transaction_timeout_ms,
-                "message.timeout.ms": transaction_timeout_ms,  # librdkafka: at most that
-            },
+            **transactional,
         )
         self._open = False
         try:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Sequence
+from typing import Any
 
 import structlog
 from confluent_kafka import (
@@ -14,7 +15,6 @@ from confluent_kafka import (
     Consumer,
     KafkaError,
     KafkaException,
-    Message,
 )
 
 from forestream.edge.confluent.classify import classify_librdkafka_error
@@ -29,7 +29,7 @@ _METADATA_TIMEOUT_S = 10.0
 """Bound on a reader's metadata and offset queries: past it the caller sees a transient error."""
 
 
-def _read_records(messages: list[Message]) -> tuple[list[InputRecord], list[KafkaError]]:
+def _read_records(messages: list[Any]) -> tuple[list[InputRecord], list[KafkaError]]:
     """A reader's records: as :func:`forestream.edge.confluent.client._records`, with their
     headers."""
     records: list[InputRecord] = [
@@ -47,7 +47,7 @@ def _read_records(messages: list[Message]) -> tuple[list[InputRecord], list[Kafk
     ]
     if len(records) == len(messages):
         return records, []
-    return records, [m.error() for m in messages if m.error() is not None]
+    return records, [e for m in messages if (e := m.error()) is not None]
 
 
 class ConfluentReader(_Client):
