@@ -52,7 +52,7 @@ from forestream.registry.metadata import (
     pickled_class,
     sign,
 )
-from forestream.registry.metadata import (  # re-exported: worker/replay.py imports them here
+from forestream.registry.metadata import (  # re-exported: worker/replay.py imports it here
     signing_key_from_env as signing_key_from_env,
 )
 

@@ -9,6 +9,8 @@ import os
 import pickle
 import re
 import shutil
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -355,3 +357,19 @@ def test_pruned_versions_are_recorded_as_they_were_and_never_rolled_back_to(
         store.rollback("m")
     shutil.rmtree(tmp_path / "m" / "v2")
     assert store.served("m") == "v2"  # what the history says; models list warns about it
+
+
+@pytest.mark.parametrize(
+    ("backend", "other"),
+    [("local", "object_store"), ("object_store", "local")],
+)
+def test_neither_backend_imports_the_other(backend: str, other: str) -> None:
+    """The rules live in registry.store; only registry.open knows both backends."""
+    code = (
+        "import sys\n"
+        f"import forestream.registry.{backend}\n"
+        f"print('forestream.registry.{other}' in sys.modules)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "False"
