@@ -216,14 +216,14 @@ def run(args: argparse.Namespace) -> list[Cycle]:
     from bench.throughput import broker
     from bench.workload import MODEL_NAME, make_workload
     from forestream.edge.factory import TopicSpec, ensure_topics
-    from forestream.registry.store import ModelStore
+    from forestream.registry.local import LocalModelStore
 
     with (
         tempfile.TemporaryDirectory(prefix="forestream-bench-promotion-") as tmp,
         broker(args.bootstrap_servers) as bootstrap,
     ):
         store_dir = Path(tmp) / "store"
-        store = ModelStore(store_dir)
+        store = LocalModelStore(store_dir)
         print(f"training 2 versions: {args.trees} trees, {args.features} features ...")
         first = make_workload(20000, args.features, args.trees, 5000, store, seed=0)
         make_workload(10, args.features, args.trees, 5000, store, seed=1)

@@ -217,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
     import os
 
     from bench.workload import announce_promotion, make_workload
-    from forestream.registry.store import ModelStore
+    from forestream.registry.local import LocalModelStore
 
     parser = argparse.ArgumentParser(
         prog="python -m bench.rebalance",
@@ -245,7 +245,7 @@ def main(argv: list[str] | None = None) -> int:
     results: list[Result] = []
     with broker(a.bootstrap_servers) as bootstrap, tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        store = ModelStore(work / "models")
+        store = LocalModelStore(work / "models")
         workload = make_workload(5000, 30, 100, 4000, store)
         models = f"bench.rebalance.{uuid.uuid4().hex[:8]}.models"
         announce_promotion(bootstrap, models, workload.metadata)

@@ -116,7 +116,7 @@ def in_process(args: argparse.Namespace) -> None:
     """The in-process part: the real follower beside a scoring thread, no Kafka load."""
     from bench.throughput import broker
     from bench.workload import MODEL_NAME, announce_promotion, make_workload
-    from forestream.registry.store import ModelStore
+    from forestream.registry.local import LocalModelStore
     from forestream.runtime.logs import configure_logging
     from forestream.worker.models import ModelFollower, store_loader
 
@@ -125,7 +125,7 @@ def in_process(args: argparse.Namespace) -> None:
         tempfile.TemporaryDirectory(prefix="forestream-bench-reload-") as tmp,
         broker(args.bootstrap_servers) as bootstrap,
     ):
-        store = ModelStore(Path(tmp))
+        store = LocalModelStore(Path(tmp))
         print(f"training 2 versions: {args.trees} trees, {args.features} features ...")
         first = make_workload(4000, args.features, args.trees, 5000, store, seed=0)
         second = make_workload(10, args.features, args.trees, 5000, store, seed=1)

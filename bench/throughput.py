@@ -1129,7 +1129,8 @@ def shown(result: Throughput | Latency | Failed) -> str:
 def run(opts: Options) -> Results:
     from bench.workload import MODEL_NAME, announce_promotion, make_workload
     from forestream.edge.factory import TopicSpec, admin_client, ensure_topics
-    from forestream.registry.store import ARTIFACT, ModelStore
+    from forestream.registry.local import LocalModelStore
+    from forestream.registry.metadata import ARTIFACT
 
     res = Results(opts)
     res.load.append(os.getloadavg())
@@ -1147,7 +1148,7 @@ def run(opts: Options) -> Results:
         work = Path(tmp)
         try:
             say(f"broker {bootstrap}; training RF {opts.trees} trees on {opts.train_rows} rows")
-            store = ModelStore(work / "models")
+            store = LocalModelStore(work / "models")
             workload = make_workload(
                 opts.records, opts.features, opts.trees, opts.train_rows, store
             )

@@ -14,7 +14,8 @@ from typing import Any
 
 import numpy as np
 
-from forestream.registry.store import ModelMetadata, ModelStore
+from forestream.registry.metadata import ModelMetadata
+from forestream.registry.store import ModelStore
 from forestream.wire.messages import ServingRef
 
 MODEL_NAME = "bench"

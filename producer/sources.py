@@ -102,7 +102,7 @@ def load_model_inputs(
 ) -> ModelInputs:
     """Schema and reference stats of ``name`` at ``version`` (default: the served version)."""
     try:
-        from forestream.registry.store import open_store
+        from forestream.registry.open import open_store
     except ImportError:
         raise UserError("the model registry is not available in this build") from None
     store = open_store(store_root, endpoint_url=endpoint_url)

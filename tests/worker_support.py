@@ -105,10 +105,11 @@ def row_json(row: pd.Series) -> bytes:
 
 
 def save_model(store: Path, name: str, frame: pd.DataFrame, trees: int = 10) -> tuple[Any, Any]:
-    """Fit, save through ModelStore and promote: returns (pipeline, saved ModelMetadata)."""
+    """Fit, save through LocalModelStore and promote: returns (pipeline, saved ModelMetadata)."""
     import sklearn
 
-    from forestream.registry.store import ModelMetadata, ModelStore
+    from forestream.registry.local import LocalModelStore
+    from forestream.registry.metadata import ModelMetadata
     from forestream.wire.schema import ReferenceStats
 
     pipeline = fit_pipeline(frame, trees=trees)
@@ -124,7 +125,7 @@ def save_model(store: Path, name: str, frame: pd.DataFrame, trees: int = 10) -> 
         data_rows=len(frame),
         sklearn_version=sklearn.__version__,
     )
-    model_store = ModelStore(store)
+    model_store = LocalModelStore(store)
     saved = model_store.save(name, pipeline, metadata, {})
     model_store.promote(name, saved.version)
     return pipeline, saved

@@ -20,7 +20,8 @@ from forestream.runtime.settings import CommonSettings, load_settings
 if TYPE_CHECKING:
     from rich.console import Console
 
-    from forestream.registry.store import ModelMetadata, ModelStore
+    from forestream.registry.metadata import ModelMetadata
+    from forestream.registry.store import ModelStore
     from forestream.training.publish import Action, Announced
     from forestream.training.quality import QualityReport
 
@@ -77,7 +78,7 @@ def train(
     models_topic: ModelsTopicOpt = None,
 ) -> None:
     """Train a RandomForest on a CSV: quality report, holdout metrics, a new registry version."""
-    from forestream.registry.store import signing_key_from_env
+    from forestream.registry.metadata import signing_key_from_env
     from forestream.training.fit import ForestParams
     from forestream.training.train import TrainRequest, run_training
 
@@ -364,7 +365,7 @@ def models_promote(
     models_topic: ModelsTopicOpt = None,
 ) -> None:
     """Serve a version: verified first, then announced to workers and recorded in the store."""
-    from forestream.registry.store import signing_key_from_env
+    from forestream.registry.metadata import signing_key_from_env
 
     settings = _settings(
         model_name=name,
@@ -418,7 +419,7 @@ def _change_serving(
     """One registry write (store lock, compare-and-set on the models topic, then the history);
     notes about a repaired history or a concurrent writer go to stderr."""
     from forestream.edge.factory import require_reachable
-    from forestream.registry.store import signing_key_from_env
+    from forestream.registry.metadata import signing_key_from_env
     from forestream.training.publish import change_serving
 
     require_reachable(settings.kafka())  # one line now, not a client retrying for seconds

@@ -39,7 +39,8 @@ from pydantic import ValidationError
 from forestream.edge.interface import Outgoing, TopicPartition, TransientKafkaError
 from forestream.errors import RegistryConflict as RegistryConflict
 from forestream.errors import UserError
-from forestream.registry.store import HistoryAction, ModelMetadata, ModelStore
+from forestream.registry.metadata import ModelMetadata
+from forestream.registry.store import HistoryAction, ModelStore
 from forestream.wire.messages import ModelEvent, ServingRef
 
 if TYPE_CHECKING:

@@ -15,7 +15,8 @@ from pathlib import Path
 import pandas as pd
 
 from forestream.errors import UserError
-from forestream.registry.store import ModelMetadata, ModelStore, check_name
+from forestream.registry.metadata import ModelMetadata, check_name
+from forestream.registry.store import ModelStore
 from forestream.training.fit import (
     ForestParams,
     ProgressCallback,

@@ -63,7 +63,7 @@ def check_servable(active: ActiveModel | None, metadata: Any) -> None:
 @dataclass(frozen=True)
 class ActiveModel:
     """A verified, warmed-up model; ``metadata`` is a
-    ``forestream.registry.store.ModelMetadata``."""
+    ``forestream.registry.metadata.ModelMetadata``."""
 
     version: str
     sha256: str
@@ -91,12 +91,12 @@ def store_loader(
     checks against the hash announced on the models topic before they are unpickled.
     """
     from forestream.registry.cache import ArtifactCache
+    from forestream.registry.metadata import signing_key_from_env
+    from forestream.registry.open import open_store
     from forestream.registry.store import (
         ArtifactRejected,
         ModelStore,
         check_artifact,
-        open_store,
-        signing_key_from_env,
         unpickle_model,
     )
 

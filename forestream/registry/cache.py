@@ -17,7 +17,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from forestream.registry.store import ModelMetadata, check_name, normalize_version
+from forestream.registry.metadata import ModelMetadata, check_name, normalize_version
 
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 

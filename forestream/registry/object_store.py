@@ -1,8 +1,9 @@
 """The model registry on object storage (``s3://bucket/prefix`` and the other fsspec filesystems).
 
-Same layout and rules as the local store, rebuilt for a store that has no rename and no lock,
-from one primitive: the conditional create (``If-None-Match: *`` on S3, which AWS, MinIO and
-moto honour; s3fs sends it for ``mode="create"``):
+The rules are :class:`forestream.registry.store.ModelStore`'s, over the same layout as the local
+store; this backend keeps them on a store that has no rename and no lock, with one primitive:
+the conditional create (``If-None-Match: *`` on S3, which AWS, MinIO and moto honour; s3fs sends
+it for ``mode="create"``):
 
 - **A version number is claimed** by creating ``<name>/v<N>/.claim`` (N = one past every number
   ever claimed); a trainer that loses the race takes the next number. The artifact, quality
@@ -12,9 +13,8 @@ moto honour; s3fs sends it for ``mode="create"``):
 - **The promotion history is one object per entry**, ``<name>/promotions/<seq>.json``, created
   the same way: an entry is never rewritten or lost, and every reader sees one order.
 - **There is no lock**: :meth:`ObjectModelStore.lock` yields False, and concurrent registry
-  commands are decided by the models-topic compare-and-set of ``forestream.training.publish`` (the
-  topic
-  is what workers serve from), as on a shared volume without ``flock``.
+  commands are decided by the models-topic compare-and-set of ``forestream.training.publish``
+  (the topic is what workers serve from), as on a shared volume without ``flock``.
 
 Errors become one line: a missing bucket or a bad URI a :class:`UserError`, a store that cannot
 be reached (network, credentials, timeouts) :class:`StoreUnavailable`.
@@ -27,29 +27,15 @@ import json
 import re
 import uuid
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, ClassVar
 
 from forestream.errors import UserError
-from forestream.registry.store import (
-    _NAME,
-    ARTIFACT,
-    METADATA,
-    QUALITY_REPORT,
-    ArtifactRejected,
-    ModelMetadata,
-    ModelStore,
-    StoreUnavailable,
-    check_name,
-    dump_artifact,
-    normalize_version,
-    sign,
-)
+from forestream.registry.metadata import ModelMetadata, check_name
+from forestream.registry.store import ModelStore, StoreUnavailable
 
 CLAIM = ".claim"
 COMPLETE = ".complete"
 HISTORY_DIR = "promotions"
-MAX_CLAIMS = 100
-"""Numbers one save tries before giving up (each loss means another trainer took one)."""
 
 S3_SCHEMES = ("s3", "s3a")
 _BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
@@ -99,7 +85,10 @@ def _describe(exc: BaseException) -> str:
 class ObjectModelStore(ModelStore):
     """The registry under one URI prefix; see the module docstring for the rules."""
 
+    COMPLETE: ClassVar[str] = COMPLETE
+
     def __init__(self, uri: str, *, endpoint_url: str | None = None) -> None:
+        super().__init__(uri)
         self.uri = uri
         self.endpoint_url = endpoint_url
         self._fs: Any = None
@@ -109,14 +98,6 @@ class ObjectModelStore(ModelStore):
         self.bucket = self.base.split("/", 1)[0]
 
     # -- the filesystem --------------------------------------------------------------------
-    @property
-    def location(self) -> str:
-        return self.uri
-
-    @property
-    def root(self) -> Any:  # type: ignore[override]
-        raise AttributeError(f"{self.uri} is not a local directory")
-
     @property
     def fs(self) -> Any:
         """The fsspec filesystem, made on first use (importing s3fs costs a few hundred ms)."""
@@ -162,7 +143,7 @@ class ObjectModelStore(ModelStore):
             ) from None
 
     def _os_error(self, action: str, exc: OSError) -> UserError:
-        """What :meth:`ModelStore.save` reports for an OSError the client let through."""
+        """What ``ModelStore.save`` reports for an OSError the client let through."""
         if isinstance(exc, FileNotFoundError):
             return self._missing_bucket(exc)
         return UserError(f"cannot {action} model store {self.uri}: {_describe(exc)}")
@@ -220,114 +201,38 @@ class ObjectModelStore(ModelStore):
         self.check_writable()
         return self._key(name)
 
-    def names(self) -> list[str]:
+    def _list_names(self) -> list[str]:
         self.check_writable()  # a listing one level deep does not tell a missing bucket
         with self._io("read"):
             found = self.fs.find(self.base, maxdepth=1, withdirs=True, detail=True)
         lead = self.base + "/"
-        return sorted(
+        return [
             path[len(lead) :]
             for path, info in found.items()
-            if info.get("type") == "directory"
-            and path.startswith(lead)
-            and _NAME.match(path[len(lead) :])
-        )
+            if info.get("type") == "directory" and path.startswith(lead)
+        ]
 
-    def _numbers(self, name: str) -> tuple[set[int], set[int]]:
-        """(numbers ever claimed, numbers complete) of ``name``, from one listing."""
-        claimed: set[int] = set()
-        complete: set[int] = set()
-        for key in self._list(check_name(name)):
-            head, _, tail = key.partition("/")
-            if not re.fullmatch(r"v[0-9]+", head) or not tail:
-                continue
-            claimed.add(int(head[1:]))
-            if tail == COMPLETE:
-                complete.add(int(head[1:]))
-        return claimed, complete
-
-    def versions(self, name: str) -> list[str]:
-        """Complete versions (``.complete`` written), oldest first; half-written ones never."""
-        _claimed, complete = self._numbers(name)
-        return [f"v{n}" for n in sorted(complete)]
-
-    def version_dir(self, name: str, version: str) -> Any:
-        raise AttributeError(f"{self.uri} is not a local directory; use version_location")
-
-    def version_location(self, name: str, version: str) -> str:
-        return f"{self.uri}/{check_name(name)}/{normalize_version(version)}"
-
-    def _where(self, name: str, version: str, filename: str) -> str:
-        return f"{self.version_location(name, version)}/{filename}"
+    def _read(self, key: str) -> bytes | None:
+        return self._cat(self._key(key))
 
     def _version_key(self, name: str, version: str, filename: str) -> str:
-        return self._key(check_name(name), normalize_version(version), filename)
-
-    def _complete(self, name: str, version: str) -> bool:
-        return self._cat(self._version_key(name, version, COMPLETE)) is not None
-
-    def _metadata_bytes(self, name: str, version: str) -> bytes | None:
-        if not self._complete(name, version):  # a half-written version does not exist
-            return None
-        raw = self._cat(self._version_key(name, version, METADATA))
-        if raw is None:
-            where = self._where(name, version, METADATA)
-            raise ArtifactRejected(f"{where}: missing, but the version is marked complete")
-        return raw
-
-    def _report_bytes(self, name: str, version: str) -> bytes | None:
-        return self._cat(self._version_key(name, version, QUALITY_REPORT))
-
-    def _artifact_bytes(self, name: str, version: str) -> bytes:
-        raw = self._cat(self._version_key(name, version, ARTIFACT))
-        if raw is None:
-            raise ArtifactRejected(f"{self._where(name, version, ARTIFACT)}: no such object")
-        return raw
+        return self._key(self._file(name, version, filename))
 
     # -- writing ---------------------------------------------------------------------------
-    def _save(
-        self,
-        name: str,
-        pipeline: Any,
-        metadata: ModelMetadata,
-        report: dict[str, Any],
-        signing_key: bytes | None,
-    ) -> ModelMetadata:
-        """Claim a number (conditional create), write the files, then the marker, last."""
-        import hashlib
-
-        check_name(name)
-        data = dump_artifact(pipeline)
-        base = metadata.model_copy(
-            update={
-                "name": name,
-                "artifact_sha256": hashlib.sha256(data).hexdigest(),
-                "signature": sign(data, signing_key) if signing_key else None,
-            }
-        )
-        owner = json.dumps({"owner": uuid.uuid4().hex, "created_at": base.created_at}).encode()
-        for _attempt in range(MAX_CLAIMS):
-            claimed, _complete = self._numbers(name)
-            version = f"v{max(claimed, default=0) + 1}"
-            claim = self._version_key(name, version, CLAIM)
-            try:
-                self._put(claim, owner, create=True)
-            except FileExistsError:
-                continue  # another trainer claimed it first: take the next number
-            if self._cat(claim) != owner:  # a server that ignored If-None-Match
-                continue
-            final = base.model_copy(update={"version": version})
-            self._put(self._version_key(name, version, ARTIFACT), data)
-            self._put(
-                self._version_key(name, version, QUALITY_REPORT),
-                json.dumps(report, indent=2, default=str).encode(),
-            )
-            self._put(
-                self._version_key(name, version, METADATA), final.model_dump_json(indent=2).encode()
-            )
-            self._put(self._version_key(name, version, COMPLETE), final.artifact_sha256.encode())
-            return final
-        raise UserError(f"could not claim a new version of {name!r} in {self.uri}")
+    def _commit_version(self, name: str, meta: ModelMetadata, files: dict[str, bytes]) -> bool:
+        """Claim the number (conditional create), write the files, then the marker, last."""
+        owner = json.dumps({"owner": uuid.uuid4().hex, "created_at": meta.created_at}).encode()
+        claim = self._version_key(name, meta.version, CLAIM)
+        try:
+            self._put(claim, owner, create=True)
+        except FileExistsError:
+            return False  # another trainer claimed it first: take the next number
+        if self._cat(claim) != owner:  # a server that ignored If-None-Match
+            return False
+        for filename, data in files.items():
+            self._put(self._version_key(name, meta.version, filename), data)
+        self._put(self._version_key(name, meta.version, COMPLETE), meta.artifact_sha256.encode())
+        return True
 
     # -- promotion history -----------------------------------------------------------------
     def _entries(self, name: str) -> list[tuple[int, str]]:
@@ -360,7 +265,7 @@ class ObjectModelStore(ModelStore):
     def _write_entry(self, name: str, line: str) -> None:
         """Create the next entry; a concurrent writer that took the number pushes us to the next
         (entries of two writers follow each other, like O_APPEND lines of the local store)."""
-        for _attempt in range(MAX_CLAIMS):
+        for _attempt in range(self.MAX_CLAIMS):
             entries = self._entries(name)
             seq = entries[-1][0] + 1 if entries else 1
             key = self._key(check_name(name), HISTORY_DIR, f"{seq:012d}.json")

@@ -1,16 +1,21 @@
-"""The model registry: versioned, hashed (optionally signed) artifacts and promotion state.
+"""The model registry's rules, written once: versions, verification, promotion and history.
 
-A local directory here; :func:`open_store` also takes a URI (``s3://bucket/prefix`` and the other
-fsspec filesystems), served by :class:`forestream.registry.object_store.ObjectModelStore` with the
-same
-rules rebuilt from conditional writes.
+:class:`ModelStore` holds every rule (what a version is, numbering that never reuses a number,
+reading back only verified bytes, the promotion history and what it says is served) over a few
+operations a backend provides on its keys (``<name>/<version>/<file>``):
 
-Layout: ``<root>/<name>/<version>/{model.joblib, metadata.json, quality_report.json}``,
-``<root>/<name>/promotions.jsonl`` and ``<root>/<name>/.lock``. The trainer writes, workers and
-``replay`` read. joblib is pickle, so :meth:`ModelStore.load_verified` checks the artifact's bytes
-against its sha256 (and HMAC when a signing key is configured) *before* unpickling, and unpickles
-exactly the bytes it checked; :meth:`ModelStore.verify_artifact` makes the same checks without
-unpickling (the registry commands must not pay for importing scikit-learn).
+- :meth:`ModelStore._read` one file's bytes (None when absent), :meth:`ModelStore._list` the
+  files under a prefix, :meth:`ModelStore._list_names` the models;
+- :meth:`ModelStore._commit_version`, create-if-absent for a whole version: it fails when the
+  number is taken, and the version's ``COMPLETE`` file appears last, so a version is seen whole
+  or not at all (a renamed directory on disk, a conditional create and a marker on objects);
+- :meth:`ModelStore._history_lines` and :meth:`ModelStore._write_entry`, the promotion history
+  read and appended (an ``O_APPEND`` line, or a conditionally created object per entry);
+- :meth:`ModelStore.lock`, one registry writer at a time where the backend can.
+
+Backends: :class:`forestream.registry.local.LocalModelStore` (a directory) and
+:class:`forestream.registry.object_store.ObjectModelStore` (S3 and other fsspec filesystems);
+``forestream.registry.open.open_store`` picks one for a path or URI.
 
 The promotion history follows the models topic, which is what workers serve from: registry
 writers hold :meth:`ModelStore.lock` and record an entry only after their event is on the topic
@@ -20,95 +25,48 @@ writers hold :meth:`ModelStore.lock` and record an entry only after their event 
 from __future__ import annotations
 
 import contextlib
-import errno
-import fcntl
 import hashlib
-import hmac
-import io
 import json
 import os
 import re
-import shutil
-import stat
-import time
-import uuid
-import zlib
-from collections.abc import Iterator
+from abc import ABC, abstractmethod
 from datetime import UTC, datetime
-from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import ValidationError
 
 from forestream.errors import ArtifactRejected as ArtifactRejected
 from forestream.errors import StoreUnavailable as StoreUnavailable
 from forestream.errors import UserError
-from forestream.wire.schema import FeatureSchema, ReferenceStats
+from forestream.registry.metadata import (
+    ARTIFACT,
+    METADATA,
+    NAME_RE,
+    QUALITY_REPORT,
+    VERSION_KEY_RE,
+    VERSION_RE,
+    ModelMetadata,
+    artifact_problem,
+    check_name,
+    dump_artifact,
+    first_error,
+    normalize_version,
+    pickled_class,
+    sign,
+)
+from forestream.registry.metadata import (  # re-exported: worker/replay.py imports it here
+    signing_key_from_env as signing_key_from_env,
+)
 
-ARTIFACT = "model.joblib"
-METADATA = "metadata.json"
-QUALITY_REPORT = "quality_report.json"
-PROMOTIONS = "promotions.jsonl"
-LOCK = ".lock"
 LOCK_TIMEOUT_S = 60.0
-SIGNING_KEY_ENV = "FORESTREAM_SIGNING_KEY"
-
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
-_VERSION = re.compile(r"^v?([0-9]{1,9})$")
 
 
-_URI = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
+URI_RE = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
 
 
 def is_uri(location: str | os.PathLike[str]) -> bool:
     """``scheme://...`` (an object store or another fsspec filesystem) rather than a path."""
-    return isinstance(location, str) and _URI.match(location) is not None
-
-
-def store_location(location: str | os.PathLike[str]) -> str:
-    """The store setting as given, checked: a local path, or a URI fsspec can open.
-
-    ``file://`` URIs become plain paths (the local store keeps its rename and ``flock``).
-    """
-    if not isinstance(location, str):
-        return os.fspath(location)
-    text = location.strip()
-    if not text:
-        raise UserError("the model store is empty: give a directory or a URI like s3://bucket/p")
-    match = _URI.match(text)
-    if match is None:
-        return text
-    scheme = match.group(1).lower()
-    if scheme == "file":
-        path = text[len("file://") :]
-        if not path.startswith("/"):
-            raise UserError(f"model store {text!r}: a file:// URI needs an absolute path")
-        return path
-    from forestream.registry.object_store import check_uri
-
-    return check_uri(text)
-
-
-def open_store(location: str | os.PathLike[str], *, endpoint_url: str | None = None) -> ModelStore:
-    """The store for a path or URI: every registry command and the worker open it this way.
-
-    ``endpoint_url`` (``FORESTREAM_S3_ENDPOINT_URL``) points S3 URIs at an S3-compatible store.
-    """
-    where = store_location(location)
-    if is_uri(where):
-        from forestream.registry.object_store import ObjectModelStore
-
-        return ObjectModelStore(where, endpoint_url=endpoint_url)
-    return ModelStore(where)
-
-
-def dump_artifact(pipeline: Any) -> bytes:
-    """The artifact's bytes, exactly what gets hashed, signed and stored."""
-    import joblib
-
-    buffer = io.BytesIO()
-    joblib.dump(pipeline, buffer, compress=3)
-    return buffer.getvalue()
+    return isinstance(location, str) and URI_RE.match(location) is not None
 
 
 def check_artifact(
@@ -120,27 +78,15 @@ def check_artifact(
 ) -> None:
     """The hash and signature checks every artifact passes before unpickling, wherever its
     bytes came from (the store or a worker's local cache)."""
-    actual = hashlib.sha256(data).hexdigest()
-    if actual != meta.artifact_sha256:
-        raise ArtifactRejected(
-            f"{where}: sha256 mismatch (recorded {meta.artifact_sha256[:12]}, "
-            f"file {actual[:12]}): the artifact was altered; refusing to load it"
-        )
-    if expected_sha256 is not None and actual != expected_sha256:
-        raise ArtifactRejected(
-            f"{where}: sha256 {actual[:12]} differs from the announced {expected_sha256[:12]}"
-        )
-    if signing_key is not None:
-        if not meta.signature:
-            raise ArtifactRejected(
-                f"{where}: not signed, but {SIGNING_KEY_ENV} is set; refusing to load it"
-            )
-        if not hmac.compare_digest(sign(data, signing_key), meta.signature):
-            raise ArtifactRejected(f"{where}: bad HMAC signature; refusing to load it")
+    problem = artifact_problem(data, meta, where, expected_sha256, signing_key)
+    if problem is not None:
+        raise ArtifactRejected(problem)
 
 
 def unpickle_model(data: bytes, where: str) -> Any:
     """Unpickle bytes that already passed :func:`check_artifact`; refuse what is no model."""
+    import io
+
     import joblib
 
     try:
@@ -152,70 +98,6 @@ def unpickle_model(data: bytes, where: str) -> Any:
     return pipeline
 
 
-class ModelMetadata(BaseModel):
-    """Everything known about one trained version; written as ``metadata.json``.
-
-    ``version``, ``artifact_sha256`` and ``signature`` are filled in by :meth:`ModelStore.save`.
-    """
-
-    model_config = ConfigDict(protected_namespaces=())
-
-    name: str
-    version: str = ""
-    created_at: str
-    target: str
-    classes: list[str]
-    feature_schema: FeatureSchema
-    reference: ReferenceStats
-    metrics: dict[str, Any]
-    data_sha256: str
-    data_rows: int
-    sklearn_version: str
-    artifact_sha256: str = ""
-    signature: str | None = None
-    params: dict[str, Any] = {}
-
-
-def signing_key_from_env() -> bytes | None:
-    """The HMAC key shared by trainer and workers, if the deployment configured one."""
-    key = os.environ.get(SIGNING_KEY_ENV)
-    return key.encode() if key else None
-
-
-def sign(data: bytes, key: bytes) -> str:
-    return hmac.new(key, data, hashlib.sha256).hexdigest()
-
-
-def normalize_version(version: str) -> str:
-    """Accept ``v3`` or ``3``; anything else is a user mistake (and never a path component)."""
-    match = _VERSION.match(str(version).strip())
-    if not match:
-        raise UserError(f"invalid model version {version!r}: expected v<number>, e.g. v3")
-    return f"v{int(match.group(1))}"
-
-
-def check_name(name: str) -> str:
-    """A model name is a single path component; anything else is a user mistake."""
-    if not _NAME.match(name):
-        raise UserError(
-            f"invalid model name {name!r}: use letters, digits, '.', '_' or '-' (max 100)"
-        )
-    return name
-
-
-def _first_error(exc: ValidationError) -> str:
-    """``field.sub: message`` of pydantic's first complaint, and how many more there are."""
-    first = exc.errors()[0]
-    where = ".".join(str(part) for part in first.get("loc", ()))
-    text = f"{where}: {first['msg']}" if where else str(first["msg"])
-    more = exc.error_count() - 1
-    return text + (f" (and {more} more error{'s' if more > 1 else ''})" if more else "")
-
-
-def _version_number(version: str) -> int:
-    return int(version[1:])
-
-
 def _now_iso() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds")
 
@@ -223,161 +105,132 @@ def _now_iso() -> str:
 HistoryAction = Literal["promote", "rollback"]
 
 
-def pickled_class(data: bytes) -> str | None:
-    """``module.Class`` of the object a joblib artifact pickles, read without unpickling.
+class ModelStore(ABC):
+    """One registry (a directory or a URI prefix); safe against concurrent trainers: versions
+    are never reused, and a version is seen whole or not at all."""
 
-    Only the first few opcodes of the (zlib, gzip or uncompressed) pickle stream are parsed:
-    enough to tell an estimator from, say, a pickled dict, at no import cost. None when the
-    stream does not start with a class reference; other joblib codecs are not judged here
-    (``""``): unpickling on the workers still decides.
-    """
-    import pickletools
+    COMPLETE: ClassVar[str]
+    """The file a version gets last: the version exists once it does."""
+    MAX_CLAIMS: ClassVar[int] = 100
+    """Numbers one save tries before giving up (each loss means another trainer took one)."""
 
-    head = data[:65536]
-    if head[:1] == b"\x80":
-        raw = head
-    elif head[:1] == b"\x78" or head[:2] == b"\x1f\x8b":
-        wbits = zlib.MAX_WBITS | (16 if head[:1] == b"\x1f" else 0)
-        try:
-            raw = zlib.decompressobj(wbits).decompress(head, 65536)
-        except zlib.error:
-            return None
-    else:
-        return ""
-    strings: list[str] = []
-    try:
-        for opcode, arg, _pos in pickletools.genops(io.BytesIO(raw)):
-            if opcode.name in ("PROTO", "FRAME", "MEMOIZE", "PUT", "BINPUT", "LONG_BINPUT"):
-                continue
-            if opcode.name in ("SHORT_BINUNICODE", "BINUNICODE", "UNICODE"):
-                strings.append(str(arg))
-                continue
-            if opcode.name == "STACK_GLOBAL" and len(strings) >= 2:
-                return f"{strings[-2]}.{strings[-1]}"
-            if opcode.name == "GLOBAL":
-                return str(arg).replace(" ", ".")
-            return None
-    except (ValueError, EOFError):  # truncated prefix or not a pickle at all
-        return None
-    return None
-
-
-class ModelStore:
-    """One directory of models; safe against concurrent trainers (versions are never reused)."""
-
-    def __init__(self, root: Path | str) -> None:
-        self.root = Path(root)
-
-    @property
-    def location(self) -> str:
-        """The store as messages name it (a path here, a URI on object storage)."""
-        return str(self.root)
+    def __init__(self, location: str) -> None:
+        self.location = location
+        """The store as messages name it (a path, or a URI on object storage)."""
 
     def __str__(self) -> str:
         return self.location
 
-    def version_location(self, name: str, version: str) -> str:
-        """Where a version's files are, for messages."""
-        return str(self.version_dir(name, version))
+    # -- what a backend provides -------------------------------------------------------------
+    @abstractmethod
+    def _read(self, key: str) -> bytes | None:
+        """The bytes of ``key`` (``<name>/<version>/<file>``); None when there is no such file.
 
-    def _where(self, name: str, version: str, filename: str) -> str:
-        return str(self.version_dir(name, version) / filename)
+        A failure is an OSError (turned into a message naming the file here) or already the
+        backend's one-line UserError.
+        """
+
+    def _exists(self, key: str) -> bool:
+        """Whether ``key`` exists (a backend may answer without reading it)."""
+        return self._read(key) is not None
+
+    @abstractmethod
+    def _list(self, prefix: str) -> list[str]:
+        """The files under ``prefix/`` (a model's own, its versions'), relative to it; [] when
+        there is none."""
+
+    @abstractmethod
+    def _list_names(self) -> list[str]:
+        """The entries at the top of the store (model names, unfiltered)."""
+
+    @abstractmethod
+    def _commit_version(self, name: str, meta: ModelMetadata, files: dict[str, bytes]) -> bool:
+        """Create version ``meta.version`` with ``files`` (in order), then ``COMPLETE``, only if
+        no one claimed that number: False if someone did (the save takes the next number)."""
+
+    @abstractmethod
+    def _history_lines(self, name: str) -> list[tuple[str, str]]:
+        """``(where, line)`` of every history entry, oldest first."""
+
+    @abstractmethod
+    def _write_entry(self, name: str, line: str) -> None:
+        """Append one history entry; entries of concurrent writers follow each other whole."""
+
+    @abstractmethod
+    def lock(
+        self, name: str, timeout_s: float = LOCK_TIMEOUT_S
+    ) -> contextlib.AbstractContextManager[bool]:
+        """Hold the store's writer lock for ``name``; yields False where the backend has none
+        (the models-topic check of the caller then decides races)."""
+
+    @abstractmethod
+    def check_writable(self) -> None:
+        """Refuse, without writing anything, a store that cannot take a save (run before a fit)."""
+
+    @abstractmethod
+    def prepare(self, name: str) -> Any:
+        """Make the place of ``name``'s versions now, or say why the store refuses."""
 
     def _os_error(self, action: str, exc: OSError) -> UserError:
-        """An OSError under the store as one line naming the store, the file and the reason."""
-        where = f" ({exc.filename})" if exc.filename and str(exc.filename) != str(self.root) else ""
-        return UserError(f"cannot {action} model store {self.root}{where}: {exc.strerror or exc}")
+        """An OSError under the store as one line naming the store and the reason."""
+        return UserError(f"cannot {action} model store {self.location}: {exc.strerror or exc}")
 
-    def _is_dir(self, path: Path) -> bool:
-        """False if ``path`` does not exist yet; a UserError if it exists but is no directory."""
-        try:
-            mode = path.stat().st_mode
-        except FileNotFoundError:
-            return False
-        except OSError as exc:
-            raise self._os_error("read", exc) from None
-        if not stat.S_ISDIR(mode):
-            raise UserError(f"model store {self.root}: {path} is not a directory")
-        return True
+    # -- where things are ----------------------------------------------------------------------
+    def version_location(self, name: str, version: str) -> str:
+        """Where a version's files are, for messages."""
+        return f"{self.location}/{check_name(name)}/{normalize_version(version)}"
 
-    def check_writable(self) -> None:
-        """Refuse, without writing anything, a store root that cannot become a directory.
+    def _where(self, name: str, version: str, filename: str) -> str:
+        return f"{self.version_location(name, version)}/{filename}"
 
-        Run before a long fit; :meth:`save` still reports whatever the OS refuses later.
-        """
-        existing = self.root
-        while not existing.exists() and existing != existing.parent:
-            if existing.is_symlink():  # dangling link: mkdir would fail on it
-                raise UserError(f"model store {self.root}: {existing} is a broken symlink")
-            existing = existing.parent
-        if not existing.is_dir():
-            raise UserError(f"model store {self.root}: {existing} is not a directory")
-        if not os.access(existing, os.W_OK | os.X_OK):
-            raise UserError(f"cannot write model store {self.root}: {existing} is not writable")
+    def _file(self, name: str, version: str, filename: str) -> str:
+        """The key of one file of a version."""
+        return f"{check_name(name)}/{normalize_version(version)}/{filename}"
 
-    def prepare(self, name: str) -> Path:
-        """Create ``<root>/<name>`` now (a fit is about to start), or say why the OS refuses."""
-        model_dir = self.root / check_name(name)
-        try:
-            model_dir.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise self._os_error("write", exc) from None
-        if not os.access(model_dir, os.W_OK | os.X_OK):
-            raise UserError(f"cannot write model store {self.root}: {model_dir} is not writable")
-        return model_dir
-
-    # -- reading ---------------------------------------------------------------------------
+    # -- reading -----------------------------------------------------------------------------
     def names(self) -> list[str]:
-        if not self._is_dir(self.root):
-            return []
-        try:
-            return sorted(p.name for p in self.root.iterdir() if p.is_dir() and _NAME.match(p.name))
-        except OSError as exc:
-            raise self._os_error("read", exc) from None
+        return sorted(name for name in self._list_names() if NAME_RE.match(name))
+
+    def _numbers(self, name: str) -> tuple[set[int], set[int]]:
+        """(numbers ever claimed, numbers complete) of ``name``, from one listing."""
+        claimed: set[int] = set()
+        complete: set[int] = set()
+        for key in self._list(check_name(name)):
+            head, _, tail = key.partition("/")
+            if not VERSION_KEY_RE.fullmatch(head) or not tail:
+                continue
+            claimed.add(int(head[1:]))
+            if tail == self.COMPLETE:
+                complete.add(int(head[1:]))
+        return claimed, complete
 
     def versions(self, name: str) -> list[str]:
-        """Complete versions, oldest first (``v2`` before ``v10``)."""
-        model_dir = self.root / check_name(name)
-        if not self._is_dir(self.root) or not self._is_dir(model_dir):
-            return []
-        try:
-            found = [
-                p.name
-                for p in model_dir.iterdir()
-                if p.is_dir() and re.fullmatch(r"v[0-9]+", p.name) and (p / METADATA).is_file()
-            ]
-        except OSError as exc:
-            raise self._os_error("read", exc) from None
-        return sorted(found, key=_version_number)
-
-    def version_dir(self, name: str, version: str) -> Path:
-        return self.root / check_name(name) / normalize_version(version)
+        """Complete versions, oldest first (``v2`` before ``v10``); half-written ones never."""
+        _claimed, complete = self._numbers(name)
+        return [f"v{n}" for n in sorted(complete)]
 
     def _metadata_bytes(self, name: str, version: str) -> bytes | None:
         """A complete version's ``metadata.json``; None when there is no such version."""
-        path = self.version_dir(name, version) / METADATA
-        if not path.is_file():
-            return None
+        if not self._exists(self._file(name, version, self.COMPLETE)):
+            return None  # a half-written version does not exist
+        where = self._where(name, version, METADATA)
         try:
-            return path.read_bytes()
+            raw = self._read(self._file(name, version, METADATA))
         except OSError as exc:
-            raise ArtifactRejected(f"{path}: cannot read metadata ({exc.strerror})") from None
-
-    def _report_bytes(self, name: str, version: str) -> bytes | None:
-        path = self.version_dir(name, version) / QUALITY_REPORT
-        if not path.is_file():
-            return None
-        try:
-            return path.read_bytes()
-        except OSError as exc:
-            raise UserError(f"{path}: cannot read quality report ({exc.strerror})") from None
+            raise ArtifactRejected(f"{where}: cannot read metadata ({exc.strerror})") from None
+        if raw is None:
+            raise ArtifactRejected(f"{where}: missing, but the version is marked complete")
+        return raw
 
     def _artifact_bytes(self, name: str, version: str) -> bytes:
-        path = self.version_dir(name, version) / ARTIFACT
+        where = self._where(name, version, ARTIFACT)
         try:
-            return path.read_bytes()
+            raw = self._read(self._file(name, version, ARTIFACT))
         except OSError as exc:
-            raise ArtifactRejected(f"{path}: cannot read artifact ({exc.strerror})") from None
+            raise ArtifactRejected(f"{where}: cannot read artifact ({exc.strerror})") from None
+        if raw is None:
+            raise ArtifactRejected(f"{where}: cannot read artifact (no such file)")
+        return raw
 
     def metadata(self, name: str, version: str) -> ModelMetadata:
         raw = self._metadata_bytes(name, version)
@@ -391,14 +244,17 @@ class ModelStore:
             return ModelMetadata.model_validate_json(raw)
         except ValidationError as exc:
             where = self._where(name, version, METADATA)
-            raise ArtifactRejected(f"{where}: unreadable metadata: {_first_error(exc)}") from None
+            raise ArtifactRejected(f"{where}: unreadable metadata: {first_error(exc)}") from None
 
     def quality_report(self, name: str, version: str) -> dict[str, Any]:
         """The saved quality report; ``{}`` if the version has none, a UserError if unreadable."""
-        raw = self._report_bytes(name, version)
+        path = self._where(name, version, QUALITY_REPORT)
+        try:
+            raw = self._read(self._file(name, version, QUALITY_REPORT))
+        except OSError as exc:
+            raise UserError(f"{path}: cannot read quality report ({exc.strerror})") from None
         if raw is None:
             return {}
-        path = self._where(name, version, QUALITY_REPORT)
         try:
             report = json.loads(raw)
         except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError
@@ -480,7 +336,7 @@ class ModelStore:
         data, meta, where = self._checked_bytes(name, version, expected_sha256, signing_key)
         return unpickle_model(data, where), meta
 
-    # -- writing ---------------------------------------------------------------------------
+    # -- writing -----------------------------------------------------------------------------
     def save(
         self,
         name: str,
@@ -490,10 +346,10 @@ class ModelStore:
         *,
         signing_key: bytes | None = None,
     ) -> ModelMetadata:
-        """Write a new version atomically: a temp dir inside the store, renamed into place.
+        """Write a new version, whole or not at all, under the next number never claimed.
 
-        The rename fails if the version exists (a concurrent trainer won it), and we take the
-        next number, so versions are monotonic and never overwritten.
+        When another trainer claims that number first, the save takes the next one: versions
+        are monotonic and never overwritten.
         """
         try:
             return self._save(name, pipeline, metadata, report, signing_key)
@@ -508,52 +364,29 @@ class ModelStore:
         report: dict[str, Any],
         signing_key: bytes | None,
     ) -> ModelMetadata:
-        model_dir = self.root / check_name(name)
-        model_dir.mkdir(parents=True, exist_ok=True)
-        tmp = model_dir / f".tmp-{uuid.uuid4().hex}"
-        tmp.mkdir()
-        try:
-            data = dump_artifact(pipeline)
-            (tmp / ARTIFACT).write_bytes(data)
-            (tmp / QUALITY_REPORT).write_text(json.dumps(report, indent=2, default=str))
-            base = metadata.model_copy(
-                update={
-                    "name": name,
-                    "artifact_sha256": hashlib.sha256(data).hexdigest(),
-                    "signature": sign(data, signing_key) if signing_key else None,
-                }
-            )
-            for _attempt in range(1000):
-                existing = self.versions(name)
-                number = _version_number(existing[-1]) + 1 if existing else 1
-                final = base.model_copy(update={"version": f"v{number}"})
-                (tmp / METADATA).write_text(final.model_dump_json(indent=2))
-                try:
-                    os.rename(tmp, model_dir / final.version)
-                except OSError as exc:
-                    if exc.errno in (errno.EEXIST, errno.ENOTEMPTY):
-                        continue
-                    raise
+        self.prepare(check_name(name))
+        data = dump_artifact(pipeline)
+        report_bytes = json.dumps(report, indent=2, default=str).encode()
+        base = metadata.model_copy(
+            update={
+                "name": name,
+                "artifact_sha256": hashlib.sha256(data).hexdigest(),
+                "signature": sign(data, signing_key) if signing_key else None,
+            }
+        )
+        for _attempt in range(self.MAX_CLAIMS):
+            claimed, _complete = self._numbers(name)
+            final = base.model_copy(update={"version": f"v{max(claimed, default=0) + 1}"})
+            files = {
+                ARTIFACT: data,
+                QUALITY_REPORT: report_bytes,
+                METADATA: final.model_dump_json(indent=2).encode(),
+            }
+            if self._commit_version(name, final, files):
                 return final
-            raise UserError(f"could not allocate a new version under {model_dir}")
-        finally:
-            if tmp.exists():
-                shutil.rmtree(tmp, ignore_errors=True)
+        raise UserError(f"could not claim a new version of {name!r} in {self.location}")
 
     # -- promotion -------------------------------------------------------------------------
-    def _history_lines(self, name: str) -> list[tuple[str, str]]:
-        """``(where, line)`` of every history entry, oldest first."""
-        path = self.root / check_name(name) / PROMOTIONS
-        if not self._is_dir(self.root) or not path.is_file():
-            return []
-        try:
-            text = path.read_text(encoding="utf-8")
-        except OSError as exc:
-            raise UserError(f"{path}: cannot read promotion history ({exc.strerror})") from None
-        except UnicodeDecodeError:
-            raise UserError(f"{path}: promotion history is not UTF-8 text") from None
-        return [(f"{path} line {n}", line) for n, line in enumerate(text.splitlines(), start=1)]
-
     def _history(self, name: str) -> list[dict[str, Any]]:
         """The promotion history, every line checked: a broken history is never guessed around.
 
@@ -577,7 +410,7 @@ class ModelStore:
                     f"'promote' or 'rollback', got {line[:60]!r})"
                 )
             version = entry.get("version")
-            if not isinstance(version, str) or not _VERSION.match(version):
+            if not isinstance(version, str) or not VERSION_RE.match(version):
                 raise UserError(f"{where}: invalid version {version!r}")
             entries.append({**entry, "version": normalize_version(version)})
         return entries
@@ -604,55 +437,6 @@ class ModelStore:
     def _append(self, name: str, action: str, version: str, **extra: Any) -> None:
         entry = {"action": action, "version": version, "at": _now_iso(), **extra}
         self._write_entry(name, json.dumps(entry) + "\n")
-
-    def _write_entry(self, name: str, line: str) -> None:
-        path = self.root / check_name(name) / PROMOTIONS
-        # one O_APPEND write per entry: concurrent writers interleave lines, never bytes
-        try:
-            fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-            try:
-                os.write(fd, line.encode())
-            finally:
-                os.close(fd)
-        except OSError as exc:
-            raise self._os_error("write", exc) from None
-
-    @contextlib.contextmanager
-    def lock(self, name: str, timeout_s: float = LOCK_TIMEOUT_S) -> Iterator[bool]:
-        """Hold ``<root>/<name>/.lock`` exclusively (``flock``): one registry writer at a time.
-
-        Serializes every promote/rollback/publish sharing this store, on this machine or on a
-        shared volume that honours ``flock`` (NFSv4 does). Yields False, without waiting, where
-        the filesystem has no locks at all: the models-topic check of the caller still catches
-        a concurrent writer. The kernel drops the lock when the process dies: nothing goes stale.
-        """
-        path = self.prepare(name) / LOCK
-        try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-        except OSError as exc:
-            raise self._os_error("write", exc) from None
-        try:
-            deadline = time.monotonic() + timeout_s
-            while True:
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    locked = True
-                    break
-                except BlockingIOError:
-                    if time.monotonic() > deadline:
-                        raise UserError(
-                            f"another registry command has held {path} for {timeout_s:.0f}s; "
-                            "retry when it has finished"
-                        ) from None
-                    time.sleep(0.02)
-                except OSError as exc:
-                    if exc.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.EINVAL):
-                        raise self._os_error("lock", exc) from None
-                    locked = False
-                    break
-            yield locked
-        finally:
-            os.close(fd)  # releases the lock
 
     def record(self, name: str, action: HistoryAction, version: str, **extra: Any) -> None:
         """Append an entry whose event is already on the models topic (``extra``: its offset)."""

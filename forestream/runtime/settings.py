@@ -164,7 +164,7 @@ class CommonSettings(BaseSettings):
     @classmethod
     def _store_location(cls, value: object) -> object:
         """A path or a URI fsspec can open (a typo'd scheme or bucket fails here, in one line)."""
-        from forestream.registry.store import store_location
+        from forestream.registry.open import store_location
 
         if isinstance(value, str | os.PathLike):
             try:
@@ -184,7 +184,7 @@ class CommonSettings(BaseSettings):
 
     def open_store(self) -> ModelStore:
         """The model store these settings name: a directory, or an object store's URI."""
-        from forestream.registry.store import open_store
+        from forestream.registry.open import open_store
 
         return open_store(self.model_store, endpoint_url=self.s3_endpoint_url)
 

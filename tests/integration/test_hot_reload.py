@@ -32,7 +32,8 @@ import pytest
 from kafka.consumer.fetcher import ConsumerRecord
 
 from forestream.edge.factory import TopicSpec, ensure_topics, make_producer
-from forestream.registry.store import ARTIFACT, ModelStore
+from forestream.registry.local import LocalModelStore
+from forestream.registry.metadata import ARTIFACT
 from forestream.wire.messages import Prediction
 from tests.kafka_helpers import read_topic
 from tests.worker_support import (
@@ -94,7 +95,7 @@ def trained_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
                 "--seed", str(seed), "--store", str(store), "--name", MODEL,
             )
         )  # fmt: skip
-    assert ModelStore(store).versions(MODEL) == ["v1", "v2", "v3"]
+    assert LocalModelStore(store).versions(MODEL) == ["v1", "v2", "v3"]
     return store
 
 
@@ -189,7 +190,7 @@ def penguin_rows(store: Path) -> list[bytes]:
     import pandas as pd
     from palmerpenguins import load_penguins
 
-    schema = ModelStore(store).metadata(MODEL, "v1").feature_schema
+    schema = LocalModelStore(store).metadata(MODEL, "v1").feature_schema
     frame = load_penguins()
     rows = []
     for _, row in frame.iterrows():
@@ -313,7 +314,7 @@ def test_tampered_artifact_is_refused_and_the_old_version_keeps_serving(stream: 
     refused = stream.models("promote", "v3")
     assert refused.returncode == 2 and "sha256 mismatch" in refused.stderr, refused.stderr
     # the store altered after the CLI's check: the announcement reaches the worker anyway
-    v3 = ModelStore(stream.store).metadata(MODEL, "v3")
+    v3 = LocalModelStore(stream.store).metadata(MODEL, "v3")
     publish_promotion(stream.bootstrap, stream.topics["models"], v3)
     stream.wait_log("model_load_failed", lambda e: e.get("version") == "v3")
     time.sleep(3)  # retries back off: still one log line, still v1

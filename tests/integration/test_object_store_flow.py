@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 
 from forestream.edge.factory import TopicSpec, ensure_topics, make_producer
-from forestream.registry.store import open_store
+from forestream.registry.open import open_store
 from forestream.wire.messages import Prediction
 from tests.kafka_helpers import read_topic
 from tests.s3_support import S3Server, new_bucket

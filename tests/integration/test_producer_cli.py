@@ -185,7 +185,8 @@ def test_synthetic_records_match_the_served_model(
 ) -> None:
     from sklearn.dummy import DummyClassifier
 
-    from forestream.registry.store import ModelMetadata, ModelStore
+    from forestream.registry.local import LocalModelStore
+    from forestream.registry.metadata import ModelMetadata
     from forestream.wire.schema import (
         CategoricalFeature,
         CategoricalReference,
@@ -195,7 +196,7 @@ def test_synthetic_records_match_the_served_model(
         ReferenceStats,
     )
 
-    store = ModelStore(tmp_path / "models")
+    store = LocalModelStore(tmp_path / "models")
     meta = ModelMetadata(
         name="m",
         created_at="2026-01-01T00:00:00+00:00",

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from forestream.edge.connection import KafkaConnection
-from forestream.registry.store import PROMOTIONS, ModelStore
+from forestream.registry.local import PROMOTIONS, LocalModelStore
 from forestream.training.publish import RegistryConflict, change_serving
 from forestream.wire.messages import ModelEvent
 from forestream.worker.models import ModelFollower, store_loader
@@ -101,7 +101,7 @@ def topic_events(bootstrap: str, topic: str) -> list[ModelEvent]:
 
 
 def history(store: Path) -> list[tuple[str, str]]:
-    return [(e["action"], e["version"]) for e in ModelStore(store).history(NAME)]
+    return [(e["action"], e["version"]) for e in LocalModelStore(store).history(NAME)]
 
 
 def as_history(events: list[ModelEvent]) -> list[tuple[str, str]]:
@@ -116,7 +116,7 @@ def as_history(events: list[ModelEvent]) -> list[tuple[str, str]]:
 def assert_agreement(bootstrap: str, topic: str, store: Path, follower: ModelFollower) -> str:
     """Store and topic say the same version, and the follower serves it; returns it."""
     events = topic_events(bootstrap, topic)
-    served = ModelStore(store).served(NAME)
+    served = LocalModelStore(store).served(NAME)
     assert events and events[-1].serving is not None
     assert served == events[-1].serving.version, (
         f"store serves {served}, topic {events[-1].serving.version}:\n"
@@ -138,7 +138,7 @@ def test_concurrent_promote_and_rollback_leave_store_topic_and_workers_agreeing(
         run(models_cmd(kafka_bootstrap, models_topic, store, "promote", version))
     orders = []
     for _ in range(ROUNDS):
-        registry = ModelStore(store)
+        registry = LocalModelStore(store)
         served = registry.served(NAME)
         # neither served nor the rollback's target: the history keeps its depth in either order
         (target,) = {"v1", "v2", "v3"} - {served, registry.previously_served(NAME)}
@@ -172,7 +172,7 @@ def test_a_rollback_that_loses_the_race_is_withdrawn(
 
     with pytest.raises(RegistryConflict, match="rollback to v2 withdrawn, v1 is served"):
         change_serving(
-            kafka, models_topic, ModelStore(store), NAME, "rollback",
+            kafka, models_topic, LocalModelStore(store), NAME, "rollback",
             on_decided=lambda: run(other),
         )  # fmt: skip
     assert assert_agreement(kafka_bootstrap, models_topic, store, follower) == "v1"
@@ -194,14 +194,14 @@ def test_a_promotion_that_loses_the_race_stands_after_the_other(
     other = models_cmd(kafka_bootstrap, models_topic, elsewhere, "rollback")
 
     done = change_serving(
-        kafka, models_topic, ModelStore(store), NAME, "promote", "v3",
+        kafka, models_topic, LocalModelStore(store), NAME, "promote", "v3",
         on_decided=lambda: run(other),
     )  # fmt: skip
     assert any("rolled back v1" in note for note in done.notes), done.notes
     assert assert_agreement(kafka_bootstrap, models_topic, store, follower) == "v3"
     assert history(store) == as_history(topic_events(kafka_bootstrap, models_topic))
     # the other machine's store learns of v3 on its next registry command: it rolls back from it
-    assert ModelStore(elsewhere).served(NAME) == "v1"
+    assert LocalModelStore(elsewhere).served(NAME) == "v1"
     result = run(models_cmd(kafka_bootstrap, models_topic, elsewhere, "rollback"))
     assert "recorded v3 from it" in result.stderr and "now serving v1" in result.stdout
 
@@ -219,7 +219,7 @@ def test_a_publication_that_loses_the_race_keeps_what_the_other_serves(
     other = models_cmd(kafka_bootstrap, models_topic, elsewhere, "promote", "v2")
 
     done = change_serving(
-        kafka, models_topic, ModelStore(store), NAME, "publish", "v3",
+        kafka, models_topic, LocalModelStore(store), NAME, "publish", "v3",
         on_decided=lambda: run(other),
     )  # fmt: skip
     assert done.event.serving is not None and done.event.serving.version == "v2"
@@ -240,7 +240,7 @@ def test_the_history_follows_the_topic_after_a_crash_between_announcing_and_reco
     path = store / NAME / PROMOTIONS
     lines = path.read_text().splitlines(keepends=True)
     path.write_text("".join(lines[:-1]))  # v2 announced, never recorded
-    assert ModelStore(store).served(NAME) == "v1"
+    assert LocalModelStore(store).served(NAME) == "v1"
 
     result = run(models_cmd(kafka_bootstrap, models_topic, store, "rollback"))
     assert "recorded v2 from it" in result.stderr

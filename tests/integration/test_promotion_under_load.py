@@ -23,7 +23,7 @@ import pytest
 from kafka import TopicPartition
 
 from forestream.edge.factory import TopicSpec, ensure_topics, make_consumer, make_producer
-from forestream.registry.store import PROMOTIONS
+from forestream.registry.local import PROMOTIONS
 from forestream.wire.messages import Prediction
 from tests.kafka_helpers import read_topic
 from tests.worker_support import (

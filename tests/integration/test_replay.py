@@ -20,7 +20,7 @@ import pytest
 from kafka import KafkaAdminClient
 
 from forestream.edge.factory import TopicSpec, ensure_topics, make_producer
-from forestream.registry.store import ModelStore
+from forestream.registry.local import LocalModelStore
 from forestream.wire.messages import Prediction
 from tests.kafka_helpers import read_topic
 from tests.worker_support import (
@@ -76,7 +76,7 @@ def scenario(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> 
     store = tmp_path_factory.mktemp("replay-store")
     _, v1 = save_model(store, MODEL, make_frame(300, seed=1), trees=10)
     save_model(store, MODEL, make_frame(300, seed=2), trees=12)  # v2, promoted below...
-    ModelStore(store).promote(MODEL, v1.version)  # ...then v1 again: live serves v1
+    LocalModelStore(store).promote(MODEL, v1.version)  # ...then v1 again: live serves v1
     ensure_topics(kafka_bootstrap, [TopicSpec(topics["in"], PARTITIONS, KEEP_FOREVER)])
     publish_promotion(kafka_bootstrap, topics["models"], v1)
 

@@ -13,7 +13,7 @@ import pytest
 from kafka import KafkaAdminClient
 from kafka.admin import ConfigResource, ConfigResourceType
 
-from forestream.registry.store import ModelStore
+from forestream.registry.local import LocalModelStore
 from forestream.training.demo_data import write_penguins_csv
 from forestream.wire.messages import ModelEvent
 from tests.kafka_helpers import read_topic
@@ -143,7 +143,7 @@ def test_train_publish_promote_rollback_through_the_compacted_topic(
     assert published.returncode == 0, published.stderr
     assert "data quality" in published.stdout and "accuracy" in published.stdout
 
-    store = ModelStore(tmp_path / ".forestream" / "models")
+    store = LocalModelStore(tmp_path / ".forestream" / "models")
     v1 = store.metadata("penguins", "v1")
     ((key, event),) = events(kafka_bootstrap, topic, 1)
     assert key == b"penguins"

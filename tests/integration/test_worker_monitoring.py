@@ -200,9 +200,9 @@ def test_training_distribution_raises_no_flag_and_labels_give_offline_accuracy(
     assert set(report.features) == set(NUMERIC + CATEGORICAL)
     assert not [f for f, d in report.features.items() if d.drifting], report.features
 
-    from forestream.registry.store import ModelStore
+    from forestream.registry.local import LocalModelStore
 
-    pipeline, _metadata = ModelStore(store).load_verified(MODEL, "v1")
+    pipeline, _metadata = LocalModelStore(store).load_verified(MODEL, "v1")
     offline = float(np.mean(pipeline.predict(rows[NUMERIC + CATEGORICAL]) == rows["target"]))
     assert report.online["v1"].accuracy == pytest.approx(offline, abs=1e-12)
     assert report.latency_p50_ms is not None and report.latency_p99_ms is not None

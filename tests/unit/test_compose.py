@@ -153,7 +153,8 @@ def test_model_store_is_the_minio_bucket_not_a_shared_volume(
 ) -> None:
     """Trainer and workers meet only in the bucket the one-shot ``bucket`` service creates, on
     the MinIO service, with its root credentials; workers cache artifacts in their own /cache."""
-    from forestream.registry.store import is_uri, store_location
+    from forestream.registry.open import store_location
+    from forestream.registry.store import is_uri
 
     minio = services["minio"]
     port = next(p.split(":")[-1] for p in minio["ports"] if p.endswith(":9000"))

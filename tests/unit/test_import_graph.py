@@ -31,14 +31,15 @@ as ``forestream.worker`` etc. (the names the code imports them by)."""
 COMPONENTS = ("forestream.worker", "forestream.training", "forestream.producer")
 """Deployed and tested on their own: none may import another (the shared rooms are theirs)."""
 
-KNOWN_CYCLES_BEING_REMOVED: frozenset[frozenset[str]] = frozenset(
-    {
-        # being removed on another branch (the registry's store/object-store split); delete
-        # this entry when that lands, and do not add to this set: fix the cycle instead
-        frozenset({"forestream.registry.store", "forestream.registry.object_store"}),
-    }
+SHARED_ROOMS = (
+    "forestream.wire",
+    "forestream.edge",
+    "forestream.registry",
+    "forestream.runtime",
+    "forestream.errors",
+    "forestream.local",
 )
-"""Import edges between these modules are ignored, both ways, until the fix lands."""
+"""Where the components meet: they may import each other, never a component or the shell."""
 
 
 def _modules(root: Path = ROOT) -> dict[str, Path]:
@@ -106,13 +107,6 @@ def _forestream_graph() -> dict[str, set[str]]:
     return import_graph()
 
 
-def _without_known_cycles(graph: dict[str, set[str]]) -> dict[str, set[str]]:
-    return {
-        a: {b for b in targets if frozenset({a, b}) not in KNOWN_CYCLES_BEING_REMOVED}
-        for a, targets in graph.items()
-    }
-
-
 def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
     """One cycle as ``[a, b, ..., a]``, or None (an iterative depth-first search)."""
     state: dict[str, int] = {}  # 1: on the current path, 2: done
@@ -174,18 +168,8 @@ def test_the_graph_sees_every_component_through_its_symlink() -> None:
 
 
 def test_forestream_has_no_import_cycle() -> None:
-    found = cycles(_without_known_cycles(_forestream_graph()))
+    found = cycles(_forestream_graph())
     assert not found, "import cycles:\n" + "\n".join(" -> ".join(c) for c in found)
-
-
-def test_the_known_cycle_exceptions_are_still_needed() -> None:
-    """An exception kept after its cycle is gone would hide the cycle's return."""
-    graph = _forestream_graph()
-    for pair in KNOWN_CYCLES_BEING_REMOVED:
-        a, b = sorted(pair)
-        assert b in graph.get(a, ()) and a in graph.get(b, ()), (
-            f"{a} <-> {b} no longer import each other: remove them from KNOWN_CYCLES_BEING_REMOVED"
-        )
 
 
 def test_worker_training_and_producer_do_not_import_each_other() -> None:
@@ -228,3 +212,17 @@ def test_the_checker_finds_a_cycle_only_where_there_is_one(
         (package / name).write_text(text)
     found = cycles(import_graph(package))
     assert bool(found) == cycle, found
+
+
+def test_the_shared_rooms_import_no_component_and_not_the_shell() -> None:
+    def room(module: str) -> bool:
+        return any(module == r or module.startswith(f"{r}.") for r in SHARED_ROOMS)
+
+    upward = sorted(
+        f"{a} -> {b}"
+        for a, targets in _forestream_graph().items()
+        if room(a)
+        for b in targets
+        if not room(b) and b != "forestream"
+    )
+    assert not upward, "shared rooms importing upwards:\n" + "\n".join(upward)

@@ -9,22 +9,23 @@ import os
 import pickle
 import re
 import shutil
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
 import pytest
 
 from forestream.errors import UserError
-from forestream.registry.store import (
+from forestream.registry.local import PROMOTIONS, LocalModelStore
+from forestream.registry.metadata import (
     ARTIFACT,
     METADATA,
-    PROMOTIONS,
     QUALITY_REPORT,
-    ArtifactRejected,
     ModelMetadata,
-    ModelStore,
     normalize_version,
 )
+from forestream.registry.store import ArtifactRejected
 from forestream.wire.schema import FeatureSchema, NumericFeature, ReferenceStats
 from tests.worker_support import fit_pipeline, make_frame
 
@@ -50,7 +51,7 @@ def pipeline():
 
 
 def test_versions_are_monotonic_and_files_complete(tmp_path: Path, pipeline) -> None:
-    store = ModelStore(tmp_path)
+    store = LocalModelStore(tmp_path)
     first = store.save("m", pipeline, _metadata(), {"rows": 10})
     second = store.save("m", pipeline, _metadata(), {"rows": 10})
     assert (first.version, second.version) == ("v1", "v2")
@@ -66,7 +67,7 @@ def test_versions_are_monotonic_and_files_complete(tmp_path: Path, pipeline) -> 
 
 
 def test_numeric_order_of_versions(tmp_path: Path, pipeline) -> None:
-    store = ModelStore(tmp_path)
+    store = LocalModelStore(tmp_path)
     for _ in range(10):
         store.save("m", pipeline, _metadata(), {})
     assert store.versions("m")[-2:] == ["v9", "v10"]
@@ -74,7 +75,7 @@ def test_numeric_order_of_versions(tmp_path: Path, pipeline) -> None:
 
 
 def test_concurrent_saves_never_share_a_version(tmp_path: Path, pipeline) -> None:
-    store = ModelStore(tmp_path)
+    store = LocalModelStore(tmp_path)
     results: list[str] = []
     threads = [
         threading.Thread(
@@ -94,7 +95,7 @@ def test_concurrent_saves_never_share_a_version(tmp_path: Path, pipeline) -> Non
 
 
 def test_round_trip_predicts_like_the_original(tmp_path: Path, pipeline) -> None:
-    store = ModelStore(tmp_path)
+    store = LocalModelStore(tmp_path)
     meta = store.save("m", pipeline, _metadata(), {})
     loaded, loaded_meta = store.load_verified(
         "m", meta.version, expected_sha256=meta.artifact_sha256
@@ -105,7 +106,7 @@ def test_round_trip_predicts_like_the_original(tmp_path: Path, pipeline) -> None
 
 
 def test_one_changed_byte_is_refused(tmp_path: Path, pipeline) -> None:
-    store = ModelStore(tmp_path)
+    store = LocalModelStore(tmp_path)
     meta = store.save("m", pipeline, _metadata(), {})
     path = tmp_path / "m" / meta.version / ARTIFACT
     data = bytearray(path.read_bytes())
@@ -126,7 +127,7 @@ class _Marker:
 
 
 def test_a_swapped_artifact_is_never_unpickled(tmp_path: Path, pipeline) -> None:
-    store = ModelStore(tmp_path)
+    store = LocalModelStore(tmp_path)
     meta = store.save("m", pipeline, _metadata(), {})
     marker = tmp_path / "pwned"
     (tmp_path / "m" / meta.version / ARTIFACT).write_bytes(pickle.dumps(_Marker(str(marker))))
@@ -137,14 +138,14 @@ def test_a_swapped_artifact_is_never_unpickled(tmp_path: Path, pipeline) -> None
 
 def test_hash_must_match_the_announced_one(tmp_path: Path, pipeline) -> None:
     """Metadata and artifact swapped together still differ from what the models topic said."""
-    store = ModelStore(tmp_path)
+    store = LocalModelStore(tmp_path)
     meta = store.save("m", pipeline, _metadata(), {})
     with pytest.raises(ArtifactRejected, match="announced"):
         store.load_verified("m", meta.version, expected_sha256="f" * 64)
 
 
 def test_signatures(tmp_path: Path, pipeline) -> None:
-    store = ModelStore(tmp_path)
+    store = LocalModelStore(tmp_path)
     signed = store.save("m", pipeline, _metadata(), {}, signing_key=b"secret")
     unsigned = store.save("m", pipeline, _metadata(), {})
     store.load_verified("m", signed.version, signing_key=b"secret")
@@ -155,7 +156,7 @@ def test_signatures(tmp_path: Path, pipeline) -> None:
 
 
 def test_missing_or_unloadable_artifacts(tmp_path: Path, pipeline) -> None:
-    store = ModelStore(tmp_path)
+    store = LocalModelStore(tmp_path)
     with pytest.raises(ArtifactRejected, match="no version v1"):
         store.load_verified("m", "v1")
     meta = store.save("m", pipeline, _metadata(), {})
@@ -172,7 +173,7 @@ def test_missing_or_unloadable_artifacts(tmp_path: Path, pipeline) -> None:
 
 
 def test_promote_and_rollback_walk_the_served_history(tmp_path: Path, pipeline) -> None:
-    store = ModelStore(tmp_path)
+    store = LocalModelStore(tmp_path)
     for _ in range(3):
         store.save("m", pipeline, _metadata(), {})
     assert store.served("m") is None
@@ -199,11 +200,11 @@ def test_versions_are_never_paths(bad: str) -> None:
 
 def test_names_are_never_paths(tmp_path: Path) -> None:
     with pytest.raises(UserError, match="invalid model name"):
-        ModelStore(tmp_path).versions("../etc")
+        LocalModelStore(tmp_path).versions("../etc")
 
 
 def test_a_corrupt_quality_report_is_one_line_naming_the_file(tmp_path: Path, pipeline) -> None:
-    store = ModelStore(tmp_path)
+    store = LocalModelStore(tmp_path)
     store.save("m", pipeline, _metadata(), {"rows": 10})
     path = tmp_path / "m" / "v1" / QUALITY_REPORT
     path.write_text("x")
@@ -227,7 +228,7 @@ def test_a_corrupt_quality_report_is_one_line_naming_the_file(tmp_path: Path, pi
 def test_unreadable_metadata_names_the_field_and_why(
     tmp_path: Path, pipeline, corrupt, expected: str
 ) -> None:
-    store = ModelStore(tmp_path)
+    store = LocalModelStore(tmp_path)
     store.save("m", pipeline, _metadata(), {})
     path = tmp_path / "m" / "v1" / METADATA
     data = json.loads(path.read_text())
@@ -240,7 +241,7 @@ def test_unreadable_metadata_names_the_field_and_why(
 
 
 def test_metadata_that_is_not_json_says_so(tmp_path: Path, pipeline) -> None:
-    store = ModelStore(tmp_path)
+    store = LocalModelStore(tmp_path)
     store.save("m", pipeline, _metadata(), {})
     (tmp_path / "m" / "v1" / METADATA).write_text("{broken")
     with pytest.raises(ArtifactRejected, match="unreadable metadata: Invalid JSON"):
@@ -260,7 +261,7 @@ def test_metadata_that_is_not_json_says_so(tmp_path: Path, pipeline) -> None:
 def test_a_broken_promotion_history_is_reported_not_ignored(
     tmp_path: Path, pipeline, line: str, expected: str
 ) -> None:
-    store = ModelStore(tmp_path)
+    store = LocalModelStore(tmp_path)
     store.save("m", pipeline, _metadata(), {})
     store.promote("m", "v1")
     history = tmp_path / "m" / PROMOTIONS
@@ -276,7 +277,7 @@ def test_a_broken_promotion_history_is_reported_not_ignored(
 
 
 def test_blank_lines_in_the_history_are_harmless(tmp_path: Path, pipeline) -> None:
-    store = ModelStore(tmp_path)
+    store = LocalModelStore(tmp_path)
     store.save("m", pipeline, _metadata(), {})
     store.promote("m", "v1")
     with (tmp_path / "m" / PROMOTIONS).open("a") as out:
@@ -287,7 +288,7 @@ def test_blank_lines_in_the_history_are_harmless(tmp_path: Path, pipeline) -> No
 def test_a_store_root_that_is_a_file_is_one_clear_error(tmp_path: Path, pipeline) -> None:
     root = tmp_path / "store"
     root.write_text("not a directory")
-    store = ModelStore(root)
+    store = LocalModelStore(root)
     with pytest.raises(
         UserError, match=re.escape(f"model store {root}: {root} is not a directory")
     ):
@@ -299,7 +300,7 @@ def test_a_store_root_that_is_a_file_is_one_clear_error(tmp_path: Path, pipeline
     for read in (store.names, lambda: store.versions("m"), lambda: store.metadata("m", "v1")):
         with pytest.raises(UserError, match="is not a directory"):
             read()
-    below = ModelStore(root / "sub")
+    below = LocalModelStore(root / "sub")
     with pytest.raises(
         UserError, match=re.escape(f"cannot read model store {root / 'sub'}: Not a directory")
     ):
@@ -309,14 +310,14 @@ def test_a_store_root_that_is_a_file_is_one_clear_error(tmp_path: Path, pipeline
 
 
 def test_a_missing_store_is_empty_and_checking_it_writes_nothing(tmp_path: Path) -> None:
-    store = ModelStore(tmp_path / "a" / "b")
+    store = LocalModelStore(tmp_path / "a" / "b")
     store.check_writable()
     assert store.names() == [] and store.versions("m") == [] and store.served("m") is None
     assert not (tmp_path / "a").exists()
 
 
 def test_os_errors_while_writing_name_the_store(tmp_path: Path, pipeline, monkeypatch) -> None:
-    store = ModelStore(tmp_path)
+    store = LocalModelStore(tmp_path)
 
     def full_disk(self: Path, data: bytes) -> int:
         raise OSError(errno.ENOSPC, "No space left on device", str(self))
@@ -339,13 +340,13 @@ def test_prepare_reports_a_refused_mkdir(tmp_path: Path, monkeypatch) -> None:
     with pytest.raises(
         UserError, match=re.escape(f"cannot write model store {tmp_path} ({tmp_path / 'm'})")
     ):
-        ModelStore(tmp_path).prepare("m")
+        LocalModelStore(tmp_path).prepare("m")
 
 
 def test_pruned_versions_are_recorded_as_they_were_and_never_rolled_back_to(
     tmp_path: Path, pipeline
 ) -> None:
-    store = ModelStore(tmp_path)
+    store = LocalModelStore(tmp_path)
     store.save("m", pipeline, _metadata(), {})
     store.save("m", pipeline, _metadata(), {})
     store.promote("m", "v1")
@@ -356,3 +357,19 @@ def test_pruned_versions_are_recorded_as_they_were_and_never_rolled_back_to(
         store.rollback("m")
     shutil.rmtree(tmp_path / "m" / "v2")
     assert store.served("m") == "v2"  # what the history says; models list warns about it
+
+
+@pytest.mark.parametrize(
+    ("backend", "other"),
+    [("local", "object_store"), ("object_store", "local")],
+)
+def test_neither_backend_imports_the_other(backend: str, other: str) -> None:
+    """The rules live in registry.store; only registry.open knows both backends."""
+    code = (
+        "import sys\n"
+        f"import forestream.registry.{backend}\n"
+        f"print('forestream.registry.{other}' in sys.modules)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "False"

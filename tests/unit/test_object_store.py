@@ -20,16 +20,11 @@ import pytest
 import structlog.testing
 
 from forestream.errors import UserError
+from forestream.registry.local import LocalModelStore
+from forestream.registry.metadata import ModelMetadata, sign
 from forestream.registry.object_store import ObjectModelStore
-from forestream.registry.store import (
-    ArtifactRejected,
-    ModelMetadata,
-    ModelStore,
-    StoreUnavailable,
-    open_store,
-    sign,
-    store_location,
-)
+from forestream.registry.open import open_store, store_location
+from forestream.registry.store import ArtifactRejected, StoreUnavailable
 from forestream.runtime.settings import CommonSettings, load_settings
 from forestream.wire.messages import ServingRef
 from forestream.wire.schema import ReferenceStats
@@ -83,7 +78,7 @@ def test_store_setting_takes_paths_and_uris() -> None:
     assert store_location(Path("/tmp/x")) == "/tmp/x"
     assert store_location("file:///srv/models") == "/srv/models"
     assert store_location("s3://bucket/prefix/") == "s3://bucket/prefix"
-    assert isinstance(open_store("file:///tmp/fs-local"), ModelStore)
+    assert isinstance(open_store("file:///tmp/fs-local"), LocalModelStore)
     assert not isinstance(open_store("file:///tmp/fs-local"), ObjectModelStore)
 
 

@@ -16,14 +16,9 @@ from typing import Any
 import pytest
 
 from forestream.errors import UserError
-from forestream.registry.store import (
-    ARTIFACT,
-    METADATA,
-    ArtifactRejected,
-    ModelMetadata,
-    ModelStore,
-    pickled_class,
-)
+from forestream.registry.local import LocalModelStore
+from forestream.registry.metadata import ARTIFACT, METADATA, ModelMetadata, pickled_class
+from forestream.registry.store import ArtifactRejected
 from forestream.worker.models import ModelFollower
 from tests.unit.test_worker_models import Loader, event
 from tests.worker_support import ROOT, fit_pipeline, make_frame, save_model
@@ -40,8 +35,8 @@ def hold_lock(store: Path, seconds: float) -> subprocess.Popen[str]:
     """Another process (another registry command) holding the store's lock."""
     code = (
         "import sys, time\n"
-        "from forestream.registry.store import ModelStore\n"
-        "with ModelStore(sys.argv[1]).lock('m'):\n"
+        "from forestream.registry.local import LocalModelStore\n"
+        "with LocalModelStore(sys.argv[1]).lock('m'):\n"
         "    print('held', flush=True)\n"
         "    time.sleep(float(sys.argv[2]))\n"
     )
@@ -58,7 +53,7 @@ def hold_lock(store: Path, seconds: float) -> subprocess.Popen[str]:
 def test_the_lock_makes_a_second_writer_wait_for_the_first(tmp_path: Path) -> None:
     holder = hold_lock(tmp_path, 1.0)
     started = time.monotonic()
-    with ModelStore(tmp_path).lock("m", timeout_s=30) as locked:
+    with LocalModelStore(tmp_path).lock("m", timeout_s=30) as locked:
         waited = time.monotonic() - started
         assert locked
     assert waited > 0.5, f"acquired after {waited:.2f}s while another process held it for 1s"
@@ -71,7 +66,7 @@ def test_a_lock_held_too_long_is_one_line_naming_it(tmp_path: Path) -> None:
     try:
         with (
             pytest.raises(UserError, match=r"another registry command has held .*m/\.lock"),
-            ModelStore(tmp_path).lock("m", timeout_s=0.3),
+            LocalModelStore(tmp_path).lock("m", timeout_s=0.3),
         ):
             pass
     finally:
@@ -83,14 +78,14 @@ def test_the_lock_of_a_killed_writer_is_free_at_once(tmp_path: Path) -> None:
     holder = hold_lock(tmp_path, 30.0)
     holder.send_signal(signal.SIGKILL)
     holder.wait()
-    with ModelStore(tmp_path).lock("m", timeout_s=0.5) as locked:
+    with LocalModelStore(tmp_path).lock("m", timeout_s=0.5) as locked:
         assert locked
 
 
 def test_following_the_topic_repairs_the_history_and_replays_in_its_order(
     tmp_path: Path,
 ) -> None:
-    store = ModelStore(tmp_path)
+    store = LocalModelStore(tmp_path)
     for seed in range(3):
         save_model(tmp_path, "m", make_frame(60, seed=seed), trees=2)
     (tmp_path / "m" / "promotions.jsonl").unlink()
@@ -118,7 +113,7 @@ def test_verify_artifact_passes_a_saved_model_and_names_its_class(
     saved: tuple[Path, ModelMetadata],
 ) -> None:
     store, meta = saved
-    checked = ModelStore(store).verify_artifact("m", meta.version)
+    checked = LocalModelStore(store).verify_artifact("m", meta.version)
     assert checked == meta
     data = (store / "m" / meta.version / ARTIFACT).read_bytes()
     assert pickled_class(data) == "sklearn.pipeline.Pipeline"
@@ -155,7 +150,7 @@ def test_verify_artifact_refuses_without_ever_unpickling(
     saved: tuple[Path, ModelMetadata], tmp_path: Path
 ) -> None:
     store_dir = Path(shutil.copytree(saved[0], tmp_path / "store"))
-    store, meta = ModelStore(store_dir), saved[1]
+    store, meta = LocalModelStore(store_dir), saved[1]
     folder = store_dir / "m" / meta.version
     marker = tmp_path / "pwned"
     (folder / ARTIFACT).write_bytes(pickle.dumps(_Marker(str(marker))))
@@ -178,8 +173,8 @@ def test_verifying_an_artifact_imports_no_scikit_learn(saved: tuple[Path, ModelM
     code = (
         "import sys\n"
         "import forestream.cli, forestream.training.publish\n"
-        "from forestream.registry.store import ModelStore\n"
-        f"ModelStore(sys.argv[1]).verify_artifact('m', {meta.version!r})\n"
+        "from forestream.registry.local import LocalModelStore\n"
+        f"LocalModelStore(sys.argv[1]).verify_artifact('m', {meta.version!r})\n"
         "heavy = sorted(m for m in sys.modules if m.split('.')[0] in "
         "('sklearn', 'pandas', 'scipy', 'joblib'))\n"
         "print(heavy)\n"

@@ -7,13 +7,14 @@ from pathlib import Path
 import pytest
 
 from forestream.errors import UserError
-from forestream.registry.store import ModelMetadata, ModelStore
+from forestream.registry.local import LocalModelStore
+from forestream.registry.metadata import ModelMetadata
 from forestream.wire.schema import ReferenceStats
 from forestream.worker.replay import ReplaySettings, _load_model
 from tests.worker_support import fit_pipeline, make_frame, schema_for
 
 
-def _save(store: ModelStore, classes: list[str]) -> str:
+def _save(store: LocalModelStore, classes: list[str]) -> str:
     frame = make_frame(150, seed=9)
     pipeline = fit_pipeline(frame, trees=3)
     metadata = ModelMetadata(
@@ -32,7 +33,7 @@ def _save(store: ModelStore, classes: list[str]) -> str:
 
 
 def test_replay_loads_a_servable_model(tmp_path: Path) -> None:
-    store = ModelStore(tmp_path)
+    store = LocalModelStore(tmp_path)
     classes = [str(c) for c in fit_pipeline(make_frame(150, seed=9), trees=3).classes_]
     version = _save(store, classes)
     model = _load_model(ReplaySettings(model_store=tmp_path, model_name="m"), version)
@@ -40,7 +41,7 @@ def test_replay_loads_a_servable_model(tmp_path: Path) -> None:
 
 
 def test_replay_refuses_a_model_whose_class_order_would_mislabel(tmp_path: Path) -> None:
-    store = ModelStore(tmp_path)
+    store = LocalModelStore(tmp_path)
     classes = [str(c) for c in fit_pipeline(make_frame(150, seed=9), trees=3).classes_]
     version = _save(store, list(reversed(classes)))
     with pytest.raises(UserError, match=r"m v1 cannot be served: .*differ from the metadata"):

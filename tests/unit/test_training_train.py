@@ -11,18 +11,20 @@ import pandas as pd
 import pytest
 
 from forestream.errors import UserError
-from forestream.registry.store import ModelStore
+from forestream.registry.local import LocalModelStore
 from forestream.training.demo_data import PENGUINS_TARGET, write_penguins_csv
 from forestream.training.fit import ForestParams
 from forestream.training.train import TrainOutcome, TrainRequest, check_params, run_training
 
 
 @pytest.fixture(scope="module")
-def penguins(tmp_path_factory: pytest.TempPathFactory) -> tuple[TrainOutcome, Path, ModelStore]:
+def penguins(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> tuple[TrainOutcome, Path, LocalModelStore]:
     """One default (100 trees) penguins training shared by the tests that only read it."""
     root = tmp_path_factory.mktemp("penguins")
     csv = write_penguins_csv(root / "penguins.csv")
-    store = ModelStore(root / "store")
+    store = LocalModelStore(root / "store")
     outcome = run_training(
         TrainRequest(csv, PENGUINS_TARGET, "penguins", ForestParams(trees=100)), store
     )
@@ -68,7 +70,7 @@ def test_metadata_and_report_are_stored_beside_the_verified_artifact(penguins) -
 
 def test_signing_key_signs_the_artifact(tmp_path: Path) -> None:
     csv = write_penguins_csv(tmp_path / "p.csv")
-    store = ModelStore(tmp_path / "store")
+    store = LocalModelStore(tmp_path / "store")
     request = TrainRequest(csv, "species", "signed", ForestParams(trees=10))
     meta = run_training(request, store, signing_key=b"k").metadata
     assert meta.signature is not None
@@ -84,7 +86,7 @@ def test_fatal_input_writes_nothing(tmp_path: Path) -> None:
         TrainRequest(csv, "species", "m", drop=("missing_column",)),
     ):
         with pytest.raises(UserError):
-            run_training(request, ModelStore(store_root))
+            run_training(request, LocalModelStore(store_root))
     assert not store_root.exists()
 
 
@@ -98,7 +100,7 @@ def test_the_largest_seed_trains(tmp_path: Path) -> None:
     check_params(ForestParams(seed=2**32 - 1))
     csv = write_penguins_csv(tmp_path / "p.csv")
     request = TrainRequest(csv, "species", "m", ForestParams(trees=2, seed=2**32 - 1))
-    assert run_training(request, ModelStore(tmp_path / "store")).metadata.version == "v1"
+    assert run_training(request, LocalModelStore(tmp_path / "store")).metadata.version == "v1"
 
 
 def test_name_and_store_are_checked_before_the_data_is_read_or_reported(tmp_path: Path) -> None:
@@ -107,7 +109,7 @@ def test_name_and_store_are_checked_before_the_data_is_read_or_reported(tmp_path
     with pytest.raises(UserError, match=re.escape("invalid model name '../evil'")):
         run_training(
             TrainRequest(csv, "species", "../evil"),
-            ModelStore(tmp_path / "store"),
+            LocalModelStore(tmp_path / "store"),
             on_report=reports.append,
         )
     a_file = tmp_path / "file"
@@ -116,7 +118,7 @@ def test_name_and_store_are_checked_before_the_data_is_read_or_reported(tmp_path
         UserError, match=re.escape(f"model store {a_file}: {a_file} is not a directory")
     ):
         run_training(
-            TrainRequest(csv, "species", "m"), ModelStore(a_file), on_report=reports.append
+            TrainRequest(csv, "species", "m"), LocalModelStore(a_file), on_report=reports.append
         )
     assert reports == []
     assert not (tmp_path / "store").exists()
@@ -127,5 +129,5 @@ def test_a_continuous_target_writes_nothing(tmp_path: Path) -> None:
     rows = [f"{i * 0.37 % 1:.6f},{i * 1.1:.3f}" for i in range(200)]
     csv.write_text("x,y\n" + "\n".join(rows) + "\n")
     with pytest.raises(UserError, match="target 'y' has 200 distinct values in 200 rows"):
-        run_training(TrainRequest(csv, "y", "m"), ModelStore(tmp_path / "store"))
+        run_training(TrainRequest(csv, "y", "m"), LocalModelStore(tmp_path / "store"))
     assert not (tmp_path / "store").exists()
