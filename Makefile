@@ -4,8 +4,12 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+DOCS_STAMP := $(VENV)/.installed-docs
+BENCH_STAMP := $(VENV)/.installed-bench
+BENCH_RESULTS ?= bench/results/latest.json
 
-.PHONY: setup test test-extra unit integration lint format demo bench kafka-jars kcat clean
+.PHONY: setup test test-extra unit integration lint format demo bench bench-report kafka-jars kcat \
+	docs docs-build docs-check docs-cli clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11+ is required")'
@@ -54,5 +58,33 @@ demo: setup
 bench: setup
 	$(BIN)/python -m bench.throughput
 
+# docs/benchmark.md and docs/assets/benchmark.svg from what `make bench` wrote (or another
+# results file: `make bench-report BENCH_RESULTS=bench/recorded/....json`)
+bench-report: $(BENCH_STAMP)
+	$(BIN)/python -m bench.report $(BENCH_RESULTS)
+
+$(BENCH_STAMP): $(STAMP)
+	$(BIN)/pip install -q -e '.[test,bench]'
+	touch $(BENCH_STAMP)
+
+# The docs site (MkDocs + Material, mkdocs.yml). `docs` serves it on the loopback only.
+$(DOCS_STAMP): $(STAMP)
+	$(BIN)/pip install -q -e '.[test,docs]'
+	touch $(DOCS_STAMP)
+
+docs-cli: $(STAMP)
+	$(BIN)/python docs/gen_cli_reference.py
+
+docs: $(DOCS_STAMP) docs-cli
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs serve --dev-addr 127.0.0.1:8000
+
+docs-build: $(DOCS_STAMP) docs-cli
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir site
+
+# What CI runs: the strict build of the committed pages (no regeneration, no server); a stale
+# CLI reference is the unit tests' to catch.
+docs-check: $(DOCS_STAMP)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir site
+
 clean:
-	rm -rf $(VENV) .forestream .pytest_cache .ruff_cache .mypy_cache
+	rm -rf $(VENV) .forestream .pytest_cache .ruff_cache .mypy_cache site

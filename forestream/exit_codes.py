@@ -2,7 +2,8 @@
 
 Errors say what happened (:mod:`forestream.errors`); this table alone says how a process
 reports it, so scripts and orchestrators can tell a bad secret from a missing ACL without
-parsing text, and the README's table is checked against it by a unit test.
+parsing text, and the docs' operations page (docs/operations.md) is checked against it by a
+unit test.
 """
 
 from __future__ import annotations
@@ -50,7 +51,8 @@ EXIT_CODES: dict[int, str] = {
     shutdown.EXIT_CODE: f"the shutdown grace ({shutdown.GRACE_S:.0f} s after SIGTERM/SIGINT) ran "
     "out, or a second signal came: ended hard",
 }
-"""Documented in the README ("Exit codes"); a unit test keeps the two in step."""
+"""Documented on the docs' operations page ("Exit codes"); tests/unit/test_docs.py keeps the two
+in step."""
 
 
 def exit_code_for(error: BaseException | type[BaseException]) -> int:

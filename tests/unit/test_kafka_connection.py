@@ -19,7 +19,7 @@ from forestream.edge.errors import (
 from forestream.edge.factory import TopicSpec, topic_request
 from forestream.edge.kafka_python import classify_client_error
 from forestream.errors import UserError
-from forestream.exit_codes import EXIT_CODES, exit_code_for
+from forestream.exit_codes import exit_code_for
 from forestream.runtime.settings import CommonSettings, load_settings
 from tests.conftest import ROOT
 
@@ -210,11 +210,8 @@ def test_client_errors_are_fatal_or_retried(
         assert "\n" not in str(got)
 
 
-def test_exit_codes_are_distinct_and_documented_in_the_readme() -> None:
-    readme = (ROOT / "README.md").read_text(encoding="utf-8")
-    section = readme.split("### Exit codes", 1)[1].split("\n#", 1)[0]
-    for code, meaning in EXIT_CODES.items():
-        assert f"| {code} | {meaning} |" in section, f"README misses exit code {code}"
+def test_the_fatal_kafka_causes_have_distinct_exit_codes() -> None:
+    """Documented on the docs' operations page: tests/unit/test_docs.py keeps it in step."""
     fatal = [AuthenticationFailed, TlsFailed, NotAuthorized, UnreadableRecords]
     assert len({exit_code_for(cls) for cls in fatal}) == len(fatal)
 
