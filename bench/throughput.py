@@ -50,6 +50,8 @@ from forestream.errors import UserError
 from forestream.exit_codes import exit_code_for
 
 RESULTS = Path(__file__).resolve().parent / "results" / "latest.md"
+"""Also written beside it: the same run as JSON (``latest.json``), which ``python -m
+bench.report`` turns into the docs' benchmark page and chart."""
 WARMUP_RECORDS = 20
 MAX_BATCH = 1000
 """The worker's default micro-batch limit; the passthrough batches the same way."""
@@ -1022,11 +1024,7 @@ def markdown(res: Results) -> str:
     lines = [
         f"# Benchmark ({datetime.now(UTC).isoformat(timespec='seconds')})",
         "",
-        f"Machine: {machine()}{load_note(res)}. "
-        f"Command: `python -m bench.throughput --records {o.records} "
-        f"--features {o.features} --trees {o.trees} --latency-rate {o.latency_rate:g} "
-        f"--latency-seconds {o.latency_seconds:g} --naive-records {o.naive_records} "
-        f"--train-rows {o.train_rows} --partitions {o.partitions}`.",
+        f"Machine: {machine()}{load_note(res)}. Command: `{command_line(o)}`.",
         "",
         "| measurement | result | notes |",
         "|---|---:|---|",
@@ -1042,6 +1040,71 @@ def markdown(res: Results) -> str:
         "user would write by hand, on the same client settings.",
     ]
     return "\n".join(lines).rstrip() + "\n"
+
+
+def command_line(o: Options) -> str:
+    return (
+        f"python -m bench.throughput --records {o.records} "
+        f"--features {o.features} --trees {o.trees} --latency-rate {o.latency_rate:g} "
+        f"--latency-seconds {o.latency_seconds:g} --naive-records {o.naive_records} "
+        f"--train-rows {o.train_rows} --partitions {o.partitions}"
+    )
+
+
+RESULTS_SCHEMA = 1
+"""Version of :func:`results_json`'s layout; ``bench.report`` refuses any other."""
+
+
+def results_json(res: Results, written_at: datetime | None = None) -> dict[str, object]:
+    """The run, machine-readable: what ``bench.report`` renders (see that module)."""
+    o = res.options
+    throughput: list[dict[str, object]] = []
+    latency: list[dict[str, object]] = []
+
+    def add_rate(phase: str, client: str, t: Throughput | Failed | None) -> None:
+        if isinstance(t, Throughput):
+            throughput.append(
+                {"phase": phase, "client": client, "records": t.records, "rate": t.rate}
+            )
+
+    def add_latency(phase: str, client: str, lat: Latency | Failed, which: str) -> None:
+        if isinstance(lat, Latency):
+            latency.append(
+                {"phase": phase, "client": client, "offered_rate": lat.offered_rate,
+                 "p50_ms": lat.percentile(which, 50), "p99_ms": lat.percentile(which, 99)}
+            )  # fmt: skip
+
+    for client, t in res.passthrough.items():
+        add_rate("passthrough", client, t)
+    add_rate("naive per-record loop", "kafka-python", res.naive)
+    for client, w in res.worker.items():
+        add_rate("worker", client, w)
+    for client, w in res.worker_other.items():
+        on = pipelined_by_default(client)
+        add_rate(f"worker, pipelining {'off' if on else 'on'}", client, w)
+    add_rate("hand-written loop", "confluent", res.reference)
+    for client, w in res.exactly_once.items():
+        add_rate("worker exactly-once", client, w)
+    for client, lat in res.latency.items():
+        add_latency("worker", client, lat, "created")
+        add_latency("worker, as received", client, lat, "received")
+    for client, lat in res.exactly_once_latency.items():
+        add_latency("worker exactly-once", client, lat, "received")
+    for client, plat in res.passthrough_latency.items():
+        add_latency("passthrough", client, plat, "created")
+    when = written_at or datetime.now(UTC)
+    return {
+        "schema": RESULTS_SCHEMA,
+        "written_at": when.isoformat(timespec="seconds"),
+        "written_by": "python -m bench.throughput",
+        "machine": machine(),
+        "load": [list(load) for load in res.load],
+        "command": command_line(o),
+        "title": f"{o.features} features, RandomForest {o.trees} trees",
+        "rows": [{"measurement": m, "result": r, "notes": n} for m, r, n in table_rows(res)],
+        "throughput": throughput,
+        "latency": latency,
+    }
 
 
 # -- main ----------------------------------------------------------------------------------------
@@ -1293,7 +1356,9 @@ def main(argv: list[str] | None = None) -> int:
     render(res)
     opts.output.parent.mkdir(parents=True, exist_ok=True)
     opts.output.write_text(markdown(res))
-    print(f"written to {opts.output}")
+    results = opts.output.with_suffix(".json")
+    results.write_text(json.dumps(results_json(res), indent=2) + "\n")
+    print(f"written to {opts.output} and {results} (`python -m bench.report {results}`)")
     return 0
 
 
