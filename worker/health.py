@@ -11,13 +11,15 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 from forestream.errors import UserError
 from forestream.worker.metrics import MetricsObserver, WorkerMetrics
@@ -110,6 +112,47 @@ class HealthState:
         if missing:
             body["missing"] = missing
         return not missing, body
+
+
+READINESS_PARTS = ("model", "partitions")
+"""What ``/readyz`` may report missing; each has a series in ``forestream_ready_missing``."""
+
+
+class ReadinessCollector(Collector):
+    """``/readyz`` as metrics, read from the :class:`HealthState` at scrape time.
+
+    A probe's answer is not scraped by Prometheus, so an alert on "a worker not ready" needs it
+    as a series: ``forestream_ready`` (1 ready, 0 not) and ``forestream_ready_missing{part}``
+    (1 for each part ``/readyz`` lists as missing). Nothing is stored: the loop's calls into the
+    state stay as they are.
+    """
+
+    def __init__(self, state: HealthState) -> None:
+        self._state = state
+
+    def describe(self) -> list[Metric]:
+        return list(self._families(ready=True, missing=()))
+
+    def collect(self) -> Iterator[Metric]:
+        ready, body = self._state.readiness()
+        yield from self._families(ready, body.get("missing", ()))
+
+    @staticmethod
+    def _families(ready: bool, missing: Iterable[str]) -> Iterator[Metric]:
+        yield GaugeMetricFamily(
+            "forestream_ready",
+            "1 while /readyz answers 200 (a model loaded and partitions assigned), else 0",
+            value=1.0 if ready else 0.0,
+        )
+        absent = GaugeMetricFamily(
+            "forestream_ready_missing",
+            "1 for each part /readyz reports missing (model, partitions)",
+            labels=["part"],
+        )
+        gone = set(missing)
+        for part in READINESS_PARTS:
+            absent.add_metric([part], 1.0 if part in gone else 0.0)
+        yield absent
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -232,5 +275,6 @@ def start_telemetry(
     """Metrics and health for one worker; serves them on ``port`` unless it is ``None``."""
     metrics = WorkerMetrics()
     health = HealthState(stall_after_s=stall_after_s)
+    metrics.registry.register(ReadinessCollector(health))
     server = None if port is None else serve_health(health, metrics.registry, port, host)
     return Telemetry(metrics, health, server)

@@ -9,6 +9,7 @@ this test instead of the first ``docker compose up``.
 from __future__ import annotations
 
 import importlib
+import os
 import re
 import shlex
 from pathlib import Path
@@ -26,7 +27,6 @@ from forestream.runtime.settings import CommonSettings
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = ROOT / "docker-compose.yml"
 DOCKERFILE = ROOT / "Dockerfile"
-PACKAGES = ("contracts", "training", "worker", "producer", "forestream")
 SHELLS = {"sh", "bash", "/bin/sh", "/bin/bash"}
 SHELL_OPERATORS = {"&&", "||", ";", "|", "&"}
 
@@ -49,13 +49,22 @@ def cli() -> Any:
     return command
 
 
+SETTINGS_CLASS = re.compile(r"^class \w+\(\w*Settings\):", re.MULTILINE)
+
+
 def import_settings_modules() -> None:
-    """Import every module that defines a CommonSettings subclass, wherever a component put it."""
-    for package in PACKAGES:
-        for path in sorted((ROOT / package).rglob("*.py")):
-            if "(CommonSettings)" in path.read_text(encoding="utf-8"):
-                module = ".".join(path.relative_to(ROOT).with_suffix("").parts)
-                importlib.import_module(module)
+    """Import every module that defines a settings class (a subclass of CommonSettings or of
+    one of its subclasses), wherever a component put it, under the name the code uses
+    (``forestream.worker...`` through the component symlinks). Without this, a class no other
+    module of the test run happened to import was missed."""
+    root = ROOT / "forestream"
+    for folder, dirs, files in os.walk(root, followlinks=True):
+        dirs[:] = sorted(d for d in dirs if d != "__pycache__")
+        for name in sorted(files):
+            path = Path(folder) / name
+            if name.endswith(".py") and SETTINGS_CLASS.search(path.read_text(encoding="utf-8")):
+                parts = path.relative_to(ROOT).with_suffix("").parts
+                importlib.import_module(".".join(parts))
 
 
 def settings_fields() -> dict[str, list[tuple[str, FieldInfo]]]:
@@ -121,6 +130,7 @@ def resolve(cli: Any, args: list[str]) -> tuple[Any, list[str], list[str]]:
 
 def test_compose_has_the_expected_services_and_images(services: dict[str, dict[str, Any]]) -> None:
     assert {"kafka", "minio", "bucket", "topics", "trainer", "worker", "producer"} <= set(services)
+    assert {"prometheus", "grafana"} <= set(services)
     assert services["kafka"]["image"] == "apache/kafka:4.1.1"
     for name in ("topics", "trainer", "worker", "producer"):
         assert services[name]["build"] == ".", name
@@ -185,9 +195,88 @@ def test_model_store_is_the_minio_bucket_not_a_shared_volume(
     assert services["bucket"]["depends_on"]["minio"]["condition"] == "service_healthy"
 
 
+def _host_port_bindings(service: dict[str, Any]) -> list[str]:
+    return [str(p) for p in service.get("ports", [])]
+
+
+def _mounts(service: dict[str, Any]) -> dict[str, str]:
+    """Container path -> host path of the service's bind mounts (``./x:/y[:ro]``)."""
+    found = {}
+    for volume in service.get("volumes", []):
+        host, container, *_ = str(volume).split(":")
+        if host.startswith("./"):
+            found[container] = host
+    return found
+
+
+def test_prometheus_scrapes_the_workers_with_the_ops_rules(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    """The scrape target is the worker service on its --metrics-port, every replica (DNS A
+    records), under the job name the WorkerDown rule selects; the rules are ops/'s file."""
+    prometheus = services["prometheus"]
+    assert prometheus["image"].startswith("prom/prometheus:v")
+    mounts = _mounts(prometheus)
+    config_path = mounts["/etc/prometheus/prometheus.yml"]
+    assert config_path == "./ops/prometheus/prometheus.yml"
+    config = yaml.safe_load((ROOT / config_path).read_text())
+    assert config["rule_files"] == ["/etc/prometheus/alerts.yml"]
+    assert mounts["/etc/prometheus/alerts.yml"] == "./ops/prometheus/alerts.yml"
+    (job,) = config["scrape_configs"]
+    assert job["job_name"] == "forestream-workers"
+    rules = (ROOT / "ops/prometheus/alerts.yml").read_text()
+    assert 'up{job="forestream-workers"}' in rules
+    (sd,) = job["dns_sd_configs"]
+    assert sd["names"] == ["worker"] and sd["type"] == "A"
+    worker_port = forestream_invocations(services["worker"]["command"])[0]
+    port = worker_port[worker_port.index("--metrics-port") + 1]
+    assert sd["port"] == int(port)
+    assert port in [str(e) for e in services["worker"]["expose"]]
+    assert "worker" in prometheus["depends_on"]
+    for path in mounts.values():
+        assert (ROOT / path).exists(), path
+
+
+def test_grafana_is_provisioned_with_the_dashboard_and_prometheus(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    grafana = services["grafana"]
+    assert grafana["image"].startswith("grafana/grafana:")
+    mounts = _mounts(grafana)
+    for path in mounts.values():
+        assert (ROOT / path).exists(), path
+    datasources = yaml.safe_load(
+        (ROOT / mounts["/etc/grafana/provisioning/datasources"] / "prometheus.yml").read_text()
+    )
+    (source,) = datasources["datasources"]
+    assert source["type"] == "prometheus"
+    assert source["url"] == "http://prometheus:9090"
+    assert any(p.endswith(":9090") for p in _host_port_bindings(services["prometheus"]))
+    providers = yaml.safe_load(
+        (ROOT / mounts["/etc/grafana/provisioning/dashboards"] / "forestream.yml").read_text()
+    )
+    (provider,) = providers["providers"]
+    folder = provider["options"]["path"]
+    dashboard = [c for c, h in mounts.items() if h == "./ops/grafana/forestream-dashboard.json"]
+    assert dashboard and dashboard[0].startswith(folder + "/")
+    home = grafana["environment"]["GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH"]
+    assert home == dashboard[0]
+    assert "prometheus" in grafana["depends_on"]
+
+
+def test_prometheus_and_grafana_listen_on_the_loopback_only(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    for name in ("prometheus", "grafana"):
+        ports = _host_port_bindings(services[name])
+        assert ports, name
+        for binding in ports:
+            assert binding.startswith("127.0.0.1:"), f"{name} publishes {binding} beyond 127.0.0.1"
+
+
 def test_depends_on_names_real_services(services: dict[str, dict[str, Any]]) -> None:
     for name, service in services.items():
-        for dependency in service.get("depends_on", {}):
+        for dependency in service.get("depends_on", {}):  # a mapping, or a list of names
             assert dependency in services, f"{name} depends on unknown service {dependency}"
 
 
