@@ -8,7 +8,7 @@ DOCS_STAMP := $(VENV)/.installed-docs
 BENCH_STAMP := $(VENV)/.installed-bench
 BENCH_RESULTS ?= bench/results/latest.json
 
-.PHONY: setup test test-extra unit integration lint format demo bench bench-report kafka-jars kcat \
+.PHONY: setup test test-extra unit integration lint format demo bench bench-report kafka-jars tools \
 	docs docs-build docs-check docs-cli clean
 
 $(STAMP): pyproject.toml
@@ -18,17 +18,20 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q -e '.[test]'
 	touch $(STAMP)
 
-setup: $(STAMP) kafka-jars kcat
+setup: $(STAMP) kafka-jars tools
 
 # The broker's jars come from Maven Central into ~/.cache/forestream (outside the repo), once.
 kafka-jars: $(STAMP)
 	$(BIN)/python -c 'from forestream.local.install import ensure_jars; print("kafka jars:", ensure_jars())'
 
-# kcat is the outside client of the interop test (librdkafka, not kafka-python).
-kcat:
-	@command -v kcat >/dev/null || command -v kafkacat >/dev/null || { \
-	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq kcat >/dev/null; \
-	  else sudo apt-get update -qq && sudo apt-get install -y -qq kcat >/dev/null; fi; }
+# Debian tools the tests use, installed once with apt when missing: kcat, the outside client of
+# the interop test (librdkafka, not kafka-python); promtool, which checks the alert rules.
+TOOLS_MISSING = $(strip $(if $(shell command -v kcat || command -v kafkacat),,kcat) \
+	$(if $(shell command -v promtool),,prometheus))
+tools:
+	@missing="$(TOOLS_MISSING)"; [ -z "$$missing" ] || { \
+	  sudo=; [ "$$(id -u)" = 0 ] || sudo=sudo; \
+	  $$sudo apt-get update -qq && $$sudo apt-get install -y -qq --no-install-recommends $$missing >/dev/null; }
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
