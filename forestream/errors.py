@@ -126,6 +126,25 @@ class ArtifactRejected(UserError):
     kind = "artifact_rejected"
 
 
+class UnsignedArtifact(ArtifactRejected):
+    """No signature a loader can accept (none, the retired HMAC scheme, or no key to check it)
+    and no ``--allow-unsigned``: its own class, so the reload-failure metric names it."""
+
+    kind = "unsigned"
+
+
+class BadSignature(ArtifactRejected):
+    """A signature that does not verify: another key signed it, or a byte changed since."""
+
+    kind = "bad_signature"
+
+
+class VersionMismatch(ArtifactRejected):
+    """Pickled by another scikit-learn major.minor than this process runs."""
+
+    kind = "version_mismatch"
+
+
 class StoreUnavailable(UserError):
     """The store could not be reached or refused the request (network, credentials, bucket).
 
