@@ -38,6 +38,13 @@ class TransientError(ForestreamError):
     kind = "transient"
 
 
+class UnsupportedLibrary(UserError):
+    """An installed kafka-python or scikit-learn lacks a private attribute forestream relies on
+    (see ``forestream.runtime.internals``): a version outside the pyproject bounds."""
+
+    kind = "unsupported_library"
+
+
 # -- the environment at start ---------------------------------------------------------------------
 
 
