@@ -8,6 +8,7 @@ it would in a deployment.
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -15,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from forestream.registry.metadata import ModelMetadata
+from forestream.registry.signing import DEFAULT_KEYS_DIR, Signer, ensure_key_pair
 from forestream.registry.store import ModelStore
 from forestream.wire.messages import ServingRef
 
@@ -30,6 +32,15 @@ class Workload:
     """One JSON object per record (the input wire format), encoded once up front."""
     pipeline: Any
     metadata: ModelMetadata
+
+
+def bench_signer() -> Signer:
+    """Sign like a deployment (workers verify by default): the repo's local key pair, made if
+    absent, and exported for the worker processes the benchmarks start."""
+    private, public = ensure_key_pair(DEFAULT_KEYS_DIR)
+    os.environ.setdefault("FORESTREAM_VERIFY_KEY_FILE", str(public))
+    os.environ.setdefault("FORESTREAM_SIGNING_KEY_FILE", str(private))
+    return Signer.from_file(private)
 
 
 def feature_names(count: int) -> list[str]:
@@ -82,6 +93,7 @@ def make_workload(
             params={"n_estimators": trees, "features": features, "seed": seed},
         ),
         {},
+        signer=bench_signer(),
     )
     store.promote(MODEL_NAME, metadata.version)
     values = [

@@ -24,6 +24,10 @@ kafka_app = typer.Typer(
     help="Run a real local Apache Kafka broker (KRaft, one node).", no_args_is_help=True
 )
 app.add_typer(kafka_app, name="kafka")
+keys_app = typer.Typer(
+    help="Ed25519 keys that model versions are signed and verified with.", no_args_is_help=True
+)
+app.add_typer(keys_app, name="keys")
 
 DataDirOpt = Annotated[
     Path | None,
@@ -101,6 +105,31 @@ def kafka_status(data_dir: DataDirOpt = None, secure: SecureOpt = False) -> None
     if isinstance(info, local_kafka.SecureBrokerInfo):
         where = f"{info.sasl_ssl_address} SASL_SSL, {info.mtls_address} mutual TLS"
     typer.echo(f"running {where} (pid {info.pid}, Kafka {local_kafka.KAFKA_VERSION})")
+
+
+@keys_app.command("create")
+def keys_create(
+    directory: Annotated[
+        Path,
+        typer.Option(
+            "--dir", help="where to write signing.key (mode 0600) and verify.pub", show_default=True
+        ),
+    ] = Path(".forestream/keys"),
+) -> None:
+    """Make a key pair: the trainer signs with signing.key, workers verify with verify.pub.
+
+    Refuses to overwrite an existing key: versions signed with it would stop loading.
+    """
+    from forestream.registry.signing import Signer, create_key_pair
+
+    private, public = create_key_pair(directory)
+    typer.echo(f"signing key (trainer only, keep secret): {private}")
+    typer.echo(f"verify key (workers, replay, models promote): {public}")
+    typer.echo(f"key id {Signer.from_file(private).key_id}")
+    typer.echo(
+        f"export FORESTREAM_SIGNING_KEY_FILE={private.resolve()} "
+        f"FORESTREAM_VERIFY_KEY_FILE={public.resolve()}"
+    )
 
 
 def _register_components() -> None:

@@ -29,6 +29,7 @@ import typer
 from forestream.edge.connection import SECURITY_ENV as _SECURITY_ENV
 from forestream.edge.connection import KafkaConnection
 from forestream.errors import UserError
+from forestream.registry.signing import DEFAULT_KEYS_DIR, ensure_key_pair
 from forestream.runtime.cli_options import BootstrapOpt
 
 MODEL_NAME = "penguins"
@@ -116,6 +117,7 @@ class Demo:
         self.labels_sent = 0
         self.phase = "starting"
         self.reader_error: str | None = None
+        self.keys = ensure_key_pair(DEFAULT_KEYS_DIR)  # made on the first run, then reused
 
     # -- environment -----------------------------------------------------------------------
     def kafka(self) -> KafkaConnection:
@@ -138,6 +140,8 @@ class Demo:
                 "FORESTREAM_BOOTSTRAP_SERVERS": self.bootstrap,
                 "FORESTREAM_MODEL_STORE": str(self.dir / "models"),
                 "FORESTREAM_MODEL_NAME": MODEL_NAME,
+                "FORESTREAM_SIGNING_KEY_FILE": str(self.keys[0]),
+                "FORESTREAM_VERIFY_KEY_FILE": str(self.keys[1]),
                 "FORESTREAM_DRIFT_WINDOW": str(self.plan.drift_window),
                 "FORESTREAM_REPORT_INTERVAL_S": "2",
                 "FORESTREAM_SUMMARY_INTERVAL_S": "5",

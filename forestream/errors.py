@@ -38,6 +38,13 @@ class TransientError(ForestreamError):
     kind = "transient"
 
 
+class UnsupportedLibrary(UserError):
+    """An installed kafka-python or scikit-learn lacks a private attribute forestream relies on
+    (see ``forestream.runtime.internals``): a version outside the pyproject bounds."""
+
+    kind = "unsupported_library"
+
+
 # -- the environment at start ---------------------------------------------------------------------
 
 
@@ -124,6 +131,25 @@ class ArtifactRejected(UserError):
     """An artifact that must not be served: missing, altered, unsigned, or not a model."""
 
     kind = "artifact_rejected"
+
+
+class UnsignedArtifact(ArtifactRejected):
+    """No signature a loader can accept (none, the retired HMAC scheme, or no key to check it)
+    and no ``--allow-unsigned``: its own class, so the reload-failure metric names it."""
+
+    kind = "unsigned"
+
+
+class BadSignature(ArtifactRejected):
+    """A signature that does not verify: another key signed it, or a byte changed since."""
+
+    kind = "bad_signature"
+
+
+class VersionMismatch(ArtifactRejected):
+    """Pickled by another scikit-learn major.minor than this process runs."""
+
+    kind = "version_mismatch"
 
 
 class StoreUnavailable(UserError):

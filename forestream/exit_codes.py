@@ -11,6 +11,7 @@ from __future__ import annotations
 from forestream.errors import (
     AuthenticationFailed,
     DeliveryFailed,
+    ForestreamError,
     NotAuthorized,
     ProducerFenced,
     TlsFailed,
@@ -61,4 +62,15 @@ def exit_code_for(error: BaseException | type[BaseException]) -> int:
     for klass in cls.__mro__:
         if klass in _BY_CLASS:
             return _BY_CLASS[klass]
+    return BUG
+
+
+def exit_code_for_kind(kind: str) -> int:
+    """The code for an error known only by its ``kind`` (what ``/healthz`` reports)."""
+    pending: list[type[ForestreamError]] = [ForestreamError]
+    while pending:
+        cls = pending.pop()
+        if cls.__dict__.get("kind") == kind:
+            return exit_code_for(cls)
+        pending.extend(cls.__subclasses__())
     return BUG

@@ -81,6 +81,14 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         items[:] = kept
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """One Ed25519 key pair for the session, exported before any test or command runs:
+    models saved by tests are signed and workers verify, as in a deployment."""
+    from tests.signing_support import install_session_keys
+
+    install_session_keys()
+
+
 def pytest_report_header(config: pytest.Config) -> str:
     return f"kafka clients: --clients {config.getoption('--clients')}"
 

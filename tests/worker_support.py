@@ -15,13 +15,16 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 
 from forestream.wire.schema import CategoricalFeature, FeatureSchema, NumericFeature
 from forestream.worker.assignment_log import log_events, owned_partitions
+
+if TYPE_CHECKING:
+    from forestream.registry.signing import Signer
 
 NUMERIC = ["x1", "x2", "x3"]
 CATEGORICAL = ["color", "shape"]
@@ -104,13 +107,25 @@ def row_json(row: pd.Series) -> bytes:
 # -- integration: a promoted model in a real store, worker processes, bad records ----------------
 
 
-def save_model(store: Path, name: str, frame: pd.DataFrame, trees: int = 10) -> tuple[Any, Any]:
-    """Fit, save through LocalModelStore and promote: returns (pipeline, saved ModelMetadata)."""
+def save_model(
+    store: Path,
+    name: str,
+    frame: pd.DataFrame,
+    trees: int = 10,
+    *,
+    signed: bool = True,
+    signer: Signer | None = None,
+) -> tuple[Any, Any]:
+    """Fit, save through LocalModelStore and promote: returns (pipeline, saved ModelMetadata).
+
+    Signed with ``signer``, by default the session's key pair; ``signed=False`` saves it
+    unsigned (what workers must refuse unless told otherwise)."""
     import sklearn
 
     from forestream.registry.local import LocalModelStore
     from forestream.registry.metadata import ModelMetadata
     from forestream.wire.schema import ReferenceStats
+    from tests.signing_support import session_signer
 
     pipeline = fit_pipeline(frame, trees=trees)
     metadata = ModelMetadata(
@@ -126,7 +141,9 @@ def save_model(store: Path, name: str, frame: pd.DataFrame, trees: int = 10) -> 
         sklearn_version=sklearn.__version__,
     )
     model_store = LocalModelStore(store)
-    saved = model_store.save(name, pipeline, metadata, {})
+    if signed and signer is None:
+        signer = session_signer()
+    saved = model_store.save(name, pipeline, metadata, {}, signer=signer if signed else None)
     model_store.promote(name, saved.version)
     return pipeline, saved
 

@@ -14,7 +14,16 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from forestream.runtime.cli_options import BootstrapOpt, ModelNameOpt, ModelsTopicOpt, StoreOpt
+from forestream.registry.signing import SigningSettings, TrustSettings
+from forestream.runtime.cli_options import (
+    AllowUnsignedOpt,
+    BootstrapOpt,
+    ModelNameOpt,
+    ModelsTopicOpt,
+    SigningKeyOpt,
+    StoreOpt,
+    VerifyKeyOpt,
+)
 from forestream.runtime.settings import CommonSettings, load_settings
 
 if TYPE_CHECKING:
@@ -49,6 +58,14 @@ def _store(settings: CommonSettings) -> ModelStore:
     return settings.open_store()
 
 
+class _TrainSettings(CommonSettings, SigningSettings):
+    """``train``: the common settings and the private key it signs with."""
+
+
+class _RegistrySettings(CommonSettings, TrustSettings):
+    """``models promote|rollback``: the common settings and the public key they verify with."""
+
+
 # -- train ---------------------------------------------------------------------------------------
 def train(
     data: Annotated[Path, typer.Option("--data", help="training data, a CSV file with a header")],
@@ -76,18 +93,32 @@ def train(
     store: StoreOpt = None,
     bootstrap_servers: BootstrapOpt = None,
     models_topic: ModelsTopicOpt = None,
+    signing_key: SigningKeyOpt = None,
+    allow_unsigned: Annotated[
+        bool | None,
+        typer.Option(
+            "--allow-unsigned",
+            help="save the version unsigned when no signing key is set (workers refuse it "
+            "unless they allow unsigned models) [env FORESTREAM_ALLOW_UNSIGNED; default: "
+            "a signing key is required]",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Train a RandomForest on a CSV: quality report, holdout metrics, a new registry version."""
-    from forestream.registry.metadata import signing_key_from_env
     from forestream.training.fit import ForestParams
     from forestream.training.train import TrainRequest, run_training
 
-    settings = _settings(
+    settings = load_settings(
+        _TrainSettings,
         model_name=name,
         model_store=store,
         bootstrap_servers=bootstrap_servers,
         models_topic=models_topic,
+        signing_key_file=signing_key,
+        allow_unsigned=allow_unsigned,
     )
+    signer = settings.signer()  # a missing or unreadable key fails before the fit
     announce = publish or promote
     model_store = _store(settings)
     if announce:  # fail before a long fit, and before anything is written, if Kafka is away
@@ -105,7 +136,7 @@ def train(
         outcome = run_training(
             request,
             model_store,
-            signing_key=signing_key_from_env(),
+            signer=signer,
             on_report=lambda report: _print_report(console, report),
             on_progress=on_progress,
         )
@@ -114,7 +145,8 @@ def train(
     console.print(
         f"saved {meta.name} {meta.version} to "
         f"{model_store.version_location(meta.name, meta.version)} "
-        f"(sha256 {meta.artifact_sha256[:12]}{', signed' if meta.signature else ''})"
+        f"(sha256 {meta.artifact_sha256[:12]}, "
+        f"{f'signed by key {meta.signing_key_id}' if meta.signature else 'UNSIGNED'})"
     )
     if announce:
         _announce_new_version(console, settings, model_store, meta, promote)
@@ -363,23 +395,25 @@ def models_promote(
     store: StoreOpt = None,
     bootstrap_servers: BootstrapOpt = None,
     models_topic: ModelsTopicOpt = None,
+    verify_key: VerifyKeyOpt = None,
+    allow_unsigned: AllowUnsignedOpt = None,
 ) -> None:
     """Serve a version: verified first, then announced to workers and recorded in the store."""
-    from forestream.registry.metadata import signing_key_from_env
-
-    settings = _settings(
+    settings = load_settings(
+        _RegistrySettings,
         model_name=name,
         model_store=store,
         bootstrap_servers=bootstrap_servers,
         models_topic=models_topic,
+        verify_key_file=verify_key,
+        allow_unsigned=allow_unsigned,
     )
+    settings.require_verification()
     model_store = _store(settings)
-    # refuse to announce what no worker could load (altered, unsigned under a key, not a
-    # pickled object); checked on the bytes, without unpickling: importing scikit-learn would
-    # cost the command seconds, and every worker unpickles and warms it up before serving it
-    meta = model_store.verify_artifact(
-        settings.model_name, version, signing_key=signing_key_from_env()
-    )
+    # refuse to announce what no worker could load (altered, unsigned, signed by another key,
+    # not a pickled object); checked on the bytes, without unpickling: importing scikit-learn
+    # would cost the command seconds, and every worker unpickles and warms it up before serving
+    meta = model_store.verify_artifact(settings.model_name, version, trust=settings.trust())
     model_store.served(settings.model_name)  # a broken promotion history: say so before Kafka
     _echo_announced(_change_serving(settings, model_store, "promote", meta.version))
 
@@ -390,14 +424,20 @@ def models_rollback(
     store: StoreOpt = None,
     bootstrap_servers: BootstrapOpt = None,
     models_topic: ModelsTopicOpt = None,
+    verify_key: VerifyKeyOpt = None,
+    allow_unsigned: AllowUnsignedOpt = None,
 ) -> None:
     """Serve again the version that was served before the current one, and announce it."""
-    settings = _settings(
+    settings = load_settings(
+        _RegistrySettings,
         model_name=name,
         model_store=store,
         bootstrap_servers=bootstrap_servers,
         models_topic=models_topic,
+        verify_key_file=verify_key,
+        allow_unsigned=allow_unsigned,
     )
+    settings.require_verification()
     model_store = _store(settings)
     if model_store.served(settings.model_name) is None:  # never promoted here: say so first
         model_store.rollback_target(settings.model_name)
@@ -417,10 +457,12 @@ def _change_serving(
     settings: CommonSettings, model_store: ModelStore, action: Action, version: str | None = None
 ) -> Announced:
     """One registry write (store lock, compare-and-set on the models topic, then the history);
-    notes about a repaired history or a concurrent writer go to stderr."""
+    notes about a repaired history or a concurrent writer go to stderr. A rollback's target is
+    verified with the command's trust (``train --publish`` announces what it just signed)."""
     from forestream.edge.factory import require_reachable
-    from forestream.registry.metadata import signing_key_from_env
     from forestream.training.publish import change_serving
+
+    trust = settings.trust() if isinstance(settings, TrustSettings) else None
 
     require_reachable(settings.kafka())  # one line now, not a client retrying for seconds
     done = change_serving(
@@ -430,7 +472,7 @@ def _change_serving(
         settings.model_name,
         action,
         version,
-        signing_key=signing_key_from_env(),
+        trust=trust,
     )
     for note in done.notes:
         typer.echo(note, err=True)

@@ -46,6 +46,7 @@ from forestream.wire.messages import ModelEvent, ServingRef
 if TYPE_CHECKING:
     from forestream.edge.factory import Target
     from forestream.edge.interface import AckingProducer, PartitionReader
+    from forestream.registry.signing import Trust
 
 EventKind = Literal["published", "promoted", "rolled_back"]
 Action = Literal["promote", "rollback", "publish"]
@@ -286,7 +287,7 @@ def _decide(
     name: str,
     action: Action,
     version: str | None,
-    signing_key: bytes | None,
+    trust: Trust | None,
 ) -> ModelEvent:
     """The event for ``action`` on the history as it stands (it already follows the topic).
 
@@ -294,7 +295,7 @@ def _decide(
     """
     if action == "rollback":
         target = store.rollback_target(name)
-        meta = store.verify_artifact(name, target, signing_key=signing_key)
+        meta = store.verify_artifact(name, target, trust=trust)
         return model_event("rolled_back", meta, _ref(meta))
     if version is None:  # change_serving's caller names the version for all but a rollback
         raise ValueError(f"{action} needs a version")
@@ -317,7 +318,7 @@ def change_serving(
     action: Action,
     version: str | None = None,
     *,
-    signing_key: bytes | None = None,
+    trust: Trust | None = None,
     on_decided: Callable[[], None] | None = None,
 ) -> Announced:
     """Announce a promotion, rollback or publication as one serialized registry write.
@@ -337,7 +338,7 @@ def change_serving(
                 f"recorded {state.latest.serving} from it ({_describe(state.latest)})"
             )
         based_on = store.served(name)
-        event = _decide(store, name, action, version, signing_key)
+        event = _decide(store, name, action, version, trust)
         if on_decided is not None:
             on_decided()
         offset = models.append(event)

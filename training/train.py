@@ -16,6 +16,7 @@ import pandas as pd
 
 from forestream.errors import UserError
 from forestream.registry.metadata import ModelMetadata, check_name
+from forestream.registry.signing import Signer
 from forestream.registry.store import ModelStore
 from forestream.training.fit import (
     ForestParams,
@@ -70,7 +71,7 @@ def run_training(
     request: TrainRequest,
     store: ModelStore,
     *,
-    signing_key: bytes | None = None,
+    signer: Signer | None = None,
     on_report: Callable[[QualityReport], None] | None = None,
     on_progress: ProgressCallback | None = None,
 ) -> TrainOutcome:
@@ -126,5 +127,5 @@ def run_training(
             "data_file": request.data.name,
         },
     )
-    saved = store.save(request.name, pipeline, metadata, report.to_dict(), signing_key=signing_key)
+    saved = store.save(request.name, pipeline, metadata, report.to_dict(), signer=signer)
     return TrainOutcome(saved, report)

@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from forestream.runtime.cli_options import (
+    AllowUnsignedOpt,
+    AllowVersionMismatchOpt,
     BootstrapOpt,
     DlqTopicOpt,
     InputTopicOpt,
@@ -23,7 +25,12 @@ from forestream.runtime.cli_options import (
     MonitoringTopicOpt,
     OutputTopicOpt,
     StoreOpt,
+    VerifyKeyOpt,
 )
+
+if TYPE_CHECKING:
+    from forestream.registry.signing import Trust
+    from forestream.worker.settings import WorkerSettings
 
 
 def register(app: typer.Typer) -> None:
@@ -98,6 +105,15 @@ def worker(
             show_default=False,
         ),
     ] = None,
+    metrics_host: Annotated[
+        str | None,
+        typer.Option(
+            "--metrics-host",
+            help="address the metrics/health endpoint listens on (0.0.0.0: every interface) "
+            "[env FORESTREAM_METRICS_HOST; default 127.0.0.1]",
+            show_default=False,
+        ),
+    ] = None,
     drift_window: Annotated[
         int | None,
         typer.Option(
@@ -163,6 +179,9 @@ def worker(
             show_default=False,
         ),
     ] = None,
+    verify_key: VerifyKeyOpt = None,
+    allow_unsigned: AllowUnsignedOpt = None,
+    allow_version_mismatch: AllowVersionMismatchOpt = None,
     log_format: LogFormatOpt = None,
 ) -> None:
     """Score the input topic with the promoted model: predictions out, bad records to the DLQ."""
@@ -193,6 +212,10 @@ def worker(
         guarantee=guarantee,
         transactional_id=transactional_id,
         metrics_port=metrics_port,
+        metrics_host=metrics_host,
+        verify_key_file=verify_key,
+        allow_unsigned=allow_unsigned,
+        allow_version_mismatch=allow_version_mismatch,
         drift_window=drift_window,
         report_interval_s=report_interval_s,
         model_cache_dir=model_cache_dir,
@@ -200,6 +223,8 @@ def worker(
     )
     configure_logging(checked_log_format(settings.log_format))
     settings.check_distinct_topics()
+    settings.require_verification()
+    trust = settings.trust()  # an unreadable or wrong key ends the start in one line
     if processes not in (None, 1) and settings.transactional_id is not None:
         from forestream.errors import UserError
 
@@ -223,19 +248,29 @@ def worker(
     port = settings.metrics_port
     if port is not None and port != 0:
         port += settings.worker_index  # K processes on one host: one port each
-    telemetry = start_telemetry(port)
-    if telemetry.server is not None:
-        import structlog
+    import structlog
 
-        structlog.get_logger("forestream.worker").info(
-            "metrics_serving", port=telemetry.server.port, paths=["/metrics", "/healthz", "/readyz"]
+    log = structlog.get_logger("forestream.worker")
+    telemetry = start_telemetry(port, host=settings.metrics_host)
+    telemetry.health.set_trust(
+        allow_unsigned=trust.allow_unsigned, allow_version_mismatch=trust.allow_version_mismatch
+    )
+    _announce_trust(log, trust, settings)
+    if telemetry.server is not None:
+        log.info(
+            "metrics_serving",
+            host=telemetry.server.host,
+            port=telemetry.server.port,
+            paths=["/metrics", "/healthz", "/readyz"],
         )
     try:
         follower = ModelFollower(
             settings.kafka(),
             settings.models_topic,
             settings.model_name,
-            store_loader(settings.open_store(), settings.model_name, settings.cache_dir()),
+            store_loader(
+                settings.open_store(), settings.model_name, settings.cache_dir(), trust=trust
+            ),
             on_load_failure=telemetry.metrics.record_reload_failure,
         )
         code = run_worker(
@@ -259,3 +294,28 @@ def worker(
     finally:
         telemetry.stop()
     raise typer.Exit(code)
+
+
+def _announce_trust(log: Any, trust: Trust, settings: WorkerSettings) -> None:
+    """What this worker accepts, once at start; an opt-out is a warning nobody can miss."""
+    from forestream.registry.signing import key_id
+
+    if trust.allow_unsigned:
+        log.warning(
+            "UNSIGNED_MODELS_ALLOWED",
+            message="--allow-unsigned: this worker serves models nobody signed; anyone who can "
+            "write the store can run code here",
+            verify_key=str(settings.verify_key_file) if settings.verify_key_file else None,
+        )
+    if trust.allow_version_mismatch:
+        log.warning(
+            "SKLEARN_VERSION_MISMATCH_ALLOWED",
+            message="--allow-version-mismatch: models pickled by another scikit-learn "
+            "major.minor are loaded",
+        )
+    if trust.verify_key is not None:
+        log.info(
+            "model_signatures_required",
+            verify_key=str(settings.verify_key_file),
+            key_id=key_id(trust.verify_key),
+        )

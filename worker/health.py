@@ -53,7 +53,8 @@ class HealthState:
         self._last_tick = clock()  # a fresh process gets one stall period to start its loop
         self._model_version: str | None = None
         self._partitions: list[str] = []
-        self._fatal: tuple[str, str] | None = None
+        self._fatal: tuple[str, int] | None = None
+        self._trust: dict[str, bool] = {"allow_unsigned": False, "allow_version_mismatch": False}
 
     def tick(self) -> None:
         """Call once per loop iteration: proves the loop is not stuck."""
@@ -65,11 +66,25 @@ class HealthState:
         with self._lock:
             self._model_version = version
 
-    def set_fatal(self, kind: str, reason: str) -> None:
+    def set_fatal(self, kind: str, detail: object = None, *, exit_code: int | None = None) -> None:
         """A configuration error no retry fixes (see ``forestream.edge.errors``): the process
-        is ending; until it has, the probe says why instead of "ok"."""
+        is ending; until it has, the probe says *that* it failed, the error's kind and the exit
+        code it will end with. Never ``detail`` (the message): it may name hosts, users or
+        paths, and the probe answers anyone who can reach the port; the log has it."""
+        from forestream.exit_codes import exit_code_for_kind
+
+        code = exit_code if exit_code is not None else exit_code_for_kind(kind)
         with self._lock:
-            self._fatal = (kind, reason)
+            self._fatal = (kind, code)
+
+    def set_trust(self, *, allow_unsigned: bool, allow_version_mismatch: bool) -> None:
+        """The checks this worker was told to skip: shown in ``/readyz`` so nobody has to
+        grep start logs to learn that a worker serves unsigned models."""
+        with self._lock:
+            self._trust = {
+                "allow_unsigned": allow_unsigned,
+                "allow_version_mismatch": allow_version_mismatch,
+            }
 
     def set_assignment(self, partitions: Iterable[Any]) -> None:
         """The partitions this worker owns now (``TopicPartition`` or ints); empty = none."""
@@ -84,7 +99,7 @@ class HealthState:
             fatal = self._fatal
         body: dict[str, Any] = {"seconds_since_tick": round(since, 3)}
         if fatal is not None:
-            body.update(status="fatal", kind=fatal[0], reason=fatal[1])
+            body.update(status="fatal", kind=fatal[0], exit_code=fatal[1])
             return False, body
         if since > self.stall_after_s:
             body["status"] = "stuck"
@@ -99,6 +114,7 @@ class HealthState:
         """(ready, JSON-able body) for ``/readyz``: ``missing`` lists what is not there yet."""
         with self._lock:
             version, partitions = self._model_version, list(self._partitions)
+            trust = dict(self._trust)
         missing = []
         if version is None:
             missing.append("model")
@@ -108,7 +124,10 @@ class HealthState:
             "status": "not_ready" if missing else "ready",
             "model_version": version,
             "partitions": partitions,
+            **trust,
         }
+        if trust["allow_unsigned"]:
+            body["warning"] = "unsigned models allowed (--allow-unsigned)"
         if missing:
             body["missing"] = missing
         return not missing, body
@@ -206,7 +225,7 @@ class HealthServer:
         state: HealthState,
         registry: CollectorRegistry,
         port: int = 0,
-        host: str = "0.0.0.0",
+        host: str = "127.0.0.1",
     ) -> None:
         try:
             self._server = _Server((host, port), state, registry)
@@ -240,7 +259,7 @@ class HealthServer:
 
 
 def serve_health(
-    state: HealthState, registry: CollectorRegistry, port: int, host: str = "0.0.0.0"
+    state: HealthState, registry: CollectorRegistry, port: int, host: str = "127.0.0.1"
 ) -> HealthServer:
     """Start the endpoint in a daemon thread and return it (``.port`` is the bound port)."""
     return HealthServer(state, registry, port=port, host=host).start()
@@ -269,7 +288,7 @@ class Telemetry:
 
 def start_telemetry(
     port: int | None,
-    host: str = "0.0.0.0",
+    host: str = "127.0.0.1",
     stall_after_s: float = DEFAULT_STALL_AFTER_S,
 ) -> Telemetry:
     """Metrics and health for one worker; serves them on ``port`` unless it is ``None``."""

@@ -2,12 +2,13 @@
 
 Every worker reads the whole compacted models topic on its own, group-less consumer (assign all
 partitions, seek to the beginning), so each process sees every promotion, including those made
-before it started. Loading (hash/HMAC verification, unpickling, the schema compatibility check
-of :func:`forestream.wire.schema.serving_incompatibilities`, a warm-up prediction) happens in a
-background thread; the scoring loop only reads :meth:`ModelFollower.current` once per batch,
-so a new model takes over between two batches and a bad one never takes over at all: the old
-model keeps serving, the reason is logged once, and the load is retried with backoff (the
-artifact may simply not be visible yet on a shared store). A version superseded while it
+before it started. Loading (hash, signature and scikit-learn version checks, unpickling, the
+schema check of :func:`forestream.wire.schema.serving_incompatibilities`, a warm-up prediction)
+happens in a background thread; the scoring loop only reads :meth:`ModelFollower.current` once
+per batch, so a new model takes over between two batches and a bad one never takes over at
+all: the old model keeps serving, the reason is logged once (and counted by exception class,
+e.g. ``BadSignature``), and the load is retried with backoff (the artifact may simply not be
+visible yet on a shared store). A version superseded while it
 loaded (a registry command withdrew it) is dropped instead of swapped in.
 """
 
@@ -38,6 +39,7 @@ from forestream.wire.schema import (
 if TYPE_CHECKING:
     from forestream.edge.errors import KafkaFatalError
     from forestream.edge.factory import Target
+    from forestream.registry.signing import Trust
     from forestream.registry.store import ModelStore
 
 log = structlog.get_logger("forestream.worker.models")
@@ -81,9 +83,13 @@ class ActiveModel:
 
 
 def store_loader(
-    store: ModelStore | Path | str, name: str, cache_dir: Path | None = None
+    store: ModelStore | Path | str,
+    name: str,
+    cache_dir: Path | None = None,
+    trust: Trust | None = None,
 ) -> ModelLoader:
-    """The production loader: the store (a directory or a URI) with hash/HMAC checks, and with
+    """The production loader: the store (a directory or a URI) with hash, signature and
+    scikit-learn version checks under ``trust`` (unset: the environment's), and with
     ``cache_dir`` a local cache by content hash in front of it.
 
     A version already in the cache loads without touching the store: after a restart, on a
@@ -91,8 +97,8 @@ def store_loader(
     checks against the hash announced on the models topic before they are unpickled.
     """
     from forestream.registry.cache import ArtifactCache
-    from forestream.registry.metadata import signing_key_from_env
     from forestream.registry.open import open_store
+    from forestream.registry.signing import Trust
     from forestream.registry.store import (
         ArtifactRejected,
         ModelStore,
@@ -101,31 +107,34 @@ def store_loader(
     )
 
     model_store = store if isinstance(store, ModelStore) else open_store(store)
-    signing_key = signing_key_from_env()
+    policy = trust if trust is not None else Trust.from_env()
     cache = ArtifactCache(cache_dir) if cache_dir is not None else None
 
     def load(ref: ServingRef) -> tuple[Any, Any]:
         if cache is None:
             return model_store.load_verified(
-                name, ref.version, expected_sha256=ref.sha256, signing_key=signing_key
+                name, ref.version, expected_sha256=ref.sha256, trust=policy
             )
         hit = cache.get(name, ref.version, ref.sha256)
         if hit is not None:
             data, meta = hit
             where = f"cached {name} {ref.version} ({cache.artifact_path(ref.sha256)})"
             try:
-                check_artifact(data, meta, where, ref.sha256, signing_key)
+                check_artifact(data, meta, where, ref.sha256, policy)
             except ArtifactRejected as exc:
                 log.warning("model_cache_entry_rejected", version=ref.version, reason=str(exc))
                 cache.discard(name, ref.version, ref.sha256)
             else:
+                policy.check_version(meta, where)
                 pipeline = unpickle_model(data, where)
                 log.info("model_artifact_read", version=ref.version, source="cache")
                 return pipeline, meta
         data, meta = model_store.fetch_verified(
-            name, ref.version, expected_sha256=ref.sha256, signing_key=signing_key
+            name, ref.version, expected_sha256=ref.sha256, trust=policy
         )
-        pipeline = unpickle_model(data, model_store.version_location(name, ref.version))
+        where = model_store.version_location(name, ref.version)
+        policy.check_version(meta, where)
+        pipeline = unpickle_model(data, where)
         cached = cache.put(name, meta, data)
         log.info("model_artifact_read", version=ref.version, source="store", cached=cached)
         return pipeline, meta

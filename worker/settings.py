@@ -7,14 +7,16 @@ from pathlib import Path
 
 from pydantic import Field
 
+from forestream.registry.signing import TrustSettings
 from forestream.registry.store import is_uri
 from forestream.runtime.settings import GuaranteeSettings
 
 DEFAULT_MODEL_CACHE = Path(".forestream/model-cache")
 
 
-class WorkerSettings(GuaranteeSettings):
-    """What one worker process needs beyond broker address and topic names."""
+class WorkerSettings(GuaranteeSettings, TrustSettings):
+    """What one worker process needs beyond broker address and topic names; the verify key
+    and the opt-outs of signature and version checks come from :class:`TrustSettings`."""
 
     group: str = "forestream-workers"
     log_format: str = "json"
@@ -56,6 +58,10 @@ class WorkerSettings(GuaranteeSettings):
     """How often the periodic throughput summary is logged."""
     metrics_port: int | None = Field(default=None, ge=0, le=65535)
     """Prometheus port (the metrics observer's business; ``None`` = no endpoint)."""
+    metrics_host: str = Field(default="127.0.0.1", min_length=1)
+    """The address ``/metrics``, ``/healthz`` and ``/readyz`` listen on: loopback unless
+    told otherwise (a container sets ``0.0.0.0`` inside its own network), so nothing is
+    exposed by accident."""
     model_wait_log_s: float = Field(default=10.0, gt=0)
     """While no promoted model is known, say so at most this often."""
     worker_index: int = 0

@@ -2,7 +2,7 @@
 
 A restart, or a rollback to a version seen before, then needs no store at all: the bytes come
 from ``<root>/sha256/<hex>`` and the version's metadata from ``<root>/metadata/<name>/<v>.json``.
-Nothing read here is trusted: the loader runs the same sha256 (and HMAC) checks on it as on
+Nothing read here is trusted: the loader runs the same sha256 and signature checks on it as on
 bytes from the store, against the hash the models topic announced, before unpickling. A cache
 that cannot be written (full disk, read-only) only costs the next load a download.
 """

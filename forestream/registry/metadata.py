@@ -4,8 +4,9 @@ Both stores (:mod:`forestream.registry.local`, :mod:`forestream.registry.object_
 worker's cache (:mod:`forestream.registry.cache`) share these, so a version means the same and an
 artifact is judged the same wherever its bytes come from.
 
-joblib is pickle: :func:`artifact_problem` compares the bytes with their recorded sha256 (and
-HMAC, when a signing key is configured) *before* anything unpickles them, and
+joblib is pickle: :func:`check_artifact` compares the bytes with their recorded sha256 and has
+their signature checked (:mod:`forestream.registry.signing`) *before* anything unpickles them,
+and
 :func:`pickled_class` tells a model from another pickled object without unpickling (the registry
 commands must not pay for importing scikit-learn).
 """
@@ -13,22 +14,22 @@ commands must not pay for importing scikit-learn).
 from __future__ import annotations
 
 import hashlib
-import hmac
 import io
-import os
 import re
 import zlib
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from forestream.errors import UserError
+from forestream.errors import ArtifactRejected, UserError
 from forestream.wire.schema import FeatureSchema, ReferenceStats
+
+if TYPE_CHECKING:
+    from forestream.registry.signing import Trust
 
 ARTIFACT = "model.joblib"
 METADATA = "metadata.json"
 QUALITY_REPORT = "quality_report.json"
-SIGNING_KEY_ENV = "FORESTREAM_SIGNING_KEY"
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 """A model name: one path component (a directory or key prefix in every store)."""
@@ -41,7 +42,8 @@ VERSION_KEY_RE = re.compile(r"v[0-9]+")
 class ModelMetadata(BaseModel):
     """Everything known about one trained version; written as ``metadata.json``.
 
-    ``version``, ``artifact_sha256`` and ``signature`` are filled in by ``ModelStore.save``.
+    ``version``, ``artifact_sha256`` and the signature fields are filled in by
+    ``ModelStore.save``. ``signature_scheme`` None with a ``signature`` is the retired HMAC.
     """
 
     model_config = ConfigDict(protected_namespaces=())
@@ -59,17 +61,9 @@ class ModelMetadata(BaseModel):
     sklearn_version: str
     artifact_sha256: str = ""
     signature: str | None = None
+    signature_scheme: str | None = None
+    signing_key_id: str | None = None
     params: dict[str, Any] = {}
-
-
-def signing_key_from_env() -> bytes | None:
-    """The HMAC key shared by trainer and workers, if the deployment configured one."""
-    key = os.environ.get(SIGNING_KEY_ENV)
-    return key.encode() if key else None
-
-
-def sign(data: bytes, key: bytes) -> str:
-    return hmac.new(key, data, hashlib.sha256).hexdigest()
 
 
 def normalize_version(version: str) -> str:
@@ -112,32 +106,27 @@ def dump_artifact(pipeline: Any) -> bytes:
     return buffer.getvalue()
 
 
-def artifact_problem(
+def check_artifact(
     data: bytes,
     meta: ModelMetadata,
     where: str,
     expected_sha256: str | None,
-    signing_key: bytes | None,
-) -> str | None:
-    """Why an artifact must not be unpickled (hash or signature), or None if it passes.
-
-    A reason rather than an exception: ``forestream.registry.store.check_artifact`` raises it
-    as the store's ``ArtifactRejected``, which is defined there.
-    """
+    trust: Trust,
+) -> None:
+    """The hash and signature checks every artifact passes before unpickling, wherever its
+    bytes came from (the store or a worker's cache); raises ``ArtifactRejected`` or a subclass
+    naming the reason."""
     actual = hashlib.sha256(data).hexdigest()
     if actual != meta.artifact_sha256:
-        return (
+        raise ArtifactRejected(
             f"{where}: sha256 mismatch (recorded {meta.artifact_sha256[:12]}, "
             f"file {actual[:12]}): the artifact was altered; refusing to load it"
         )
     if expected_sha256 is not None and actual != expected_sha256:
-        return f"{where}: sha256 {actual[:12]} differs from the announced {expected_sha256[:12]}"
-    if signing_key is not None:
-        if not meta.signature:
-            return f"{where}: not signed, but {SIGNING_KEY_ENV} is set; refusing to load it"
-        if not hmac.compare_digest(sign(data, signing_key), meta.signature):
-            return f"{where}: bad HMAC signature; refusing to load it"
-    return None
+        raise ArtifactRejected(
+            f"{where}: sha256 {actual[:12]} differs from the announced {expected_sha256[:12]}"
+        )
+    trust.check(data, meta, where)
 
 
 def pickled_class(data: bytes) -> str | None:

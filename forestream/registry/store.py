@@ -46,17 +46,17 @@ from forestream.registry.metadata import (
     VERSION_KEY_RE,
     VERSION_RE,
     ModelMetadata,
-    artifact_problem,
     check_name,
     dump_artifact,
     first_error,
     normalize_version,
     pickled_class,
-    sign,
 )
-from forestream.registry.metadata import (  # re-exported: worker/replay.py imports it here
-    signing_key_from_env as signing_key_from_env,
-)
+from forestream.registry.metadata import check_artifact as check_artifact
+from forestream.registry.signing import SCHEME, Signer, Trust, legacy_hmac_key_from_env
+
+signing_key_from_env = legacy_hmac_key_from_env
+"""Re-exported under its old name: worker/replay.py imports it here (the retired HMAC key)."""
 
 LOCK_TIMEOUT_S = 60.0
 
@@ -67,20 +67,6 @@ URI_RE = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
 def is_uri(location: str | os.PathLike[str]) -> bool:
     """``scheme://...`` (an object store or another fsspec filesystem) rather than a path."""
     return isinstance(location, str) and URI_RE.match(location) is not None
-
-
-def check_artifact(
-    data: bytes,
-    meta: ModelMetadata,
-    where: str,
-    expected_sha256: str | None,
-    signing_key: bytes | None,
-) -> None:
-    """The hash and signature checks every artifact passes before unpickling, wherever its
-    bytes came from (the store or a worker's local cache)."""
-    problem = artifact_problem(data, meta, where, expected_sha256, signing_key)
-    if problem is not None:
-        raise ArtifactRejected(problem)
 
 
 def unpickle_model(data: bytes, where: str) -> Any:
@@ -96,6 +82,17 @@ def unpickle_model(data: bytes, where: str) -> Any:
     if not callable(getattr(pipeline, "predict_proba", None)):
         raise ArtifactRejected(f"{where}: {type(pipeline).__name__} has no predict_proba")
     return pipeline
+
+
+def _trust(trust: Trust | None, legacy_hmac_key: bytes | None) -> Trust:
+    """The caller's policy, else the environment's (never "no checks" by omission)."""
+    if trust is None:
+        trust = Trust.from_env()
+    if legacy_hmac_key is not None and trust.legacy_hmac_key is None:
+        from dataclasses import replace
+
+        trust = replace(trust, legacy_hmac_key=legacy_hmac_key)
+    return trust
 
 
 def _now_iso() -> str:
@@ -270,7 +267,7 @@ class ModelStore(ABC):
         name: str,
         version: str,
         expected_sha256: str | None,
-        signing_key: bytes | None,
+        trust: Trust,
     ) -> tuple[bytes, ModelMetadata, str]:
         """The artifact's bytes, its metadata and location, after the hash and signature checks.
 
@@ -285,7 +282,7 @@ class ModelStore(ABC):
             raise ArtifactRejected(str(exc)) from None
         where = self._where(name, version, ARTIFACT)
         data = self._artifact_bytes(name, version)
-        check_artifact(data, meta, where, expected_sha256, signing_key)
+        check_artifact(data, meta, where, expected_sha256, trust)
         return data, meta, where
 
     def fetch_verified(
@@ -294,10 +291,11 @@ class ModelStore(ABC):
         version: str,
         *,
         expected_sha256: str | None = None,
-        signing_key: bytes | None = None,
+        trust: Trust | None = None,
     ) -> tuple[bytes, ModelMetadata]:
         """The checked bytes and metadata of a version, not unpickled (a worker caches them)."""
-        data, meta, _where = self._checked_bytes(name, version, expected_sha256, signing_key)
+        trust = _trust(trust, None)
+        data, meta, _where = self._checked_bytes(name, version, expected_sha256, trust)
         return data, meta
 
     def verify_artifact(
@@ -306,15 +304,15 @@ class ModelStore(ABC):
         version: str,
         *,
         expected_sha256: str | None = None,
-        signing_key: bytes | None = None,
+        trust: Trust | None = None,
     ) -> ModelMetadata:
-        """Every check of :meth:`load_verified` that needs no unpickling: metadata, sha256, HMAC,
-        and that the pickle stream starts with a class (not, say, a dict).
+        """Every check of :meth:`load_verified` that needs no unpickling: metadata, sha256, the
+        signature, and that the pickle stream starts with a class (not, say, a dict).
 
         What a registry command runs before announcing a version: importing scikit-learn to
         unpickle would cost it seconds; workers still unpickle, warm up and refuse a non-model.
         """
-        data, meta, where = self._checked_bytes(name, version, expected_sha256, signing_key)
+        data, meta, where = self._checked_bytes(name, version, expected_sha256, _trust(trust, None))
         if pickled_class(data) is None:
             raise ArtifactRejected(f"{where}: not a pickled model (no class at the top)")
         return meta
@@ -325,15 +323,19 @@ class ModelStore(ABC):
         version: str,
         *,
         expected_sha256: str | None = None,
+        trust: Trust | None = None,
         signing_key: bytes | None = None,
     ) -> tuple[Any, ModelMetadata]:
-        """Unpickle a version only after its bytes match the recorded hash (and signature).
+        """Unpickle a version only after its bytes match the recorded hash and signature, and
+        its scikit-learn version ours (``trust`` decides both; unset: the environment's).
 
         ``expected_sha256`` is the hash announced on the models topic: a store whose files were
-        swapped (metadata included) is still caught. With a ``signing_key`` an unsigned
-        artifact is refused, not trusted.
+        swapped (metadata included) is still caught. ``signing_key`` is the retired HMAC key,
+        still passed by replay: it only matters for HMAC versions under ``allow_unsigned``.
         """
-        data, meta, where = self._checked_bytes(name, version, expected_sha256, signing_key)
+        trust = _trust(trust, signing_key)
+        data, meta, where = self._checked_bytes(name, version, expected_sha256, trust)
+        trust.check_version(meta, where)
         return unpickle_model(data, where), meta
 
     # -- writing -----------------------------------------------------------------------------
@@ -344,15 +346,16 @@ class ModelStore(ABC):
         metadata: ModelMetadata,
         report: dict[str, Any],
         *,
-        signing_key: bytes | None = None,
+        signer: Signer | None = None,
     ) -> ModelMetadata:
         """Write a new version, whole or not at all, under the next number never claimed.
 
         When another trainer claims that number first, the save takes the next one: versions
-        are monotonic and never overwritten.
+        are monotonic and never overwritten. Without a ``signer`` the version is unsigned, and
+        loaders refuse it unless they allow unsigned models.
         """
         try:
-            return self._save(name, pipeline, metadata, report, signing_key)
+            return self._save(name, pipeline, metadata, report, signer)
         except OSError as exc:  # a file as root, no permission, read-only or full disk
             raise self._os_error("write", exc) from None
 
@@ -362,21 +365,32 @@ class ModelStore(ABC):
         pipeline: Any,
         metadata: ModelMetadata,
         report: dict[str, Any],
-        signing_key: bytes | None,
+        signer: Signer | None,
     ) -> ModelMetadata:
         self.prepare(check_name(name))
         data = dump_artifact(pipeline)
         report_bytes = json.dumps(report, indent=2, default=str).encode()
+        digest = hashlib.sha256(data).hexdigest()
         base = metadata.model_copy(
             update={
                 "name": name,
-                "artifact_sha256": hashlib.sha256(data).hexdigest(),
-                "signature": sign(data, signing_key) if signing_key else None,
+                "artifact_sha256": digest,
+                "signature": None,
+                "signature_scheme": None,
+                "signing_key_id": None,
             }
         )
         for _attempt in range(self.MAX_CLAIMS):
             claimed, _complete = self._numbers(name)
             final = base.model_copy(update={"version": f"v{max(claimed, default=0) + 1}"})
+            if signer is not None:  # per claim: the version number is part of what is signed
+                final = final.model_copy(
+                    update={
+                        "signature": signer.sign(final, digest),
+                        "signature_scheme": SCHEME,
+                        "signing_key_id": signer.key_id,
+                    }
+                )
             files = {
                 ARTIFACT: data,
                 QUALITY_REPORT: report_bytes,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -74,5 +75,41 @@ LogFormatOpt = Annotated[
     str | None,
     typer.Option(
         "--log-format", help="auto | json | console [env FORESTREAM_LOG_FORMAT]", show_default=False
+    ),
+]
+VerifyKeyOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--verify-key",
+        help="Ed25519 public key (verify.pub) that model signatures are checked with "
+        "[env FORESTREAM_VERIFY_KEY_FILE]",
+        show_default=False,
+    ),
+]
+AllowUnsignedOpt = Annotated[
+    bool | None,
+    typer.Option(
+        "--allow-unsigned",
+        help="accept versions without an Ed25519 signature (a bad signature is still refused "
+        "when a verify key is set) [env FORESTREAM_ALLOW_UNSIGNED; default: refused]",
+        show_default=False,
+    ),
+]
+AllowVersionMismatchOpt = Annotated[
+    bool | None,
+    typer.Option(
+        "--allow-version-mismatch",
+        help="load models pickled by another scikit-learn major.minor "
+        "[env FORESTREAM_ALLOW_VERSION_MISMATCH; default: refused]",
+        show_default=False,
+    ),
+]
+SigningKeyOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--signing-key",
+        help="Ed25519 private key (signing.key) the new version is signed with "
+        "[env FORESTREAM_SIGNING_KEY_FILE]",
+        show_default=False,
     ),
 ]

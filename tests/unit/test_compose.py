@@ -49,7 +49,7 @@ def cli() -> Any:
     return command
 
 
-SETTINGS_CLASS = re.compile(r"^class \w+\(\w*Settings\):", re.MULTILINE)
+SETTINGS_CLASS = re.compile(r"^class \w+\([^)]*Settings\b", re.MULTILINE)
 
 
 def import_settings_modules() -> None:
@@ -174,10 +174,9 @@ def test_model_store_is_the_minio_bucket_not_a_shared_volume(
     alias = re.search(r"mc alias set store (\S+) (\S+) (\S+)", script)
     assert alias, script
     assert alias.group(1) == f"http://minio:{port}"
-    assert (alias.group(2), alias.group(3)) == (
-        minio["environment"]["MINIO_ROOT_USER"],
-        minio["environment"]["MINIO_ROOT_PASSWORD"],
-    )
+    assert (alias.group(2), alias.group(3)) == ('"$$MINIO_ROOT_USER"', '"$$MINIO_ROOT_PASSWORD"')
+    for var in ("MINIO_ROOT_USER", "MINIO_ROOT_PASSWORD"):
+        assert services["bucket"]["environment"][var] == minio["environment"][var]
     for name in ("trainer", "worker"):
         env = services[name]["environment"]
         store = store_location(env["FORESTREAM_MODEL_STORE"])
@@ -373,3 +372,60 @@ def test_invocation_parser_handles_shell_scripts_and_exec_form() -> None:
         ["worker", "--metrics-port", "9100"]
     ]
     assert forestream_invocations(["python", "-m", "x"]) == []
+
+
+SECRET_NAME = re.compile(r"PASSWORD|SECRET|ACCESS_KEY|_KEY$|TOKEN", re.IGNORECASE)
+INTERPOLATED = re.compile(r"^\$\{[A-Z_][A-Z0-9_]*(:?[-?][^}]*)?\}$")
+
+
+def test_no_secret_is_a_literal_value(services: dict[str, dict[str, Any]]) -> None:
+    """Credentials come from .env (``${VAR:?...}``) or compose secrets (/run/secrets/...)."""
+    checked = 0
+    for name, service in services.items():
+        for var, value in (service.get("environment") or {}).items():
+            if not SECRET_NAME.search(var):
+                continue
+            checked += 1
+            text = str(value)
+            assert INTERPOLATED.match(text) or text.startswith("/run/secrets/"), (
+                f"{name}: {var} is a literal value; take it from .env or a compose secret"
+            )
+    assert checked >= 6
+    example = (ROOT / ".env.example").read_text()
+    for var in ("MINIO_ROOT_USER", "MINIO_ROOT_PASSWORD"):
+        assert re.search(rf"^{var}=", example, re.MULTILINE), var
+    assert ".env" in (ROOT / ".gitignore").read_text().split()
+    assert ".env" in (ROOT / ".dockerignore").read_text().split()
+
+
+def test_signing_keys_are_secrets_and_workers_get_only_the_public_one(
+    compose: dict[str, Any], services: dict[str, dict[str, Any]]
+) -> None:
+    secrets = compose["secrets"]
+    assert secrets["signing_key"]["file"].endswith("/signing.key")
+    assert secrets["verify_key"]["file"].endswith("/verify.pub")
+    trainer, worker = services["trainer"], services["worker"]
+    assert trainer["secrets"] == ["signing_key"]
+    assert trainer["environment"]["FORESTREAM_SIGNING_KEY_FILE"] == "/run/secrets/signing_key"
+    assert worker["secrets"] == ["verify_key"]
+    assert worker["environment"]["FORESTREAM_VERIFY_KEY_FILE"] == "/run/secrets/verify_key"
+    for name, service in services.items():
+        if name != "trainer":
+            assert "signing_key" not in service.get("secrets", []), name
+
+
+def test_host_ports_are_published_on_loopback_only(services: dict[str, dict[str, Any]]) -> None:
+    published = 0
+    for name, service in services.items():
+        for port in service.get("ports", []):
+            published += 1
+            assert str(port).startswith("127.0.0.1:"), f"{name} publishes {port} on every address"
+    assert published >= 3
+
+
+def test_workers_listen_for_probes_inside_the_network(services: dict[str, dict[str, Any]]) -> None:
+    """The default is loopback (nothing exposed by accident); a container sets 0.0.0.0 so its
+    own network reaches /metrics, and publishes no host port."""
+    worker = services["worker"]
+    assert worker["environment"]["FORESTREAM_METRICS_HOST"] == "0.0.0.0"
+    assert "ports" not in worker

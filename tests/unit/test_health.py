@@ -85,7 +85,13 @@ def test_readyz_is_503_naming_what_is_missing_until_model_and_partitions(
     state.set_assignment([TopicPartition("in", 1), TopicPartition("in", 0)])
     status, body = get_json(server, "/readyz")
     assert status == 200
-    assert body == {"status": "ready", "model_version": "v1", "partitions": ["in-0", "in-1"]}
+    assert body == {
+        "status": "ready",
+        "model_version": "v1",
+        "partitions": ["in-0", "in-1"],
+        "allow_unsigned": False,
+        "allow_version_mismatch": False,
+    }
 
     state.set_assignment([])  # all partitions revoked in a rebalance
     status, body = get_json(server, "/readyz")
@@ -111,7 +117,7 @@ def test_healthz_turns_503_when_the_loop_stops_ticking_and_recovers(
     assert body["status"] == "ok"
 
 
-def test_healthz_is_503_with_the_reason_once_a_fatal_kafka_error_is_ending_the_worker(
+def test_healthz_is_503_with_kind_and_exit_code_never_the_error_text(
     server: HealthServer, state: HealthState
 ) -> None:
     state.set_fatal("not_authorized", "not authorized on consumer group 'g' as 'svc'")
@@ -120,7 +126,61 @@ def test_healthz_is_503_with_the_reason_once_a_fatal_kafka_error_is_ending_the_w
     assert status == 503
     assert body["status"] == "fatal"
     assert body["kind"] == "not_authorized"
-    assert "consumer group 'g'" in body["reason"]
+    assert body["exit_code"] == 5  # the CLI's table: a missing ACL
+    assert "svc" not in json.dumps(body) and "group" not in json.dumps(body)
+
+
+def test_readyz_says_when_unsigned_models_are_allowed(
+    server: HealthServer, state: HealthState
+) -> None:
+    _status, body = get_json(server, "/readyz")
+    assert body["allow_unsigned"] is False and "warning" not in body
+    state.set_trust(allow_unsigned=True, allow_version_mismatch=False)
+    _status, body = get_json(server, "/readyz")
+    assert body["allow_unsigned"] is True
+    assert "unsigned" in body["warning"]
+
+
+def _other_local_address() -> str | None:
+    """A non-loopback IPv4 address of this machine: the one a route out would use (a UDP
+    connect sends nothing), else any from ``ip -4 addr``."""
+    import ipaddress
+    import re
+    import subprocess
+
+    candidates = []
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.connect(("192.0.2.1", 9))  # TEST-NET-1: routable in theory, never contacted
+            candidates.append(probe.getsockname()[0])
+        except OSError:
+            pass
+    try:
+        out = subprocess.run(["ip", "-4", "addr"], capture_output=True, text=True).stdout
+        candidates += re.findall(r"inet (\d+\.\d+\.\d+\.\d+)", out)
+    except OSError:
+        pass
+    for address in candidates:
+        if not ipaddress.ip_address(address).is_loopback and address != "0.0.0.0":
+            return address
+    return None
+
+
+def test_the_endpoint_on_loopback_by_default_refuses_the_hosts_other_address(
+    state: HealthState, metrics: WorkerMetrics
+) -> None:
+    other = _other_local_address()
+    if other is None:
+        pytest.skip("this machine has no non-loopback IPv4 address to connect to")
+    with HealthServer(state, metrics.registry, port=0) as default:
+        assert default.host == "127.0.0.1"
+        assert get_json(default, "/readyz")[0] == 503  # answers on loopback...
+        with pytest.raises(ConnectionRefusedError):  # ...and nowhere else
+            socket.create_connection((other, default.port), timeout=5).close()
+    # the same address reaches an endpoint told to listen everywhere: the refusal above is
+    # the binding, not a firewall or a wrong address
+    with HealthServer(state, metrics.registry, port=0, host="0.0.0.0") as everywhere:
+        socket.create_connection((other, everywhere.port), timeout=5).close()
 
 
 def test_metrics_serves_the_worker_registry_as_prometheus_text(

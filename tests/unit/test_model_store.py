@@ -25,9 +25,13 @@ from forestream.registry.metadata import (
     ModelMetadata,
     normalize_version,
 )
+from forestream.registry.signing import Signer, Trust, installed_sklearn_version
 from forestream.registry.store import ArtifactRejected
 from forestream.wire.schema import FeatureSchema, NumericFeature, ReferenceStats
+from tests.signing_support import session_signer
 from tests.worker_support import fit_pipeline, make_frame
+
+SIGNER = session_signer()
 
 
 def _metadata() -> ModelMetadata:
@@ -41,7 +45,7 @@ def _metadata() -> ModelMetadata:
         metrics={"accuracy": 0.9},
         data_sha256="0" * 64,
         data_rows=10,
-        sklearn_version="1.x",
+        sklearn_version=installed_sklearn_version(),
     )
 
 
@@ -52,8 +56,8 @@ def pipeline():
 
 def test_versions_are_monotonic_and_files_complete(tmp_path: Path, pipeline) -> None:
     store = LocalModelStore(tmp_path)
-    first = store.save("m", pipeline, _metadata(), {"rows": 10})
-    second = store.save("m", pipeline, _metadata(), {"rows": 10})
+    first = store.save("m", pipeline, _metadata(), {"rows": 10}, signer=SIGNER)
+    second = store.save("m", pipeline, _metadata(), {"rows": 10}, signer=SIGNER)
     assert (first.version, second.version) == ("v1", "v2")
     folder = tmp_path / "m" / "v1"
     assert sorted(p.name for p in folder.iterdir()) == [
@@ -69,9 +73,9 @@ def test_versions_are_monotonic_and_files_complete(tmp_path: Path, pipeline) -> 
 def test_numeric_order_of_versions(tmp_path: Path, pipeline) -> None:
     store = LocalModelStore(tmp_path)
     for _ in range(10):
-        store.save("m", pipeline, _metadata(), {})
+        store.save("m", pipeline, _metadata(), {}, signer=SIGNER)
     assert store.versions("m")[-2:] == ["v9", "v10"]
-    assert store.save("m", pipeline, _metadata(), {}).version == "v11"
+    assert store.save("m", pipeline, _metadata(), {}, signer=SIGNER).version == "v11"
 
 
 def test_concurrent_saves_never_share_a_version(tmp_path: Path, pipeline) -> None:
@@ -79,7 +83,9 @@ def test_concurrent_saves_never_share_a_version(tmp_path: Path, pipeline) -> Non
     results: list[str] = []
     threads = [
         threading.Thread(
-            target=lambda: results.append(store.save("m", pipeline, _metadata(), {}).version)
+            target=lambda: results.append(
+                store.save("m", pipeline, _metadata(), {}, signer=SIGNER).version
+            )
         )
         for _ in range(6)
     ]
@@ -96,7 +102,7 @@ def test_concurrent_saves_never_share_a_version(tmp_path: Path, pipeline) -> Non
 
 def test_round_trip_predicts_like_the_original(tmp_path: Path, pipeline) -> None:
     store = LocalModelStore(tmp_path)
-    meta = store.save("m", pipeline, _metadata(), {})
+    meta = store.save("m", pipeline, _metadata(), {}, signer=SIGNER)
     loaded, loaded_meta = store.load_verified(
         "m", meta.version, expected_sha256=meta.artifact_sha256
     )
@@ -107,7 +113,7 @@ def test_round_trip_predicts_like_the_original(tmp_path: Path, pipeline) -> None
 
 def test_one_changed_byte_is_refused(tmp_path: Path, pipeline) -> None:
     store = LocalModelStore(tmp_path)
-    meta = store.save("m", pipeline, _metadata(), {})
+    meta = store.save("m", pipeline, _metadata(), {}, signer=SIGNER)
     path = tmp_path / "m" / meta.version / ARTIFACT
     data = bytearray(path.read_bytes())
     data[len(data) // 2] ^= 0x01
@@ -128,7 +134,7 @@ class _Marker:
 
 def test_a_swapped_artifact_is_never_unpickled(tmp_path: Path, pipeline) -> None:
     store = LocalModelStore(tmp_path)
-    meta = store.save("m", pipeline, _metadata(), {})
+    meta = store.save("m", pipeline, _metadata(), {}, signer=SIGNER)
     marker = tmp_path / "pwned"
     (tmp_path / "m" / meta.version / ARTIFACT).write_bytes(pickle.dumps(_Marker(str(marker))))
     with pytest.raises(ArtifactRejected):
@@ -139,43 +145,55 @@ def test_a_swapped_artifact_is_never_unpickled(tmp_path: Path, pipeline) -> None
 def test_hash_must_match_the_announced_one(tmp_path: Path, pipeline) -> None:
     """Metadata and artifact swapped together still differ from what the models topic said."""
     store = LocalModelStore(tmp_path)
-    meta = store.save("m", pipeline, _metadata(), {})
+    meta = store.save("m", pipeline, _metadata(), {}, signer=SIGNER)
     with pytest.raises(ArtifactRejected, match="announced"):
         store.load_verified("m", meta.version, expected_sha256="f" * 64)
 
 
-def test_signatures(tmp_path: Path, pipeline) -> None:
+def test_signatures_are_checked_with_the_public_key(tmp_path: Path, pipeline) -> None:
+    """The full matrix lives in test_signing.py; here: the store runs it before unpickling."""
+    from forestream.errors import BadSignature, UnsignedArtifact
+    from tests.signing_support import other_key_pair, session_trust
+
     store = LocalModelStore(tmp_path)
-    signed = store.save("m", pipeline, _metadata(), {}, signing_key=b"secret")
+    signed = store.save("m", pipeline, _metadata(), {}, signer=SIGNER)
     unsigned = store.save("m", pipeline, _metadata(), {})
-    store.load_verified("m", signed.version, signing_key=b"secret")
-    with pytest.raises(ArtifactRejected, match="bad HMAC"):
-        store.load_verified("m", signed.version, signing_key=b"other")
-    with pytest.raises(ArtifactRejected, match="not signed"):
-        store.load_verified("m", unsigned.version, signing_key=b"secret")
+    other = store.save(
+        "m", pipeline, _metadata(), {}, signer=Signer.from_file(other_key_pair(tmp_path / "k")[0])
+    )
+    store.load_verified("m", signed.version, trust=session_trust())
+    with pytest.raises(BadSignature, match="signed by key"):
+        store.load_verified("m", other.version, trust=session_trust())
+    with pytest.raises(UnsignedArtifact, match="not signed"):
+        store.load_verified("m", unsigned.version, trust=session_trust())
+    store.load_verified("m", unsigned.version, trust=session_trust(allow_unsigned=True))
+    with pytest.raises(UnsignedArtifact, match="no verify key"):
+        store.load_verified("m", signed.version, trust=Trust())
 
 
 def test_missing_or_unloadable_artifacts(tmp_path: Path, pipeline) -> None:
     store = LocalModelStore(tmp_path)
     with pytest.raises(ArtifactRejected, match="no version v1"):
         store.load_verified("m", "v1")
-    meta = store.save("m", pipeline, _metadata(), {})
+    meta = store.save("m", pipeline, _metadata(), {}, signer=SIGNER)
     folder = tmp_path / "m" / meta.version
     os.remove(folder / ARTIFACT)
     with pytest.raises(ArtifactRejected, match="cannot read"):
         store.load_verified("m", meta.version)
     not_a_model = pickle.dumps({"just": "a dict"})
     (folder / ARTIFACT).write_bytes(not_a_model)
-    patched = meta.model_copy(update={"artifact_sha256": hashlib.sha256(not_a_model).hexdigest()})
+    patched = meta.model_copy(
+        update={"artifact_sha256": hashlib.sha256(not_a_model).hexdigest(), "signature": None}
+    )
     (folder / METADATA).write_text(patched.model_dump_json())
     with pytest.raises(ArtifactRejected, match="no predict_proba"):
-        store.load_verified("m", meta.version)
+        store.load_verified("m", meta.version, trust=Trust(allow_unsigned=True))
 
 
 def test_promote_and_rollback_walk_the_served_history(tmp_path: Path, pipeline) -> None:
     store = LocalModelStore(tmp_path)
     for _ in range(3):
-        store.save("m", pipeline, _metadata(), {})
+        store.save("m", pipeline, _metadata(), {}, signer=SIGNER)
     assert store.served("m") is None
     with pytest.raises(UserError, match="no previously served"):
         store.rollback("m")
@@ -205,7 +223,7 @@ def test_names_are_never_paths(tmp_path: Path) -> None:
 
 def test_a_corrupt_quality_report_is_one_line_naming_the_file(tmp_path: Path, pipeline) -> None:
     store = LocalModelStore(tmp_path)
-    store.save("m", pipeline, _metadata(), {"rows": 10})
+    store.save("m", pipeline, _metadata(), {"rows": 10}, signer=SIGNER)
     path = tmp_path / "m" / "v1" / QUALITY_REPORT
     path.write_text("x")
     with pytest.raises(UserError, match=re.escape(f"{path}: quality report is not valid JSON")):
@@ -229,7 +247,7 @@ def test_unreadable_metadata_names_the_field_and_why(
     tmp_path: Path, pipeline, corrupt, expected: str
 ) -> None:
     store = LocalModelStore(tmp_path)
-    store.save("m", pipeline, _metadata(), {})
+    store.save("m", pipeline, _metadata(), {}, signer=SIGNER)
     path = tmp_path / "m" / "v1" / METADATA
     data = json.loads(path.read_text())
     corrupt(data)
@@ -242,7 +260,7 @@ def test_unreadable_metadata_names_the_field_and_why(
 
 def test_metadata_that_is_not_json_says_so(tmp_path: Path, pipeline) -> None:
     store = LocalModelStore(tmp_path)
-    store.save("m", pipeline, _metadata(), {})
+    store.save("m", pipeline, _metadata(), {}, signer=SIGNER)
     (tmp_path / "m" / "v1" / METADATA).write_text("{broken")
     with pytest.raises(ArtifactRejected, match="unreadable metadata: Invalid JSON"):
         store.metadata("m", "v1")
@@ -262,7 +280,7 @@ def test_a_broken_promotion_history_is_reported_not_ignored(
     tmp_path: Path, pipeline, line: str, expected: str
 ) -> None:
     store = LocalModelStore(tmp_path)
-    store.save("m", pipeline, _metadata(), {})
+    store.save("m", pipeline, _metadata(), {}, signer=SIGNER)
     store.promote("m", "v1")
     history = tmp_path / "m" / PROMOTIONS
     with history.open("a") as out:
@@ -278,7 +296,7 @@ def test_a_broken_promotion_history_is_reported_not_ignored(
 
 def test_blank_lines_in_the_history_are_harmless(tmp_path: Path, pipeline) -> None:
     store = LocalModelStore(tmp_path)
-    store.save("m", pipeline, _metadata(), {})
+    store.save("m", pipeline, _metadata(), {}, signer=SIGNER)
     store.promote("m", "v1")
     with (tmp_path / "m" / PROMOTIONS).open("a") as out:
         out.write("\n  \n")
@@ -296,7 +314,7 @@ def test_a_store_root_that_is_a_file_is_one_clear_error(tmp_path: Path, pipeline
     with pytest.raises(
         UserError, match=re.escape(f"cannot write model store {root} (") + ".*Not a directory"
     ):
-        store.save("m", pipeline, _metadata(), {})
+        store.save("m", pipeline, _metadata(), {}, signer=SIGNER)
     for read in (store.names, lambda: store.versions("m"), lambda: store.metadata("m", "v1")):
         with pytest.raises(UserError, match="is not a directory"):
             read()
@@ -326,7 +344,7 @@ def test_os_errors_while_writing_name_the_store(tmp_path: Path, pipeline, monkey
     with pytest.raises(
         UserError, match=re.escape(f"cannot write model store {tmp_path} (") + ".*No space left"
     ):
-        store.save("m", pipeline, _metadata(), {})
+        store.save("m", pipeline, _metadata(), {}, signer=SIGNER)
     monkeypatch.undo()
     assert store.versions("m") == []
     assert not [p for p in (tmp_path / "m").iterdir() if p.name.startswith(".tmp")]
@@ -347,8 +365,8 @@ def test_pruned_versions_are_recorded_as_they_were_and_never_rolled_back_to(
     tmp_path: Path, pipeline
 ) -> None:
     store = LocalModelStore(tmp_path)
-    store.save("m", pipeline, _metadata(), {})
-    store.save("m", pipeline, _metadata(), {})
+    store.save("m", pipeline, _metadata(), {}, signer=SIGNER)
+    store.save("m", pipeline, _metadata(), {}, signer=SIGNER)
     store.promote("m", "v1")
     store.promote("m", "v2")
     shutil.rmtree(tmp_path / "m" / "v1")  # an old version pruned by hand

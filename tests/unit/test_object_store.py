@@ -21,9 +21,10 @@ import structlog.testing
 
 from forestream.errors import UserError
 from forestream.registry.local import LocalModelStore
-from forestream.registry.metadata import ModelMetadata, sign
+from forestream.registry.metadata import ModelMetadata
 from forestream.registry.object_store import ObjectModelStore
 from forestream.registry.open import open_store, store_location
+from forestream.registry.signing import installed_sklearn_version
 from forestream.registry.store import ArtifactRejected, StoreUnavailable
 from forestream.runtime.settings import CommonSettings, load_settings
 from forestream.wire.messages import ServingRef
@@ -31,9 +32,11 @@ from forestream.wire.schema import ReferenceStats
 from forestream.worker.models import store_loader
 from forestream.worker.settings import WorkerSettings
 from tests.s3_support import S3Server, aws_test_env, new_bucket
+from tests.signing_support import session_signer
 from tests.worker_support import fit_pipeline, make_frame, schema_for
 
 ROOT = Path(__file__).resolve().parents[2]
+SIGNER = session_signer()
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +56,7 @@ def _metadata(pipeline: Any) -> ModelMetadata:
         metrics={"accuracy": 0.9},
         data_sha256="0" * 64,
         data_rows=120,
-        sklearn_version="1.x",
+        sklearn_version=installed_sklearn_version(),
     )
 
 
@@ -114,8 +117,8 @@ def test_worker_caches_by_default_only_for_uri_stores(tmp_path: Path) -> None:
 
 # -- versions ----------------------------------------------------------------------------------
 def test_save_list_show_and_load_round_trip(store: ObjectModelStore, pipeline: Any) -> None:
-    first = store.save("m", pipeline, _metadata(pipeline), {"rows": 120})
-    second = store.save("m", pipeline, _metadata(pipeline), {"rows": 120})
+    first = store.save("m", pipeline, _metadata(pipeline), {"rows": 120}, signer=SIGNER)
+    second = store.save("m", pipeline, _metadata(pipeline), {"rows": 120}, signer=SIGNER)
     assert (first.version, second.version) == ("v1", "v2")
     assert store.versions("m") == ["v1", "v2"] and store.names() == ["m"]
     assert store.metadata("m", "v2").artifact_sha256 == second.artifact_sha256
@@ -129,7 +132,7 @@ def test_a_half_written_version_is_invisible_and_its_number_never_reused(
     store: ObjectModelStore, pipeline: Any
 ) -> None:
     """A trainer that died after the artifact and metadata, before the marker."""
-    done = store.save("m", pipeline, _metadata(pipeline), {})
+    done = store.save("m", pipeline, _metadata(pipeline), {}, signer=SIGNER)
     data = store._artifact_bytes("m", "v1")
     half = done.model_copy(update={"version": "v2"})
     for filename, body in (
@@ -145,14 +148,14 @@ def test_a_half_written_version_is_invisible_and_its_number_never_reused(
         store.load_verified("m", "v2", expected_sha256=done.artifact_sha256)
     with pytest.raises(UserError, match="has no version v2"):
         store.promote("m", "v2")
-    assert store.save("m", pipeline, _metadata(pipeline), {}).version == "v3"
+    assert store.save("m", pipeline, _metadata(pipeline), {}, signer=SIGNER).version == "v3"
     assert store.versions("m") == ["v1", "v3"]
 
 
 CRASHING_TRAINER = """
 import os, sys
 from forestream.registry.object_store import COMPLETE, ObjectModelStore
-from tests.unit.test_object_store import _metadata
+from tests.unit.test_object_store import SIGNER, _metadata
 from tests.worker_support import fit_pipeline, make_frame
 
 store = ObjectModelStore(sys.argv[1], endpoint_url=sys.argv[2])
@@ -165,7 +168,7 @@ def put(key, data, *, create=False):
 
 store._put = put
 pipeline = fit_pipeline(make_frame(120), trees=3)
-store.save("m", pipeline, _metadata(pipeline), {})
+store.save("m", pipeline, _metadata(pipeline), {}, signer=SIGNER)
 """
 
 
@@ -192,7 +195,7 @@ def test_a_trainer_killed_before_the_marker_leaves_nothing_visible(
     load = store_loader(store, "m", tmp_path / "cache")
     with pytest.raises(ArtifactRejected, match="has no version v1"):
         load(_ref(meta))
-    assert store.save("m", pipeline, _metadata(pipeline), {}).version == "v2"
+    assert store.save("m", pipeline, _metadata(pipeline), {}, signer=SIGNER).version == "v2"
     assert store.versions("m") == ["v2"]
 
 
@@ -203,7 +206,7 @@ def test_a_number_claimed_by_another_trainer_is_skipped(
     store._put(store._version_key("m", "v1", ".claim"), b'{"owner": "other"}', create=True)
     with pytest.raises(FileExistsError):  # the server honours the condition
         store._put(store._version_key("m", "v1", ".claim"), b'{"owner": "us"}', create=True)
-    assert store.save("m", pipeline, _metadata(pipeline), {}).version == "v2"
+    assert store.save("m", pipeline, _metadata(pipeline), {}, signer=SIGNER).version == "v2"
 
 
 def test_concurrent_trainers_get_distinct_versions(store: ObjectModelStore, pipeline: Any) -> None:
@@ -213,7 +216,9 @@ def test_concurrent_trainers_get_distinct_versions(store: ObjectModelStore, pipe
     def train() -> None:
         try:
             other = open_store(store.uri, endpoint_url=store.endpoint_url)
-            results.append(other.save("m", pipeline, _metadata(pipeline), {}).version)
+            results.append(
+                other.save("m", pipeline, _metadata(pipeline), {}, signer=SIGNER).version
+            )
         except BaseException as exc:
             errors.append(exc)
 
@@ -232,7 +237,7 @@ def test_promote_rollback_and_history_on_object_storage(
     store: ObjectModelStore, pipeline: Any
 ) -> None:
     for _ in range(3):
-        store.save("m", pipeline, _metadata(pipeline), {})
+        store.save("m", pipeline, _metadata(pipeline), {}, signer=SIGNER)
     store.promote("m", "v1")
     store.promote("m", "v3")
     assert (store.served("m"), store.previously_served("m")) == ("v3", "v1")
@@ -251,8 +256,8 @@ def test_history_entries_of_two_writers_are_both_kept(
 ) -> None:
     """Each entry is a conditional create: a writer whose listing is stale (another writer took
     the number meanwhile) moves to the next number instead of overwriting."""
-    store.save("m", pipeline, _metadata(pipeline), {})
-    store.save("m", pipeline, _metadata(pipeline), {})
+    store.save("m", pipeline, _metadata(pipeline), {}, signer=SIGNER)
+    store.save("m", pipeline, _metadata(pipeline), {}, signer=SIGNER)
     other = open_store(store.uri, endpoint_url=store.endpoint_url)
     store.promote("m", "v1")
     stale = [store._entries("m")]
@@ -268,7 +273,7 @@ def test_history_entries_of_two_writers_are_both_kept(
 def test_a_broken_history_entry_is_refused_naming_the_object(
     store: ObjectModelStore, pipeline: Any
 ) -> None:
-    store.save("m", pipeline, _metadata(pipeline), {})
+    store.save("m", pipeline, _metadata(pipeline), {}, signer=SIGNER)
     store._put(store._key("m", "promotions", f"{1:012d}.json"), b"not json")
     with pytest.raises(UserError, match=r"promotions/000000000001\.json: not a promotion entry"):
         store.served("m")
@@ -280,8 +285,8 @@ def test_replay_pins_and_the_producer_reads_a_version_in_the_bucket(
     from forestream.producer.sources import load_model_inputs
     from forestream.worker.replay import ReplaySettings, _load_model, store_checkpoint_location
 
-    store.save("m", pipeline, _metadata(pipeline), {})
-    store.save("m", pipeline, _metadata(pipeline), {})
+    store.save("m", pipeline, _metadata(pipeline), {}, signer=SIGNER)
+    store.save("m", pipeline, _metadata(pipeline), {}, signer=SIGNER)
     store.promote("m", "v2")
     settings = ReplaySettings(
         model_store=store.uri, s3_endpoint_url=store.endpoint_url, model_name="m"
@@ -297,7 +302,7 @@ def test_replay_pins_and_the_producer_reads_a_version_in_the_bucket(
 def test_a_tampered_object_is_refused_before_unpickling(
     store: ObjectModelStore, pipeline: Any
 ) -> None:
-    meta = store.save("m", pipeline, _metadata(pipeline), {})
+    meta = store.save("m", pipeline, _metadata(pipeline), {}, signer=SIGNER)
     store._put(store._version_key("m", "v1", "model.joblib"), b"\x80\x04not the model")
     with pytest.raises(ArtifactRejected, match="sha256 mismatch"):
         store.load_verified("m", "v1", expected_sha256=meta.artifact_sha256)
@@ -305,12 +310,19 @@ def test_a_tampered_object_is_refused_before_unpickling(
         store.verify_artifact("m", "v1")
 
 
-def test_signed_artifacts_need_the_key(store: ObjectModelStore, pipeline: Any) -> None:
-    meta = store.save("m", pipeline, _metadata(pipeline), {}, signing_key=b"k1")
-    assert meta.signature == sign(store._artifact_bytes("m", "v1"), b"k1")
-    store.load_verified("m", "v1", signing_key=b"k1")
-    with pytest.raises(ArtifactRejected, match="bad HMAC"):
-        store.load_verified("m", "v1", signing_key=b"k2")
+def test_a_signature_by_another_key_is_refused(
+    store: ObjectModelStore, pipeline: Any, tmp_path: Path
+) -> None:
+    from forestream.errors import BadSignature
+    from forestream.registry.signing import Signer
+    from tests.signing_support import other_key_pair, session_trust
+
+    other = Signer.from_file(other_key_pair(tmp_path / "k")[0])
+    store.save("m", pipeline, _metadata(pipeline), {}, signer=SIGNER)
+    store.save("m", pipeline, _metadata(pipeline), {}, signer=other)
+    store.load_verified("m", "v1", trust=session_trust())
+    with pytest.raises(BadSignature, match="bad Ed25519 signature"):
+        store.load_verified("m", "v2", trust=session_trust())
 
 
 # -- the worker's cache --------------------------------------------------------------------------
@@ -318,7 +330,7 @@ def test_a_cached_version_loads_with_the_store_stopped(
     own_s3_server: S3Server, pipeline: Any, tmp_path: Path
 ) -> None:
     store = _open(own_s3_server, new_bucket(own_s3_server))
-    meta = store.save("m", pipeline, _metadata(pipeline), {})
+    meta = store.save("m", pipeline, _metadata(pipeline), {}, signer=SIGNER)
     load = store_loader(store, "m", tmp_path / "cache")
     load(_ref(meta))
     cached = tmp_path / "cache" / "sha256" / meta.artifact_sha256
@@ -339,7 +351,7 @@ def test_a_tampered_cache_entry_is_never_unpickled(
     own_s3_server: S3Server, pipeline: Any, tmp_path: Path
 ) -> None:
     store = _open(own_s3_server, new_bucket(own_s3_server))
-    meta = store.save("m", pipeline, _metadata(pipeline), {})
+    meta = store.save("m", pipeline, _metadata(pipeline), {}, signer=SIGNER)
     load = store_loader(store, "m", tmp_path / "cache")
     load(_ref(meta))
     cached = tmp_path / "cache" / "sha256" / meta.artifact_sha256
@@ -353,21 +365,24 @@ def test_a_tampered_cache_entry_is_never_unpickled(
     assert not cached.exists()
 
 
-def test_a_cached_artifact_is_checked_against_the_signing_key(
-    store: ObjectModelStore, pipeline: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+def test_a_cached_artifact_is_checked_against_the_verify_key(
+    store: ObjectModelStore, pipeline: Any, tmp_path: Path
 ) -> None:
-    meta = store.save("m", pipeline, _metadata(pipeline), {}, signing_key=b"k1")
-    monkeypatch.setenv("FORESTREAM_SIGNING_KEY", "k1")
-    store_loader(store, "m", tmp_path / "cache")(_ref(meta))  # cached, signature good
-    monkeypatch.setenv("FORESTREAM_SIGNING_KEY", "k2")
-    with pytest.raises(ArtifactRejected, match="bad HMAC"):  # neither the cache nor the store
-        store_loader(store, "m", tmp_path / "cache")(_ref(meta))
+    from forestream.errors import BadSignature
+    from forestream.registry.signing import Trust, load_verify_key
+    from tests.signing_support import other_key_pair, session_trust
+
+    meta = store.save("m", pipeline, _metadata(pipeline), {}, signer=SIGNER)
+    store_loader(store, "m", tmp_path / "cache", trust=session_trust())(_ref(meta))  # cached
+    other = Trust(verify_key=load_verify_key(other_key_pair(tmp_path / "k")[1]))
+    with pytest.raises(BadSignature):  # neither the cache nor the store
+        store_loader(store, "m", tmp_path / "cache", trust=other)(_ref(meta))
 
 
 def test_the_announced_hash_decides_not_the_cached_metadata(
     store: ObjectModelStore, pipeline: Any, tmp_path: Path
 ) -> None:
-    meta = store.save("m", pipeline, _metadata(pipeline), {})
+    meta = store.save("m", pipeline, _metadata(pipeline), {}, signer=SIGNER)
     load = store_loader(store, "m", tmp_path / "cache")
     load(_ref(meta))
     forged = ServingRef(version="v1", sha256="0" * 64)
@@ -410,7 +425,7 @@ def test_registry_commands_report_store_problems_in_one_line(
 ) -> None:
     import os
 
-    store.save("m", pipeline, _metadata(pipeline), {})
+    store.save("m", pipeline, _metadata(pipeline), {}, signer=SIGNER)
     env = {**os.environ, **s3_server.env()}
     listed = _cli("models", "list", "--json", "--store", store.uri, "--name", "m", env=env)
     assert listed.returncode == 0, listed.stderr

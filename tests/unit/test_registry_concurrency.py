@@ -18,6 +18,7 @@ import pytest
 from forestream.errors import UserError
 from forestream.registry.local import LocalModelStore
 from forestream.registry.metadata import ARTIFACT, METADATA, ModelMetadata, pickled_class
+from forestream.registry.signing import Trust
 from forestream.registry.store import ArtifactRejected
 from forestream.worker.models import ModelFollower
 from tests.unit.test_worker_models import Loader, event
@@ -159,12 +160,14 @@ def test_verify_artifact_refuses_without_ever_unpickling(
 
     not_a_model = pickle.dumps({"just": "a dict"})
     (folder / ARTIFACT).write_bytes(not_a_model)
-    patched = meta.model_copy(update={"artifact_sha256": hashlib.sha256(not_a_model).hexdigest()})
+    patched = meta.model_copy(
+        update={"artifact_sha256": hashlib.sha256(not_a_model).hexdigest(), "signature": None}
+    )
     (folder / METADATA).write_text(patched.model_dump_json())
     with pytest.raises(ArtifactRejected, match="not a pickled model"):
-        store.verify_artifact("m", meta.version)
+        store.verify_artifact("m", meta.version, trust=Trust(allow_unsigned=True))
     with pytest.raises(ArtifactRejected, match="not signed"):
-        store.verify_artifact("m", meta.version, signing_key=b"k")
+        store.verify_artifact("m", meta.version)
     assert not marker.exists()
 
 

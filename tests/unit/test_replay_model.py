@@ -9,12 +9,20 @@ import pytest
 from forestream.errors import UserError
 from forestream.registry.local import LocalModelStore
 from forestream.registry.metadata import ModelMetadata
+from forestream.registry.signing import installed_sklearn_version
 from forestream.wire.schema import ReferenceStats
 from forestream.worker.replay import ReplaySettings, _load_model
+from tests.signing_support import session_signer
 from tests.worker_support import fit_pipeline, make_frame, schema_for
 
 
-def _save(store: LocalModelStore, classes: list[str]) -> str:
+def _save(
+    store: LocalModelStore,
+    classes: list[str],
+    *,
+    signed: bool = True,
+    sklearn_version: str | None = None,
+) -> str:
     frame = make_frame(150, seed=9)
     pipeline = fit_pipeline(frame, trees=3)
     metadata = ModelMetadata(
@@ -27,9 +35,11 @@ def _save(store: LocalModelStore, classes: list[str]) -> str:
         metrics={},
         data_sha256="0" * 64,
         data_rows=150,
-        sklearn_version="1.x",
+        sklearn_version=sklearn_version or installed_sklearn_version(),
     )
-    return store.save("m", pipeline, metadata, {}).version
+    return store.save(
+        "m", pipeline, metadata, {}, signer=session_signer() if signed else None
+    ).version
 
 
 def test_replay_loads_a_servable_model(tmp_path: Path) -> None:
@@ -46,3 +56,22 @@ def test_replay_refuses_a_model_whose_class_order_would_mislabel(tmp_path: Path)
     version = _save(store, list(reversed(classes)))
     with pytest.raises(UserError, match=r"m v1 cannot be served: .*differ from the metadata"):
         _load_model(ReplaySettings(model_store=tmp_path, model_name="m"), version)
+
+
+def test_replay_verifies_signatures_and_the_sklearn_version_from_the_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Replay's loader is the registry's: the session's FORESTREAM_VERIFY_KEY_FILE applies."""
+    store = LocalModelStore(tmp_path)
+    classes = [str(c) for c in fit_pipeline(make_frame(150, seed=9), trees=3).classes_]
+    settings = ReplaySettings(model_store=tmp_path, model_name="m")
+    unsigned = _save(store, classes, signed=False)
+    with pytest.raises(UserError, match="not signed"):
+        _load_model(settings, unsigned)
+    old = _save(store, classes, sklearn_version="0.1.0")
+    with pytest.raises(UserError, match=r"scikit-learn 0\.1\.0, this process has"):
+        _load_model(settings, old)
+    monkeypatch.setenv("FORESTREAM_ALLOW_UNSIGNED", "true")
+    monkeypatch.setenv("FORESTREAM_ALLOW_VERSION_MISMATCH", "true")
+    assert _load_model(settings, unsigned).version == unsigned
+    assert _load_model(settings, old).version == old

@@ -15,6 +15,7 @@ from forestream.registry.local import LocalModelStore
 from forestream.training.demo_data import PENGUINS_TARGET, write_penguins_csv
 from forestream.training.fit import ForestParams
 from forestream.training.train import TrainOutcome, TrainRequest, check_params, run_training
+from tests.signing_support import session_signer
 
 
 @pytest.fixture(scope="module")
@@ -26,7 +27,9 @@ def penguins(
     csv = write_penguins_csv(root / "penguins.csv")
     store = LocalModelStore(root / "store")
     outcome = run_training(
-        TrainRequest(csv, PENGUINS_TARGET, "penguins", ForestParams(trees=100)), store
+        TrainRequest(csv, PENGUINS_TARGET, "penguins", ForestParams(trees=100)),
+        store,
+        signer=session_signer(),
     )
     return outcome, csv, store
 
@@ -68,13 +71,15 @@ def test_metadata_and_report_are_stored_beside_the_verified_artifact(penguins) -
     assert [str(c) for c in pipeline.classes_] == meta.classes
 
 
-def test_signing_key_signs_the_artifact(tmp_path: Path) -> None:
+def test_the_signer_signs_the_artifact(tmp_path: Path) -> None:
+    from tests.signing_support import session_trust
+
     csv = write_penguins_csv(tmp_path / "p.csv")
     store = LocalModelStore(tmp_path / "store")
     request = TrainRequest(csv, "species", "signed", ForestParams(trees=10))
-    meta = run_training(request, store, signing_key=b"k").metadata
-    assert meta.signature is not None
-    store.load_verified("signed", meta.version, signing_key=b"k")
+    meta = run_training(request, store, signer=session_signer()).metadata
+    assert meta.signature is not None and meta.signing_key_id == session_signer().key_id
+    store.load_verified("signed", meta.version, trust=session_trust())
 
 
 def test_fatal_input_writes_nothing(tmp_path: Path) -> None:

@@ -28,9 +28,16 @@ class Coordinator:
     def request_rejoin(self) -> None:
         self.requests += 1
 
+    async def _commit_offsets_sync_async(self, *args: object, **kwargs: object) -> None:
+        """Present, as the adapter checks at construction; not called here."""
+
 
 def _consumer(coordinator: Coordinator) -> KafkaPythonGroupConsumer:
-    client = SimpleNamespace(_coordinator=coordinator)
+    client = SimpleNamespace(
+        _coordinator=coordinator,
+        _subscription=SimpleNamespace(assignment=set()),
+        _client=SimpleNamespace(cluster=SimpleNamespace(config={})),
+    )
     return KafkaPythonGroupConsumer(client, KafkaConnection("127.0.0.1:1"))
 
 

@@ -114,3 +114,38 @@ def test_load_failures_are_reported_with_a_stable_reason() -> None:
     assert not follower._load_wanted()
     assert reasons == ["ScoringError", "ScoringError"]  # the warm-up caught it
     assert follower.current() is None
+
+
+@pytest.mark.parametrize("cached", [False, True])
+def test_the_loader_refuses_another_sklearn_minor_in_one_line(tmp_path: Any, cached: bool) -> None:
+    """Store or cache: the recorded scikit-learn major.minor must be ours, before unpickling."""
+    from forestream.errors import VersionMismatch
+    from forestream.registry.local import LocalModelStore
+    from forestream.registry.signing import installed_sklearn_version
+    from forestream.worker.models import store_loader
+    from tests.signing_support import session_signer, session_trust
+    from tests.worker_support import save_model
+
+    _, saved = save_model(tmp_path / "store", "m", make_frame(120), trees=2)
+    ours = installed_sklearn_version()
+    major, minor = ours.split(".")[:2]
+    recorded = f"{major}.{int(minor) - 1 if int(minor) else int(minor) + 1}.3"
+    meta_path = tmp_path / "store" / "m" / saved.version / "metadata.json"
+    older = saved.model_copy(update={"sklearn_version": recorded})  # signed as the trainer would
+    older = older.model_copy(
+        update={"signature": session_signer().sign(older, saved.artifact_sha256)}
+    )
+    meta_path.write_text(older.model_dump_json())
+    ref = ServingRef(version=saved.version, sha256=saved.artifact_sha256)
+    cache_dir = tmp_path / "cache" if cached else None
+    store = LocalModelStore(tmp_path / "store")
+    if cached:  # put it in the cache first, as an older worker build would have
+        store_loader(store, "m", cache_dir, trust=session_trust(allow_version_mismatch=True))(ref)
+    with pytest.raises(VersionMismatch) as refused:
+        store_loader(store, "m", cache_dir, trust=session_trust())(ref)
+    message = str(refused.value)
+    assert f"scikit-learn {recorded}, this process has {ours}" in message and "\n" not in message
+    pipeline, meta = store_loader(
+        store, "m", cache_dir, trust=session_trust(allow_version_mismatch=True)
+    )(ref)
+    assert meta.sklearn_version == recorded and callable(pipeline.predict_proba)

@@ -33,6 +33,7 @@ from forestream.edge.interface import (
 )
 from forestream.edge.kafka_python.classify import classify_client_error
 from forestream.edge.kafka_python.client import _ours, _theirs
+from forestream.runtime.internals import KAFKA_CONSUMER, require
 
 log = structlog.get_logger("forestream.kafka")
 
@@ -45,6 +46,7 @@ class KafkaPythonGroupConsumer:
     def __init__(
         self, consumer: KafkaConsumer, conn: KafkaConnection, group: str | None = None
     ) -> None:
+        require(consumer, KAFKA_CONSUMER)  # the workarounds below must not silently turn off
         self._consumer = consumer
         self._conn = conn
         self._group = group
@@ -150,8 +152,7 @@ class KafkaPythonGroupConsumer:
         return set(_ours(self._consumer.assignment() or ()))
 
     def assignment_snapshot(self) -> list[TopicPartition]:
-        subscription = getattr(self._consumer, "_subscription", None)
-        return _ours(list(getattr(subscription, "assignment", ())))
+        return _ours(list(self._consumer._subscription.assignment))
 
     def lag(self, timeout_s: float) -> dict[int, int] | None:
         assigned = list(self._consumer.assignment() or ())
@@ -179,8 +180,8 @@ class KafkaPythonGroupConsumer:
         timeout. The client is then ``rejoining`` but no longer thinks it ``need_rejoin()``;
         after a moment in that state, asking for a rejoin makes the next ``poll()`` finish it.
         """
-        coordinator = getattr(self._consumer, "_coordinator", None)
-        if coordinator is None or not getattr(coordinator, "rejoining", False):
+        coordinator = self._consumer._coordinator  # checked when this consumer was built
+        if not coordinator.rejoining:
             self._join_stuck_since = None
             return
         if coordinator.need_rejoin():  # the client is driving the join itself
@@ -237,12 +238,8 @@ class _Listener(AsyncConsumerRebalanceListener):
     async def _commit_on_io_loop(self, offsets: dict[TopicPartition, int]) -> None:
         """``KafkaConsumer.commit()`` would block this very thread; the coordinator's
         coroutine is what the client awaits for its own pre-rebalance commit."""
-        coordinator = getattr(self.consumer, "_coordinator", None)
-        commit = getattr(coordinator, "_commit_offsets_sync_async", None)
-        if commit is None:
-            raise RuntimeError(
-                "this kafka-python has no coroutine commit; offsets left as they are"
-            )
+        # checked when the consumer was built (forestream.runtime.internals.KAFKA_CONSUMER)
+        commit = self.consumer._coordinator._commit_offsets_sync_async
         timeout_ms = int(self.handler.revocation_commit_timeout_s() * 1000)
         await commit(
             {_theirs(tp): OffsetAndMetadata(o, "", -1) for tp, o in offsets.items()},

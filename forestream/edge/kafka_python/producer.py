@@ -34,6 +34,7 @@ from forestream.edge.interface import (
 )
 from forestream.edge.kafka_python.classify import classify_client_error
 from forestream.edge.kafka_python.client import _theirs
+from forestream.runtime.internals import KAFKA_TRANSACTIONAL_PRODUCER, require
 
 
 class _FutureDelivery:
@@ -156,6 +157,7 @@ class KafkaPythonTransactionalProducer(KafkaPythonProducer):
         self, producer: KafkaProducer, conn: KafkaConnection, transactional_id: str
     ) -> None:
         super().__init__(producer, conn)
+        require(producer, KAFKA_TRANSACTIONAL_PRODUCER)  # at start, not at the first commit
         self._id = transactional_id
         self._open = False
         try:
