@@ -9,7 +9,7 @@ import pytest
 from forestream.errors import UserError
 from forestream.registry.store import ModelMetadata, ModelStore
 from forestream.wire.schema import ReferenceStats
-from forestream.worker.replay import ReplaySettings, _load_model
+from forestream.worker.replay import ReplaySettings, load_model
 from tests.worker_support import fit_pipeline, make_frame, schema_for
 
 
@@ -35,7 +35,7 @@ def test_replay_loads_a_servable_model(tmp_path: Path) -> None:
     store = ModelStore(tmp_path)
     classes = [str(c) for c in fit_pipeline(make_frame(150, seed=9), trees=3).classes_]
     version = _save(store, classes)
-    model = _load_model(ReplaySettings(model_store=tmp_path, model_name="m"), version)
+    model = load_model(ReplaySettings(model_store=tmp_path, model_name="m"), version)
     assert (model.version, model.classes) == (version, classes)
 
 
@@ -44,4 +44,4 @@ def test_replay_refuses_a_model_whose_class_order_would_mislabel(tmp_path: Path)
     classes = [str(c) for c in fit_pipeline(make_frame(150, seed=9), trees=3).classes_]
     version = _save(store, list(reversed(classes)))
     with pytest.raises(UserError, match=r"m v1 cannot be served: .*differ from the metadata"):
-        _load_model(ReplaySettings(model_store=tmp_path, model_name="m"), version)
+        load_model(ReplaySettings(model_store=tmp_path, model_name="m"), version)
