@@ -205,7 +205,8 @@ class SerialAtLeastOnce:
         self.retry = self.ledger.after(self.backoff_s)
 
     def _take_commit_results(self) -> None:
-        """Serial commits are synchronous: nothing comes back later."""
+        """Serial commits are synchronous, but one that timed out may land later."""
+        self.ledger.commit_results()
 
     def _commit_in_background(self) -> None:
         """Serial commits are made by :meth:`finish`."""
@@ -250,13 +251,11 @@ class PipelinedAtLeastOnce(SerialAtLeastOnce):
     def _take_commit_results(self) -> None:
         """What became of the asynchronous commits (a late one that had timed out still
         counts when it succeeded: only exactly those offsets are forgotten)."""
-        for offsets, error in self.ledger.consumer.commit_results():
+        for offsets, error in self.ledger.commit_results():
             current = self.sent is not None and self.sent[0] == offsets
             if current:
                 self.sent = None
-            if error is None:
-                self.ledger.cycle.committed(offsets)
-            elif current:
+            if error is not None and current:
                 self._commit_failed(error)
 
     def _commit_failed(self, error: Exception) -> None:

@@ -84,6 +84,16 @@ class Ledger:
     def after(self, seconds: float) -> Deadline:
         return Deadline.after(seconds, self.clock)
 
+    def commit_results(self) -> list[tuple[dict[TopicPartition, int], Exception | None]]:
+        """Drain what became of commits sent earlier; each that landed is forgotten by the
+        cycle (a synchronous commit that timed out may still land later, and librdkafka's
+        adapter keeps every report until asked). Drained every turn, whatever the guarantee."""
+        results = self.consumer.commit_results()
+        for offsets, error in results:
+            if error is None:
+                self.cycle.committed(offsets)
+        return results
+
     def rewind(self) -> None:
         """Make the batch out, whose outputs were not all acknowledged, and the records taken
         after it be read again.

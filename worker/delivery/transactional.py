@@ -164,6 +164,7 @@ class Transactional:
     def between_polls(self) -> bool:
         """Hold while an earlier transaction's outcome is unknown, or after a failed one until
         its backoff has passed."""
+        self.ledger.commit_results()  # none of ours: the revocation's, if any
         if self.resync and self.transactions.ready():
             self._settle()
         return bool(self.resync) or not self.transactions.ready()
