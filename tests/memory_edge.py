@@ -73,6 +73,7 @@ class MemoryConsumer:
         self.commits: list[dict[TopicPartition, int]] = []
         self.seeks: list[tuple[TopicPartition, int]] = []
         self.generation = 1
+        self.closed = False
 
     # -- reading -------------------------------------------------------------------------------
 
@@ -106,6 +107,15 @@ class MemoryConsumer:
 
     def assignment_snapshot(self) -> list[TopicPartition]:
         return list(self._assignment)
+
+    def assign(self, partitions: Sequence[TopicPartition]) -> None:
+        """As an assign-only reader (a replay's :class:`GroupOffsetsReader`) is told to."""
+        self._assignment = set(partitions)
+        for tp in partitions:
+            self.positions.setdefault(tp, self.broker.committed.get(tp, 0))
+
+    def position(self, partition: TopicPartition) -> int:
+        return self.positions[partition]
 
     def revoke(self, partitions: Iterable[TopicPartition]) -> None:
         """The group took them away (the engine is told separately, as adapters do)."""
@@ -153,8 +163,8 @@ class MemoryConsumer:
     def maintain(self) -> None:
         pass
 
-    def close(self, timeout_s: float) -> None:
-        pass
+    def close(self, timeout_s: float = 0.0) -> None:
+        self.closed = True
 
 
 @dataclass
