@@ -283,7 +283,7 @@ def worker(
                 monitoring_topic=settings.monitoring_topic,
                 labels_topic=settings.labels_topic if settings.follow_labels else None,
                 worker_id=worker_id(settings.worker_index),
-                reference_for=running.reference_for,
+                reference_for=running.serving.reference_for,
                 drift_window=settings.drift_window,
                 drift_threshold=settings.drift_threshold,
                 drift_min_records=settings.drift_min_records,

@@ -65,14 +65,18 @@ def held_batch(
         session_timeout_ms=6000,  # revocation may publish for half of it: 3 s
     )
     worker = Worker(settings, ModelFollower(kafka_bootstrap, "unused", "rewind", loader=None))
-    worker._model = ActiveModel(metadata.version, metadata.artifact_sha256, pipeline, metadata)
+    worker.serving.model = ActiveModel(
+        metadata.version, metadata.artifact_sha256, pipeline, metadata
+    )
     consumer = make_consumer(kafka_bootstrap, group_id=settings.group, max_poll_records=RECORDS)
     consumer.subscribe([source])
     conn = KafkaConnection(kafka_bootstrap)
-    worker._consumer = KafkaPythonGroupConsumer(consumer, conn, settings.group)
     undeliverable = make_producer(kafka_bootstrap, max_request_size=64)
-    worker._producer = KafkaPythonProducer(undeliverable, conn)
-    worker._publisher = AckedPublisher(worker._producer, give_up=worker._past_shutdown_grace)
+    # the worker's own engine (and publisher, given up on past the shutdown grace) on these
+    worker.open_delivery(
+        KafkaPythonGroupConsumer(consumer, conn, settings.group),
+        KafkaPythonProducer(undeliverable, conn),
+    )
     worker.cycle.take(_poll_records(consumer, RECORDS))
     try:
         yield worker, consumer, TopicPartition(source, 0)
@@ -86,7 +90,7 @@ def test_an_abandoned_batch_is_not_committed_and_is_delivered_again(held_batch) 
     assert consumer.position(tp) == RECORDS
 
     started = time.monotonic()
-    offered = worker.on_revoking([tp])
+    offered = worker.membership.on_revoking([tp])
     waited = time.monotonic() - started
 
     assert offered == {}, f"offsets offered for commit without acknowledged outputs: {offered}"

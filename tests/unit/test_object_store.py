@@ -283,7 +283,7 @@ def test_replay_pins_and_the_producer_reads_a_version_in_the_bucket(
     store: ObjectModelStore, pipeline: Any
 ) -> None:
     from forestream.producer.sources import load_model_inputs
-    from forestream.worker.replay import ReplaySettings, _load_model, store_checkpoint_location
+    from forestream.worker.replay import ReplaySettings, load_model, store_checkpoint_location
 
     store.save("m", pipeline, _metadata(pipeline), {}, signer=SIGNER)
     store.save("m", pipeline, _metadata(pipeline), {}, signer=SIGNER)
@@ -291,8 +291,8 @@ def test_replay_pins_and_the_producer_reads_a_version_in_the_bucket(
     settings = ReplaySettings(
         model_store=store.uri, s3_endpoint_url=store.endpoint_url, model_name="m"
     )
-    assert _load_model(settings, "v1").version == "v1"  # pinned
-    assert _load_model(settings, None).version == "v2"  # the served one
+    assert load_model(settings, "v1").version == "v1"  # pinned
+    assert load_model(settings, None).version == "v2"  # the served one
     assert store_checkpoint_location(store.uri) == store.uri  # a resume reopens the bucket
     inputs = load_model_inputs(store.uri, "m", None, endpoint_url=store.endpoint_url)
     assert inputs.version == "v2" and inputs.schema.names

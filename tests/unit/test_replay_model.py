@@ -11,7 +11,7 @@ from forestream.registry.local import LocalModelStore
 from forestream.registry.metadata import ModelMetadata
 from forestream.registry.signing import installed_sklearn_version
 from forestream.wire.schema import ReferenceStats
-from forestream.worker.replay import ReplaySettings, _load_model
+from forestream.worker.replay import ReplaySettings, load_model
 from tests.signing_support import session_signer
 from tests.worker_support import fit_pipeline, make_frame, schema_for
 
@@ -46,7 +46,7 @@ def test_replay_loads_a_servable_model(tmp_path: Path) -> None:
     store = LocalModelStore(tmp_path)
     classes = [str(c) for c in fit_pipeline(make_frame(150, seed=9), trees=3).classes_]
     version = _save(store, classes)
-    model = _load_model(ReplaySettings(model_store=tmp_path, model_name="m"), version)
+    model = load_model(ReplaySettings(model_store=tmp_path, model_name="m"), version)
     assert (model.version, model.classes) == (version, classes)
 
 
@@ -55,7 +55,7 @@ def test_replay_refuses_a_model_whose_class_order_would_mislabel(tmp_path: Path)
     classes = [str(c) for c in fit_pipeline(make_frame(150, seed=9), trees=3).classes_]
     version = _save(store, list(reversed(classes)))
     with pytest.raises(UserError, match=r"m v1 cannot be served: .*differ from the metadata"):
-        _load_model(ReplaySettings(model_store=tmp_path, model_name="m"), version)
+        load_model(ReplaySettings(model_store=tmp_path, model_name="m"), version)
 
 
 def test_replay_verifies_signatures_and_the_sklearn_version_from_the_environment(
@@ -67,11 +67,11 @@ def test_replay_verifies_signatures_and_the_sklearn_version_from_the_environment
     settings = ReplaySettings(model_store=tmp_path, model_name="m")
     unsigned = _save(store, classes, signed=False)
     with pytest.raises(UserError, match="not signed"):
-        _load_model(settings, unsigned)
+        load_model(settings, unsigned)
     old = _save(store, classes, sklearn_version="0.1.0")
     with pytest.raises(UserError, match=r"scikit-learn 0\.1\.0, this process has"):
-        _load_model(settings, old)
+        load_model(settings, old)
     monkeypatch.setenv("FORESTREAM_ALLOW_UNSIGNED", "true")
     monkeypatch.setenv("FORESTREAM_ALLOW_VERSION_MISMATCH", "true")
-    assert _load_model(settings, unsigned).version == unsigned
-    assert _load_model(settings, old).version == old
+    assert load_model(settings, unsigned).version == unsigned
+    assert load_model(settings, old).version == old

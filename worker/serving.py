@@ -1,0 +1,97 @@
+"""The model a worker serves: waiting for the first one, scoring with the active one.
+
+A hot swap (the follower promoted a new version) shows here first, between two batches, so
+that every batch is scored by exactly one version and the swap is logged once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+import structlog
+
+from forestream.edge.interface import InputRecord
+from forestream.runtime.logs import RateLimited
+from forestream.wire.headers import ReasonCode
+from forestream.worker.models import ActiveModel, ModelFollower
+from forestream.worker.processing import ProcessedBatch, process_records
+from forestream.worker.settings import WorkerSettings
+
+if TYPE_CHECKING:
+    from forestream.wire.schema import ReferenceStats
+    from forestream.worker.health import Telemetry
+
+log = structlog.get_logger("forestream.worker")
+
+
+class Serving:
+    """The active model and the scoring of a batch with it."""
+
+    def __init__(
+        self, settings: WorkerSettings, follower: ModelFollower, telemetry: Telemetry | None
+    ) -> None:
+        self.settings = settings
+        self.follower = follower
+        self.telemetry = telemetry
+        self.model: ActiveModel | None = None
+        self._warn_scoring = RateLimited(10.0)
+        self._warn_waiting = RateLimited(settings.model_wait_log_s)
+
+    @property
+    def version(self) -> str | None:
+        return self.model.version if self.model else None
+
+    def wait(self, stopping: Callable[[], bool], tick: Callable[[], None]) -> ActiveModel | None:
+        """The first model, or None when stopped first; ``tick`` runs between waits (raising
+        a background thread's fatal error, telling health we are not stuck)."""
+        while not stopping():
+            if self.telemetry is not None:
+                self.telemetry.health.tick()  # waiting for a model is not being stuck
+            model = self.follower.wait(timeout_s=0.5)
+            tick()
+            if model is not None:
+                self.model = model
+                return model
+            if self._warn_waiting.ready():
+                log.info(
+                    "waiting_for_model",
+                    name=self.settings.model_name,
+                    models_topic=self.settings.models_topic,
+                )
+        return None
+
+    def score(self, records: list[InputRecord]) -> ProcessedBatch:
+        """Validate and score with the model active now (a swap shows here first)."""
+        s = self.settings
+        model = self.follower.current() or self.model
+        if model is None:
+            raise RuntimeError("model used before it was set (a call out of order)")
+        if self.model is not None and model.version != self.model.version:
+            log.info("model_swapped", previous=self.model.version, version=model.version)
+            if self.telemetry is not None:
+                self.telemetry.health.set_model(model.version)
+                self.telemetry.metrics.record_reload(model.version)
+        self.model = model
+        batch = process_records(
+            records,
+            model,
+            output_topic=s.output_topic,
+            dlq_topic=s.dlq_topic,
+            max_record_bytes=s.max_record_bytes,
+        )
+        if batch.scoring_error is not None and self._warn_scoring.ready():
+            log.error(
+                "scoring_failed",
+                error=batch.scoring_error,
+                dead_lettered=batch.dead_lettered[ReasonCode.SCORING_FAILED],
+                suppressed=self._warn_scoring.take_suppressed(),
+            )
+        return batch
+
+    def reference_for(self, version: str) -> ReferenceStats | None:
+        """Drift reference of the version that scored the batch being observed (the active one)."""
+        model = self.model
+        if model is None or model.version != version:
+            return None
+        return getattr(model.metadata, "reference", None)
