@@ -24,15 +24,17 @@ ROOT = Path(__file__).resolve().parents[1]
 PAGE = ROOT / "docs" / "reference" / "settings.md"
 PREFIX = "FORESTREAM_"
 
-SETTINGS_CLASSES: dict[str, str] = {
-    "CommonSettings": "forestream.runtime.settings",
-    "GuaranteeSettings": "forestream.runtime.settings",
-    "WorkerSettings": "forestream.worker.settings",
-    "ReplaySettings": "forestream.worker.replay",
-    "ProducerSettings": "forestream.producer.settings",
-    "MonitorSettings": "forestream.monitor",
-}
-"""Every settings class, by name, and the module that defines it."""
+SETTINGS_CLASSES = (
+    "CommonSettings",
+    "GuaranteeSettings",
+    "WorkerSettings",
+    "ReplaySettings",
+    "ProducerSettings",
+    "MonitorSettings",
+)
+"""Every settings class, by name: found among the subclasses of ``CommonSettings`` once the
+command tree and the components' settings modules are imported (not by module path, so a
+class that moves between modules is still found)."""
 
 COMMAND_SETTINGS: dict[str, str] = {
     "train": "CommonSettings",
@@ -207,10 +209,21 @@ How the security settings fit together is on
 
 
 def _classes() -> dict[str, Any]:
-    return {
-        name: getattr(importlib.import_module(module), name)
-        for name, module in SETTINGS_CLASSES.items()
-    }
+    importlib.import_module("forestream.cli")  # registers every command (their modules too)
+    for module in ("forestream.worker.settings", "forestream.producer.settings"):
+        importlib.import_module(module)  # imported lazily by their commands
+    from forestream.runtime.settings import CommonSettings
+
+    found: dict[str, Any] = {}
+    todo: list[Any] = [CommonSettings]
+    while todo:
+        cls = todo.pop()
+        found.setdefault(cls.__name__, cls)
+        todo += cls.__subclasses__()
+    missing = [name for name in SETTINGS_CLASSES if name not in found]
+    if missing:
+        raise SystemExit(f"settings classes not found: {missing}")
+    return {name: found[name] for name in SETTINGS_CLASSES}
 
 
 def env_name(field: str) -> str:
