@@ -77,6 +77,7 @@ $(DOCS_STAMP): $(STAMP)
 
 docs-cli: $(STAMP)
 	$(BIN)/python docs/gen_cli_reference.py
+	$(BIN)/python docs/gen_settings_reference.py
 
 docs: $(DOCS_STAMP) docs-cli
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs serve --dev-addr 127.0.0.1:8000
@@ -85,7 +86,7 @@ docs-build: $(DOCS_STAMP) docs-cli
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir site
 
 # What CI runs: the strict build of the committed pages (no regeneration, no server); a stale
-# CLI reference is the unit tests' to catch.
+# CLI or settings reference is the unit tests' to catch.
 docs-check: $(DOCS_STAMP)
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir site
 

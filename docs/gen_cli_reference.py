@@ -30,10 +30,10 @@ HEADER = """\
      Regenerate with `make docs-build` or `python docs/gen_cli_reference.py`. -->
 
 Every `forestream` command's `--help`, as the command prints it. Each flag names its
-environment twin (`[env FORESTREAM_X]`); flags win over the environment. Settings that have no
-flag (security, signing key, timeouts) are on
-[Getting started](../getting-started.md#settings-flags-and-their-environment-twins) and
-[Connecting to a real cluster](../connecting.md#security).
+environment twin (`[env FORESTREAM_X]`); flags win over the environment. Where the help does
+not show a flag's default, the line under it does (from the settings classes). Every setting,
+those without a flag included (security, signing key, timeouts), is in the
+[settings reference](settings.md).
 """
 
 
@@ -85,21 +85,63 @@ def help_text(path: tuple[str, ...]) -> str:
     return "\n".join(line.rstrip() for line in result.output.strip("\n").splitlines())
 
 
+def _settings_generator() -> Any:
+    """docs/gen_settings_reference.py, which knows each command's settings class."""
+    import importlib.util
+
+    path = Path(__file__).resolve().with_name("gen_settings_reference.py")
+    spec = importlib.util.spec_from_file_location("gen_settings_reference", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules.setdefault(spec.name, module)
+    spec.loader.exec_module(module)
+    return module
+
+
+def unshown_defaults(path: tuple[str, ...], command: Any) -> list[tuple[str, str]]:
+    """``(flag, default)`` for the flags of ``path`` that set a setting whose default the
+    help text does not state."""
+    gen = _settings_generator()
+    cls_name = gen.COMMAND_SETTINGS.get(" ".join(path))
+    callback = getattr(command, "callback", None)
+    function = getattr(callback, "__wrapped__", callback)
+    if cls_name is None or function is None:
+        return []
+    cls = gen._classes()[cls_name]
+    to_field = gen._settings_kwargs(function)
+    shown = []
+    for param in command.params:
+        field_name = to_field.get(param.name)
+        if field_name is None or "default" in (getattr(param, "help", "") or "").lower():
+            continue
+        shown.append((param.opts[0], gen.default_of(cls, field_name)))
+    return shown
+
+
 def heading(path: tuple[str, ...]) -> str:
     return "forestream " + " ".join(path) if path else "forestream"
 
 
 def render() -> str:
+    import typer
+
+    from forestream.cli import app
+
     with _plain_environment():
-        paths = command_paths()
+        found = list(commands(typer.main.get_command(app)))
+        paths = [p for p, _ in found]
         parts = [HEADER]
         parts.append("Commands: " + ", ".join(f"[`{heading(p)}`](#{anchor(p)})" for p in paths))
         parts.append("")
-        for path in paths:
+        for path, command in found:
             parts.append(f"## `{heading(path)}`\n")
             parts.append("```text")
             parts.append(help_text(path))
             parts.append("```\n")
+            defaults = unshown_defaults(path, command)
+            if defaults:
+                listed = "; ".join(f"`{flag}` {default}" for flag, default in defaults)
+                parts.append(f"Defaults: {listed}.\n")
     return "\n".join(parts).rstrip() + "\n"
 
 

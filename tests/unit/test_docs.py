@@ -23,9 +23,9 @@ from tests.conftest import ROOT
 DOCS = ROOT / "docs"
 
 
-def _generator() -> ModuleType:
-    path = DOCS / "gen_cli_reference.py"
-    spec = importlib.util.spec_from_file_location("gen_cli_reference", path)
+def _generator(name: str = "gen_cli_reference") -> ModuleType:
+    path = DOCS / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module
@@ -49,6 +49,59 @@ def test_every_command_of_the_app_is_in_the_cli_reference(gen: ModuleType) -> No
 def test_the_committed_cli_reference_is_what_the_app_prints(gen: ModuleType) -> None:
     page = (DOCS / "reference" / "cli.md").read_text(encoding="utf-8")
     assert page == gen.render(), "docs/reference/cli.md is stale: run docs/gen_cli_reference.py"
+
+
+@pytest.fixture(scope="module")
+def settings_gen() -> ModuleType:
+    return _generator("gen_settings_reference")
+
+
+def test_the_committed_settings_reference_is_what_the_settings_classes_say(
+    settings_gen: ModuleType,
+) -> None:
+    page = (DOCS / "reference" / "settings.md").read_text(encoding="utf-8")
+    assert page == settings_gen.render(), (
+        "docs/reference/settings.md is stale: run docs/gen_settings_reference.py"
+    )
+
+
+def test_every_forestream_variable_the_code_names_is_on_the_settings_page(
+    settings_gen: ModuleType,
+) -> None:
+    """The settings classes' fields, and every ``FORESTREAM_*`` name spelled out in the code
+    (read with os.environ, set for a child, named in a message)."""
+    page = (DOCS / "reference" / "settings.md").read_text(encoding="utf-8")
+    spelled: set[str] = set()
+    for folder in ("forestream", "worker", "producer", "training"):
+        for path in (ROOT / folder).rglob("*.py"):
+            spelled |= set(re.findall(r"FORESTREAM_[A-Z0-9_]*[A-Z0-9]", path.read_text("utf-8")))
+    spelled.discard("FORESTREAM_X")  # the placeholder in a comment on help texts
+    names = spelled | set(settings_gen.all_env_names())
+    assert len(names) >= 50  # a walk that found nothing is a bug
+    missing = sorted(n for n in names if f"`{n}`" not in page)
+    assert not missing, f"not on docs/reference/settings.md: {missing}"
+
+
+def test_every_settings_class_and_command_is_covered(settings_gen: ModuleType) -> None:
+    """A new settings class, or a command loading one the generator does not know, would
+    leave settings off the page or commands out of its 'read by' column."""
+    from pydantic_settings import BaseSettings
+
+    import forestream.cli  # noqa: F401  (registers every component, importing its settings)
+
+    def subclasses(cls: type) -> set[type]:
+        found = set(cls.__subclasses__())
+        return found | {s for c in found for s in subclasses(c)}
+
+    known = set(settings_gen._classes().values())
+    ours = {c for c in subclasses(BaseSettings) if c.__module__.startswith("forestream")}
+    assert ours <= known, f"settings classes not on the page: {ours - known}"
+    gen = _generator()
+    leaves = {" ".join(p) for p in gen.command_paths() if p}
+    loading = set(settings_gen.COMMAND_SETTINGS)
+    assert loading <= leaves
+    quiet = {"kafka", "kafka start", "kafka stop", "kafka status", "demo-data", "models", "topics"}
+    assert leaves - loading == quiet, "a command's settings class is not in COMMAND_SETTINGS"
 
 
 def test_exit_codes_are_documented_on_the_operations_page() -> None:
