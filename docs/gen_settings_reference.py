@@ -31,17 +31,21 @@ SETTINGS_CLASSES = (
     "ReplaySettings",
     "ProducerSettings",
     "MonitorSettings",
+    "TrustSettings",
+    "SigningSettings",
+    "_TrainSettings",
+    "_RegistrySettings",
 )
 """Every settings class, by name: found among the subclasses of ``CommonSettings`` once the
 command tree and the components' settings modules are imported (not by module path, so a
 class that moves between modules is still found)."""
 
 COMMAND_SETTINGS: dict[str, str] = {
-    "train": "CommonSettings",
+    "train": "_TrainSettings",
     "models list": "CommonSettings",
     "models show": "CommonSettings",
-    "models promote": "CommonSettings",
-    "models rollback": "CommonSettings",
+    "models promote": "_RegistrySettings",
+    "models rollback": "_RegistrySettings",
     "demo": "CommonSettings",
     "worker": "WorkerSettings",
     "replay": "ReplaySettings",
@@ -50,7 +54,7 @@ COMMAND_SETTINGS: dict[str, str] = {
     "monitor": "MonitorSettings",
 }
 """Which class each command loads its settings from (``load_settings`` in its module).
-``kafka start|stop|status`` and ``demo-data`` load none. The demo also passes its environment
+``kafka start|stop|status``, ``keys create`` and ``demo-data`` load none. The demo also passes its environment
 on to the commands it starts."""
 
 SECTIONS: list[tuple[str, str, str]] = [
@@ -60,6 +64,8 @@ SECTIONS: list[tuple[str, str, str]] = [
     ("ReplaySettings", "`replay`", ""),
     ("ProducerSettings", "`produce` and `topics create`", ""),
     ("MonitorSettings", "`monitor`", ""),
+    ("TrustSettings", "Verifying models", "`worker`, `replay`, `models promote|rollback`"),
+    ("SigningSettings", "Signing models", "`train`"),
 ]
 
 SECURITY = {
@@ -85,6 +91,13 @@ DEFAULT_TEXT: dict[str, str] = {
 """Where the bare default (None, a factory) would not say what happens."""
 
 DESCRIPTIONS: dict[str, str] = {
+    "verify_key_file": "the Ed25519 public key (`verify.pub` of `forestream keys create`) every "
+    "version is checked with before it is unpickled",
+    "allow_unsigned": "accept unsigned versions (logged loudly, shown in `/readyz`); a bad "
+    "signature is still refused while a key is set",
+    "allow_version_mismatch": "serve a version pickled by another scikit-learn major.minor",
+    "signing_key_file": "the Ed25519 private key (`signing.key`, mode 0600) `train` signs with",
+    "metrics_host": "address `/metrics`, `/healthz`, `/readyz` bind to (loopback unless asked)",
     "bootstrap_servers": "Kafka brokers, `host[:port],...`",
     "input_topic": "feature records, read by workers and `replay`, written by `produce`",
     "output_topic": "predictions, written by workers (`replay` writes to its own "
@@ -153,9 +166,9 @@ OUTSIDE: list[tuple[str, str, str, str]] = [
     (
         "FORESTREAM_SIGNING_KEY",
         "unset",
-        "`train`, `models promote`, `models rollback`, `worker`, `replay`",
-        "HMAC key: artifacts are signed with it at training, and checked against it before "
-        "they are promoted or loaded (an unsigned artifact is refused while it is set)",
+        "`models promote`, `models rollback`, `worker`, `replay`",
+        "legacy HMAC key: a version signed with it before Ed25519 loads only under "
+        "`--allow-unsigned`, and its HMAC is then still checked; nothing signs with it any more",
     ),
     (
         "FORESTREAM_KAFKA_DIR",
@@ -196,7 +209,7 @@ read it and the flag that sets it where there is one.
   would not use it: one line, exit 2.
 - **Commands**: *every command* below means `train`, `models list|show|promote|rollback`,
   `worker`, `replay`, `produce`, `topics create`, `monitor` and `demo`; `kafka
-  start|stop|status` and `demo-data` read none of these settings.
+  start|stop|status`, `keys create` and `demo-data` read none of these settings.
 - **`FORESTREAM_SASL_PASSWORD` and `FORESTREAM_SASL_PASSWORD_FILE`**: neither wins; setting
   both is refused (`give FORESTREAM_SASL_PASSWORD or FORESTREAM_SASL_PASSWORD_FILE, not
   both`, exit 2), and so is either one with a protocol without SASL. With `SASL_SSL` or
@@ -212,10 +225,11 @@ def _classes() -> dict[str, Any]:
     importlib.import_module("forestream.cli")  # registers every command (their modules too)
     for module in ("forestream.worker.settings", "forestream.producer.settings"):
         importlib.import_module(module)  # imported lazily by their commands
+    from forestream.registry.signing import SigningSettings, TrustSettings
     from forestream.runtime.settings import CommonSettings
 
     found: dict[str, Any] = {}
-    todo: list[Any] = [CommonSettings]
+    todo: list[Any] = [CommonSettings, TrustSettings, SigningSettings]
     while todo:
         cls = todo.pop()
         found.setdefault(cls.__name__, cls)
