@@ -54,8 +54,8 @@ COMMAND_SETTINGS: dict[str, str] = {
     "monitor": "MonitorSettings",
 }
 """Which class each command loads its settings from (``load_settings`` in its module).
-``kafka start|stop|status``, ``keys create`` and ``demo-data`` load none. The demo also passes its environment
-on to the commands it starts."""
+``kafka start|stop|status``, ``keys create`` and ``demo-data`` load none. The demo also
+passes its environment on to the commands it starts."""
 
 SECTIONS: list[tuple[str, str, str]] = [
     ("CommonSettings", "Shared by every command", "the broker, the topics, the model store"),
