@@ -109,6 +109,7 @@ def client_slot(item: pytest.Item) -> str:
     return "duplicate"
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist's loadgroup reads the xdist_group marks
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Everything under tests/integration needs the broker: mark it so `-m` can select it, and
     the edge suite ``edge``. ``--clients`` then selects the client variants (THE RULE above);
