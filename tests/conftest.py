@@ -109,22 +109,18 @@ def client_slot(item: pytest.Item) -> str:
     return "duplicate"
 
 
-@pytest.hookimpl(tryfirst=True)  # before xdist's loadgroup reads the xdist_group marks
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+def pytest_itemcollected(item: pytest.Item) -> None:
     """Everything under tests/integration needs the broker: mark it so `-m` can select it, and
-    the edge suite ``edge``. ``--clients`` then selects the client variants (THE RULE above);
-    deselected ones are counted by pytest and listed by slot in the summary, never hidden."""
-    for item in items:
-        if "/tests/integration/" in str(item.path):
-            item.add_marker(pytest.mark.integration)
-            # under xdist (--dist loadgroup) a module's tests stay on one worker: its module
-            # fixtures are built once; both secured-broker modules share one secured broker
-            group = item.path.stem
-            if "secure_kafka" in getattr(item, "fixturenames", ()):
-                group = "secure_kafka"
-            item.add_marker(pytest.mark.xdist_group(name=group))
-        if item.path.is_relative_to(EDGE_DIR):
-            item.add_marker(pytest.mark.edge)
+    the edge suite ``edge``."""
+    if "/tests/integration/" in str(item.path):
+        item.add_marker(pytest.mark.integration)
+    if item.path.is_relative_to(EDGE_DIR):
+        item.add_marker(pytest.mark.edge)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """``--clients`` selects the client variants (THE RULE above); deselected ones are counted
+    by pytest and listed by slot in the summary, never hidden."""
     clients = config.getoption("--clients")
     if clients == "all":
         return
@@ -150,9 +146,25 @@ def pytest_report_header(config: pytest.Config) -> str:
     return f"kafka clients: --clients {config.getoption('--clients')} (rule: tests/conftest.py)"
 
 
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """An xdist worker hands its deselection counts to the controller, which prints them."""
+    workeroutput = getattr(session.config, "workeroutput", None)
+    if workeroutput is not None and _SLOTS in session.config.stash:
+        workeroutput["client_slots"] = session.config.stash[_SLOTS]
+
+
+@pytest.hookimpl(optionalhook=True)  # an xdist hook: pytest -p no:xdist still runs
+def pytest_testnodedown(node: object, error: object) -> None:
+    """xdist controller: every worker collected the same tests, so one's counts are the run's."""
+    slots = getattr(node, "workeroutput", {}).get("client_slots")
+    config = getattr(node, "config", None)
+    if slots is not None and config is not None:
+        config.stash[_SLOTS] = slots
+
+
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     slots = terminalreporter.config.stash.get(_SLOTS, None)
-    if slots is None:  # --clients all, or an xdist controller (its workers collect)
+    if slots is None:  # --clients all: nothing deselected
         return
     where = {
         "core": "run by `make test` (--clients core)",
@@ -172,7 +184,10 @@ _SHARED_DIR_ENV = "FORESTREAM_TEST_SHARED_BROKER_DIR"
 def _share_one_broker(config: pytest.Config) -> None:
     """Under ``pytest -n N`` the controller names a directory for one broker, which the first
     worker to need it starts (under a file lock) and every other worker then uses; the controller
-    stops it when the session ends. Tests that kill or freeze a broker start a private one."""
+    stops it when the session ends. Tests that kill or freeze a broker start a private one.
+    ``make test`` distributes by file (``--dist loadfile``): a module's fixtures are built once.
+    (Not ``loadgroup``: pytest-xdist 3.8 tags grouped node ids through an attribute pytest 9.2
+    no longer reads, so its groups were silently split.)"""
     if os.environ.get("PYTEST_XDIST_WORKER") or os.environ.get("FORESTREAM_BOOTSTRAP_SERVERS"):
         return
     if not getattr(config.option, "numprocesses", None):
