@@ -1,9 +1,13 @@
-"""Shared fixtures: one real Kafka broker per test session, unique topic names per test."""
+"""Shared fixtures: one real Kafka broker per test session (shared by xdist workers), unique topic
+names per test, and which Kafka client runs which test (THE RULE below)."""
 
 from __future__ import annotations
 
+import fcntl
 import os
 import re
+import shutil
+import tempfile
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -26,23 +30,47 @@ settings.register_profile(
 settings.load_profile("forestream")
 
 
-LIBRDKAFKA_VARIANTS_IN_FULL_RUNS_ONLY = frozenset(
-    {
-        "test_broker_restart.py",  # a private broker killed and restarted: ~60 s a variant
-        "test_demo.py",
-        "test_kafka_cli.py",
-        "test_producer_cli.py",
-        "test_promotion_race.py",
-        "test_promotion_under_load.py",
-        "test_sigterm_wedged.py",  # a private broker frozen, then gone: ~30 s a variant
-        "test_training_cli.py",
-        "test_worker_monitoring.py",
-    }
-)
-"""Modules whose librdkafka variants run only with ``--clients all`` (CI) or alone with
-``--clients extra``: every other test of the Kafka edge (delivery incl. SIGTERM, hot reload, replay,
-exactly-once, the DLQ, security, compression, the adapters' own tests) runs on both clients in
-every run, and a warm ``make test`` stays near 20 minutes on two cores."""
+# -- Which Kafka client runs which test ----------------------------------------------------------
+#
+# THE RULE. A test asks for the ``kafka_client`` fixture (or a fixture parametrised over
+# KAFKA_CLIENTS) to run once per client; then:
+#
+# 1. The edge contract runs on BOTH clients in every run (``make test``): every test under
+#    tests/integration/edge/ and every test marked ``edge`` (the fatal classification of auth,
+#    ACL and TLS errors, which each adapter does its own way, is tested through the CLI).
+# 2. An end-to-end flow runs on kafka-python, the default client, in every run. Its librdkafka
+#    variant runs with ``--clients extra`` (``make test-extra``, CI's second step) only when it
+#    is listed in LIBRDKAFKA_FLOWS below, with what it exercises that is the client's own
+#    (transactions, a broker killed or frozen, rebalancing under load). Any other librdkafka
+#    variant of a flow tests nothing the edge suite and the kafka-python variant do not, and
+#    runs only with ``--clients all``.
+#
+# Deselected variants are reported by pytest ("N deselected") and named in the summary; none is
+# skipped silently. --clients core: rules 1 and 2's kafka-python half; extra: the LIBRDKAFKA_FLOWS
+# variants alone; all: every variant of every test.
+
+LIBRDKAFKA_FLOWS: dict[str, str] = {
+    "test_exactly_once.py": "transactions across kill -9 and a replacement; a thawed zombie fenced",
+    "test_replay_exactly_once.py": "transactional replay: resume after kill -9, fencing of a "
+    "second resume, a broker frozen mid-transaction (librdkafka#5301)",
+    "test_broker_restart.py": "the broker SIGKILLed and restarted under a stream (both guarantees)",
+    "test_sigterm_wedged.py": "SIGTERM with the broker frozen, then gone: the client's blocking "
+    "calls bounded by the grace",
+    "test_worker_delivery.py::test_survivor_takes_over_after_sigkill": "a member kill -9'd under "
+    "load: cooperative rebalance, pipelined commits (librdkafka's default)",
+    "test_worker_delivery.py::test_rebalance_publishes_and_commits_the_batch_in_hand": "a "
+    "cooperative revocation while a batch is in flight",
+    "test_worker_delivery.py::test_sigterm_exits_zero_with_offsets_committed_after_last_scored": ""
+    "the last commit (or transaction) and the group leave on SIGTERM while input arrives",
+    "test_promotion_under_load.py": "a hot reload under a steady stream: librdkafka's fetch and "
+    "commit queue across the model switch, with no rebalance",
+    "test_training_cli.py::test_train_publish_promote_rollback_through_the_compacted_topic": "the "
+    "registry's appends to and reads of a new compacted topic (a leader not yet elected)",
+}
+"""Flows whose librdkafka variant runs in ``make test-extra``: ``file`` or ``file::test``, and
+what they exercise that only a flow on that client shows."""
+
+EDGE_DIR = Path(__file__).resolve().parent / "integration" / "edge"
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -50,55 +78,167 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "--clients",
         choices=("core", "all", "extra"),
         default="core",
-        help="core (default): every test, except the librdkafka variants of the modules in "
-        "LIBRDKAFKA_VARIANTS_IN_FULL_RUNS_ONLY; all: every variant; extra: only those core "
-        "leaves out",
+        help="core (default): the edge contract on both clients, every flow on kafka-python; "
+        "extra: the librdkafka variants of the flows in tests/conftest.py LIBRDKAFKA_FLOWS; "
+        "all: every variant of every test",
     )
 
 
-def _extra_variant(item: pytest.Item) -> bool:
-    callspec = getattr(item, "callspec", None)
-    client = callspec.params.get("kafka_client") if callspec is not None else None
-    return client == "confluent" and item.path.name in LIBRDKAFKA_VARIANTS_IN_FULL_RUNS_ONLY
-
-
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Everything under tests/integration needs the broker: mark it so `-m` can select it.
-    ``--clients`` then selects the client variants (deselected ones are counted, not hidden)."""
-    for item in items:
-        if "/tests/integration/" in str(item.path):
-            item.add_marker(pytest.mark.integration)
-    clients = config.getoption("--clients")
-    if clients == "all":
-        return
-    wanted = clients == "extra"
-    kept: list[pytest.Item] = []
-    deselected: list[pytest.Item] = []
-    for item in items:
-        (kept if _extra_variant(item) == wanted else deselected).append(item)
-    if deselected:
-        config.hook.pytest_deselected(items=deselected)
-        items[:] = kept
-
-
 def pytest_configure(config: pytest.Config) -> None:
-    """One Ed25519 key pair for the session, exported before any test or command runs:
-    models saved by tests are signed and workers verify, as in a deployment."""
+    """One broker for every xdist worker, and one Ed25519 key pair per process, exported
+    before any test or command runs: models saved by tests are signed and workers verify, as
+    in a deployment (an xdist worker's tests and the commands they start share its pair)."""
     from tests.signing_support import install_session_keys
 
+    _share_one_broker(config)
     install_session_keys()
 
 
+def _on_librdkafka(item: pytest.Item) -> bool:
+    """The ``kafka_client`` fixture, or a module-scoped fixture parametrised over the clients
+    (test_worker_monitoring's ``stream``), is on ``confluent`` for this test."""
+    callspec = getattr(item, "callspec", None)
+    values = callspec.params.values() if callspec is not None else ()
+    return any(isinstance(v, str) and v == "confluent" for v in values)
+
+
+def client_slot(item: pytest.Item) -> str:
+    """Where this test runs: ``core`` (every run), ``extra`` (``make test-extra``) or
+    ``duplicate`` (only ``--clients all``); see THE RULE above."""
+    if not _on_librdkafka(item):
+        return "core"
+    if item.path.is_relative_to(EDGE_DIR) or item.get_closest_marker("edge"):
+        return "core"
+    name = getattr(item, "originalname", item.name)
+    if item.path.name in LIBRDKAFKA_FLOWS or f"{item.path.name}::{name}" in LIBRDKAFKA_FLOWS:
+        return "extra"
+    return "duplicate"
+
+
+def pytest_itemcollected(item: pytest.Item) -> None:
+    """Everything under tests/integration needs the broker: mark it so `-m` can select it, and
+    the edge suite ``edge``."""
+    if "/tests/integration/" in str(item.path):
+        item.add_marker(pytest.mark.integration)
+    if item.path.is_relative_to(EDGE_DIR):
+        item.add_marker(pytest.mark.edge)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """``--clients`` selects the client variants (THE RULE above); deselected ones are counted
+    by pytest and listed by slot in the summary, never hidden."""
+    clients = config.getoption("--clients")
+    if clients == "all":
+        return
+    wanted = {"core": "core", "extra": "extra"}[clients]
+    kept: list[pytest.Item] = []
+    deselected: list[pytest.Item] = []
+    for item in items:
+        slot = client_slot(item)
+        (kept if slot == wanted else deselected).append(item)
+    if deselected:
+        config.hook.pytest_deselected(items=deselected)
+        items[:] = kept
+    config.stash[_SLOTS] = {
+        slot: sum(1 for item in deselected if client_slot(item) == slot)
+        for slot in ("core", "extra", "duplicate")
+    }
+
+
+_SLOTS = pytest.StashKey[dict[str, int]]()
+
+
 def pytest_report_header(config: pytest.Config) -> str:
-    return f"kafka clients: --clients {config.getoption('--clients')}"
+    return f"kafka clients: --clients {config.getoption('--clients')} (rule: tests/conftest.py)"
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """An xdist worker hands its deselection counts to the controller, which prints them."""
+    workeroutput = getattr(session.config, "workeroutput", None)
+    if workeroutput is not None and _SLOTS in session.config.stash:
+        workeroutput["client_slots"] = session.config.stash[_SLOTS]
+
+
+@pytest.hookimpl(optionalhook=True)  # an xdist hook: pytest -p no:xdist still runs
+def pytest_testnodedown(node: object, error: object) -> None:
+    """xdist controller: every worker collected the same tests, so one's counts are the run's."""
+    slots = getattr(node, "workeroutput", {}).get("client_slots")
+    config = getattr(node, "config", None)
+    if slots is not None and config is not None:
+        config.stash[_SLOTS] = slots
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    slots = terminalreporter.config.stash.get(_SLOTS, None)
+    if slots is None:  # --clients all: nothing deselected
+        return
+    where = {
+        "core": "run by `make test` (--clients core)",
+        "extra": "librdkafka flow variants, run by `make test-extra` (--clients extra)",
+        "duplicate": "librdkafka duplicates of kafka-python flows, run only with --clients all",
+    }
+    lines = [f"{n} {where[slot]}" for slot, n in slots.items() if n]
+    if lines:
+        terminalreporter.write_line("deselected by --clients: " + "; ".join(lines))
+
+
+# -- One broker for the session, shared by every xdist worker -----------------------------------
+
+_SHARED_DIR_ENV = "FORESTREAM_TEST_SHARED_BROKER_DIR"
+
+
+def _share_one_broker(config: pytest.Config) -> None:
+    """Under ``pytest -n N`` the controller names a directory for one broker, which the first
+    worker to need it starts (under a file lock) and every other worker then uses; the controller
+    stops it when the session ends. Tests that kill or freeze a broker start a private one.
+    ``make test`` distributes by file (``--dist loadfile``): a module's fixtures are built once.
+    (Not ``loadgroup``: pytest-xdist 3.8 tags grouped node ids through an attribute pytest 9.2
+    no longer reads, so its groups were silently split.)"""
+    if os.environ.get("PYTEST_XDIST_WORKER") or os.environ.get("FORESTREAM_BOOTSTRAP_SERVERS"):
+        return
+    if not getattr(config.option, "numprocesses", None):
+        return
+    shared = Path(tempfile.mkdtemp(prefix="forestream-broker-"))
+    os.environ[_SHARED_DIR_ENV] = str(shared)  # the workers inherit it
+    config.add_cleanup(lambda: _stop_shared_broker(shared))
+
+
+def _stop_shared_broker(shared: Path) -> None:
+    from forestream.local import kafka as local_kafka
+
+    os.environ.pop(_SHARED_DIR_ENV, None)
+    if (shared / "address").exists():
+        local_kafka.stop(shared / "kafka")
+    shutil.rmtree(shared, ignore_errors=True)
+
+
+def _shared_broker(shared: Path) -> str:
+    from forestream.local import kafka as local_kafka
+
+    with (shared / "lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        address = shared / "address"
+        if not address.exists():
+            address.write_text(local_kafka.start(shared / "kafka").address)
+        return address.read_text()
 
 
 @pytest.fixture(scope="session")
 def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """Address of a real broker: FORESTREAM_BOOTSTRAP_SERVERS if given, else one we start."""
+    """Address of a real broker: FORESTREAM_BOOTSTRAP_SERVERS if given, else one we start (one
+    for all xdist workers, see ``_share_one_broker``)."""
     given = os.environ.get("FORESTREAM_BOOTSTRAP_SERVERS")
     if given:
         yield given
+        return
+    shared = os.environ.get(_SHARED_DIR_ENV)
+    if shared and os.environ.get("PYTEST_XDIST_WORKER"):
+        address = _shared_broker(Path(shared))
+        os.environ["FORESTREAM_BOOTSTRAP_SERVERS"] = address  # subprocesses inherit it
+        try:
+            yield address
+        finally:
+            os.environ.pop("FORESTREAM_BOOTSTRAP_SERVERS", None)
         return
     from forestream.local import kafka as local_kafka
 

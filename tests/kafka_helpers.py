@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections import Counter
 from collections.abc import Callable
 from typing import cast
 
@@ -74,3 +75,36 @@ def read_topic(
         return records
     finally:
         consumer.close()
+
+
+def wait_scored(
+    bootstrap: Target,
+    topic: str,
+    version: str,
+    partitions: int,
+    *,
+    since: int = 0,
+    each: int = 20,
+    timeout_s: float = 60.0,
+) -> None:
+    """Until each of the ``partitions`` partitions of the output ``topic`` holds ``each``
+    predictions by model ``version`` of inputs keyed ``<prefix>-<i>`` with i >= ``since`` (as
+    ``tests.feeding.cycling`` keys them): the stream is seen flowing through that version."""
+    from forestream.wire.messages import Prediction
+
+    counts: Counter[int] = Counter()
+    read = 0
+
+    def enough(got: list[ConsumerRecord]) -> bool:
+        nonlocal read
+        for r in got[read:]:
+            fresh = int(r.key.rsplit(b"-", 1)[1]) >= since
+            if fresh and Prediction.model_validate_json(r.value).model_version == version:
+                counts[r.partition] += 1
+        read = len(got)
+        return len(counts) == partitions and min(counts.values()) >= each
+
+    try:
+        read_topic(bootstrap, topic, until=enough, timeout_s=timeout_s)
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}: {version} outputs by partition {dict(counts)}") from None

@@ -13,7 +13,6 @@ import contextlib
 import json
 import os
 import signal
-import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -22,7 +21,8 @@ from pathlib import Path
 import pytest
 from kafka import TopicPartition
 
-from forestream.edge.factory import TopicSpec, ensure_topics, make_consumer, make_producer
+from forestream.edge.factory import TopicSpec, ensure_topics, make_consumer
+from tests.feeding import PacedFeeder, cycling
 from tests.kafka_helpers import read_topic
 from tests.worker_support import (
     WorkerGroup,
@@ -43,8 +43,9 @@ RATE = 400
 """Records per second offered: a steady stream, not a benchmark."""
 DOWN_S = 7.0
 """How long the broker stays dead before it is started again."""
-AFTER_RESTART_S = 8.0
-"""How long the stream goes on after the broker answers again."""
+AFTER_RESTART = RATE * 2
+"""How many records sent after the broker answers again must be scored before the stream stops:
+the workers are seen scoring new input at the offered rate, not just recovering."""
 DUPLICATE_BOUND = MAX_BATCH * PARTITIONS * 2
 """Each owner of partitions (at most one per partition) can re-publish at most the batch it held
 in flight when the broker died plus one batch whose acknowledged offsets were never committed
@@ -74,67 +75,6 @@ def private_broker(tmp_path: Path) -> Iterator[Path]:
         yield data_dir
     finally:
         local_kafka.stop(data_dir)
-
-
-class PacedFeeder(threading.Thread):
-    """Sends ``RATE`` records a second until stopped, through the project's own producer.
-
-    Its reconnect backoff is held short so that the feeder itself is back within a fraction of
-    a second of the broker: what is measured is the workers' recovery, not the test's.
-    """
-
-    def __init__(self, bootstrap: str, topic: str, values: list[bytes]) -> None:
-        super().__init__(name="paced-feeder", daemon=True)
-        self.producer = make_producer(bootstrap, reconnect_backoff_max_ms=250)
-        self.topic = topic
-        self.values = values
-        self.stopping = threading.Event()
-        self.sent = 0
-        self.acked = 0
-        self.failed: list[str] = []
-        self._lock = threading.Lock()
-
-    def run(self) -> None:
-        started = time.monotonic()
-        while not self.stopping.is_set():
-            due = started + self.sent / RATE
-            if (wait := due - time.monotonic()) > 0:
-                time.sleep(wait)
-            value = self.values[self.sent % len(self.values)]
-            future = self.producer.send(self.topic, key=f"k{self.sent}".encode(), value=value)
-            future.add_callback(self._acked)
-            future.add_errback(self._failed)
-            self.sent += 1
-
-    def _acked(self, _metadata: object) -> None:
-        with self._lock:
-            self.acked += 1
-
-    def _failed(self, exc: BaseException) -> None:
-        with self._lock:
-            self.failed.append(f"{type(exc).__name__}: {exc}")
-
-    def finish(self, timeout_s: float) -> None:
-        """Stop sending and wait until every record sent is acknowledged (or failed)."""
-        from kafka.errors import KafkaTimeoutError
-
-        self.stopping.set()
-        self.join(timeout=5)
-        assert not self.is_alive(), "the feeder thread did not stop within 5s"
-        try:
-            self.producer.flush(timeout=timeout_s)
-        except KafkaTimeoutError:
-            raise AssertionError(
-                f"the feeder's records were not acknowledged within {timeout_s:.0f}s of the end "
-                f"({self.acked} of {self.sent})"
-            ) from None
-        self.producer.close(timeout=5)
-
-    def abandon(self) -> None:
-        """After a failure: stop at once, whatever is still unacknowledged."""
-        self.stopping.set()
-        self.join(timeout=5)
-        self.producer.close(timeout=1)
 
 
 def sigkill_broker(data_dir: Path) -> int:
@@ -221,8 +161,11 @@ def test_scoring_resumes_soon_after_a_broker_sigkill_and_restart(
         for i in range(WORKERS):
             group.start(1, "--transactional-id", f"bounce-{guarantee}-{i}")
         group.wait_balanced(PARTITIONS, timeout_s=60)
-        feeder = PacedFeeder(bootstrap, topics["in"], values)
-        feeder.start()
+        # its reconnect backoff held short, the feeder is back within a fraction of a second of
+        # the broker: what is measured is the workers' recovery, not the test's
+        feeder = PacedFeeder(
+            bootstrap, topics["in"], cycling(values), RATE, reconnect_backoff_max_ms=250
+        ).start()
         read_topic(bootstrap, topics["out"], expected=RATE, timeout_s=30)  # the stream flows
 
         killed_at = time.time()
@@ -232,7 +175,15 @@ def test_scoring_resumes_soon_after_a_broker_sigkill_and_restart(
         restarted = local_kafka.start(private_broker, port=port)
         answered_at = time.time()
         assert restarted.address == bootstrap
-        time.sleep(AFTER_RESTART_S)
+        resumed_from = feeder.sent  # keys k-<i>: the i-th record sent
+
+        def scored_after_restart(outputs: list) -> bool:
+            return sum(int(r.key[2:]) >= resumed_from for r in outputs) >= AFTER_RESTART
+
+        try:
+            read_topic(bootstrap, topics["out"], until=scored_after_restart, timeout_s=90)
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}\n{timeline(group, killed_at)}") from None
         feeder.finish(timeout_s=60)
         assert not feeder.failed, f"the feeder lost records: {feeder.failed[:3]}"
         assert feeder.acked == feeder.sent, (feeder.acked, feeder.sent)

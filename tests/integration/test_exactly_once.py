@@ -20,8 +20,9 @@ from typing import Any
 import pytest
 
 from forestream.edge.factory import TopicSpec, ensure_topics, make_consumer
-from tests.integration.test_worker_delivery import Feeder
+from tests.integration.test_worker_delivery import feeder
 from tests.kafka_helpers import read_topic
+from tests.waiting import wait_until
 from tests.worker_support import (
     WorkerGroup,
     log_events,
@@ -162,7 +163,7 @@ def test_sigkill_and_replacement_lose_and_duplicate_nothing(
     group = exactly_once(3)
     topics, workers = group.topics, group.workers
     records, valid, dead = stream(1200, seed=21)
-    with Feeder(kafka_bootstrap, topics["in"], records, pause_every=20):
+    with feeder(kafka_bootstrap, topics["in"], records, 800):
         read_topic(kafka_bootstrap, topics["out"], expected=150, timeout_s=60)
         victim = workers.procs[0]
         victim.send_signal(signal.SIGKILL)
@@ -197,7 +198,7 @@ def test_frozen_worker_is_fenced_when_it_thaws(
     topics, workers = group.topics, group.workers
     records, valid, dead = stream(1500, seed=22)
     zombie, survivor = workers.procs
-    with Feeder(kafka_bootstrap, topics["in"], records, pause_every=10):
+    with feeder(kafka_bootstrap, topics["in"], records, 400):
         read_topic(kafka_bootstrap, topics["out"], expected=100, timeout_s=60)
         zombie.send_signal(signal.SIGSTOP)
         try:
@@ -208,8 +209,15 @@ def test_frozen_worker_is_fenced_when_it_thaws(
                     + workers.membership_log()
                 )
                 time.sleep(0.2)
-            # the survivor scores the frozen worker's partitions for a while
-            time.sleep(2.0)
+            # the survivor scores the frozen worker's partitions for a while: 50 more records
+            # in its periodic summaries (every 2 s) than when it took them over
+            base = _records_in(workers.log_paths[1])
+            wait_until(
+                lambda: _records_in(workers.log_paths[1]) >= base + 50,
+                "the survivor scoring 50 records after the takeover",
+                60,
+                seen=workers.membership_log,
+            )
         finally:
             zombie.send_signal(signal.SIGCONT)
         thawed_at = time.time()
@@ -244,6 +252,12 @@ def test_frozen_worker_is_fenced_when_it_thaws(
     assert_exactly_once(dead_letters, dead, "dead letters")
     assert survivor.poll() is None, workers.membership_log()
     assert zombie.poll() in (None, 9), f"the thawed worker exited {zombie.poll()}"
+
+
+def _records_in(log_path: Path) -> int:
+    """Records scored as of a worker's newest periodic summary."""
+    summaries = log_events(log_path, "worker_summary")
+    return summaries[-1]["records_in"] if summaries else 0
 
 
 def _after(entry: dict[str, Any], at: float) -> bool:

@@ -20,8 +20,7 @@ import shutil
 import signal
 import subprocess
 import sys
-import threading
-import time
+import urllib.request
 from collections import defaultdict
 from collections.abc import Callable, Iterator
 from itertools import groupby, pairwise
@@ -31,11 +30,13 @@ from typing import Any
 import pytest
 from kafka.consumer.fetcher import ConsumerRecord
 
-from forestream.edge.factory import TopicSpec, ensure_topics, make_producer
+from forestream.edge.factory import TopicSpec, ensure_topics
 from forestream.registry.local import LocalModelStore
 from forestream.registry.metadata import ARTIFACT
 from forestream.wire.messages import Prediction
-from tests.kafka_helpers import read_topic
+from tests.feeding import PacedFeeder, cycling
+from tests.kafka_helpers import read_topic, wait_scored
+from tests.waiting import wait_until
 from tests.worker_support import (
     WorkerGroup,
     log_events,
@@ -128,10 +129,10 @@ class Stream:
         ensure_topics(bootstrap, [TopicSpec(self.topics["in"], PARTITIONS)])
         command = worker_command(
             bootstrap, self.topics, store, MODEL, topic_name("group"),
-            "--max-wait-ms", str(MAX_WAIT_MS),
+            "--max-wait-ms", str(MAX_WAIT_MS), "--metrics-port", "0",
         )  # fmt: skip
         self.workers = WorkerGroup(command, logs)
-        self.feeders: list[Feeder] = []
+        self.feeders: list[PacedFeeder] = []
 
     def models(self, *args: str) -> subprocess.CompletedProcess[str]:
         """``forestream models <args>`` against this test's store and models topic."""
@@ -148,27 +149,42 @@ class Stream:
             self.workers.start(1)
             self.workers.wait_balanced(PARTITIONS)
 
-    def feed(self, rate_per_s: int, prefix: str) -> Feeder:
-        feeder = Feeder(self.bootstrap, self.topics["in"], penguin_rows(self.store), rate_per_s)
-        feeder.prefix = prefix
+    def feed(self, rate_per_s: int, prefix: str) -> PacedFeeder:
+        """Penguins offered steadily, keyed ``<prefix>-<i>``; ``finish()`` returns the keys."""
+        rows = cycling(penguin_rows(self.store), f"{prefix}-")
+        feeder = PacedFeeder(self.bootstrap, self.topics["in"], rows, rate_per_s)
         self.feeders.append(feeder)
         return feeder.start()
+
+    def wait_scored(self, version: str, since: int = 0, each: int = 20) -> None:
+        wait_scored(self.bootstrap, self.topics["out"], version, PARTITIONS, since=since, each=each)
+
+    def reload_failures(self) -> float:
+        """``forestream_model_reload_failures_total`` of the first worker (every reason)."""
+        [serving] = log_events(self.workers.log_paths[0], "metrics_serving")
+        url = f"http://127.0.0.1:{serving['port']}/metrics"
+        with urllib.request.urlopen(url, timeout=5) as response:
+            text = response.read().decode()
+        prefix = "forestream_model_reload_failures_total{"
+        return sum(float(x.rsplit(" ", 1)[1]) for x in text.splitlines() if x.startswith(prefix))
 
     def wait_log(
         self, event: str, match: Callable[[dict[str, Any]], bool], timeout_s: float = 45
     ) -> None:
         """Until every worker's log has an ``event`` line that ``match``es."""
-        deadline = time.monotonic() + timeout_s
-        while True:
-            seen = [
-                any(match(e) for e in log_events(path, event)) for path in self.workers.log_paths
-            ]
-            if all(seen):
-                return
-            if time.monotonic() > deadline:
-                tails = "\n".join(p.read_text()[-3000:] for p in self.workers.log_paths)
-                raise AssertionError(f"no {event} in every worker log ({seen}):\n{tails}")
-            time.sleep(0.1)
+
+        def seen() -> list[bool]:
+            return [any(map(match, log_events(p, event))) for p in self.workers.log_paths]
+
+        def tails() -> str:
+            return "\n".join(p.read_text()[-3000:] for p in self.workers.log_paths)
+
+        wait_until(
+            lambda: all(seen()),
+            f"{event} in every worker's log",
+            timeout_s,
+            seen=lambda: f"{seen()}\n{tails()}",
+        )
 
     def predictions(self, keys: list[bytes]) -> list[ConsumerRecord]:
         wanted = set(keys)
@@ -181,7 +197,7 @@ class Stream:
 
     def close(self) -> None:
         for feeder in self.feeders:
-            feeder.stop()
+            feeder.abandon()
         self.workers.kill_all()
 
 
@@ -202,52 +218,6 @@ def penguin_rows(store: Path) -> list[bytes]:
             record[feature.name] = float(value) if feature.kind == "numeric" else str(value)
         rows.append(json.dumps(record).encode())
     return rows
-
-
-class Feeder:
-    """Offers ``rate_per_s`` records steadily (a send burst every 20 ms) until stopped."""
-
-    def __init__(self, bootstrap: str, topic: str, rows: list[bytes], rate_per_s: int) -> None:
-        self.bootstrap = bootstrap
-        self.topic = topic
-        self.rows = rows
-        self.rate_per_s = rate_per_s
-        self.prefix = "r"
-        self.keys: list[bytes] = []
-        self.elapsed_s = 0.0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def start(self) -> Feeder:
-        self._thread.start()
-        return self
-
-    def stop(self) -> list[bytes]:
-        """Stop offering, wait until everything offered is in Kafka; returns the keys sent."""
-        self._stop.set()
-        self._thread.join(timeout=60)
-        assert not self._thread.is_alive(), "the feeder did not finish flushing in 60 s"
-        return self.keys
-
-    def _run(self) -> None:
-        producer = make_producer(self.bootstrap)
-        tick_s = 0.02
-        per_tick = max(1, round(self.rate_per_s * tick_s))
-        started = time.monotonic()
-        next_tick = started
-        try:
-            while not self._stop.is_set():
-                for _ in range(per_tick):
-                    i = len(self.keys)
-                    key = f"{self.prefix}-{i}".encode()
-                    producer.send(self.topic, key=key, value=self.rows[i % len(self.rows)])
-                    self.keys.append(key)
-                next_tick += tick_s
-                self._stop.wait(max(0.0, next_tick - time.monotonic()))
-            producer.flush(timeout=30)
-        finally:
-            self.elapsed_s = time.monotonic() - started
-            producer.close()
 
 
 def versions_by_partition(records: list[ConsumerRecord]) -> dict[int, list[str]]:
@@ -274,15 +244,15 @@ def test_promote_then_roll_back_under_a_steady_stream(stream: Stream) -> None:
     stream.start_workers(2)
     settled = revocations(stream.workers)  # the second worker's join revoked the first's
     feeder = stream.feed(RATE_PER_S, "steady")
-    time.sleep(3)
+    stream.wait_scored("v1", each=200)
 
     must(stream.models("promote", "v2"))
     stream.wait_log("model_swapped", lambda e: e.get("version") == "v2")
-    time.sleep(3)
+    stream.wait_scored("v2", since=feeder.sent, each=200)
     assert "now serving v1" in must(stream.models("rollback"))
     stream.wait_log("model_swapped", lambda e: e.get("version") == "v1")
-    time.sleep(3)
-    keys = feeder.stop()
+    stream.wait_scored("v1", since=feeder.sent, each=200)
+    keys = feeder.finish()
     offered = len(keys) / feeder.elapsed_s
 
     records = stream.predictions(keys)
@@ -309,7 +279,7 @@ def test_tampered_artifact_is_refused_and_the_old_version_keeps_serving(stream: 
     artifact.write_bytes(bytes(data))
     stream.start_workers(1)
     feeder = stream.feed(500, "tamper")
-    time.sleep(1)
+    stream.wait_scored("v1", each=1)
 
     refused = stream.models("promote", "v3")
     assert refused.returncode == 2 and "sha256 mismatch" in refused.stderr, refused.stderr
@@ -317,8 +287,10 @@ def test_tampered_artifact_is_refused_and_the_old_version_keeps_serving(stream: 
     v3 = LocalModelStore(stream.store).metadata(MODEL, "v3")
     publish_promotion(stream.bootstrap, stream.topics["models"], v3)
     stream.wait_log("model_load_failed", lambda e: e.get("version") == "v3")
-    time.sleep(3)  # retries back off: still one log line, still v1
-    keys = feeder.stop()
+    # the load is retried (after 1 s, then 2 s more): still one log line, still v1
+    wait_until(lambda: stream.reload_failures() >= 3, "two retries of the v3 load failed")
+    stream.wait_scored("v1", since=feeder.sent, each=1)
+    keys = feeder.finish()
 
     records = stream.predictions(keys)
     assert {Prediction.model_validate_json(r.value).model_version for r in records} == {"v1"}
@@ -332,8 +304,8 @@ def test_worker_started_after_a_promotion_serves_the_promoted_version(stream: St
     must(stream.models("promote", "v1"))  # v3 is the newest trained version
     stream.start_workers(1)
     feeder = stream.feed(500, "late")
-    time.sleep(1)
-    keys = feeder.stop()
+    stream.wait_scored("v1", each=1)
+    keys = feeder.finish()
 
     records = stream.predictions(keys)
     assert keys and {Prediction.model_validate_json(r.value).model_version for r in records} == {

@@ -13,16 +13,9 @@ from sklearn.metrics import accuracy_score, f1_score
 from forestream.edge.factory import TopicSpec, ensure_topics, make_producer
 from forestream.worker.evaluation import LabelConsumer, OnlineEvaluator
 from tests.kafka_helpers import on_client
+from tests.waiting import wait_until
 
 CLASSES = ["adelie", "chinstrap", "gentoo"]
-
-
-def wait_for(condition: Callable[[], bool], what: str, timeout_s: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s:.0f}s waiting for {what}")
-        time.sleep(0.05)
 
 
 def send_labels(bootstrap: str, topic: str, keys: list[bytes], labels: list[str]) -> None:
@@ -55,10 +48,10 @@ def test_labels_from_the_topic_give_the_offline_accuracy(
         on_client(kafka_bootstrap, kafka_client), topic, evaluator, start_at="earliest"
     ).start()
     try:
-        wait_for(lambda: consumer.labels_read == n // 2, "the first half of the labels")
+        wait_until(lambda: consumer.labels_read == n // 2, "the first half of the labels")
         evaluator.add_predictions(keys, predictions, "v1")
         send_labels(kafka_bootstrap, topic, keys[n // 2 :], labels[n // 2 :].tolist())
-        wait_for(lambda: evaluator.labels_joined == n, f"{n} joined labels")
+        wait_until(lambda: evaluator.labels_joined == n, f"{n} joined labels")
     finally:
         consumer.stop()
 
@@ -79,7 +72,7 @@ def test_starting_at_latest_skips_labels_already_on_the_topic(
     try:
         assert consumer.ready.wait(30), "label consumer never got its partitions"
         send_labels(kafka_bootstrap, topic, [b"new"], ["chinstrap"])
-        wait_for(lambda: evaluator.labels_joined >= 1, "the new label")
+        wait_until(lambda: evaluator.labels_joined >= 1, "the new label")
         time.sleep(0.3)  # room for a wrongly replayed old label to show up
     finally:
         consumer.stop()

@@ -248,6 +248,7 @@ def test_the_history_follows_the_topic_after_a_crash_between_announcing_and_reco
     assert assert_agreement(kafka_bootstrap, models_topic, store, follower) == "v1"
 
 
+@pytest.mark.edge  # the factory loads only the chosen client
 def test_registry_commands_import_no_scikit_learn_or_pandas_nor_the_other_client(
     kafka_bootstrap: str, models_topic: str, store: Path, kafka_client: str
 ) -> None:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import shutil
 import subprocess
 import sys
-import threading
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator
@@ -22,10 +21,12 @@ from pathlib import Path
 import pytest
 from kafka import TopicPartition
 
-from forestream.edge.factory import TopicSpec, ensure_topics, make_consumer, make_producer
+from forestream.edge.factory import TopicSpec, ensure_topics, make_consumer
 from forestream.registry.local import PROMOTIONS
 from forestream.wire.messages import Prediction
-from tests.kafka_helpers import read_topic
+from tests.feeding import PacedFeeder, cycling
+from tests.kafka_helpers import read_topic, wait_scored
+from tests.waiting import wait_until
 from tests.worker_support import (
     ROOT,
     WorkerGroup,
@@ -42,7 +43,9 @@ pytestmark = pytest.mark.usefixtures("kafka_client")  # every test on both clien
 NAME = "m"
 PARTITIONS = 4
 RATE_PER_S = 400
-STEADY_S = 3.0
+STEADY = 100
+"""Predictions each partition shows of v1 before the promotion, and of v2 (of records sent
+after every worker swapped) before the stream stops."""
 
 
 @pytest.fixture(scope="module")
@@ -53,46 +56,6 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
         save_model(store, NAME, make_frame(300, seed=seed), trees=10)
     (store / NAME / PROMOTIONS).unlink()
     return store
-
-
-class Feeder:
-    """Offers ``rate`` rec/s in 20 ms bursts (anchored: no drift) until stopped."""
-
-    def __init__(self, bootstrap: str, topic: str, rate: int) -> None:
-        frame = make_frame(500, seed=9)
-        self.rows = [row_json(row) for _, row in frame.iterrows()]
-        self.bootstrap = bootstrap
-        self.topic = topic
-        self.rate = rate
-        self.sent = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="feeder", daemon=True)
-
-    def start(self) -> Feeder:
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=60)
-        assert not self._thread.is_alive(), "the feeder did not flush within 60 s"
-
-    def _run(self) -> None:
-        producer = make_producer(self.bootstrap)
-        tick_s = 0.02
-        per_tick = max(1, round(self.rate * tick_s))
-        next_tick = time.monotonic()
-        try:
-            while not self._stop.is_set():
-                for _ in range(per_tick):
-                    value = self.rows[self.sent % len(self.rows)]
-                    producer.send(self.topic, key=f"k-{self.sent}".encode(), value=value)
-                    self.sent += 1
-                next_tick += tick_s
-                self._stop.wait(max(0.0, next_tick - time.monotonic()))
-            producer.flush(timeout=30)
-        finally:
-            producer.close()
 
 
 @pytest.fixture
@@ -144,21 +107,23 @@ def test_promotion_under_a_steady_stream_loses_nothing_and_switches_once(
         workers.start(1)
         owners = workers.wait_balanced(PARTITIONS)
     settled = sum(len(log_events(p, "partitions_revoked")) for p in workers.log_paths)
-    feeder = Feeder(kafka_bootstrap, topics["in"], RATE_PER_S).start()
-    time.sleep(STEADY_S)
+    rows = [row_json(row) for _, row in make_frame(500, seed=9).iterrows()]
+    feeder = PacedFeeder(kafka_bootstrap, topics["in"], cycling(rows), RATE_PER_S).start()
+    wait_scored(kafka_bootstrap, topics["out"], "v1", PARTITIONS, each=STEADY)
 
     started = time.time()
     out, returned = promote(kafka_bootstrap, topics, store, "v2")
     assert "now serving v2" in out
-    deadline = time.monotonic() + 45
-    while not all(
-        any(e.get("version") == "v2" for e in log_events(path, "model_swapped"))
-        for path in workers.log_paths
-    ):
-        assert time.monotonic() < deadline, "not every worker swapped to v2 within 45 s"
-        time.sleep(0.1)
-    time.sleep(2.0)
-    feeder.stop()
+    wait_until(
+        lambda: all(
+            any(e.get("version") == "v2" for e in log_events(path, "model_swapped"))
+            for path in workers.log_paths
+        ),
+        "every worker swapped to v2",
+        45,
+    )
+    wait_scored(kafka_bootstrap, topics["out"], "v2", PARTITIONS, since=feeder.sent, each=STEADY)
+    feeder.finish()
 
     ends = end_offsets(kafka_bootstrap, topics["in"])
     wanted = {(p, o) for p, end in ends.items() for o in range(end)}

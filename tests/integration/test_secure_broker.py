@@ -254,6 +254,7 @@ def test_outsider_authenticates_but_is_refused_on_topics(
 
 
 @pytest.mark.parametrize("mechanism", ["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"])
+@pytest.mark.edge  # fatal classification on both clients
 def test_wrong_password_is_refused(
     secure_kafka: SecureBrokerInfo, mechanism: str, kafka_client: str
 ) -> None:

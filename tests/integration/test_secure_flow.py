@@ -205,6 +205,7 @@ def _assert_one_fatal_line(
     assert len(lines) <= 6, "\n".join(lines)
 
 
+@pytest.mark.edge  # fatal classification: each adapter maps the refusal
 def test_wrong_password_ends_the_worker_with_exit_3(
     secure_kafka: SecureBrokerInfo, topic_name: Callable[[str], str], tmp_path: Path
 ) -> None:
@@ -222,6 +223,7 @@ def test_wrong_password_ends_the_worker_with_exit_3(
     assert "not-the-password" not in done.stdout + done.stderr
 
 
+@pytest.mark.edge  # fatal classification: each adapter maps the refusal
 def test_untrusted_ca_ends_the_worker_with_exit_4(
     secure_kafka: SecureBrokerInfo, topic_name: Callable[[str], str], tmp_path: Path
 ) -> None:
@@ -236,6 +238,7 @@ def test_untrusted_ca_ends_the_worker_with_exit_4(
     _assert_one_fatal_line(done, took, exit_code_for(TlsFailed), "is not trusted")
 
 
+@pytest.mark.edge  # fatal classification: each adapter maps the refusal
 def test_missing_acls_end_commands_with_exit_5(
     secure_kafka: SecureBrokerInfo,
     topic_name: Callable[[str], str],
@@ -267,6 +270,7 @@ def test_missing_acls_end_commands_with_exit_5(
     )
 
 
+@pytest.mark.edge  # fatal classification: each adapter maps the refusal
 def test_exactly_once_needs_the_transactional_id_acl_and_then_delivers_once(
     secure_kafka: SecureBrokerInfo,
     topic_name: Callable[[str], str],
@@ -314,6 +318,7 @@ def test_exactly_once_needs_the_transactional_id_acl_and_then_delivers_once(
     assert len(sources) == len(set(sources)), "a prediction was read twice"
 
 
+@pytest.mark.edge  # fatal classification: each adapter maps the refusal
 def test_produce_without_the_write_acl_ends_with_exit_5(
     secure_kafka: SecureBrokerInfo,
     topic_name: Callable[[str], str],

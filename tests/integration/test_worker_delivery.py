@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
-import threading
 import time
 import urllib.request
 from collections import Counter
@@ -27,6 +26,7 @@ from kafka.consumer.fetcher import ConsumerRecord
 from forestream.edge.factory import TopicSpec, ensure_topics, make_producer
 from forestream.wire import headers
 from forestream.wire.messages import Prediction
+from tests.feeding import PacedFeeder, listed
 from tests.kafka_helpers import read_topic
 from tests.worker_support import (
     CATEGORICAL,
@@ -104,50 +104,24 @@ def produce(bootstrap: str, topic: str, records: list[tuple[bytes, bytes | None]
         producer.close()
 
 
-class Feeder:
-    """Produces ``records`` in a background thread with short pauses, so workers are killed or
-    stopped while input is still arriving; leaving the block stops it and waits for it."""
-
-    def __init__(
-        self,
-        bootstrap: str,
-        topic: str,
-        records: list[tuple[bytes, bytes | None]],
-        pause_every: int,
-        *,
-        finish: bool = True,
-    ) -> None:
-        self.bootstrap = bootstrap
-        self.finish = finish
-        self.topic = topic
-        self.records = records
-        self.pause_every = pause_every
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        producer = make_producer(self.bootstrap, max_request_size=4 * 1024 * 1024)
-        try:
-            for i, (key, value) in enumerate(self.records):
-                if self._stop.is_set():
-                    break
-                producer.send(self.topic, key=key, value=value)
-                if i % self.pause_every == 0:
-                    producer.flush()
-                    time.sleep(0.02)
-            producer.flush(timeout=30)
-        finally:
-            producer.close()
-
-    def __enter__(self) -> Feeder:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *_exc: object) -> None:
-        """With ``finish``, lets every record go out unless the block failed; else stops now."""
-        if _exc[0] is not None or not self.finish:
-            self._stop.set()
-        self._thread.join(timeout=60)
+def feeder(
+    bootstrap: str,
+    topic: str,
+    records: list[tuple[bytes, bytes | None]],
+    rate_per_s: int,
+    **kw: Any,
+) -> PacedFeeder:
+    """``records`` offered at ``rate_per_s`` in a background thread, so workers are killed or
+    stopped while input is still arriving (``finish_on_exit=False``: the rest is not sent)."""
+    return PacedFeeder(
+        bootstrap,
+        topic,
+        listed(records),
+        rate_per_s,
+        limit=len(records),
+        max_request_size=4 * 1024 * 1024,
+        **kw,
+    )
 
 
 def http_get(port: int, path: str) -> str:
@@ -235,7 +209,7 @@ def test_survivor_takes_over_after_sigkill(
     workers, topics = workers_for(2)
     keys, frame = valid_inputs(600, seed=8)
     records = [(k, row_json(row)) for k, (_, row) in zip(keys, frame.iterrows(), strict=True)]
-    with Feeder(kafka_bootstrap, topics["in"], records, pause_every=20):
+    with feeder(kafka_bootstrap, topics["in"], records, 800):
         read_topic(kafka_bootstrap, topics["out"], expected=60, timeout_s=60)
         victim = workers.procs[0]
         victim.send_signal(signal.SIGKILL)
@@ -274,7 +248,7 @@ def test_sigterm_exits_zero_with_offsets_committed_after_last_scored(
         records.append((key, row_json(row)))
         if i % 50 == 0:
             records.append((b"bad", bad[(i // 50) % len(bad)][0]))
-    with Feeder(kafka_bootstrap, topics["in"], records, pause_every=50, finish=False):
+    with feeder(kafka_bootstrap, topics["in"], records, 2000, finish_on_exit=False):
         read_topic(kafka_bootstrap, topics["out"], expected=300, timeout_s=60)
         [serving] = log_events(workers.log_paths[0], "metrics_serving")
         ready = json.loads(http_get(serving["port"], "/readyz"))

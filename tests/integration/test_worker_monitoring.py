@@ -13,7 +13,6 @@ import os
 import socket
 import subprocess
 import sys
-import time
 import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
@@ -27,6 +26,7 @@ from forestream.edge.factory import TopicSpec, ensure_topics, make_producer
 from forestream.edge.interface import KAFKA_CLIENTS
 from forestream.wire.messages import DriftReport
 from tests.kafka_helpers import read_topic
+from tests.waiting import wait_until
 from tests.worker_support import (
     CATEGORICAL,
     NUMERIC,
@@ -228,9 +228,7 @@ def test_one_feature_shifted_by_two_std_is_flagged_alone(
     assert flagged == {SHIFTED}, report.features
     others = max(d.psi for f, d in report.features.items() if f != SHIFTED)
     assert report.features[SHIFTED].psi > 10 * others, report.features
-    deadline = time.monotonic() + 10
-    while not log_events(log_path, "drift_detected") and time.monotonic() < deadline:
-        time.sleep(0.2)
+    wait_until(lambda: log_events(log_path, "drift_detected"), "a drift_detected log line", 10)
     assert [e["feature"] for e in log_events(log_path, "drift_detected")] == [SHIFTED]
     assert s.gauge("forestream_feature_drifting", feature=SHIFTED) == 1.0
     assert s.gauge("forestream_feature_drifting", feature="x2") == 0.0

@@ -8,18 +8,17 @@ at-least-once, and printed), and after the churn every member of the group owns 
 
 from __future__ import annotations
 
-import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 from kafka import KafkaAdminClient
 
-from forestream.edge.factory import TopicSpec, ensure_topics, make_producer
+from forestream.edge.factory import TopicSpec, ensure_topics
 from forestream.wire import headers
+from tests.feeding import PacedFeeder
 from tests.kafka_helpers import read_topic
 from tests.worker_support import (
     WorkerGroup,
@@ -39,87 +38,30 @@ BAD_EVERY = 50
 """Every 50th record of the stream is malformed, so the DLQ side of the accounting is exercised."""
 
 
-class SteadyStream:
-    """Sends records at a steady pace from a thread until stopped; remembers what it sent.
+RATE_PER_S = 200
+"""The steady stream's pace: 20 records every 0.1 s."""
 
-    Each record is acknowledged before the next pause, so ``sent`` only names records that are
-    really in the topic.
-    """
 
-    def __init__(
-        self, bootstrap: str, topic: str, per_pause: int = 20, pause_s: float = 0.1
-    ) -> None:
-        self.bootstrap = bootstrap
-        self.topic = topic
-        self.per_pause = per_pause
-        self.pause_s = pause_s
-        self.valid_keys: list[bytes] = []
-        self.bad_keys: dict[bytes, str] = {}  # key -> expected reason code
-        self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self.error: BaseException | None = None
+def steady_stream(bootstrap: str, topic: str) -> tuple[PacedFeeder, dict[bytes, str]]:
+    """A feeder of valid rows with every ``BAD_EVERY``-th record malformed, and the expected
+    reason code of each malformed key; it stops when its block ends (``finish_on_exit=False``),
+    every record it sent acknowledged."""
+    bad = malformed_records()
+    rows = [row_json(row) for _, row in make_frame(20_000, seed=21).iterrows()]
+    codes = {
+        f"bad-{i}".encode(): bad[(i // BAD_EVERY) % len(bad)][1]
+        for i in range(BAD_EVERY - 1, len(rows), BAD_EVERY)
+    }
 
-    @property
-    def sent(self) -> int:
-        with self._lock:
-            return len(self.valid_keys) + len(self.bad_keys)
+    def record(i: int) -> tuple[bytes, bytes | None]:
+        if i % BAD_EVERY == BAD_EVERY - 1:
+            return f"bad-{i}".encode(), bad[(i // BAD_EVERY) % len(bad)][0]
+        return f"ok-{i}".encode(), rows[i]
 
-    def _run(self) -> None:
-        bad = malformed_records()
-        rows = [row_json(row) for _, row in make_frame(20_000, seed=21).iterrows()]
-        producer = make_producer(self.bootstrap)
-        try:
-            batch: list[tuple[bytes, bytes | None, str | None]] = []
-            for i, row in enumerate(rows):
-                if self._stop.is_set():
-                    break
-                if i % BAD_EVERY == BAD_EVERY - 1:
-                    value, code = bad[(i // BAD_EVERY) % len(bad)]
-                    batch.append((f"bad-{i}".encode(), value, code))
-                else:
-                    batch.append((f"ok-{i}".encode(), row, None))
-                if len(batch) == self.per_pause:
-                    self._send(producer, batch)
-                    batch = []
-                    time.sleep(self.pause_s)
-            self._send(producer, batch)
-        except BaseException as exc:  # surfaced by stop(), never swallowed
-            self.error = exc
-        finally:
-            producer.close(timeout=10)
-
-    def _send(self, producer: Any, batch: list[tuple[bytes, bytes | None, str | None]]) -> None:
-        futures = [producer.send(self.topic, key=k, value=v) for k, v, _ in batch]
-        producer.flush(timeout=30)
-        for future in futures:
-            future.get(timeout=0)  # raises if the broker refused it
-        with self._lock:
-            for key, _value, code in batch:
-                if code is None:
-                    self.valid_keys.append(key)
-                else:
-                    self.bad_keys[key] = code
-
-    def wait_sent(self, count: int, timeout_s: float = 60.0) -> None:
-        deadline = time.monotonic() + timeout_s
-        while self.sent < count:
-            if self.error is not None or not self._thread.is_alive():
-                raise AssertionError(f"producer thread ended early: {self.error!r}")
-            if time.monotonic() > deadline:
-                raise AssertionError(f"sent {self.sent} of {count} records in {timeout_s:.0f}s")
-            time.sleep(0.1)
-
-    def __enter__(self) -> SteadyStream:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *_exc: object) -> None:
-        self._stop.set()
-        self._thread.join(timeout=60)
-        assert not self._thread.is_alive(), "producer thread did not stop"
-        if self.error is not None:
-            raise AssertionError(f"producer thread failed: {self.error!r}")
+    feeder = PacedFeeder(
+        bootstrap, topic, record, RATE_PER_S, limit=len(rows), finish_on_exit=False
+    )
+    return feeder, codes
 
 
 def group_members(bootstrap: str, group: str, timeout_s: float = 30.0) -> list[list[int]]:
@@ -170,8 +112,9 @@ def test_stop_one_start_one_under_load_accounts_for_every_input(
     first = group.wait_balanced(PARTITIONS)
     assert sorted(len(parts) for parts in first.values()) == [2, 2, 2], first
 
-    with SteadyStream(kafka_bootstrap, topics["in"]) as stream:
-        stream.wait_sent(400)
+    feeder, codes = steady_stream(kafka_bootstrap, topics["in"])
+    with feeder as stream:
+        stream.wait_acked(400)
         group.stop(0)
         newcomer = group.start()
         after = group.wait_balanced(PARTITIONS)
@@ -179,9 +122,11 @@ def test_stop_one_start_one_under_load_accounts_for_every_input(
         members = group_members(kafka_bootstrap, group_id)
         assert sorted(len(parts) for parts in members) == [2, 2, 2], members
         assert sorted(p for parts in members for p in parts) == list(range(PARTITIONS)), members
-        stream.wait_sent(stream.sent + 400)  # the newcomer scores live traffic too
+        stream.wait_acked(stream.acked + 400)  # the newcomer scores live traffic too
 
-    valid, bad = set(stream.valid_keys), dict(stream.bad_keys)
+    # every record sent was acknowledged when the block ended
+    valid = {key for key in stream.keys if key.startswith(b"ok-")}
+    bad = {key: codes[key] for key in stream.keys if key.startswith(b"bad-")}
     dead_letters = read_topic(
         kafka_bootstrap, topics["dlq"], until=lambda got: {r.key for r in got} >= bad.keys()
     )

@@ -17,6 +17,7 @@ import pytest
 from forestream.edge.factory import TopicSpec, ensure_topics, make_producer, partition_reader
 from forestream.edge.interface import InputRecord, PartitionReader, TopicPartition
 from tests.kafka_helpers import on_client
+from tests.waiting import wait_until
 
 PARTITIONS = 4
 PER_PARTITION = 2_500
@@ -205,7 +206,19 @@ def _ten_records_in_a_transaction(
     for i in range(10):
         producer.produce(topic, b"x", f"k{i}".encode())
     producer.commit_transaction(30)
-    return TopicPartition(topic, 0)
+    tp = TopicPartition(topic, 0)
+    # the coordinator writes the commit marker after it answers: await it, or the last stable
+    # offset can still be 0 (seen on a loaded machine)
+    reader = _reader(bootstrap, "kafka-python", "test-reader-marker-written")
+    try:
+        wait_until(
+            lambda: reader.end_offsets([tp])[tp] == 11,
+            "the commit marker at offset 10 (end offset 11)",
+            seen=lambda: reader.end_offsets([tp]),
+        )
+    finally:
+        reader.close()
+    return tp
 
 
 def test_position_steps_over_transaction_markers(
