@@ -23,6 +23,9 @@ from forestream.registry.signing import (
 
 SIGNING_ENV = "FORESTREAM_SIGNING_KEY_FILE"
 VERIFY_ENV = "FORESTREAM_VERIFY_KEY_FILE"
+SESSION_KEY_ENV = frozenset({SIGNING_ENV, VERIFY_ENV})
+"""What a test that hands a command a clean FORESTREAM_* environment still passes on: the
+session's keys, as a deployment gives every command its own."""
 
 
 @cache

@@ -21,6 +21,7 @@ from forestream.local.kafka import SecureBrokerInfo
 from forestream.runtime.settings import CommonSettings, load_settings
 from forestream.training.demo_data import write_penguins_csv
 from tests.kafka_helpers import read_topic
+from tests.signing_support import SESSION_KEY_ENV
 
 pytestmark = pytest.mark.usefixtures("kafka_client")  # every test on both clients
 
@@ -29,9 +30,9 @@ FATAL_WITHIN_S = 10.0
 
 
 def _env(security: dict[str, str], **extra: str) -> dict[str, str]:
-    """The user's environment: only the secured cluster's FORESTREAM_* settings, and the
-    Kafka client this run is on (``kafka_client``)."""
-    kept = {"FORESTREAM_KAFKA_CLIENT"}
+    """The user's environment: only the secured cluster's FORESTREAM_* settings, the Kafka
+    client this run is on (``kafka_client``) and the session's signing keys."""
+    kept = {"FORESTREAM_KAFKA_CLIENT", *SESSION_KEY_ENV}
     base = {k: v for k, v in os.environ.items() if not k.startswith("FORESTREAM_") or k in kept}
     return base | security | extra
 

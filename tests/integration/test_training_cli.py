@@ -17,14 +17,16 @@ from forestream.registry.local import LocalModelStore
 from forestream.training.demo_data import write_penguins_csv
 from forestream.wire.messages import ModelEvent
 from tests.kafka_helpers import read_topic
+from tests.signing_support import SESSION_KEY_ENV
 
 CLI = [sys.executable, "-m", "forestream"]
 
 
 def run(*args: str, cwd: Path, **env: str) -> subprocess.CompletedProcess[str]:
-    """The CLI in a subprocess; only the broker address and the Kafka client are inherited
-    from FORESTREAM_* vars."""
+    """The CLI in a subprocess; only the broker address, the Kafka client and the session's
+    signing keys are inherited from FORESTREAM_* vars."""
     kept = {"FORESTREAM_BOOTSTRAP_SERVERS", "FORESTREAM_KAFKA_DIR", "FORESTREAM_KAFKA_CLIENT"}
+    kept |= SESSION_KEY_ENV
     environ = {k: v for k, v in os.environ.items() if not k.startswith("FORESTREAM_") or k in kept}
     return subprocess.run(
         [*CLI, *args], capture_output=True, text=True, timeout=180, cwd=cwd, env=environ | env
