@@ -8,8 +8,12 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 
 WORKDIR /app
+# The locked dependency set first (to the hash; a layer that survives source changes), then the
+# project itself without resolving anything again.
+COPY requirements.lock .
+RUN pip install --require-hashes -r requirements.lock
 COPY . .
-RUN pip install . \
+RUN pip install --no-deps . \
     && useradd --create-home --uid 10001 forestream \
     && mkdir -p /models /data /cache \
     && chown forestream:forestream /models /data /cache

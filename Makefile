@@ -4,19 +4,28 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-DOCS_STAMP := $(VENV)/.installed-docs
-BENCH_STAMP := $(VENV)/.installed-bench
 BENCH_RESULTS ?= bench/results/latest.json
 
-.PHONY: setup test test-extra unit integration lint format demo bench bench-report kafka-jars tools \
+.PHONY: lock setup test test-extra unit integration lint format demo bench bench-report kafka-jars tools \
 	docs docs-build docs-check docs-cli clean
 
-$(STAMP): pyproject.toml
+# Installs are the lock's, to the hash (requirements-dev.lock: every extra; `make lock` refreshes
+# it from pyproject.toml), then the project itself without dependencies.
+$(STAMP): pyproject.toml requirements-dev.lock
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11+ is required")'
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[test]'
+	$(BIN)/pip install -q --require-hashes -r requirements-dev.lock
+	$(BIN)/pip install -q --no-deps -e .
 	touch $(STAMP)
+
+# Both locks from pyproject.toml, resolved for every Python 3.11 (requirements.lock: what the
+# image installs; requirements-dev.lock: with the test, docs and bench extras).
+UV_COMPILE = $(BIN)/uv pip compile pyproject.toml --python-version 3.11 --generate-hashes -q
+lock: $(STAMP)
+	$(BIN)/pip install -q 'uv>=0.13,<0.14'
+	$(UV_COMPILE) -o requirements.lock
+	$(UV_COMPILE) --all-extras -o requirements-dev.lock
 
 setup: $(STAMP) kafka-jars tools
 
@@ -70,31 +79,23 @@ bench: setup
 
 # docs/benchmark.md and docs/assets/benchmark.svg from what `make bench` wrote (or another
 # results file: `make bench-report BENCH_RESULTS=bench/recorded/....json`)
-bench-report: $(BENCH_STAMP)
+bench-report: $(STAMP)
 	$(BIN)/python -m bench.report $(BENCH_RESULTS)
 
-$(BENCH_STAMP): $(STAMP)
-	$(BIN)/pip install -q -e '.[test,bench]'
-	touch $(BENCH_STAMP)
-
 # The docs site (MkDocs + Material, mkdocs.yml). `docs` serves it on the loopback only.
-$(DOCS_STAMP): $(STAMP)
-	$(BIN)/pip install -q -e '.[test,docs]'
-	touch $(DOCS_STAMP)
-
 docs-cli: $(STAMP)
 	$(BIN)/python docs/gen_cli_reference.py
 	$(BIN)/python docs/gen_settings_reference.py
 
-docs: $(DOCS_STAMP) docs-cli
+docs: $(STAMP) docs-cli
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs serve --dev-addr 127.0.0.1:8000
 
-docs-build: $(DOCS_STAMP) docs-cli
+docs-build: $(STAMP) docs-cli
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir site
 
 # What CI runs: the strict build of the committed pages (no regeneration, no server); a stale
 # CLI or settings reference is the unit tests' to catch.
-docs-check: $(DOCS_STAMP)
+docs-check: $(STAMP)
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir site
 
 clean:

@@ -357,10 +357,11 @@ def test_every_forestream_env_var_is_a_setting_with_a_valid_value(
     assert not problems, "\n".join(problems)
 
 
-def test_dockerfile_installs_the_project_on_python_311_slim() -> None:
+def test_dockerfile_installs_the_locked_set_then_the_project_on_python_311_slim() -> None:
     text = DOCKERFILE.read_text()
     assert re.search(r"^FROM python:3\.11-slim\b", text, re.MULTILINE)
-    assert re.search(r"pip install \.(\s|$)", text)
+    locked = text.index("pip install --require-hashes -r requirements.lock")
+    assert re.search(r"pip install --no-deps \.(\s|$)", text[locked:])
     ignored = (ROOT / ".dockerignore").read_text().split()
     assert {".venv", ".git", ".forestream"} <= set(ignored)  # never ship local state
 
