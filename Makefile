@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 BENCH_RESULTS ?= bench/results/latest.json
 
-.PHONY: lock setup test test-extra unit integration lint format demo bench bench-report kafka-jars tools \
+.PHONY: wheel-check lock setup test test-extra unit integration lint format demo bench bench-report kafka-jars tools \
 	docs docs-build docs-check docs-cli clean
 
 # Installs are the lock's, to the hash (requirements-dev.lock: every extra; `make lock` refreshes
@@ -100,3 +100,14 @@ docs-check: $(STAMP)
 
 clean:
 	rm -rf $(VENV) .forestream .pytest_cache .ruff_cache .mypy_cache site
+
+# One import root: the wheel `pip install .` builds holds one top-level package, forestream (the
+# components reach it through symlinks, which the wheel stores as real folders).
+wheel-check: $(STAMP)
+	rm -rf build/wheel
+	$(BIN)/pip wheel -q --no-deps -w build/wheel .
+	$(BIN)/python -c 'import glob, sys, zipfile; \
+	  names = zipfile.ZipFile(glob.glob("build/wheel/forestream-*.whl")[0]).namelist(); \
+	  top = {n.split("/")[0] for n in names if ".dist-info/" not in n}; \
+	  print("wheel top level:", sorted(top)); \
+	  sys.exit(0 if top == {"forestream"} and all(c in names for c in ("forestream/worker/loop.py", "forestream/training/cli.py", "forestream/producer/cli.py")) else "not one root package: %s" % sorted(top))'
