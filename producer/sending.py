@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from forestream.edge.interface import Outgoing
-from forestream.errors import DeliveryFailed as DeliveryFailed
+from forestream.errors import DeliveryFailed
 from forestream.producer.encoding import encode_row
 from forestream.producer.malformed import MalformedMixer
 from forestream.producer.pacing import RateSchedule

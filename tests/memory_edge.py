@@ -261,7 +261,7 @@ class MemoryTransactionalProducer(MemoryProducer):
     def commit_transaction(
         self, offsets: dict[TopicPartition, int], group_metadata: object, timeout_s: float
     ) -> None:
-        from forestream.edge.interface import TransactionAborted, TransientKafkaError
+        from forestream.errors import TransactionAborted, TransientKafkaError
 
         outcome = self.outcomes.pop(0) if self.outcomes else "commit"
         records, self.open = self.open or [], None

@@ -36,9 +36,8 @@ from typing import TYPE_CHECKING, Literal
 
 from pydantic import ValidationError
 
-from forestream.edge.interface import Outgoing, TopicPartition, TransientKafkaError
-from forestream.errors import RegistryConflict as RegistryConflict
-from forestream.errors import UserError
+from forestream.edge.interface import Outgoing, TopicPartition
+from forestream.errors import RegistryConflict, TransientKafkaError, UserError
 from forestream.registry.metadata import ModelMetadata
 from forestream.registry.store import HistoryAction, ModelStore
 from forestream.wire.messages import ModelEvent, ServingRef

@@ -27,9 +27,9 @@ import structlog
 from forestream.wire.messages import VersionAccuracy
 
 if TYPE_CHECKING:
-    from forestream.edge.errors import KafkaFatalError
     from forestream.edge.factory import Target
     from forestream.edge.interface import InputRecord, PartitionReader
+    from forestream.errors import KafkaFatalError
     from forestream.worker.batch import ScoredBatch
 
 log = structlog.get_logger("forestream.labels")
@@ -248,9 +248,8 @@ class LabelConsumer:
 
     def run(self) -> None:
         """Poll until :meth:`stop`; Kafka errors are retried, never raised into the worker."""
-        from forestream.edge.errors import KafkaFatalError
         from forestream.edge.factory import partition_reader
-        from forestream.edge.interface import TransientKafkaError
+        from forestream.errors import KafkaFatalError, TransientKafkaError
         from forestream.runtime.logs import RateLimited
 
         warn = RateLimited(10.0)

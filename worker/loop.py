@@ -21,7 +21,6 @@ from typing import TYPE_CHECKING
 
 import structlog
 
-from forestream.edge.errors import KafkaFatalError
 from forestream.edge.factory import (
     TopicSpec,
     acking_producer,
@@ -35,9 +34,9 @@ from forestream.edge.interface import (
     AckingProducer,
     GroupConsumer,
     TransactionalProducer,
-    TransientKafkaError,
     describe_partitions,
 )
+from forestream.errors import KafkaFatalError, TransientKafkaError
 from forestream.exit_codes import exit_code_for
 from forestream.runtime.deadline import Deadline
 from forestream.runtime.logs import RateLimited

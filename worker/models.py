@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 import structlog
 from pydantic import ValidationError
 
-from forestream.errors import SchemaIncompatible as SchemaIncompatible
+from forestream.errors import SchemaIncompatible
 from forestream.wire.messages import ModelEvent, ServingRef
 from forestream.wire.schema import (
     CategoricalFeature,
@@ -37,8 +37,8 @@ from forestream.wire.schema import (
 )
 
 if TYPE_CHECKING:
-    from forestream.edge.errors import KafkaFatalError
     from forestream.edge.factory import Target
+    from forestream.errors import KafkaFatalError
     from forestream.registry.signing import Trust
     from forestream.registry.store import ModelStore
 
@@ -96,15 +96,11 @@ def store_loader(
     rollback, or while the store is unreachable. Cached or downloaded, the bytes pass the same
     checks against the hash announced on the models topic before they are unpickled.
     """
+    from forestream.errors import ArtifactRejected
     from forestream.registry.cache import ArtifactCache
     from forestream.registry.open import open_store
     from forestream.registry.signing import Trust
-    from forestream.registry.store import (
-        ArtifactRejected,
-        ModelStore,
-        check_artifact,
-        unpickle_model,
-    )
+    from forestream.registry.store import ModelStore, check_artifact, unpickle_model
 
     model_store = store if isinstance(store, ModelStore) else open_store(store)
     policy = trust if trust is not None else Trust.from_env()
@@ -247,8 +243,7 @@ class ModelFollower:
     # -- background thread -------------------------------------------------------------------
 
     def _run(self) -> None:
-        from forestream.edge.errors import KafkaFatalError
-        from forestream.edge.interface import TransientKafkaError
+        from forestream.errors import KafkaFatalError, TransientKafkaError
 
         backoff = self.retry_backoff_s
         while not self._stop.is_set():

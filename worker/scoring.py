@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from forestream.errors import ScoringError as ScoringError
+from forestream.errors import ScoringError
 from forestream.wire import headers
 
 

@@ -11,13 +11,8 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
-from forestream.edge.interface import (
-    Outgoing,
-    TopicPartition,
-    TransactionAborted,
-    TransactionalProducer,
-    TransientKafkaError,
-)
+from forestream.edge.interface import Outgoing, TopicPartition, TransactionalProducer
+from forestream.errors import TransactionAborted, TransientKafkaError
 
 TXN_TIMEOUT_S = 10.0
 """Bound on committing one transaction (milliseconds when healthy)."""

@@ -17,13 +17,14 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from forestream.errors import AuthenticationFailed as AuthenticationFailed
-from forestream.errors import KafkaFatalError as KafkaFatalError
-from forestream.errors import NotAuthorized as NotAuthorized
-from forestream.errors import ProducerFenced as ProducerFenced
-from forestream.errors import TlsFailed as TlsFailed
-from forestream.errors import TopicUnavailable as TopicUnavailable
-from forestream.errors import UnreadableRecords as UnreadableRecords
+from forestream.errors import (
+    AuthenticationFailed,
+    NotAuthorized,
+    ProducerFenced,
+    TlsFailed,
+    TopicUnavailable,
+    UnreadableRecords,
+)
 
 if TYPE_CHECKING:
     from forestream.edge.connection import KafkaConnection

@@ -20,24 +20,24 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from forestream.edge.connection import KafkaConnection
-from forestream.edge.errors import (
-    KafkaFatalError,
-    NotAuthorized,
-    topic_not_authorized,
-    topic_unavailable,
-)
+from forestream.edge.errors import topic_not_authorized, topic_unavailable
 from forestream.edge.interface import (
     AckingProducer,
-    CreationRefused,
     GroupConsumer,
     GroupOffsetsReader,
     PartitionReader,
     TopicAdmin,
     TopicRequest,
     TransactionalProducer,
-    TransientKafkaError,
 )
-from forestream.errors import ClusterUnreachable, UserError
+from forestream.errors import (
+    ClusterUnreachable,
+    CreationRefused,
+    KafkaFatalError,
+    NotAuthorized,
+    TransientKafkaError,
+    UserError,
+)
 from forestream.runtime.settings import broker_addresses
 
 if TYPE_CHECKING:

@@ -21,11 +21,6 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import Literal, NamedTuple, Protocol
 
-from forestream.errors import CommitRejected as CommitRejected
-from forestream.errors import CreationRefused as CreationRefused
-from forestream.errors import TransactionAborted as TransactionAborted
-from forestream.errors import TransientKafkaError as TransientKafkaError
-
 KafkaClient = Literal["kafka-python", "confluent"]
 KAFKA_CLIENTS: tuple[str, ...] = ("kafka-python", "confluent")
 

@@ -16,8 +16,7 @@ import struct
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from forestream.edge.errors import AuthenticationFailed, KafkaFatalError, TlsFailed
-from forestream.errors import UserError
+from forestream.errors import AuthenticationFailed, KafkaFatalError, TlsFailed, UserError
 
 if TYPE_CHECKING:
     from forestream.edge.connection import KafkaConnection
@@ -116,7 +115,7 @@ def check_tls(conn: KafkaConnection, host: str, port: int, timeout_s: float) -> 
 
 def check_login(conn: KafkaConnection, timeout_s: float, open_admin: OpenAdmin) -> None:
     """One metadata round trip as our principal: a refused login ends here, in one line."""
-    from forestream.edge.interface import TransientKafkaError
+    from forestream.errors import TransientKafkaError
 
     refused_login = AuthenticationFailed(
         f"Kafka at {conn.bootstrap} accepted the connection but not our login as "

@@ -278,7 +278,7 @@ def _java_cmd(java: str, lib: Path, data_dir: Path, *args: str) -> list[str]:
 def _broker_answers(conn: KafkaConnection, timeout_s: float) -> bool:
     """True once the broker answers a metadata request (not just accepts TCP)."""
     from forestream.edge.factory import topic_admin
-    from forestream.edge.interface import TransientKafkaError
+    from forestream.errors import TransientKafkaError
 
     try:
         admin = topic_admin(conn, timeout_s=timeout_s)

@@ -29,9 +29,9 @@ import uuid
 from collections.abc import Iterator
 from typing import Any, ClassVar
 
-from forestream.errors import UserError
+from forestream.errors import StoreUnavailable, UserError
 from forestream.registry.metadata import ModelMetadata, check_name
-from forestream.registry.store import ModelStore, StoreUnavailable
+from forestream.registry.store import ModelStore
 
 CLAIM = ".claim"
 COMPLETE = ".complete"

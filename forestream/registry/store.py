@@ -35,9 +35,7 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import ValidationError
 
-from forestream.errors import ArtifactRejected as ArtifactRejected
-from forestream.errors import StoreUnavailable as StoreUnavailable
-from forestream.errors import UserError
+from forestream.errors import ArtifactRejected, StoreUnavailable, UserError
 from forestream.registry.metadata import (
     ARTIFACT,
     METADATA,

@@ -19,8 +19,9 @@ from pathlib import Path
 import pytest
 
 from forestream.edge.connection import KafkaConnection
+from forestream.errors import RegistryConflict
 from forestream.registry.local import PROMOTIONS, LocalModelStore
-from forestream.training.publish import RegistryConflict, change_serving
+from forestream.training.publish import change_serving
 from forestream.wire.messages import ModelEvent
 from forestream.worker.models import ModelFollower, store_loader
 from tests.kafka_helpers import on_client, read_topic

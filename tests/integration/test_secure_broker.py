@@ -264,8 +264,8 @@ def test_wrong_password_is_refused(
     from pydantic import SecretStr
 
     from forestream.edge.connection import KafkaConnection
-    from forestream.edge.errors import AuthenticationFailed
     from forestream.edge.factory import require_reachable
+    from forestream.errors import AuthenticationFailed
 
     wrong = KafkaConnection(
         secure_kafka.sasl_ssl_address,

@@ -15,7 +15,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from forestream.edge.errors import AuthenticationFailed, NotAuthorized, TlsFailed
+from forestream.errors import AuthenticationFailed, NotAuthorized, TlsFailed
 from forestream.exit_codes import exit_code_for
 from forestream.local.kafka import SecureBrokerInfo
 from forestream.runtime.settings import CommonSettings, load_settings

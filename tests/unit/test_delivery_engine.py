@@ -15,13 +15,8 @@ from typing import Any, cast
 
 import pytest
 
-from forestream.edge.interface import (
-    CommitRejected,
-    InputRecord,
-    Outgoing,
-    TopicPartition,
-    TransientKafkaError,
-)
+from forestream.edge.interface import InputRecord, Outgoing, TopicPartition
+from forestream.errors import CommitRejected, TransientKafkaError
 from forestream.runtime.deadline import Deadline
 from forestream.worker.cycle import BatchCycle
 from forestream.worker.delivery import (

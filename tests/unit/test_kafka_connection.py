@@ -10,15 +10,15 @@ import pytest
 from kafka import errors as kafka_errors
 
 from forestream.edge.connection import SECURITY_ENV, KafkaConnection
-from forestream.edge.errors import (
+from forestream.edge.factory import TopicSpec, topic_request
+from forestream.edge.kafka_python import classify_client_error
+from forestream.errors import (
     AuthenticationFailed,
     NotAuthorized,
     TlsFailed,
     UnreadableRecords,
+    UserError,
 )
-from forestream.edge.factory import TopicSpec, topic_request
-from forestream.edge.kafka_python import classify_client_error
-from forestream.errors import UserError
 from forestream.exit_codes import exit_code_for
 from forestream.runtime.settings import CommonSettings, load_settings
 from tests.conftest import ROOT
@@ -221,8 +221,8 @@ def test_a_send_refused_after_fencing_is_fatal_on_kafka_python() -> None:
     cause: taken for a transient error, the producer was replaced and fenced its fencer back."""
     from kafka.errors import KafkaError, KafkaTimeoutError, ProducerFencedError
 
-    from forestream.edge.errors import ProducerFenced
     from forestream.edge.kafka_python import KafkaPythonTransactionalProducer
+    from forestream.errors import ProducerFenced
 
     producer = object.__new__(KafkaPythonTransactionalProducer)  # its logic, not a client
     producer._id = "tx-7"

@@ -10,12 +10,7 @@ from pydantic import SecretStr
 
 from forestream.edge.confluent.classify import classify_librdkafka_error
 from forestream.edge.connection import KafkaConnection
-from forestream.edge.errors import (
-    AuthenticationFailed,
-    NotAuthorized,
-    TlsFailed,
-    UnreadableRecords,
-)
+from forestream.errors import AuthenticationFailed, NotAuthorized, TlsFailed, UnreadableRecords
 from forestream.exit_codes import exit_code_for
 
 SCRAM = KafkaConnection(
@@ -111,7 +106,7 @@ def test_a_transport_error_that_is_a_tls_failure_is_fatal() -> None:
 def test_a_fenced_producer_is_its_own_fatal_error_not_a_format_mismatch(code: int) -> None:
     """librdkafka flags fencing as fatal; it must not read as "records this client cannot
     read" (exit 7) but as fencing (exit 9)."""
-    from forestream.edge.errors import ProducerFenced
+    from forestream.errors import ProducerFenced
 
     fatal = classify_librdkafka_error(KafkaError(code, "fenced", fatal=True), SCRAM)
     assert isinstance(fatal, ProducerFenced) and exit_code_for(fatal) == 9

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from forestream.errors import UserError
+from forestream.errors import ArtifactRejected, UserError
 from forestream.registry.local import PROMOTIONS, LocalModelStore
 from forestream.registry.metadata import (
     ARTIFACT,
@@ -26,7 +26,6 @@ from forestream.registry.metadata import (
     normalize_version,
 )
 from forestream.registry.signing import Signer, Trust, installed_sklearn_version
-from forestream.registry.store import ArtifactRejected
 from forestream.wire.schema import FeatureSchema, NumericFeature, ReferenceStats
 from tests.signing_support import session_signer
 from tests.worker_support import fit_pipeline, make_frame

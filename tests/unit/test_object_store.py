@@ -19,13 +19,12 @@ from typing import Any
 import pytest
 import structlog.testing
 
-from forestream.errors import UserError
+from forestream.errors import ArtifactRejected, StoreUnavailable, UserError
 from forestream.registry.local import LocalModelStore
 from forestream.registry.metadata import ModelMetadata
 from forestream.registry.object_store import ObjectModelStore
 from forestream.registry.open import open_store, store_location
 from forestream.registry.signing import installed_sklearn_version
-from forestream.registry.store import ArtifactRejected, StoreUnavailable
 from forestream.runtime.settings import CommonSettings, load_settings
 from forestream.wire.messages import ServingRef
 from forestream.wire.schema import ReferenceStats

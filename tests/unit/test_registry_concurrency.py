@@ -15,11 +15,10 @@ from typing import Any
 
 import pytest
 
-from forestream.errors import UserError
+from forestream.errors import ArtifactRejected, UserError
 from forestream.registry.local import LocalModelStore
 from forestream.registry.metadata import ARTIFACT, METADATA, ModelMetadata, pickled_class
 from forestream.registry.signing import Trust
-from forestream.registry.store import ArtifactRejected
 from forestream.worker.models import ModelFollower
 from tests.unit.test_worker_models import Loader, event
 from tests.worker_support import ROOT, fit_pipeline, make_frame, save_model
@@ -223,7 +222,7 @@ class _SettlingReader:
         pass
 
     def _lookup(self, partitions: list[Any], offset: int) -> dict[Any, int]:
-        from forestream.edge.interface import TransientKafkaError
+        from forestream.errors import TransientKafkaError
 
         if self.refusals > 0:
             self.refusals -= 1

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from forestream.edge.errors import NotAuthorized, group_not_authorized
-from forestream.errors import UserError
+from forestream.edge.errors import group_not_authorized
+from forestream.errors import NotAuthorized, UserError
 from forestream.runtime.settings import load_settings
 from forestream.worker.replay import (
     Checkpoint,

@@ -9,13 +9,8 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from forestream.edge.errors import NotAuthorized
-from forestream.edge.interface import (
-    Outgoing,
-    TopicPartition,
-    TransactionAborted,
-    TransientKafkaError,
-)
+from forestream.edge.interface import Outgoing, TopicPartition
+from forestream.errors import NotAuthorized, TransactionAborted, TransientKafkaError
 from forestream.exit_codes import exit_code_for
 from forestream.worker.transactions import replace_producer, retry_backoff_s, transact
 

@@ -12,11 +12,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from forestream.errors import ScoringError
 from forestream.wire import headers
 from forestream.wire.headers import ReasonCode
 from forestream.wire.messages import Prediction
 from forestream.worker.decoding import decode_batch
-from forestream.worker.scoring import ScoringError, dlq_headers, encode_predictions, score_frame
+from forestream.worker.scoring import dlq_headers, encode_predictions, score_frame
 from tests.worker_support import fit_pipeline, make_frame, row_json, schema_for
 
 

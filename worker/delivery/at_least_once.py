@@ -15,7 +15,8 @@ from typing import TYPE_CHECKING
 
 import structlog
 
-from forestream.edge.interface import CommitRejected, TopicPartition, TransientKafkaError
+from forestream.edge.interface import TopicPartition
+from forestream.errors import CommitRejected, TransientKafkaError
 from forestream.runtime.deadline import Deadline
 from forestream.worker.delivery.engine import LATE_COMMIT_TIMEOUT_S, Ledger
 

@@ -17,13 +17,8 @@ from typing import Any
 
 import structlog
 
-from forestream.edge.interface import (
-    Outgoing,
-    TopicPartition,
-    TransactionAborted,
-    TransactionalProducer,
-    TransientKafkaError,
-)
+from forestream.edge.interface import Outgoing, TopicPartition, TransactionalProducer
+from forestream.errors import TransactionAborted, TransientKafkaError
 from forestream.runtime.deadline import Clock, Deadline
 from forestream.runtime.logs import RateLimited
 from forestream.worker.cycle import next_offsets

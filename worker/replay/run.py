@@ -19,13 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from forestream.edge.interface import (
-    InputRecord,
-    PartitionReader,
-    TopicPartition,
-    TransientKafkaError,
-)
-from forestream.errors import UserError
+from forestream.edge.interface import InputRecord, PartitionReader, TopicPartition
+from forestream.errors import TransientKafkaError, UserError
 from forestream.runtime.logs import RateLimited
 from forestream.worker.cycle import next_offsets
 from forestream.worker.delivery.transactional import Outcome, Transactions
@@ -34,8 +29,8 @@ from forestream.worker.replay.flags import ReplaySettings
 from forestream.worker.transactions import TXN_INIT_BLOCK_MS, TXN_TIMEOUT_S
 
 if TYPE_CHECKING:  # the clients' side is imported when a replay runs: `--help` stays fast
-    from forestream.edge.errors import ProducerFenced
     from forestream.edge.interface import AckingProducer, GroupOffsetsReader, TransactionalProducer
+    from forestream.errors import ProducerFenced
     from forestream.worker.processing import AckedPublisher, ProcessedBatch
 
 
@@ -92,7 +87,7 @@ def replay(
 
     The checkpoint's guarantee decides how (``settings.guarantee`` is the new replays' only).
     """
-    from forestream.edge.errors import ProducerFenced
+    from forestream.errors import ProducerFenced
     from forestream.runtime.shutdown import install as install_shutdown_watchdog
 
     run = _Run(settings, checkpoint, model, checkpoint_path, on_progress)
@@ -119,7 +114,7 @@ def replay(
 
 
 def _fenced(checkpoint: Checkpoint, path: Path, timeout_ms: int) -> ProducerFenced:
-    from forestream.edge.errors import ProducerFenced
+    from forestream.errors import ProducerFenced
 
     return ProducerFenced(
         f"fenced: transactional id {checkpoint.transactional_id!r} was taken over, by another "

@@ -14,7 +14,8 @@ from confluent_kafka.admin import AdminClient, NewTopic
 from forestream.edge.confluent.classify import classify_librdkafka_error
 from forestream.edge.confluent.client import _Client
 from forestream.edge.connection import KafkaConnection
-from forestream.edge.interface import CreationRefused, TopicRequest, TransientKafkaError
+from forestream.edge.interface import TopicRequest
+from forestream.errors import CreationRefused, TransientKafkaError
 
 _STEP_S = 0.25
 """Admin calls wait in steps this long, so a login or TLS failure librdkafka reports to

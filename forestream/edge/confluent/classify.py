@@ -7,7 +7,6 @@ from confluent_kafka import KafkaError, KafkaException
 
 from forestream.edge.connection import KafkaConnection
 from forestream.edge.errors import (
-    KafkaFatalError,
     authentication_failed,
     format_mismatch,
     group_not_authorized,
@@ -18,6 +17,7 @@ from forestream.edge.errors import (
     tls_failed,
     topic_not_authorized,
 )
+from forestream.errors import KafkaFatalError
 
 _FENCED = frozenset(
     {KafkaError._FENCED, KafkaError.PRODUCER_FENCED, KafkaError.INVALID_PRODUCER_EPOCH}

@@ -25,13 +25,8 @@ from confluent_kafka import TopicPartition as RdTopicPartition
 
 from forestream.edge.confluent.classify import classify_librdkafka_error
 from forestream.edge.connection import KafkaConnection
-from forestream.edge.errors import KafkaFatalError
-from forestream.edge.interface import (
-    ConsumedRecord,
-    InputRecord,
-    TopicPartition,
-    TransientKafkaError,
-)
+from forestream.edge.interface import ConsumedRecord, InputRecord, TopicPartition
+from forestream.errors import KafkaFatalError, TransientKafkaError
 from forestream.runtime.logs import RateLimited
 
 log = structlog.get_logger("forestream.kafka")

@@ -25,14 +25,13 @@ from confluent_kafka import TopicPartition as RdTopicPartition
 from forestream.edge.confluent.client import _Client, _ours, _rd
 from forestream.edge.connection import KafkaConnection
 from forestream.edge.interface import (
-    CommitRejected,
     InputRecord,
     RebalanceHandler,
     TopicPartition,
-    TransientKafkaError,
     describe_partitions,
     lag_by_partition,
 )
+from forestream.errors import CommitRejected, TransientKafkaError
 
 log = structlog.get_logger("forestream.kafka")
 

@@ -14,11 +14,11 @@ from confluent_kafka import KafkaError, KafkaException, Message, Producer
 from forestream.edge.confluent.classify import _FENCED, classify_librdkafka_error
 from forestream.edge.confluent.client import _Client, _rd
 from forestream.edge.connection import KafkaConnection
-from forestream.edge.errors import KafkaFatalError, ProducerFenced, not_authorized, producer_fenced
-from forestream.edge.interface import (
-    Delivery,
-    Outgoing,
-    TopicPartition,
+from forestream.edge.errors import not_authorized, producer_fenced
+from forestream.edge.interface import Delivery, Outgoing, TopicPartition
+from forestream.errors import (
+    KafkaFatalError,
+    ProducerFenced,
     TransactionAborted,
     TransientKafkaError,
 )

@@ -20,8 +20,8 @@ from confluent_kafka import (
 from forestream.edge.confluent.classify import classify_librdkafka_error
 from forestream.edge.confluent.client import _Client, _rd
 from forestream.edge.connection import KafkaConnection
-from forestream.edge.errors import KafkaFatalError
 from forestream.edge.interface import InputRecord, ReadRecord, TopicPartition
+from forestream.errors import KafkaFatalError
 
 log = structlog.get_logger("forestream.kafka")
 

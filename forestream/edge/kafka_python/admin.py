@@ -17,8 +17,9 @@ from kafka.errors import (
 
 from forestream.edge.connection import KafkaConnection
 from forestream.edge.errors import said
-from forestream.edge.interface import CreationRefused, TopicRequest, TransientKafkaError
+from forestream.edge.interface import TopicRequest
 from forestream.edge.kafka_python.classify import classify_client_error
+from forestream.errors import CreationRefused, TransientKafkaError
 
 
 class KafkaPythonAdmin:

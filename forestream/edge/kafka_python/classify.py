@@ -7,7 +7,6 @@ from kafka import errors as e
 
 from forestream.edge.connection import KafkaConnection
 from forestream.edge.errors import (
-    KafkaFatalError,
     authentication_failed,
     format_mismatch,
     group_not_authorized,
@@ -19,6 +18,7 @@ from forestream.edge.errors import (
     topic_not_authorized,
     unsupported_codec,
 )
+from forestream.errors import KafkaFatalError
 
 
 def classify_client_error(

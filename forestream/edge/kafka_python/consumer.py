@@ -23,16 +23,15 @@ from kafka.structs import OffsetAndMetadata
 
 from forestream.edge.connection import KafkaConnection
 from forestream.edge.interface import (
-    CommitRejected,
     InputRecord,
     RebalanceHandler,
     TopicPartition,
-    TransientKafkaError,
     describe_partitions,
     lag_by_partition,
 )
 from forestream.edge.kafka_python.classify import classify_client_error
 from forestream.edge.kafka_python.client import _ours, _theirs
+from forestream.errors import CommitRejected, TransientKafkaError
 from forestream.runtime.internals import KAFKA_CONSUMER, require
 
 log = structlog.get_logger("forestream.kafka")

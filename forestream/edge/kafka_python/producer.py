@@ -25,15 +25,10 @@ from kafka.structs import OffsetAndMetadata
 
 from forestream.edge.connection import KafkaConnection
 from forestream.edge.errors import not_authorized, producer_fenced, said
-from forestream.edge.interface import (
-    Delivery,
-    Outgoing,
-    TopicPartition,
-    TransactionAborted,
-    TransientKafkaError,
-)
+from forestream.edge.interface import Delivery, Outgoing, TopicPartition
 from forestream.edge.kafka_python.classify import classify_client_error
 from forestream.edge.kafka_python.client import _theirs
+from forestream.errors import TransactionAborted, TransientKafkaError
 from forestream.runtime.internals import KAFKA_TRANSACTIONAL_PRODUCER, require
 
 

@@ -10,9 +10,10 @@ from kafka import KafkaConsumer
 from kafka.errors import KafkaError
 
 from forestream.edge.connection import KafkaConnection
-from forestream.edge.interface import InputRecord, TopicPartition, TransientKafkaError
+from forestream.edge.interface import InputRecord, TopicPartition
 from forestream.edge.kafka_python.classify import classify_client_error
 from forestream.edge.kafka_python.client import _theirs
+from forestream.errors import TransientKafkaError
 
 
 class KafkaPythonReader:

@@ -8,8 +8,8 @@ import pytest
 
 from forestream.edge.connection import KafkaConnection
 from forestream.edge.factory import TopicSpec, ensure_topics, topic_admin, topic_partitions
-from forestream.edge.interface import CreationRefused, TopicRequest
-from forestream.errors import UserError
+from forestream.edge.interface import TopicRequest
+from forestream.errors import CreationRefused, UserError
 from tests.kafka_helpers import on_client
 
 

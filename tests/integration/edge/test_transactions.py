@@ -10,9 +10,9 @@ from collections.abc import Callable
 
 import pytest
 
-from forestream.edge.errors import ProducerFenced
 from forestream.edge.factory import TopicSpec, ensure_topics, transactional_producer
 from forestream.edge.interface import Outgoing, TransactionalProducer
+from forestream.errors import ProducerFenced
 from tests.kafka_helpers import on_client, read_topic
 
 
