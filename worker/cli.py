@@ -100,8 +100,9 @@ def worker(
         int | None,
         typer.Option(
             "--metrics-port",
-            help="serve /metrics, /healthz, /readyz on this port (+ worker index under "
-            "--processes) [env FORESTREAM_METRICS_PORT; default: no endpoint]",
+            help="serve /metrics, /healthz, /readyz on this port (+ worker index: set by "
+            "--processes, or claimed under exactly-once) [env FORESTREAM_METRICS_PORT; "
+            "default: no endpoint]",
             show_default=False,
         ),
     ] = None,
@@ -252,7 +253,7 @@ def worker(
     settings = _claim_index(log, settings)
     port = settings.metrics_port
     if port is not None and port != 0:
-        port += settings.worker_index  # K processes on one host: one port each
+        port += settings.worker_index  # K processes on one host (or claims): one port each
     telemetry = start_telemetry(port, host=settings.metrics_host)
     telemetry.health.set_trust(
         allow_unsigned=trust.allow_unsigned, allow_version_mismatch=trust.allow_version_mismatch
