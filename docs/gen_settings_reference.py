@@ -138,11 +138,14 @@ DESCRIPTIONS: dict[str, str] = {
     "max_records": "exit 0 after this many input records (demos, tests)",
     "max_record_bytes": "larger input values are dead-lettered as `too_large` unparsed (1 MiB)",
     "summary_interval_s": "seconds between the throughput summaries in the log",
-    "metrics_port": "serve `/metrics`, `/healthz`, `/readyz` here (plus the worker index under "
-    "`--processes`)",
+    "metrics_port": "serve `/metrics`, `/healthz`, `/readyz` here (plus the worker index: set by "
+    "`--processes`, or claimed by an exactly-once worker)",
     "model_wait_log_s": "while no promoted model is known, say so at most this often (s)",
     "worker_index": "tells processes on one host apart (transactional id, metrics port); "
-    "`--processes` sets it for its children",
+    "`--processes` sets it for its children; unset, an exactly-once worker without a "
+    "transactional id claims the lowest index free on this host",
+    "index_lock_dir": "where exactly-once workers lock the worker indexes they claim "
+    "(`/tmp/forestream-<uid>`); mount one into containers that share a hostname",
     "drift_window": "records in the window drift, latency and online accuracy are computed over",
     "drift_threshold": "PSI at which a feature is flagged as drifting",
     "drift_min_records": "values of a feature in the window before it can be flagged",

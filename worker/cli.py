@@ -100,8 +100,9 @@ def worker(
         int | None,
         typer.Option(
             "--metrics-port",
-            help="serve /metrics, /healthz, /readyz on this port (+ worker index under "
-            "--processes) [env FORESTREAM_METRICS_PORT; default: no endpoint]",
+            help="serve /metrics, /healthz, /readyz on this port (+ worker index: set by "
+            "--processes, or claimed under exactly-once) [env FORESTREAM_METRICS_PORT; "
+            "default: no endpoint]",
             show_default=False,
         ),
     ] = None,
@@ -167,7 +168,8 @@ def worker(
         typer.Option(
             "--transactional-id",
             help="exactly-once: this worker's transactional.id, unique among live workers "
-            "[env FORESTREAM_TRANSACTIONAL_ID; default forestream-<group>-<host>-<worker index>]",
+            "[env FORESTREAM_TRANSACTIONAL_ID; default forestream-<group>-<host>-<worker index>, "
+            "the lowest index free on this host unless FORESTREAM_WORKER_INDEX is set]",
             show_default=False,
         ),
     ] = None,
@@ -240,17 +242,18 @@ def worker(
         argv = [sys.executable, "-m", "forestream.cli", *_without_processes(sys.argv[1:])]
         raise typer.Exit(supervise(argv, processes))
 
+    import structlog
+
     from forestream.worker.health import start_telemetry
     from forestream.worker.loop import run_worker
     from forestream.worker.models import ModelFollower, store_loader
     from forestream.worker.monitoring import StreamMonitoring, worker_id
 
+    log = structlog.get_logger("forestream.worker")
+    settings = _claim_index(log, settings)
     port = settings.metrics_port
     if port is not None and port != 0:
-        port += settings.worker_index  # K processes on one host: one port each
-    import structlog
-
-    log = structlog.get_logger("forestream.worker")
+        port += settings.worker_index  # K processes on one host (or claims): one port each
     telemetry = start_telemetry(port, host=settings.metrics_host)
     telemetry.health.set_trust(
         allow_unsigned=trust.allow_unsigned, allow_version_mismatch=trust.allow_version_mismatch
@@ -294,6 +297,39 @@ def worker(
     finally:
         telemetry.stop()
     raise typer.Exit(code)
+
+
+def _claim_index(log: Any, settings: WorkerSettings) -> WorkerSettings:
+    """Exactly-once with a default transactional id: the lowest worker index free on this host,
+    held until the process ends, so workers started by hand do not fence each other. An index
+    given explicitly (``--processes`` sets one per child) is locked too, for hand-started
+    workers to skip, but kept even if another process holds it."""
+    if not settings.exactly_once or settings.transactional_id is not None:
+        return settings
+    from forestream.worker.index_claim import claim_lowest, hold, lock_dir, try_claim
+
+    directory = lock_dir(settings.index_lock_dir)
+    if "worker_index" in settings.model_fields_set:
+        claim = try_claim(directory, settings.group, settings.worker_index)
+        if claim is None:
+            log.warning(
+                "worker_index_in_use",
+                worker_index=settings.worker_index,
+                message="another live worker on this host holds this index: the two share a "
+                "transactional id and the later one fences the earlier",
+            )
+        else:
+            hold(claim)
+        return settings
+    claim = hold(claim_lowest(directory, settings.group))
+    settings = settings.model_copy(update={"worker_index": claim.index})
+    log.info(
+        "worker_index_claimed",
+        worker_index=claim.index,
+        lock_file=str(claim.path),
+        transactional_id=settings.transactional_id_or_default(),
+    )
+    return settings
 
 
 def _announce_trust(log: Any, trust: Trust, settings: WorkerSettings) -> None:

@@ -43,7 +43,9 @@ class WorkerSettings(GuaranteeSettings, TrustSettings):
     transactional_id: str | None = Field(default=None, min_length=1, max_length=200)
     """Exactly-once: this worker's ``transactional.id``, unique among live workers. Unset:
     ``forestream-<group>-<host>-<worker index>``, the same after a restart on the same host,
-    so the restarted worker aborts its predecessor's open transaction at once."""
+    so the restarted worker aborts its predecessor's open transaction at once; without an
+    explicit index the worker claims the lowest one free on this host (worker/index_claim.py),
+    so two workers started by hand do not fence each other."""
 
     def transactional_id_or_default(self) -> str:
         if self.transactional_id is not None:
@@ -64,8 +66,13 @@ class WorkerSettings(GuaranteeSettings, TrustSettings):
     exposed by accident."""
     model_wait_log_s: float = Field(default=10.0, gt=0)
     """While no promoted model is known, say so at most this often."""
-    worker_index: int = 0
-    """Set by the supervisor (``FORESTREAM_WORKER_INDEX``) to tell its children apart."""
+    worker_index: int = Field(default=0, ge=0)
+    """Set by the supervisor (``FORESTREAM_WORKER_INDEX``) to tell its children apart. Unset
+    under exactly-once without a transactional id: the lowest index free on this host."""
+    index_lock_dir: Path | None = None
+    """Where exactly-once workers lock the indexes they claim. Unset: ``/tmp/forestream-<uid>``
+    (the same for every process of the user, unlike ``$XDG_RUNTIME_DIR``); containers sharing
+    a hostname need a directory mounted into each to see each other's claims."""
     drift_window: int = Field(default=10_000, ge=100)
     """Records in the sliding window that drift, latency and online accuracy are computed over."""
     drift_threshold: float = Field(default=0.2, gt=0)

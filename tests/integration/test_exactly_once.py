@@ -1,6 +1,7 @@
 """``forestream worker --guarantee exactly-once`` against a real broker, on both clients.
 
-Workers are real subprocesses in one group, each with a transactional id of its own. A
+Workers are real subprocesses in one group, each with a transactional id of its own (given, or
+derived from the worker index each claims on this host when started by hand). A
 ``read_committed`` reader of the predictions and the DLQ must see every input exactly once,
 whatever happened to the workers: a SIGKILL mid-stream followed by a replacement (which takes
 the dead worker's transactional id, as a restarted pod would), or a worker frozen (SIGSTOP)
@@ -71,10 +72,12 @@ def exactly_once(
     topic_name: Callable[[str], str],
     trained: tuple[Path, Any],
     tmp_path: Path,
-) -> Iterator[Callable[[int], ExactlyOnceGroup]]:
+) -> Iterator[Callable[..., ExactlyOnceGroup]]:
     started: list[WorkerGroup] = []
 
-    def start(count: int) -> ExactlyOnceGroup:
+    def start(count: int, *, named: bool = True) -> ExactlyOnceGroup:
+        """``count`` workers, each given a transactional id unless ``named=False`` (then as
+        started by hand: neither an id nor a worker index, the default id)."""
         store, metadata = trained
         topics = {k: topic_name(k) for k in ("in", "out", "dlq", "models")}
         ensure_topics(kafka_bootstrap, [TopicSpec(topics["in"], PARTITIONS)])
@@ -87,7 +90,10 @@ def exactly_once(
         started.append(workers)
         group = ExactlyOnceGroup(kafka_bootstrap, topics, workers)
         for _ in range(count):
-            group.start()
+            if named:
+                group.start()
+            else:
+                workers.start(1)
         workers.wait_balanced(PARTITIONS)
         return group
 
@@ -158,7 +164,7 @@ def assert_exactly_once(counts: Counter[bytes], keys: set[bytes], what: str) -> 
 
 
 def test_sigkill_and_replacement_lose_and_duplicate_nothing(
-    kafka_bootstrap: str, exactly_once: Callable[[int], ExactlyOnceGroup]
+    kafka_bootstrap: str, exactly_once: Callable[..., ExactlyOnceGroup]
 ) -> None:
     group = exactly_once(3)
     topics, workers = group.topics, group.workers
@@ -190,7 +196,7 @@ def test_sigkill_and_replacement_lose_and_duplicate_nothing(
 
 def test_frozen_worker_is_fenced_when_it_thaws(
     kafka_bootstrap: str,
-    exactly_once: Callable[[int], ExactlyOnceGroup],
+    exactly_once: Callable[..., ExactlyOnceGroup],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setenv("FORESTREAM_SESSION_TIMEOUT_MS", str(SESSION_TIMEOUT_MS))
@@ -252,6 +258,41 @@ def test_frozen_worker_is_fenced_when_it_thaws(
     assert_exactly_once(dead_letters, dead, "dead letters")
     assert survivor.poll() is None, workers.membership_log()
     assert zombie.poll() in (None, 9), f"the thawed worker exited {zombie.poll()}"
+
+
+def test_two_workers_started_by_hand_on_one_host_do_not_fence_each_other(
+    kafka_bootstrap: str,
+    exactly_once: Callable[..., ExactlyOnceGroup],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Neither given an index nor an id, both once defaulted to index 0 and one id, and the
+    second fenced the first (exit 9) at its first transaction; each now claims its own index."""
+    monkeypatch.delenv("FORESTREAM_WORKER_INDEX", raising=False)
+    monkeypatch.delenv("FORESTREAM_TRANSACTIONAL_ID", raising=False)
+    group = exactly_once(2, named=False)
+    topics, workers = group.topics, group.workers
+    records, valid, dead = stream(600, seed=23)
+    with feeder(kafka_bootstrap, topics["in"], records, 400):
+        predictions = read_exactly(kafka_bootstrap, topics["out"], valid, timeout_s=120)
+    dead_letters = read_exactly(kafka_bootstrap, topics["dlq"], dead, timeout_s=60)
+    assert_exactly_once(predictions, valid, "predictions")
+    assert_exactly_once(dead_letters, dead, "dead letters")
+
+    def both_live_and_scored() -> bool:
+        exits = [proc.poll() for proc in workers.procs]
+        assert exits == [None, None], f"exit codes {exits}:\n{workers.membership_log()}"
+        return all(_records_in(path) > 0 for path in workers.log_paths)
+
+    wait_until(
+        both_live_and_scored,
+        "both workers' summaries counting records they scored",
+        60,
+        seen=lambda: [_records_in(path) for path in workers.log_paths],
+    )
+    claimed = [log_events(path, "worker_index_claimed") for path in workers.log_paths]
+    assert sorted(events[0]["worker_index"] for events in claimed) == [0, 1], claimed
+    ids = {log_events(path, "worker_started")[0]["transactional_id"] for path in workers.log_paths}
+    assert len(ids) == 2, ids
 
 
 def _records_in(log_path: Path) -> int:

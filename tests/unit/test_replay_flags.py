@@ -146,3 +146,21 @@ def test_the_live_topic_from_the_env_is_not_taken_as_the_output_topic(tmp_path: 
     assert "--output-topic is required" in done.stderr
     help_text = " ".join(_forestream("replay", "--help").stdout.split())
     assert "[env FORESTREAM_OUTPUT_TOPIC]" not in help_text
+
+
+def test_the_trust_flags_reach_replays_loader(tmp_path: Path) -> None:
+    """Through the real CLI: an unsigned version is refused, then loaded under
+    ``--allow-unsigned`` (the run goes on to the broker, unreachable here); ``--verify-key``
+    names the key it is checked with."""
+    from tests.worker_support import make_frame, save_model
+
+    save_model(tmp_path, "m", make_frame(150, seed=9), trees=3, signed=False)
+    args = ("replay", "--store", str(tmp_path), "--name", "m", "--input-topic", "in",
+            "--output-topic", "out")  # fmt: skip
+    refused = _forestream(*args, "--verify-key", str(tmp_path / "verify.pub"))
+    assert refused.returncode != 0 and "verify.pub" in refused.stderr, refused.stderr
+    refused = _forestream(*args)
+    assert refused.returncode != 0 and "not signed" in refused.stderr, refused.stderr
+    allowed = _forestream(*args, "--allow-unsigned")
+    assert allowed.returncode != 0 and "not signed" not in allowed.stderr, allowed.stderr
+    assert "127.0.0.1:1" in allowed.stderr, allowed.stderr

@@ -73,5 +73,30 @@ def test_replay_verifies_signatures_and_the_sklearn_version_from_the_environment
         load_model(settings, old)
     monkeypatch.setenv("FORESTREAM_ALLOW_UNSIGNED", "true")
     monkeypatch.setenv("FORESTREAM_ALLOW_VERSION_MISMATCH", "true")
+    settings = ReplaySettings(model_store=tmp_path, model_name="m")  # settings read env once
     assert load_model(settings, unsigned).version == unsigned
     assert load_model(settings, old).version == old
+
+
+def test_replay_takes_the_trust_flags_over_the_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``--allow-unsigned`` and ``--allow-version-mismatch`` reach the loader as flags, which
+    override their env twins (both set to refuse here)."""
+    from forestream.runtime.settings import load_settings
+
+    monkeypatch.setenv("FORESTREAM_ALLOW_UNSIGNED", "false")
+    monkeypatch.setenv("FORESTREAM_ALLOW_VERSION_MISMATCH", "false")
+    store = LocalModelStore(tmp_path)
+    classes = [str(c) for c in fit_pipeline(make_frame(150, seed=9), trees=3).classes_]
+    unsigned = _save(store, classes, signed=False)
+    old = _save(store, classes, sklearn_version="0.1.0")
+    lenient = load_settings(
+        ReplaySettings,
+        model_store=tmp_path,
+        model_name="m",
+        allow_unsigned=True,
+        allow_version_mismatch=True,
+    )
+    assert load_model(lenient, unsigned).version == unsigned
+    assert load_model(lenient, old).version == old

@@ -9,11 +9,14 @@ import typer
 
 from forestream.errors import UserError
 from forestream.runtime.cli_options import (
+    AllowUnsignedOpt,
+    AllowVersionMismatchOpt,
     BootstrapOpt,
     InputTopicOpt,
     LogFormatOpt,
     ModelNameOpt,
     StoreOpt,
+    VerifyKeyOpt,
 )
 from forestream.worker.replay.checkpoint import (
     Checkpoint,
@@ -114,6 +117,9 @@ def register(app: typer.Typer) -> None:
         store: StoreOpt = None,
         name: ModelNameOpt = None,
         bootstrap_servers: BootstrapOpt = None,
+        verify_key: VerifyKeyOpt = None,
+        allow_unsigned: AllowUnsignedOpt = None,
+        allow_version_mismatch: AllowVersionMismatchOpt = None,
         log_format: LogFormatOpt = None,
     ) -> None:
         """Re-score a bounded range of the input topic into another topic (a backfill)."""
@@ -129,6 +135,9 @@ def register(app: typer.Typer) -> None:
             model_name=name,
             replay_max_batch=max_batch,
             guarantee=guarantee,
+            verify_key_file=verify_key,
+            allow_unsigned=allow_unsigned,
+            allow_version_mismatch=allow_version_mismatch,
             log_format=log_format,
         )
         configure_logging(checked_log_format(settings.log_format))

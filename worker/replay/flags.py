@@ -17,6 +17,7 @@ from typing import get_args
 from pydantic import Field
 
 from forestream.errors import UserError
+from forestream.registry.signing import TrustSettings
 from forestream.runtime.settings import (
     REPLAY_GROUP_PREFIX,
     Guarantee,
@@ -25,8 +26,9 @@ from forestream.runtime.settings import (
 )
 
 
-class ReplaySettings(GuaranteeSettings):
+class ReplaySettings(GuaranteeSettings, TrustSettings):
     """Replay reads far more than it waits, so its batches are bigger than the live worker's.
+    It verifies the model as the worker does (:class:`TrustSettings`, flags on top).
 
     Its guarantee is ``FORESTREAM_GUARANTEE``, as the workers'; its consumer group and
     transactional id are its own (never ``FORESTREAM_GROUP`` or ``FORESTREAM_TRANSACTIONAL_ID``,

@@ -65,7 +65,7 @@ def load_model(settings: ReplaySettings, version: str | None) -> Any:
                 "pass --model-version or promote one"
             )
     pipeline, meta = store.load_verified(
-        name, normalize_version(version), signing_key=signing_key_from_env()
+        name, normalize_version(version), trust=settings.trust(), signing_key=signing_key_from_env()
     )
     try:  # the live worker's checks too: a mislabelling artifact must not backfill a topic
         warm_up(pipeline, meta)
