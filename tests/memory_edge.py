@@ -10,8 +10,10 @@ its outcome unknown) that a real broker gives only by accident.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Any, cast
 
 from forestream.edge.interface import (
     ConsumedRecord,
@@ -20,6 +22,18 @@ from forestream.edge.interface import (
     RebalanceHandler,
     TopicPartition,
 )
+from forestream.worker.processing import ProcessedBatch
+
+
+def score_each(records: list[InputRecord]) -> ProcessedBatch:
+    """One prediction per record: nothing of the model matters to the delivery engine."""
+    return ProcessedBatch(
+        outgoing=[Outgoing("out", r.key, r.value) for r in records],
+        records_in=len(records),
+        predicted=len(records),
+        dead_lettered=Counter(),
+        scored=cast(Any, None),
+    )
 
 
 class FakeClock:

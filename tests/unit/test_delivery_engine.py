@@ -9,13 +9,12 @@ against the real broker in tests/integration (test_worker_delivery, test_exactly
 
 from __future__ import annotations
 
-from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, cast
 
 import pytest
 
-from forestream.edge.interface import InputRecord, Outgoing, TopicPartition
+from forestream.edge.interface import TopicPartition
 from forestream.errors import CommitRejected, TransientKafkaError
 from forestream.runtime.deadline import Deadline
 from forestream.worker.cycle import BatchCycle
@@ -40,21 +39,11 @@ from tests.memory_edge import (
     MemoryConsumer,
     MemoryProducer,
     MemoryTransactionalProducer,
+    score_each,
 )
 
 TP0 = TopicPartition("in", 0)
 TP1 = TopicPartition("in", 1)
-
-
-def _score(records: list[InputRecord]) -> ProcessedBatch:
-    """One prediction per record; nothing of the model matters to the engine."""
-    return ProcessedBatch(
-        outgoing=[Outgoing("out", r.key, r.value) for r in records],
-        records_in=len(records),
-        predicted=len(records),
-        dead_lettered=Counter(),
-        scored=cast(Any, None),
-    )
 
 
 @dataclass
@@ -88,7 +77,7 @@ def _rig(kind: str, records: int = 3, outcomes: list[str] | None = None) -> Rig:
     ledger = Ledger(
         consumer,
         BatchCycle(),
-        _score,
+        score_each,
         delivered.append,
         StopBudget(clock=clock),
         clock=clock,

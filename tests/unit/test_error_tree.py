@@ -5,31 +5,17 @@ from __future__ import annotations
 
 import ast
 import inspect
-import os
-from pathlib import Path
 
 from forestream import errors
 from forestream.exit_codes import BUG, EXIT_CODES, USER_ERROR, exit_code_for
-
-PACKAGE = Path(errors.__file__).resolve().parent
-
-
-def _modules() -> list[Path]:
-    """Every module of the package, the linked components included (``rglob`` skips links)."""
-    return sorted(
-        Path(root, name)
-        for root, _, files in os.walk(PACKAGE, followlinks=True)
-        for name in files
-        if name.endswith(".py")
-    )
-
+from tests.package_walk import PACKAGE, package_modules
 
 _BASES = {"Exception", "BaseException", "ValueError", "RuntimeError", "KeyError", "OSError"}
 
 
 def _error_classes_outside_the_module() -> list[str]:
     found = []
-    for path in _modules():
+    for path in package_modules():
         if path.name == "errors.py" and path.parent == PACKAGE:
             continue
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
@@ -49,7 +35,7 @@ def test_no_exception_class_is_defined_outside_forestream_errors() -> None:
 
 def test_the_scan_sees_the_symlinked_components() -> None:
     """worker/, producer/, training/ are reached through links: the scan must walk them."""
-    scanned = {p.relative_to(PACKAGE).parts[0] for p in _modules()}
+    scanned = {p.relative_to(PACKAGE).parts[0] for p in package_modules()}
     assert {"worker", "producer", "training", "edge", "registry"} <= scanned
 
 

@@ -6,29 +6,16 @@ grew to 827 lines in one class before anyone looked)."""
 from __future__ import annotations
 
 import ast
-import os
-from pathlib import Path
 
-import forestream
+from tests.package_walk import PACKAGE, package_modules
 
-PACKAGE = Path(forestream.__file__).resolve().parent
 MAX_MODULE_LINES = 600
 MAX_WORKER_CLASS_LINES = 300
 
 
-def _modules() -> list[Path]:
-    """Every module, the linked components (worker/, producer/, training/) included."""
-    return sorted(
-        Path(root, name)
-        for root, _, files in os.walk(PACKAGE, followlinks=True)
-        for name in files
-        if name.endswith(".py")
-    )
-
-
 def test_no_module_is_over_the_line_limit() -> None:
     too_long = {}
-    for path in _modules():
+    for path in package_modules():
         lines = len(path.read_text(encoding="utf-8").splitlines())
         if lines > MAX_MODULE_LINES:
             too_long[str(path.relative_to(PACKAGE))] = lines
@@ -48,7 +35,7 @@ def test_the_worker_class_stays_thin() -> None:
 
 
 def test_the_walk_reaches_every_room() -> None:
-    rooms = {p.relative_to(PACKAGE).parts[0] for p in _modules()}
+    rooms = {p.relative_to(PACKAGE).parts[0] for p in package_modules()}
     assert {"worker", "producer", "training", "edge", "registry", "wire", "runtime"} <= rooms
 
 
@@ -56,7 +43,7 @@ def test_runtime_checks_are_exceptions_not_asserts() -> None:
     """``python -O`` drops ``assert``: a check the code relies on must raise on its own."""
     found = [
         f"{path.relative_to(PACKAGE)}:{node.lineno}"
-        for path in _modules()
+        for path in package_modules()
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8")))
         if isinstance(node, ast.Assert)
     ]

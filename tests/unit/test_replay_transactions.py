@@ -8,29 +8,23 @@ The same runs against a real broker are in tests/integration/test_replay_exactly
 
 from __future__ import annotations
 
-from collections import Counter
 from pathlib import Path
 from typing import Any, cast
 
-from forestream.edge.interface import InputRecord, Outgoing, TopicPartition
+from forestream.edge.interface import InputRecord, TopicPartition
 from forestream.worker.delivery import Transactions
-from forestream.worker.processing import ProcessedBatch
 from forestream.worker.replay import Checkpoint, ReplaySettings
 from forestream.worker.replay.run import _Run
-from tests.memory_edge import FakeClock, MemoryBroker, MemoryConsumer, MemoryTransactionalProducer
+from tests.memory_edge import (
+    FakeClock,
+    MemoryBroker,
+    MemoryConsumer,
+    MemoryTransactionalProducer,
+    score_each,
+)
 
 TP0 = TopicPartition("in", 0)
 TP1 = TopicPartition("in", 1)
-
-
-def _score(records: list[InputRecord]) -> ProcessedBatch:
-    return ProcessedBatch(
-        outgoing=[Outgoing("out", r.key, r.value) for r in records],
-        records_in=len(records),
-        predicted=len(records),
-        dead_lettered=Counter(),
-        scored=cast(Any, None),
-    )
 
 
 def _run(tmp_path: Path, outcomes: list[str]) -> tuple[_Run, MemoryBroker, FakeClock, list[Any]]:
@@ -69,7 +63,7 @@ def _run(tmp_path: Path, outcomes: list[str]) -> tuple[_Run, MemoryBroker, FakeC
     run.reader = run.consumer = cast(Any, reader())
     run.transactions = Transactions(producer, clock, warn=run._warn)
     run._group_offsets_reader = reader  # type: ignore[method-assign]
-    run._score = _score  # type: ignore[method-assign]
+    run._score = score_each  # type: ignore[method-assign]
     run.todo = {0: TP0, 1: TP1}
     run.consumer.assign([TP0, TP1])
     return run, broker, clock, readers
