@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 
 from forestream.edge.factory import TopicSpec, ensure_topics, make_consumer
+from forestream.worker.assignment_log import log_time, ownership_changes
 from tests.integration.test_worker_delivery import feeder
 from tests.kafka_helpers import read_topic
 from tests.waiting import wait_until
@@ -206,6 +207,14 @@ def test_frozen_worker_is_fenced_when_it_thaws(
     zombie, survivor = workers.procs
     with feeder(kafka_bootstrap, topics["in"], records, 400):
         read_topic(kafka_bootstrap, topics["out"], expected=100, timeout_s=60)
+        # Freeze only a worker with something to lose: one stopped mid-rebalance owns nothing,
+        # rejoins on thaw and has nothing to notice (seen once in CI on kafka-python).
+        wait_until(
+            lambda: all(_settled_on_half(path) for path in workers.log_paths),
+            "both workers owning half the partitions, and summing up since, before the freeze",
+            60,
+            seen=workers.membership_log,
+        )
         zombie.send_signal(signal.SIGSTOP)
         try:
             deadline = time.monotonic() + 60
@@ -299,6 +308,14 @@ def _records_in(log_path: Path) -> int:
     """Records scored as of a worker's newest periodic summary."""
     summaries = log_events(log_path, "worker_summary")
     return summaries[-1]["records_in"] if summaries else 0
+
+
+def _settled_on_half(log_path: Path) -> bool:
+    """Owns half the partitions, with a periodic summary since: no rebalance in flight."""
+    changes = ownership_changes(log_path)
+    if not changes or len(changes[-1][1]) != PARTITIONS // 2:
+        return False
+    return any(log_time(e) > changes[-1][0] for e in log_events(log_path, "worker_summary"))
 
 
 def _after(entry: dict[str, Any], at: float) -> bool:
