@@ -327,6 +327,12 @@ def _after(entry: dict[str, Any], at: float) -> bool:
 def _noticed(log_path: Path, at: float) -> bool:
     return any(
         _after(e, at)
-        for name in ("partitions_lost", "partitions_released", "transaction_aborted")
+        # released, aborted, or (frozen mid-rebalance, owning nothing) simply rejoined
+        for name in (
+            "partitions_lost",
+            "partitions_released",
+            "transaction_aborted",
+            "partitions_assigned",
+        )
         for e in log_events(log_path, name)
     )
