@@ -152,6 +152,16 @@ def worker(
             show_default=False,
         ),
     ] = None,
+    rebuild_without_broker_s: Annotated[
+        float | None,
+        typer.Option(
+            "--rebuild-after-s",
+            help="confluent client: replace the group consumer once its client has heard from "
+            "no broker this long, and rejoin the group (librdkafka#5301); what it held "
+            "uncommitted is re-read [env FORESTREAM_REBUILD_WITHOUT_BROKER_S; default 60]",
+            show_default=False,
+        ),
+    ] = None,
     guarantee: Annotated[
         str | None,
         typer.Option(
@@ -211,6 +221,7 @@ def worker(
         max_wait_ms=max_wait_ms,
         max_records=max_records,
         pipeline=pipeline,
+        rebuild_without_broker_s=rebuild_without_broker_s,
         guarantee=guarantee,
         transactional_id=transactional_id,
         metrics_port=metrics_port,

@@ -221,8 +221,11 @@ def group_consumer(
     client_id: str,
     max_poll_records: int,
     session_timeout_ms: int,
+    rebuild_without_broker_s: float | None = None,
 ) -> GroupConsumer:
-    """A consumer-group member on the connection's client (``FORESTREAM_KAFKA_CLIENT``)."""
+    """A consumer-group member on the connection's client (``FORESTREAM_KAFKA_CLIENT``).
+    ``rebuild_without_broker_s``: librdkafka's client watches its statistics and says when it
+    has known no broker that long (``GroupConsumer.broker_loss_s``); kafka-python has none."""
     conn = connection(target)
     heartbeat_ms = min(3000, session_timeout_ms // 3)
     if conn.kafka_client == "confluent":
@@ -236,6 +239,7 @@ def group_consumer(
             # members learn of a rebalance from a heartbeat's answer, and a cooperative one
             # takes two rounds: partitions moving to a joining worker waited ~2 heartbeats
             heartbeat_interval_ms=min(1000, session_timeout_ms // 3),
+            rebuild_without_broker_s=rebuild_without_broker_s,
         )  # librdkafka is told how many records per poll_batch, not up front
     from forestream.edge.kafka_python.consumer import KafkaPythonGroupConsumer
 
