@@ -286,6 +286,8 @@ def worker(
                 settings.open_store(), settings.model_name, settings.cache_dir(), trust=trust
             ),
             on_load_failure=telemetry.metrics.record_reload_failure,
+            rebuild_without_broker_s=settings.rebuild_without_broker_s,
+            on_client_rebuilt=telemetry.metrics.record_client_rebuild,
         )
         code = run_worker(
             settings,
@@ -303,6 +305,8 @@ def worker(
                 drift_min_records=settings.drift_min_records,
                 report_interval_s=settings.report_interval_s,
                 registry=telemetry.metrics.registry,
+                rebuild_without_broker_s=settings.rebuild_without_broker_s,
+                on_client_rebuilt=telemetry.metrics.record_client_rebuild,
             ),
         )
     finally:

@@ -27,6 +27,7 @@ from forestream.worker.membership import Membership
 
 if TYPE_CHECKING:
     from forestream.edge.connection import KafkaConnection
+    from forestream.errors import BrokersLost
     from forestream.worker.health import Telemetry
     from forestream.worker.settings import WorkerSettings
 
@@ -95,3 +96,20 @@ class ConsumerHealer:
         if self.telemetry is not None:
             self.telemetry.metrics.record_client_rebuild("group_consumer")
         return fresh
+
+
+def reader_rebuilt(
+    client: str, lost: BrokersLost, counted: Callable[[str], None] | None = None
+) -> None:
+    """A reader thread of the worker (``model_follower``, ``labels_reader``) replaces its
+    client, which raised :class:`~forestream.errors.BrokersLost`: logged and counted like the
+    group consumer's rebuild. Nothing of theirs is committed, so nothing is lost: the follower
+    reads the compacted models topic again, the labels reader goes on from its positions."""
+    log.warning(
+        "kafka_client_rebuilt",
+        client=client,
+        no_broker_s=round(lost.silent_s, 1),
+        bound_s=lost.bound_s,
+    )
+    if counted is not None:
+        counted(client)

@@ -179,7 +179,8 @@ class WorkerMetrics:
             namespace=ns,
             registry=r,
         )
-        self.client_rebuilds.labels(client="group_consumer")  # a zero series from the start
+        for client in ("group_consumer", "model_follower", "labels_reader"):
+            self.client_rebuilds.labels(client=client)  # a zero series from the start
         self._lag_partitions: set[int] = set()
         self._lag_lock = threading.Lock()
         self._version: str | None = None
@@ -250,7 +251,8 @@ class WorkerMetrics:
         self.observer_errors.labels(observer=observer).inc()
 
     def record_client_rebuild(self, client: str) -> None:
-        """A Kafka client replaced for having known no broker too long (``group_consumer``)."""
+        """A Kafka client replaced for having known no broker too long (``group_consumer``,
+        ``model_follower``, ``labels_reader``)."""
         self.client_rebuilds.labels(client=client).inc()
 
     def render(self) -> bytes:

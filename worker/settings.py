@@ -93,8 +93,9 @@ class WorkerSettings(GuaranteeSettings, TrustSettings):
     (its statistics say so), it is replaced by a new one, which bootstraps afresh and rejoins
     the group; what the old one held uncommitted is handled as lost partitions (re-read,
     never lost). A client can otherwise lose every broker for good (librdkafka#5301) and sit
-    idle while the group moves its partitions to others. Below ~15 s a healthy member with
-    nothing to fetch may be rebuilt needlessly. kafka-python keeps no such statistics."""
+    idle while the group moves its partitions to others. The model follower's and the labels
+    reader's clients are rebuilt alike. Below ~15 s a healthy member with nothing to fetch may
+    be rebuilt needlessly. kafka-python keeps no such statistics."""
     model_cache_dir: Path | None = None
     """Where loaded artifacts are kept by sha256, so a restart or a rollback to a version seen
     before needs no store. Unset: ``.forestream/model-cache`` when the store is a URI; a local

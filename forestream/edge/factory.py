@@ -349,15 +349,23 @@ def partition_reader(
     max_poll_records: int = 2000,
     fetch_max_wait_ms: int = 100,
     quick_metadata: bool = False,
+    rebuild_without_broker_s: float | None = None,
 ) -> PartitionReader:
     """A group-less reader (nothing committed) on the connection's client: the follower,
     labels, replay, monitor, demo, the registry. ``fetch_max_wait_ms``: how long the broker may
-    hold a fetch with nothing to return; ``quick_metadata`` as for :func:`acking_producer`."""
+    hold a fetch with nothing to return; ``quick_metadata`` as for :func:`acking_producer`;
+    ``rebuild_without_broker_s``: librdkafka's reader raises :class:`BrokersLost` from
+    ``poll_batch`` once it has known no broker that long (kafka-python: never)."""
     conn = connection(target)
     if conn.kafka_client == "confluent":
         from forestream.edge.confluent.reader import ConfluentReader
 
-        return ConfluentReader(conn, client_id=client_id, fetch_max_wait_ms=fetch_max_wait_ms)
+        return ConfluentReader(
+            conn,
+            client_id=client_id,
+            fetch_max_wait_ms=fetch_max_wait_ms,
+            rebuild_without_broker_s=rebuild_without_broker_s,
+        )
     from forestream.edge.kafka_python.client import quicken_metadata
     from forestream.edge.kafka_python.reader import KafkaPythonReader
 
