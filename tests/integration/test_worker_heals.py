@@ -7,7 +7,8 @@ silent, as a client that lost its brokers for good would. The freeze comes in a 
 paced stream, once what was sent is scored: a batch awaiting its acknowledgements holds the
 loop in the producer's wait (a client of its own), and the rebuild is decided between polls.
 Then the broker is thawed, the stream goes on, and every input sent before, during and after
-must have an output (at-least-once: duplicates allowed, from the partitions handled as lost).
+must have an output: at least once (duplicates allowed, from the partitions handled as lost),
+or exactly once under ``--guarantee exactly-once`` (read ``read_committed``).
 
 The model follower's and the labels reader's clients are watched alike and rebuilt on their
 own. librdkafka only: kafka-python keeps no statistics and is never rebuilt for this. A private
@@ -97,10 +98,12 @@ def rebuilds_counted(log: Path) -> float:
     return sum(float(x.rsplit(" ", 1)[1]) for x in text.splitlines() if x.startswith(prefix))
 
 
+@pytest.mark.parametrize("guarantee", ["at-least-once", "exactly-once"])
 @pytest.mark.parametrize("kafka_client", ["confluent"], indirect=True)
 def test_a_consumer_without_brokers_past_the_bound_is_rebuilt_and_loses_nothing(
-    private_broker: tuple[str, int], tmp_path: Path, kafka_client: str
+    private_broker: tuple[str, int], tmp_path: Path, kafka_client: str, guarantee: str
 ) -> None:
+    """Under exactly-once the outputs are read ``read_committed``: not one duplicate either."""
     bootstrap, broker_pid = private_broker
     topics = {k: f"heal.{k}" for k in ("in", "out", "dlq", "models")}
     ensure_topics(
@@ -114,7 +117,8 @@ def test_a_consumer_without_brokers_past_the_bound_is_rebuilt_and_loses_nothing(
 
     command = worker_command(
         bootstrap, topics, tmp_path / "store", "heal", "heal-group",
-        "--max-batch", "50", "--rebuild-after-s", str(BOUND_S),
+        "--max-batch", "50", "--rebuild-after-s", str(BOUND_S), "--guarantee", guarantee,
+        "--transactional-id", f"heal-{guarantee}",
         "--metrics-port", "0",
     )  # fmt: skip
     group = WorkerGroup(command, tmp_path)
@@ -187,4 +191,6 @@ def test_a_consumer_without_brokers_past_the_bound_is_rebuilt_and_loses_nothing(
     duplicates = sum(sources.values()) - len(sources)
     print(f"inputs {len(expected)}, predictions {sum(sources.values())}, duplicates {duplicates}")
     assert not expected - set(sources)
+    if guarantee == "exactly-once":
+        assert duplicates == 0, f"{duplicates} inputs scored more than once"
     assert "Traceback" not in log.read_text()
