@@ -10,6 +10,7 @@ test_worker_heals.py.
 from __future__ import annotations
 
 import json
+import time
 from collections import Counter
 from typing import Any
 
@@ -22,7 +23,8 @@ from forestream.edge.broker_loss import (
     last_heard_ago_s,
     stats_interval_ms,
 )
-from forestream.edge.interface import TopicPartition
+from forestream.edge.interface import ConsumedRecord, TopicPartition
+from forestream.errors import BrokersLost
 from forestream.worker.cycle import BatchCycle
 from forestream.worker.delivery import DeliveryEngine, Ledger, PipelinedAtLeastOnce, StopBudget
 from forestream.worker.healing import ConsumerHealer
@@ -30,6 +32,7 @@ from forestream.worker.membership import Membership
 from forestream.worker.processing import AckedPublisher, ProcessedBatch
 from forestream.worker.settings import WorkerSettings
 from tests.memory_edge import FakeClock, MemoryBroker, MemoryConsumer, MemoryProducer, score_each
+from tests.waiting import wait_until
 
 BOUND = 60.0
 
@@ -283,3 +286,109 @@ def test_a_rebuild_handles_uncommitted_work_as_lost_and_the_new_client_reads_it_
     keys = Counter(o.key for o in broker_.published)
     assert set(keys) == {b"k0", b"k1", b"k2"} and all(n == 4 for n in keys.values()), keys
     assert healer.check(second, engine) is second
+
+
+# -- the labels reader, rebuilt, goes on where it was --------------------------------------------
+
+
+class LabelsLog:
+    """A labels topic of one partition in memory, read by :class:`ScriptedReader`s."""
+
+    def __init__(self) -> None:
+        self.records: list[ConsumedRecord] = []
+
+    def append(self, count: int) -> None:
+        for _ in range(count):
+            offset = len(self.records)
+            value = json.dumps({"label": "a"}).encode()
+            self.records.append(ConsumedRecord("labels", 0, offset, 0, b"k%d" % offset, value))
+
+
+class ScriptedReader:
+    """A :class:`~forestream.edge.interface.PartitionReader` over a :class:`LabelsLog` that
+    raises :class:`BrokersLost` once it has read up to ``lose_at`` (a client past its bound)."""
+
+    def __init__(self, log: LabelsLog, lose_at: int | None) -> None:
+        self.log = log
+        self.lose_at = lose_at
+        self.at = 0
+        self.seeks: list[tuple[str, int | None]] = []
+        self.closed = False
+
+    def partitions(self, topic: str) -> set[int]:
+        return {0}
+
+    def assign(self, partitions: Any) -> None:
+        pass
+
+    def seek(self, partition: TopicPartition, offset: int) -> None:
+        self.seeks.append(("offset", offset))
+        self.at = offset
+
+    def seek_to_beginning(self, partitions: Any) -> None:
+        self.seeks.append(("beginning", None))
+        self.at = 0
+
+    def seek_to_end(self, partitions: Any) -> None:
+        self.seeks.append(("end", None))
+        self.at = len(self.log.records)
+
+    def position(self, partition: TopicPartition) -> int:
+        return self.at
+
+    def poll_batch(self, max_records: int, timeout_s: float) -> list[ConsumedRecord]:
+        if self.lose_at is not None and self.at >= self.lose_at:
+            raise BrokersLost(61.0, BOUND)
+        out = self.log.records[self.at : self.at + max_records]
+        self.at += len(out)
+        if not out:
+            time.sleep(0.01)
+        return out
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def test_a_rebuilt_labels_reader_goes_on_from_the_offsets_it_had_reached(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Started at the end (labels older than the worker cannot join), it reads 3 labels, then
+    its client loses its brokers; 4 more arrive, before or after the new client is built. The
+    new client must read those 4 (sought to offset 5), not start at the end again."""
+    from forestream.edge import factory
+    from forestream.worker.evaluation import LabelConsumer, OnlineEvaluator
+
+    labels = LabelsLog()
+    labels.append(2)  # before the worker: never read
+    readers: list[ScriptedReader] = []
+
+    def partition_reader(*_args: Any, **kwargs: Any) -> ScriptedReader:
+        assert kwargs["rebuild_without_broker_s"] == BOUND
+        readers.append(ScriptedReader(labels, lose_at=None if readers else 5))
+        return readers[-1]
+
+    monkeypatch.setattr(factory, "partition_reader", partition_reader)
+    counted: list[str] = []
+    consumer = LabelConsumer(
+        "127.0.0.1:1",
+        "labels",
+        OnlineEvaluator(window=100),
+        rebuild_without_broker_s=BOUND,
+        on_client_rebuilt=counted.append,
+    ).start()
+    try:
+        wait_until(consumer.ready.is_set, "the labels reader positioned")
+        labels.append(3)
+        wait_until(
+            lambda: consumer.labels_read == 3, "3 labels read", seen=lambda: consumer.labels_read
+        )
+        labels.append(4)
+        wait_until(
+            lambda: consumer.labels_read == 7, "7 labels read", seen=lambda: consumer.labels_read
+        )
+    finally:
+        consumer.stop()
+    first, second = readers[:2]
+    assert first.seeks == [("end", None)] and first.closed
+    assert second.seeks == [("offset", 5)], second.seeks
+    assert counted == ["labels_reader"] and len(readers) == 2
