@@ -152,6 +152,10 @@ DESCRIPTIONS: dict[str, str] = {
     "report_interval_s": "seconds between reports to the monitoring topic",
     "follow_labels": "read the labels topic for online accuracy",
     "session_timeout_ms": "a worker silent this long leaves the group (6,000 to 300,000)",
+    "rebuild_without_broker_s": "confluent client: once the group consumer's client has heard "
+    "from no broker this long (its statistics say so), a new one replaces it and rejoins; what "
+    "the old one held uncommitted is re-read; the model follower and labels reader alike "
+    "(5 to 3,600; kafka-python: never)",
     "model_cache_dir": "keep loaded artifacts here by sha256: restarts and rollbacks skip the "
     "store",
     "transactional_id": "exactly-once: this worker's `transactional.id`, unique among live workers",

@@ -69,6 +69,20 @@ class TransientKafkaError(TransientError):
     kind = "kafka_transient"
 
 
+class BrokersLost(TransientKafkaError):
+    """A librdkafka client heard from no broker for longer than its bound: it may have lost
+    every broker for good (librdkafka#5301), so the caller builds a new one."""
+
+    kind = "kafka_brokers_lost"
+
+    def __init__(self, silent_s: float, bound_s: float) -> None:
+        super().__init__(
+            f"no broker heard from for {silent_s:.1f}s (bound {bound_s:g}s): a new client is due"
+        )
+        self.silent_s = silent_s
+        self.bound_s = bound_s
+
+
 class CommitRejected(TransientError):
     """The group rebalanced without us: those offsets are the new owner's to commit (it
     re-reads from the last committed ones: duplicates, never a gap)."""

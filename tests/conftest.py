@@ -62,6 +62,8 @@ LIBRDKAFKA_FLOWS: dict[str, str] = {
     "cooperative revocation while a batch is in flight",
     "test_worker_delivery.py::test_sigterm_exits_zero_with_offsets_committed_after_last_scored": ""
     "the last commit (or transaction) and the group leave on SIGTERM while input arrives",
+    "test_worker_heals.py": "a group consumer that knew no broker past the bound (a frozen "
+    "broker) rebuilt from librdkafka's statistics and rejoined, no input lost (librdkafka#5301)",
     "test_promotion_under_load.py": "a hot reload under a steady stream: librdkafka's fetch and "
     "commit queue across the model switch, with no rebalance",
     "test_training_cli.py::test_train_publish_promote_rollback_through_the_compacted_topic": "the "

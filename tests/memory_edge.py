@@ -88,6 +88,8 @@ class MemoryConsumer:
         self.seeks: list[tuple[TopicPartition, int]] = []
         self.generation = 1
         self.closed = False
+        self.no_broker_s: float | None = None
+        """What :meth:`broker_loss_s` answers: set it to stand for a client past its bound."""
 
     # -- reading -------------------------------------------------------------------------------
 
@@ -176,6 +178,16 @@ class MemoryConsumer:
 
     def maintain(self) -> None:
         pass
+
+    def broker_loss_s(self) -> float | None:
+        return self.no_broker_s
+
+    def abandon(self, timeout_s: float) -> list[TopicPartition]:
+        lost = sorted(self._assignment)
+        self._assignment.clear()
+        self.handler.on_released(lost, lost=True)
+        self.closed = True
+        return lost
 
     def close(self, timeout_s: float = 0.0) -> None:
         self.closed = True

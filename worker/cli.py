@@ -152,6 +152,16 @@ def worker(
             show_default=False,
         ),
     ] = None,
+    rebuild_without_broker_s: Annotated[
+        float | None,
+        typer.Option(
+            "--rebuild-after-s",
+            help="confluent client: replace the group consumer once its client has heard from "
+            "no broker this long, and rejoin the group (librdkafka#5301); what it held "
+            "uncommitted is re-read [env FORESTREAM_REBUILD_WITHOUT_BROKER_S; default 60]",
+            show_default=False,
+        ),
+    ] = None,
     guarantee: Annotated[
         str | None,
         typer.Option(
@@ -211,6 +221,7 @@ def worker(
         max_wait_ms=max_wait_ms,
         max_records=max_records,
         pipeline=pipeline,
+        rebuild_without_broker_s=rebuild_without_broker_s,
         guarantee=guarantee,
         transactional_id=transactional_id,
         metrics_port=metrics_port,
@@ -275,6 +286,8 @@ def worker(
                 settings.open_store(), settings.model_name, settings.cache_dir(), trust=trust
             ),
             on_load_failure=telemetry.metrics.record_reload_failure,
+            rebuild_without_broker_s=settings.rebuild_without_broker_s,
+            on_client_rebuilt=telemetry.metrics.record_client_rebuild,
         )
         code = run_worker(
             settings,
@@ -292,6 +305,8 @@ def worker(
                 drift_min_records=settings.drift_min_records,
                 report_interval_s=settings.report_interval_s,
                 registry=telemetry.metrics.registry,
+                rebuild_without_broker_s=settings.rebuild_without_broker_s,
+                on_client_rebuilt=telemetry.metrics.record_client_rebuild,
             ),
         )
     finally:

@@ -18,7 +18,7 @@ import json
 import threading
 import time
 from collections import deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
@@ -221,8 +221,15 @@ class LabelConsumer:
         evaluator: OnlineEvaluator,
         start_at: StartAt = "latest",
         refresh_s: float = 30.0,
+        rebuild_without_broker_s: float | None = None,
+        on_client_rebuilt: Callable[[str], None] | None = None,
     ) -> None:
         self.kafka = kafka
+        self.rebuild_without_broker_s = rebuild_without_broker_s
+        """librdkafka: past this long without a broker, the reader is rebuilt (#5301)."""
+        self.on_client_rebuilt = on_client_rebuilt
+        self._positions: dict[int, int] = {}
+        """The next offset per partition: where a rebuilt reader goes on from."""
         self.topic = topic
         self.evaluator = evaluator
         self.start_at = start_at
@@ -249,7 +256,7 @@ class LabelConsumer:
     def run(self) -> None:
         """Poll until :meth:`stop`; Kafka errors are retried, never raised into the worker."""
         from forestream.edge.factory import partition_reader
-        from forestream.errors import KafkaFatalError, TransientKafkaError
+        from forestream.errors import BrokersLost, KafkaFatalError, TransientKafkaError
         from forestream.runtime.logs import RateLimited
 
         warn = RateLimited(10.0)
@@ -259,7 +266,11 @@ class LabelConsumer:
         while not self._stop.is_set():
             try:
                 if consumer is None:
-                    consumer = partition_reader(self.kafka, client_id="forestream-labels")
+                    consumer = partition_reader(
+                        self.kafka,
+                        client_id="forestream-labels",
+                        rebuild_without_broker_s=self.rebuild_without_broker_s,
+                    )
                 if time.monotonic() - refreshed >= self.refresh_s or not assigned:
                     assigned = self._assign(consumer, assigned)
                     refreshed = time.monotonic()
@@ -267,6 +278,13 @@ class LabelConsumer:
                         self._stop.wait(0.2)
                         continue
                 self._feed(consumer.poll_batch(2000, 0.2))
+            except BrokersLost as lost:  # a new reader goes on from the positions reached
+                from forestream.worker.healing import reader_rebuilt
+
+                reader_rebuilt("labels_reader", lost, self.on_client_rebuilt)
+                if consumer is not None:
+                    consumer.close()
+                consumer, assigned = None, set()
             except KafkaFatalError as fatal:
                 self.fatal = fatal
                 break
@@ -292,12 +310,16 @@ class LabelConsumer:
         new = [TopicPartition(self.topic, p) for p in sorted(partitions - assigned)]
         consumer.assign([TopicPartition(self.topic, p) for p in sorted(partitions)])
         # partitions added while running are read from their start: none of it was seen
-        if assigned or self.start_at == "earliest":
-            consumer.seek_to_beginning(new)
-        else:
-            consumer.seek_to_end(new)
+        known = [tp for tp in new if tp.partition in self._positions]  # a rebuilt reader's
+        fresh = [tp for tp in new if tp.partition not in self._positions]
+        if fresh and (assigned or self.start_at == "earliest"):
+            consumer.seek_to_beginning(fresh)
+        elif fresh:
+            consumer.seek_to_end(fresh)
+        for tp in known:
+            consumer.seek(tp, self._positions[tp.partition])
         for tp in new:  # resolve the lazy seek now, so `ready` means "reading from here"
-            consumer.position(tp)
+            self._positions[tp.partition] = consumer.position(tp)
         if not self.ready.is_set():
             log.info(
                 "labels_following", topic=self.topic, partitions=len(partitions), at=self.start_at
@@ -309,6 +331,7 @@ class LabelConsumer:
         keys: list[bytes | None] = []
         labels: list[str] = []
         for record in records:
+            self._positions[record.partition] = record.offset + 1
             label = decode_label(record.value)
             if label is None or record.key is None:
                 self.malformed += 1

@@ -25,7 +25,6 @@ from forestream.edge.factory import (
     TopicSpec,
     acking_producer,
     ensure_topics,
-    group_consumer,
     models_topic_spec,
     topic_partitions,
     transactional_producer,
@@ -50,6 +49,7 @@ from forestream.worker.delivery import (
     choose_guarantee,
 )
 from forestream.worker.delivery.engine import LATE_COMMIT_TIMEOUT_S
+from forestream.worker.healing import ConsumerHealer
 from forestream.worker.membership import Membership
 from forestream.worker.models import ModelFollower
 from forestream.worker.processing import AckedPublisher, ObserverFanout
@@ -118,6 +118,9 @@ class Worker:
         self.stop = StopBudget()
         self.serving = Serving(settings, follower, telemetry)
         self.membership = Membership(self.cycle, self.stop, settings.session_timeout_ms, telemetry)
+        self.healer = ConsumerHealer(
+            settings, self.kafka, self._client_id("in"), self.membership, telemetry
+        )
         self.engine: DeliveryEngine | None = None
         self._stopping = False
         self._closed = False
@@ -222,13 +225,7 @@ class Worker:
             self._transactions.open()
         if self.monitoring is not None:
             self.monitoring.start(producer)
-        consumer = group_consumer(
-            self.kafka,
-            group=s.group,
-            client_id=self._client_id("in"),
-            max_poll_records=s.max_batch,
-            session_timeout_ms=s.session_timeout_ms,
-        )
+        consumer = self.healer.build()
         engine = self.open_delivery(consumer, producer)
         consumer.subscribe(s.input_topic, self.membership)
         try:
@@ -321,6 +318,7 @@ class Worker:
         window = Deadline.after(max_wait_s)
         backoff = 0.1
         while not self._stopping:
+            consumer = self._consumer = self.healer.check(consumer, engine)  # librdkafka#5301
             if self.telemetry is not None:
                 self.telemetry.health.tick()
             if s.max_records is not None and totals.records_in >= s.max_records:

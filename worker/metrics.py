@@ -172,6 +172,15 @@ class WorkerMetrics:
             namespace=ns,
             registry=r,
         )
+        self.client_rebuilds = Counter(
+            "kafka_client_rebuilds",
+            "Kafka clients replaced after knowing no broker for longer than the bound, by client",
+            ["client"],
+            namespace=ns,
+            registry=r,
+        )
+        for client in ("group_consumer", "model_follower", "labels_reader"):
+            self.client_rebuilds.labels(client=client)  # a zero series from the start
         self._lag_partitions: set[int] = set()
         self._lag_lock = threading.Lock()
         self._version: str | None = None
@@ -240,6 +249,11 @@ class WorkerMetrics:
 
     def record_observer_error(self, observer: str) -> None:
         self.observer_errors.labels(observer=observer).inc()
+
+    def record_client_rebuild(self, client: str) -> None:
+        """A Kafka client replaced for having known no broker too long (``group_consumer``,
+        ``model_follower``, ``labels_reader``)."""
+        self.client_rebuilds.labels(client=client).inc()
 
     def render(self) -> bytes:
         """The Prometheus text exposition of this worker's registry."""

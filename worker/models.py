@@ -197,8 +197,13 @@ class ModelFollower:
         retry_backoff_s: float = 1.0,
         max_backoff_s: float = 30.0,
         on_load_failure: Callable[[str], None] | None = None,
+        rebuild_without_broker_s: float | None = None,
+        on_client_rebuilt: Callable[[str], None] | None = None,
     ) -> None:
         self.kafka = kafka
+        self.rebuild_without_broker_s = rebuild_without_broker_s
+        """librdkafka: past this long without a broker, the reader is rebuilt (#5301)."""
+        self.on_client_rebuilt = on_client_rebuilt
         self.models_topic = models_topic
         self.name = name
         self.loader = loader
@@ -243,13 +248,18 @@ class ModelFollower:
     # -- background thread -------------------------------------------------------------------
 
     def _run(self) -> None:
-        from forestream.errors import KafkaFatalError, TransientKafkaError
+        from forestream.errors import BrokersLost, KafkaFatalError, TransientKafkaError
 
         backoff = self.retry_backoff_s
         while not self._stop.is_set():
             try:
                 self._follow()
                 return
+            except BrokersLost as lost:  # a new reader reads the compacted topic again
+                from forestream.worker.healing import reader_rebuilt
+
+                reader_rebuilt("model_follower", lost, self.on_client_rebuilt)
+                continue
             except KafkaFatalError as fatal:
                 self.fatal = fatal
                 with self._changed:
@@ -266,7 +276,11 @@ class ModelFollower:
         from forestream.edge.factory import partition_reader
         from forestream.edge.interface import TopicPartition
 
-        consumer = partition_reader(self.kafka, client_id=f"forestream-model-follower-{self.name}")
+        consumer = partition_reader(
+            self.kafka,
+            client_id=f"forestream-model-follower-{self.name}",
+            rebuild_without_broker_s=self.rebuild_without_broker_s,
+        )
         try:
             partitions: set[int] = set()
             while not partitions and not self._stop.is_set():

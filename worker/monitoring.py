@@ -132,6 +132,8 @@ class StreamMonitoring:
         drift_min_records: int = 1_000,
         report_interval_s: float = 10.0,
         registry: Any = None,
+        rebuild_without_broker_s: float | None = None,
+        on_client_rebuilt: Callable[[str], None] | None = None,
     ) -> None:
         self.kafka = kafka
         self.model_name = model_name
@@ -147,7 +149,17 @@ class StreamMonitoring:
         )
         self.evaluator = OnlineEvaluator(window=drift_window)
         self.latency = LatencyWindow(window=drift_window)
-        self.labels = LabelConsumer(kafka, labels_topic, self.evaluator) if labels_topic else None
+        self.labels = (
+            LabelConsumer(
+                kafka,
+                labels_topic,
+                self.evaluator,
+                rebuild_without_broker_s=rebuild_without_broker_s,
+                on_client_rebuilt=on_client_rebuilt,
+            )
+            if labels_topic
+            else None
+        )
         self._producer: AckingProducer | None = None
         self._next_report = time.monotonic() + report_interval_s
         self._last_records = 0

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from pydantic import Field
 
+from forestream.edge.broker_loss import DEFAULT_REBUILD_AFTER_S
 from forestream.registry.signing import TrustSettings
 from forestream.registry.store import is_uri
 from forestream.runtime.settings import GuaranteeSettings
@@ -87,6 +88,14 @@ class WorkerSettings(GuaranteeSettings, TrustSettings):
     """A worker silent this long leaves the group and its partitions move. kafka-python 3
     defaults to 45 s (heartbeats run on the client's IO thread, so a long batch does not
     count); 10 s bounds both failover after a crash and a stalled group join (see README)."""
+    rebuild_without_broker_s: float = Field(default=DEFAULT_REBUILD_AFTER_S, ge=5, le=3600)
+    """librdkafka only: once the group consumer's client has heard from no broker this long
+    (its statistics say so), it is replaced by a new one, which bootstraps afresh and rejoins
+    the group; what the old one held uncommitted is handled as lost partitions (re-read,
+    never lost). A client can otherwise lose every broker for good (librdkafka#5301) and sit
+    idle while the group moves its partitions to others. The model follower's and the labels
+    reader's clients are rebuilt alike. Below ~15 s a healthy member with nothing to fetch may
+    be rebuilt needlessly. kafka-python keeps no such statistics."""
     model_cache_dir: Path | None = None
     """Where loaded artifacts are kept by sha256, so a restart or a rollback to a version seen
     before needs no store. Unset: ``.forestream/model-cache`` when the store is a URI; a local

@@ -221,8 +221,11 @@ def group_consumer(
     client_id: str,
     max_poll_records: int,
     session_timeout_ms: int,
+    rebuild_without_broker_s: float | None = None,
 ) -> GroupConsumer:
-    """A consumer-group member on the connection's client (``FORESTREAM_KAFKA_CLIENT``)."""
+    """A consumer-group member on the connection's client (``FORESTREAM_KAFKA_CLIENT``).
+    ``rebuild_without_broker_s``: librdkafka's client watches its statistics and says when it
+    has known no broker that long (``GroupConsumer.broker_loss_s``); kafka-python has none."""
     conn = connection(target)
     heartbeat_ms = min(3000, session_timeout_ms // 3)
     if conn.kafka_client == "confluent":
@@ -236,6 +239,7 @@ def group_consumer(
             # members learn of a rebalance from a heartbeat's answer, and a cooperative one
             # takes two rounds: partitions moving to a joining worker waited ~2 heartbeats
             heartbeat_interval_ms=min(1000, session_timeout_ms // 3),
+            rebuild_without_broker_s=rebuild_without_broker_s,
         )  # librdkafka is told how many records per poll_batch, not up front
     from forestream.edge.kafka_python.consumer import KafkaPythonGroupConsumer
 
@@ -345,15 +349,23 @@ def partition_reader(
     max_poll_records: int = 2000,
     fetch_max_wait_ms: int = 100,
     quick_metadata: bool = False,
+    rebuild_without_broker_s: float | None = None,
 ) -> PartitionReader:
     """A group-less reader (nothing committed) on the connection's client: the follower,
     labels, replay, monitor, demo, the registry. ``fetch_max_wait_ms``: how long the broker may
-    hold a fetch with nothing to return; ``quick_metadata`` as for :func:`acking_producer`."""
+    hold a fetch with nothing to return; ``quick_metadata`` as for :func:`acking_producer`;
+    ``rebuild_without_broker_s``: librdkafka's reader raises :class:`BrokersLost` from
+    ``poll_batch`` once it has known no broker that long (kafka-python: never)."""
     conn = connection(target)
     if conn.kafka_client == "confluent":
         from forestream.edge.confluent.reader import ConfluentReader
 
-        return ConfluentReader(conn, client_id=client_id, fetch_max_wait_ms=fetch_max_wait_ms)
+        return ConfluentReader(
+            conn,
+            client_id=client_id,
+            fetch_max_wait_ms=fetch_max_wait_ms,
+            rebuild_without_broker_s=rebuild_without_broker_s,
+        )
     from forestream.edge.kafka_python.client import quicken_metadata
     from forestream.edge.kafka_python.reader import KafkaPythonReader
 

@@ -182,6 +182,18 @@ class GroupConsumer(Protocol):
         """Called once per loop turn: room for the adapter's client workarounds."""
         ...
 
+    def broker_loss_s(self) -> float | None:
+        """How long the client has known no broker, once that is past the bound it was built
+        with (then it will not heal by itself: build a new one); None before that, or when
+        the client cannot tell (kafka-python has no statistics). Never blocks."""
+        ...
+
+    def abandon(self, timeout_s: float) -> list[TopicPartition]:
+        """Give the client up for a new one: its partitions, returned, are released to the
+        handler as lost (nothing more is committed from it), then it is closed, waited for
+        at most ``timeout_s``."""
+        ...
+
     def close(self, timeout_s: float) -> None:
         """Leave the group (the revocation handler still runs) and release the client."""
         ...

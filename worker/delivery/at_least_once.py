@@ -249,6 +249,13 @@ class PipelinedAtLeastOnce(SerialAtLeastOnce):
             return
         self.sent = (offsets, ledger.after(ASYNC_COMMIT_PATIENCE_S))
 
+    def release(self, partitions: Iterable[TopicPartition]) -> None:
+        """An asynchronous commit in flight for a partition gone is no longer awaited: its
+        report may never come (from a client abandoned for a new one, say), and a late one is
+        still taken by the ledger."""
+        if self.sent is not None and not self.sent[0].keys().isdisjoint(set(partitions)):
+            self.sent = None
+
     def _take_commit_results(self) -> None:
         """What became of the asynchronous commits (a late one that had timed out still
         counts when it succeeded: only exactly those offsets are forgotten)."""

@@ -15,6 +15,7 @@ What differs from kafka-python, and is dealt with here:
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Iterable, Sequence
 
@@ -22,6 +23,7 @@ import structlog
 from confluent_kafka import Consumer, KafkaError, KafkaException
 from confluent_kafka import TopicPartition as RdTopicPartition
 
+from forestream.edge.broker_loss import BrokerLossWatch, stats_interval_ms
 from forestream.edge.confluent.client import _Client, _ours, _rd
 from forestream.edge.connection import KafkaConnection
 from forestream.edge.interface import (
@@ -66,8 +68,18 @@ class ConfluentGroupConsumer(_Client):
         client_id: str,
         session_timeout_ms: int,
         heartbeat_interval_ms: int,
+        rebuild_without_broker_s: float | None = None,
     ) -> None:
         super().__init__(conn, topic=None, group=group_id)
+        self._watch: BrokerLossWatch | None = None
+        """Told every statistics report: when this client has known no broker for too long."""
+        watching: dict[str, object] = {}
+        if rebuild_without_broker_s is not None:
+            self._watch = BrokerLossWatch(rebuild_without_broker_s)
+            watching = {
+                "statistics.interval.ms": stats_interval_ms(rebuild_without_broker_s),
+                "stats_cb": self._on_stats,
+            }
         self._consumer = Consumer(
             self._config(
                 client_id,
@@ -90,6 +102,7 @@ class ConfluentGroupConsumer(_Client):
                     # queue drains in well under a second, and the worker then sat idle
                     "fetch.queue.backoff.ms": 10,
                     "on_commit": self._on_commit,
+                    **watching,
                 },
             )
         )
@@ -146,8 +159,8 @@ class ConfluentGroupConsumer(_Client):
     def _on_lost(self, _consumer: Consumer, partitions: list[RdTopicPartition]) -> None:
         lost = _ours(partitions)
         self._forget(lost)
-        log.warning("partitions_lost", partitions=describe_partitions(lost))
-        if self._handler is not None:
+        if self._handler is not None:  # else abandoned (see abandon): released already
+            log.warning("partitions_lost", partitions=describe_partitions(lost))
             self._handler.on_released(lost, lost=True)
 
     def _forget(self, partitions: list[TopicPartition]) -> None:
@@ -361,6 +374,46 @@ class ConfluentGroupConsumer(_Client):
 
     def maintain(self) -> None:
         """librdkafka drives the group protocol in its own threads: nothing to nudge."""
+
+    # -- a client that lost every broker (librdkafka#5301) -------------------------------------
+
+    def _on_stats(self, stats: str) -> None:
+        """librdkafka's statistics, served inside ``consume()`` on the loop's thread."""
+        if self._watch is not None:
+            self._watch.observe(stats)
+
+    def broker_loss_s(self) -> float | None:
+        """How long this client has known no broker, once that is past its rebuild bound
+        (:mod:`forestream.edge.broker_loss`); None before, or when not watched."""
+        watch = self._watch
+        return watch.silent_s() if watch is not None and watch.due() else None
+
+    def abandon(self, timeout_s: float) -> list[TopicPartition]:
+        """Give this client up for a new one. Its partitions are lost to it, as when the group
+        expels a member: the handler is told (``on_released(lost=True)``) and nothing more is
+        committed from here, since the revocation that closing runs finds no handler. The close
+        itself runs on a thread of its own, awaited at most ``timeout_s``: a client without a
+        broker may wait on its group leave for as long as librdkafka lets it."""
+        lost = sorted(self._assigned)
+        handler, self._handler = self._handler, None
+        self._forget(lost)
+        self._stash.clear()
+        self._sent.clear()
+        self._outcomes.clear()
+        self._results.clear()
+        if handler is not None and lost:
+            log.warning(
+                "partitions_lost", partitions=describe_partitions(lost), reason="client_abandoned"
+            )
+            handler.on_released(lost, lost=True)
+        closing = threading.Thread(
+            target=self.close, args=(timeout_s,), name="forestream-abandoned-consumer", daemon=True
+        )
+        closing.start()
+        closing.join(timeout_s)
+        if closing.is_alive():
+            log.warning("abandoned_consumer_still_closing", waited_s=timeout_s)
+        return lost
 
     def close(self, timeout_s: float) -> None:
         """Leave the group (the revocation handler runs, and librdkafka waits for the commits

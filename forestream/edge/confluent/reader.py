@@ -17,11 +17,12 @@ from confluent_kafka import (
     KafkaException,
 )
 
+from forestream.edge.broker_loss import BrokerLossWatch, stats_interval_ms
 from forestream.edge.confluent.classify import classify_librdkafka_error
 from forestream.edge.confluent.client import _Client, _rd
 from forestream.edge.connection import KafkaConnection
 from forestream.edge.interface import InputRecord, ReadRecord, TopicPartition
-from forestream.errors import KafkaFatalError
+from forestream.errors import BrokersLost, KafkaFatalError
 
 log = structlog.get_logger("forestream.kafka")
 
@@ -69,8 +70,19 @@ class ConfluentReader(_Client):
         client_id: str,
         group_id: str | None = None,
         fetch_max_wait_ms: int = 100,
+        rebuild_without_broker_s: float | None = None,
     ) -> None:
         super().__init__(conn, topic=None, group=group_id)
+        self._watch: BrokerLossWatch | None = None
+        """Told every statistics report: when this client has known no broker for too long
+        (then :meth:`poll_batch` raises :class:`BrokersLost`)."""
+        watching: dict[str, object] = {}
+        if rebuild_without_broker_s is not None:
+            self._watch = BrokerLossWatch(rebuild_without_broker_s)
+            watching = {
+                "statistics.interval.ms": stats_interval_ms(rebuild_without_broker_s),
+                "stats_cb": self._watch.observe,
+            }
         self._consumer = Consumer(
             self._config(
                 client_id,
@@ -83,6 +95,7 @@ class ConfluentReader(_Client):
                     "auto.offset.reset": "earliest",
                     "fetch.wait.max.ms": fetch_max_wait_ms,
                     "queued.max.messages.kbytes": 16 * 1024,
+                    **watching,
                 },
             )
         )
@@ -258,6 +271,9 @@ class ConfluentReader(_Client):
 
     def poll_batch(self, max_records: int, timeout_s: float) -> Sequence[InputRecord]:
         self._raise_fatal()
+        watch = self._watch
+        if watch is not None and watch.due():  # librdkafka#5301: the caller builds a new one
+            raise BrokersLost(watch.silent_s(), watch.rebuild_after_s)
         self._hand_over()
         if not any(tp not in self._paused for tp in self._assigned):
             time.sleep(max(timeout_s, 0.0))

@@ -50,6 +50,7 @@ class KafkaPythonGroupConsumer:
         self._conn = conn
         self._group = group
         self._topic: str | None = None
+        self._listener: _Listener | None = None
         self._join_stuck_since: float | None = None
         self._sent_async: deque[tuple[dict[TopicPartition, int], Any]] = deque()
         """Asynchronous commits and their futures, oldest first."""
@@ -66,7 +67,8 @@ class KafkaPythonGroupConsumer:
         # partitions before the first join avoids that empty first generation.
         with contextlib.suppress(KafkaError):
             self._consumer.partitions_for_topic(topic)
-        self._consumer.subscribe([topic], listener=_Listener(self._consumer, handler))
+        self._listener = _Listener(self._consumer, handler)
+        self._consumer.subscribe([topic], listener=self._listener)
 
     def poll_batch(self, max_records: int, timeout_s: float) -> Sequence[InputRecord]:
         try:
@@ -196,6 +198,22 @@ class KafkaPythonGroupConsumer:
             coordinator.request_rejoin()
             self._join_stuck_since = None
 
+    def broker_loss_s(self) -> float | None:
+        """kafka-python keeps no statistics to tell a client that lost every broker: never
+        rebuilt for it (it re-bootstraps from the configured addresses by itself)."""
+        return None
+
+    def abandon(self, timeout_s: float) -> list[TopicPartition]:
+        """Its partitions released as lost, the listener detached, then closed."""
+        lost = sorted(self.assignment())
+        listener, self._listener = self._listener, None
+        if listener is not None:
+            listener.detached = True
+            if lost:
+                listener.handler.on_released(lost, lost=True)
+        self.close(timeout_s)
+        return lost
+
     def close(self, timeout_s: float) -> None:
         with contextlib.suppress(KafkaError):
             self._consumer.close(autocommit=False, timeout_ms=max(int(timeout_s * 1000), 1))
@@ -214,8 +232,12 @@ class _Listener(AsyncConsumerRebalanceListener):
     def __init__(self, consumer: KafkaConsumer, handler: RebalanceHandler) -> None:
         self.consumer = consumer
         self.handler = handler
+        self.detached = False
+        """The consumer was abandoned (its partitions already released): tell nothing more."""
 
     async def on_partitions_revoked(self, revoked: set[KafkaTopicPartition]) -> None:
+        if self.detached:
+            return
         partitions = _ours(revoked)
         try:
             offsets = self.handler.on_revoking(partitions)
@@ -227,10 +249,13 @@ class _Listener(AsyncConsumerRebalanceListener):
         self.handler.on_released(partitions, lost=False)
 
     async def on_partitions_assigned(self, assigned: set[KafkaTopicPartition]) -> None:
-        self.handler.on_assigned(_ours(assigned))
+        if not self.detached:
+            self.handler.on_assigned(_ours(assigned))
 
     async def on_partitions_lost(self, lost: set[KafkaTopicPartition]) -> None:
         """Evicted: the partitions already belong to someone else, so commit nothing."""
+        if self.detached:
+            return
         log.warning("partitions_lost", partitions=describe_partitions(_ours(lost)))
         self.handler.on_released(_ours(lost), lost=True)
 
