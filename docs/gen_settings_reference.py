@@ -54,8 +54,8 @@ COMMAND_SETTINGS: dict[str, str] = {
     "monitor": "MonitorSettings",
 }
 """Which class each command loads its settings from (``load_settings`` in its module).
-``kafka start|stop|status``, ``keys create`` and ``demo-data`` load none. The demo also
-passes its environment on to the commands it starts."""
+``kafka start|stop|status``, ``registry start|stop|status``, ``keys create`` and ``demo-data``
+load none. The demo also passes its environment on to the commands it starts."""
 
 SECTIONS: list[tuple[str, str, str]] = [
     ("CommonSettings", "Shared by every command", "the broker, the topics, the model store"),
@@ -183,8 +183,20 @@ OUTSIDE: list[tuple[str, str, str, str]] = [
     (
         "FORESTREAM_CACHE_DIR",
         "`$XDG_CACHE_HOME/forestream`, else `~/.cache/forestream`",
-        "`kafka start`, `demo`, `make kafka-jars`",
-        "where the Apache Kafka jars are fetched to, once",
+        "`kafka start`, `registry start`, `demo`, `make kafka-jars schema-registry-app`",
+        "where the Apache Kafka jars and Apicurio Registry are fetched to, once",
+    ),
+    (
+        "FORESTREAM_SCHEMA_REGISTRY_DIR",
+        "`.forestream/schema-registry`",
+        "`registry start\\|stop\\|status` (`--data-dir`)",
+        "the local Schema Registry's state directory (pid, port, log; schemas are in memory)",
+    ),
+    (
+        "FORESTREAM_SCHEMA_REGISTRY_URL",
+        "unset",
+        "printed by `registry start`",
+        "the Schema Registry's Confluent-compatible URL",
     ),
     (
         "FORESTREAM_WORKER_PROCESSES",
