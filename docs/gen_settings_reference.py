@@ -82,6 +82,7 @@ DEFAULT_TEXT: dict[str, str] = {
     "always off under exactly-once",
     "transactional_id": "unset: `forestream-<group>-<host>-<worker index>`",
     "metrics_port": "unset: no endpoint",
+    "schema_registry_url": "unset",
     "model_cache_dir": "unset: `.forestream/model-cache` when the store is a URI; a local "
     "store is read in place",
     "replication_factor": "unset: the broker's `default.replication.factor`",
@@ -155,6 +156,16 @@ DESCRIPTIONS: dict[str, str] = {
     "model_cache_dir": "keep loaded artifacts here by sha256: restarts and rollbacks skip the "
     "store",
     "transactional_id": "exactly-once: this worker's `transactional.id`, unique among live workers",
+    "input_format": "`json`, or the Confluent wire format through a Schema Registry: `avro`, "
+    "`json-schema` ([wire contracts](../wire.md#schema-registry-formats))",
+    "schema_registry_url": "the Schema Registry writer schemas are fetched from by id "
+    "(Confluent API; Apicurio's `/apis/ccompat/v7`); required by `avro` and `json-schema`",
+    "schema_registry_username": "basic auth for the registry (env only)",
+    "schema_registry_password": "its password (env only; never printed)",
+    "schema_registry_cafile": "the CA of an `https://` registry (unset: the system's)",
+    "schema_registry_wait_s": "a batch holding a schema id never fetched waits this long for "
+    "an unreachable registry before such records go to the DLQ (`registry_unavailable`); "
+    "0 to 240",
     "replay_max_batch": "records per replay batch",
     "partitions": "partitions of the topics `produce` and `topics create` create (input, "
     "output, DLQ, labels)",
@@ -191,12 +202,6 @@ OUTSIDE: list[tuple[str, str, str, str]] = [
         "`.forestream/schema-registry`",
         "`registry start\\|stop\\|status` (`--data-dir`)",
         "the local Schema Registry's state directory (pid, port, log; schemas are in memory)",
-    ),
-    (
-        "FORESTREAM_SCHEMA_REGISTRY_URL",
-        "unset",
-        "printed by `registry start`",
-        "the Schema Registry's Confluent-compatible URL",
     ),
     (
         "FORESTREAM_WORKER_PROCESSES",

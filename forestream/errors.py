@@ -167,6 +167,13 @@ class RegistryConflict(UserError):
     kind = "registry_conflict"
 
 
+class SchemaRegistryUnavailable(TransientError):
+    """The Schema Registry did not answer (down, timing out, a 5xx, refused credentials): a
+    schema id it never gave us is asked for again; the ids already fetched keep decoding."""
+
+    kind = "schema_registry_unavailable"
+
+
 # -- models and scoring ---------------------------------------------------------------------------
 
 

@@ -117,6 +117,7 @@ class Worker:
         self.reporter = Reporter(fanout, telemetry, settings.summary_interval_s)
         self.stop = StopBudget()
         self.serving = Serving(settings, follower, telemetry)
+        self.serving.keep_waiting = self._keep_waiting_for_registry
         self.membership = Membership(self.cycle, self.stop, settings.session_timeout_ms, telemetry)
         self.engine: DeliveryEngine | None = None
         self._stopping = False
@@ -144,6 +145,12 @@ class Worker:
             log.info("worker_stopping", signal=name, pending=len(self.cycle.pending))
         self._stopping = True
         self.stop.start()
+
+    def _keep_waiting_for_registry(self) -> bool:
+        """A batch waits for the Schema Registry: not stuck (health), unless stopping."""
+        if self.telemetry is not None:
+            self.telemetry.health.tick()
+        return not self._stopping
 
     def install_signal_handlers(self) -> None:
         """SIGTERM/SIGINT stop the loop in order; a watchdog ends the process anyway once

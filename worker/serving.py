@@ -12,8 +12,11 @@ from typing import TYPE_CHECKING
 import structlog
 
 from forestream.edge.interface import InputRecord
+from forestream.edge.schema_registry import SchemaRegistryAccess
 from forestream.runtime.logs import RateLimited
 from forestream.wire.headers import ReasonCode
+from forestream.worker.decoding import Parser, parse_json
+from forestream.worker.framed import WriterSchemas, framed_parser, schema_ids
 from forestream.worker.models import ActiveModel, ModelFollower
 from forestream.worker.processing import ProcessedBatch, process_records
 from forestream.worker.settings import WorkerSettings
@@ -37,6 +40,10 @@ class Serving:
         self.model: ActiveModel | None = None
         self._warn_scoring = RateLimited(10.0)
         self._warn_waiting = RateLimited(settings.model_wait_log_s)
+        self.writer_schemas = _writer_schemas(settings)
+        self.keep_waiting: Callable[[], bool] = lambda: True
+        """While a batch waits for the Schema Registry: False once the worker stops (the loop
+        sets it; it also tells health the loop is waiting, not stuck)."""
 
     @property
     def version(self) -> str | None:
@@ -73,12 +80,18 @@ class Serving:
                 self.telemetry.health.set_model(model.version)
                 self.telemetry.metrics.record_reload(model.version)
         self.model = model
+        parse: Parser = parse_json
+        if self.writer_schemas is not None:
+            schemas = self.writer_schemas
+            schemas.ensure(schema_ids([r.value for r in records]), self.keep_waiting)
+            parse = framed_parser(s.input_format, schemas.lookup, model.schema)
         batch = process_records(
             records,
             model,
             output_topic=s.output_topic,
             dlq_topic=s.dlq_topic,
             max_record_bytes=s.max_record_bytes,
+            parse=parse,
         )
         if batch.scoring_error is not None and self._warn_scoring.ready():
             log.error(
@@ -95,3 +108,16 @@ class Serving:
         if model is None or model.version != version:
             return None
         return getattr(model.metadata, "reference", None)
+
+
+def _writer_schemas(settings: WorkerSettings) -> WriterSchemas | None:
+    """The registry's schemas for a wire-format input; None for JSON."""
+    if settings.input_format == "json" or settings.schema_registry_url is None:
+        return None
+    access = SchemaRegistryAccess(
+        settings.schema_registry_url,
+        username=settings.schema_registry_username,
+        password=settings.schema_registry_password,
+        cafile=settings.schema_registry_cafile,
+    )
+    return WriterSchemas(access, wait_s=settings.schema_registry_wait_s)

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import re
 import socket
 from pathlib import Path
+from typing import get_args
 
-from pydantic import Field
+from pydantic import Field, SecretStr, field_validator, model_validator
 
 from forestream.registry.signing import TrustSettings
 from forestream.registry.store import is_uri
 from forestream.runtime.settings import GuaranteeSettings
+from forestream.wire.confluent import InputFormat
+
+INPUT_FORMATS: tuple[str, ...] = get_args(InputFormat)
 
 DEFAULT_MODEL_CACHE = Path(".forestream/model-cache")
 
@@ -91,6 +96,52 @@ class WorkerSettings(GuaranteeSettings, TrustSettings):
     """Where loaded artifacts are kept by sha256, so a restart or a rollback to a version seen
     before needs no store. Unset: ``.forestream/model-cache`` when the store is a URI; a local
     store is read in place."""
+
+    input_format: InputFormat = "json"
+    """How input values are written: ``json`` (UTF-8 JSON objects), or in the Confluent wire
+    format with a Schema Registry: ``avro``, ``json-schema``. Decoded records are validated as
+    JSON ones are (docs/wire.md)."""
+    schema_registry_url: str | None = None
+    """The Schema Registry writer schemas are fetched from, by id (Confluent's API; Apicurio's
+    ``/apis/ccompat/v7``). Required by ``avro`` and ``json-schema``."""
+    schema_registry_username: str | None = None
+    """Basic auth for the registry (env only, as the Kafka security settings are)."""
+    schema_registry_password: SecretStr | None = None
+    schema_registry_cafile: Path | None = None
+    """The CA that signed an ``https://`` registry's certificate (unset: the system's)."""
+    schema_registry_wait_s: float = Field(default=60.0, ge=0, le=240)
+    """While the registry is away, a batch holding a schema id never fetched waits this long
+    (from the start of the outage) before such records go to the DLQ as
+    ``registry_unavailable``; ids fetched before keep scoring. At most 240 s: the client's
+    max.poll.interval (300 s) must not pass while a batch waits."""
+
+    @field_validator("input_format", mode="before")
+    @classmethod
+    def _format(cls, value: object) -> object:
+        return value.strip().lower() if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _coherent_registry(self) -> WorkerSettings:
+        url = self.schema_registry_url
+        if url is not None and not re.match(r"^https?://[^/\s]+", url.strip()):
+            raise ValueError(
+                f"FORESTREAM_SCHEMA_REGISTRY_URL={url!r} is not an http(s):// URL, "
+                "e.g. http://127.0.0.1:8081"
+            )
+        if self.input_format != "json" and not url:
+            raise ValueError(
+                f"--input-format {self.input_format} needs FORESTREAM_SCHEMA_REGISTRY_URL "
+                "(`forestream registry start` prints a local one)"
+            )
+        if self.schema_registry_password is not None and not self.schema_registry_username:
+            raise ValueError(
+                "FORESTREAM_SCHEMA_REGISTRY_PASSWORD is set without "
+                "FORESTREAM_SCHEMA_REGISTRY_USERNAME"
+            )
+        cafile = self.schema_registry_cafile
+        if cafile is not None and not cafile.is_file():
+            raise ValueError(f"FORESTREAM_SCHEMA_REGISTRY_CAFILE={cafile} is not a readable file")
+        return self
 
     def cache_dir(self) -> Path | None:
         """The artifact cache to use, if any (see ``model_cache_dir``)."""
