@@ -4,14 +4,17 @@ with a schema the test registers, scored by one ``forestream worker --input-form
 
 The predictions must equal the JSON path's for the same values (the JSON records validated by
 the same decoder, then the pipeline), and wire-format garbage must land in the DLQ with its
-bytes and reason while the worker goes on.
+bytes and reason while the worker goes on. Then the registry is stopped under a running worker:
+the id it has keeps scoring, an id it never fetched is held until the registry is back.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
 import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -29,6 +32,7 @@ from forestream.wire.confluent import frame
 from forestream.wire.headers import ReasonCode
 from forestream.wire.messages import Prediction
 from forestream.worker.decoding import decode_batch
+from tests.waiting import wait_until
 from tests.worker_support import (
     CATEGORICAL,
     NUMERIC,
@@ -177,3 +181,138 @@ def test_avro_from_confluents_serializer_scores_as_json_does(
         got = [prediction.probabilities[c] for c in metadata.classes]
         assert np.allclose(got, probabilities), (i, rows[i], got, probabilities)
         assert prediction.model_version == metadata.version
+
+
+# -- a registry outage under a running worker ------------------------------------------------------
+
+CLI = [sys.executable, "-m", "forestream"]
+
+
+def registry_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*CLI, "registry", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=os.environ.copy(),
+    )
+
+
+class Outputs:
+    """Predictions and dead letters read so far, by key."""
+
+    def __init__(self, bootstrap: str, topics: dict[str, str]) -> None:
+        self.topics = topics
+        self.consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+        tps = [TopicPartition(topics[t], 0) for t in ("out", "dlq")]
+        self.consumer.assign(tps)
+        self.consumer.seek_to_beginning(*tps)
+        self.predicted: set[bytes] = set()
+        self.dead: dict[bytes, str] = {}
+
+    def poll(self) -> Outputs:
+        for batch in self.consumer.poll(timeout_ms=100).values():
+            for r in batch:
+                if r.topic == self.topics["out"]:
+                    self.predicted.add(r.key)
+                else:
+                    self.dead[r.key] = dict(r.headers)[headers.ERROR].decode()
+        return self
+
+
+def test_a_registry_outage_holds_unseen_ids_and_never_stops_seen_ones(
+    kafka_bootstrap: str, topic_name: Callable[[str], str], tmp_path: Path
+) -> None:
+    """Also `forestream registry start|stop|status` as a user runs them: the registry is
+    stopped and started again under the worker (same port, remembered; in-memory, so the
+    schemas are registered again, in the same order, and get the same ids)."""
+    data_dir = str(tmp_path / "registry")
+    assert registry_cli("status", "--data-dir", data_dir).returncode == 1
+    started = registry_cli("start", "--data-dir", data_dir)
+    worker: subprocess.Popen[bytes] | None = None
+    outputs: Outputs | None = None
+    try:
+        assert started.returncode == 0, started.stderr
+        url, export = started.stdout.splitlines()
+        assert url.startswith("http://127.0.0.1:") and url.endswith("/apis/ccompat/v7")
+        assert export == f"export FORESTREAM_SCHEMA_REGISTRY_URL={url}"
+        assert registry_cli("start", "--data-dir", data_dir).stdout.splitlines()[0] == url
+        assert registry_cli("status", "--data-dir", data_dir).stdout.startswith(f"running {url}")
+        info = RegistryInfo(pid=0, port=int(url.split(":")[2].split("/")[0]), data_dir=Path())
+
+        topics = {k: topic_name(k) for k in ("in", "out", "dlq", "models")}
+        ensure_topics(kafka_bootstrap, [TopicSpec(topics[k], 1) for k in ("in", "out", "dlq")])
+        rows = [as_record(row) for _, row in make_frame(30, seed=3).iterrows()]
+        context = SerializationContext(topics["in"], MessageField.VALUE)
+        features = NUMERIC + CATEGORICAL
+
+        def register() -> tuple[AvroSerializer, AvroSerializer]:
+            seen = serializer(info, avro_schema("Seen", features))
+            unseen = serializer(info, avro_schema("Unseen", features[::-1]))
+            return seen, unseen
+
+        seen, unseen = register()
+        values = [seen(r, context) for r in rows[:20]] + [unseen(r, context) for r in rows[20:]]
+        ids = {v[1:5] for v in values}
+        assert len(ids) == 2
+
+        store = tmp_path / "store"
+        _, metadata = save_model(store, MODEL, make_frame(300, seed=1), trees=10)
+        publish_promotion(kafka_bootstrap, topics["models"], metadata)
+        log = tmp_path / "worker.log"
+        env = worker_env() | {"FORESTREAM_SCHEMA_REGISTRY_URL": url,
+                              "FORESTREAM_SCHEMA_REGISTRY_WAIT_S": "240"}  # fmt: skip
+        command = worker_command(
+            kafka_bootstrap, topics, store, MODEL, topic_name("group"), "--input-format", "avro"
+        )
+        with log.open("wb") as sink:
+            worker = subprocess.Popen(
+                command, stdout=sink, stderr=subprocess.STDOUT, env=env, cwd=ROOT
+            )
+        producer = make_producer(kafka_bootstrap)
+        outputs = Outputs(kafka_bootstrap, topics)
+
+        def send(first: int, last: int) -> None:
+            for i in range(first, last):
+                producer.send(topics["in"], key=f"r{i}".encode(), value=values[i])
+            producer.flush(timeout=30)
+
+        def scored(n: int) -> Callable[[], bool]:
+            def check() -> bool:
+                assert worker is not None and worker.poll() is None, log.read_text()[-3000:]
+                return len(outputs.poll().predicted) >= n
+
+            return check
+
+        send(0, 10)
+        wait_until(scored(10), "the first 10 records scored", 60, seen=lambda: outputs.dead)
+
+        stopped = registry_cli("stop", "--data-dir", data_dir)
+        assert stopped.stdout.strip() == f"stopped registry on {url}"
+        assert registry_cli("status", "--data-dir", data_dir).stdout.strip() == "stopped"
+        send(10, 20)  # the id the worker has: scored with the registry gone
+        wait_until(scored(20), "seen id scored during the outage", 30, seen=lambda: outputs.dead)
+        send(20, 30)  # an id it never fetched: held, not dead-lettered
+        wait_until(
+            lambda: log_events(log, "schema_registry_unavailable"),
+            "the worker holding an unseen id",
+            30,
+        )
+        assert len(outputs.poll().predicted) == 20 and not outputs.dead
+
+        again = registry_cli("start", "--data-dir", data_dir)
+        assert again.returncode == 0 and again.stdout.splitlines()[0] == url, again.stderr
+        seen, unseen = register()  # in-memory storage: the same schemas again, the same ids
+        assert {seen(rows[0], context)[1:5], unseen(rows[0], context)[1:5]} == ids
+        wait_until(scored(30), "held records scored once the registry is back", 30)
+        assert not outputs.dead and log_events(log, "schema_registry_back")
+        producer.close()
+        worker.terminate()
+        assert worker.wait(timeout=30) == 0, log.read_text()[-3000:]
+    finally:
+        if worker is not None and worker.poll() is None:
+            worker.kill()
+            worker.wait(timeout=10)
+        if outputs is not None:
+            outputs.consumer.close()
+        registry_cli("stop", "--data-dir", data_dir)
