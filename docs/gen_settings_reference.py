@@ -35,6 +35,8 @@ SETTINGS_CLASSES = (
     "SigningSettings",
     "_TrainSettings",
     "_RegistrySettings",
+    "SchemaRegistrySettings",
+    "_SchemaSettings",
 )
 """Every settings class, by name: found among the subclasses of ``CommonSettings`` once the
 command tree and the components' settings modules are imported (not by module path, so a
@@ -46,6 +48,7 @@ COMMAND_SETTINGS: dict[str, str] = {
     "models show": "CommonSettings",
     "models promote": "_RegistrySettings",
     "models rollback": "_RegistrySettings",
+    "models register-schema": "_SchemaSettings",
     "demo": "CommonSettings",
     "worker": "WorkerSettings",
     "replay": "ReplaySettings",
@@ -66,6 +69,12 @@ SECTIONS: list[tuple[str, str, str]] = [
     ("MonitorSettings", "`monitor`", ""),
     ("TrustSettings", "Verifying models", "`worker`, `replay`, `models promote|rollback`"),
     ("SigningSettings", "Signing models", "`train`"),
+    (
+        "SchemaRegistrySettings",
+        "Schema Registry",
+        "`worker` (`--input-format avro|json-schema`), `models register-schema`, "
+        "`train --register-schema`",
+    ),
 ]
 
 SECURITY = {
@@ -158,8 +167,8 @@ DESCRIPTIONS: dict[str, str] = {
     "transactional_id": "exactly-once: this worker's `transactional.id`, unique among live workers",
     "input_format": "`json`, or the Confluent wire format through a Schema Registry: `avro`, "
     "`json-schema` ([wire contracts](../wire.md#schema-registry-formats))",
-    "schema_registry_url": "the Schema Registry writer schemas are fetched from by id "
-    "(Confluent API; Apicurio's `/apis/ccompat/v7`); required by `avro` and `json-schema`",
+    "schema_registry_url": "the Schema Registry: writer schemas are fetched from it by id, "
+    "contracts registered to it (Confluent API; Apicurio's `/apis/ccompat/v7`)",
     "schema_registry_username": "basic auth for the registry (env only)",
     "schema_registry_password": "its password (env only; never printed)",
     "schema_registry_cafile": "the CA of an `https://` registry (unset: the system's)",
@@ -246,10 +255,10 @@ def _classes() -> dict[str, Any]:
     for module in ("forestream.worker.settings", "forestream.producer.settings"):
         importlib.import_module(module)  # imported lazily by their commands
     from forestream.registry.signing import SigningSettings, TrustSettings
-    from forestream.runtime.settings import CommonSettings
+    from forestream.runtime.settings import CommonSettings, SchemaRegistrySettings
 
     found: dict[str, Any] = {}
-    todo: list[Any] = [CommonSettings, TrustSettings, SigningSettings]
+    todo: list[Any] = [CommonSettings, TrustSettings, SigningSettings, SchemaRegistrySettings]
     while todo:
         cls = todo.pop()
         found.setdefault(cls.__name__, cls)

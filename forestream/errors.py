@@ -174,6 +174,13 @@ class SchemaRegistryUnavailable(TransientError):
     kind = "schema_registry_unavailable"
 
 
+class SchemaRegistryRefused(UserError):
+    """The Schema Registry refused a request: an incompatible schema, credentials, a bad
+    subject. One line, with the registry's own message."""
+
+    kind = "schema_registry_refused"
+
+
 # -- models and scoring ---------------------------------------------------------------------------
 
 

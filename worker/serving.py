@@ -12,7 +12,6 @@ from typing import TYPE_CHECKING
 import structlog
 
 from forestream.edge.interface import InputRecord
-from forestream.edge.schema_registry import SchemaRegistryAccess
 from forestream.runtime.logs import RateLimited
 from forestream.wire.headers import ReasonCode
 from forestream.worker.decoding import Parser, parse_json
@@ -112,12 +111,6 @@ class Serving:
 
 def _writer_schemas(settings: WorkerSettings) -> WriterSchemas | None:
     """The registry's schemas for a wire-format input; None for JSON."""
-    if settings.input_format == "json" or settings.schema_registry_url is None:
+    if settings.input_format == "json":
         return None
-    access = SchemaRegistryAccess(
-        settings.schema_registry_url,
-        username=settings.schema_registry_username,
-        password=settings.schema_registry_password,
-        cafile=settings.schema_registry_cafile,
-    )
-    return WriterSchemas(access, wait_s=settings.schema_registry_wait_s)
+    return WriterSchemas(settings.schema_registry(), wait_s=settings.schema_registry_wait_s)

@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import re
 import socket
 from pathlib import Path
 from typing import get_args
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from forestream.registry.signing import TrustSettings
 from forestream.registry.store import is_uri
-from forestream.runtime.settings import GuaranteeSettings
+from forestream.runtime.settings import GuaranteeSettings, SchemaRegistrySettings
 from forestream.wire.confluent import InputFormat
 
 INPUT_FORMATS: tuple[str, ...] = get_args(InputFormat)
@@ -19,7 +18,7 @@ INPUT_FORMATS: tuple[str, ...] = get_args(InputFormat)
 DEFAULT_MODEL_CACHE = Path(".forestream/model-cache")
 
 
-class WorkerSettings(GuaranteeSettings, TrustSettings):
+class WorkerSettings(GuaranteeSettings, TrustSettings, SchemaRegistrySettings):
     """What one worker process needs beyond broker address and topic names; the verify key
     and the opt-outs of signature and version checks come from :class:`TrustSettings`."""
 
@@ -101,14 +100,6 @@ class WorkerSettings(GuaranteeSettings, TrustSettings):
     """How input values are written: ``json`` (UTF-8 JSON objects), or in the Confluent wire
     format with a Schema Registry: ``avro``, ``json-schema``. Decoded records are validated as
     JSON ones are (docs/wire.md)."""
-    schema_registry_url: str | None = None
-    """The Schema Registry writer schemas are fetched from, by id (Confluent's API; Apicurio's
-    ``/apis/ccompat/v7``). Required by ``avro`` and ``json-schema``."""
-    schema_registry_username: str | None = None
-    """Basic auth for the registry (env only, as the Kafka security settings are)."""
-    schema_registry_password: SecretStr | None = None
-    schema_registry_cafile: Path | None = None
-    """The CA that signed an ``https://`` registry's certificate (unset: the system's)."""
     schema_registry_wait_s: float = Field(default=60.0, ge=0, le=240)
     """While the registry is away, a batch holding a schema id never fetched waits this long
     (from the start of the outage) before such records go to the DLQ as
@@ -121,26 +112,12 @@ class WorkerSettings(GuaranteeSettings, TrustSettings):
         return value.strip().lower() if isinstance(value, str) else value
 
     @model_validator(mode="after")
-    def _coherent_registry(self) -> WorkerSettings:
-        url = self.schema_registry_url
-        if url is not None and not re.match(r"^https?://[^/\s]+", url.strip()):
-            raise ValueError(
-                f"FORESTREAM_SCHEMA_REGISTRY_URL={url!r} is not an http(s):// URL, "
-                "e.g. http://127.0.0.1:8081"
-            )
-        if self.input_format != "json" and not url:
+    def _registry_for_format(self) -> WorkerSettings:
+        if self.input_format != "json" and not self.schema_registry_url:
             raise ValueError(
                 f"--input-format {self.input_format} needs FORESTREAM_SCHEMA_REGISTRY_URL "
                 "(`forestream registry start` prints a local one)"
             )
-        if self.schema_registry_password is not None and not self.schema_registry_username:
-            raise ValueError(
-                "FORESTREAM_SCHEMA_REGISTRY_PASSWORD is set without "
-                "FORESTREAM_SCHEMA_REGISTRY_USERNAME"
-            )
-        cafile = self.schema_registry_cafile
-        if cafile is not None and not cafile.is_file():
-            raise ValueError(f"FORESTREAM_SCHEMA_REGISTRY_CAFILE={cafile} is not a readable file")
         return self
 
     def cache_dir(self) -> Path | None:

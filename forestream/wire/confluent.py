@@ -11,9 +11,12 @@ from __future__ import annotations
 import io
 import json
 import math
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
+
+from forestream.wire.schema import FeatureSchema, NumericFeature
 
 MAGIC_BYTE = 0
 HEADER_BYTES = 5
@@ -124,3 +127,60 @@ def finite_markers(record: dict[str, Any], marker: Callable[[str], Any]) -> dict
                 "NaN" if value != value else ("Infinity" if value > 0 else "-Infinity")
             )
     return record
+
+
+# -- the model's contract as a registry schema ---------------------------------------------------
+
+AVRO_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+CONTRACT_COMPATIBILITY = "BACKWARD"
+"""The subject's compatibility level: a new schema must read what producers wrote with the
+latest one. That is the worker's own rule for a new model version (``serving_incompatibilities``:
+records valid today must stay valid): a new required feature, a feature made required, or a
+changed kind is refused, a dropped feature or a new optional one is not. FULL would also refuse
+dropping a required feature, which a new model may well do; NONE checks nothing."""
+
+
+def avro_contract(features: FeatureSchema, name: str = "Features") -> dict[str, Any]:
+    """An Avro record for ``features``: numbers as ``double``, categories as ``string``, each
+    nullable (default null) where training saw it missing, required otherwise.
+
+    Strings, not enums: the worker takes an unseen category (one-hot ignored, counted), and an
+    enum would make every new category a breaking change for producers and refuse at produce
+    time a record the model can score. Raises ValueError for a name Avro does not allow.
+    """
+    fields: list[dict[str, Any]] = []
+    for feature in features.features:
+        if not AVRO_NAME.fullmatch(feature.name):
+            raise ValueError(
+                f"feature {feature.name!r} is not a legal Avro field name "
+                "(letters, digits and '_', not starting with a digit)"
+            )
+        kind = "double" if isinstance(feature, NumericFeature) else "string"
+        if feature.missing_seen:
+            fields.append({"name": feature.name, "type": ["null", kind], "default": None})
+        else:
+            fields.append({"name": feature.name, "type": kind})
+    return {"type": "record", "name": name, "namespace": "forestream", "fields": fields}
+
+
+def contract_changes(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """Why ``new`` cannot read records written with ``old`` (BACKWARD), field by field, for
+    the flat records :func:`avro_contract` makes; empty when it can."""
+    before = {f["name"]: f for f in old.get("fields", []) if isinstance(f, dict)}
+    problems = []
+    for field in new.get("fields", []):
+        name, kind = field["name"], field["type"]
+        was = before.get(name)
+        if was is None:
+            if "default" not in field:
+                problems.append(f"{name!r} is new and required")
+        elif _branches(was["type"]) - _branches(kind):
+            lost = sorted(_branches(was["type"]) - _branches(kind))
+            problems.append(f"{name!r} no longer takes {'/'.join(lost)}")
+    return problems
+
+
+def _branches(kind: Any) -> set[str]:
+    if isinstance(kind, list):
+        return {k if isinstance(k, str) else json.dumps(k) for k in kind}
+    return {kind if isinstance(kind, str) else json.dumps(kind)}

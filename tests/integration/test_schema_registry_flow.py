@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pytest
 from confluent_kafka.schema_registry import SchemaRegistryClient
 from confluent_kafka.schema_registry.avro import AvroSerializer
 from confluent_kafka.serialization import MessageField, SerializationContext
@@ -316,3 +317,62 @@ def test_a_registry_outage_holds_unseen_ids_and_never_stops_seen_ones(
         if outputs is not None:
             outputs.consumer.close()
         registry_cli("stop", "--data-dir", data_dir)
+
+
+# -- the model's contract in the registry ----------------------------------------------------------
+
+
+def test_register_schema_publishes_the_contract_and_refuses_an_incompatible_one(
+    schema_registry: RegistryInfo, topic_name: Callable[[str], str], tmp_path: Path
+) -> None:
+    """`models register-schema` on three versions: the first makes the subject (BACKWARD), a
+    compatible one adds a version, an incompatible one is refused in one line naming the field;
+    a producer using the registered schema cannot send a record without a required feature."""
+    store, topic, name = tmp_path / "store", topic_name("in"), "contract"
+    env = os.environ.copy() | {"FORESTREAM_SCHEMA_REGISTRY_URL": schema_registry.url}
+    subject = f"{topic}-value"
+
+    def register(version: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [*CLI, "models", "register-schema", version, "--store", str(store), "--name", name,
+             "--input-topic", topic],
+            capture_output=True, text=True, timeout=60, env=env,
+        )  # fmt: skip
+
+    base = make_frame(300, seed=1)  # x2 and shape seen missing: nullable, the rest required
+    save_model(store, name, base, trees=3)
+    first = register("v1")
+    assert first.returncode == 0, first.stderr
+    assert first.stdout.strip().startswith(
+        f"registered {name} v1 as {subject} version 1 (schema id "
+    )
+    assert first.stdout.strip().endswith(", compatibility BACKWARD)")
+
+    looser = base.copy()
+    looser.loc[:5, "x1"] = np.nan  # x1 may now be missing: older records still read
+    save_model(store, name, looser, trees=3)
+    second = register("v2")
+    assert second.returncode == 0 and f"as {subject} version 2 " in second.stdout, second.stderr
+
+    stricter = base.copy()
+    stricter["x2"] = stricter["x2"].fillna(0.0)  # x2 never missing: required, old nulls unread
+    save_model(store, name, stricter, trees=3)
+    third = register("v3")
+    assert third.returncode == 2 and not third.stdout, third.stdout
+    assert third.stderr.strip() == (
+        f"error: v3's features are not BACKWARD compatible with {subject} version 2: "
+        "'x1' no longer takes null; 'x2' no longer takes null"  # v2 let x1 be null too
+    )
+
+    client = SchemaRegistryClient({"url": schema_registry.url})
+    latest = client.get_latest_version(subject)
+    assert latest.version == 2
+    assert client.get_compatibility(subject) == "BACKWARD"
+    produce = AvroSerializer(
+        client, latest.schema.schema_str, conf={"auto.register.schemas": False}
+    )
+    context = SerializationContext(topic, MessageField.VALUE)
+    row = {"x1": None, "x2": 1.0, "x3": 0.5, "color": "red", "shape": None}
+    assert produce(row, context)[1:5] == latest.schema_id.to_bytes(4, "big")
+    with pytest.raises(Exception, match="x3"):  # refused by the serializer, before Kafka
+        produce({k: v for k, v in row.items() if k != "x3"}, context)

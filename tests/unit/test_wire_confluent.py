@@ -16,6 +16,8 @@ from hypothesis import strategies as st
 from forestream.wire.confluent import (
     HEADER_BYTES,
     WriterSchema,
+    avro_contract,
+    contract_changes,
     frame,
     not_framed,
     schema_id_of,
@@ -194,3 +196,41 @@ def test_framed_parser_is_total(raw: list[bytes | None], schema_id: int) -> None
     rejected = [r.index for r in decoded.rejects]
     assert sorted(rejected + decoded.valid_indexes) == list(range(len(batch)))
     assert all(r.code in ReasonCode.ALL and r.detail for r in decoded.rejects)
+
+
+# -- the model's contract as an Avro schema ------------------------------------------------------
+
+
+def test_the_contract_takes_what_the_worker_takes_and_refuses_a_missing_required_feature() -> None:
+    contract = avro_contract(SCHEMA)
+    parsed = fastavro.parse_schema(contract)
+    assert [f["name"] for f in contract["fields"]] == SCHEMA.names
+    row = {"age": 30.0, "income": None, "color": "purple", "city": None}  # unseen category: fine
+    registered = writer_schema(9, "AVRO", json.dumps(contract))
+    parse = framed_parser("avro", lambda _: registered, SCHEMA)
+    decoded = decode_batch([frame(9, avro_body(row, parsed))], SCHEMA, parse=parse)
+    assert decoded.valid_indexes == [0] and decoded.unknown_categories == 1
+    with pytest.raises((ValueError, TypeError, KeyError)):
+        avro_body({"income": 1.0, "color": "red"}, parsed)  # no age: the writer refuses
+    with pytest.raises(ValueError, match="not a legal Avro field name"):
+        avro_contract(FeatureSchema(features=[NumericFeature(name="bill length")]))
+
+
+def test_contract_changes_follow_the_workers_swap_rules() -> None:
+    old = avro_contract(SCHEMA)
+    renamed = SCHEMA.model_copy(
+        update={"features": [*SCHEMA.features[1:], NumericFeature(name="new")]}
+    )
+    assert contract_changes(old, avro_contract(renamed)) == ["'new' is new and required"]
+    optional_new = [*SCHEMA.features, NumericFeature(name="new", missing_seen=True)]
+    assert contract_changes(old, avro_contract(FeatureSchema(features=optional_new))) == []
+    stricter = [NumericFeature(name="income"), *SCHEMA.features[2:]]
+    assert contract_changes(old, avro_contract(FeatureSchema(features=stricter))) == [
+        "'income' no longer takes null"
+    ]
+    kind = [CategoricalFeature(name="age"), *SCHEMA.features[1:]]
+    assert contract_changes(old, avro_contract(FeatureSchema(features=kind))) == [
+        "'age' no longer takes double"
+    ]
+    looser = [NumericFeature(name="age", missing_seen=True), *SCHEMA.features[1:]]
+    assert contract_changes(old, avro_contract(FeatureSchema(features=looser))) == []
