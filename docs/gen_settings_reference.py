@@ -210,7 +210,7 @@ OUTSIDE: list[tuple[str, str, str, str]] = [
         "FORESTREAM_SCHEMA_REGISTRY_DIR",
         "`.forestream/schema-registry`",
         "`registry start\\|stop\\|status` (`--data-dir`)",
-        "the local Schema Registry's state directory (pid, port, log; schemas are in memory)",
+        "the local Schema Registry's data directory (its schemas, pid, port, log)",
     ),
     (
         "FORESTREAM_WORKER_PROCESSES",

@@ -116,8 +116,8 @@ RegistryDirOpt = Annotated[
     Path | None,
     typer.Option(
         "--data-dir",
-        help="registry state directory [env FORESTREAM_SCHEMA_REGISTRY_DIR; default "
-        ".forestream/schema-registry]",
+        help="registry data directory (schemas, log) [env FORESTREAM_SCHEMA_REGISTRY_DIR; "
+        "default .forestream/schema-registry]",
     ),
 ]
 
@@ -130,8 +130,8 @@ def registry_start(
     ] = None,
     data_dir: RegistryDirOpt = None,
 ) -> None:
-    """Start the registry (idempotent; in-memory storage) and print its Confluent-compatible URL
-    once it is ready, then the `export` line a worker needs."""
+    """Start the registry (idempotent; schemas kept in the data directory) and print its
+    Confluent-compatible URL once it is ready, then the `export` line a worker needs."""
     from forestream.local import schema_registry
 
     info = schema_registry.start(data_dir or schema_registry.registry_dir(), port=port)
@@ -141,7 +141,7 @@ def registry_start(
 
 @registry_app.command("stop")
 def registry_stop(data_dir: RegistryDirOpt = None) -> None:
-    """Stop the registry this data directory started (and nothing else); its schemas go too."""
+    """Stop the registry this data directory started (and nothing else); its schemas stay."""
     from forestream.local import schema_registry
 
     info = schema_registry.stop(data_dir or schema_registry.registry_dir())

@@ -275,7 +275,7 @@ def schema_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Regist
     """A real Apicurio Registry (Confluent-compatible API), started only if a test asks; ~4 s.
 
     Its URL is ``.url``; tests pass it explicitly (``FORESTREAM_SCHEMA_REGISTRY_URL``), so the
-    environment of every other test stays as it was. In-memory: schemas live for the session.
+    environment of every other test stays as it was.
     """
     from forestream.local import schema_registry as local_registry
 

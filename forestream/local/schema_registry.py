@@ -3,9 +3,9 @@
 Apicurio Registry 3 serves the Confluent Schema Registry API at ``/apis/ccompat/v7``, so the
 Confluent serializers and forestream's own decoder talk to it as to Confluent's registry. It is
 one Quarkus jar plus its ``lib/`` (Java 17, no Docker), fetched once with Maven into the same
-per-user cache as the broker's jars, and runs with in-memory storage: what a test or a demo
-registers is gone after a stop. Each data directory holds one registry: its state file (pid,
-port) and its log.
+per-user cache as the broker's jars. Like the broker it keeps its data in its data directory
+(an H2 database file under ``db/``), so schemas and their ids survive a stop and a start; each
+data directory holds one registry: that database, its state file (pid, port) and its log.
 """
 
 from __future__ import annotations
@@ -165,10 +165,14 @@ def start(
     port = port or free_port()
     if not port_is_free(port):
         raise UserError(f"port {port} on 127.0.0.1 is in use; pick another with --port")
+    if ";" in str(data_dir):
+        raise UserError(f"{data_dir}: a registry data directory cannot contain ';' (JDBC URL)")
     log_path = data_dir / LOG_FILE
+    database = f"jdbc:h2:file:{data_dir / 'db' / 'registry'}"
     cmd = [
         java, "-Xms128m", "-Xmx512m", f"{_MARKER}{data_dir}",
         "-Dquarkus.http.host=127.0.0.1", f"-Dquarkus.http.port={port}",
+        f"-Dapicurio.datasource.url={database}",
         "-jar", str(home / RUNNER_JAR),
     ]  # fmt: skip
     with log_path.open("ab") as sink:
@@ -204,7 +208,7 @@ def _forget_pid(data_dir: Path) -> None:
 
 
 def stop(data_dir: Path) -> RegistryInfo | None:
-    """Stop the registry started from ``data_dir`` (and nothing else); its schemas are gone."""
+    """Stop the registry started from ``data_dir`` (and nothing else); its schemas stay."""
     data_dir = data_dir.resolve()
     info = status(data_dir)
     if info is None:
