@@ -72,8 +72,8 @@ SECTIONS: list[tuple[str, str, str]] = [
     (
         "SchemaRegistrySettings",
         "Schema Registry",
-        "`worker` (`--input-format avro|json-schema`), `models register-schema`, "
-        "`train --register-schema`",
+        "`worker` (`--input-format avro|json-schema`), `produce --format avro`, "
+        "`models register-schema`, `train --register-schema`",
     ),
 ]
 
@@ -165,6 +165,8 @@ DESCRIPTIONS: dict[str, str] = {
     "model_cache_dir": "keep loaded artifacts here by sha256: restarts and rollbacks skip the "
     "store",
     "transactional_id": "exactly-once: this worker's `transactional.id`, unique among live workers",
+    "value_format": "`json`, or `avro`: the Confluent wire format with the latest schema of "
+    "`<input topic>-value` (`models register-schema` puts the model's contract there)",
     "input_format": "`json`, or the Confluent wire format through a Schema Registry: `avro`, "
     "`json-schema` ([wire contracts](../wire.md#schema-registry-formats))",
     "schema_registry_url": "the Schema Registry: writer schemas are fetched from it by id, "

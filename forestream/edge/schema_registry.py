@@ -102,15 +102,16 @@ class SchemaRegistryAccess:
 
     # -- publishing a contract (``models register-schema``) ----------------------------------
 
-    def latest(self, subject: str) -> tuple[int, str] | None:
-        """(version, schema text) of the subject's latest version; None for a new subject."""
+    def latest(self, subject: str) -> tuple[int, str, int] | None:
+        """(version, schema text, schema id) of the subject's latest version; None for a new
+        subject."""
         try:
             body = self._call("GET", f"/subjects/{quote(subject, safe='')}/versions/latest")
         except urllib.error.HTTPError as exc:
             if exc.code == 404:
                 return None
             raise SchemaRegistryRefused(self._refusal(exc, subject)) from None
-        return int(body["version"]), str(body["schema"])
+        return int(body["version"]), str(body["schema"]), int(body["id"])
 
     def set_compatibility(self, subject: str, level: str) -> None:
         try:

@@ -163,6 +163,29 @@ def avro_contract(features: FeatureSchema, name: str = "Features") -> dict[str, 
     return {"type": "record", "name": name, "namespace": "forestream", "fields": fields}
 
 
+def avro_encoder(schema_id: int, text: str) -> Callable[[Any], bytes]:
+    """Rows to framed Avro values with the registered schema ``text`` (id ``schema_id``), as a
+    Confluent serializer writes them; raises ValueError for a row the schema refuses (a
+    required feature missing or null, a wrong type). Keys the schema does not name are left
+    out."""
+    import fastavro
+
+    parsed = fastavro.parse_schema(json.loads(text))
+    header = frame(schema_id, b"")
+    writer = fastavro.schemaless_writer
+
+    def encode(row: Any) -> bytes:
+        out = io.BytesIO()
+        out.write(header)
+        try:
+            writer(out, parsed, row)
+        except (ValueError, TypeError, KeyError, AttributeError) as exc:
+            raise ValueError(f"{type(exc).__name__}: {exc}"[:200]) from None
+        return out.getvalue()
+
+    return encode
+
+
 def contract_changes(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     """Why ``new`` cannot read records written with ``old`` (BACKWARD), field by field, for
     the flat records :func:`avro_contract` makes; empty when it can."""

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import pytest
 from confluent_kafka.schema_registry import SchemaRegistryClient
-from confluent_kafka.schema_registry.avro import AvroSerializer
+from confluent_kafka.schema_registry.avro import AvroDeserializer, AvroSerializer
 from confluent_kafka.serialization import MessageField, SerializationContext
 from kafka import KafkaConsumer, TopicPartition
 
@@ -317,11 +317,15 @@ def test_a_registry_outage_holds_unseen_ids_and_never_stops_seen_ones(
 
 
 def test_register_schema_publishes_the_contract_and_refuses_an_incompatible_one(
-    schema_registry: RegistryInfo, topic_name: Callable[[str], str], tmp_path: Path
+    kafka_bootstrap: str,
+    schema_registry: RegistryInfo,
+    topic_name: Callable[[str], str],
+    tmp_path: Path,
 ) -> None:
     """`models register-schema` on three versions: the first makes the subject (BACKWARD), a
     compatible one adds a version, an incompatible one is refused in one line naming the field;
-    a producer using the registered schema cannot send a record without a required feature."""
+    a producer using the registered schema cannot send a record without a required feature,
+    and `forestream produce --format avro` writes what confluent-kafka's deserializer reads."""
     store, topic, name = tmp_path / "store", topic_name("in"), "contract"
     env = os.environ.copy() | {"FORESTREAM_SCHEMA_REGISTRY_URL": schema_registry.url}
     subject = f"{topic}-value"
@@ -370,3 +374,24 @@ def test_register_schema_publishes_the_contract_and_refuses_an_incompatible_one(
     assert produce(row, context)[1:5] == latest.schema_id.to_bytes(4, "big")
     with pytest.raises(Exception, match="x3"):  # refused by the serializer, before Kafka
         produce({k: v for k, v in row.items() if k != "x3"}, context)
+
+    produced = subprocess.run(
+        [*CLI, "produce", "--synthetic", "12", "--format", "avro", "--version", "v2",
+         "--store", str(store), "--name", name, "--input-topic", topic, "--partitions", "1",
+         "--bootstrap-servers", kafka_bootstrap],
+        capture_output=True, text=True, timeout=60, env=env,
+    )  # fmt: skip
+    assert produced.returncode == 0, produced.stderr
+    read = AvroDeserializer(client)
+    records = read_all(kafka_bootstrap, [topic], 12)
+    values = [read(r.value, SerializationContext(topic, MessageField.VALUE)) for r in records]
+    assert len(values) == 12 and all(set(v) == set(row) for v in values)
+    assert {r.value[1:5] for r in records} == {latest.schema_id.to_bytes(4, "big")}
+
+    nothing = subprocess.run(
+        [*CLI, "produce", "--synthetic", "1", "--format", "avro", "--store", str(store),
+         "--name", name, "--input-topic", topic_name("unregistered"),
+         "--bootstrap-servers", kafka_bootstrap],
+        capture_output=True, text=True, timeout=60, env=env,
+    )  # fmt: skip
+    assert nothing.returncode == 2 and "no schema under" in nothing.stderr, nothing.stderr

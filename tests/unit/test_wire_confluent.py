@@ -17,6 +17,7 @@ from forestream.wire.confluent import (
     HEADER_BYTES,
     WriterSchema,
     avro_contract,
+    avro_encoder,
     contract_changes,
     frame,
     not_framed,
@@ -234,3 +235,17 @@ def test_contract_changes_follow_the_workers_swap_rules() -> None:
     ]
     looser = [NumericFeature(name="age", missing_seen=True), *SCHEMA.features[1:]]
     assert contract_changes(old, avro_contract(FeatureSchema(features=looser))) == []
+
+
+def test_the_avro_encoder_frames_what_the_worker_decodes_and_refuses_a_short_row() -> None:
+    text = json.dumps(avro_contract(SCHEMA))
+    encode = avro_encoder(42, text)
+    row = {"age": 30, "income": None, "color": "red", "city": "oslo", "extra": "left out"}
+    value = encode(row)
+    assert schema_id_of(value) == 42
+    parse = framed_parser("avro", lambda _: writer_schema(42, "AVRO", text), SCHEMA)
+    assert decode_batch([value], SCHEMA, parse=parse).valid_indexes == [0]
+    with pytest.raises(ValueError):
+        encode({"income": 1.0, "color": "red"})  # no age
+    with pytest.raises(ValueError):
+        encode({**row, "age": "thirty"})
