@@ -41,8 +41,8 @@ class Serving:
         self._warn_waiting = RateLimited(settings.model_wait_log_s)
         self.writer_schemas = _writer_schemas(settings)
         self.keep_waiting: Callable[[], bool] = lambda: True
-        """While a batch waits for the Schema Registry: False once the worker stops (the loop
-        sets it; it also tells health the loop is waiting, not stuck)."""
+        """Called while a batch waits for the Schema Registry (the loop sets it: it tells
+        health the loop is waiting, not stuck); False ends the wait."""
 
     @property
     def version(self) -> str | None:
