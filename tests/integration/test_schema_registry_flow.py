@@ -5,7 +5,8 @@ with a schema the test registers, scored by one ``forestream worker --input-form
 The predictions must equal the JSON path's for the same values (the JSON records validated by
 the same decoder, then the pipeline), and wire-format garbage must land in the DLQ with its
 bytes and reason while the worker goes on. Then the registry is stopped under a running worker:
-the id it has keeps scoring, an id it never fetched is held until the registry is back.
+the id it has keeps scoring, an id it never fetched is held until the registry is back; that
+test reads JSON Schema records from confluent-kafka's ``JSONSerializer``.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import numpy as np
 import pytest
 from confluent_kafka.schema_registry import SchemaRegistryClient
 from confluent_kafka.schema_registry.avro import AvroDeserializer, AvroSerializer
+from confluent_kafka.schema_registry.json_schema import JSONSerializer
 from confluent_kafka.serialization import MessageField, SerializationContext
 from kafka import KafkaConsumer, TopicPartition
 
@@ -208,25 +210,41 @@ class Outputs:
         tps = [TopicPartition(topics[t], 0) for t in ("out", "dlq")]
         self.consumer.assign(tps)
         self.consumer.seek_to_beginning(*tps)
-        self.predicted: set[bytes] = set()
+        self.predicted: dict[bytes, Prediction] = {}
         self.dead: dict[bytes, str] = {}
 
     def poll(self) -> Outputs:
         for batch in self.consumer.poll(timeout_ms=100).values():
             for r in batch:
                 if r.topic == self.topics["out"]:
-                    self.predicted.add(r.key)
+                    self.predicted[r.key] = Prediction.model_validate_json(r.value)
                 else:
                     self.dead[r.key] = dict(r.headers)[headers.ERROR].decode()
         return self
 
 
+def json_schema(title: str) -> str:
+    """A closed object schema with the model's features; x2 and shape may be null."""
+    kinds = {"x1": "number", "x2": ["number", "null"], "x3": "number", "color": "string",
+             "shape": ["string", "null"]}  # fmt: skip
+    return json.dumps(
+        {
+            "title": title,
+            "type": "object",
+            "properties": {name: {"type": kind} for name, kind in kinds.items()},
+            "required": ["x1", "x3", "color"],
+            "additionalProperties": False,
+        }
+    )
+
+
 def test_a_registry_outage_holds_unseen_ids_and_never_stops_seen_ones(
     kafka_bootstrap: str, topic_name: Callable[[str], str], tmp_path: Path
 ) -> None:
-    """Also `forestream registry start|stop|status` as a user runs them: the registry is
-    stopped and started again under the worker (the same port, remembered, and the same
-    schemas, kept in its data directory)."""
+    """JSON Schema records from confluent-kafka's own ``JSONSerializer``, scored as the JSON
+    path scores the same values; then the registry is stopped and started again under the
+    worker. Also `forestream registry start|stop|status` as a user runs them (the same port,
+    remembered, and the same schemas, kept in the registry's data directory)."""
     data_dir = str(tmp_path / "registry")
     assert registry_cli("status", "--data-dir", data_dir).returncode == 1
     started = registry_cli("start", "--data-dir", data_dir)
@@ -239,29 +257,28 @@ def test_a_registry_outage_holds_unseen_ids_and_never_stops_seen_ones(
         assert export == f"export FORESTREAM_SCHEMA_REGISTRY_URL={url}"
         assert registry_cli("start", "--data-dir", data_dir).stdout.splitlines()[0] == url
         assert registry_cli("status", "--data-dir", data_dir).stdout.startswith(f"running {url}")
-        info = RegistryInfo(pid=0, port=int(url.split(":")[2].split("/")[0]), data_dir=Path())
 
         topics = {k: topic_name(k) for k in ("in", "out", "dlq", "models")}
         ensure_topics(kafka_bootstrap, [TopicSpec(topics[k], 1) for k in ("in", "out", "dlq")])
         rows = [as_record(row) for _, row in make_frame(30, seed=3).iterrows()]
         context = SerializationContext(topics["in"], MessageField.VALUE)
-        features = NUMERIC + CATEGORICAL
-
-        seen = serializer(info, avro_schema("Seen", features))
-        unseen = serializer(info, avro_schema("Unseen", features[::-1]))
+        client = SchemaRegistryClient({"url": url})
+        seen = JSONSerializer(json_schema("Seen"), client)
+        unseen = JSONSerializer(json_schema("Unseen"), client)
         values = [seen(r, context) for r in rows[:20]] + [unseen(r, context) for r in rows[20:]]
         ids = {v[1:5] for v in values}
         assert len(ids) == 2
 
         store = tmp_path / "store"
-        _, metadata = save_model(store, MODEL, make_frame(300, seed=1), trees=10)
+        pipeline, metadata = save_model(store, MODEL, make_frame(300, seed=1), trees=10)
         publish_promotion(kafka_bootstrap, topics["models"], metadata)
         log = tmp_path / "worker.log"
         env = worker_env() | {"FORESTREAM_SCHEMA_REGISTRY_URL": url,
                               "FORESTREAM_SCHEMA_REGISTRY_WAIT_S": "240"}  # fmt: skip
         command = worker_command(
-            kafka_bootstrap, topics, store, MODEL, topic_name("group"), "--input-format", "avro"
-        )
+            kafka_bootstrap, topics, store, MODEL, topic_name("group"),
+            "--input-format", "json-schema",
+        )  # fmt: skip
         with log.open("wb") as sink:
             worker = subprocess.Popen(
                 command, stdout=sink, stderr=subprocess.STDOUT, env=env, cwd=ROOT
@@ -301,6 +318,12 @@ def test_a_registry_outage_holds_unseen_ids_and_never_stops_seen_ones(
         assert again.returncode == 0 and again.stdout.splitlines()[0] == url, again.stderr
         wait_until(scored(30), "held records scored once the registry is back", 30)
         assert not outputs.dead and log_events(log, "schema_registry_back")
+        decoded = decode_batch([json.dumps(r).encode() for r in rows], metadata.feature_schema)
+        assert decoded.valid_indexes == list(range(30))  # the JSON path on the same values
+        for i, probabilities in enumerate(pipeline.predict_proba(decoded.frame)):
+            prediction = outputs.predicted[f"r{i}".encode()]
+            got = [prediction.probabilities[c] for c in metadata.classes]
+            assert np.allclose(got, probabilities), (i, rows[i], got, probabilities)
         producer.close()
         worker.terminate()
         assert worker.wait(timeout=30) == 0, log.read_text()[-3000:]
