@@ -345,8 +345,9 @@ def test_register_schema_publishes_the_contract_and_refuses_an_incompatible_one(
     topic_name: Callable[[str], str],
     tmp_path: Path,
 ) -> None:
-    """`models register-schema` on three versions: the first makes the subject (BACKWARD), a
-    compatible one adds a version, an incompatible one is refused in one line naming the field;
+    """`train --register-schema`, then `models register-schema` on two more versions: the
+    first makes the subject (BACKWARD), registering it again changes nothing, a compatible one
+    adds a version, an incompatible one is refused in one line naming the field;
     a producer using the registered schema cannot send a record without a required feature,
     and `forestream produce --format avro` writes what confluent-kafka's deserializer reads."""
     store, topic, name = tmp_path / "store", topic_name("in"), "contract"
@@ -361,13 +362,18 @@ def test_register_schema_publishes_the_contract_and_refuses_an_incompatible_one(
         )  # fmt: skip
 
     base = make_frame(300, seed=1)  # x2 and shape seen missing: nullable, the rest required
-    save_model(store, name, base, trees=3)
-    first = register("v1")
+    base.to_csv(tmp_path / "train.csv", index=False)
+    first = subprocess.run(  # the trainer's own schema, registered right after the fit
+        [*CLI, "train", "--data", str(tmp_path / "train.csv"), "--target", "target",
+         "--trees", "3", "--allow-unsigned", "--register-schema", "--store", str(store),
+         "--name", name, "--input-topic", topic],
+        capture_output=True, text=True, timeout=120, env=env,
+    )  # fmt: skip
     assert first.returncode == 0, first.stderr
-    assert first.stdout.strip().startswith(
-        f"registered {name} v1 as {subject} version 1 (schema id "
-    )
-    assert first.stdout.strip().endswith(", compatibility BACKWARD)")
+    [line] = [ln for ln in first.stdout.splitlines() if ln.startswith("registered ")]
+    assert line.startswith(f"registered {name} v1 as {subject} version 1 (schema id ")
+    assert line.endswith(", compatibility BACKWARD)")
+    assert register("v1").stdout.startswith(f"registered {name} v1 as {subject} version 1 ")
 
     looser = base.copy()
     looser.loc[:5, "x1"] = np.nan  # x1 may now be missing: older records still read
