@@ -251,10 +251,14 @@ def _run_produce(
 def _avro_encoder(settings: ProducerSettings) -> Callable[[Mapping[str, Any]], bytes]:
     """Rows to Avro with the subject's latest schema; a row it refuses ends the run in one
     line (what was sent before it stays sent)."""
+    from forestream.errors import SchemaRegistryUnavailable
     from forestream.wire.confluent import avro_encoder
 
     subject = f"{settings.input_topic}-value"
-    latest = settings.schema_registry().latest(subject)
+    try:
+        latest = settings.schema_registry().latest(subject)
+    except SchemaRegistryUnavailable as exc:
+        raise UserError(str(exc)) from None
     if latest is None:
         raise UserError(
             f"no schema under {subject} in the Schema Registry: register the model's with "

@@ -135,8 +135,10 @@ def train(
         allow_unsigned=allow_unsigned,
     )
     signer = settings.signer()  # a missing or unreadable key fails before the fit
-    if register_schema:
-        settings.schema_registry()  # no URL: say so before the fit
+    if register_schema:  # no URL, or no registry there: say so before the fit
+        from forestream.training.contract import check_reachable
+
+        check_reachable(settings.schema_registry(), settings.input_topic)
     announce = publish or promote
     model_store = _store(settings)
     if announce:  # fail before a long fit, and before anything is written, if Kafka is away

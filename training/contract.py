@@ -14,7 +14,7 @@ import json
 from dataclasses import dataclass
 
 from forestream.edge.schema_registry import SchemaRegistryAccess
-from forestream.errors import SchemaRegistryRefused, UserError
+from forestream.errors import SchemaRegistryRefused, SchemaRegistryUnavailable, UserError
 from forestream.wire.confluent import CONTRACT_COMPATIBILITY, avro_contract, contract_changes
 from forestream.wire.schema import FeatureSchema
 
@@ -33,7 +33,26 @@ def subject_for(input_topic: str) -> str:
     return f"{input_topic}-value"
 
 
+def check_reachable(access: SchemaRegistryAccess, input_topic: str) -> None:
+    """One read of the subject, before a long fit whose contract it will register."""
+    try:
+        access.latest(subject_for(input_topic))
+    except SchemaRegistryUnavailable as exc:
+        raise UserError(str(exc)) from None
+
+
 def register_contract(
+    access: SchemaRegistryAccess, input_topic: str, features: FeatureSchema, model_version: str
+) -> Registered:
+    """Register ``features`` as the subject's next version (or find it there already); a
+    registry that does not answer is the user's to fix, in one line."""
+    try:
+        return _register(access, input_topic, features, model_version)
+    except SchemaRegistryUnavailable as exc:
+        raise UserError(str(exc)) from None
+
+
+def _register(
     access: SchemaRegistryAccess, input_topic: str, features: FeatureSchema, model_version: str
 ) -> Registered:
     try:

@@ -424,3 +424,13 @@ def test_register_schema_publishes_the_contract_and_refuses_an_incompatible_one(
         capture_output=True, text=True, timeout=60, env=env,
     )  # fmt: skip
     assert nothing.returncode == 2 and "no schema under" in nothing.stderr, nothing.stderr
+    away = subprocess.run(
+        [*CLI, "produce", "--synthetic", "1", "--format", "avro", "--store", str(store),
+         "--name", name, "--input-topic", topic, "--bootstrap-servers", kafka_bootstrap],
+        capture_output=True, text=True, timeout=60,
+        env=env | {"FORESTREAM_SCHEMA_REGISTRY_URL": "http://127.0.0.1:1"},
+    )  # fmt: skip
+    assert away.returncode == 2, away.stderr
+    assert away.stderr.strip().splitlines() == [
+        "error: schema registry http://127.0.0.1:1 unreachable: [Errno 111] Connection refused"
+    ]
