@@ -6,7 +6,8 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 BENCH_RESULTS ?= bench/results/latest.json
 
-.PHONY: wheel-check lock setup test test-extra unit integration lint format demo bench bench-report kafka-jars tools \
+.PHONY: wheel-check lock setup test test-extra unit integration lint format demo bench bench-report kafka-jars \
+	schema-registry-app tools \
 	docs docs-build docs-check docs-cli clean
 
 # Installs are the lock's, to the hash (requirements-dev.lock: every extra; `make lock` refreshes
@@ -27,11 +28,15 @@ lock: $(STAMP)
 	$(UV_COMPILE) -o requirements.lock
 	$(UV_COMPILE) --all-extras -o requirements-dev.lock
 
-setup: $(STAMP) kafka-jars tools
+setup: $(STAMP) kafka-jars schema-registry-app tools
 
 # The broker's jars come from Maven Central into ~/.cache/forestream (outside the repo), once.
 kafka-jars: $(STAMP)
 	$(BIN)/python -c 'from forestream.local.install import ensure_jars; print("kafka jars:", ensure_jars())'
+
+# Apicurio Registry (the local Schema Registry, `forestream registry start`) the same way, once.
+schema-registry-app: $(STAMP)
+	$(BIN)/python -c 'from forestream.local.schema_registry import ensure_app; print("schema registry:", ensure_app())'
 
 # Debian tools the tests use, installed once with apt when missing: kcat, the outside client of
 # the interop test (librdkafka, not kafka-python); promtool, which checks the alert rules.

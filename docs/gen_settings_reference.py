@@ -35,6 +35,8 @@ SETTINGS_CLASSES = (
     "SigningSettings",
     "_TrainSettings",
     "_RegistrySettings",
+    "SchemaRegistrySettings",
+    "_SchemaSettings",
 )
 """Every settings class, by name: found among the subclasses of ``CommonSettings`` once the
 command tree and the components' settings modules are imported (not by module path, so a
@@ -46,6 +48,7 @@ COMMAND_SETTINGS: dict[str, str] = {
     "models show": "CommonSettings",
     "models promote": "_RegistrySettings",
     "models rollback": "_RegistrySettings",
+    "models register-schema": "_SchemaSettings",
     "demo": "CommonSettings",
     "worker": "WorkerSettings",
     "replay": "ReplaySettings",
@@ -54,8 +57,8 @@ COMMAND_SETTINGS: dict[str, str] = {
     "monitor": "MonitorSettings",
 }
 """Which class each command loads its settings from (``load_settings`` in its module).
-``kafka start|stop|status``, ``keys create`` and ``demo-data`` load none. The demo also
-passes its environment on to the commands it starts."""
+``kafka start|stop|status``, ``registry start|stop|status``, ``keys create`` and ``demo-data``
+load none. The demo also passes its environment on to the commands it starts."""
 
 SECTIONS: list[tuple[str, str, str]] = [
     ("CommonSettings", "Shared by every command", "the broker, the topics, the model store"),
@@ -66,6 +69,12 @@ SECTIONS: list[tuple[str, str, str]] = [
     ("MonitorSettings", "`monitor`", ""),
     ("TrustSettings", "Verifying models", "`worker`, `replay`, `models promote|rollback`"),
     ("SigningSettings", "Signing models", "`train`"),
+    (
+        "SchemaRegistrySettings",
+        "Schema Registry",
+        "`worker` (`--input-format avro|json-schema`), `produce --format avro`, "
+        "`models register-schema`, `train --register-schema`",
+    ),
 ]
 
 SECURITY = {
@@ -82,6 +91,7 @@ DEFAULT_TEXT: dict[str, str] = {
     "always off under exactly-once",
     "transactional_id": "unset: `forestream-<group>-<host>-<worker index>`",
     "metrics_port": "unset: no endpoint",
+    "schema_registry_url": "unset",
     "model_cache_dir": "unset: `.forestream/model-cache` when the store is a URI; a local "
     "store is read in place",
     "replication_factor": "unset: the broker's `default.replication.factor`",
@@ -159,6 +169,18 @@ DESCRIPTIONS: dict[str, str] = {
     "model_cache_dir": "keep loaded artifacts here by sha256: restarts and rollbacks skip the "
     "store",
     "transactional_id": "exactly-once: this worker's `transactional.id`, unique among live workers",
+    "value_format": "`json`, or `avro`: the Confluent wire format with the latest schema of "
+    "`<input topic>-value` (`models register-schema` puts the model's contract there)",
+    "input_format": "`json`, or the Confluent wire format through a Schema Registry: `avro`, "
+    "`json-schema` ([wire contracts](../wire.md#schema-registry-formats))",
+    "schema_registry_url": "the Schema Registry: writer schemas are fetched from it by id, "
+    "contracts registered to it (Confluent API; Apicurio's `/apis/ccompat/v7`)",
+    "schema_registry_username": "basic auth for the registry (env only)",
+    "schema_registry_password": "its password (env only; never printed)",
+    "schema_registry_cafile": "the CA of an `https://` registry (unset: the system's)",
+    "schema_registry_wait_s": "a batch holding a schema id never fetched waits this long for "
+    "an unreachable registry before such records go to the DLQ (`registry_unavailable`); "
+    "0 to 240",
     "replay_max_batch": "records per replay batch",
     "partitions": "partitions of the topics `produce` and `topics create` create (input, "
     "output, DLQ, labels)",
@@ -187,8 +209,14 @@ OUTSIDE: list[tuple[str, str, str, str]] = [
     (
         "FORESTREAM_CACHE_DIR",
         "`$XDG_CACHE_HOME/forestream`, else `~/.cache/forestream`",
-        "`kafka start`, `demo`, `make kafka-jars`",
-        "where the Apache Kafka jars are fetched to, once",
+        "`kafka start`, `registry start`, `demo`, `make kafka-jars schema-registry-app`",
+        "where the Apache Kafka jars and Apicurio Registry are fetched to, once",
+    ),
+    (
+        "FORESTREAM_SCHEMA_REGISTRY_DIR",
+        "`.forestream/schema-registry`",
+        "`registry start\\|stop\\|status` (`--data-dir`)",
+        "the local Schema Registry's data directory (its schemas, pid, port, log)",
     ),
     (
         "FORESTREAM_WORKER_PROCESSES",
@@ -233,10 +261,10 @@ def _classes() -> dict[str, Any]:
     for module in ("forestream.worker.settings", "forestream.producer.settings"):
         importlib.import_module(module)  # imported lazily by their commands
     from forestream.registry.signing import SigningSettings, TrustSettings
-    from forestream.runtime.settings import CommonSettings
+    from forestream.runtime.settings import CommonSettings, SchemaRegistrySettings
 
     found: dict[str, Any] = {}
-    todo: list[Any] = [CommonSettings, TrustSettings, SigningSettings]
+    todo: list[Any] = [CommonSettings, TrustSettings, SigningSettings, SchemaRegistrySettings]
     while todo:
         cls = todo.pop()
         found.setdefault(cls.__name__, cls)

@@ -24,6 +24,11 @@ kafka_app = typer.Typer(
     help="Run a real local Apache Kafka broker (KRaft, one node).", no_args_is_help=True
 )
 app.add_typer(kafka_app, name="kafka")
+registry_app = typer.Typer(
+    help="Run a real local Schema Registry (Apicurio Registry, Confluent-compatible API).",
+    no_args_is_help=True,
+)
+app.add_typer(registry_app, name="registry")
 keys_app = typer.Typer(
     help="Ed25519 keys that model versions are signed and verified with.", no_args_is_help=True
 )
@@ -105,6 +110,55 @@ def kafka_status(data_dir: DataDirOpt = None, secure: SecureOpt = False) -> None
     if isinstance(info, local_kafka.SecureBrokerInfo):
         where = f"{info.sasl_ssl_address} SASL_SSL, {info.mtls_address} mutual TLS"
     typer.echo(f"running {where} (pid {info.pid}, Kafka {local_kafka.KAFKA_VERSION})")
+
+
+RegistryDirOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--data-dir",
+        help="registry data directory (schemas, log) [env FORESTREAM_SCHEMA_REGISTRY_DIR; "
+        "default .forestream/schema-registry]",
+    ),
+]
+
+
+@registry_app.command("start")
+def registry_start(
+    port: Annotated[
+        int | None,
+        typer.Option(min=1, max=65535, help="HTTP port (default: a free one, remembered)"),
+    ] = None,
+    data_dir: RegistryDirOpt = None,
+) -> None:
+    """Start the registry (idempotent; schemas kept in the data directory) and print its
+    Confluent-compatible URL once it is ready, then the `export` line a worker needs."""
+    from forestream.local import schema_registry
+
+    info = schema_registry.start(data_dir or schema_registry.registry_dir(), port=port)
+    typer.echo(info.url)
+    typer.echo(f"export FORESTREAM_SCHEMA_REGISTRY_URL={info.url}")
+
+
+@registry_app.command("stop")
+def registry_stop(data_dir: RegistryDirOpt = None) -> None:
+    """Stop the registry this data directory started (and nothing else); its schemas stay."""
+    from forestream.local import schema_registry
+
+    info = schema_registry.stop(data_dir or schema_registry.registry_dir())
+    typer.echo(f"stopped registry on {info.url}" if info else "not running")
+
+
+@registry_app.command("status")
+def registry_status(data_dir: RegistryDirOpt = None) -> None:
+    """Say whether the local registry runs, and where (exit 1 when stopped)."""
+    from forestream.local import schema_registry
+
+    info = schema_registry.status(data_dir or schema_registry.registry_dir())
+    if info is None:
+        typer.echo("stopped")
+        raise typer.Exit(1)
+    version = schema_registry.APICURIO_VERSION
+    typer.echo(f"running {info.url} (pid {info.pid}, Apicurio Registry {version})")
 
 
 @keys_app.command("create")

@@ -181,6 +181,20 @@ class RegistryConflict(UserError):
     kind = "registry_conflict"
 
 
+class SchemaRegistryUnavailable(TransientError):
+    """The Schema Registry did not answer (down, timing out, a 5xx, refused credentials): a
+    schema id it never gave us is asked for again; the ids already fetched keep decoding."""
+
+    kind = "schema_registry_unavailable"
+
+
+class SchemaRegistryRefused(UserError):
+    """The Schema Registry refused a request: an incompatible schema, credentials, a bad
+    subject. One line, with the registry's own message."""
+
+    kind = "schema_registry_refused"
+
+
 # -- models and scoring ---------------------------------------------------------------------------
 
 

@@ -26,7 +26,8 @@ from forestream.runtime.cli_options import (
 )
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterator
+    from collections.abc import Callable, Iterator, Mapping
+    from typing import Any
 
     from forestream.edge.interface import AckingProducer
     from forestream.producer.sending import SendStats
@@ -85,6 +86,16 @@ def produce(
     version: Annotated[
         str | None, typer.Option("--version", help="model version (default: the served one)")
     ] = None,
+    value_format: Annotated[
+        str | None,
+        typer.Option(
+            "--format",
+            help="json, or avro: the Confluent wire format with the latest schema of "
+            "<input topic>-value in FORESTREAM_SCHEMA_REGISTRY_URL (see `models "
+            "register-schema`) [env FORESTREAM_VALUE_FORMAT; default json]",
+            show_default=False,
+        ),
+    ] = None,
     store: StoreOpt = None,
     name: ModelNameOpt = None,
     partitions: PartitionsOpt = None,
@@ -106,6 +117,7 @@ def produce(
         partitions=partitions,
         rate=rate,
         malformed_share=malformed_share,
+        value_format=value_format,
         log_format=log_format,
     )
     if (data is None) == (synthetic is None):
@@ -140,6 +152,7 @@ def _run_produce(
     import structlog
 
     from forestream.edge.factory import TopicSpec, acking_producer, ensure_topics, require_reachable
+    from forestream.producer.encoding import encode_row
     from forestream.producer.malformed import MalformedMixer
     from forestream.producer.sending import (
         SendStats,
@@ -197,6 +210,7 @@ def _run_produce(
     natural = expected_total(valid_rows, settings.malformed_share)
     total = natural if count is None else min(count, natural or count)
     topic = settings.input_topic
+    encode = _avro_encoder(settings) if settings.value_format == "avro" else None
     ensure_topics(settings.kafka(), [TopicSpec(topic, settings.partitions)])
     producer = acking_producer(
         settings.kafka(), client_id="forestream-producer", max_block_ms=15_000
@@ -219,7 +233,7 @@ def _run_produce(
             send_records(
                 producer,
                 topic,
-                record_stream(rows, run_id, mixer),
+                record_stream(rows, run_id, mixer, encode or encode_row),
                 rate=settings.rate,
                 count=count,
                 oversize_producer=oversize_producer,
@@ -232,6 +246,44 @@ def _run_produce(
     if stats.malformed:
         log.info("malformed records sent", **dict(stats.malformed))
     typer.echo(stats.summary())
+
+
+def _avro_encoder(settings: ProducerSettings) -> Callable[[Mapping[str, Any]], bytes]:
+    """Rows to Avro with the subject's latest schema; a row it refuses ends the run in one
+    line (what was sent before it stays sent)."""
+    from forestream.errors import SchemaRegistryUnavailable
+    from forestream.wire.confluent import avro_encoder
+
+    subject = f"{settings.input_topic}-value"
+    try:
+        latest = settings.schema_registry().latest(subject)
+    except SchemaRegistryUnavailable as exc:
+        raise UserError(str(exc)) from None
+    if latest is None:
+        raise UserError(
+            f"no schema under {subject} in the Schema Registry: register the model's with "
+            "`forestream models register-schema vN`"
+        )
+    version, text, schema_id = latest
+    try:
+        encode = avro_encoder(schema_id, text)
+    except Exception as exc:  # not an Avro schema fastavro can parse
+        raise UserError(f"{subject} version {version} is not a usable Avro schema: {exc}") from None
+    sent = 0
+
+    def checked(row: Mapping[str, Any]) -> bytes:
+        nonlocal sent
+        try:
+            value = encode(row)
+        except ValueError as exc:
+            raise UserError(
+                f"row {sent + 1} does not fit {subject} version {version}, stopped after "
+                f"{sent} records: {exc}"
+            ) from None
+        sent += 1
+        return value
+
+    return checked
 
 
 @contextlib.contextmanager

@@ -64,6 +64,7 @@ def record_stream(
     rows: Iterable[tuple[str | None, Mapping[str, Any]]],
     run_id: str,
     mixer: MalformedMixer | None = None,
+    encode: Callable[[Mapping[str, Any]], bytes] = encode_row,
 ) -> Iterator[OutgoingRecord]:
     """Keyed records for ``rows`` (``(key or None, row)``), with bad ones mixed in.
 
@@ -77,7 +78,7 @@ def record_stream(
             yield OutgoingRecord(f"{run_id}-{n}".encode(), value, kind)
             n += 1
         yield OutgoingRecord(
-            (key if key is not None else f"{run_id}-{n}").encode(), encode_row(row), None
+            (key if key is not None else f"{run_id}-{n}").encode(), encode(row), None
         )
         n += 1
 

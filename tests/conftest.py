@@ -18,6 +18,7 @@ from hypothesis import HealthCheck, settings
 
 if TYPE_CHECKING:
     from forestream.local.kafka import SecureBrokerInfo
+    from forestream.local.schema_registry import RegistryInfo
     from tests.s3_support import S3Server
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -269,6 +270,23 @@ def secure_kafka(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecureBro
         yield info
     finally:
         local_kafka.stop(data_dir)
+
+
+@pytest.fixture(scope="session")
+def schema_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RegistryInfo]:
+    """A real Apicurio Registry (Confluent-compatible API), started only if a test asks; ~4 s.
+
+    Its URL is ``.url``; tests pass it explicitly (``FORESTREAM_SCHEMA_REGISTRY_URL``), so the
+    environment of every other test stays as it was.
+    """
+    from forestream.local import schema_registry as local_registry
+
+    data_dir = tmp_path_factory.mktemp("schema-registry")
+    info = local_registry.start(data_dir)
+    try:
+        yield info
+    finally:
+        local_registry.stop(data_dir)
 
 
 @pytest.fixture

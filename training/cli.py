@@ -18,13 +18,14 @@ from forestream.registry.signing import SigningSettings, TrustSettings
 from forestream.runtime.cli_options import (
     AllowUnsignedOpt,
     BootstrapOpt,
+    InputTopicOpt,
     ModelNameOpt,
     ModelsTopicOpt,
     SigningKeyOpt,
     StoreOpt,
     VerifyKeyOpt,
 )
-from forestream.runtime.settings import CommonSettings, load_settings
+from forestream.runtime.settings import CommonSettings, SchemaRegistrySettings, load_settings
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -58,8 +59,13 @@ def _store(settings: CommonSettings) -> ModelStore:
     return settings.open_store()
 
 
-class _TrainSettings(CommonSettings, SigningSettings):
-    """``train``: the common settings and the private key it signs with."""
+class _TrainSettings(CommonSettings, SigningSettings, SchemaRegistrySettings):
+    """``train``: the common settings, the private key it signs with, the Schema Registry
+    ``--register-schema`` publishes the contract to."""
+
+
+class _SchemaSettings(CommonSettings, SchemaRegistrySettings):
+    """``models register-schema``: the store, the input topic and the Schema Registry."""
 
 
 class _RegistrySettings(CommonSettings, TrustSettings):
@@ -89,10 +95,19 @@ def train(
         bool,
         typer.Option("--promote", help="make the new version the served one (implies --publish)"),
     ] = False,
+    register_schema: Annotated[
+        bool,
+        typer.Option(
+            "--register-schema",
+            help="register the version's features as an Avro schema under <input topic>-value "
+            "(FORESTREAM_SCHEMA_REGISTRY_URL), refused if incompatible with the latest",
+        ),
+    ] = False,
     name: ModelNameOpt = None,
     store: StoreOpt = None,
     bootstrap_servers: BootstrapOpt = None,
     models_topic: ModelsTopicOpt = None,
+    input_topic: InputTopicOpt = None,
     signing_key: SigningKeyOpt = None,
     allow_unsigned: Annotated[
         bool | None,
@@ -115,10 +130,15 @@ def train(
         model_store=store,
         bootstrap_servers=bootstrap_servers,
         models_topic=models_topic,
+        input_topic=input_topic,
         signing_key_file=signing_key,
         allow_unsigned=allow_unsigned,
     )
     signer = settings.signer()  # a missing or unreadable key fails before the fit
+    if register_schema:  # no URL, or no registry there: say so before the fit
+        from forestream.training.contract import check_reachable
+
+        check_reachable(settings.schema_registry(), settings.input_topic)
     announce = publish or promote
     model_store = _store(settings)
     if announce:  # fail before a long fit, and before anything is written, if Kafka is away
@@ -148,8 +168,33 @@ def train(
         f"(sha256 {meta.artifact_sha256[:12]}, "
         f"{f'signed by key {meta.signing_key_id}' if meta.signature else 'UNSIGNED'})"
     )
+    if register_schema:
+        _register_schema(settings, meta, saved=True)
     if announce:
         _announce_new_version(console, settings, model_store, meta, promote)
+
+
+def _register_schema(
+    settings: _TrainSettings | _SchemaSettings, meta: ModelMetadata, saved: bool = False
+) -> None:
+    from forestream.errors import UserError
+    from forestream.training.contract import register_contract
+
+    try:
+        done = register_contract(
+            settings.schema_registry(), settings.input_topic, meta.feature_schema, meta.version
+        )
+    except UserError as exc:
+        if not saved:
+            raise
+        raise UserError(
+            f"{meta.version} is saved but its schema was not registered: {exc}"
+        ) from None
+    level = f", compatibility {done.compatibility}" if done.compatibility else ""
+    typer.echo(
+        f"registered {meta.name} {meta.version} as {done.subject} version {done.version} "
+        f"(schema id {done.schema_id}{level})"
+    )
 
 
 def _announce_new_version(
@@ -416,6 +461,22 @@ def models_promote(
     meta = model_store.verify_artifact(settings.model_name, version, trust=settings.trust())
     model_store.served(settings.model_name)  # a broken promotion history: say so before Kafka
     _echo_announced(_change_serving(settings, model_store, "promote", meta.version))
+
+
+@models_app.command("register-schema")
+def models_register_schema(
+    version: Annotated[str, typer.Argument(help="the version whose features to register")],
+    name: ModelNameOpt = None,
+    store: StoreOpt = None,
+    input_topic: InputTopicOpt = None,
+) -> None:
+    """Publish a version's feature contract to the Schema Registry: an Avro record under
+    <input topic>-value (a new subject gets BACKWARD compatibility), so producers' serializers
+    refuse a record without a required feature; an incompatible contract is refused."""
+    settings = load_settings(
+        _SchemaSettings, model_name=name, model_store=store, input_topic=input_topic
+    )
+    _register_schema(settings, _store(settings).metadata(settings.model_name, version))
 
 
 @models_app.command("rollback")

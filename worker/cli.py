@@ -183,6 +183,16 @@ def worker(
             show_default=False,
         ),
     ] = None,
+    input_format: Annotated[
+        str | None,
+        typer.Option(
+            "--input-format",
+            help="json, or the Confluent wire format with a Schema Registry: avro, json-schema "
+            "(FORESTREAM_SCHEMA_REGISTRY_URL required) [env FORESTREAM_INPUT_FORMAT; "
+            "default json]",
+            show_default=False,
+        ),
+    ] = None,
     processes: Annotated[
         int | None,
         typer.Option(
@@ -232,6 +242,7 @@ def worker(
         drift_window=drift_window,
         report_interval_s=report_interval_s,
         model_cache_dir=model_cache_dir,
+        input_format=input_format,
         log_format=log_format,
     )
     configure_logging(checked_log_format(settings.log_format))

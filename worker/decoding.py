@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from itertools import chain
 from operator import itemgetter
@@ -102,31 +102,60 @@ def _short(text: str) -> str:
     return text if len(text) <= _DETAIL_CHARS else text[: _DETAIL_CHARS - 3] + "..."
 
 
-def _parse(
+Parser = Callable[
+    [Sequence[bytes | None], int, dict[int, Reject]], tuple[list[int], list[dict[str, Any]]]
+]
+"""Values in, (positions, objects) out, adding a Reject for each value it cannot use: JSON
+(:func:`parse_json`) or a Confluent wire format (:mod:`forestream.worker.framed`)."""
+
+
+def size_reject(i: int, value: bytes | None, max_record_bytes: int) -> Reject:
+    """``empty`` or ``too_large``, whatever the format (for a value that is one of them)."""
+    if not value:
+        return Reject(i, ReasonCode.EMPTY, "record value is empty or null")
+    return Reject(i, ReasonCode.TOO_LARGE, f"{len(value)} bytes > limit {max_record_bytes}")
+
+
+def json_value(data: bytes) -> Any:
+    """``data`` parsed as JSON (NaN/Infinity as markers); ValueError (with the reason) if it is
+    not UTF-8 JSON."""
+    try:
+        return _fast_decode(data)
+    except Exception:  # msgspec's errors, recursion, odd input types: the stdlib judges
+        return _slow_json_value(data)
+
+
+def _slow_json_value(data: bytes) -> Any:
+    try:
+        return _decoder.decode(bytes(data).decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ValueError(_short(f"not UTF-8: {exc}")) from None
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError is a ValueError
+        raise ValueError(_short(f"not JSON: {exc}")) from None
+
+
+def non_finite(literal: str) -> Any:
+    """The marker a ``NaN``/``Infinity``/``-Infinity`` becomes (rejected as ``not_finite``)."""
+    return _LITERALS[literal]
+
+
+def parse_json(
     values: Sequence[bytes | None], max_record_bytes: int, rejects: dict[int, Reject]
 ) -> tuple[list[int], list[dict[str, Any]]]:
     """JSON-decode every value; returns (positions, objects) of those that are JSON objects."""
     positions: list[int] = []
     objects: list[dict[str, Any]] = []
     for i, value in enumerate(values):
-        if not value:
-            rejects[i] = Reject(i, ReasonCode.EMPTY, "record value is empty or null")
-            continue
-        if len(value) > max_record_bytes:
-            rejects[i] = Reject(
-                i, ReasonCode.TOO_LARGE, f"{len(value)} bytes > limit {max_record_bytes}"
-            )
+        if not value or len(value) > max_record_bytes:
+            rejects[i] = size_reject(i, value, max_record_bytes)
             continue
         try:
             obj = _fast_decode(value)
         except Exception:  # msgspec's errors, recursion, odd input types: the stdlib judges
             try:
-                obj = _decoder.decode(value.decode("utf-8"))
-            except UnicodeDecodeError as exc:
-                rejects[i] = Reject(i, ReasonCode.NOT_JSON, _short(f"not UTF-8: {exc}"))
-                continue
-            except (ValueError, RecursionError) as exc:  # JSONDecodeError is a ValueError
-                rejects[i] = Reject(i, ReasonCode.NOT_JSON, _short(f"not JSON: {exc}"))
+                obj = _slow_json_value(value)
+            except ValueError as exc:
+                rejects[i] = Reject(i, ReasonCode.NOT_JSON, str(exc))
                 continue
         if type(obj) is not dict:
             rejects[i] = Reject(
@@ -304,6 +333,7 @@ def decode_batch(
     schema: FeatureSchema,
     *,
     max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES,
+    parse: Parser = parse_json,
 ) -> DecodedBatch:
     """Validate ``values`` against ``schema``; never raises for any input bytes.
 
@@ -315,10 +345,11 @@ def decode_batch(
     number overflowing to infinity → ``not_finite``; a finite number too large for the model's
     float32 (magnitude ≥ :data:`MODEL_RANGE_LIMIT`) → ``out_of_range``. Unseen categories and
     extra keys are allowed and only counted. When a record has several problems, the first
-    feature in schema order names it.
+    feature in schema order names it. ``parse`` turns values into objects (JSON by default);
+    what follows is the same for every format.
     """
     rejects: dict[int, Reject] = {}
-    positions, objects = _parse(values, max_record_bytes, rejects)
+    positions, objects = parse(values, max_record_bytes, rejects)
     numeric_features = [f for f in schema.features if isinstance(f, NumericFeature)]
     numeric = [f.name for f in numeric_features]
     rows = _numeric_rows(objects, numeric) if numeric else []

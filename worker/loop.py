@@ -117,6 +117,7 @@ class Worker:
         self.reporter = Reporter(fanout, telemetry, settings.summary_interval_s)
         self.stop = StopBudget()
         self.serving = Serving(settings, follower, telemetry)
+        self.serving.keep_waiting = self._keep_waiting_for_registry
         self.membership = Membership(self.cycle, self.stop, settings.session_timeout_ms, telemetry)
         self.healer = ConsumerHealer(
             settings, self.kafka, self._client_id("in"), self.membership, telemetry
@@ -147,6 +148,14 @@ class Worker:
             log.info("worker_stopping", signal=name, pending=len(self.cycle.pending))
         self._stopping = True
         self.stop.start()
+
+    def _keep_waiting_for_registry(self) -> bool:
+        """A batch waits for the Schema Registry: not stuck (health). A stop does not end the
+        wait: its records would go to the DLQ; the shutdown watchdog ends the process at its
+        grace instead, nothing committed, so they are read again (at-least-once)."""
+        if self.telemetry is not None:
+            self.telemetry.health.tick()
+        return True
 
     def install_signal_handlers(self) -> None:
         """SIGTERM/SIGINT stop the loop in order; a watchdog ends the process anyway once

@@ -25,7 +25,7 @@ from forestream.runtime.logs import RateLimited
 from forestream.wire import headers
 from forestream.wire.headers import DLQ_MAX_VALUE_BYTES, MAX_KEY_BYTES, ReasonCode
 from forestream.worker.batch import BatchObserver, ScoredBatch
-from forestream.worker.decoding import Reject, decode_batch, empty_frame
+from forestream.worker.decoding import Parser, Reject, decode_batch, empty_frame, parse_json
 from forestream.worker.models import ActiveModel
 from forestream.worker.scoring import dlq_headers, encode_predictions, score_isolating
 
@@ -57,8 +57,11 @@ def process_records(
     output_topic: str,
     dlq_topic: str,
     max_record_bytes: int,
+    parse: Parser = parse_json,
 ) -> ProcessedBatch:
     """Decode, score with one ``predict_proba``, and build predictions plus dead letters.
+
+    ``parse`` reads the values (JSON by default, or a Confluent wire format).
 
     Pure apart from the clock: never raises for bad input or a failing model, so no record is
     lost. When the model fails on the batch, :func:`forestream.worker.scoring.score_isolating`
@@ -74,9 +77,10 @@ def process_records(
             output_topic=output_topic,
             dlq_topic=dlq_topic,
             max_record_bytes=max_record_bytes,
+            parse=parse,
         )
     decoded = decode_batch(
-        [r.value for r in records], model.schema, max_record_bytes=max_record_bytes
+        [r.value for r in records], model.schema, max_record_bytes=max_record_bytes, parse=parse
     )
     rejects = list(decoded.rejects)
     started = time.perf_counter()
@@ -153,6 +157,7 @@ def _dead_letter_long_keys(
     output_topic: str,
     dlq_topic: str,
     max_record_bytes: int,
+    parse: Parser,
 ) -> ProcessedBatch:
     """A prediction carries its input's key, so an input whose key exceeds ``MAX_KEY_BYTES``
     is dead-lettered (``too_large``) instead of scored; the rest of the batch goes on as usual."""
@@ -163,6 +168,7 @@ def _dead_letter_long_keys(
         output_topic=output_topic,
         dlq_topic=dlq_topic,
         max_record_bytes=max_record_bytes,
+        parse=parse,
     )
     letters = []
     for i in long_keys:

@@ -14,6 +14,8 @@ import structlog
 from forestream.edge.interface import InputRecord
 from forestream.runtime.logs import RateLimited
 from forestream.wire.headers import ReasonCode
+from forestream.worker.decoding import Parser, parse_json
+from forestream.worker.framed import WriterSchemas, framed_parser, schema_ids
 from forestream.worker.models import ActiveModel, ModelFollower
 from forestream.worker.processing import ProcessedBatch, process_records
 from forestream.worker.settings import WorkerSettings
@@ -37,6 +39,10 @@ class Serving:
         self.model: ActiveModel | None = None
         self._warn_scoring = RateLimited(10.0)
         self._warn_waiting = RateLimited(settings.model_wait_log_s)
+        self.writer_schemas = _writer_schemas(settings)
+        self.keep_waiting: Callable[[], bool] = lambda: True
+        """Called while a batch waits for the Schema Registry (the loop sets it: it tells
+        health the loop is waiting, not stuck); False ends the wait."""
 
     @property
     def version(self) -> str | None:
@@ -73,12 +79,18 @@ class Serving:
                 self.telemetry.health.set_model(model.version)
                 self.telemetry.metrics.record_reload(model.version)
         self.model = model
+        parse: Parser = parse_json
+        if self.writer_schemas is not None:
+            schemas = self.writer_schemas
+            schemas.ensure(schema_ids([r.value for r in records]), self.keep_waiting)
+            parse = framed_parser(s.input_format, schemas.lookup, model.schema)
         batch = process_records(
             records,
             model,
             output_topic=s.output_topic,
             dlq_topic=s.dlq_topic,
             max_record_bytes=s.max_record_bytes,
+            parse=parse,
         )
         if batch.scoring_error is not None and self._warn_scoring.ready():
             log.error(
@@ -95,3 +107,10 @@ class Serving:
         if model is None or model.version != version:
             return None
         return getattr(model.metadata, "reference", None)
+
+
+def _writer_schemas(settings: WorkerSettings) -> WriterSchemas | None:
+    """The registry's schemas for a wire-format input; None for JSON."""
+    if settings.input_format == "json":
+        return None
+    return WriterSchemas(settings.schema_registry(), wait_s=settings.schema_registry_wait_s)

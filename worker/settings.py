@@ -4,18 +4,22 @@ from __future__ import annotations
 
 import socket
 from pathlib import Path
+from typing import get_args
 
-from pydantic import Field
+from pydantic import Field, field_validator, model_validator
 
 from forestream.edge.broker_loss import DEFAULT_REBUILD_AFTER_S
 from forestream.registry.signing import TrustSettings
 from forestream.registry.store import is_uri
-from forestream.runtime.settings import GuaranteeSettings
+from forestream.runtime.settings import GuaranteeSettings, SchemaRegistrySettings
+from forestream.wire.confluent import InputFormat
+
+INPUT_FORMATS: tuple[str, ...] = get_args(InputFormat)
 
 DEFAULT_MODEL_CACHE = Path(".forestream/model-cache")
 
 
-class WorkerSettings(GuaranteeSettings, TrustSettings):
+class WorkerSettings(GuaranteeSettings, TrustSettings, SchemaRegistrySettings):
     """What one worker process needs beyond broker address and topic names; the verify key
     and the opt-outs of signature and version checks come from :class:`TrustSettings`."""
 
@@ -100,6 +104,30 @@ class WorkerSettings(GuaranteeSettings, TrustSettings):
     """Where loaded artifacts are kept by sha256, so a restart or a rollback to a version seen
     before needs no store. Unset: ``.forestream/model-cache`` when the store is a URI; a local
     store is read in place."""
+
+    input_format: InputFormat = "json"
+    """How input values are written: ``json`` (UTF-8 JSON objects), or in the Confluent wire
+    format with a Schema Registry: ``avro``, ``json-schema``. Decoded records are validated as
+    JSON ones are (docs/wire.md)."""
+    schema_registry_wait_s: float = Field(default=60.0, ge=0, le=240)
+    """While the registry is away, a batch holding a schema id never fetched waits this long
+    (from the start of the outage) before such records go to the DLQ as
+    ``registry_unavailable``; ids fetched before keep scoring. At most 240 s: the client's
+    max.poll.interval (300 s) must not pass while a batch waits."""
+
+    @field_validator("input_format", mode="before")
+    @classmethod
+    def _format(cls, value: object) -> object:
+        return value.strip().lower() if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _registry_for_format(self) -> WorkerSettings:
+        if self.input_format != "json" and not self.schema_registry_url:
+            raise ValueError(
+                f"--input-format {self.input_format} needs FORESTREAM_SCHEMA_REGISTRY_URL "
+                "(`forestream registry start` prints a local one)"
+            )
+        return self
 
     def cache_dir(self) -> Path | None:
         """The artifact cache to use, if any (see ``model_cache_dir``)."""

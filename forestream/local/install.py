@@ -21,11 +21,16 @@ MIN_JAVA = 17
 DOCKER_HINT = "or run everything in containers with `docker compose up`"
 
 
-def cache_dir() -> Path:
+def cache_root() -> Path:
+    """``~/.cache/forestream`` (``FORESTREAM_CACHE_DIR``, ``XDG_CACHE_HOME``): every download."""
     base = os.environ.get("FORESTREAM_CACHE_DIR") or os.path.join(
         os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "forestream"
     )
-    return Path(base) / f"kafka-{KAFKA_VERSION}"
+    return Path(base)
+
+
+def cache_dir() -> Path:
+    return cache_root() / f"kafka-{KAFKA_VERSION}"
 
 
 def _java_major(java: str) -> int:

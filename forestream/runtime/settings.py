@@ -28,6 +28,7 @@ from forestream.edge.interface import KafkaClient
 from forestream.errors import UserError
 
 if TYPE_CHECKING:
+    from forestream.edge.schema_registry import SchemaRegistryAccess
     from forestream.registry.store import ModelStore
 
 FALLBACK_BOOTSTRAP = "127.0.0.1:9092"
@@ -321,6 +322,62 @@ class GuaranteeSettings(CommonSettings):
     @property
     def exactly_once(self) -> bool:
         return self.guarantee == "exactly-once"
+
+
+class SchemaRegistrySettings(BaseSettings):
+    """How to reach a Schema Registry (Confluent's REST API, or Apicurio's
+    ``/apis/ccompat/v7``): mixed into ``worker`` (writer schemas by id) and ``models
+    register-schema`` (the model's contract). Auth is env only, as the Kafka security is."""
+
+    model_config = SettingsConfigDict(env_prefix="FORESTREAM_", extra="ignore")
+
+    schema_registry_url: str | None = None
+    """The registry's base URL, e.g. ``http://127.0.0.1:8081`` or an Apicurio
+    ``.../apis/ccompat/v7`` (``forestream registry start`` prints a local one)."""
+    schema_registry_username: str | None = None
+    """Basic auth for the registry."""
+    schema_registry_password: SecretStr | None = None
+    schema_registry_cafile: Path | None = None
+    """The CA that signed an ``https://`` registry's certificate (unset: the system's)."""
+
+    @field_validator("schema_registry_url", mode="before")
+    @classmethod
+    def _blank_is_unset(cls, value: object) -> object:
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @model_validator(mode="after")
+    def _coherent_schema_registry(self) -> SchemaRegistrySettings:
+        url = self.schema_registry_url
+        if url is not None and not re.match(r"^https?://[^/\s]+", url.strip()):
+            raise ValueError(
+                f"FORESTREAM_SCHEMA_REGISTRY_URL={url!r} is not an http(s):// URL, "
+                "e.g. http://127.0.0.1:8081"
+            )
+        if self.schema_registry_password is not None and not self.schema_registry_username:
+            raise ValueError(
+                "FORESTREAM_SCHEMA_REGISTRY_PASSWORD is set without "
+                "FORESTREAM_SCHEMA_REGISTRY_USERNAME"
+            )
+        cafile = self.schema_registry_cafile
+        if cafile is not None and not cafile.is_file():
+            raise ValueError(f"FORESTREAM_SCHEMA_REGISTRY_CAFILE={cafile} is not a readable file")
+        return self
+
+    def schema_registry(self) -> SchemaRegistryAccess:
+        """The registry these settings name; a missing URL is the user's to fix, in one line."""
+        from forestream.edge.schema_registry import SchemaRegistryAccess
+
+        if not self.schema_registry_url:
+            raise UserError(
+                "no Schema Registry: set FORESTREAM_SCHEMA_REGISTRY_URL "
+                "(`forestream registry start` prints a local one)"
+            )
+        return SchemaRegistryAccess(
+            self.schema_registry_url.strip(),
+            username=self.schema_registry_username,
+            password=self.schema_registry_password,
+            cafile=self.schema_registry_cafile,
+        )
 
 
 def _read_secret(path: Path) -> str:

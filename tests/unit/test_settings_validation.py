@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -66,3 +68,42 @@ def test_bootstrap_lists_are_parsed_as_the_kafka_python_client_parses_them(value
     except ValueError:
         theirs = []
     assert broker_addresses(value) == theirs
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        ({"input_format": "avro"}, "--input-format avro needs FORESTREAM_SCHEMA_REGISTRY_URL"),
+        ({"input_format": "xml"}, "Input should be 'json', 'avro' or 'json-schema'"),
+        ({"schema_registry_url": "localhost:8081"}, "is not an http(s):// URL"),
+        (
+            {"schema_registry_url": "http://r:8081", "schema_registry_password": "pw"},
+            "FORESTREAM_SCHEMA_REGISTRY_PASSWORD is set without",
+        ),
+        (
+            {"schema_registry_url": "https://r", "schema_registry_cafile": "/nonexistent/ca.pem"},
+            "FORESTREAM_SCHEMA_REGISTRY_CAFILE=/nonexistent/ca.pem is not a readable file",
+        ),
+    ],
+)
+def test_schema_registry_settings_are_refused_in_one_line(
+    flags: dict[str, str], message: str
+) -> None:
+    from forestream.worker.settings import WorkerSettings
+
+    with pytest.raises(UserError, match=re.escape(message)):
+        load_settings(WorkerSettings, **flags)
+
+
+def test_the_producer_writes_avro_only_with_a_registry_and_without_malformed_records() -> None:
+    with pytest.raises(UserError, match="--format avro needs FORESTREAM_SCHEMA_REGISTRY_URL"):
+        load_settings(ProducerSettings, value_format="avro")
+    with pytest.raises(UserError, match="--malformed-share makes JSON records"):
+        load_settings(
+            ProducerSettings,
+            value_format="avro",
+            schema_registry_url="http://r:8081",
+            malformed_share=0.1,
+        )
+    with pytest.raises(UserError, match="--format avro needs"):  # a blank URL is unset
+        load_settings(ProducerSettings, value_format="avro", schema_registry_url=" ")
