@@ -53,7 +53,7 @@ def _import_numba() -> Any:
     import numba
 
     if not os.environ.get("NUMBA_CACHE_DIR"):
-        numba.config.CACHE_DIR = _cache_dir()
+        numba.config.CACHE_DIR = _cache_dir()  # type: ignore[attr-defined]
     return numba
 
 

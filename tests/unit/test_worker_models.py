@@ -7,6 +7,7 @@ from functools import cache
 from typing import Any
 
 import pytest
+from structlog.testing import capture_logs
 
 from forestream.wire.messages import ModelEvent, ServingRef
 from forestream.wire.schema import FeatureSchema
@@ -76,9 +77,13 @@ def test_follows_newest_promotion_and_keeps_old_model_when_new_one_fails() -> No
 
     follower._on_record(b"m", event("v1"))
     assert follower._needs_load()
-    assert follower._load_wanted()
+    with capture_logs() as logs:
+        assert follower._load_wanted()
     active = follower.current()
     assert active is not None and active.version == "v1"
+    assert active.engine == "compiled"  # the forest passed the parity gate at load
+    (in_use,) = [e for e in logs if e["event"] == "model_in_use"]
+    assert in_use["engine"] == "compiled"
     assert not follower._needs_load()
 
     follower._on_record(b"m", event("bad2"))
