@@ -120,6 +120,8 @@ OPTIONAL: dict[str, Callable[[Any], Predict]] = {
 def _per_record_us(predict: Predict, rows: np.ndarray, batch: int, budget_s: float) -> float:
     """Median over timing rounds of the cost per record, in microseconds of this thread's CPU
     time (``time.thread_time``: on a shared machine, wall time would count other processes)."""
+    if len(rows) < batch:  # a small sample: repeat it up to one batch
+        rows = np.resize(rows, (batch, rows.shape[1]))
     batches = [rows[i : i + batch] for i in range(0, len(rows) - batch + 1, batch)]
     predict(batches[0])  # warm
     rounds: list[float] = []
