@@ -37,7 +37,7 @@ class ScoredBatch:
     extra_keys: int = 0
     predict_seconds: float = 0.0
     engine: str = "sklearn"
-    """Which engine computed ``probabilities`` (:mod:`forestream.worker.engine`)."""
+    """Which engine computed ``probabilities`` (:mod:`forestream.worker.forest_engine`)."""
 
 
 class BatchObserver(Protocol):

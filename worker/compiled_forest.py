@@ -8,7 +8,7 @@ threshold, int32 feature, int32 right child) and a root-to-leaf walk mostly read
 one array. One pass per record visits every tree in order and adds the leaves' class
 probabilities in float64 in that same order, then divides by the tree count: exactly the
 additions and the division ``RandomForestClassifier.predict_proba`` performs, element by
-element, so the result is bit-identical (the parity gate of :mod:`forestream.worker.engine`
+element, so the result is bit-identical (the parity gate of :mod:`forestream.worker.forest_engine`
 checks that, it does not assume it).
 
 Semantics kept from sklearn's ``Tree.apply``: the input is float32 (what sklearn casts to),

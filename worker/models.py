@@ -85,7 +85,7 @@ class ActiveModel:
     @property
     def engine(self) -> str:
         """``compiled`` or ``sklearn``: the engine scoring this version now."""
-        from forestream.worker.engine import engine_of
+        from forestream.worker.forest_engine import engine_of
 
         return engine_of(self.pipeline)
 
@@ -222,12 +222,12 @@ def warm_up(pipeline: Any, metadata: Any) -> None:
     """Pick the model's engine by the parity gate on reference rows, then score one reference
     row through the same path as live batches; raises if it cannot.
 
-    The engine's gate (:func:`forestream.worker.engine.prepare`) runs on the mean row plus
+    The engine's gate (:func:`forestream.worker.forest_engine.prepare`) runs on the mean row plus
     :data:`REFERENCE_ROWS` rows drawn from the version's reference statistics; the first live
-    batch is checked once more (:func:`forestream.worker.engine.check_first_batch`).
+    batch is checked once more (:func:`forestream.worker.forest_engine.check_first_batch`).
     """
     from forestream.worker.decoding import decode_batch
-    from forestream.worker.engine import check_first_batch, prepare
+    from forestream.worker.forest_engine import check_first_batch, prepare
     from forestream.worker.scoring import score_frame
 
     schema: FeatureSchema = metadata.feature_schema

@@ -23,8 +23,8 @@ import pandas as pd
 
 from forestream.errors import ScoringError
 from forestream.wire import headers
-from forestream.worker.engine import SKLEARN
-from forestream.worker.engine import probabilities as probabilities_of
+from forestream.worker.forest_engine import SKLEARN
+from forestream.worker.forest_engine import probabilities as probabilities_of
 
 
 @dataclass(frozen=True)
@@ -34,7 +34,7 @@ class Scores:
     probabilities: np.ndarray
     """Shape (rows, len(classes)), columns in ``classes`` order."""
     engine: str = SKLEARN
-    """Which engine computed them (:mod:`forestream.worker.engine`)."""
+    """Which engine computed them (:mod:`forestream.worker.forest_engine`)."""
 
     @classmethod
     def empty(cls, n_classes: int) -> Scores:
@@ -44,7 +44,7 @@ class Scores:
 
 def score_frame(pipeline: Any, frame: pd.DataFrame, classes: Sequence[str]) -> Scores:
     """One ``predict_proba`` for the whole batch, computed by the model's engine
-    (:func:`forestream.worker.engine.probabilities`); any failure becomes
+    (:func:`forestream.worker.forest_engine.probabilities`); any failure becomes
     :class:`ScoringError`."""
     if len(frame) == 0:
         return Scores.empty(len(classes))

@@ -18,7 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from structlog.testing import capture_logs
 
-from forestream.worker import engine
+from forestream.worker import forest_engine as engine
 from forestream.worker.compiled_forest import compile_forest
 from forestream.worker.decoding import decode_batch
 from forestream.worker.models import reference_rows

@@ -36,7 +36,7 @@ import numpy as np
 import pandas as pd
 import structlog
 
-log = structlog.get_logger("forestream.worker.engine")
+log = structlog.get_logger("forestream.worker.forest_engine")
 
 COMPILED = "compiled"
 SKLEARN = "sklearn"
