@@ -275,6 +275,7 @@ def worker(
                 settings.open_store(), settings.model_name, settings.cache_dir(), trust=trust
             ),
             on_load_failure=telemetry.metrics.record_reload_failure,
+            compiled=settings.forest_engine == "auto",
         )
         code = run_worker(
             settings,

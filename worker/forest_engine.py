@@ -204,26 +204,31 @@ def prepare(
     reference: pd.DataFrame,
     *,
     label: str = "",
+    compiled: bool = True,
     compile_forest: Callable[[Any], Any] | None = None,
 ) -> Choice:
     """Pick the engine of ``pipeline`` by the parity gate on the ``reference`` rows; never
-    raises. Run where a version loads, off the scoring thread: compiling takes a while."""
+    raises. Run where a version loads, off the scoring thread: compiling takes a while.
+    ``compiled=False``: sklearn's path without trying (numba is not even imported)."""
     try:
         expected = np.asarray(pipeline.predict_proba(reference), dtype=np.float64)
     except Exception as exc:  # the warm-up will say it properly; nothing is decided here
         return Choice(None, f"predict_proba failed on the reference rows: {exc}", label=label)
+    if not compiled:
+        fallback = _sklearn_path(pipeline, reference, expected)
+        return _remember(pipeline, Choice(fallback, "compiled engine turned off", label=label))
     reason: str | None
     try:
-        compiled = CompiledScorer(pipeline, compile_forest)
+        scorer = CompiledScorer(pipeline, compile_forest)
     except Exception as exc:
         reason = f"not compiled: {type(exc).__name__}: {exc}"
     else:
         try:
-            reason = parity_problem(compiled(reference), expected)
+            reason = parity_problem(scorer(reference), expected)
         except Exception as exc:
             reason = f"compiled engine failed on the reference rows: {type(exc).__name__}: {exc}"
         if reason is None:
-            return _remember(pipeline, Choice(compiled, None, label=label))
+            return _remember(pipeline, Choice(scorer, None, label=label))
         reason = f"parity gate on {len(reference)} reference rows: {reason}"
     fallback = _sklearn_path(pipeline, reference, expected)
     choice = _remember(pipeline, Choice(fallback, reason, label=label))

@@ -218,13 +218,14 @@ def _numeric_samples(
     return [float(v) for v in np.clip(values, -1e30, 1e30)]
 
 
-def warm_up(pipeline: Any, metadata: Any) -> None:
+def warm_up(pipeline: Any, metadata: Any, *, compiled: bool = True) -> None:
     """Pick the model's engine by the parity gate on reference rows, then score one reference
     row through the same path as live batches; raises if it cannot.
 
     The engine's gate (:func:`forestream.worker.forest_engine.prepare`) runs on the mean row plus
     :data:`REFERENCE_ROWS` rows drawn from the version's reference statistics; the first live
     batch is checked once more (:func:`forestream.worker.forest_engine.check_first_batch`).
+    ``compiled=False`` keeps sklearn's path without trying (``FORESTREAM_FOREST_ENGINE=sklearn``).
     """
     from forestream.worker.decoding import decode_batch
     from forestream.worker.forest_engine import check_first_batch, prepare
@@ -250,7 +251,8 @@ def warm_up(pipeline: Any, metadata: Any) -> None:
     decoded = decode_batch(rows, schema)
     if decoded.rejects and decoded.rejects[0].index == 0:
         raise ValueError(f"reference row rejected by its own schema: {decoded.rejects[0].detail}")
-    prepare(pipeline, decoded.frame, label=str(getattr(metadata, "version", "") or ""))
+    label = str(getattr(metadata, "version", "") or "")
+    prepare(pipeline, decoded.frame, label=label, compiled=compiled)
     score_frame(pipeline, decoded.frame.iloc[:1], classes)
     check_first_batch(pipeline)
 
@@ -275,6 +277,7 @@ class ModelFollower:
         retry_backoff_s: float = 1.0,
         max_backoff_s: float = 30.0,
         on_load_failure: Callable[[str], None] | None = None,
+        compiled: bool = True,
     ) -> None:
         self.kafka = kafka
         self.models_topic = models_topic
@@ -284,6 +287,8 @@ class ModelFollower:
         self.max_backoff_s = max_backoff_s
         self.on_load_failure = on_load_failure
         """Told a short stable reason (the exception class) per failed load, e.g. a metric."""
+        self.compiled = compiled
+        """Offer each version the compiled forest engine (``FORESTREAM_FOREST_ENGINE=auto``)."""
         self._active: ActiveModel | None = None
         self.fatal: KafkaFatalError | None = None
         """Set when following failed for good (e.g. no ACL on the models topic): the worker
@@ -418,7 +423,7 @@ class ModelFollower:
         try:
             pipeline, metadata = self.loader(wanted)
             check_servable(self._active, metadata)
-            warm_up(pipeline, metadata)
+            warm_up(pipeline, metadata, compiled=self.compiled)
         except Exception as exc:
             if self.on_load_failure is not None:
                 with contextlib.suppress(Exception):

@@ -98,6 +98,25 @@ def test_follows_newest_promotion_and_keeps_old_model_when_new_one_fails() -> No
     assert loader.calls == ["v1", "bad2", "v3"]
 
 
+def test_a_follower_told_to_keep_sklearn_never_tries_the_compiled_engine() -> None:
+    """``FORESTREAM_FOREST_ENGINE=sklearn``: the forest stays on sklearn's trees, no fallback
+    warning (nothing failed), and ``model_in_use`` says which engine serves."""
+    pipeline = fit_pipeline(make_frame(150, seed=21))  # its own object: engines are per model
+    _, metadata = trained()
+    follower = ModelFollower(
+        "unused:9092", "models", "m", lambda ref: (pipeline, metadata), compiled=False
+    )
+    follower._on_record(b"m", event("v1"))
+    with capture_logs() as logs:
+        assert follower._load_wanted()
+    active = follower.current()
+    assert active is not None and active.engine == "sklearn"
+    events = [e["event"] for e in logs]
+    assert "model_engine_fallback" not in events
+    (in_use,) = [e for e in logs if e["event"] == "model_in_use"]
+    assert in_use["engine"] == "sklearn"
+
+
 def test_warm_up_refuses_metadata_that_does_not_match_the_pipeline() -> None:
     pipeline, metadata = trained()
     warm_up(pipeline, metadata)  # the matching pair goes live
