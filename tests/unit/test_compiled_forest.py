@@ -209,3 +209,21 @@ def test_every_batch_size_walks_every_row(batch: int) -> None:
     assert got.shape == (batch, 4)
     if batch:
         assert np.array_equal(got, model.predict_proba(rows))
+
+
+def test_a_released_model_is_not_kept_alive_by_its_compiled_engine() -> None:
+    """Hot reload must free the old version: the engine registry holds models weakly, and the
+    compiled scorer of a bare forest does not hold the forest (its key) strongly."""
+    import gc
+    import weakref
+
+    model, rows = _forest(3, None, 4, 3, 0.0, seed=3)
+    frame = pd.DataFrame(rows)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        assert engine.prepare(model, frame).engine == engine.COMPILED
+        score_frame(model, frame, ["0", "1", "2"])
+    released = weakref.ref(model)
+    del model
+    gc.collect()
+    assert released() is None
