@@ -134,6 +134,14 @@ def markdown(data: dict[str, Any], source: Path, chart: Path | None) -> str:
         "What limits these figures, earlier runs side by side, and the rebalance pause are on "
         "[Benchmark findings](benchmark-findings.md).",
     ]
+    if data.get("engines"):  # runs before the compiled engine had no (g)
+        lines[-1:-1] = [
+            "(g) rows time the forest alone, per engine (`bench/engines.py`): sklearn's "
+            "`predict_proba`, the worker's sklearn path (tree by tree) and the compiled forest "
+            "that serves models passing the parity gate, in µs per record of one thread's CPU "
+            "time at batch 1 / 100 / 1,000, each with its parity with `predict_proba`.",
+            "",
+        ]
     return "\n".join(lines) + "\n"
 
 

@@ -17,7 +17,10 @@
 (e) reference: the confluent-kafka scoring loop a user would write by hand
     (:mod:`bench.reference_confluent`), what the worker on confluent is worth against;
 (f) exactly-once: (c) and (d) again with ``--guarantee exactly-once`` (a transaction per
-    micro-batch), latency timed to when ``read_committed`` readers can see the prediction.
+    micro-batch), latency timed to when ``read_committed`` readers can see the prediction;
+(g) the forest alone, per engine: sklearn's ``predict_proba``, the worker's tree-by-tree
+    sklearn path and the compiled forest, µs per record at batch 1 / 100 / 1,000 on one
+    thread, with each one's parity with ``predict_proba`` (:mod:`bench.engines`).
 
 The worker on confluent and the exactly-once phases are allowed to fail (its row says why);
 anything else failing fails the run. Every run uses fresh topics (deleted at the end) and a
@@ -198,6 +201,8 @@ class Results:
     (read back with ``read_committed``, i.e. once their transaction committed)."""
     load: list[tuple[float, float, float]] = field(default_factory=list)
     """1/5/15-minute load averages at the start and the end: the cores may be shared."""
+    engines: list[dict[str, Any]] = field(default_factory=list)
+    """(g) the forest alone, per engine (:func:`bench.engines.engine_rows`)."""
 
 
 # -- Kafka plumbing ----------------------------------------------------------------------------
@@ -956,6 +961,31 @@ def table_rows(res: Results) -> list[tuple[str, str, str]]:
             (f"(d) passthrough latency, {client} p50 / p99", percentiles(lat, "created"),
              "same load through (a)'s loop in its own process: the client's floor")
         )  # fmt: skip
+    rows += engine_table_rows(res.engines)
+    return rows
+
+
+def engine_table_rows(engines: list[dict[str, Any]]) -> list[tuple[str, str, str]]:
+    """(g): µs per record of the forest alone at batch 1 / 100 / 1,000, per engine."""
+    from bench.engines import BATCHES
+
+    rows: list[tuple[str, str, str]] = []
+    for e in engines:
+        name = f"(g) forest per record, {e['engine']}"
+        if "error" in e:
+            rows.append((name, "not run", e["error"]))
+            continue
+        figures = " / ".join(f"{e['us_per_record'][str(b)]:.1f}" for b in BATCHES)
+        parity = (
+            "bit-identical to predict_proba"
+            if e["bit_identical"]
+            else f"max abs diff {e['max_abs_diff']:.2g} from predict_proba"
+        )
+        note = f"batch {' / '.join(f'{b:,}' for b in BATCHES)}, one thread's CPU time; {parity}"
+        if "compiled" in e["engine"]:
+            at_1000 = e["us_per_record"][str(BATCHES[-1])]
+            note += f"; target <= 5 µs at 1,000: {verdict(at_1000 <= 5.0)}"
+        rows.append((name, f"{figures} µs", note))
     return rows
 
 
@@ -1104,6 +1134,7 @@ def results_json(res: Results, written_at: datetime | None = None) -> dict[str, 
         "rows": [{"measurement": m, "result": r, "notes": n} for m, r, n in table_rows(res)],
         "throughput": throughput,
         "latency": latency,
+        "engines": res.engines,
     }
 
 
@@ -1189,6 +1220,18 @@ def shown(result: Throughput | Latency | Failed) -> str:
     return rate(result)
 
 
+def forest_engines(workload: Any) -> list[dict[str, Any]]:
+    """(g) in this process, before the workers start: the forest alone, per engine, on the
+    workload's own records (decoded once, float32 as every engine reads them)."""
+    import numpy as np
+
+    from bench.engines import engine_rows
+
+    records = [json.loads(v) for v in workload.values[:5000]]
+    rows = np.array([[r[n] for n in workload.feature_names] for r in records], dtype=np.float32)
+    return engine_rows(workload.pipeline, rows)
+
+
 def run(opts: Options) -> Results:
     from bench.workload import MODEL_NAME, announce_promotion, make_workload
     from forestream.edge.factory import TopicSpec, admin_client, ensure_topics
@@ -1237,6 +1280,11 @@ def run(opts: Options) -> Results:
             res.naive = naive_loop(bootstrap, topics.input, topics.naive, opts.naive_records,
                                    f"{prefix}.naive", pipeline, workload.feature_names)  # fmt: skip
             say(f"(b) {res.naive.rate:,.0f} rec/s")
+
+            say("(g) the forest alone, per engine, batch 1 / 100 / 1,000")
+            res.engines = forest_engines(workload)
+            for line in engine_table_rows(res.engines):
+                say(f"{line[0]}: {line[1]}")
 
             def worker_phase(client: KafkaClient, default: bool = True) -> Throughput:
                 tag = "worker" if default else "other"

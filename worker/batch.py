@@ -36,6 +36,8 @@ class ScoredBatch:
     unknown_categories: int = 0
     extra_keys: int = 0
     predict_seconds: float = 0.0
+    engine: str = "sklearn"
+    """Which engine computed ``probabilities`` (:mod:`forestream.worker.forest_engine`)."""
 
 
 class BatchObserver(Protocol):

@@ -299,6 +299,7 @@ def worker(
             on_load_failure=telemetry.metrics.record_reload_failure,
             rebuild_without_broker_s=settings.rebuild_without_broker_s,
             on_client_rebuilt=telemetry.metrics.record_client_rebuild,
+            compiled=settings.forest_engine == "auto",
         )
         code = run_worker(
             settings,

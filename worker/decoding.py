@@ -6,11 +6,15 @@ the stream). Parsing is most of the cost of a batch, so each value is parsed onc
 (several times faster than the stdlib on number-heavy records) and only values msgspec refuses
 take the stdlib path that tells the reason apart. The numeric features of the whole batch are
 then gathered into one float matrix with C-level calls and checked with numpy; per-value Python
-work happens only for batches that actually hold a wrong type.
+work happens only for batches that actually hold a wrong type. A schema of numeric features
+only skips the dicts as well: msgspec decodes each record straight into a struct of the
+features (:func:`_numeric_only`), and the first record that is anything but such an object
+sends the batch down the general path, which then names every problem.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 from collections.abc import Callable, Sequence
@@ -22,6 +26,7 @@ from typing import Any
 import msgspec
 import numpy as np
 import pandas as pd
+from msgspec.structs import astuple
 
 from forestream.wire.headers import ReasonCode
 from forestream.wire.schema import CategoricalFeature, FeatureSchema, NumericFeature
@@ -165,6 +170,45 @@ def parse_json(
         positions.append(i)
         objects.append(obj)
     return positions, objects
+
+
+@functools.lru_cache(maxsize=16)
+def _row_decoder(names: tuple[str, ...]) -> Callable[[bytes], Any] | None:
+    """A msgspec decoder of one record straight into a struct of the numeric features
+    (``float | None``, absent = None), refusing any other key or any other value type; None
+    for names msgspec cannot take as keys (a quote, a backslash or a control character)."""
+    try:
+        row = msgspec.defstruct(
+            "NumericRow",
+            [(f"c{k}", float | None, None) for k in range(len(names))],
+            rename={f"c{k}": name for k, name in enumerate(names)},
+            forbid_unknown_fields=True,
+            gc=False,
+        )
+    except ValueError:
+        return None
+    return msgspec.json.Decoder(row).decode
+
+
+def _numeric_only(
+    values: Sequence[bytes | None], names: list[str], max_record_bytes: int
+) -> np.ndarray | None:
+    """An all-numeric schema's batch as one float64 matrix (NaN where absent or null), or None
+    as soon as one record is anything but an object of those features holding numbers or null
+    (then the general path finds out what and says why). No dict per record: msgspec fills a
+    struct, ~2x faster than the dict path on the benchmark's 30-feature records."""
+    decode = _row_decoder(tuple(names))
+    if decode is None:
+        return None
+    rows = []
+    try:
+        for value in values:
+            if not value or len(value) > max_record_bytes:
+                return None
+            rows.append(astuple(decode(value)))
+    except (msgspec.MsgspecError, RecursionError, TypeError, ValueError):
+        return None
+    return np.array(rows, dtype=np.float64).reshape(len(rows), len(names))
 
 
 def _reject(rejects: dict[int, Reject], index: int, code: str, detail: str) -> None:
@@ -349,14 +393,23 @@ def decode_batch(
     what follows is the same for every format.
     """
     rejects: dict[int, Reject] = {}
-    positions, objects = parse(values, max_record_bytes, rejects)
     numeric_features = [f for f in schema.features if isinstance(f, NumericFeature)]
     numeric = [f.name for f in numeric_features]
-    rows = _numeric_rows(objects, numeric) if numeric else []
-    matrix = _numeric_matrix(rows, len(numeric)) if numeric else np.empty((len(objects), 0))
+    only_numeric = len(numeric) == len(schema.features) > 0
+    # JSON of an all-numeric schema decodes straight into the matrix; other formats parse first
+    struct_path = only_numeric and parse is parse_json
+    matrix = _numeric_only(values, numeric, max_record_bytes) if struct_path else None
+    objects: list[dict[str, Any]] | None = None  # None: the struct path, no key beyond features
+    rows: list[tuple[Any, ...]] = []
+    if matrix is not None:
+        positions = list(range(len(values)))
+    else:
+        positions, objects = parse(values, max_record_bytes, rejects)
+        rows = _numeric_rows(objects, numeric) if numeric else []
+        matrix = _numeric_matrix(rows, len(numeric)) if numeric else np.empty((len(objects), 0))
     typed = matrix is not None  # no per-value type errors among the numeric features
     if matrix is None:
-        matrix = np.empty((len(objects), len(numeric)), dtype=np.float64)
+        matrix = np.empty((len(positions), len(numeric)), dtype=np.float64)
     # a clean batch (nothing beyond float32, so nothing infinite either, and nothing missing
     # where it must not be) skips the per-column checks: one vectorised pass over the matrix
     required = [k for k, f in enumerate(numeric_features) if not f.missing_seen]
@@ -375,7 +428,7 @@ def decode_batch(
             if suspicious:
                 _check_numeric(feature, matrix[:, k], positions, rejects)
             k += 1
-        else:
+        elif objects is not None:  # the struct path only takes all-numeric schemas
             column = [obj.get(feature.name) for obj in objects]
             categorical[feature.name] = _categorical_column(feature, column, positions, rejects)
             any_null = any_null or None in column
@@ -384,11 +437,11 @@ def decode_batch(
         keep = np.flatnonzero(
             np.fromiter((p not in rejects for p in positions), dtype=bool, count=len(positions))
         )
-        kept_objects = [objects[j] for j in keep.tolist()]
+        kept_objects = [objects[j] for j in keep.tolist()] if objects is not None else []
         valid_indexes = [positions[j] for j in keep.tolist()]
     else:
         keep = np.arange(len(positions))
-        kept_objects, valid_indexes = objects, positions
+        kept_objects, valid_indexes = objects or [], positions
     frame = _frame(schema, matrix, numeric, categorical, keep)
 
     unknown = 0
@@ -397,7 +450,9 @@ def decode_batch(
             present = frame[feature.name]
             unknown += int((present.notna() & ~present.isin(feature.categories)).sum())
     width = len(schema.features)
-    if any_null:  # a feature may be absent: count the other keys one record at a time
+    if objects is None:  # the struct path refused any key that is not a feature
+        extra = 0
+    elif any_null:  # a feature may be absent: count the other keys one record at a time
         names = set(schema.names)
         extra = sum(len(obj.keys() - names) for obj in kept_objects)
     else:  # every feature is present in every record: the rest are extra

@@ -155,6 +155,14 @@ class WorkerMetrics:
             namespace=ns,
             registry=r,
         )
+        self.model_engine = Gauge(
+            "model_engine_info",
+            "1 for the engine scoring the served version (compiled: the numba forest, sklearn: "
+            "sklearn's own trees), labelled by version; set from the last scored batch",
+            ["version", "engine"],
+            namespace=ns,
+            registry=r,
+        )
         self.reloads = Counter(
             "model_reloads", "Model versions loaded and swapped in", namespace=ns, registry=r
         )
@@ -185,6 +193,7 @@ class WorkerMetrics:
         self._lag_lock = threading.Lock()
         self._version: str | None = None
         self._version_lock = threading.Lock()
+        self._engine: tuple[str, str] | None = None
 
     # -- per batch -----------------------------------------------------------------------------
 
@@ -200,6 +209,19 @@ class WorkerMetrics:
             latency_ms = batch.scored_at_ms - np.asarray(batch.event_times_ms, dtype=np.int64)
             self.latency.observe_many(np.maximum(latency_ms, 0) / 1000.0)
         self._count_rejects(batch.reject_codes)
+        if predicted:
+            self.set_engine(batch.model_version, batch.engine)
+
+    def set_engine(self, version: str, engine: str) -> None:
+        """Mark ``engine`` as the one scoring ``version`` (one series: the last batch's)."""
+        served = (version, engine)
+        if served == self._engine:
+            return
+        with self._version_lock:
+            if self._engine is not None:
+                self.model_engine.remove(*self._engine)
+            self.model_engine.labels(version=version, engine=engine).set(1)
+            self._engine = served
 
     def record_reject_codes(self, codes: Iterable[str]) -> None:
         """Dead letters of a batch that produced no :class:`ScoredBatch` (e.g. scoring failed).

@@ -24,6 +24,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import structlog
 from pydantic import ValidationError
 
@@ -80,6 +81,13 @@ class ActiveModel:
     @property
     def schema(self) -> FeatureSchema:
         return self.metadata.feature_schema
+
+    @property
+    def engine(self) -> str:
+        """``compiled`` or ``sklearn``: the engine scoring this version now."""
+        from forestream.worker.forest_engine import engine_of
+
+        return engine_of(self.pipeline)
 
 
 def store_loader(
@@ -151,9 +159,76 @@ def reference_row(schema: FeatureSchema, reference: Any = None) -> bytes:
     return json.dumps(row).encode()
 
 
-def warm_up(pipeline: Any, metadata: Any) -> None:
-    """Score one reference row through the same path as live batches; raises if it cannot."""
+REFERENCE_ROWS = 256
+"""Rows synthesised from a version's reference statistics for the engine's parity gate."""
+
+
+def reference_rows(
+    schema: FeatureSchema, reference: Any = None, count: int = REFERENCE_ROWS, seed: int = 0
+) -> list[bytes]:
+    """``count`` input records (JSON) drawn from the training distribution the version carries.
+
+    Numeric: a quantile bin by its training share, then a value uniformly inside it (the outer
+    bins reach one bin width beyond the outer edges); a missing value (null) as often as in
+    training, at least 5 % when the feature was ever missing. Categorical: a category by its
+    share, missing likewise, and now and then one training never saw (one-hot ignores it).
+    Without statistics, values spread over the schema's min..max. Seeded: the same every time.
+    """
+    rng = np.random.default_rng(seed)
+    stats = getattr(reference, "features", {}) or {}
+    columns: dict[str, list[Any]] = {}
+    for feature in schema.features:
+        ref = stats.get(feature.name)
+        if isinstance(feature, NumericFeature):
+            values: list[Any] = _numeric_samples(feature, ref, rng, count)
+        else:
+            shares = dict(getattr(ref, "shares", None) or {})
+            names = list(shares) or list(feature.categories) or [""]
+            weights = np.asarray([shares.get(n, 1.0) for n in names], dtype=np.float64)
+            p = weights / weights.sum() if weights.sum() > 0 else None
+            values = [str(v) for v in rng.choice(names, size=count, p=p)]
+            for j in np.flatnonzero(rng.random(count) < 0.03).tolist():
+                values[j] = "~unseen~"
+        if feature.missing_seen:
+            share = max(float(getattr(ref, "missing_share", 0.0) or 0.0), 0.05)
+            for j in np.flatnonzero(rng.random(count) < share).tolist():
+                values[j] = None
+        columns[feature.name] = values
+    return [
+        json.dumps({name: column[i] for name, column in columns.items()}).encode()
+        for i in range(count)
+    ]
+
+
+def _numeric_samples(
+    feature: NumericFeature, ref: Any, rng: np.random.Generator, count: int
+) -> list[float]:
+    edges = [float(e) for e in (getattr(ref, "edges", None) or [])]
+    if not edges:
+        low = feature.min if feature.min is not None else -1.0
+        high = feature.max if feature.max is not None else 1.0
+        edges = sorted({float(low), float(high)})
+    spread = (edges[-1] - edges[0]) / max(len(edges) - 1, 1) or 1.0
+    lows = np.asarray([edges[0] - spread, *edges])
+    highs = np.asarray([*edges, edges[-1] + spread])
+    shares = np.asarray(getattr(ref, "shares", None) or [], dtype=np.float64)
+    weights = shares / shares.sum() if len(shares) == len(lows) and shares.sum() > 0 else None
+    bins = rng.choice(len(lows), size=count, p=weights)
+    values = lows[bins] + (highs[bins] - lows[bins]) * rng.random(count)
+    return [float(v) for v in np.clip(values, -1e30, 1e30)]
+
+
+def warm_up(pipeline: Any, metadata: Any, *, compiled: bool = True) -> None:
+    """Pick the model's engine by the parity gate on reference rows, then score one reference
+    row through the same path as live batches; raises if it cannot.
+
+    The engine's gate (:func:`forestream.worker.forest_engine.prepare`) runs on the mean row plus
+    :data:`REFERENCE_ROWS` rows drawn from the version's reference statistics; the first live
+    batch is checked once more (:func:`forestream.worker.forest_engine.check_first_batch`).
+    ``compiled=False`` keeps sklearn's path without trying (``FORESTREAM_FOREST_ENGINE=sklearn``).
+    """
     from forestream.worker.decoding import decode_batch
+    from forestream.worker.forest_engine import check_first_batch, prepare
     from forestream.worker.scoring import score_frame
 
     schema: FeatureSchema = metadata.feature_schema
@@ -171,10 +246,15 @@ def warm_up(pipeline: Any, metadata: Any) -> None:
         raise ValueError(
             f"pipeline classes {fitted_classes} differ from the metadata's {list(metadata.classes)}"
         )
-    decoded = decode_batch([reference_row(schema, getattr(metadata, "reference", None))], schema)
-    if decoded.rejects:
+    reference = getattr(metadata, "reference", None)
+    rows = [reference_row(schema, reference), *reference_rows(schema, reference)]
+    decoded = decode_batch(rows, schema)
+    if decoded.rejects and decoded.rejects[0].index == 0:
         raise ValueError(f"reference row rejected by its own schema: {decoded.rejects[0].detail}")
-    score_frame(pipeline, decoded.frame, classes)
+    label = str(getattr(metadata, "version", "") or "")
+    prepare(pipeline, decoded.frame, label=label, compiled=compiled)
+    score_frame(pipeline, decoded.frame.iloc[:1], classes)
+    check_first_batch(pipeline)
 
 
 def _same(a: ServingRef | None, b: ServingRef | None) -> bool:
@@ -199,6 +279,7 @@ class ModelFollower:
         on_load_failure: Callable[[str], None] | None = None,
         rebuild_without_broker_s: float | None = None,
         on_client_rebuilt: Callable[[str], None] | None = None,
+        compiled: bool = True,
     ) -> None:
         self.kafka = kafka
         self.rebuild_without_broker_s = rebuild_without_broker_s
@@ -211,6 +292,8 @@ class ModelFollower:
         self.max_backoff_s = max_backoff_s
         self.on_load_failure = on_load_failure
         """Told a short stable reason (the exception class) per failed load, e.g. a metric."""
+        self.compiled = compiled
+        """Offer each version the compiled forest engine (``FORESTREAM_FOREST_ENGINE=auto``)."""
         self._active: ActiveModel | None = None
         self.fatal: KafkaFatalError | None = None
         """Set when following failed for good (e.g. no ACL on the models topic): the worker
@@ -354,7 +437,7 @@ class ModelFollower:
         try:
             pipeline, metadata = self.loader(wanted)
             check_servable(self._active, metadata)
-            warm_up(pipeline, metadata)
+            warm_up(pipeline, metadata, compiled=self.compiled)
         except Exception as exc:
             if self.on_load_failure is not None:
                 with contextlib.suppress(Exception):
@@ -392,6 +475,7 @@ class ModelFollower:
             previous=previous.version if previous else None,
             classes=self._active.classes,
             features=len(self._active.schema.features),
+            engine=self._active.engine,
             load_s=round(time.monotonic() - started, 3),
         )
         return True

@@ -138,6 +138,7 @@ def process_records(
         unknown_categories=decoded.unknown_categories if valid else 0,
         extra_keys=decoded.extra_keys if valid else 0,
         predict_seconds=predict_seconds,
+        engine=scores.engine,
     )
     return ProcessedBatch(
         outgoing=outgoing,

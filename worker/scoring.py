@@ -12,12 +12,9 @@ cost more than the forest; ``tests/unit/test_worker_scoring.py`` parses the outp
 
 from __future__ import annotations
 
-import contextlib
 import json
-import threading
-import weakref
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,6 +23,8 @@ import pandas as pd
 
 from forestream.errors import ScoringError
 from forestream.wire import headers
+from forestream.worker.forest_engine import SKLEARN
+from forestream.worker.forest_engine import probabilities as probabilities_of
 
 
 @dataclass(frozen=True)
@@ -34,6 +33,8 @@ class Scores:
     """Predicted class label (str) per row: ``classes[argmax(probabilities)]``."""
     probabilities: np.ndarray
     """Shape (rows, len(classes)), columns in ``classes`` order."""
+    engine: str = SKLEARN
+    """Which engine computed them (:mod:`forestream.worker.forest_engine`)."""
 
     @classmethod
     def empty(cls, n_classes: int) -> Scores:
@@ -41,118 +42,14 @@ class Scores:
         return cls(np.empty(0, dtype=object), np.empty((0, n_classes)))
 
 
-ProbabilityFn = Callable[[pd.DataFrame], np.ndarray]
-
-
-class _TreeByTree:
-    """``predict_proba`` of a fitted random forest without joblib's per-call overhead.
-
-    sklearn's forest dispatches its trees through ``joblib.Parallel`` even with ``n_jobs=1``;
-    that costs ~6 ms per call for 100 trees, most of the time of a 50-record batch and a
-    third of a 1,000-record one. This runs the same per-tree calls in the same order and
-    sums them the same way, so the result is bit-identical: :func:`_probability_fn` checks
-    that against ``predict_proba`` on the first batch and falls back to it if not.
-    """
-
-    def __init__(self, pipeline: Any) -> None:
-        from sklearn.ensemble._forest import ForestClassifier
-        from sklearn.pipeline import Pipeline
-        from sklearn.tree import DecisionTreeClassifier
-
-        self.preprocess = pipeline[:-1] if isinstance(pipeline, Pipeline) else None
-        forest = pipeline[-1] if isinstance(pipeline, Pipeline) else pipeline
-        if type(forest).predict_proba is not ForestClassifier.predict_proba:
-            raise TypeError(f"{type(forest).__name__} is not a sklearn forest classifier")
-        if forest.n_outputs_ != 1 or not all(
-            type(tree).predict_proba is DecisionTreeClassifier.predict_proba
-            for tree in forest.estimators_
-        ):
-            raise TypeError("only single-output forests of plain decision trees")
-        # weakly: for a bare forest the forest *is* the cache key, and a strong reference from
-        # the cached value would keep every reloaded model alive (RSS grew by one model per
-        # reload in bench/reload.py); the caller holds the model for the call anyway
-        self._forest = weakref.ref(forest)
-        self.trees = [tree.tree_ for tree in forest.estimators_]
-        self.n_classes = int(forest.n_classes_)
-        names = getattr(forest, "feature_names_in_", None)
-        self._names = None if names is None else [str(n) for n in names]
-
-    def _matrix(self, features: Any, forest: Any) -> np.ndarray:
-        """What the trees read: float32, C order. A frame of plain numeric columns named as
-        the forest was fitted is cast here; sklearn's own validation (``_validate_X_predict``,
-        5 % of the worker's loop at ~30k rec/s) does the same cast and has the last word on
-        anything else, missing values and infinities included."""
-        if (
-            isinstance(features, pd.DataFrame)
-            and self._names is not None
-            and list(features.columns) == self._names
-            and all(dtype.kind in "fiu" for dtype in features.dtypes)
-        ):
-            matrix = np.ascontiguousarray(features.to_numpy(dtype=np.float32))
-            if np.isfinite(matrix).all():  # NaN is the forest's to allow or refuse
-                return matrix
-        return forest._validate_X_predict(features)
-
-    def __call__(self, frame: pd.DataFrame) -> np.ndarray:
-        features = frame if self.preprocess is None else self.preprocess.transform(frame)
-        forest = self._forest()
-        if forest is None:
-            raise ReferenceError("the model of this scorer was released")
-        features = self._matrix(features, forest)
-        total = np.zeros((features.shape[0], self.n_classes), dtype=np.float64)
-        for tree in self.trees:
-            total += tree.predict(features)[:, : self.n_classes]
-        total /= len(self.trees)
-        return total
-
-
-_fast_paths: weakref.WeakKeyDictionary[Any, ProbabilityFn | None] = weakref.WeakKeyDictionary()
-_fast_paths_lock = threading.Lock()
-
-
-def _probability_fn(pipeline: Any, frame: pd.DataFrame) -> ProbabilityFn | None:
-    """The tree-by-tree scorer of ``pipeline`` once it proved bit-identical, else None.
-
-    Decided once per model object (on its warm-up batch): any model that is not a plain
-    forest, or whose result differs in a single bit, keeps ``predict_proba``. A frame that
-    ``predict_proba`` itself cannot score decides nothing (else one bad first batch would cost
-    the model its fast path for good).
-    """
-    try:
-        return _fast_paths[pipeline]
-    except (KeyError, TypeError):  # TypeError: not weak-referenceable (a test double)
-        pass
-    fast: ProbabilityFn | None
-    try:
-        candidate = _TreeByTree(pipeline)
-    except Exception:  # not a forest, another sklearn: use the public API
-        fast = None
-    else:
-        try:
-            expected = pipeline.predict_proba(frame)
-        except Exception:
-            return None  # a bad frame, not a verdict on the model: decide on a later one
-        try:
-            fast = candidate if np.array_equal(candidate(frame), expected) else None
-        except Exception:
-            fast = None
-    with _fast_paths_lock, contextlib.suppress(TypeError):
-        _fast_paths[pipeline] = fast
-    return fast
-
-
 def score_frame(pipeline: Any, frame: pd.DataFrame, classes: Sequence[str]) -> Scores:
-    """One ``predict_proba`` for the whole batch; any failure becomes :class:`ScoringError`."""
+    """One ``predict_proba`` for the whole batch, computed by the model's engine
+    (:func:`forestream.worker.forest_engine.probabilities`); any failure becomes
+    :class:`ScoringError`."""
     if len(frame) == 0:
         return Scores.empty(len(classes))
     try:
-        fast = _probability_fn(pipeline, frame)
-        try:
-            raw = fast(frame) if fast is not None else pipeline.predict_proba(frame)
-        except Exception:
-            if fast is None:
-                raise
-            raw = pipeline.predict_proba(frame)  # the public API has the last word on errors
+        raw, engine = probabilities_of(pipeline, frame)
         probabilities = np.asarray(raw, dtype=np.float64)
     except Exception as exc:  # a model bug or a schema mismatch: the batch goes to the DLQ
         raise ScoringError(f"{type(exc).__name__}: {exc}") from exc
@@ -164,7 +61,7 @@ def score_frame(pipeline: Any, frame: pd.DataFrame, classes: Sequence[str]) -> S
     if not np.isfinite(probabilities).all():
         raise ScoringError("predict_proba returned NaN or infinite probabilities")
     labels = np.asarray(classes, dtype=object)[probabilities.argmax(axis=1)]
-    return Scores(labels, probabilities)
+    return Scores(labels, probabilities, engine)
 
 
 ISOLATION_MAX_CALLS = 64

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import socket
 from pathlib import Path
-from typing import get_args
+from typing import Literal, get_args
 
 from pydantic import Field, field_validator, model_validator
 
@@ -104,6 +104,12 @@ class WorkerSettings(GuaranteeSettings, TrustSettings, SchemaRegistrySettings):
     """Where loaded artifacts are kept by sha256, so a restart or a rollback to a version seen
     before needs no store. Unset: ``.forestream/model-cache`` when the store is a URI; a local
     store is read in place."""
+
+    forest_engine: Literal["auto", "sklearn"] = "auto"
+    """``auto``: a RandomForest is scored by the compiled engine once it passed the parity gate
+    (bit-identical to ``predict_proba``, see docs/models.md). ``sklearn``: always sklearn's own
+    trees, and numba is never imported: ~100 MB less RSS (mostly LLVM's shared library) for a
+    forest 1.3-21x slower per record."""
 
     input_format: InputFormat = "json"
     """How input values are written: ``json`` (UTF-8 JSON objects), or in the Confluent wire

@@ -235,6 +235,9 @@ def test_probes_and_counters_match_what_was_sent(
         got = value(samples, "forestream_records_dead_lettered_total", reason=reason)
         assert got == expected_reasons.get(reason, 0), f"dead_lettered{{reason={reason}}}: {got}"
     assert value(samples, "forestream_model_version_info", version=metadata.version) == 1
+    # the test pipeline is a RandomForest behind imputers and one-hot: compiled, gate passed
+    engine = {"version": metadata.version, "engine": "compiled"}
+    assert value(samples, "forestream_model_engine_info", **engine) == 1
     assert (value(samples, "forestream_batch_size_records_count") or 0) > 0
     assert value(samples, "forestream_batch_size_records_sum") == sent
     assert (value(samples, "forestream_predict_seconds_count") or 0) > 0

@@ -104,3 +104,26 @@ def test_not_a_results_file_is_one_line_and_exit_2(
     assert "not a bench.throughput results file" in capsys.readouterr().err
     assert report.main([str(tmp_path / "missing.json"), "--no-chart"]) == 2
     assert "run `make bench` first" in capsys.readouterr().err
+
+
+def test_the_engine_rows_sit_beside_the_end_to_end_ones(tmp_path: Path) -> None:
+    res = _results()
+    res.engines = [
+        {"engine": "sklearn predict_proba", "build_s": 0.0, "bit_identical": True,
+         "max_abs_diff": 0.0, "labels_equal": True,
+         "us_per_record": {"1": 5000.0, "100": 80.0, "1000": 17.0}},
+        {"engine": "compiled forest (numba, forestream)", "build_s": 0.2, "bit_identical": True,
+         "max_abs_diff": 0.0, "labels_equal": True,
+         "us_per_record": {"1": 16.0, "100": 8.7, "1000": 8.4}},
+        {"engine": "treelite 4 GTIL", "error": "ModuleNotFoundError: No module named 'treelite'"},
+    ]  # fmt: skip
+    data = results_json(res)
+    rows = {r["measurement"]: r for r in data["rows"]}
+    compiled = rows["(g) forest per record, compiled forest (numba, forestream)"]
+    assert compiled["result"] == "16.0 / 8.7 / 8.4 µs"
+    assert "bit-identical" in compiled["notes"] and "NOT met" in compiled["notes"]
+    assert rows["(g) forest per record, treelite 4 GTIL"]["result"] == "not run"
+    assert data["engines"] == res.engines
+    page = report.markdown(data, tmp_path / "latest.json", None)
+    assert "| (g) forest per record, sklearn predict_proba | 5000.0 / 80.0 / 17.0 µs |" in page
+    assert "(g) rows time the forest alone" in page

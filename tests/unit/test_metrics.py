@@ -129,6 +129,22 @@ def test_model_version_series_follows_the_served_version() -> None:
     assert value(m, "forestream_model_version_info", version="v2") is None
 
 
+def test_the_engine_series_follows_the_last_scored_batch() -> None:
+    import dataclasses
+
+    m = WorkerMetrics()
+    m.observe_batch(scored_batch(0, ["not_json"]))  # nothing scored: no engine to show
+    assert value(m, "forestream_model_engine_info", version="v1", engine="sklearn") is None
+    m.observe_batch(dataclasses.replace(scored_batch(2), engine="compiled"))
+    assert value(m, "forestream_model_engine_info", version="v1", engine="compiled") == 1
+    m.observe_batch(scored_batch(2))  # the version fell back to sklearn's path
+    assert value(m, "forestream_model_engine_info", version="v1", engine="compiled") is None
+    assert value(m, "forestream_model_engine_info", version="v1", engine="sklearn") == 1
+    m.observe_batch(dataclasses.replace(scored_batch(1, version="v2"), engine="compiled"))
+    assert value(m, "forestream_model_engine_info", version="v1", engine="sklearn") is None
+    assert value(m, "forestream_model_engine_info", version="v2", engine="compiled") == 1
+
+
 def test_reload_failures_and_observer_errors_are_counted_by_label() -> None:
     m = WorkerMetrics()
     m.record_reload_failure("sha256_mismatch")

@@ -402,3 +402,63 @@ def test_a_batch_decodes_like_its_records_one_by_one(
     assert decoded.extra_keys == extra
     expected = pd.concat(rows, ignore_index=True) if rows else decoded.frame.iloc[:0]
     pd.testing.assert_frame_equal(decoded.frame, expected, check_dtype=True)
+
+
+# -- all-numeric schemas: decoded into structs, not dicts -----------------------------------------
+
+_NUMERIC_SCHEMA = FeatureSchema(
+    features=[
+        NumericFeature(name="a"),
+        NumericFeature(name="b c", missing_seen=True),
+        NumericFeature(name="x.y"),
+    ]
+)
+_values = st.one_of(
+    st.floats(allow_nan=False, allow_infinity=False),
+    st.integers(-(2**70), 2**70),
+    st.none(),
+    st.booleans(),
+    st.text(max_size=3),
+    st.just(10**400),
+)
+_record = st.one_of(
+    st.dictionaries(st.sampled_from(["a", "b c", "x.y", "extra"]), _values).map(
+        lambda d: json.dumps(d).encode()
+    ),
+    st.sampled_from([b"", b"{", b"[1]", b'{"a": NaN}', b'{"a": 1e999}', b"\xff", b"null"]),
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(_record, max_size=12))
+def test_the_struct_path_decodes_as_the_dict_path_does(values: list[bytes]) -> None:
+    """An all-numeric schema's batch goes through msgspec structs when every record is clean,
+    else through the dict path: either way the same frame, rejects and counts."""
+    from unittest import mock
+
+    from forestream.worker import decoding
+
+    fast = decode_batch(values, _NUMERIC_SCHEMA, max_record_bytes=200)
+    with mock.patch.object(decoding, "_numeric_only", return_value=None):
+        slow = decode_batch(values, _NUMERIC_SCHEMA, max_record_bytes=200)
+    pd.testing.assert_frame_equal(fast.frame, slow.frame)
+    assert fast.valid_indexes == slow.valid_indexes
+    assert fast.rejects == slow.rejects
+    assert (fast.unknown_categories, fast.extra_keys) == (slow.unknown_categories, slow.extra_keys)
+
+
+def test_a_clean_numeric_batch_takes_the_struct_path() -> None:
+    from forestream.worker import decoding
+
+    schema = FeatureSchema(features=[NumericFeature(name=n, missing_seen=True) for n in "ab"])
+    values = [b'{"a": 1, "b": null}', b'{"a": -3e5}']
+    matrix = decoding._numeric_only(values, schema.names, 1000)
+    assert matrix is not None and matrix.shape == (2, 2)
+    decoded = decode_batch(values, schema)
+    assert decoded.rejects == [] and decoded.extra_keys == 0
+    assert decoded.frame["a"].tolist() == [1.0, -3e5]
+    assert decoded.frame["b"].isna().all()
+    # a name msgspec cannot take as a key: the dict path
+    quoted = FeatureSchema(features=[NumericFeature(name='q"uote')])
+    assert decoding._numeric_only([b'{"q\\"uote": 1}'], quoted.names, 1000) is None
+    assert decode_batch([b'{"q\\"uote": 1}'], quoted).frame['q"uote'].tolist() == [1.0]

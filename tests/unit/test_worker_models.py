@@ -7,6 +7,7 @@ from functools import cache
 from typing import Any
 
 import pytest
+from structlog.testing import capture_logs
 
 from forestream.wire.messages import ModelEvent, ServingRef
 from forestream.wire.schema import FeatureSchema
@@ -76,9 +77,13 @@ def test_follows_newest_promotion_and_keeps_old_model_when_new_one_fails() -> No
 
     follower._on_record(b"m", event("v1"))
     assert follower._needs_load()
-    assert follower._load_wanted()
+    with capture_logs() as logs:
+        assert follower._load_wanted()
     active = follower.current()
     assert active is not None and active.version == "v1"
+    assert active.engine == "compiled"  # the forest passed the parity gate at load
+    (in_use,) = [e for e in logs if e["event"] == "model_in_use"]
+    assert in_use["engine"] == "compiled"
     assert not follower._needs_load()
 
     follower._on_record(b"m", event("bad2"))
@@ -91,6 +96,25 @@ def test_follows_newest_promotion_and_keeps_old_model_when_new_one_fails() -> No
     assert follower._load_wanted()
     assert follower.current() is not None and follower.current().version == "v3"  # type: ignore[union-attr]
     assert loader.calls == ["v1", "bad2", "v3"]
+
+
+def test_a_follower_told_to_keep_sklearn_never_tries_the_compiled_engine() -> None:
+    """``FORESTREAM_FOREST_ENGINE=sklearn``: the forest stays on sklearn's trees, no fallback
+    warning (nothing failed), and ``model_in_use`` says which engine serves."""
+    pipeline = fit_pipeline(make_frame(150, seed=21))  # its own object: engines are per model
+    _, metadata = trained()
+    follower = ModelFollower(
+        "unused:9092", "models", "m", lambda ref: (pipeline, metadata), compiled=False
+    )
+    follower._on_record(b"m", event("v1"))
+    with capture_logs() as logs:
+        assert follower._load_wanted()
+    active = follower.current()
+    assert active is not None and active.engine == "sklearn"
+    events = [e["event"] for e in logs]
+    assert "model_engine_fallback" not in events
+    (in_use,) = [e for e in logs if e["event"] == "model_in_use"]
+    assert in_use["engine"] == "sklearn"
 
 
 def test_warm_up_refuses_metadata_that_does_not_match_the_pipeline() -> None:

@@ -117,7 +117,7 @@ def test_forests_are_scored_tree_by_tree_with_bit_identical_results() -> None:
     label), for the trainer's Pipeline and for a bare forest alike."""
     from sklearn.ensemble import RandomForestClassifier
 
-    from forestream.worker.scoring import _probability_fn
+    from forestream.worker.forest_engine import probability_fn as _probability_fn
 
     pipeline, train = trained()
     live = make_frame(200, seed=4)
@@ -136,7 +136,7 @@ def test_forests_are_scored_tree_by_tree_with_bit_identical_results() -> None:
 def test_a_forest_with_its_own_predict_proba_keeps_it() -> None:
     from sklearn.ensemble import RandomForestClassifier
 
-    from forestream.worker.scoring import _probability_fn
+    from forestream.worker.forest_engine import probability_fn as _probability_fn
 
     class Calibrated(RandomForestClassifier):
         def predict_proba(self, frame: Any) -> Any:
@@ -319,7 +319,7 @@ def test_a_model_that_fails_on_everything_fails_every_row_in_bounded_calls(resul
 
 def test_a_bad_first_batch_does_not_cost_a_forest_its_fast_path() -> None:
     """The bit-identity check needs a batch predict_proba can score; a failing one defers it."""
-    from forestream.worker.scoring import _probability_fn
+    from forestream.worker.forest_engine import probability_fn as _probability_fn
 
     frame = marked_frame(["good"] * 20)
     forest = fit_pipeline(make_frame(300, seed=1))  # a fresh model: nothing cached yet
