@@ -1,18 +1,21 @@
-"""A fitted sklearn random forest as one compact node array and one fused numba loop.
+"""A fitted sklearn random forest as one compact node array and a numba loop over it.
 
 sklearn walks the forest tree by tree (one Cython pass over the whole batch per tree, then a
 float64 sum); the benchmark forest's trees are deep (unlimited depth), so the walk is bound by
 memory, not arithmetic. Here every tree is renumbered depth-first so that a node's left child
-is the next node and only the right child's index is stored: a node is 16 bytes (float64
-threshold, int32 feature, int32 right child) and a root-to-leaf walk mostly reads forward in
-one array. One pass per record visits every tree in order and adds the leaves' class
-probabilities in float64 in that same order, then divides by the tree count: exactly the
-additions and the division ``RandomForestClassifier.predict_proba`` performs, element by
-element, so the result is bit-identical (the parity gate of :mod:`forestream.worker.forest_engine`
-checks that, it does not assume it).
+is the next node and only the right child's index is stored: a node is 12 bytes (float32
+threshold rounded down, uint32 feature, uint32 right child) and a root-to-leaf walk mostly reads
+forward in one array. Rows go in blocks of :data:`BLOCK_ROWS`, tree after tree, four walks side
+by side; one pass per record across every tree measured slower (the forest does not stay in
+cache between records: docs/benchmark-findings.md). Each row adds its leaves' class
+probabilities in float64 in tree order, then divides by the tree count: exactly the additions
+and the division ``RandomForestClassifier.predict_proba`` performs, element by element, so the
+result is bit-identical (the parity gate of :mod:`forestream.worker.forest_engine` checks
+that, it does not assume it).
 
 Semantics kept from sklearn's ``Tree.apply``: the input is float32 (what sklearn casts to),
-compared as float64 with the float64 threshold (``x <= t`` goes left); a NaN goes where the
+and ``x <= t`` goes left (the threshold rounded down to float32 decides exactly as sklearn's
+float64 one for every float32 ``x``: see :data:`NODE`); a NaN goes where the
 node's ``missing_go_to_left`` says (right when the tree was fitted without missing values,
 where sklearn's own input check refuses NaN before the trees see it).
 
