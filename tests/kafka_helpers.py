@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -108,3 +109,16 @@ def wait_scored(
         read_topic(bootstrap, topic, until=enough, timeout_s=timeout_s)
     except AssertionError as exc:
         raise AssertionError(f"{exc}: {version} outputs by partition {dict(counts)}") from None
+
+
+def source_of(record: object) -> tuple[int, int]:
+    """(partition, offset) of the input a prediction or dead letter came from: its headers,
+    or the JSON ``source`` of a record written without them."""
+    headers = dict(getattr(record, "headers", None) or [])
+    if "forestream.source.offset" in headers:
+        return (
+            int(headers["forestream.source.partition"]),
+            int(headers["forestream.source.offset"]),
+        )
+    source = json.loads(record.value)["source"]  # type: ignore[attr-defined]
+    return int(source["partition"]), int(source["offset"])

@@ -10,7 +10,6 @@ the first new prediction is printed (measured, not asserted: the machine is shar
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import signal
 import time
@@ -23,7 +22,7 @@ from kafka import TopicPartition
 
 from forestream.edge.factory import TopicSpec, ensure_topics, make_consumer
 from tests.feeding import PacedFeeder, cycling
-from tests.kafka_helpers import read_topic
+from tests.kafka_helpers import read_topic, source_of
 from tests.worker_support import (
     WorkerGroup,
     log_events,
@@ -91,18 +90,6 @@ def sigkill_broker(data_dir: Path) -> int:
         assert time.monotonic() < deadline, "the broker did not die within 15s of SIGKILL"
         time.sleep(0.1)
     return info.port
-
-
-def source_of(record: object) -> tuple[int, int]:
-    """(partition, offset) of the input a prediction or dead letter came from."""
-    headers = dict(getattr(record, "headers", None) or [])
-    if "forestream.source.offset" in headers:
-        return (
-            int(headers["forestream.source.partition"]),
-            int(headers["forestream.source.offset"]),
-        )
-    source = json.loads(record.value)["source"]  # type: ignore[attr-defined]
-    return int(source["partition"]), int(source["offset"])
 
 
 def end_offsets(bootstrap: str, topic: str) -> dict[int, int]:

@@ -31,7 +31,7 @@ import pytest
 from forestream.edge.factory import TopicSpec, ensure_topics
 from forestream.worker.assignment_log import log_events
 from tests.feeding import PacedFeeder, cycling
-from tests.kafka_helpers import read_topic
+from tests.kafka_helpers import read_topic, source_of
 from tests.waiting import wait_until
 from tests.worker_support import (
     WorkerGroup,
@@ -67,18 +67,6 @@ def private_broker(tmp_path: Path) -> Iterator[tuple[str, int]]:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(info.pid, signal.SIGCONT)
         local_kafka.stop(data_dir)
-
-
-def source_of(record: object) -> tuple[int, int]:
-    """(partition, offset) of the input a prediction came from."""
-    headers = dict(getattr(record, "headers", None) or [])
-    if "forestream.source.offset" in headers:
-        return (
-            int(headers["forestream.source.partition"]),
-            int(headers["forestream.source.offset"]),
-        )
-    source = json.loads(record.value)["source"]  # type: ignore[attr-defined]
-    return int(source["partition"]), int(source["offset"])
 
 
 SHOWN = ("no_broker_s", "partitions_lost")
