@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -81,8 +81,11 @@ class OnlineEvaluator:
         self.max_versions = max_versions
         self._lock = threading.Lock()
         # plain dicts keep insertion order: the first key is the oldest, evicted first
-        self._predictions: dict[bytes, tuple[str, str]] = {}
-        self._labels: dict[bytes, str] = {}
+        # OrderedDict, not dict: evicting the oldest of a dict (``next(iter(d))``) walks the
+        # slots its earlier deletions emptied, so each eviction slowed until the next resize;
+        # a soak saw a worker fall from 5,000 to 1,200 rec/s at 100,000 pending keys
+        self._predictions: OrderedDict[bytes, tuple[str, str]] = OrderedDict()
+        self._labels: OrderedDict[bytes, str] = OrderedDict()
         self._pairs: dict[str, deque[tuple[str, str]]] = {}
         self.labels_joined = 0
         self.evicted_predictions = 0
@@ -104,10 +107,10 @@ class OnlineEvaluator:
                 if label is not None:
                     self._record(model_version, label, str(prediction))
                     continue
-                self._predictions.pop(key, None)  # re-insert at the end: newest
                 self._predictions[key] = (str(prediction), model_version)
+                self._predictions.move_to_end(key)  # a key seen again is the newest
             while len(self._predictions) > self.max_pending:
-                del self._predictions[next(iter(self._predictions))]
+                self._predictions.popitem(last=False)
                 self.evicted_predictions += 1
 
     def add_labels(self, keys: Iterable[bytes | None], labels: Iterable[Any]) -> None:
@@ -119,10 +122,10 @@ class OnlineEvaluator:
                 if held is not None:
                     self._record(held[1], str(label), held[0])
                     continue
-                self._labels.pop(key, None)
                 self._labels[key] = str(label)
+                self._labels.move_to_end(key)
             while len(self._labels) > self.max_pending:
-                del self._labels[next(iter(self._labels))]
+                self._labels.popitem(last=False)
                 self.evicted_labels += 1
 
     def _record(self, version: str, label: str, prediction: str) -> None:
