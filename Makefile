@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 BENCH_RESULTS ?= bench/results/latest.json
 
-.PHONY: wheel-check lock setup test test-extra unit integration lint format demo bench bench-report kafka-jars \
+.PHONY: wheel-check lock setup test test-extra unit integration lint format demo bench bench-report soak kafka-jars \
 	schema-registry-app tools \
 	docs docs-build docs-check docs-cli clean
 
@@ -81,6 +81,13 @@ demo: setup
 
 bench: setup
 	$(BIN)/python -m bench.throughput
+
+# Two workers for SOAK_MINUTES under load, with a promotion every 2 minutes, a broker SIGKILL
+# every 10 and 1 % malformed records; then every input is accounted for and RSS, fds and threads
+# after warm-up are compared (bench/soak.py; the result and its chart go to bench/results/).
+SOAK_MINUTES ?= 30
+soak: setup
+	$(BIN)/python -m bench.soak --minutes $(SOAK_MINUTES)
 
 # docs/benchmark.md and docs/assets/benchmark.svg from what `make bench` wrote (or another
 # results file: `make bench-report BENCH_RESULTS=bench/recorded/....json`)
