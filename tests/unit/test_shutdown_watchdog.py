@@ -36,10 +36,17 @@ PRELUDE = textwrap.dedent(
     from forestream.runtime.logs import configure_logging
     from forestream.runtime.shutdown import install
     configure_logging("json")
-    stop = threading.Event()
+    # a plain list, not a threading.Event: the handler runs in the main thread, and Event.set()
+    # there deadlocks when the signal lands while that thread holds the Event's own lock
+    # inside Event.wait() (seen once in CI: stuck in threading.py __enter__, exit 8)
+    stopped = []
     def on_stop(signum):
         print(f"on_stop {signum}", flush=True)
-        stop.set()
+        stopped.append(signum)
+    def wait_for_stop(limit_s):
+        deadline = time.monotonic() + limit_s
+        while not stopped and time.monotonic() < deadline:
+            time.sleep(0.05)
     """
 )
 
@@ -67,8 +74,7 @@ while True:
 ORDERLY = """
 install(on_stop, lambda: {"pending_records": 0}, grace_s=GRACE)
 print("ready", flush=True)
-while not stop.wait(0.05):
-    pass
+wait_for_stop(60)
 time.sleep(0.5)
 print("clean exit", flush=True)
 sys.exit(0)
@@ -79,7 +85,7 @@ HANGS_AT_EXIT = """
 install(on_stop, lambda: {"pending_records": 0}, grace_s=GRACE)
 threading.Thread(target=threading.Event().wait).start()
 print("ready", flush=True)
-stop.wait(30)
+wait_for_stop(30)
 print("main returned", flush=True)
 """
 
