@@ -54,12 +54,13 @@ CLIENTS = {"group_consumer", "model_follower", "labels_reader"}
 """The worker's librdkafka clients watched for a broker loss, each rebuilt on its own."""
 
 
-@pytest.fixture
-def private_broker(tmp_path: Path) -> Iterator[tuple[str, int]]:
-    """(address, pid) of a broker only this test uses; thawed and stopped whatever happens."""
+@pytest.fixture(scope="module")
+def private_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, int]]:
+    """(address, pid) of a broker only this module's tests use (one start for both guarantees:
+    each freezes and thaws it, on topics of its own); thawed and stopped whatever happens."""
     from forestream.local import kafka as local_kafka
 
-    data_dir = tmp_path / "kafka"
+    data_dir = tmp_path_factory.mktemp("heal") / "kafka"
     info = local_kafka.start(data_dir)
     try:
         yield info.address, info.pid
@@ -93,7 +94,7 @@ def test_a_consumer_without_brokers_past_the_bound_is_rebuilt_and_loses_nothing(
 ) -> None:
     """Under exactly-once the outputs are read ``read_committed``: not one duplicate either."""
     bootstrap, broker_pid = private_broker
-    topics = {k: f"heal.{k}" for k in ("in", "out", "dlq", "models")}
+    topics = {k: f"heal.{guarantee}.{k}" for k in ("in", "out", "dlq", "models")}
     ensure_topics(
         bootstrap,
         [TopicSpec(topics[k], PARTITIONS) for k in ("in", "out", "dlq")],
@@ -104,7 +105,7 @@ def test_a_consumer_without_brokers_past_the_bound_is_rebuilt_and_loses_nothing(
     values = cycling([row_json(row) for _, row in frame.iterrows()])
 
     command = worker_command(
-        bootstrap, topics, tmp_path / "store", "heal", "heal-group",
+        bootstrap, topics, tmp_path / "store", "heal", f"heal-group-{guarantee}",
         "--max-batch", "50", "--rebuild-after-s", str(BOUND_S), "--guarantee", guarantee,
         "--transactional-id", f"heal-{guarantee}",
         "--metrics-port", "0",
