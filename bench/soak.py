@@ -9,10 +9,9 @@ malformed records, then an exact account of every input.
    trains two versions of the benchmark's forest (:mod:`bench.workload`) and promotes v1 with
    the ``forestream models promote`` CLI.
 2. Capacity: writes a backlog (``--capacity-records``) and lets the workers drain it; their
-   rate is the predictions' CreateTime span. ``--rate`` skips this. The backlog ends before
-   each worker holds 100,000 unlabelled predictions, past which the online evaluator slows
-   it down (docs/soak.md): the figure is optimistic, and a run that falls behind needs
-   ``--rate``.
+   rate is the predictions' CreateTime span. ``--rate`` skips this. (Before the online
+   evaluator evicted in constant time, a backlog this short overstated what the workers then
+   sustained: docs/soak.md.)
 3. Feeds ``--load`` x capacity (paced, librdkafka producer) with ``--malformed`` of the records
    malformed (every kind the worker dead-letters, bar ``too_large``), for ``--minutes``.
    Every ``--promote-every`` s the other version is promoted with the CLI; every
