@@ -40,7 +40,9 @@ def configure_logging(fmt: LogFormat = "auto", level: str = "INFO") -> None:
     structlog.configure(
         processors=[*shared, structlog.processors.format_exc_info, renderer],
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level)),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        # one write() per line: `worker --processes K` children share the supervisor's stderr,
+        # and print()'s separate newline write let two lines merge into one unparsable line
+        logger_factory=structlog.WriteLoggerFactory(file=sys.stderr),
         cache_logger_on_first_use=False,
     )
     # kafka-python logs reconnect noise at WARNING/ERROR per attempt; keep only real errors,
