@@ -124,6 +124,7 @@ class Worker:
         )
         self.engine: DeliveryEngine | None = None
         self._stopping = False
+        self._stop_signal: str | None = None
         self._closed = False
         self._consumer: GroupConsumer | None = None
         self._producer: AckingProducer | None = None
@@ -142,12 +143,16 @@ class Worker:
     # -- lifecycle -----------------------------------------------------------------------------
 
     def request_stop(self, signum: int | None = None, _frame: FrameType | None = None) -> None:
-        """Signal handler: stop taking new records; the loop flushes and commits, then exits."""
-        if not self._stopping:
-            name = signal.Signals(signum).name if signum else None
-            log.info("worker_stopping", signal=name, pending=len(self.cycle.pending))
+        """Signal handler: stop taking new records; the loop flushes and commits, then exits.
+        It never logs: it may run inside the logger's (non-reentrant) write lock."""
+        if self._stop_signal is None:
+            self._stop_signal = signal.Signals(signum).name if signum else "requested"
         self._stopping = True
         self.stop.start()
+
+    def _log_stopping(self) -> None:
+        if self._stop_signal is not None:
+            log.info("worker_stopping", signal=self._stop_signal, pending=len(self.cycle.pending))
 
     def _keep_waiting_for_registry(self) -> bool:
         """A batch waits for the Schema Registry: not stuck (health). A stop does not end the
@@ -214,6 +219,7 @@ class Worker:
         ensure_worker_topics(self.kafka, s)
         model = self.serving.wait(lambda: self._stopping, self._raise_background_fatal)
         if model is None:  # stopped while waiting: nothing read, still a final word
+            self._log_stopping()
             self.reporter.log_summary(None, final=True)
             return 0
         # sklearn, pandas and the model are loaded for good: take them out of the cyclic GC's
@@ -239,6 +245,7 @@ class Worker:
         consumer.subscribe(s.input_topic, self.membership)
         try:
             self._loop(engine, consumer)
+            self._log_stopping()
             engine.wind_up()
             self.reporter.report_monitoring(self.serving.version, force=True)
         except KafkaFatalError:
