@@ -1,6 +1,7 @@
-"""Records in the Confluent wire format (``--input-format avro|json-schema``): the writer schemas
-they name, fetched from the Schema Registry once, and the parser that turns their bodies into
-the same dicts the JSON path validates (:func:`forestream.worker.decoding.decode_batch`).
+"""Records in the Confluent wire format (``--input-format avro|json-schema|protobuf``): the
+writer schemas they name, fetched from the Schema Registry once, and the parser that turns their
+bodies into the same dicts the JSON path validates (:func:`forestream.worker.decoding.
+decode_batch`).
 
 A registry outage never stops a worker that has the ids it needs: every schema fetched is kept
 for the life of the process. A record whose id was never fetched while the registry is away is
@@ -31,6 +32,7 @@ from forestream.wire.confluent import (
     writer_schema,
 )
 from forestream.wire.headers import ReasonCode
+from forestream.wire.protobuf_framing import message_indexes
 from forestream.wire.schema import FeatureSchema
 from forestream.worker.decoding import Parser, Reject, json_value, non_finite, size_reject
 
@@ -69,9 +71,13 @@ class WriterSchemas:
         wait_s: float,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
+        fmt: str | None = None,
     ) -> None:
         self.access = access
         self.wait_s = wait_s
+        self.fmt = fmt
+        """The registry's ``format`` to ask for: ``serialized`` for Protobuf (see
+        :func:`writer_schemas`)."""
         self.clock = clock
         self.sleep = sleep
         self.known: dict[int, WriterSchema] = {}
@@ -117,7 +123,7 @@ class WriterSchemas:
         """True once the registry answered for ``schema_id`` (found or not)."""
         self._last_try = self.clock()
         try:
-            found = self.access.schema_by_id(schema_id)
+            found = self.access.schema_by_id(schema_id, self.fmt)
         except SchemaRegistryUnavailable as exc:
             if self._outage_since is None:
                 self._outage_since = self.clock()
@@ -145,6 +151,15 @@ class WriterSchemas:
         return True
 
 
+def writer_schemas(access: SchemaRegistryAccess, input_format: str, wait_s: float) -> WriterSchemas:
+    """The cache for ``input_format``. Protobuf schemas are asked for ``?format=serialized``:
+    Confluent's registry then returns a base64 ``FileDescriptorProto`` (no .proto text to
+    parse), as confluent-kafka's own deserializer asks; Apicurio ignores it and returns what was
+    registered, which :class:`forestream.wire.protobuf_framing.ProtobufFile` reads either way."""
+    fmt = "serialized" if input_format == "protobuf" else None
+    return WriterSchemas(access, wait_s=wait_s, fmt=fmt)
+
+
 def schema_ids(values: Sequence[bytes | None]) -> set[int]:
     """The distinct schema ids the framed values of a batch name."""
     ids = set()
@@ -157,18 +172,20 @@ def schema_ids(values: Sequence[bytes | None]) -> set[int]:
 
 
 def framed_parser(input_format: str, lookup: Lookup, features: FeatureSchema) -> Parser:
-    """A :data:`forestream.worker.decoding.Parser` for ``input_format`` (``avro`` or
-    ``json-schema``) that resolves ids with ``lookup`` (after :meth:`WriterSchemas.ensure`)."""
+    """A :data:`forestream.worker.decoding.Parser` for ``input_format`` (``avro``,
+    ``json-schema`` or ``protobuf``) that resolves ids with ``lookup`` (after
+    :meth:`WriterSchemas.ensure`)."""
     expected = REGISTRY_FORMATS[input_format]
     required = [f.name for f in features.features if not f.missing_seen]
-    avro = expected == "AVRO"
+    binary = expected != "JSON"
 
     def parse(
         values: Sequence[bytes | None], max_record_bytes: int, rejects: dict[int, Reject]
     ) -> tuple[list[int], list[dict[str, Any]]]:
         positions: list[int] = []
         objects: list[dict[str, Any]] = []
-        usable: dict[int, WriterSchema | tuple[str, str]] = {}  # per id, judged once a batch
+        # per id (per id and message indexes for Protobuf), judged once a batch
+        usable: dict[object, WriterSchema | tuple[str, str]] = {}
         for i, value in enumerate(values):
             if not value or len(value) > max_record_bytes:
                 rejects[i] = size_reject(i, value, max_record_bytes)
@@ -182,28 +199,56 @@ def framed_parser(input_format: str, lookup: Lookup, features: FeatureSchema) ->
                 schema = usable[schema_id] = _judge(
                     schema_id, lookup(schema_id), expected, required
                 )
+            start = HEADER_BYTES
+            if isinstance(schema, WriterSchema) and schema.messages is not None:
+                try:
+                    indexes, start = message_indexes(value, HEADER_BYTES)
+                except ValueError as exc:
+                    detail = f"schema id {schema_id}: {exc}"[:200]
+                    rejects[i] = Reject(i, ReasonCode.UNDECODABLE_BODY, detail)
+                    continue
+                key = (schema_id, indexes)
+                message = usable.get(key)
+                if message is None:
+                    message = usable[key] = _message(schema_id, schema.messages, indexes, required)
+                schema = message
             if not isinstance(schema, WriterSchema):
                 rejects[i] = Reject(i, *schema)
                 continue
-            body = value[HEADER_BYTES:]
+            body = value[start:]
             try:
                 obj = schema.read(body) if schema.read is not None else json_value(body)
             except Exception as exc:  # whatever a reader raises on hostile bytes: one reject
-                why = f"{type(exc).__name__}: {exc}" if avro else str(exc)
+                why = f"{type(exc).__name__}: {exc}" if binary else str(exc)
                 detail = f"schema id {schema_id}: {why}"[:200]
                 rejects[i] = Reject(i, ReasonCode.UNDECODABLE_BODY, detail)
                 continue
             if type(obj) is not dict:
-                kind = "Avro" if avro else "JSON"
+                kind = "Avro" if expected == "AVRO" else expected
                 rejects[i] = Reject(
                     i, ReasonCode.NOT_OBJECT, f"{kind} {type(obj).__name__}, expected a record"
                 )
                 continue
             positions.append(i)
-            objects.append(finite_markers(obj, non_finite) if avro else obj)
+            objects.append(finite_markers(obj, non_finite) if binary else obj)
         return positions, objects
 
     return parse
+
+
+def _message(
+    schema_id: int,
+    messages: Callable[[tuple[int, ...]], WriterSchema],
+    indexes: tuple[int, ...],
+    required: list[str],
+) -> WriterSchema | tuple[str, str]:
+    """The Protobuf message ``indexes`` name in a file's ``messages``, or why none of its
+    records can be scored."""
+    try:
+        message = messages(indexes)
+    except Exception as exc:  # indexes naming no message, or a type the pool cannot build
+        return ReasonCode.UNDECODABLE_BODY, f"schema id {schema_id}: {exc}"[:200]
+    return _lacking(schema_id, message, required)
 
 
 def _judge(
@@ -228,6 +273,12 @@ def _judge(
             ReasonCode.UNDECODABLE_BODY,
             f"schema id {schema_id} is a {found.schema_type} schema; this worker reads {expected}",
         )
+    return _lacking(schema_id, found, required)
+
+
+def _lacking(
+    schema_id: int, found: WriterSchema, required: list[str]
+) -> WriterSchema | tuple[str, str]:
     missing = found.missing(required)
     if missing:
         names = ", ".join(repr(n) for n in missing[:5])
