@@ -233,6 +233,7 @@ def _reader(descriptor: Descriptor) -> MessageReader:
     """Body bytes to the dict the JSON path validates (see the module's docstring)."""
     cls = GetMessageClass(descriptor)
     parse = cls.FromString
+    serialize = cls.SerializePartialToString
     plain: list[str] = []  # read as they are
     present: list[str] = []  # None unless set
     getters: list[tuple[str, Callable[[Any], Any]]] = []
@@ -246,9 +247,9 @@ def _reader(descriptor: Descriptor) -> MessageReader:
 
     def read(body: bytes) -> dict[str, Any]:
         message = parse(body)
-        size = message.ByteSize()
+        size = len(serialize(message))  # not ByteSize: it raises for a proto2 required field unset
         message.DiscardUnknownFields()
-        if message.ByteSize() != size:
+        if len(serialize(message)) != size:
             raise ValueError(f"the body holds fields {full_name} does not declare")
         out = {name: getattr(message, name) for name in plain}
         for name in present:
