@@ -1,7 +1,7 @@
 """Records in the Confluent wire format (``--input-format avro|json-schema|protobuf``): the
 writer schemas they name, fetched from the Schema Registry once, and the parser that turns their
-bodies into the same dicts the JSON path validates (:func:`forestream.worker.decoding.
-decode_batch`).
+bodies into the same dicts the JSON path validates
+(:func:`forestream.worker.decoding.decode_batch`).
 
 A registry outage never stops a worker that has the ids it needs: every schema fetched is kept
 for the life of the process. A record whose id was never fetched while the registry is away is
