@@ -44,6 +44,8 @@ have been produced against a registry that replicates to ours late)."""
 _BACKOFF_S = (0.25, 0.5, 1.0, 2.0)
 RETRY_PAST_BOUND_S = 5.0
 """Past the bound, an unfetched id is asked for at most this often (not once per batch)."""
+_told_implicit: set[tuple[int, tuple[int, ...], tuple[str, ...]]] = set()
+"""Protobuf messages already logged as ``protobuf_features_without_presence``."""
 
 
 class Absent:
@@ -177,6 +179,7 @@ def framed_parser(input_format: str, lookup: Lookup, features: FeatureSchema) ->
     :meth:`WriterSchemas.ensure`)."""
     expected = REGISTRY_FORMATS[input_format]
     required = [f.name for f in features.features if not f.missing_seen]
+    may_miss = [f.name for f in features.features if f.missing_seen]
     binary = expected != "JSON"
 
     def parse(
@@ -210,7 +213,9 @@ def framed_parser(input_format: str, lookup: Lookup, features: FeatureSchema) ->
                 key = (schema_id, indexes)
                 message = usable.get(key)
                 if message is None:
-                    message = usable[key] = _message(schema_id, schema.messages, indexes, required)
+                    message = usable[key] = _message(
+                        schema_id, schema.messages, indexes, required, may_miss
+                    )
                 schema = message
             if not isinstance(schema, WriterSchema):
                 rejects[i] = Reject(i, *schema)
@@ -241,13 +246,26 @@ def _message(
     messages: Callable[[tuple[int, ...]], WriterSchema],
     indexes: tuple[int, ...],
     required: list[str],
+    may_miss: list[str],
 ) -> WriterSchema | tuple[str, str]:
     """The Protobuf message ``indexes`` name in a file's ``messages``, or why none of its
-    records can be scored."""
+    records can be scored. Features training saw missing that the message declares without
+    presence are said once: their records are scored, an unset value read as 0 or ""."""
     try:
         message = messages(indexes)
     except Exception as exc:  # indexes naming no message, or a type the pool cannot build
         return ReasonCode.UNDECODABLE_BODY, f"schema id {schema_id}: {exc}"[:200]
+    implicit = tuple(name for name in may_miss if name in message.implicit)
+    if implicit and (schema_id, indexes, implicit) not in _told_implicit:
+        _told_implicit.add((schema_id, indexes, implicit))
+        log.warning(
+            "protobuf_features_without_presence",
+            schema_id=schema_id,
+            message_indexes=list(indexes),
+            features=list(implicit),
+            hint="unset, these read as 0 or an empty string, never as missing: declare them "
+            "optional (or as a google.protobuf wrapper) to send a missing value",
+        )
     return _lacking(schema_id, message, required)
 
 

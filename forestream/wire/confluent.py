@@ -65,6 +65,9 @@ class WriterSchema:
     messages: Callable[[tuple[int, ...]], WriterSchema] | None = None
     """Protobuf: the schema of the message a record's message indexes name (a file may hold
     several), with that message's fields and reader; ValueError when they name none."""
+    implicit: frozenset[str] = frozenset()
+    """Protobuf: fields without presence, which read as their default when unset (never
+    missing)."""
 
     def missing(self, required: list[str]) -> list[str]:
         """The features of ``required`` this schema has no field for."""
@@ -130,7 +133,9 @@ def _protobuf(schema_id: int, text: str) -> WriterSchema:
 
     def message(indexes: tuple[int, ...]) -> WriterSchema:
         reader = file.message(indexes)
-        return WriterSchema(schema_id, "PROTOBUF", reader.fields, reader.read)
+        return WriterSchema(
+            schema_id, "PROTOBUF", reader.fields, reader.read, implicit=reader.implicit
+        )
 
     return WriterSchema(schema_id, "PROTOBUF", None, None, messages=message)
 

@@ -148,6 +148,8 @@ class MessageReader:
     name: str
     fields: frozenset[str]
     read: Callable[[bytes], dict[str, Any]]
+    implicit: frozenset[str] = frozenset()
+    """Singular fields without presence: unset, they read as their default, never missing."""
 
 
 class ProtobufFile:
@@ -258,7 +260,12 @@ def _reader(descriptor: Descriptor) -> MessageReader:
             out[name] = get(message)
         return out
 
-    return MessageReader(full_name, frozenset(f.name for f in descriptor.fields), read)
+    implicit = frozenset(
+        f.name
+        for f in descriptor.fields
+        if not f.is_repeated and not f.has_presence and f.message_type is None
+    )
+    return MessageReader(full_name, frozenset(f.name for f in descriptor.fields), read, implicit)
 
 
 def _getter(field: FieldDescriptor) -> Callable[[Any], Any] | None:

@@ -14,6 +14,7 @@ import pytest
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 from hypothesis import given
 from hypothesis import strategies as st
+from structlog.testing import capture_logs
 
 from forestream.wire.confluent import WriterSchema, frame, writer_schema
 from forestream.wire.headers import ReasonCode
@@ -383,3 +384,21 @@ def test_the_protobuf_parser_is_total(
     rejected = [r.index for r in decoded.rejects]
     assert sorted(rejected + decoded.valid_indexes) == list(range(len(batch)))
     assert all(r.code in ReasonCode.ALL and r.detail for r in decoded.rejects)
+
+
+def test_features_that_may_be_missing_without_presence_are_said_once() -> None:
+    """``income`` and ``city`` may be missing (training saw them so); a message declaring them
+    without presence can never send them missing, which the worker says once per message."""
+    implicit = writer_schema(11, "PROTOBUF", PROTO.replace("optional ", ""))
+    parse = framed_parser("protobuf", {11: implicit}.__getitem__, SCHEMA)
+    with capture_logs() as logs:
+        for _ in range(2):  # two batches
+            decoded = decode_batch(
+                [framed(11, Features(age=1.0, color="red"))], SCHEMA, parse=parse
+            )
+            assert decoded.valid_indexes == [0]
+            assert decoded.frame.iloc[0]["income"] == 0.0 and decoded.frame.iloc[0]["city"] == ""
+        with_presence = framed_parser("protobuf", lookup, SCHEMA)
+        decode_batch([GOOD_VALUE], SCHEMA, parse=with_presence)
+    told = [e for e in logs if e["event"] == "protobuf_features_without_presence"]
+    assert len(told) == 1 and told[0]["features"] == ["income", "city"], told
