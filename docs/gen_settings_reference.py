@@ -72,7 +72,7 @@ SECTIONS: list[tuple[str, str, str]] = [
     (
         "SchemaRegistrySettings",
         "Schema Registry",
-        "`worker` (`--input-format avro|json-schema`), `produce --format avro`, "
+        "`worker` (`--input-format avro|json-schema|protobuf`), `produce --format avro`, "
         "`models register-schema`, `train --register-schema`",
     ),
 ]
@@ -174,7 +174,7 @@ DESCRIPTIONS: dict[str, str] = {
     "value_format": "`json`, or `avro`: the Confluent wire format with the latest schema of "
     "`<input topic>-value` (`models register-schema` puts the model's contract there)",
     "input_format": "`json`, or the Confluent wire format through a Schema Registry: `avro`, "
-    "`json-schema` ([wire contracts](../wire.md#schema-registry-formats))",
+    "`json-schema`, `protobuf` ([wire contracts](../wire.md#schema-registry-formats))",
     "schema_registry_url": "the Schema Registry: writer schemas are fetched from it by id, "
     "contracts registered to it (Confluent API; Apicurio's `/apis/ccompat/v7`)",
     "schema_registry_username": "basic auth for the registry (env only)",

@@ -187,8 +187,8 @@ def worker(
         str | None,
         typer.Option(
             "--input-format",
-            help="json, or the Confluent wire format with a Schema Registry: avro, json-schema "
-            "(FORESTREAM_SCHEMA_REGISTRY_URL required) [env FORESTREAM_INPUT_FORMAT; "
+            help="json, or the Confluent wire format with a Schema Registry: avro, json-schema, "
+            "protobuf (FORESTREAM_SCHEMA_REGISTRY_URL required) [env FORESTREAM_INPUT_FORMAT; "
             "default json]",
             show_default=False,
         ),

@@ -1,6 +1,7 @@
-"""Records in the Confluent wire format (``--input-format avro|json-schema``): the writer schemas
-they name, fetched from the Schema Registry once, and the parser that turns their bodies into
-the same dicts the JSON path validates (:func:`forestream.worker.decoding.decode_batch`).
+"""Records in the Confluent wire format (``--input-format avro|json-schema|protobuf``): the
+writer schemas they name, fetched from the Schema Registry once, and the parser that turns their
+bodies into the same dicts the JSON path validates
+(:func:`forestream.worker.decoding.decode_batch`).
 
 A registry outage never stops a worker that has the ids it needs: every schema fetched is kept
 for the life of the process. A record whose id was never fetched while the registry is away is
@@ -42,6 +43,8 @@ have been produced against a registry that replicates to ours late)."""
 _BACKOFF_S = (0.25, 0.5, 1.0, 2.0)
 RETRY_PAST_BOUND_S = 5.0
 """Past the bound, an unfetched id is asked for at most this often (not once per batch)."""
+_told_implicit: set[tuple[int, tuple[int, ...], tuple[str, ...]]] = set()
+"""Protobuf messages already logged as ``protobuf_features_without_presence``."""
 
 
 class Absent:
@@ -69,9 +72,13 @@ class WriterSchemas:
         wait_s: float,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
+        fmt: str | None = None,
     ) -> None:
         self.access = access
         self.wait_s = wait_s
+        self.fmt = fmt
+        """The registry's ``format`` to ask for: ``serialized`` for Protobuf (see
+        :func:`writer_schemas`)."""
         self.clock = clock
         self.sleep = sleep
         self.known: dict[int, WriterSchema] = {}
@@ -117,7 +124,7 @@ class WriterSchemas:
         """True once the registry answered for ``schema_id`` (found or not)."""
         self._last_try = self.clock()
         try:
-            found = self.access.schema_by_id(schema_id)
+            found = self.access.schema_by_id(schema_id, self.fmt)
         except SchemaRegistryUnavailable as exc:
             if self._outage_since is None:
                 self._outage_since = self.clock()
@@ -145,6 +152,15 @@ class WriterSchemas:
         return True
 
 
+def writer_schemas(access: SchemaRegistryAccess, input_format: str, wait_s: float) -> WriterSchemas:
+    """The cache for ``input_format``. Protobuf schemas are asked for ``?format=serialized``:
+    Confluent's registry then returns a base64 ``FileDescriptorProto`` (no .proto text to
+    parse), as confluent-kafka's own deserializer asks; Apicurio ignores it and returns what was
+    registered, which :class:`forestream.wire.protobuf_framing.ProtobufFile` reads either way."""
+    fmt = "serialized" if input_format == "protobuf" else None
+    return WriterSchemas(access, wait_s=wait_s, fmt=fmt)
+
+
 def schema_ids(values: Sequence[bytes | None]) -> set[int]:
     """The distinct schema ids the framed values of a batch name."""
     ids = set()
@@ -157,18 +173,22 @@ def schema_ids(values: Sequence[bytes | None]) -> set[int]:
 
 
 def framed_parser(input_format: str, lookup: Lookup, features: FeatureSchema) -> Parser:
-    """A :data:`forestream.worker.decoding.Parser` for ``input_format`` (``avro`` or
-    ``json-schema``) that resolves ids with ``lookup`` (after :meth:`WriterSchemas.ensure`)."""
+    """A :data:`forestream.worker.decoding.Parser` for ``input_format`` (``avro``,
+    ``json-schema`` or ``protobuf``) that resolves ids with ``lookup`` (after
+    :meth:`WriterSchemas.ensure`)."""
     expected = REGISTRY_FORMATS[input_format]
     required = [f.name for f in features.features if not f.missing_seen]
-    avro = expected == "AVRO"
+    may_miss = [f.name for f in features.features if f.missing_seen]
+    binary = expected != "JSON"
+    indexes_of = _indexes_reader() if expected == "PROTOBUF" else None
 
     def parse(
         values: Sequence[bytes | None], max_record_bytes: int, rejects: dict[int, Reject]
     ) -> tuple[list[int], list[dict[str, Any]]]:
         positions: list[int] = []
         objects: list[dict[str, Any]] = []
-        usable: dict[int, WriterSchema | tuple[str, str]] = {}  # per id, judged once a batch
+        # per id (per id and message indexes for Protobuf), judged once a batch
+        usable: dict[object, WriterSchema | tuple[str, str]] = {}
         for i, value in enumerate(values):
             if not value or len(value) > max_record_bytes:
                 rejects[i] = size_reject(i, value, max_record_bytes)
@@ -182,28 +202,79 @@ def framed_parser(input_format: str, lookup: Lookup, features: FeatureSchema) ->
                 schema = usable[schema_id] = _judge(
                     schema_id, lookup(schema_id), expected, required
                 )
+            start = HEADER_BYTES
+            if indexes_of and isinstance(schema, WriterSchema) and schema.messages is not None:
+                try:
+                    indexes, start = indexes_of(value, HEADER_BYTES)
+                except ValueError as exc:
+                    detail = f"schema id {schema_id}: {exc}"[:200]
+                    rejects[i] = Reject(i, ReasonCode.UNDECODABLE_BODY, detail)
+                    continue
+                key = (schema_id, indexes)
+                message = usable.get(key)
+                if message is None:
+                    message = usable[key] = _message(
+                        schema_id, schema.messages, indexes, required, may_miss
+                    )
+                schema = message
             if not isinstance(schema, WriterSchema):
                 rejects[i] = Reject(i, *schema)
                 continue
-            body = value[HEADER_BYTES:]
+            body = value[start:]
             try:
                 obj = schema.read(body) if schema.read is not None else json_value(body)
             except Exception as exc:  # whatever a reader raises on hostile bytes: one reject
-                why = f"{type(exc).__name__}: {exc}" if avro else str(exc)
+                why = f"{type(exc).__name__}: {exc}" if binary else str(exc)
                 detail = f"schema id {schema_id}: {why}"[:200]
                 rejects[i] = Reject(i, ReasonCode.UNDECODABLE_BODY, detail)
                 continue
             if type(obj) is not dict:
-                kind = "Avro" if avro else "JSON"
+                kind = "Avro" if expected == "AVRO" else expected
                 rejects[i] = Reject(
                     i, ReasonCode.NOT_OBJECT, f"{kind} {type(obj).__name__}, expected a record"
                 )
                 continue
             positions.append(i)
-            objects.append(finite_markers(obj, non_finite) if avro else obj)
+            objects.append(finite_markers(obj, non_finite) if binary else obj)
         return positions, objects
 
     return parse
+
+
+def _indexes_reader() -> Callable[[bytes, int], tuple[tuple[int, ...], int]]:
+    """Protobuf's message-index reader, imported only by a Protobuf worker: protobuf and the
+    .proto parser add ~6 MB to a process."""
+    from forestream.wire.protobuf_framing import message_indexes
+
+    return message_indexes
+
+
+def _message(
+    schema_id: int,
+    messages: Callable[[tuple[int, ...]], WriterSchema],
+    indexes: tuple[int, ...],
+    required: list[str],
+    may_miss: list[str],
+) -> WriterSchema | tuple[str, str]:
+    """The Protobuf message ``indexes`` name in a file's ``messages``, or why none of its
+    records can be scored. Features training saw missing that the message declares without
+    presence are said once: their records are scored, an unset value read as 0 or ""."""
+    try:
+        message = messages(indexes)
+    except Exception as exc:  # indexes naming no message, or a type the pool cannot build
+        return ReasonCode.UNDECODABLE_BODY, f"schema id {schema_id}: {exc}"[:200]
+    implicit = tuple(name for name in may_miss if name in message.implicit)
+    if implicit and (schema_id, indexes, implicit) not in _told_implicit:
+        _told_implicit.add((schema_id, indexes, implicit))
+        log.warning(
+            "protobuf_features_without_presence",
+            schema_id=schema_id,
+            message_indexes=list(indexes),
+            features=list(implicit),
+            hint="unset, these read as 0 or an empty string, never as missing: declare them "
+            "optional (or as a google.protobuf wrapper) to send a missing value",
+        )
+    return _lacking(schema_id, message, required)
 
 
 def _judge(
@@ -228,6 +299,12 @@ def _judge(
             ReasonCode.UNDECODABLE_BODY,
             f"schema id {schema_id} is a {found.schema_type} schema; this worker reads {expected}",
         )
+    return _lacking(schema_id, found, required)
+
+
+def _lacking(
+    schema_id: int, found: WriterSchema, required: list[str]
+) -> WriterSchema | tuple[str, str]:
     missing = found.missing(required)
     if missing:
         names = ", ".join(repr(n) for n in missing[:5])

@@ -15,7 +15,7 @@ from forestream.edge.interface import InputRecord
 from forestream.runtime.logs import RateLimited
 from forestream.wire.headers import ReasonCode
 from forestream.worker.decoding import Parser, parse_json
-from forestream.worker.framed import WriterSchemas, framed_parser, schema_ids
+from forestream.worker.framed import WriterSchemas, framed_parser, schema_ids, writer_schemas
 from forestream.worker.models import ActiveModel, ModelFollower
 from forestream.worker.processing import ProcessedBatch, process_records
 from forestream.worker.settings import WorkerSettings
@@ -113,4 +113,6 @@ def _writer_schemas(settings: WorkerSettings) -> WriterSchemas | None:
     """The registry's schemas for a wire-format input; None for JSON."""
     if settings.input_format == "json":
         return None
-    return WriterSchemas(settings.schema_registry(), wait_s=settings.schema_registry_wait_s)
+    return writer_schemas(
+        settings.schema_registry(), settings.input_format, settings.schema_registry_wait_s
+    )

@@ -113,8 +113,8 @@ class WorkerSettings(GuaranteeSettings, TrustSettings, SchemaRegistrySettings):
 
     input_format: InputFormat = "json"
     """How input values are written: ``json`` (UTF-8 JSON objects), or in the Confluent wire
-    format with a Schema Registry: ``avro``, ``json-schema``. Decoded records are validated as
-    JSON ones are (docs/wire.md)."""
+    format with a Schema Registry: ``avro``, ``json-schema``, ``protobuf``. Decoded records are
+    validated as JSON ones are (docs/wire.md)."""
     schema_registry_wait_s: float = Field(default=60.0, ge=0, le=240)
     """While the registry is away, a batch holding a schema id never fetched waits this long
     (from the start of the outage) before such records go to the DLQ as

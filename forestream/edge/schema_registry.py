@@ -77,14 +77,17 @@ class SchemaRegistryAccess:
                 f"schema registry {self.url} unreachable: {reason}"
             ) from None
 
-    def schema_by_id(self, schema_id: int) -> RegisteredSchema | None:
+    def schema_by_id(self, schema_id: int, fmt: str | None = None) -> RegisteredSchema | None:
         """The schema registered under ``schema_id``; None when the registry has no such id.
+        ``fmt``: the ``format`` query parameter (``serialized``: a Protobuf schema as a base64
+        ``FileDescriptorProto``; registries that do not know it return the text registered).
 
         Raises :class:`SchemaRegistryUnavailable` for anything else (unreachable, timeout,
         5xx, 401/403): the answer may differ on the next try.
         """
+        query = f"?format={quote(fmt, safe='')}" if fmt else ""
         try:
-            body = self._call("GET", f"/schemas/ids/{schema_id}")
+            body = self._call("GET", f"/schemas/ids/{schema_id}{query}")
         except urllib.error.HTTPError as exc:
             if exc.code == 404:
                 return None

@@ -1,7 +1,8 @@
 """The Confluent Schema Registry wire format, and what a writer's schema says about features.
 
 A value written by a Confluent serializer (Avro, JSON Schema, Protobuf) is framed as: one magic
-byte ``0``, the writer schema's registry id as 4 bytes big-endian, then the encoded body. Pure:
+byte ``0``, the writer schema's registry id as 4 bytes big-endian, then the encoded body (for
+Protobuf, message indexes first: :mod:`forestream.wire.protobuf_framing`). Pure:
 no registry, no Kafka; the worker fetches schemas by id (``forestream.edge.schema_registry``)
 and decodes bodies with what this module parses.
 """
@@ -22,8 +23,8 @@ MAGIC_BYTE = 0
 HEADER_BYTES = 5
 MAX_SCHEMA_ID = 2**32 - 1
 
-InputFormat = Literal["json", "avro", "json-schema"]
-REGISTRY_FORMATS: dict[str, str] = {"avro": "AVRO", "json-schema": "JSON"}
+InputFormat = Literal["json", "avro", "json-schema", "protobuf"]
+REGISTRY_FORMATS: dict[str, str] = {"avro": "AVRO", "json-schema": "JSON", "protobuf": "PROTOBUF"}
 """The formats framed with a schema id, and the registry's ``schemaType`` of each."""
 
 
@@ -61,6 +62,12 @@ class WriterSchema:
     """Body bytes to a Python value; raises on a body the schema cannot read. None when the
     schema itself could not be parsed (``problem`` says why)."""
     problem: str | None = None
+    messages: Callable[[tuple[int, ...]], WriterSchema] | None = None
+    """Protobuf: the schema of the message a record's message indexes name (a file may hold
+    several), with that message's fields and reader; ValueError when they name none."""
+    implicit: frozenset[str] = frozenset()
+    """Protobuf: fields without presence, which read as their default when unset (never
+    missing)."""
 
     def missing(self, required: list[str]) -> list[str]:
         """The features of ``required`` this schema has no field for."""
@@ -77,7 +84,9 @@ def writer_schema(schema_id: int, schema_type: str | None, text: str) -> WriterS
             return _avro(schema_id, text)
         if kind == "JSON":
             return _json_schema(schema_id, text)
-    except Exception as exc:  # a schema fastavro or json cannot parse: every record of it fails
+        if kind == "PROTOBUF":
+            return _protobuf(schema_id, text)
+    except Exception as exc:  # a schema fastavro, json or protobuf cannot read: its records fail
         return WriterSchema(schema_id, kind, None, None, f"{type(exc).__name__}: {exc}"[:200])
     return WriterSchema(schema_id, kind, None, None, f"{kind} schemas are not supported")
 
@@ -117,10 +126,24 @@ def _json_schema(schema_id: int, text: str) -> WriterSchema:
     return WriterSchema(schema_id, "JSON", fields, None)
 
 
+def _protobuf(schema_id: int, text: str) -> WriterSchema:
+    from forestream.wire.protobuf_framing import ProtobufFile
+
+    file = ProtobufFile(schema_id, text)
+
+    def message(indexes: tuple[int, ...]) -> WriterSchema:
+        reader = file.message(indexes)
+        return WriterSchema(
+            schema_id, "PROTOBUF", reader.fields, reader.read, implicit=reader.implicit
+        )
+
+    return WriterSchema(schema_id, "PROTOBUF", None, None, messages=message)
+
+
 def finite_markers(record: dict[str, Any], marker: Callable[[str], Any]) -> dict[str, Any]:
     """``record`` with every non-finite float replaced by ``marker("NaN"|"Infinity"|
-    "-Infinity")``: Avro doubles carry NaN and infinities, which the JSON path rejects as
-    ``not_finite``; as plain floats they would pass for a missing value."""
+    "-Infinity")``: Avro and Protobuf doubles carry NaN and infinities, which the JSON path
+    rejects as ``not_finite``; as plain floats they would pass for a missing value."""
     for name, value in record.items():
         if type(value) is float and not math.isfinite(value):
             record[name] = marker(

@@ -41,14 +41,15 @@ class ReasonCode:
     TOO_LARGE = "too_large"
     EMPTY = "empty"
     SCORING_FAILED = "scoring_failed"
-    # records in the Confluent wire format (--input-format avro|json-schema)
+    # records in the Confluent wire format (--input-format avro|json-schema|protobuf)
     NO_MAGIC_BYTE = "no_magic_byte"
     """Not framed: the first byte is not 0, or the value is shorter than the 5-byte header."""
     UNKNOWN_SCHEMA_ID = "unknown_schema_id"
     """The registry has no schema under the record's id."""
     UNDECODABLE_BODY = "undecodable_body"
-    """The body does not decode with its writer schema (cut short, trailing bytes, not JSON),
-    or the schema is of another format or cannot be parsed."""
+    """The body does not decode with its writer schema (cut short, trailing bytes, not JSON,
+    Protobuf message indexes that are malformed or name no message), or the schema is of
+    another format or cannot be parsed."""
     SCHEMA_MISSING_FEATURE = "schema_missing_feature"
     """The writer schema has no field for a feature the model requires."""
     REGISTRY_UNAVAILABLE = "registry_unavailable"

@@ -6,7 +6,9 @@ The predictions must equal the JSON path's for the same values (the JSON records
 the same decoder, then the pipeline), and wire-format garbage must land in the DLQ with its
 bytes and reason while the worker goes on. Then the registry is stopped under a running worker:
 the id it has keeps scoring, an id it never fetched is held until the registry is back; that
-test reads JSON Schema records from confluent-kafka's ``JSONSerializer``.
+test reads JSON Schema records from confluent-kafka's ``JSONSerializer``. Protobuf records come
+from confluent-kafka's ``ProtobufSerializer`` with a message class built at run time from a
+``FileDescriptorProto`` (no protoc), the serializer registering the schema itself.
 """
 
 from __future__ import annotations
@@ -22,10 +24,12 @@ from typing import Any
 
 import numpy as np
 import pytest
-from confluent_kafka.schema_registry import SchemaRegistryClient
+from confluent_kafka.schema_registry import Schema, SchemaRegistryClient
 from confluent_kafka.schema_registry.avro import AvroDeserializer, AvroSerializer
 from confluent_kafka.schema_registry.json_schema import JSONSerializer
+from confluent_kafka.schema_registry.protobuf import ProtobufSerializer
 from confluent_kafka.serialization import MessageField, SerializationContext
+from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 from kafka import KafkaConsumer, TopicPartition
 
 from forestream.edge.factory import TopicSpec, ensure_topics, make_producer
@@ -180,6 +184,127 @@ def test_avro_from_confluents_serializer_scores_as_json_does(
     assert decoded.valid_indexes == list(range(ROWS))
     expected = pipeline.predict_proba(decoded.frame)
     for i, probabilities in enumerate(expected):
+        prediction = predictions[f"r{i}".encode()]
+        got = [prediction.probabilities[c] for c in metadata.classes]
+        assert np.allclose(got, probabilities), (i, rows[i], got, probabilities)
+        assert prediction.model_version == metadata.version
+
+
+# -- Protobuf -------------------------------------------------------------------------------------
+
+
+def protobuf_class(name: str, fields: list[str]) -> Any:
+    """A proto3 message of the model's features, built at run time as generated code would
+    carry it: doubles and strings, ``optional`` (with presence) where the value may be missing."""
+    field = descriptor_pb2.FieldDescriptorProto
+    proto = descriptor_pb2.FileDescriptorProto(
+        name=f"{name.lower()}.proto", package="forestream.test", syntax="proto3"
+    )
+    message = proto.message_type.add(name=name)
+    for number, feature in enumerate(fields, start=1):
+        kind = field.TYPE_DOUBLE if feature in NUMERIC else field.TYPE_STRING
+        added = message.field.add(name=feature, number=number, type=kind)
+        if feature in ("x2", "shape"):
+            added.proto3_optional = True
+            added.oneof_index = len(message.oneof_decl)
+            message.oneof_decl.add(name=f"_{feature}")
+    pool = descriptor_pool.DescriptorPool()
+    pool.Add(proto)
+    return message_factory.GetMessageClass(pool.FindMessageTypeByName(f"forestream.test.{name}"))
+
+
+def test_protobuf_from_confluents_serializer_scores_as_json_does(
+    kafka_bootstrap: str,
+    schema_registry: RegistryInfo,
+    topic_name: Callable[[str], str],
+    tmp_path: Path,
+) -> None:
+    """As the Avro test, in Protobuf: unset ``optional`` fields are the JSON path's nulls. Half
+    the records name the schema the serializer registered (a base64 ``FileDescriptorProto``),
+    half the same message registered as .proto text, as a Java serializer registers it."""
+    topics = {k: topic_name(k) for k in ("in", "out", "dlq", "models")}
+    ensure_topics(kafka_bootstrap, [TopicSpec(topics[k], 1) for k in ("in", "out", "dlq")])
+    store = tmp_path / "store"
+    pipeline, metadata = save_model(store, MODEL, make_frame(300, seed=1), trees=10)
+    publish_promotion(kafka_bootstrap, topics["models"], metadata)
+
+    rows = [as_record(row) for _, row in make_frame(ROWS, seed=7).iterrows()]
+    context = SerializationContext(topics["in"], MessageField.VALUE)
+    client = SchemaRegistryClient({"url": schema_registry.url})
+    features = NUMERIC + CATEGORICAL
+    conf = {"use.deprecated.format": False}
+    message = protobuf_class("Features", features)
+    serialize = ProtobufSerializer(message, client, conf)
+    good = [serialize(message(**{k: v for k, v in r.items() if v is not None}), context)
+            for r in rows]  # fmt: skip
+    declared = "\n".join(
+        f"  {'optional ' if f in ('x2', 'shape') else ''}"
+        f"{'double' if f in NUMERIC else 'string'} {f} = {n};"
+        for n, f in enumerate(features, start=1)
+    )
+    text = f'syntax = "proto3";\npackage forestream.text;\nmessage Features {{\n{declared}\n}}\n'
+    text_id = client.register_schema(topic_name("text-value"), Schema(text, "PROTOBUF"))
+    assert client.get_schema(text_id).schema_str == text  # Apicurio keeps the text
+    good[ROWS // 2 :] = [frame(text_id, v[5:]) for v in good[ROWS // 2 :]]
+    no_x1 = protobuf_class("NoX1", [f for f in features if f != "x1"])
+    lacking = ProtobufSerializer(no_x1, client, conf)(no_x1(x3=1.0, color="red"), context)
+    assert good[0][0] == 0 and good[0][5] == 0 and good[0][1:5] != lacking[1:5]
+    bad = {
+        b"plain json": (row_json(make_frame(1).iloc[0]), ReasonCode.NO_MAGIC_BYTE),
+        b"unknown id": (frame(987_654, good[0][5:]), ReasonCode.UNKNOWN_SCHEMA_ID),
+        b"body cut": (good[0][:-4], ReasonCode.UNDECODABLE_BODY),
+        b"no such message": (good[0][:5] + b"\x02\x02" + good[0][6:], ReasonCode.UNDECODABLE_BODY),
+        b"no x1": (lacking, ReasonCode.SCHEMA_MISSING_FEATURE),
+    }
+
+    producer = make_producer(kafka_bootstrap)
+    try:
+        for i, value in enumerate(good):
+            producer.send(topics["in"], key=f"r{i}".encode(), value=value)
+            if i == ROWS // 2:
+                for key, (garbage, _) in bad.items():
+                    producer.send(topics["in"], key=key, value=garbage)
+        producer.flush(timeout=30)
+    finally:
+        producer.close()
+
+    total = ROWS + len(bad)
+    log = tmp_path / "worker.log"
+    env = worker_env() | {"FORESTREAM_SCHEMA_REGISTRY_URL": schema_registry.url,
+                          "FORESTREAM_INPUT_FORMAT": "protobuf"}  # fmt: skip
+    command = worker_command(
+        kafka_bootstrap, topics, store, MODEL, topic_name("group"),
+        "--max-records", str(total), "--max-batch", "16",
+    )  # fmt: skip
+    with log.open("wb") as sink:
+        worker = subprocess.Popen(command, stdout=sink, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
+    try:
+        code = worker.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        worker.kill()
+        worker.wait(timeout=10)
+        raise AssertionError(f"worker did not finish:\n{log.read_text()[-3000:]}") from None
+    assert code == 0, log.read_text()[-3000:]
+    fetched = log_events(log, "writer_schema_fetched")
+    assert [e["schema_type"] for e in fetched] == ["PROTOBUF"] * 3  # each id once
+
+    records = read_all(kafka_bootstrap, [topics["out"], topics["dlq"]], total)
+    predictions = {
+        r.key: Prediction.model_validate_json(r.value) for r in records if r.topic == topics["out"]
+    }
+    letters = {r.key: r for r in records if r.topic == topics["dlq"]}
+    assert len(predictions) == ROWS and len(letters) == len(bad), (
+        sorted(predictions),
+        {k: dict(r.headers) for k, r in letters.items()},
+    )
+    for key, (value, code) in bad.items():
+        got = dict(letters[key].headers)
+        assert got[headers.ERROR].decode() == code, (key, got[headers.ERROR_DETAIL])
+        assert letters[key].value == value  # the original bytes
+
+    decoded = decode_batch([json.dumps(r).encode() for r in rows], metadata.feature_schema)
+    assert decoded.valid_indexes == list(range(ROWS))
+    for i, probabilities in enumerate(pipeline.predict_proba(decoded.frame)):
         prediction = predictions[f"r{i}".encode()]
         got = [prediction.probabilities[c] for c in metadata.classes]
         assert np.allclose(got, probabilities), (i, rows[i], got, probabilities)

@@ -74,7 +74,7 @@ def test_bootstrap_lists_are_parsed_as_the_kafka_python_client_parses_them(value
     ("flags", "message"),
     [
         ({"input_format": "avro"}, "--input-format avro needs FORESTREAM_SCHEMA_REGISTRY_URL"),
-        ({"input_format": "xml"}, "Input should be 'json', 'avro' or 'json-schema'"),
+        ({"input_format": "xml"}, "Input should be 'json', 'avro', 'json-schema' or 'protobuf'"),
         ({"schema_registry_url": "localhost:8081"}, "is not an http(s):// URL"),
         (
             {"schema_registry_url": "http://r:8081", "schema_registry_password": "pw"},

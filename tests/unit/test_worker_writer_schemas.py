@@ -10,7 +10,13 @@ import json
 from forestream.edge.schema_registry import RegisteredSchema
 from forestream.errors import SchemaRegistryUnavailable
 from forestream.wire.confluent import WriterSchema
-from forestream.worker.framed import RETRY_PAST_BOUND_S, Absent, Unavailable, WriterSchemas
+from forestream.worker.framed import (
+    RETRY_PAST_BOUND_S,
+    Absent,
+    Unavailable,
+    WriterSchemas,
+    writer_schemas,
+)
 
 AVRO = json.dumps({"type": "record", "name": "r", "fields": [{"name": "age", "type": "long"}]})
 
@@ -21,9 +27,11 @@ class Registry:
     def __init__(self) -> None:
         self.up = True
         self.asked: list[int] = []
+        self.formats: list[str | None] = []
 
-    def schema_by_id(self, schema_id: int) -> RegisteredSchema | None:
+    def schema_by_id(self, schema_id: int, fmt: str | None = None) -> RegisteredSchema | None:
         self.asked.append(schema_id)
+        self.formats.append(fmt)
         if not self.up:
             raise SchemaRegistryUnavailable("connection refused")
         return RegisteredSchema(None, AVRO) if schema_id in (1, 2) else None
@@ -83,3 +91,12 @@ def test_a_stop_ends_the_wait() -> None:
     registry.up = False
     cache(registry, clock, wait_s=60.0).ensure([2], keep_waiting=lambda: clock.now < 1.0)
     assert clock.now < 3.0
+
+
+def test_protobuf_schemas_are_asked_for_as_serialized_descriptors() -> None:
+    """``?format=serialized``, as confluent-kafka's own deserializer asks: Confluent's registry
+    answers a base64 FileDescriptorProto; the other formats ask for the default."""
+    for input_format, fmt in (("protobuf", "serialized"), ("avro", None), ("json-schema", None)):
+        registry = Registry()
+        writer_schemas(registry, input_format, 10.0).ensure([1])  # type: ignore[arg-type]
+        assert registry.formats == [fmt]
