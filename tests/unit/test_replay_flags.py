@@ -82,6 +82,8 @@ def test_resume_refuses_every_flag_the_checkpoint_fixes() -> None:
         ["--from-offset", "3"],
         ["--partitions", "0"],
         ["--guarantee", "exactly-once"],
+        ["--input-format", "json"],
+        ["--output-format", "json"],
     ],
 )
 def test_resume_with_a_flag_the_checkpoint_fixes_exits_2(flag: list[str], tmp_path: Path) -> None:
@@ -104,6 +106,8 @@ def test_resume_with_a_flag_the_checkpoint_fixes_exits_2(flag: list[str], tmp_pa
         (["--output-topic", "in"], "is the input topic"),
         (["--dlq-topic", "in"], "--dlq-topic 'in' is the input topic"),
         (["--guarantee", "exactly_once"], "invalid setting guarantee"),
+        (["--output-format", "avro"], "--output-format avro needs FORESTREAM_SCHEMA_REGISTRY_URL"),
+        (["--input-format", "xml"], "invalid setting input_format"),
     ],
 )
 def test_bad_replay_flags_are_one_line_and_exit_2(
