@@ -85,24 +85,55 @@ def test_a_value_is_framed_with_the_registered_id_and_reads_as_the_json_one() ->
 LABELS = st.text(min_size=1, max_size=12)  # any unicode: a map key need not be an Avro name
 
 
-@settings(max_examples=60, deadline=None)
+LONGS = st.integers(min_value=-(2**63), max_value=2**63 - 1)
+
+
+@settings(max_examples=80, deadline=None)
 @given(
     classes=st.lists(LABELS, min_size=1, max_size=6, unique=True),
     rows=st.integers(min_value=0, max_value=8),
     data=st.data(),
     version=st.text(min_size=1, max_size=20),
+    topic=st.text(min_size=1, max_size=30),
+    scored_at=LONGS,
+    schema_id=st.integers(min_value=0, max_value=2**32 - 1),
 )
-def test_avro_and_json_predictions_hold_the_same_values(
-    classes: list[str], rows: int, data: st.DataObject, version: str
+def test_avro_values_are_fastavros_bytes_and_hold_the_json_values(
+    classes: list[str],
+    rows: int,
+    data: st.DataObject,
+    version: str,
+    topic: str,
+    scored_at: int,
+    schema_id: int,
 ) -> None:
+    """The hand-written encoder against fastavro's writer, byte for byte (varints at every
+    magnitude and sign, any unicode label), and read back against the JSON prediction."""
     unit = st.floats(min_value=0.0, max_value=1.0, allow_nan=False, allow_subnormal=True)
     matrix = data.draw(st.lists(st.lists(unit, min_size=len(classes), max_size=len(classes)),
                                 min_size=rows, max_size=rows))  # fmt: skip
     probabilities = np.array(matrix, dtype=np.float64).reshape(rows, len(classes))
-    as_json, as_avro = both(classes, probabilities, model_version=version)
+    labels = np.asarray(classes, dtype=object)[probabilities.argmax(axis=1)] if rows else []
+    arguments: dict[str, Any] = {
+        "scores": Scores(np.asarray(labels, dtype=object), probabilities),
+        "classes": classes,
+        "model_version": version,
+        "topic": topic,
+        "partitions": data.draw(st.lists(st.integers(0, 2**31 - 1), min_size=rows, max_size=rows)),
+        "offsets": data.draw(st.lists(LONGS, min_size=rows, max_size=rows)),
+        "event_times_ms": data.draw(st.lists(LONGS, min_size=rows, max_size=rows)),
+        "scored_at_ms": scored_at,
+    }
+    as_avro = avro_prediction_encoder(schema_id)(**arguments)
+    as_json = encode_predictions(**arguments)
     assert len(as_avro) == rows
-    for j, a in zip(as_json, as_avro, strict=True):
-        assert read_avro(a) == json.loads(j)  # doubles exact: the same floats as JSON's repr
+    for j, (a, text) in enumerate(zip(as_avro, as_json, strict=True)):
+        expected = json.loads(text)
+        out = io.BytesIO()
+        fastavro.schemaless_writer(out, PARSED, expected)
+        assert a[HEADER_BYTES:] == out.getvalue(), j
+        assert schema_id_of(a) == schema_id
+        assert read_avro(a) == expected  # doubles exact: the same floats as JSON's repr
 
 
 def test_json_stays_the_default_and_avro_needs_a_registry() -> None:
