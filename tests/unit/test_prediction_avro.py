@@ -177,3 +177,19 @@ def test_a_resumed_checkpoints_formats_are_checked() -> None:
         check_formats("avro", "json", None)
     with pytest.raises(UserError, match="expected an input format of json, avro"):
         check_formats("xml", "json", "http://r")
+
+
+def test_a_worker_and_a_replay_register_when_built_before_any_client() -> None:
+    """The worker's :class:`Serving` (built before the model follower starts) and a replay
+    run ask the registry at once: a registry away ends them before they read a record."""
+    from typing import cast
+
+    from forestream.worker.serving import Serving, output_encoder
+
+    url = "http://127.0.0.1:1"
+    settings = WorkerSettings(output_format="avro", schema_registry_url=url)
+    with pytest.raises(UserError, match=r"^--output-format avro: schema registry "):
+        Serving(settings, cast(Any, None), None)
+    with pytest.raises(UserError, match=r"^--output-format avro: schema registry "):
+        output_encoder(settings, "replayed")
+    assert output_encoder(WorkerSettings(), "out") is encode_predictions
