@@ -168,3 +168,19 @@ def test_the_trust_flags_reach_replays_loader(tmp_path: Path) -> None:
     allowed = _forestream(*args, "--allow-unsigned")
     assert allowed.returncode != 0 and "not signed" not in allowed.stderr, allowed.stderr
     assert "127.0.0.1:1" in allowed.stderr, allowed.stderr
+
+
+def test_a_resumed_replay_reads_its_formats_from_the_checkpoint(tmp_path: Path) -> None:
+    """The checkpoint's formats are the resumed run's: an Avro one needs the registry."""
+    from forestream.worker.replay.checkpoint import Checkpoint
+
+    path = tmp_path / "cp.json"
+    state = Checkpoint("in", "out", "out.dlq", str(tmp_path), "m", "v1", {0: (0, 9)})
+    state.input_format = "avro"
+    state.save(path)
+    done = _forestream("replay", "--resume", str(path))
+    assert done.returncode == 2, done.stderr
+    assert done.stderr == (
+        f"error: --resume {path}: --input-format avro needs FORESTREAM_SCHEMA_REGISTRY_URL "
+        "(`forestream registry start` prints a local one)\n"
+    )
