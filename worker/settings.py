@@ -10,7 +10,6 @@ from pydantic import Field, field_validator, model_validator
 
 from forestream.edge.broker_loss import DEFAULT_REBUILD_AFTER_S
 from forestream.registry.signing import TrustSettings
-from forestream.registry.store import is_uri
 from forestream.runtime.settings import GuaranteeSettings, SchemaRegistrySettings
 from forestream.wire.confluent import InputFormat
 from forestream.wire.prediction_avro import OutputFormat
@@ -153,6 +152,8 @@ class WorkerSettings(GuaranteeSettings, TrustSettings, WireFormatSettings):
 
     def cache_dir(self) -> Path | None:
         """The artifact cache to use, if any (see ``model_cache_dir``)."""
+        from forestream.registry.store import is_uri  # not at import: `--help` stays light
+
         if self.model_cache_dir is not None:
             return self.model_cache_dir
         return DEFAULT_MODEL_CACHE if is_uri(self.model_store) else None

@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from typing import Any, Literal
-
-import numpy as np
+from typing import TYPE_CHECKING, Any, Literal
 
 from forestream.wire.confluent import frame
+
+if TYPE_CHECKING:  # imported when a batch is encoded: settings and `--help` stay light
+    import numpy as np
 
 OutputFormat = Literal["json", "avro"]
 
@@ -92,6 +93,8 @@ def avro_prediction_encoder(schema_id: int) -> Any:
         event_times_ms: Sequence[int],
         scored_at_ms: int,
     ) -> list[bytes]:
+        import numpy as np
+
         n = len(partitions)
         maps = _probability_maps(classes, np.asarray(scores.probabilities, dtype="<f8"))
         width = len(maps) // n if n else 0
@@ -129,6 +132,8 @@ def avro_prediction_encoder(schema_id: int) -> Any:
 def _probability_maps(classes: Sequence[str], probabilities: np.ndarray) -> bytes:
     """Every row's map entries (key string, little-endian double, per class), rows one after
     the other at a fixed width: one numpy buffer for the batch."""
+    import numpy as np
+
     keys = [np.frombuffer(_string(c), dtype=np.uint8) for c in classes]
     width = sum(len(k) + 8 for k in keys)
     rows = probabilities.shape[0]

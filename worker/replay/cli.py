@@ -34,6 +34,7 @@ from forestream.worker.replay.flags import (
 
 if TYPE_CHECKING:  # the run's side is imported when a replay runs: `--help` stays fast
     from forestream.worker.replay.run import ReplayResult
+    from forestream.worker.scoring import PredictionEncoder
 
 
 def register(app: typer.Typer) -> None:
@@ -246,7 +247,7 @@ def register(app: typer.Typer) -> None:
                 probe.close()
         from forestream.worker.serving import output_encoder
 
-        encode = output_encoder(settings, state.output_topic)  # Avro: registered before a byte
+        encode = output_encoder(settings, state.output_topic)  # Avro: registered before any read
         result = _run_with_progress(settings, state, model, path, encode)
         _print_result(result, path)
         if result.interrupted:
@@ -254,7 +255,11 @@ def register(app: typer.Typer) -> None:
 
 
 def _run_with_progress(
-    settings: ReplaySettings, state: Checkpoint, model: Any, path: Path, encode: Any
+    settings: ReplaySettings,
+    state: Checkpoint,
+    model: Any,
+    path: Path,
+    encode: PredictionEncoder,
 ) -> ReplayResult:
     from rich.progress import (
         BarColumn,
