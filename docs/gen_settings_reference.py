@@ -27,6 +27,7 @@ PREFIX = "FORESTREAM_"
 SETTINGS_CLASSES = (
     "CommonSettings",
     "GuaranteeSettings",
+    "WireFormatSettings",
     "WorkerSettings",
     "ReplaySettings",
     "ProducerSettings",
@@ -63,6 +64,11 @@ load none. The demo also passes its environment on to the commands it starts."""
 SECTIONS: list[tuple[str, str, str]] = [
     ("CommonSettings", "Shared by every command", "the broker, the topics, the model store"),
     ("GuaranteeSettings", "Delivery guarantee", "`worker` and `replay`"),
+    (
+        "WireFormatSettings",
+        "Wire formats",
+        "`worker` and `replay` ([wire contracts](../wire.md#schema-registry-formats))",
+    ),
     ("WorkerSettings", "`worker`", ""),
     ("ReplaySettings", "`replay`", ""),
     ("ProducerSettings", "`produce` and `topics create`", ""),
@@ -72,7 +78,8 @@ SECTIONS: list[tuple[str, str, str]] = [
     (
         "SchemaRegistrySettings",
         "Schema Registry",
-        "`worker` (`--input-format avro|json-schema|protobuf`), `produce --format avro`, "
+        "`worker` and `replay` (`--input-format avro|json-schema|protobuf`, "
+        "`--output-format avro`), `produce --format avro`, "
         "`models register-schema`, `train --register-schema`",
     ),
 ]
@@ -175,6 +182,9 @@ DESCRIPTIONS: dict[str, str] = {
     "`<input topic>-value` (`models register-schema` puts the model's contract there)",
     "input_format": "`json`, or the Confluent wire format through a Schema Registry: `avro`, "
     "`json-schema`, `protobuf` ([wire contracts](../wire.md#schema-registry-formats))",
+    "output_format": "predictions as `json`, or `avro` in the Confluent wire format, the "
+    "schema registered at start as `<output topic>-value` "
+    "([wire contracts](../wire.md#avro-predictions)); dead letters keep the input's bytes",
     "schema_registry_url": "the Schema Registry: writer schemas are fetched from it by id, "
     "contracts registered to it (Confluent API; Apicurio's `/apis/ccompat/v7`)",
     "schema_registry_username": "basic auth for the registry (env only)",

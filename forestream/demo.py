@@ -145,6 +145,7 @@ class Demo:
                 "FORESTREAM_DRIFT_WINDOW": str(self.plan.drift_window),
                 "FORESTREAM_REPORT_INTERVAL_S": "2",
                 "FORESTREAM_SUMMARY_INTERVAL_S": "5",
+                "FORESTREAM_OUTPUT_FORMAT": "json",  # the accounting reads JSON predictions
                 "PYTHONUNBUFFERED": "1",
             }
         )

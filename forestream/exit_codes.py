@@ -40,7 +40,8 @@ _BY_CLASS: dict[type[BaseException], int] = {
 EXIT_CODES: dict[int, str] = {
     OK: "done, or stopped in order (SIGTERM/SIGINT)",
     BUG: "a bug (traceback), or records the producer could not deliver",
-    USER_ERROR: "a user error: a flag, setting, file or broker address that cannot work",
+    USER_ERROR: "a user error: a flag, setting, file, broker or Schema Registry address that "
+    "cannot work",
     3: "Kafka refused our credentials (SASL)",
     4: "TLS failed: untrusted or mismatched certificate, or not a TLS listener",
     5: "an ACL is missing on a topic, the consumer group or the cluster",

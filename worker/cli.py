@@ -193,6 +193,17 @@ def worker(
             show_default=False,
         ),
     ] = None,
+    output_format: Annotated[
+        str | None,
+        typer.Option(
+            "--output-format",
+            help="predictions as json, or avro in the Confluent wire format, the schema "
+            "registered at start as <output topic>-value (FORESTREAM_SCHEMA_REGISTRY_URL "
+            "required; dead letters keep the input's bytes) [env FORESTREAM_OUTPUT_FORMAT; "
+            "default json]",
+            show_default=False,
+        ),
+    ] = None,
     processes: Annotated[
         int | None,
         typer.Option(
@@ -243,6 +254,7 @@ def worker(
         report_interval_s=report_interval_s,
         model_cache_dir=model_cache_dir,
         input_format=input_format,
+        output_format=output_format,
         log_format=log_format,
     )
     configure_logging(checked_log_format(settings.log_format))

@@ -407,7 +407,8 @@ def run_worker(
     ``monitoring`` builds the worker's :class:`StreamMonitoring` (it needs the worker for the
     drift reference of the serving version).
     """
-    worker = Worker(settings, follower.start(), observers, telemetry)
+    worker = Worker(settings, follower, observers, telemetry)  # Avro out: registered here
+    follower.start()
     if monitoring is not None:
         worker.attach_monitoring(monitoring(worker))
     worker.install_signal_handlers()

@@ -27,7 +27,12 @@ from forestream.wire.headers import DLQ_MAX_VALUE_BYTES, MAX_KEY_BYTES, ReasonCo
 from forestream.worker.batch import BatchObserver, ScoredBatch
 from forestream.worker.decoding import Parser, Reject, decode_batch, empty_frame, parse_json
 from forestream.worker.models import ActiveModel
-from forestream.worker.scoring import dlq_headers, encode_predictions, score_isolating
+from forestream.worker.scoring import (
+    PredictionEncoder,
+    dlq_headers,
+    encode_predictions,
+    score_isolating,
+)
 
 log = structlog.get_logger("forestream.worker")
 
@@ -58,10 +63,12 @@ def process_records(
     dlq_topic: str,
     max_record_bytes: int,
     parse: Parser = parse_json,
+    encode: PredictionEncoder = encode_predictions,
 ) -> ProcessedBatch:
     """Decode, score with one ``predict_proba``, and build predictions plus dead letters.
 
-    ``parse`` reads the values (JSON by default, or a Confluent wire format).
+    ``parse`` reads the values (JSON by default, or a Confluent wire format); ``encode``
+    writes the predictions (JSON by default, or Avro). Dead letters carry the input's bytes.
 
     Pure apart from the clock: never raises for bad input or a failing model, so no record is
     lost. When the model fails on the batch, :func:`forestream.worker.scoring.score_isolating`
@@ -78,6 +85,7 @@ def process_records(
             dlq_topic=dlq_topic,
             max_record_bytes=max_record_bytes,
             parse=parse,
+            encode=encode,
         )
     decoded = decode_batch(
         [r.value for r in records], model.schema, max_record_bytes=max_record_bytes, parse=parse
@@ -106,7 +114,7 @@ def process_records(
     event_times_ms = [r.timestamp for r in valid]
     outgoing: list[Outgoing] = []
     if valid:
-        values = encode_predictions(
+        values = encode(
             scores=scores,
             classes=model.classes,
             model_version=model.version,
@@ -159,6 +167,7 @@ def _dead_letter_long_keys(
     dlq_topic: str,
     max_record_bytes: int,
     parse: Parser,
+    encode: PredictionEncoder,
 ) -> ProcessedBatch:
     """A prediction carries its input's key, so an input whose key exceeds ``MAX_KEY_BYTES``
     is dead-lettered (``too_large``) instead of scored; the rest of the batch goes on as usual."""
@@ -170,6 +179,7 @@ def _dead_letter_long_keys(
         dlq_topic=dlq_topic,
         max_record_bytes=max_record_bytes,
         parse=parse,
+        encode=encode,
     )
     letters = []
     for i in long_keys:

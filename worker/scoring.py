@@ -16,7 +16,7 @@ import json
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import pandas as pd
@@ -139,6 +139,24 @@ def score_isolating(
     positions = np.flatnonzero(scored)
     scores = Scores(labels[positions], probabilities[positions])
     return IsolatedScores(scores, positions, dict(sorted(failed.items())), error, 1 + extra)
+
+
+class PredictionEncoder(Protocol):
+    """Rows of a scored batch to prediction values: :func:`encode_predictions` (JSON) or
+    :func:`forestream.wire.prediction_avro.avro_prediction_encoder` (``--output-format avro``)."""
+
+    def __call__(
+        self,
+        *,
+        scores: Scores,
+        classes: Sequence[str],
+        model_version: str,
+        topic: str,
+        partitions: Sequence[int],
+        offsets: Sequence[int],
+        event_times_ms: Sequence[int],
+        scored_at_ms: int,
+    ) -> list[bytes]: ...
 
 
 def encode_predictions(

@@ -17,11 +17,13 @@ from forestream.wire.headers import ReasonCode
 from forestream.worker.decoding import Parser, parse_json
 from forestream.worker.framed import WriterSchemas, framed_parser, schema_ids, writer_schemas
 from forestream.worker.models import ActiveModel, ModelFollower
+from forestream.worker.outputs import prediction_encoder
 from forestream.worker.processing import ProcessedBatch, process_records
-from forestream.worker.settings import WorkerSettings
+from forestream.worker.scoring import PredictionEncoder
+from forestream.worker.settings import WireFormatSettings, WorkerSettings
 
 if TYPE_CHECKING:
-    from forestream.wire.schema import ReferenceStats
+    from forestream.wire.schema import FeatureSchema, ReferenceStats
     from forestream.worker.health import Telemetry
 
 log = structlog.get_logger("forestream.worker")
@@ -39,7 +41,9 @@ class Serving:
         self.model: ActiveModel | None = None
         self._warn_scoring = RateLimited(10.0)
         self._warn_waiting = RateLimited(settings.model_wait_log_s)
-        self.writer_schemas = _writer_schemas(settings)
+        self.writer_schemas = writer_schemas_for(settings)
+        self.encode = output_encoder(settings, settings.output_topic)
+        """Registered with the Schema Registry here, before any client starts, for Avro."""
         self.keep_waiting: Callable[[], bool] = lambda: True
         """Called while a batch waits for the Schema Registry (the loop sets it: it tells
         health the loop is waiting, not stuck); False ends the wait."""
@@ -79,18 +83,16 @@ class Serving:
                 self.telemetry.health.set_model(model.version)
                 self.telemetry.metrics.record_reload(model.version)
         self.model = model
-        parse: Parser = parse_json
-        if self.writer_schemas is not None:
-            schemas = self.writer_schemas
-            schemas.ensure(schema_ids([r.value for r in records]), self.keep_waiting)
-            parse = framed_parser(s.input_format, schemas.lookup, model.schema)
         batch = process_records(
             records,
             model,
             output_topic=s.output_topic,
             dlq_topic=s.dlq_topic,
             max_record_bytes=s.max_record_bytes,
-            parse=parse,
+            parse=record_parser(
+                s.input_format, self.writer_schemas, records, model.schema, self.keep_waiting
+            ),
+            encode=self.encode,
         )
         if batch.scoring_error is not None and self._warn_scoring.ready():
             log.error(
@@ -109,10 +111,33 @@ class Serving:
         return getattr(model.metadata, "reference", None)
 
 
-def _writer_schemas(settings: WorkerSettings) -> WriterSchemas | None:
-    """The registry's schemas for a wire-format input; None for JSON."""
+def writer_schemas_for(settings: WireFormatSettings) -> WriterSchemas | None:
+    """The registry's schemas for a wire-format input; None for JSON. The worker's and
+    ``replay``'s: one reading of framed records."""
     if settings.input_format == "json":
         return None
     return writer_schemas(
         settings.schema_registry(), settings.input_format, settings.schema_registry_wait_s
     )
+
+
+def record_parser(
+    input_format: str,
+    schemas: WriterSchemas | None,
+    records: list[InputRecord],
+    features: FeatureSchema,
+    keep_waiting: Callable[[], bool] = lambda: True,
+) -> Parser:
+    """The parser of one batch: JSON, or the framed format with every schema id the batch
+    names fetched first (held while the registry is away, see :mod:`forestream.worker.framed`)."""
+    if schemas is None:
+        return parse_json
+    schemas.ensure(schema_ids([r.value for r in records]), keep_waiting)
+    return framed_parser(input_format, schemas.lookup, features)
+
+
+def output_encoder(settings: WireFormatSettings, output_topic: str) -> PredictionEncoder:
+    """The prediction encoder of ``settings.output_format`` for ``output_topic`` (Avro:
+    the schema registered now, once for the process)."""
+    access = settings.schema_registry() if settings.output_format != "json" else None
+    return prediction_encoder(settings.output_format, output_topic, access)

@@ -10,16 +10,55 @@ from pydantic import Field, field_validator, model_validator
 
 from forestream.edge.broker_loss import DEFAULT_REBUILD_AFTER_S
 from forestream.registry.signing import TrustSettings
-from forestream.registry.store import is_uri
 from forestream.runtime.settings import GuaranteeSettings, SchemaRegistrySettings
 from forestream.wire.confluent import InputFormat
+from forestream.wire.prediction_avro import OutputFormat
 
 INPUT_FORMATS: tuple[str, ...] = get_args(InputFormat)
+OUTPUT_FORMATS: tuple[str, ...] = get_args(OutputFormat)
 
 DEFAULT_MODEL_CACHE = Path(".forestream/model-cache")
 
 
-class WorkerSettings(GuaranteeSettings, TrustSettings, SchemaRegistrySettings):
+class WireFormatSettings(SchemaRegistrySettings):
+    """How input and prediction values are written: the worker's and ``replay``'s (a replay
+    reads the same input topic, so it inherits ``FORESTREAM_INPUT_FORMAT``)."""
+
+    input_format: InputFormat = "json"
+    """How input values are written: ``json`` (UTF-8 JSON objects), or in the Confluent wire
+    format with a Schema Registry: ``avro``, ``json-schema``, ``protobuf``. Decoded records are
+    validated as JSON ones are (docs/wire.md)."""
+    schema_registry_wait_s: float = Field(default=60.0, ge=0, le=240)
+    """While the registry is away, a batch holding a schema id never fetched waits this long
+    (from the start of the outage) before such records go to the DLQ as
+    ``registry_unavailable``; ids fetched before keep scoring. At most 240 s: the client's
+    max.poll.interval (300 s) must not pass while a batch waits."""
+
+    output_format: OutputFormat = "json"
+    """How predictions are written: ``json``, or ``avro`` in the Confluent wire format, the
+    prediction schema registered at start under ``<output topic>-value`` (docs/wire.md). Dead
+    letters keep the input's own bytes either way."""
+
+    @field_validator("input_format", "output_format", mode="before")
+    @classmethod
+    def _format(cls, value: object) -> object:
+        return value.strip().lower() if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _registry_for_format(self) -> WireFormatSettings:
+        for flag, value in (
+            ("--input-format", self.input_format),
+            ("--output-format", self.output_format),
+        ):
+            if value != "json" and not self.schema_registry_url:
+                raise ValueError(
+                    f"{flag} {value} needs FORESTREAM_SCHEMA_REGISTRY_URL "
+                    "(`forestream registry start` prints a local one)"
+                )
+        return self
+
+
+class WorkerSettings(GuaranteeSettings, TrustSettings, WireFormatSettings):
     """What one worker process needs beyond broker address and topic names; the verify key
     and the opt-outs of signature and version checks come from :class:`TrustSettings`."""
 
@@ -111,32 +150,10 @@ class WorkerSettings(GuaranteeSettings, TrustSettings, SchemaRegistrySettings):
     trees, and numba is never imported: ~100 MB less RSS (mostly LLVM's shared library) for a
     forest 1.3-21x slower per record."""
 
-    input_format: InputFormat = "json"
-    """How input values are written: ``json`` (UTF-8 JSON objects), or in the Confluent wire
-    format with a Schema Registry: ``avro``, ``json-schema``, ``protobuf``. Decoded records are
-    validated as JSON ones are (docs/wire.md)."""
-    schema_registry_wait_s: float = Field(default=60.0, ge=0, le=240)
-    """While the registry is away, a batch holding a schema id never fetched waits this long
-    (from the start of the outage) before such records go to the DLQ as
-    ``registry_unavailable``; ids fetched before keep scoring. At most 240 s: the client's
-    max.poll.interval (300 s) must not pass while a batch waits."""
-
-    @field_validator("input_format", mode="before")
-    @classmethod
-    def _format(cls, value: object) -> object:
-        return value.strip().lower() if isinstance(value, str) else value
-
-    @model_validator(mode="after")
-    def _registry_for_format(self) -> WorkerSettings:
-        if self.input_format != "json" and not self.schema_registry_url:
-            raise ValueError(
-                f"--input-format {self.input_format} needs FORESTREAM_SCHEMA_REGISTRY_URL "
-                "(`forestream registry start` prints a local one)"
-            )
-        return self
-
     def cache_dir(self) -> Path | None:
         """The artifact cache to use, if any (see ``model_cache_dir``)."""
+        from forestream.registry.store import is_uri  # not at import: `--help` stays light
+
         if self.model_cache_dir is not None:
             return self.model_cache_dir
         return DEFAULT_MODEL_CACHE if is_uri(self.model_store) else None

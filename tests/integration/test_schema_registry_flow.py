@@ -1,14 +1,17 @@
 """Avro through a real Schema Registry, end to end: a real broker and a real Apicurio Registry
 started by the project, records written by confluent-kafka's own ``AvroSerializer`` (not ours)
-with a schema the test registers, scored by one ``forestream worker --input-format avro``.
+with a schema the test registers, scored by one ``forestream worker --input-format avro
+--output-format avro``.
 
-The predictions must equal the JSON path's for the same values (the JSON records validated by
-the same decoder, then the pipeline), and wire-format garbage must land in the DLQ with its
-bytes and reason while the worker goes on. Then the registry is stopped under a running worker:
-the id it has keeps scoring, an id it never fetched is held until the registry is back; that
-test reads JSON Schema records from confluent-kafka's ``JSONSerializer``. Protobuf records come
-from confluent-kafka's ``ProtobufSerializer`` with a message class built at run time from a
-``FileDescriptorProto`` (no protoc), the serializer registering the schema itself.
+The predictions, read with confluent-kafka's own ``AvroDeserializer``, must equal the JSON
+path's for the same values (the JSON records validated by the same decoder, then the pipeline),
+and wire-format garbage must land in the DLQ with its bytes and reason while the worker goes
+on; a ``forestream replay --input-format avro`` of the same range must score as the worker
+did. Then the registry is stopped under a running worker: the id it has keeps scoring, an id
+it never fetched is held until the registry is back; that test reads JSON Schema records from
+confluent-kafka's ``JSONSerializer``. Protobuf records come from confluent-kafka's
+``ProtobufSerializer`` with a message class built at run time from a ``FileDescriptorProto``
+(no protoc), the serializer registering the schema itself.
 """
 
 from __future__ import annotations
@@ -55,6 +58,7 @@ from tests.worker_support import (
 
 MODEL = "avro"
 ROWS = 40
+CLI = [sys.executable, "-m", "forestream"]
 
 
 def avro_schema(name: str, fields: list[str]) -> str:
@@ -151,7 +155,8 @@ def test_avro_from_confluents_serializer_scores_as_json_does(
     env = worker_env() | {"FORESTREAM_SCHEMA_REGISTRY_URL": schema_registry.url}
     command = worker_command(
         kafka_bootstrap, topics, store, MODEL, topic_name("group"),
-        "--input-format", "avro", "--max-records", str(total), "--max-batch", "16",
+        "--input-format", "avro", "--output-format", "avro",
+        "--max-records", str(total), "--max-batch", "16",
     )  # fmt: skip
     with log.open("wb") as sink:
         worker = subprocess.Popen(command, stdout=sink, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
@@ -163,10 +168,20 @@ def test_avro_from_confluents_serializer_scores_as_json_does(
         raise AssertionError(f"worker did not finish:\n{log.read_text()[-3000:]}") from None
     assert code == 0, log.read_text()[-3000:]
     assert len(log_events(log, "writer_schema_fetched")) == 2  # each id fetched once
+    [registered] = log_events(log, "prediction_schema_registered")  # once, at start
 
+    # the predictions as any Avro consumer reads them: confluent-kafka's own deserializer
+    client = SchemaRegistryClient({"url": schema_registry.url})
+    latest = client.get_latest_version(f"{topics['out']}-value")
+    assert latest.schema_id == registered["schema_id"]
+    assert client.get_compatibility(f"{topics['out']}-value") == "FULL_TRANSITIVE"
+    deserialize = AvroDeserializer(client)
+    out_context = SerializationContext(topics["out"], MessageField.VALUE)
     records = read_all(kafka_bootstrap, [topics["out"], topics["dlq"]], total)
     predictions = {
-        r.key: Prediction.model_validate_json(r.value) for r in records if r.topic == topics["out"]
+        r.key: Prediction.model_validate(deserialize(r.value, out_context))
+        for r in records
+        if r.topic == topics["out"]
     }
     letters = {r.key: r for r in records if r.topic == topics["dlq"]}
     assert len(predictions) == ROWS and len(letters) == len(bad), (
@@ -188,6 +203,29 @@ def test_avro_from_confluents_serializer_scores_as_json_does(
         got = [prediction.probabilities[c] for c in metadata.classes]
         assert np.allclose(got, probabilities), (i, rows[i], got, probabilities)
         assert prediction.model_version == metadata.version
+
+    # a replay of the same range reads the Avro input as the worker did (here into JSON)
+    replayed_topic = topic_name("replayed")
+    done = subprocess.run(
+        [*CLI, "replay", "--bootstrap-servers", kafka_bootstrap, "--input-topic", topics["in"],
+         "--output-topic", replayed_topic, "--store", str(store), "--name", MODEL,
+         "--checkpoint", str(tmp_path / "replay.json"), "--input-format", "avro"],
+        capture_output=True, text=True, timeout=60, env=env, cwd=ROOT,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert json.loads((tmp_path / "replay.json").read_text())["input_format"] == "avro"
+    replayed = read_all(kafka_bootstrap, [replayed_topic, f"{replayed_topic}.dlq"], total)
+    again = {
+        r.key: Prediction.model_validate_json(r.value)
+        for r in replayed
+        if r.topic == replayed_topic
+    }
+    assert again.keys() == predictions.keys()
+    for key, prediction in predictions.items():
+        assert again[key].prediction == prediction.prediction
+        assert again[key].probabilities == prediction.probabilities  # exact: Avro doubles
+        assert again[key].source == prediction.source
+    assert {r.key for r in replayed if r.topic != replayed_topic} == set(bad)
 
 
 # -- Protobuf -------------------------------------------------------------------------------------
@@ -312,8 +350,6 @@ def test_protobuf_from_confluents_serializer_scores_as_json_does(
 
 
 # -- a registry outage under a running worker ------------------------------------------------------
-
-CLI = [sys.executable, "-m", "forestream"]
 
 
 def registry_cli(*args: str) -> subprocess.CompletedProcess[str]:

@@ -82,6 +82,8 @@ def test_resume_refuses_every_flag_the_checkpoint_fixes() -> None:
         ["--from-offset", "3"],
         ["--partitions", "0"],
         ["--guarantee", "exactly-once"],
+        ["--input-format", "json"],
+        ["--output-format", "json"],
     ],
 )
 def test_resume_with_a_flag_the_checkpoint_fixes_exits_2(flag: list[str], tmp_path: Path) -> None:
@@ -104,6 +106,8 @@ def test_resume_with_a_flag_the_checkpoint_fixes_exits_2(flag: list[str], tmp_pa
         (["--output-topic", "in"], "is the input topic"),
         (["--dlq-topic", "in"], "--dlq-topic 'in' is the input topic"),
         (["--guarantee", "exactly_once"], "invalid setting guarantee"),
+        (["--output-format", "avro"], "--output-format avro needs FORESTREAM_SCHEMA_REGISTRY_URL"),
+        (["--input-format", "xml"], "invalid setting input_format"),
     ],
 )
 def test_bad_replay_flags_are_one_line_and_exit_2(
@@ -164,3 +168,19 @@ def test_the_trust_flags_reach_replays_loader(tmp_path: Path) -> None:
     allowed = _forestream(*args, "--allow-unsigned")
     assert allowed.returncode != 0 and "not signed" not in allowed.stderr, allowed.stderr
     assert "127.0.0.1:1" in allowed.stderr, allowed.stderr
+
+
+def test_a_resumed_replay_reads_its_formats_from_the_checkpoint(tmp_path: Path) -> None:
+    """The checkpoint's formats are the resumed run's: an Avro one needs the registry."""
+    from forestream.worker.replay.checkpoint import Checkpoint
+
+    path = tmp_path / "cp.json"
+    state = Checkpoint("in", "out", "out.dlq", str(tmp_path), "m", "v1", {0: (0, 9)})
+    state.input_format = "avro"
+    state.save(path)
+    done = _forestream("replay", "--resume", str(path))
+    assert done.returncode == 2, done.stderr
+    assert done.stderr == (
+        f"error: --resume {path}: --input-format avro needs FORESTREAM_SCHEMA_REGISTRY_URL "
+        "(`forestream registry start` prints a local one)\n"
+    )

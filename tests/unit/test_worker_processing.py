@@ -239,3 +239,35 @@ def test_only_the_rows_the_model_rejects_are_dead_lettered_as_scoring_failed(
         assert np.array_equal(batch.scored.probabilities, pipeline.predict_proba(frame))
         for p, row in zip(parsed, batch.scored.probabilities.tolist(), strict=True):
             assert [p.probabilities[c] for c in model().classes] == row
+
+
+def test_avro_predictions_change_only_the_prediction_values() -> None:
+    """``--output-format avro``: the same records to the same topics with the same keys and
+    headers; predictions decode to the JSON ones, dead letters keep the input's bytes."""
+    import io
+    import json
+
+    import fastavro
+
+    from forestream.wire.confluent import HEADER_BYTES, schema_id_of
+    from forestream.wire.prediction_avro import PREDICTION_SCHEMA, avro_prediction_encoder
+
+    records, _ = batch_records()
+    as_json = run(records, model())
+    as_avro = process_records(
+        records, model(), output_topic="out", dlq_topic="dlq", max_record_bytes=2000,
+        encode=avro_prediction_encoder(11),
+    )  # fmt: skip
+    assert [(o.topic, o.key) for o in as_avro.outgoing] == [
+        (o.topic, o.key) for o in as_json.outgoing
+    ]
+    parsed = fastavro.parse_schema(PREDICTION_SCHEMA)
+    for j, a in zip(as_json.outgoing, as_avro.outgoing, strict=True):
+        if j.topic == "dlq":
+            assert (a.value, a.headers) == (j.value, j.headers)
+            continue
+        assert schema_id_of(a.value) == 11 and not a.headers and not j.headers
+        decoded = fastavro.schemaless_reader(io.BytesIO(a.value[HEADER_BYTES:]), parsed, None)
+        expected = json.loads(j.value)
+        del decoded["scored_at"], expected["scored_at"]  # the clock of each run
+        assert decoded == expected

@@ -51,6 +51,10 @@ class Checkpoint:
     """Exactly-once: the consumer group the transactions commit the input offsets to."""
     transactional_id: str | None = None
     """Exactly-once: the producer's ``transactional.id``, the same for every resume."""
+    input_format: str = "json"
+    """How the input topic's values are written; files from before formats existed: json."""
+    output_format: str = "json"
+    """How predictions are written, kept so that a resume writes the same format."""
 
     @property
     def exactly_once(self) -> bool:
@@ -68,6 +72,8 @@ class Checkpoint:
             "model_version": self.model_version,
             "ranges": {str(p): list(r) for p, r in self.ranges.items()},
             "guarantee": self.guarantee,
+            "input_format": self.input_format,
+            "output_format": self.output_format,
         }
         if self.exactly_once:
             body["group"] = self.group
@@ -90,6 +96,8 @@ class Checkpoint:
                 guarantee=cast(Guarantee, body.get("guarantee", "at-least-once")),
                 group=body.get("group"),
                 transactional_id=body.get("transactional_id"),
+                input_format=body.get("input_format", "json"),
+                output_format=body.get("output_format", "json"),
             )
         except FileNotFoundError:
             raise UserError(f"--resume: no checkpoint file {path}") from None
@@ -100,6 +108,8 @@ class Checkpoint:
                 f"--resume: {path} names guarantee {state.guarantee!r}; expected one of "
                 f"{', '.join(GUARANTEES)}"
             )
+        if not (isinstance(state.input_format, str) and isinstance(state.output_format, str)):
+            raise UserError(f"--resume: {path} is not a replay checkpoint")
         if state.exactly_once and not (
             isinstance(state.group, str)
             and state.group
@@ -191,6 +201,8 @@ def resolve_checkpoint(
         guarantee=guarantee,
         group=group,
         transactional_id=transactional_id,
+        input_format=settings.input_format,
+        output_format=settings.output_format,
     )
 
 

@@ -26,6 +26,7 @@ from forestream.worker.replay.checkpoint import (
 )
 from forestream.worker.replay.flags import (
     ReplaySettings,
+    check_formats,
     check_resume_flags,
     check_topics,
     parse_range,
@@ -33,6 +34,7 @@ from forestream.worker.replay.flags import (
 
 if TYPE_CHECKING:  # the run's side is imported when a replay runs: `--help` stays fast
     from forestream.worker.replay.run import ReplayResult
+    from forestream.worker.scoring import PredictionEncoder
 
 
 def register(app: typer.Typer) -> None:
@@ -113,6 +115,27 @@ def register(app: typer.Typer) -> None:
                 "topics, model and range)",
             ),
         ] = None,
+        input_format: Annotated[
+            str | None,
+            typer.Option(
+                "--input-format",
+                help="how the input topic is written, as the worker's flag: json, avro, "
+                "json-schema, protobuf (FORESTREAM_SCHEMA_REGISTRY_URL required but for json) "
+                "[env FORESTREAM_INPUT_FORMAT; default json; a resumed replay keeps its "
+                "checkpoint's]",
+                show_default=False,
+            ),
+        ] = None,
+        output_format: Annotated[
+            str | None,
+            typer.Option(
+                "--output-format",
+                help="predictions as json, or avro (the schema registered as <output "
+                "topic>-value) [env FORESTREAM_OUTPUT_FORMAT; default json; a resumed replay "
+                "keeps its checkpoint's]",
+                show_default=False,
+            ),
+        ] = None,
         input_topic: InputTopicOpt = None,
         store: StoreOpt = None,
         name: ModelNameOpt = None,
@@ -135,6 +158,8 @@ def register(app: typer.Typer) -> None:
             model_name=name,
             replay_max_batch=max_batch,
             guarantee=guarantee,
+            input_format=input_format,
+            output_format=output_format,
             verify_key_file=verify_key,
             allow_unsigned=allow_unsigned,
             allow_version_mismatch=allow_version_mismatch,
@@ -159,6 +184,8 @@ def register(app: typer.Typer) -> None:
                     "--partitions": partitions,
                     "--checkpoint": checkpoint,
                     "--guarantee": guarantee,
+                    "--input-format": input_format,
+                    "--output-format": output_format,
                 },
             )
             state = Checkpoint.load(resume)
@@ -171,8 +198,14 @@ def register(app: typer.Typer) -> None:
                     "input_topic": state.input_topic,
                     "model_store": state.model_store,
                     "model_name": state.model_name,
+                    "input_format": state.input_format,
+                    "output_format": state.output_format,
                 }
             )
+            try:
+                check_formats(state.input_format, state.output_format, settings.schema_registry_url)
+            except UserError as exc:
+                raise UserError(f"--resume {resume}: {exc}") from None
             model = load_model(settings, state.model_version)
             from forestream.edge.factory import require_reachable
 
@@ -212,14 +245,21 @@ def register(app: typer.Typer) -> None:
                 )
             finally:
                 probe.close()
-        result = _run_with_progress(settings, state, model, path)
+        from forestream.worker.serving import output_encoder
+
+        encode = output_encoder(settings, state.output_topic)  # Avro: registered before any read
+        result = _run_with_progress(settings, state, model, path, encode)
         _print_result(result, path)
         if result.interrupted:
             raise typer.Exit(130)
 
 
 def _run_with_progress(
-    settings: ReplaySettings, state: Checkpoint, model: Any, path: Path
+    settings: ReplaySettings,
+    state: Checkpoint,
+    model: Any,
+    path: Path,
+    encode: PredictionEncoder,
 ) -> ReplayResult:
     from rich.progress import (
         BarColumn,
@@ -248,7 +288,9 @@ def _run_with_progress(
         transient=False,
     ) as progress:
         task = progress.add_task("replay", total=state.remaining())
-        return replay(settings, state, model, path, lambda n: progress.advance(task, n))
+        return replay(
+            settings, state, model, path, lambda n: progress.advance(task, n), encode=encode
+        )
 
 
 def _print_result(result: ReplayResult, path: Path) -> None:

@@ -24,11 +24,13 @@ from forestream.runtime.settings import (
     GuaranteeSettings,
     illegal_topic_name,
 )
+from forestream.worker.settings import INPUT_FORMATS, OUTPUT_FORMATS, WireFormatSettings
 
 
-class ReplaySettings(GuaranteeSettings, TrustSettings):
+class ReplaySettings(GuaranteeSettings, TrustSettings, WireFormatSettings):
     """Replay reads far more than it waits, so its batches are bigger than the live worker's.
-    It verifies the model as the worker does (:class:`TrustSettings`, flags on top).
+    It verifies the model as the worker does (:class:`TrustSettings`, flags on top), and
+    reads and writes the formats the worker does (:class:`WireFormatSettings`).
 
     Its guarantee is ``FORESTREAM_GUARANTEE``, as the workers'; its consumer group and
     transactional id are its own (never ``FORESTREAM_GROUP`` or ``FORESTREAM_TRANSACTIONAL_ID``,
@@ -260,3 +262,18 @@ def new_exactly_once_ids() -> tuple[str, str]:
     process it replaces. The prefix lets one prefixed ACL cover every replay."""
     name = f"{REPLAY_GROUP_PREFIX}{uuid.uuid4().hex[:16]}"
     return name, name
+
+
+def check_formats(input_format: str, output_format: str, registry_url: str | None) -> None:
+    """Formats a checkpoint names (a file may have been edited), and the registry they need."""
+    if input_format not in INPUT_FORMATS or output_format not in OUTPUT_FORMATS:
+        raise UserError(
+            f"formats {input_format!r}/{output_format!r}: expected an input format of "
+            f"{', '.join(INPUT_FORMATS)} and an output format of {', '.join(OUTPUT_FORMATS)}"
+        )
+    for flag, value in (("--input-format", input_format), ("--output-format", output_format)):
+        if value != "json" and not registry_url:
+            raise UserError(
+                f"{flag} {value} needs FORESTREAM_SCHEMA_REGISTRY_URL "
+                "(`forestream registry start` prints a local one)"
+            )

@@ -32,6 +32,7 @@ if TYPE_CHECKING:  # the clients' side is imported when a replay runs: `--help` 
     from forestream.edge.interface import AckingProducer, GroupOffsetsReader, TransactionalProducer
     from forestream.errors import ProducerFenced
     from forestream.worker.processing import AckedPublisher, ProcessedBatch
+    from forestream.worker.scoring import PredictionEncoder
 
 
 @dataclass
@@ -82,15 +83,18 @@ def replay(
     model: Any,
     checkpoint_path: Path,
     on_progress: Callable[[int], object] | None = None,
+    encode: PredictionEncoder | None = None,
 ) -> ReplayResult:
     """Score every record of ``checkpoint.ranges``; stop early (cleanly) on SIGINT/SIGTERM.
 
-    The checkpoint's guarantee decides how (``settings.guarantee`` is the new replays' only).
+    The checkpoint's guarantee and formats decide how (``settings.guarantee`` and the formats
+    are the new replays' only). ``encode``: the predictions' encoder when the caller already
+    built it (registered the Avro schema); else built here.
     """
     from forestream.errors import ProducerFenced
     from forestream.runtime.shutdown import install as install_shutdown_watchdog
 
-    run = _Run(settings, checkpoint, model, checkpoint_path, on_progress)
+    run = _Run(settings, checkpoint, model, checkpoint_path, on_progress, encode)
     # SIGINT/SIGTERM stop after the batch in hand; a broker that never answers cannot hold us
     # past the watchdog's grace (the checkpoint then lags by at most that batch)
     watchdog = install_shutdown_watchdog(run.request_stop, run.abandoned)
@@ -136,7 +140,20 @@ class _Run:
         model: Any,
         path: Path,
         on_progress: Callable[[int], object] | None,
+        encode: PredictionEncoder | None = None,
     ) -> None:
+        from forestream.worker.serving import output_encoder, writer_schemas_for
+
+        formats = settings.model_copy(
+            update={
+                "input_format": checkpoint.input_format,
+                "output_format": checkpoint.output_format,
+            }
+        )
+        self.writer_schemas = writer_schemas_for(formats)
+        """The worker's reading of framed records: each schema id fetched once, held while
+        the registry is away."""
+        self.encode = encode or output_encoder(formats, checkpoint.output_topic)
         self.settings = settings
         self.kafka = settings.kafka()
         self.checkpoint = checkpoint
@@ -303,6 +320,7 @@ class _Run:
 
     def _score(self, batch: list[InputRecord]) -> ProcessedBatch:
         from forestream.worker.processing import process_records
+        from forestream.worker.serving import record_parser
 
         c = self.checkpoint
         return process_records(
@@ -311,6 +329,14 @@ class _Run:
             output_topic=c.output_topic,
             dlq_topic=c.dlq_topic,
             max_record_bytes=self.settings.max_record_bytes,
+            parse=record_parser(
+                c.input_format,
+                self.writer_schemas,
+                batch,
+                self.model.schema,
+                lambda: not self.stop_requested,
+            ),
+            encode=self.encode,
         )
 
     def _advance(self, batch: list[InputRecord], processed: ProcessedBatch) -> None:
