@@ -16,6 +16,7 @@ import gc
 import signal
 import time
 from collections.abc import Callable, Sequence
+from functools import partial
 from types import FrameType
 from typing import TYPE_CHECKING
 
@@ -90,6 +91,15 @@ def ensure_worker_topics(kafka: KafkaConnection | str, s: WorkerSettings) -> Non
     )
 
 
+def _keep_waiting_for_registry(telemetry: Telemetry | None) -> bool:
+    """A batch waits for the Schema Registry: not stuck (health). A stop does not end the
+    wait: its records would go to the DLQ; the shutdown watchdog ends the process at its
+    grace instead, nothing committed, so they are read again (at-least-once)."""
+    if telemetry is not None:
+        telemetry.health.tick()
+    return True
+
+
 class Worker:
     """One consumer-group member: ``run()`` until SIGTERM/SIGINT or ``max_records``.
 
@@ -117,7 +127,7 @@ class Worker:
         self.reporter = Reporter(fanout, telemetry, settings.summary_interval_s)
         self.stop = StopBudget()
         self.serving = Serving(settings, follower, telemetry)
-        self.serving.keep_waiting = self._keep_waiting_for_registry
+        self.serving.keep_waiting = partial(_keep_waiting_for_registry, telemetry)
         self.membership = Membership(self.cycle, self.stop, settings.session_timeout_ms, telemetry)
         self.healer = ConsumerHealer(
             settings, self.kafka, self._client_id("in"), self.membership, telemetry
@@ -153,14 +163,6 @@ class Worker:
     def _log_stopping(self) -> None:
         if self._stop_signal is not None:
             log.info("worker_stopping", signal=self._stop_signal, pending=len(self.cycle.pending))
-
-    def _keep_waiting_for_registry(self) -> bool:
-        """A batch waits for the Schema Registry: not stuck (health). A stop does not end the
-        wait: its records would go to the DLQ; the shutdown watchdog ends the process at its
-        grace instead, nothing committed, so they are read again (at-least-once)."""
-        if self.telemetry is not None:
-            self.telemetry.health.tick()
-        return True
 
     def install_signal_handlers(self) -> None:
         """SIGTERM/SIGINT stop the loop in order; a watchdog ends the process anyway once
