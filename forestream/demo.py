@@ -7,6 +7,7 @@ labels a little later, promotes v2 mid-stream, then stops everything and prints 
 Every step goes through the real commands (``forestream train``, ``worker``, ``models
 promote``) as subprocesses, so the demo exercises exactly what a user runs. Only the feed is
 in-process, because it must know each record's key and label to send labels late.
+``--format avro`` is the same story through a Schema Registry (:mod:`forestream.demo_format`).
 """
 
 from __future__ import annotations

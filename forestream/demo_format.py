@@ -61,7 +61,10 @@ def format_plan(name: str) -> FormatPlan:
     """The plan of ``--format name``; the worker is always told its format, so a
     ``FORESTREAM_INPUT_FORMAT`` in the user's shell cannot disagree with the feed."""
     if name not in DEMO_FORMATS:
-        raise UserError(f"--format {name!r}: the demo streams one of {', '.join(DEMO_FORMATS)}")
+        raise UserError(
+            f"the demo streams {' or '.join(DEMO_FORMATS)}, not {name!r} "
+            "(--format, or FORESTREAM_VALUE_FORMAT)"
+        )
     register = ("--register-schema",) if name == "avro" else ()
     return FormatPlan(name, register, ("--input-format", name))
 

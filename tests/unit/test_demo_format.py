@@ -51,7 +51,7 @@ def test_json_adds_only_the_input_format_and_avro_registers_and_reads_avro() -> 
 
 
 def test_an_unknown_format_is_one_line_for_the_user() -> None:
-    with pytest.raises(UserError, match="json, avro"):
+    with pytest.raises(UserError, match="json or avro, not 'protobuf'"):
         format_plan("protobuf")
 
 
