@@ -136,7 +136,9 @@ def test_the_avro_rows_sit_beside_the_json_worker(tmp_path: Path) -> None:
     data = results_json(res)
     rows = {r["measurement"]: r for r in data["rows"]}
     assert rows["(h) forestream worker, Avro input, kafka-python"]["result"] == "800 rec/s"
-    assert rows["worker Avro / JSON input, kafka-python"]["result"] == "80%"
+    kept = rows["worker Avro / JSON input, kafka-python"]
+    # 1,000 µs per JSON record + 6 µs more decoding: 99 % expected from decoding alone
+    assert kept["result"] == "80%" and "the extra decode alone would keep 99%" in kept["notes"]
     decode = rows["(h) decode per record, JSON / Avro"]
     assert decode["result"] == "2.0 / 8.0 µs" and "Avro 4.00x JSON" in decode["notes"]
     assert "463 B JSON, 245 B Avro" in decode["notes"]
