@@ -138,13 +138,15 @@ def decode_us(
 
 
 def rows(
-    avro: AvroResult | None, json_worker: Throughput | Failed | None
+    avro: AvroResult | Failed | None, json_worker: Throughput | Failed | None
 ) -> list[tuple[str, str, str]]:
     """(h)'s table rows: the Avro worker, against the JSON one, and the decode share."""
     from bench.throughput import Failed, batch_note, rate, ratio_row
 
     if avro is None:
         return []
+    if isinstance(avro, Failed):
+        return [("(h) forestream worker, Avro input, kafka-python", "not run", avro.reason)]
     out = [
         ("(h) forestream worker, Avro input, kafka-python", rate(avro.worker),
          "the records of (c) as framed Avro (a local Apicurio registry), --input-format avro"
@@ -185,7 +187,14 @@ def measure(
     say: Callable[[str], None],
 ) -> AvroResult:
     """Register, fill the Avro topic, run the Avro worker, then time decoding."""
-    from bench.throughput import Failed, allowed_to_fail, fill_topic, mean_batch, worker_throughput
+    from bench.throughput import (
+        Failed,
+        allowed_to_fail,
+        fill_topic,
+        mean_batch,
+        rate,
+        worker_throughput,
+    )
 
     records = len(workload.values)
     with schema_registry() as url:
@@ -201,8 +210,7 @@ def measure(
             )[0],
             log_path,
         )  # fmt: skip
-        if isinstance(worker, Failed):
-            say(f"(h) failed: {worker.reason}")
+        say(f"(h) Avro worker: {rate(worker) if not isinstance(worker, Failed) else worker.reason}")
     say(f"(h) decode per record, JSON vs Avro, {rounds} rounds")
     features = workload.metadata.feature_schema
     json_us, avro_us = decode_us(workload.values, values, features, schema_id, text, rounds)
@@ -215,6 +223,27 @@ def measure(
         sum(map(len, values)) / records,
         mean_batch(log_path),
     )
+
+
+def measure_or_failed(
+    bootstrap: str,
+    workload: Any,
+    topics: Any,
+    store: Path,
+    group: str,
+    log_path: Path,
+    rounds: int,
+    say: Callable[[str], None],
+) -> AvroResult | Failed:
+    """:func:`measure` within ``make bench``: a registry that cannot start (no Java 17, no
+    Maven) costs the run this phase's rows, not the figures of the others."""
+    from bench.throughput import Failed
+
+    try:
+        return measure(bootstrap, workload, topics, store, group, log_path, rounds, say)
+    except UserError as exc:
+        say(f"(h) not run: {exc}")
+        return Failed(str(exc)[:200])
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -208,7 +208,7 @@ class Results:
     """1/5/15-minute load averages at the start and the end: the cores may be shared."""
     engines: list[dict[str, Any]] = field(default_factory=list)
     """(g) the forest alone, per engine (:func:`bench.engines.engine_rows`)."""
-    avro: AvroResult | None = None
+    avro: AvroResult | Failed | None = None
     """(h) the worker on Avro input and decode per record, JSON vs Avro (:mod:`bench.avro`)."""
 
 
@@ -1129,7 +1129,7 @@ def results_json(res: Results, written_at: datetime | None = None) -> dict[str, 
     add_rate("hand-written loop", "confluent", res.reference)
     for client, w in res.exactly_once.items():
         add_rate("worker exactly-once", client, w)
-    if res.avro is not None:
+    if isinstance(res.avro, AvroResult):
         add_rate("worker, Avro input", "kafka-python", res.avro.worker)
     for client, lat in res.latency.items():
         add_latency("worker", client, lat, "created")
@@ -1151,7 +1151,7 @@ def results_json(res: Results, written_at: datetime | None = None) -> dict[str, 
         "throughput": throughput,
         "latency": latency,
         "engines": res.engines,
-        "avro": None if res.avro is None else avro_figures(res.avro),
+        "avro": avro_figures(res.avro) if isinstance(res.avro, AvroResult) else None,
     }
 
 
@@ -1351,13 +1351,12 @@ def run(opts: Options) -> Results:
                 )
                 say(f"(c) {client}, pipelining {other}: {shown(res.worker_other[client])}")
 
-            from bench.avro import measure as measure_avro
+            from bench.avro import measure_or_failed
 
-            res.avro = measure_avro(
+            res.avro = measure_or_failed(
                 bootstrap, workload, topics.avro, store.root, f"{prefix}.avro",
                 work / "h-avro.log", 30, say,
             )  # fmt: skip
-            say(f"(h) Avro worker: {shown(res.avro.worker)}")
 
             say("(e) hand-written confluent-kafka loop")
             res.reference = reference_throughput(

@@ -160,3 +160,14 @@ def test_a_failed_avro_worker_is_a_row_that_says_so() -> None:
     assert rows["(h) forestream worker, Avro input, kafka-python"]["result"] == "failed"
     assert rows["worker Avro / JSON input, kafka-python"]["result"] == "n/a"
     assert rows["(h) decode share of the worker, JSON / Avro"]["result"] == "0.2% / n/a"
+
+
+def test_an_avro_phase_that_could_not_start_is_one_row_and_no_figures() -> None:
+    res = _results()
+    res.avro = Failed("Java 17+ not found")
+    data = results_json(res)
+    rows = {r["measurement"]: r for r in data["rows"]}
+    assert rows["(h) forestream worker, Avro input, kafka-python"]["result"] == "not run"
+    assert "(h) decode per record, JSON / Avro" not in rows
+    assert data["avro"] is None
+    assert "worker, Avro input" not in {t["phase"] for t in data["throughput"]}
