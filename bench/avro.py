@@ -1,7 +1,8 @@
 """(h) Avro input: the worker on the same records framed as Avro, and what decoding costs.
 
 ``python -m bench.avro [--records 20000] [--features 30] [--trees 100] [--rounds 30]`` runs
-this phase alone (``make bench`` runs it after (c), reusing (c)'s JSON worker figure):
+this phase alone, between two runs of the JSON worker (how far the host drifted meanwhile);
+``make bench`` runs it after (c) and compares with (c)'s JSON worker:
 
 - the model's contract (``avro_contract``, what ``train --register-schema`` registers) goes
   into a Schema Registry of this run's own, a local Apicurio started in a temporary directory
@@ -11,8 +12,9 @@ this phase alone (``make bench`` runs it after (c), reusing (c)'s JSON worker fi
   the ruler of (c): first to last output CreateTime;
 - decode per record, JSON against Avro, in the worker's pure batch path (``decode_batch`` with
   the validation, JSON's all-numeric fast path included, as a worker runs it), on batches of
-  1,000 of the same records, the two formats interleaved round by round, median per format;
-  times a worker's rate, that is the share of one worker process spent decoding.
+  1,000 of the same records, in the thread's CPU time (a shared core's waits left out), the
+  two formats interleaved round by round, median per format; times a worker's rate, that is
+  the share of one worker process spent decoding.
 """
 
 from __future__ import annotations
@@ -107,7 +109,8 @@ def decode_us(
     text: str,
     rounds: int,
 ) -> tuple[float, float]:
-    """Median µs per record of ``decode_batch`` on JSON and on Avro, interleaved by round."""
+    """Median µs of thread CPU time per record of ``decode_batch`` on JSON and on Avro,
+    interleaved by round."""
     from forestream.wire.confluent import writer_schema
     from forestream.worker.decoding import decode_batch
     from forestream.worker.framed import framed_parser
@@ -129,9 +132,9 @@ def decode_us(
     try:
         for _ in range(rounds):
             for name, (values, decode) in batches.items():
-                start = time.perf_counter_ns()
+                start = time.thread_time_ns()
                 decode(values)
-                times[name].append(time.perf_counter_ns() - start)
+                times[name].append(time.thread_time_ns() - start)
     finally:
         gc.enable()
     return statistics.median(times["json"]) / n / 1000, statistics.median(times["avro"]) / n / 1000
@@ -162,9 +165,9 @@ def rows(
                              "%", note))  # fmt: skip
     out.append(
         ("(h) decode per record, JSON / Avro", f"{j:.1f} / {a:.1f} µs",
-         f"decode_batch with validation, batch {DECODE_BATCH:,}, median of {avro.rounds} "
-         f"interleaved rounds; Avro {a / j:.2f}x JSON; value {avro.json_bytes:.0f} B JSON, "
-         f"{avro.avro_bytes:.0f} B Avro")
+         f"decode_batch with validation, batch {DECODE_BATCH:,}, thread CPU time, median of "
+         f"{avro.rounds} interleaved rounds; Avro {a / j:.2f}x JSON; value "
+         f"{avro.json_bytes:.0f} B JSON, {avro.avro_bytes:.0f} B Avro")
     )  # fmt: skip
     shares = []
     for us, worker in ((j, json_worker), (a, avro.worker)):

@@ -139,8 +139,9 @@ def markdown(data: dict[str, Any], source: Path, chart: Path | None) -> str:
             "(h) rows run the worker (c) on kafka-python again on the same records framed as "
             "Avro (the model's contract registered in a Schema Registry the run starts, "
             "`--input-format avro`, `bench/avro.py`), on (c)'s ruler; decode per record is "
-            "`decode_batch`, validation included, on batches of 1,000 of each format, "
-            "interleaved, and its share is that time over the worker's time per record.",
+            "`decode_batch`, validation included, in one thread's CPU time on batches of 1,000 "
+            "of each format, interleaved, and its share is that time over the worker's time "
+            "per record.",
             "",
         ]
     if data.get("engines"):  # runs before the compiled engine had no (g)
