@@ -76,8 +76,9 @@ unit: $(STAMP)
 integration: setup
 	$(BIN)/pytest tests/integration $(XDIST)
 
+# FORMAT=avro: the same story in Avro, through a Schema Registry the demo starts and stops.
 demo: setup
-	$(BIN)/forestream demo
+	$(BIN)/forestream demo $(if $(FORMAT),--format $(FORMAT))
 
 bench: setup
 	$(BIN)/python -m bench.throughput

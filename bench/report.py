@@ -134,6 +134,16 @@ def markdown(data: dict[str, Any], source: Path, chart: Path | None) -> str:
         "What limits these figures, earlier runs side by side, and the rebalance pause are on "
         "[Benchmark findings](benchmark-findings.md).",
     ]
+    if data.get("avro"):  # runs before Avro input had no (h)
+        lines[-1:-1] = [
+            "(h) rows run the worker (c) on kafka-python again on the same records framed as "
+            "Avro (the model's contract registered in a Schema Registry the run starts, "
+            "`--input-format avro`, `bench/avro.py`), on (c)'s ruler; decode per record is "
+            "`decode_batch`, validation included, in one thread's CPU time on batches of 1,000 "
+            "of each format, interleaved, and its share is that time over the worker's time "
+            "per record.",
+            "",
+        ]
     if data.get("engines"):  # runs before the compiled engine had no (g)
         lines[-1:-1] = [
             "(g) rows time the forest alone, per engine (`bench/engines.py`): sklearn's "

@@ -20,7 +20,10 @@
     micro-batch), latency timed to when ``read_committed`` readers can see the prediction;
 (g) the forest alone, per engine: sklearn's ``predict_proba``, the worker's tree-by-tree
     sklearn path and the compiled forest, µs per record at batch 1 / 100 / 1,000 on one
-    thread, with each one's parity with ``predict_proba`` (:mod:`bench.engines`).
+    thread, with each one's parity with ``predict_proba`` (:mod:`bench.engines`);
+(h) Avro input: (c) on kafka-python again with the same records as Avro (a Schema Registry of
+    the run's own), and decode µs per record, JSON vs Avro, in the worker's batch path
+    (:mod:`bench.avro`; ``python -m bench.avro`` runs this phase alone).
 
 The worker on confluent and the exactly-once phases are allowed to fail (its row says why);
 anything else failing fails the run. Every run uses fresh topics (deleted at the end) and a
@@ -48,6 +51,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
 
+from bench.avro import AvroResult, avro_figures
+from bench.avro import rows as avro_rows
 from forestream.edge.interface import KafkaClient
 from forestream.errors import UserError
 from forestream.exit_codes import exit_code_for
@@ -203,6 +208,8 @@ class Results:
     """1/5/15-minute load averages at the start and the end: the cores may be shared."""
     engines: list[dict[str, Any]] = field(default_factory=list)
     """(g) the forest alone, per engine (:func:`bench.engines.engine_rows`)."""
+    avro: AvroResult | Failed | None = None
+    """(h) the worker on Avro input and decode per record, JSON vs Avro (:mod:`bench.avro`)."""
 
 
 # -- Kafka plumbing ----------------------------------------------------------------------------
@@ -530,6 +537,8 @@ def start_worker(
     client: KafkaClient = "kafka-python",
     pipeline: bool = True,
     guarantee: str = "at-least-once",
+    input_format: str = "json",
+    env: dict[str, str] | None = None,
 ) -> subprocess.Popen[bytes]:
     """The worker on ``client``, set explicitly: an inherited setting must not relabel a row."""
     from bench.workload import MODEL_NAME
@@ -541,7 +550,7 @@ def start_worker(
         "--dlq-topic", topics.dlq, "--models-topic", topics.models,
         "--store", str(store), "--name", MODEL_NAME, "--group", group,
         "--log-format", "json", "--guarantee", guarantee,
-        "--transactional-id", f"{group}.tx",
+        "--transactional-id", f"{group}.tx", "--input-format", input_format,
     ]  # fmt: skip
     if max_records is not None:
         cmd += ["--max-records", str(max_records)]
@@ -554,6 +563,7 @@ def start_worker(
                 **os.environ,
                 "FORESTREAM_KAFKA_CLIENT": client,
                 "FORESTREAM_PIPELINE": str(pipeline).lower(),
+                **(env or {}),
             },
         )
 
@@ -654,11 +664,14 @@ def worker_throughput(
     client: KafkaClient = "kafka-python",
     pipeline: bool = True,
     guarantee: str = "at-least-once",
+    input_format: str = "json",
+    env: dict[str, str] | None = None,
 ) -> tuple[Throughput, float]:
     """(rate, peak RSS in MB) of one worker scoring ``records`` and exiting."""
     proc = start_worker(
-        bootstrap, topics, store, group, log_path, records, client, pipeline, guarantee
-    )
+        bootstrap, topics, store, group, log_path, records, client, pipeline, guarantee,
+        input_format, env,
+    )  # fmt: skip
     try:
         peak = wait_watching_rss(proc, phase_timeout(records, floor_s=300.0))
     except subprocess.TimeoutExpired:
@@ -962,6 +975,7 @@ def table_rows(res: Results) -> list[tuple[str, str, str]]:
              "same load through (a)'s loop in its own process: the client's floor")
         )  # fmt: skip
     rows += engine_table_rows(res.engines)
+    rows += avro_rows(res.avro, workers.get("kafka-python"))
     return rows
 
 
@@ -1115,6 +1129,8 @@ def results_json(res: Results, written_at: datetime | None = None) -> dict[str, 
     add_rate("hand-written loop", "confluent", res.reference)
     for client, w in res.exactly_once.items():
         add_rate("worker exactly-once", client, w)
+    if isinstance(res.avro, AvroResult):
+        add_rate("worker, Avro input", "kafka-python", res.avro.worker)
     for client, lat in res.latency.items():
         add_latency("worker", client, lat, "created")
         add_latency("worker, as received", client, lat, "received")
@@ -1135,6 +1151,7 @@ def results_json(res: Results, written_at: datetime | None = None) -> dict[str, 
         "throughput": throughput,
         "latency": latency,
         "engines": res.engines,
+        "avro": avro_figures(res.avro) if isinstance(res.avro, AvroResult) else None,
     }
 
 
@@ -1157,6 +1174,8 @@ class Layout:
     passthrough: dict[KafkaClient, str]
     latency_passthrough: dict[KafkaClient, tuple[str, str]]
     """(input, output) of (d)'s passthrough."""
+    avro: WorkerTopics
+    """(h): its own input, the same records as Avro."""
 
     @classmethod
     def of(cls, prefix: str) -> Layout:
@@ -1181,12 +1200,13 @@ class Layout:
             latency_passthrough={
                 c: (f"{prefix}.{c}.lat.pass.in", f"{prefix}.{c}.lat.pass.out") for c in CLIENTS
             },
+            avro=worker("avro", f"{prefix}.avro.in"),
         )
 
     def all(self) -> list[str]:
         workers = [
             *self.worker.values(), *self.worker_other.values(), *self.latency.values(),
-            *self.exactly_once.values(), *self.exactly_once_latency.values(),
+            *self.exactly_once.values(), *self.exactly_once_latency.values(), self.avro,
         ]  # fmt: skip
         return sorted(
             {
@@ -1331,6 +1351,13 @@ def run(opts: Options) -> Results:
                 )
                 say(f"(c) {client}, pipelining {other}: {shown(res.worker_other[client])}")
 
+            from bench.avro import measure_or_failed
+
+            res.avro = measure_or_failed(
+                bootstrap, workload, topics.avro, store.root, f"{prefix}.avro",
+                work / "h-avro.log", 30, say,
+            )  # fmt: skip
+
             say("(e) hand-written confluent-kafka loop")
             res.reference = reference_throughput(
                 bootstrap, topics.input, topics.reference, opts.records, f"{prefix}.reference",
@@ -1411,4 +1438,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # through the module's own name: bench.avro imports bench.throughput, and its results must
+    # be instances of the classes this run checks them against, not of a second copy
+    from bench import throughput
+
+    sys.exit(throughput.main())

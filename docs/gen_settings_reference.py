@@ -179,7 +179,8 @@ DESCRIPTIONS: dict[str, str] = {
     "store",
     "transactional_id": "exactly-once: this worker's `transactional.id`, unique among live workers",
     "value_format": "`json`, or `avro`: the Confluent wire format with the latest schema of "
-    "`<input topic>-value` (`models register-schema` puts the model's contract there)",
+    "`<input topic>-value` (`models register-schema` puts the model's contract there); "
+    "`demo` reads it too, as its `--format`",
     "input_format": "`json`, or the Confluent wire format through a Schema Registry: `avro`, "
     "`json-schema`, `protobuf` ([wire contracts](../wire.md#schema-registry-formats))",
     "output_format": "predictions as `json`, or `avro` in the Confluent wire format, the "

@@ -7,6 +7,7 @@ labels a little later, promotes v2 mid-stream, then stops everything and prints 
 Every step goes through the real commands (``forestream train``, ``worker``, ``models
 promote``) as subprocesses, so the demo exercises exactly what a user runs. Only the feed is
 in-process, because it must know each record's key and label to send labels late.
+``--format avro`` is the same story through a Schema Registry (:mod:`forestream.demo_format`).
 """
 
 from __future__ import annotations
@@ -19,13 +20,15 @@ import sys
 import threading
 import time
 import uuid
-from collections import Counter, defaultdict, deque
+from collections import Counter, deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Annotated, Any
 
 import typer
 
+from forestream.demo_format import DemoRegistry, FormatPlan, feed_values, format_plan
+from forestream.demo_summary import print_summary, summarize
 from forestream.edge.connection import SECURITY_ENV as _SECURITY_ENV
 from forestream.edge.connection import KafkaConnection
 from forestream.errors import UserError
@@ -99,8 +102,17 @@ class _Topics:
 class Demo:
     """One run: owns every process it starts and stops all of them, whatever happens."""
 
-    def __init__(self, plan: DemoPlan, bootstrap: str | None, workdir: Path) -> None:
+    def __init__(
+        self,
+        plan: DemoPlan,
+        bootstrap: str | None,
+        workdir: Path,
+        fmt: FormatPlan | None = None,
+        registry_url: str | None = None,
+    ) -> None:
         self.plan = plan
+        self.format = fmt or format_plan("json")
+        self.registry = DemoRegistry(registry_url)
         self.run_id = time.strftime("%Y%m%d-%H%M%S") + "-" + uuid.uuid4().hex[:4]
         self.dir = workdir / self.run_id
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -149,6 +161,11 @@ class Demo:
                 "PYTHONUNBUFFERED": "1",
             }
         )
+        for name, value in self.registry.env().items():
+            if value is None:
+                env.pop(name, None)
+            else:
+                env[name] = value
         return env
 
     def start_broker(self) -> None:
@@ -163,6 +180,12 @@ class Demo:
         self.bootstrap = info.address
         if already is None:
             self.started_broker_dir = data_dir
+
+    def start_registry(self) -> None:
+        """Only for a format that needs one: the user's, or the local one (stopped at the end
+        if this run started it)."""
+        if self.format.needs_registry:
+            self.registry.start()
 
     def run_command(self, *args: str, log_name: str) -> None:
         log_path = self.dir / f"{log_name}.log"
@@ -190,8 +213,9 @@ class Demo:
         for index in range(count):
             log = (self.dir / f"worker-{index}.log").open("wb")
             env = self.env() | {"FORESTREAM_WORKER_INDEX": str(index)}
+            args = ("worker", "--group", f"demo-{self.run_id}", "--log-format", "json")
             process = subprocess.Popen(
-                _forestream("worker", "--group", f"demo-{self.run_id}", "--log-format", "json"),
+                _forestream(*args, *self.format.worker_args),
                 env=env,
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -242,6 +266,7 @@ class Demo:
 
             local_kafka.stop(self.started_broker_dir)
             self.started_broker_dir = None
+        self.registry.stop()
 
     # -- data ------------------------------------------------------------------------------
     def write_data(self) -> Path:
@@ -251,7 +276,7 @@ class Demo:
 
     def train(self, csv: Path) -> None:
         self.phase = "training v1 and v2"
-        common = ["--data", str(csv), "--target", TARGET]
+        common = ["--data", str(csv), "--target", TARGET, *self.format.train_args]
         self.run_command("train", *common, "--seed", "1", "--promote", log_name="train-v1")
         self.run_command("train", *common, "--seed", "2", "--publish", log_name="train-v2")
 
@@ -329,7 +354,7 @@ class Demo:
 
         from forestream.edge.factory import acking_producer
         from forestream.edge.interface import Outgoing
-        from forestream.producer.encoding import encode_row, frame_rows
+        from forestream.producer.encoding import frame_rows
         from forestream.producer.malformed import MalformedMixer
         from forestream.producer.pacing import RateSchedule
         from forestream.producer.sending import make_oversize_producer
@@ -345,6 +370,7 @@ class Demo:
         mixer = MalformedMixer(
             plan.malformed_share, complete, [c for c in numeric if c in complete], seed=7
         )
+        values = feed_values(self.format, self.registry, self.topics.features, mixer)
         producer = acking_producer(self.kafka(), client_id="forestream-demo-feed")
         oversize = make_oversize_producer(self.kafka())
         pending_labels: deque[tuple[float, bytes, str]] = deque()
@@ -371,12 +397,12 @@ class Demo:
                 key = f"{self.run_id}-{n}".encode()
                 client = producer
                 if mixer.next_is_malformed():
-                    kind, value = mixer.make(row)
+                    kind, value = values.bad(row)
                     self.sent_bad[kind] += 1
                     if kind == ReasonCode.TOO_LARGE:
                         client = oversize
                 else:
-                    value = encode_row(row)
+                    value = values.good(row)
                     pending_labels.append(
                         (time.monotonic() + LABEL_DELAY_S, key, labels[n % len(labels)])
                     )
@@ -421,86 +447,17 @@ class Demo:
         return False
 
 
-def summarize(demo: Demo, elapsed_s: float, exit_codes: list[int | None]) -> dict[str, Any]:
-    """The numbers the summary table shows; pure over what the demo observed."""
-    import numpy as np
-
-    seen = demo.observed
-    latencies = np.asarray(seen.latencies_ms or [0])
-    online: dict[str, dict[str, float]] = defaultdict(lambda: {"labelled": 0, "correct": 0.0})
-    for report in seen.reports.values():
-        for version, acc in (report.get("online") or {}).items():
-            if acc.get("accuracy") is not None and acc.get("labelled"):
-                online[version]["labelled"] += acc["labelled"]
-                online[version]["correct"] += acc["accuracy"] * acc["labelled"]
-    span_s = ((seen.last_ms or 0) - (seen.first_ms or 0)) / 1000
-    return {
-        "records_in": demo.sent,
-        "malformed_sent": dict(demo.sent_bad),
-        "predictions": sum(seen.predictions_by_version.values()),
-        "distinct_predicted_keys": len(seen.prediction_keys),
-        "dead_letters": dict(seen.dead_letters_by_reason),
-        "unaccounted": max(0, demo.sent - demo.accounted()),
-        "throughput_rps": round(len(seen.prediction_keys) / span_s, 1) if span_s > 0 else 0.0,
-        "latency_p50_ms": float(np.percentile(latencies, 50)),
-        "latency_p99_ms": float(np.percentile(latencies, 99)),
-        "versions_served": dict(seen.predictions_by_version),
-        "version_order": seen.version_order,
-        "drift_flags": sorted(seen.drift_flags),
-        "online_accuracy": {
-            v: {"labelled": int(a["labelled"]), "accuracy": round(a["correct"] / a["labelled"], 3)}
-            for v, a in sorted(online.items())
-            if a["labelled"]
-        },
-        "labels_sent": demo.labels_sent,
-        "worker_exit_codes": exit_codes,
-        "elapsed_s": round(elapsed_s, 1),
-        "logs": str(demo.dir),
-        "reader_error": demo.reader_error,
-    }
-
-
-def _print_summary(summary: dict[str, Any]) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    table = Table(title="forestream demo: summary", show_header=False)
-    table.add_column(style="bold")
-    table.add_column()
-    dlq = ", ".join(f"{k} {v}" for k, v in sorted(summary["dead_letters"].items())) or "none"
-    online = ", ".join(
-        f"{v} {a['accuracy']:.3f} ({a['labelled']} labels)"
-        for v, a in summary["online_accuracy"].items()
-    )
-    rows = [
-        ("records in", f"{summary['records_in']:,}"),
-        (
-            "predictions",
-            f"{summary['predictions']:,} ({summary['distinct_predicted_keys']:,} keys)",
-        ),
-        ("dead letters", dlq),
-        ("unaccounted", str(summary["unaccounted"])),
-        ("throughput", f"{summary['throughput_rps']:,} rec/s (the offered rate)"),
-        (
-            "latency p50 / p99",
-            f"{summary['latency_p50_ms']:.0f} / {summary['latency_p99_ms']:.0f} ms",
-        ),
-        ("versions served", ", ".join(f"{v} {n:,}" for v, n in summary["versions_served"].items())),
-        ("drift flags", ", ".join(summary["drift_flags"]) or "none"),
-        ("online accuracy", online or "no labels joined"),
-        ("workers exited", ", ".join(str(c) for c in summary["worker_exit_codes"])),
-        ("elapsed", f"{summary['elapsed_s']} s"),
-        ("logs", summary["logs"]),
-    ]
-    for name, value in rows:
-        table.add_row(name, value)
-    Console().print(table)
-
-
-def run_demo(plan: DemoPlan, bootstrap: str | None, workdir: Path, as_json: bool) -> int:
+def run_demo(
+    plan: DemoPlan,
+    bootstrap: str | None,
+    workdir: Path,
+    as_json: bool,
+    fmt: FormatPlan | None = None,
+    registry_url: str | None = None,
+) -> int:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    demo = Demo(plan, bootstrap, workdir)
+    demo = Demo(plan, bootstrap, workdir, fmt, registry_url)
     started = time.monotonic()
     try:
         with Progress(
@@ -523,6 +480,9 @@ def run_demo(plan: DemoPlan, bootstrap: str | None, workdir: Path, as_json: bool
             status("starting the local broker")
             demo.start_broker()
             demo.create_topics()
+            if demo.format.needs_registry:
+                status("starting the local schema registry")
+                demo.start_registry()
             csv = demo.write_data()
             status("training v1 and v2")
             demo.train(csv)
@@ -553,7 +513,7 @@ def run_demo(plan: DemoPlan, bootstrap: str | None, workdir: Path, as_json: bool
     if as_json:
         print(json.dumps(summary, indent=2))
     else:
-        _print_summary(summary)
+        print_summary(summary)
     healthy = summary["unaccounted"] == 0 and all(code == 0 for code in codes)
     return 0 if healthy else 1
 
@@ -577,8 +537,20 @@ def register(app: typer.Typer) -> None:
         ] = Path(".forestream/demo"),
         as_json: Annotated[bool, typer.Option("--json", help="print the summary as JSON")] = False,
         bootstrap_servers: BootstrapOpt = None,
+        value_format: Annotated[
+            str | None,
+            typer.Option(
+                "--format",
+                help="json, or avro: the models' contract registered in a Schema Registry "
+                "(FORESTREAM_SCHEMA_REGISTRY_URL, else the local one, started and stopped "
+                "like the broker), Avro records, workers on --input-format avro "
+                "[env FORESTREAM_VALUE_FORMAT; default json]",
+                show_default=False,
+            ),
+        ] = None,
     ) -> None:
         """The whole system end to end on the local real broker, then a summary."""
+        fmt = format_plan(value_format or os.environ.get("FORESTREAM_VALUE_FORMAT") or "json")
         # --short picks a compressed timeline; an explicit --rate/--seconds still wins
         plan = DemoPlan(
             rate=rate or (150 if short else 250),
@@ -589,4 +561,5 @@ def register(app: typer.Typer) -> None:
             promote_v2_at=0.45 if short else DemoPlan.promote_v2_at,
         )
         bootstrap = bootstrap_servers or os.environ.get("FORESTREAM_BOOTSTRAP_SERVERS")
-        raise typer.Exit(run_demo(plan, bootstrap, workdir, as_json))
+        registry_url = os.environ.get("FORESTREAM_SCHEMA_REGISTRY_URL")
+        raise typer.Exit(run_demo(plan, bootstrap, workdir, as_json, fmt, registry_url))

@@ -251,24 +251,10 @@ def _run_produce(
 def _avro_encoder(settings: ProducerSettings) -> Callable[[Mapping[str, Any]], bytes]:
     """Rows to Avro with the subject's latest schema; a row it refuses ends the run in one
     line (what was sent before it stays sent)."""
-    from forestream.errors import SchemaRegistryUnavailable
-    from forestream.wire.confluent import avro_encoder
+    from forestream.producer.registered import latest_avro_encoder
 
-    subject = f"{settings.input_topic}-value"
-    try:
-        latest = settings.schema_registry().latest(subject)
-    except SchemaRegistryUnavailable as exc:
-        raise UserError(str(exc)) from None
-    if latest is None:
-        raise UserError(
-            f"no schema under {subject} in the Schema Registry: register the model's with "
-            "`forestream models register-schema vN`"
-        )
-    version, text, schema_id = latest
-    try:
-        encode = avro_encoder(schema_id, text)
-    except Exception as exc:  # not an Avro schema fastavro can parse
-        raise UserError(f"{subject} version {version} is not a usable Avro schema: {exc}") from None
+    registered = latest_avro_encoder(settings.schema_registry(), settings.input_topic)
+    subject, version, encode = registered.subject, registered.version, registered.encode
     sent = 0
 
     def checked(row: Mapping[str, Any]) -> bytes:

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from bench import report
+from bench.avro import AvroResult
 from bench.throughput import Failed, Latency, Options, Results, Throughput, results_json
 from tests.conftest import ROOT
 
@@ -127,3 +128,46 @@ def test_the_engine_rows_sit_beside_the_end_to_end_ones(tmp_path: Path) -> None:
     page = report.markdown(data, tmp_path / "latest.json", None)
     assert "| (g) forest per record, sklearn predict_proba | 5000.0 / 80.0 / 17.0 µs |" in page
     assert "(g) rows time the forest alone" in page
+
+
+def test_the_avro_rows_sit_beside_the_json_worker(tmp_path: Path) -> None:
+    res = _results()
+    res.avro = AvroResult(Throughput(1000, 1.25), 2.0, 8.0, 30, 463.0, 245.0, 1000.0)
+    data = results_json(res)
+    rows = {r["measurement"]: r for r in data["rows"]}
+    assert rows["(h) forestream worker, Avro input, kafka-python"]["result"] == "800 rec/s"
+    kept = rows["worker Avro / JSON input, kafka-python"]
+    # 1,000 µs per JSON record + 6 µs more decoding: 99 % expected from decoding alone
+    assert kept["result"] == "80%" and "the extra decode alone would keep 99%" in kept["notes"]
+    decode = rows["(h) decode per record, JSON / Avro"]
+    assert decode["result"] == "2.0 / 8.0 µs" and "Avro 4.00x JSON" in decode["notes"]
+    assert "463 B JSON, 245 B Avro" in decode["notes"]
+    # µs per record x records per second: 2 µs x 1,000/s and 8 µs x 800/s of one second
+    assert rows["(h) decode share of the worker, JSON / Avro"]["result"] == "0.2% / 0.6%"
+    assert ("worker, Avro input", "kafka-python") in {
+        (t["phase"], t["client"]) for t in data["throughput"]
+    }
+    assert data["avro"]["avro_decode_us"] == 8.0
+    page = report.markdown(data, tmp_path / "latest.json", None)
+    assert "| (h) decode per record, JSON / Avro | 2.0 / 8.0 µs |" in page
+    assert "(h) rows run the worker (c)" in page
+
+
+def test_a_failed_avro_worker_is_a_row_that_says_so() -> None:
+    res = _results()
+    res.avro = AvroResult(Failed("registry gone"), 2.0, 8.0, 30, 463.0, 245.0)
+    rows = {r["measurement"]: r for r in results_json(res)["rows"]}
+    assert rows["(h) forestream worker, Avro input, kafka-python"]["result"] == "failed"
+    assert rows["worker Avro / JSON input, kafka-python"]["result"] == "n/a"
+    assert rows["(h) decode share of the worker, JSON / Avro"]["result"] == "0.2% / n/a"
+
+
+def test_an_avro_phase_that_could_not_start_is_one_row_and_no_figures() -> None:
+    res = _results()
+    res.avro = Failed("Java 17+ not found")
+    data = results_json(res)
+    rows = {r["measurement"]: r for r in data["rows"]}
+    assert rows["(h) forestream worker, Avro input, kafka-python"]["result"] == "not run"
+    assert "(h) decode per record, JSON / Avro" not in rows
+    assert data["avro"] is None
+    assert "worker, Avro input" not in {t["phase"] for t in data["throughput"]}
