@@ -37,6 +37,7 @@ SETTINGS_CLASSES = (
     "_TrainSettings",
     "_RegistrySettings",
     "SchemaRegistrySettings",
+    "ContractSettings",
     "_SchemaSettings",
 )
 """Every settings class, by name: found among the subclasses of ``CommonSettings`` once the
@@ -81,6 +82,12 @@ SECTIONS: list[tuple[str, str, str]] = [
         "`worker` and `replay` (`--input-format avro|json-schema|protobuf`, "
         "`--output-format avro`), `produce --format avro`, "
         "`models register-schema`, `train --register-schema`",
+    ),
+    (
+        "ContractSettings",
+        "The model's contract",
+        "`train --register-schema`, `models register-schema` "
+        "([the contract in the registry](../wire.md#the-models-contract-in-the-registry))",
     ),
 ]
 
@@ -183,6 +190,8 @@ DESCRIPTIONS: dict[str, str] = {
     "`demo` reads it too, as its `--format`",
     "input_format": "`json`, or the Confluent wire format through a Schema Registry: `avro`, "
     "`json-schema`, `protobuf` ([wire contracts](../wire.md#schema-registry-formats))",
+    "contract_format": "`avro` (an Avro record) or `json-schema` (an open JSON Schema object): "
+    "the schema type the input topic's producers serialize with",
     "output_format": "predictions as `json`, or `avro` in the Confluent wire format, the "
     "schema registered at start as `<output topic>-value` "
     "([wire contracts](../wire.md#avro-predictions)); dead letters keep the input's bytes",

@@ -25,7 +25,7 @@ from forestream.runtime.cli_options import (
     StoreOpt,
     VerifyKeyOpt,
 )
-from forestream.runtime.settings import CommonSettings, SchemaRegistrySettings, load_settings
+from forestream.runtime.settings import CommonSettings, ContractSettings, load_settings
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -40,6 +40,15 @@ models_app = typer.Typer(
     no_args_is_help=True,
 )
 
+ContractFormatOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--contract-format",
+        help="the schema type of the contract: avro or json-schema, the one the input topic's "
+        "producers serialize with [env FORESTREAM_CONTRACT_FORMAT; default avro]",
+        show_default=False,
+    ),
+]
 JsonOpt = Annotated[
     bool, typer.Option("--json", help="print machine-readable JSON only, on stdout")
 ]
@@ -59,12 +68,12 @@ def _store(settings: CommonSettings) -> ModelStore:
     return settings.open_store()
 
 
-class _TrainSettings(CommonSettings, SigningSettings, SchemaRegistrySettings):
+class _TrainSettings(CommonSettings, SigningSettings, ContractSettings):
     """``train``: the common settings, the private key it signs with, the Schema Registry
     ``--register-schema`` publishes the contract to."""
 
 
-class _SchemaSettings(CommonSettings, SchemaRegistrySettings):
+class _SchemaSettings(CommonSettings, ContractSettings):
     """``models register-schema``: the store, the input topic and the Schema Registry."""
 
 
@@ -99,10 +108,11 @@ def train(
         bool,
         typer.Option(
             "--register-schema",
-            help="register the version's features as an Avro schema under <input topic>-value "
+            help="register the version's features as a schema under <input topic>-value "
             "(FORESTREAM_SCHEMA_REGISTRY_URL), refused if incompatible with the latest",
         ),
     ] = False,
+    contract_format: ContractFormatOpt = None,
     name: ModelNameOpt = None,
     store: StoreOpt = None,
     bootstrap_servers: BootstrapOpt = None,
@@ -133,6 +143,7 @@ def train(
         input_topic=input_topic,
         signing_key_file=signing_key,
         allow_unsigned=allow_unsigned,
+        contract_format=contract_format,
     )
     signer = settings.signer()  # a missing or unreadable key fails before the fit
     if register_schema:  # no URL, or no registry there: say so before the fit
@@ -182,7 +193,11 @@ def _register_schema(
 
     try:
         done = register_contract(
-            settings.schema_registry(), settings.input_topic, meta.feature_schema, meta.version
+            settings.schema_registry(),
+            settings.input_topic,
+            meta.feature_schema,
+            meta.version,
+            settings.contract_format,
         )
     except UserError as exc:
         if not saved:
@@ -469,12 +484,17 @@ def models_register_schema(
     name: ModelNameOpt = None,
     store: StoreOpt = None,
     input_topic: InputTopicOpt = None,
+    contract_format: ContractFormatOpt = None,
 ) -> None:
-    """Publish a version's feature contract to the Schema Registry: an Avro record under
-    <input topic>-value (a new subject gets BACKWARD compatibility), so producers' serializers
-    refuse a record without a required feature; an incompatible contract is refused."""
+    """Publish a version's feature contract to the Schema Registry: an Avro record (or a JSON
+    Schema) under <input topic>-value (a new subject gets BACKWARD compatibility), so producers'
+    serializers refuse a record without a required feature; an incompatible one is refused."""
     settings = load_settings(
-        _SchemaSettings, model_name=name, model_store=store, input_topic=input_topic
+        _SchemaSettings,
+        model_name=name,
+        model_store=store,
+        input_topic=input_topic,
+        contract_format=contract_format,
     )
     _register_schema(settings, _store(settings).metadata(settings.model_name, version))
 

@@ -108,13 +108,19 @@ class SchemaRegistryAccess:
     def latest(self, subject: str) -> tuple[int, str, int] | None:
         """(version, schema text, schema id) of the subject's latest version; None for a new
         subject."""
+        found = self.latest_typed(subject)
+        return None if found is None else found[:3]
+
+    def latest_typed(self, subject: str) -> tuple[int, str, int, str] | None:
+        """:meth:`latest` with the schema's type (``AVRO`` when the registry names none)."""
         try:
             body = self._call("GET", f"/subjects/{quote(subject, safe='')}/versions/latest")
         except urllib.error.HTTPError as exc:
             if exc.code == 404:
                 return None
             raise SchemaRegistryRefused(self._refusal(exc, subject)) from None
-        return int(body["version"]), str(body["schema"]), int(body["id"])
+        kind = body.get("schemaType") or "AVRO"
+        return int(body["version"]), str(body["schema"]), int(body["id"]), str(kind).upper()
 
     def set_compatibility(self, subject: str, level: str) -> None:
         try:
@@ -122,22 +128,24 @@ class SchemaRegistryAccess:
         except urllib.error.HTTPError as exc:
             raise SchemaRegistryRefused(self._refusal(exc, subject)) from None
 
-    def register(self, subject: str, text: str) -> int:
-        """Register ``text`` (Avro) under ``subject``; its schema id (the same id again for a
-        schema already registered). SchemaRegistryRefused when the subject's compatibility
-        rule refuses it."""
+    def register(self, subject: str, text: str, schema_type: str = "AVRO") -> int:
+        """Register ``text`` (``AVRO`` or ``JSON``) under ``subject``; its schema id (the same
+        id again for a schema already registered). SchemaRegistryRefused when the subject's
+        compatibility rule refuses it."""
         try:
             body = self._call(
-                "POST", f"/subjects/{quote(subject, safe='')}/versions", {"schema": text}
+                "POST", f"/subjects/{quote(subject, safe='')}/versions", _schema(text, schema_type)
             )
         except urllib.error.HTTPError as exc:
             raise SchemaRegistryRefused(self._refusal(exc, subject)) from None
         return int(body["id"])
 
-    def version_of(self, subject: str, text: str) -> int | None:
+    def version_of(self, subject: str, text: str, schema_type: str = "AVRO") -> int | None:
         """The subject's version holding exactly ``text``, if any."""
         try:
-            body = self._call("POST", f"/subjects/{quote(subject, safe='')}", {"schema": text})
+            body = self._call(
+                "POST", f"/subjects/{quote(subject, safe='')}", _schema(text, schema_type)
+            )
         except urllib.error.HTTPError as exc:
             if exc.code == 404:
                 return None
@@ -150,3 +158,10 @@ class SchemaRegistryAccess:
         except (ValueError, AttributeError, OSError):
             message = ""
         return f"schema registry refused {subject!r} (HTTP {exc.code}): {message}"[:300]
+
+
+def _schema(text: str, schema_type: str) -> dict[str, str]:
+    """The body naming a schema: Avro is the registry's default type and goes unnamed."""
+    return (
+        {"schema": text} if schema_type == "AVRO" else {"schema": text, "schemaType": schema_type}
+    )

@@ -407,3 +407,20 @@ def load_settings(cls: type[S], **flags: Any) -> S:
         if not where:  # a check across settings (e.g. two roles given one topic)
             raise UserError(f"invalid settings: {message}") from None
         raise UserError(f"invalid setting {where}: {message}") from None
+
+
+ContractFormat = Literal["avro", "json-schema"]
+
+
+class ContractSettings(SchemaRegistrySettings):
+    """``train --register-schema`` and ``models register-schema``: the registry, and the
+    format the model's contract is written in."""
+
+    contract_format: ContractFormat = "avro"
+    """The schema type of the contract: ``avro`` (an Avro record) or ``json-schema`` (a JSON
+    Schema object), the one the input topic's producers serialize with."""
+
+    @field_validator("contract_format", mode="before")
+    @classmethod
+    def _lower_format(cls, value: object) -> object:
+        return value.strip().lower() if isinstance(value, str) else value

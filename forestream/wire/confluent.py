@@ -186,6 +186,30 @@ def avro_contract(features: FeatureSchema, name: str = "Features") -> dict[str, 
     return {"type": "record", "name": name, "namespace": "forestream", "fields": fields}
 
 
+def json_schema_contract(features: FeatureSchema, title: str = "Features") -> dict[str, Any]:
+    """A JSON Schema object for ``features``: numbers as ``number``, categories as ``string``,
+    each also ``null`` where training saw it missing, and ``required`` otherwise.
+
+    Open (no ``additionalProperties: false``): JSON producers often carry fields of their own
+    (an id, a timestamp) that the worker ignores, and a closed schema would refuse them at
+    produce time. What the contract must hold producers to is the required features and their
+    types, which ``required`` and ``type`` do."""
+    properties: dict[str, Any] = {}
+    required: list[str] = []
+    for feature in features.features:
+        kind = "number" if isinstance(feature, NumericFeature) else "string"
+        properties[feature.name] = {"type": [kind, "null"] if feature.missing_seen else kind}
+        if not feature.missing_seen:
+            required.append(feature.name)
+    return {
+        "$schema": "http://json-schema.org/draft-07/schema#",
+        "title": title,
+        "type": "object",
+        "properties": properties,
+        "required": required,
+    }
+
+
 def avro_encoder(schema_id: int, text: str) -> Callable[[Any], bytes]:
     """Rows to framed Avro values with the registered schema ``text`` (id ``schema_id``), as a
     Confluent serializer writes them; raises ValueError for a row the schema refuses (a
@@ -230,3 +254,22 @@ def _branches(kind: Any) -> set[str]:
     if isinstance(kind, list):
         return {k if isinstance(k, str) else json.dumps(k) for k in kind}
     return {kind if isinstance(kind, str) else json.dumps(kind)}
+
+
+def json_contract_changes(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """Why ``new`` would refuse objects valid under ``old`` (BACKWARD), property by property,
+    for the schemas :func:`json_schema_contract` makes; empty when it can read them all."""
+    found = old.get("properties")
+    before: dict[str, Any] = found if isinstance(found, dict) else {}
+    was_required = set(old.get("required") or [])
+    problems = []
+    for name in new.get("required") or []:
+        if name not in was_required:
+            problems.append(f"{name!r} is {'now' if name in before else 'new and'} required")
+    for name, spec in (new.get("properties") or {}).items():
+        was = before.get(name)
+        if isinstance(was, dict) and isinstance(spec, dict):
+            lost = _branches(was.get("type")) - _branches(spec.get("type"))
+            if lost:
+                problems.append(f"{name!r} no longer takes {'/'.join(sorted(lost))}")
+    return problems

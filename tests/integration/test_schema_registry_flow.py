@@ -510,7 +510,8 @@ def test_register_schema_publishes_the_contract_and_refuses_an_incompatible_one(
     first makes the subject (BACKWARD), registering it again changes nothing, a compatible one
     adds a version, an incompatible one is refused in one line naming the field;
     a producer using the registered schema cannot send a record without a required feature,
-    and `forestream produce --format avro` writes what confluent-kafka's deserializer reads."""
+    and `forestream produce --format avro` writes what confluent-kafka's deserializer reads.
+    Then the same as a JSON Schema (`--contract-format json-schema`) on another topic."""
     store, topic, name = tmp_path / "store", topic_name("in"), "contract"
     env = os.environ.copy() | {"FORESTREAM_SCHEMA_REGISTRY_URL": schema_registry.url}
     subject = f"{topic}-value"
@@ -595,3 +596,36 @@ def test_register_schema_publishes_the_contract_and_refuses_an_incompatible_one(
     assert away.stderr.strip().splitlines() == [
         "error: schema registry http://127.0.0.1:1 unreachable: [Errno 111] Connection refused"
     ]
+
+    # the same contract as a JSON Schema, for a topic whose producers write JSON Schema
+    json_topic = topic_name("json-in")
+    json_subject = f"{json_topic}-value"
+
+    def register_json(version: str, topic: str = json_topic) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [*CLI, "models", "register-schema", version, "--store", str(store), "--name", name,
+             "--input-topic", topic, "--contract-format", "json-schema"],
+            capture_output=True, text=True, timeout=60, env=env,
+        )  # fmt: skip
+
+    made = register_json("v2")
+    assert made.returncode == 0 and f"as {json_subject} version 1 " in made.stdout, made.stderr
+    refused = register_json("v3")
+    assert refused.returncode == 2 and "'x2' is now required" in refused.stderr, refused.stderr
+    assert refused.stderr.startswith(
+        f"error: v3's features are not BACKWARD compatible with {json_subject} version 1: "
+    )
+    mixed = register_json("v2", topic)  # the Avro subject
+    assert mixed.returncode == 2 and mixed.stderr.strip() == (
+        f"error: {subject} holds Avro schemas (version 2), not json-schema: "
+        "register with --contract-format avro, or use another input topic"
+    ), mixed.stderr
+    json_latest = client.get_latest_version(json_subject)
+    assert json_latest.schema.schema_type == "JSON" and json_latest.version == 1
+    produce_json = JSONSerializer(
+        json_latest.schema.schema_str, client, conf={"auto.register.schemas": False}
+    )
+    json_context = SerializationContext(json_topic, MessageField.VALUE)
+    assert produce_json(row, json_context)[1:5] == json_latest.schema_id.to_bytes(4, "big")
+    with pytest.raises(Exception, match="x3"):  # refused by the serializer, before Kafka
+        produce_json({k: v for k, v in row.items() if k != "x3"}, json_context)

@@ -20,6 +20,8 @@ from forestream.wire.confluent import (
     avro_encoder,
     contract_changes,
     frame,
+    json_contract_changes,
+    json_schema_contract,
     not_framed,
     schema_id_of,
     writer_schema,
@@ -235,6 +237,50 @@ def test_contract_changes_follow_the_workers_swap_rules() -> None:
     ]
     looser = [NumericFeature(name="age", missing_seen=True), *SCHEMA.features[1:]]
     assert contract_changes(old, avro_contract(FeatureSchema(features=looser))) == []
+
+
+# -- the model's contract as a JSON Schema -------------------------------------------------------
+
+
+def test_the_json_contract_takes_what_the_worker_takes_and_refuses_a_missing_feature() -> None:
+    import jsonschema
+
+    contract = json_schema_contract(SCHEMA)
+    jsonschema.Draft7Validator.check_schema(contract)
+    validator = jsonschema.Draft7Validator(contract)
+    assert list(contract["properties"]) == SCHEMA.names
+    row = {"age": 30.0, "income": None, "color": "purple", "city": None, "event_id": "e-1"}
+    assert not list(validator.iter_errors(row))  # extra fields pass: the schema is open
+    registered = writer_schema(9, "JSON", json.dumps(contract))
+    parse = framed_parser("json-schema", lambda _: registered, SCHEMA)
+    decoded = decode_batch([frame(9, json.dumps(row).encode())], SCHEMA, parse=parse)
+    assert decoded.valid_indexes == [0] and decoded.unknown_categories == 1
+    required = set(contract["required"])
+    assert required == {f.name for f in SCHEMA.features if not f.missing_seen}
+    for name in required:
+        errors = list(validator.iter_errors({k: v for k, v in row.items() if k != name}))
+        assert errors and name in errors[0].message
+    assert list(validator.iter_errors({**row, "age": "30"}))  # a numeric string: refused
+
+
+def test_json_contract_changes_follow_the_workers_swap_rules() -> None:
+    old = json_schema_contract(SCHEMA)
+
+    def changes(features: list[Any]) -> list[str]:
+        return json_contract_changes(old, json_schema_contract(FeatureSchema(features=features)))
+
+    assert changes([*SCHEMA.features[1:], NumericFeature(name="new")]) == [
+        "'new' is new and required"
+    ]
+    assert changes([*SCHEMA.features, NumericFeature(name="new", missing_seen=True)]) == []
+    assert changes([NumericFeature(name="income"), *SCHEMA.features[2:]]) == [
+        "'income' is now required",
+        "'income' no longer takes null",
+    ]
+    assert changes([CategoricalFeature(name="age"), *SCHEMA.features[1:]]) == [
+        "'age' no longer takes number"
+    ]
+    assert changes([NumericFeature(name="age", missing_seen=True), *SCHEMA.features[1:]]) == []
 
 
 def test_the_avro_encoder_frames_what_the_worker_decodes_and_refuses_a_short_row() -> None:
