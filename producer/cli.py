@@ -22,6 +22,7 @@ from forestream.runtime.cli_options import (
     ModelsTopicOpt,
     MonitoringTopicOpt,
     OutputTopicOpt,
+    SchemaRegistryUrlOpt,
     StoreOpt,
 )
 
@@ -101,6 +102,7 @@ def produce(
     partitions: PartitionsOpt = None,
     bootstrap_servers: BootstrapOpt = None,
     input_topic: InputTopicOpt = None,
+    schema_registry_url: SchemaRegistryUrlOpt = None,
     log_format: LogFormatOpt = None,
 ) -> None:
     """Send feature records to the input topic: a CSV file or synthetic records."""
@@ -118,6 +120,7 @@ def produce(
         rate=rate,
         malformed_share=malformed_share,
         value_format=value_format,
+        schema_registry_url=schema_registry_url,
         log_format=log_format,
     )
     if (data is None) == (synthetic is None):

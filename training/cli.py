@@ -21,6 +21,7 @@ from forestream.runtime.cli_options import (
     InputTopicOpt,
     ModelNameOpt,
     ModelsTopicOpt,
+    SchemaRegistryUrlOpt,
     SigningKeyOpt,
     StoreOpt,
     VerifyKeyOpt,
@@ -113,6 +114,7 @@ def train(
         ),
     ] = False,
     contract_format: ContractFormatOpt = None,
+    schema_registry_url: SchemaRegistryUrlOpt = None,
     name: ModelNameOpt = None,
     store: StoreOpt = None,
     bootstrap_servers: BootstrapOpt = None,
@@ -144,6 +146,7 @@ def train(
         signing_key_file=signing_key,
         allow_unsigned=allow_unsigned,
         contract_format=contract_format,
+        schema_registry_url=schema_registry_url,
     )
     signer = settings.signer()  # a missing or unreadable key fails before the fit
     if register_schema:  # no URL, or no registry there: say so before the fit
@@ -485,6 +488,7 @@ def models_register_schema(
     store: StoreOpt = None,
     input_topic: InputTopicOpt = None,
     contract_format: ContractFormatOpt = None,
+    schema_registry_url: SchemaRegistryUrlOpt = None,
 ) -> None:
     """Publish a version's feature contract to the Schema Registry: an Avro record (or a JSON
     Schema) under <input topic>-value (a new subject gets BACKWARD compatibility), so producers'
@@ -495,6 +499,7 @@ def models_register_schema(
         model_store=store,
         input_topic=input_topic,
         contract_format=contract_format,
+        schema_registry_url=schema_registry_url,
     )
     _register_schema(settings, _store(settings).metadata(settings.model_name, version))
 

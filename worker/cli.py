@@ -24,6 +24,8 @@ from forestream.runtime.cli_options import (
     ModelsTopicOpt,
     MonitoringTopicOpt,
     OutputTopicOpt,
+    SchemaRegistryUrlOpt,
+    SchemaRegistryWaitOpt,
     StoreOpt,
     VerifyKeyOpt,
 )
@@ -204,6 +206,8 @@ def worker(
             show_default=False,
         ),
     ] = None,
+    schema_registry_url: SchemaRegistryUrlOpt = None,
+    schema_registry_wait_s: SchemaRegistryWaitOpt = None,
     processes: Annotated[
         int | None,
         typer.Option(
@@ -255,6 +259,8 @@ def worker(
         model_cache_dir=model_cache_dir,
         input_format=input_format,
         output_format=output_format,
+        schema_registry_url=schema_registry_url,
+        schema_registry_wait_s=schema_registry_wait_s,
         log_format=log_format,
     )
     configure_logging(checked_log_format(settings.log_format))

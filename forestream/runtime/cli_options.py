@@ -113,3 +113,23 @@ SigningKeyOpt = Annotated[
         show_default=False,
     ),
 ]
+SchemaRegistryUrlOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--schema-registry-url",
+        help="the Schema Registry (Confluent API, or Apicurio's .../apis/ccompat/v7; "
+        "`forestream registry start` prints a local one; auth and CA are env only) "
+        "[env FORESTREAM_SCHEMA_REGISTRY_URL]",
+        show_default=False,
+    ),
+]
+SchemaRegistryWaitOpt = Annotated[
+    float | None,
+    typer.Option(
+        "--schema-registry-wait-s",
+        help="during a registry outage, how long records with a schema id never fetched are "
+        "held before the DLQ (registry_unavailable); ids fetched before keep scoring "
+        "[env FORESTREAM_SCHEMA_REGISTRY_WAIT_S; default 60, at most 240]",
+        show_default=False,
+    ),
+]

@@ -45,3 +45,61 @@ def test_one_transactional_id_for_several_processes_is_refused_before_connecting
     assert done.returncode == 2, done.stderr
     assert "Traceback" not in done.stderr
     assert "--transactional-id names one producer" in done.stderr, done.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["worker", "--input-format", "avro"], "needs FORESTREAM_SCHEMA_REGISTRY_URL"),
+        (
+            ["worker", "--input-format", "avro", "--schema-registry-url", "registry:8081"],
+            "is not an http(s):// URL",
+        ),
+        (
+            [
+                "worker",
+                "--input-format",
+                "avro",
+                "--schema-registry-url",
+                "http://127.0.0.1:1",
+                "--schema-registry-wait-s",
+                "900",
+            ],
+            "schema_registry_wait_s",
+        ),
+        (
+            [
+                "replay",
+                "--input-format",
+                "protobuf",
+                "--schema-registry-url",
+                "ftp://x",
+                "--output-topic",
+                "t.out",
+                "--checkpoint",
+                "/nonexistent/x.json",
+            ],
+            "is not an http(s):// URL",
+        ),
+        (
+            [
+                "models",
+                "register-schema",
+                "v1",
+                "--contract-format",
+                "xml",
+                "--schema-registry-url",
+                "http://127.0.0.1:1",
+            ],
+            "contract_format",
+        ),
+    ],
+)
+def test_schema_registry_flags_are_checked_before_anything_runs(
+    args: list[str], message: str
+) -> None:
+    """The registry's flags reach the settings they are twins of, checked as the env is."""
+    done = _forestream(*args)
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr
+    assert message in done.stderr, done.stderr
