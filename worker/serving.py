@@ -21,6 +21,7 @@ from forestream.worker.outputs import prediction_encoder
 from forestream.worker.processing import ProcessedBatch, process_records
 from forestream.worker.scoring import PredictionEncoder
 from forestream.worker.settings import WireFormatSettings, WorkerSettings
+from forestream.worker.shadow import ShadowScorer
 
 if TYPE_CHECKING:
     from forestream.wire.schema import FeatureSchema, ReferenceStats
@@ -44,6 +45,10 @@ class Serving:
         self.writer_schemas = writer_schemas_for(settings)
         self.encode = output_encoder(settings, settings.output_topic)
         """Registered with the Schema Registry here, before any client starts, for Avro."""
+        self.shadow = ShadowScorer(settings, follower, telemetry, self.writer_schemas)
+        """Scores a share of each batch with a candidate, if one is announced, off this thread."""
+        if telemetry is not None:
+            follower.on_shadow_change = telemetry.metrics.set_shadow_version
         self.keep_waiting: Callable[[], bool] = lambda: True
         """Called while a batch waits for the Schema Registry (the loop sets it: it tells
         health the loop is waiting, not stuck); False ends the wait."""
@@ -94,6 +99,11 @@ class Serving:
             ),
             encode=self.encode,
         )
+        try:  # returns at once; a shadow bug must not cost the served batch
+            self.shadow.offer(records, batch.valid_indexes)
+        except Exception as exc:
+            if self._warn_scoring.ready():
+                log.error("shadow_offer_failed", error=f"{type(exc).__name__}: {exc}")
         if batch.scoring_error is not None and self._warn_scoring.ready():
             log.error(
                 "scoring_failed",
