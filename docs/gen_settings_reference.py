@@ -36,6 +36,7 @@ SETTINGS_CLASSES = (
     "SigningSettings",
     "_TrainSettings",
     "_RegistrySettings",
+    "_ShadowSettings",
     "SchemaRegistrySettings",
     "_SchemaSettings",
 )
@@ -49,6 +50,7 @@ COMMAND_SETTINGS: dict[str, str] = {
     "models show": "CommonSettings",
     "models promote": "_RegistrySettings",
     "models rollback": "_RegistrySettings",
+    "models shadow": "_ShadowSettings",
     "models register-schema": "_SchemaSettings",
     "demo": "CommonSettings",
     "worker": "WorkerSettings",

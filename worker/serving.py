@@ -45,7 +45,15 @@ class Serving:
         self.writer_schemas = writer_schemas_for(settings)
         self.encode = output_encoder(settings, settings.output_topic)
         """Registered with the Schema Registry here, before any client starts, for Avro."""
-        self.shadow = ShadowScorer(settings, follower, telemetry, self.writer_schemas)
+        self.shadow = ShadowScorer(
+            settings,
+            follower,
+            telemetry,
+            parser=lambda records, schema: record_parser(
+                settings.input_format, self.writer_schemas, records, schema, lambda: False
+            ),
+            encoder=lambda: output_encoder(settings, settings.shadow_topic_or_default()),
+        )
         """Scores a share of each batch with a candidate, if one is announced, off this thread."""
         if telemetry is not None:
             follower.on_shadow_change = telemetry.metrics.set_shadow_version

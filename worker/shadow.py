@@ -19,7 +19,7 @@ import hashlib
 import queue
 import threading
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Literal
 
 import structlog
@@ -28,7 +28,8 @@ from forestream.edge.interface import AckingProducer, Delivery, InputRecord
 from forestream.runtime.logs import RateLimited
 
 if TYPE_CHECKING:
-    from forestream.worker.framed import WriterSchemas
+    from forestream.wire.schema import FeatureSchema
+    from forestream.worker.decoding import Parser
     from forestream.worker.health import Telemetry
     from forestream.worker.models import ActiveModel, ModelFollower
     from forestream.worker.scoring import PredictionEncoder
@@ -41,8 +42,9 @@ SKIP_REASONS: tuple[SkipReason, ...] = ("busy", "backpressure", "error")
 MAX_UNACKED_BATCHES = 4
 """Shadow publications still unacknowledged past which a batch's shadow work is skipped: the
 broker or the producer's queue is not keeping up, and the served path must not share that."""
-_SEND_BLOCK_MS = 100
-"""A shadow send waits at most this long for room in its own producer's queue."""
+_SEND_BLOCK_MS = 2_000
+"""A shadow send waits at most this long for metadata or room in its own producer's queue, on
+the shadow thread only: meanwhile later batches find it busy and are skipped."""
 _SPAN = 1 << 64
 
 
@@ -86,12 +88,17 @@ class ShadowScorer:
         settings: WorkerSettings,
         follower: ModelFollower,
         telemetry: Telemetry | None,
-        writer_schemas: WriterSchemas | None,
+        parser: Callable[[list[InputRecord], FeatureSchema], Parser],
+        encoder: Callable[[], PredictionEncoder],
     ) -> None:
+        """``parser``: the batch parser for the candidate's schema (never waiting for the
+        Schema Registry); ``encoder``: the shadow topic's prediction encoder, built on first
+        use (Avro registers its subject then)."""
         self.settings = settings
         self.follower = follower
         self.telemetry = telemetry
-        self.writer_schemas = writer_schemas
+        self.parser = parser
+        self.encoder = encoder
         self.topic = settings.shadow_topic_or_default()
         self.share = settings.shadow_share
         self._jobs: queue.Queue[tuple[ActiveModel, list[InputRecord], list[int]]] = queue.Queue(1)
@@ -142,7 +149,6 @@ class ShadowScorer:
 
     def _work(self, model: ActiveModel, records: list[InputRecord], indexes: list[int]) -> None:
         from forestream.worker.processing import process_records
-        from forestream.worker.serving import output_encoder, record_parser
 
         chosen = [records[i] for i in select(records, indexes, self.share)]
         if not chosen:
@@ -153,7 +159,7 @@ class ShadowScorer:
             self._skipped(reason, model.version)
             return
         if self._encode is None:  # Avro: the shadow topic's subject registered once, here
-            self._encode = output_encoder(self.settings, self.topic)
+            self._encode = self.encoder()
         s = self.settings
         batch = process_records(
             chosen,
@@ -161,9 +167,7 @@ class ShadowScorer:
             output_topic=self.topic,
             dlq_topic=self.topic,  # dead letters are dropped below: the served path has its own
             max_record_bytes=s.max_record_bytes,
-            parse=record_parser(
-                s.input_format, self.writer_schemas, chosen, model.schema, lambda: False
-            ),
+            parse=self.parser(chosen, model.schema),
             encode=self._encode,
         )
         predictions = batch.outgoing[: batch.predicted]  # predictions come first, then letters
