@@ -450,11 +450,10 @@ class ModelFollower:
         if _same(wanted, self._shadow_wanted):
             return
         self._shadow_wanted = wanted
-        if wanted is None:
-            log.info(
-                "shadow_stopped", name=self.name, version=self._shadow and self._shadow.version
-            )
+        if wanted is None:  # gone before the line: a batch after it is never shadowed
+            stopped = self._shadow.version if self._shadow else None
             self._set_shadow(None)
+            log.info("shadow_stopped", name=self.name, version=stopped)
         else:
             log.info("shadow_announced", name=self.name, version=wanted.version)
 

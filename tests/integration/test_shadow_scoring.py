@@ -116,8 +116,8 @@ def test_shadow_scores_its_share_beside_the_served_version(
         later = rows[N : N + MORE]
         _produce(kafka_bootstrap, topics["in"], later)
         read_topic(kafka_bootstrap, topics["out"], expected=N + MORE, timeout_s=30)
+        group.stop(0)  # its shadow producer closed: whatever it sent is on the topic now
         assert len(read_topic(kafka_bootstrap, shadow_topic, timeout_s=30)) == len(chosen)
-        group.stop(0)
         assert not log_events(log, "shadow_batch_skipped")
     finally:
         group.kill_all()
