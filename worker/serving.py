@@ -49,9 +49,7 @@ class Serving:
             settings,
             follower,
             telemetry,
-            parser=lambda records, schema: record_parser(
-                settings.input_format, self.writer_schemas, records, schema, lambda: False
-            ),
+            parser=self._shadow_parser,
             encoder=lambda: output_encoder(settings, settings.shadow_topic_or_default()),
         )
         """Scores a share of each batch with a candidate, if one is announced, off this thread."""
@@ -120,6 +118,13 @@ class Serving:
                 suppressed=self._warn_scoring.take_suppressed(),
             )
         return batch
+
+    def _shadow_parser(self, records: list[InputRecord], features: FeatureSchema) -> Parser:
+        """The shadow's parser, which never fetches a writer schema: its records are a share of
+        a batch whose ids this thread fetched first (those it could not were dead-lettered)."""
+        if self.writer_schemas is None:
+            return parse_json
+        return framed_parser(self.settings.input_format, self.writer_schemas.lookup, features)
 
     def reference_for(self, version: str) -> ReferenceStats | None:
         """Drift reference of the version that scored the batch being observed (the active one)."""

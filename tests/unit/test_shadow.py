@@ -99,3 +99,40 @@ def test_a_candidate_that_fails_its_checks_never_touches_serving() -> None:
     assert follower.shadow() is None
     assert follower.current() is not None and follower.current().version == "v1"  # type: ignore[union-attr]
     assert failures and not follower._needs_load()
+
+
+class _Follower:
+    def __init__(self, model: object) -> None:
+        self.model = model
+
+    def shadow(self) -> object:
+        return self.model
+
+
+def test_offer_never_waits_a_batch_finding_the_scorer_busy_is_skipped_and_counted() -> None:
+    from types import SimpleNamespace
+    from typing import Any, cast
+
+    from forestream.worker.metrics import WorkerMetrics
+    from forestream.worker.settings import WorkerSettings
+    from forestream.worker.shadow import ShadowScorer
+
+    metrics = WorkerMetrics()
+    telemetry: Any = SimpleNamespace(metrics=metrics)
+    follower: Any = _Follower(SimpleNamespace(version="v2"))
+    scorer = ShadowScorer(
+        WorkerSettings(),
+        follower,
+        telemetry,
+        parser=lambda records, schema: cast(Any, None),
+        encoder=lambda: cast(Any, None),
+    )
+    scorer._thread = cast(Any, object())  # the shadow thread, busy: nothing takes jobs
+    records = [_record(b"k", 0)]
+    scorer.offer(records, [0])  # fills the one-batch slot
+    scorer.offer(records, [0])  # returns at once, skipped
+    scorer.offer(records, [])  # nothing predicted: nothing to shadow, not a skip
+    follower.model = None
+    scorer.offer(records, [0])  # no candidate: not a skip either
+    assert metrics.shadow_skipped.labels(reason="busy")._value.get() == 1
+    assert metrics.shadow_skipped.labels(reason="backpressure")._value.get() == 0
