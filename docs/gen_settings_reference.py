@@ -36,6 +36,7 @@ SETTINGS_CLASSES = (
     "SigningSettings",
     "_TrainSettings",
     "_RegistrySettings",
+    "_ShadowSettings",
     "SchemaRegistrySettings",
     "ContractSettings",
     "_SchemaSettings",
@@ -50,6 +51,7 @@ COMMAND_SETTINGS: dict[str, str] = {
     "models show": "CommonSettings",
     "models promote": "_RegistrySettings",
     "models rollback": "_RegistrySettings",
+    "models shadow": "_ShadowSettings",
     "models register-schema": "_SchemaSettings",
     "demo": "CommonSettings",
     "worker": "WorkerSettings",
@@ -128,6 +130,10 @@ DESCRIPTIONS: dict[str, str] = {
     "`--output-topic`, never read from this setting)",
     "dlq_topic": "dead letters: the original bytes and a reason (`replay` writes to its own "
     "`--dlq-topic`, by default `<output>.dlq`)",
+    "shadow_topic": "a shadow candidate's predictions (`models shadow`), never the served ones; "
+    "unset: `<output topic>.shadow`",
+    "shadow_share": "share of each batch's predicted records a shadow candidate scores, chosen "
+    "by a hash of the key (0 < share <= 1)",
     "models_topic": "the registry's events, one partition, compacted",
     "labels_topic": "late labels, read by workers for online accuracy",
     "monitoring_topic": "the workers' periodic reports, read by `monitor`",

@@ -23,6 +23,7 @@ from forestream.runtime.cli_options import (
     MonitoringTopicOpt,
     OutputTopicOpt,
     SchemaRegistryUrlOpt,
+    ShadowTopicOpt,
     StoreOpt,
 )
 
@@ -322,6 +323,7 @@ def topics_create(
     input_topic: InputTopicOpt = None,
     output_topic: OutputTopicOpt = None,
     dlq_topic: DlqTopicOpt = None,
+    shadow_topic: ShadowTopicOpt = None,
     labels_topic: LabelsTopicOpt = None,
     monitoring_topic: MonitoringTopicOpt = None,
     models_topic: ModelsTopicOpt = None,
@@ -369,6 +371,7 @@ def topics_create(
         input_topic=input_topic,
         output_topic=output_topic,
         dlq_topic=dlq_topic,
+        shadow_topic=shadow_topic,
         labels_topic=labels_topic,
         monitoring_topic=monitoring_topic,
         models_topic=models_topic,
@@ -379,6 +382,7 @@ def topics_create(
         TopicSpec(s.input_topic, s.partitions),
         TopicSpec(s.output_topic, s.partitions),
         TopicSpec(s.dlq_topic, s.partitions),
+        TopicSpec(s.shadow_topic_or_default(), s.partitions),
         TopicSpec(s.labels_topic, s.partitions),
         TopicSpec(s.monitoring_topic, 1),
         # one partition: every worker reads the registry's events in the order they happened

@@ -1,6 +1,6 @@
 """Commands of this component, registered on the ``forestream`` app by ``forestream.cli``.
 
-``train``, ``models list|show|promote|rollback`` and ``demo-data``. Heavy imports (pandas,
+``train``, ``models list|show|promote|rollback|shadow`` and ``demo-data``. Heavy imports (pandas,
 sklearn, kafka) happen inside the commands so ``forestream --help`` stays fast.
 """
 
@@ -37,7 +37,7 @@ if TYPE_CHECKING:
     from forestream.training.quality import QualityReport
 
 models_app = typer.Typer(
-    help="The model registry: list, inspect, promote and roll back versions.",
+    help="The model registry: list, inspect, promote, roll back and shadow versions.",
     no_args_is_help=True,
 )
 
@@ -585,5 +585,8 @@ def demo_data(
 def register(app: typer.Typer) -> None:
     """Add ``train``, ``models ...`` and ``demo-data`` to ``app``."""
     app.command("train")(train)
+    from forestream.training.shadow import models_shadow
+
+    models_app.command("shadow")(models_shadow)
     app.add_typer(models_app, name="models")
     app.command("demo-data")(demo_data)

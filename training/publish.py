@@ -248,10 +248,15 @@ class ModelsTopic:
 
     def append(self, event: ModelEvent) -> int:
         """Publish ``event`` and wait for the broker's acknowledgement; returns its offset."""
-        tp = self._partition(event.name)  # opens the producer too
+        return self.put(event.name, event.model_dump_json().encode())
+
+    def put(self, key: str, value: bytes) -> int:
+        """Publish one record under ``key`` (a model name, or its shadow key) and wait for the
+        broker's acknowledgement; returns its offset."""
+        tp = self._partition(key)  # opens the producer too
         if self._producer is None:  # _partition() -> _read() starts it
             raise RuntimeError(f"no producer for the models topic {self.topic!r}")
-        record = Outgoing(self.topic, event.name.encode(), event.model_dump_json().encode())
+        record = Outgoing(self.topic, key.encode(), value)
         try:
             return self._producer.append(record, tp.partition, SEND_TIMEOUT_S)
         except TransientKafkaError as exc:

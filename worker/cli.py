@@ -26,6 +26,7 @@ from forestream.runtime.cli_options import (
     OutputTopicOpt,
     SchemaRegistryUrlOpt,
     SchemaRegistryWaitOpt,
+    ShadowTopicOpt,
     StoreOpt,
     VerifyKeyOpt,
 )
@@ -59,6 +60,16 @@ def worker(
     input_topic: InputTopicOpt = None,
     output_topic: OutputTopicOpt = None,
     dlq_topic: DlqTopicOpt = None,
+    shadow_topic: ShadowTopicOpt = None,
+    shadow_share: Annotated[
+        float | None,
+        typer.Option(
+            "--shadow-share",
+            help="share of each batch a shadow candidate (`models shadow`) scores, chosen by "
+            "key hash, 0 < share <= 1 [env FORESTREAM_SHADOW_SHARE; default: 1.0]",
+            show_default=False,
+        ),
+    ] = None,
     models_topic: ModelsTopicOpt = None,
     labels_topic: LabelsTopicOpt = None,
     monitoring_topic: MonitoringTopicOpt = None,
@@ -236,6 +247,8 @@ def worker(
         input_topic=input_topic,
         output_topic=output_topic,
         dlq_topic=dlq_topic,
+        shadow_topic=shadow_topic,
+        shadow_share=shadow_share,
         models_topic=models_topic,
         labels_topic=labels_topic,
         monitoring_topic=monitoring_topic,

@@ -84,6 +84,7 @@ def ensure_worker_topics(kafka: KafkaConnection | str, s: WorkerSettings) -> Non
         [
             TopicSpec(s.output_topic, partitions),
             TopicSpec(s.dlq_topic, partitions),
+            TopicSpec(s.shadow_topic_or_default(), partitions),
             TopicSpec(s.labels_topic, partitions),
             TopicSpec(s.monitoring_topic, 1),
             models_topic_spec(s.models_topic),
@@ -323,6 +324,7 @@ class Worker:
         if self._transactions is not None:
             self._transactions.close(1 if late else 5)
         self.follower.stop()
+        self.serving.shadow.close(1 if late else 2)
 
     # -- poll, process, finish -----------------------------------------------------------------
 

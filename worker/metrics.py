@@ -163,6 +163,29 @@ class WorkerMetrics:
             namespace=ns,
             registry=r,
         )
+        self.shadow_version = Gauge(
+            "shadow_model_info",
+            "1 for the candidate version scored in shadow (no series while none is)",
+            ["version"],
+            namespace=ns,
+            registry=r,
+        )
+        self.shadow_predicted = Counter(
+            "shadow_predictions",
+            "Candidate predictions sent to the shadow topic",
+            namespace=ns,
+            registry=r,
+        )
+        self.shadow_skipped = Counter(
+            "shadow_skipped",
+            "Batches whose shadow scoring was skipped, never waited for, by reason",
+            ["reason"],
+            namespace=ns,
+            registry=r,
+        )
+        for reason in ("busy", "backpressure", "error"):
+            self.shadow_skipped.labels(reason=reason)  # a zero series from the start
+        self._shadow: str | None = None
         self.reloads = Counter(
             "model_reloads", "Model versions loaded and swapped in", namespace=ns, registry=r
         )
@@ -259,6 +282,21 @@ class WorkerMetrics:
             if version is not None:
                 self.model_version.labels(version=version).set(1)
             self._version = version
+
+    def set_shadow_version(self, version: str | None) -> None:
+        """Mark ``version`` as the shadow candidate (``None``: none); from the follower's thread."""
+        with self._version_lock:
+            if self._shadow is not None:
+                self.shadow_version.remove(self._shadow)
+            if version is not None:
+                self.shadow_version.labels(version=version).set(1)
+            self._shadow = version
+
+    def record_shadow_predicted(self, count: int) -> None:
+        self.shadow_predicted.inc(count)
+
+    def record_shadow_skip(self, reason: str) -> None:
+        self.shadow_skipped.labels(reason=reason).inc()
 
     def record_reload(self, version: str) -> None:
         """A new model version was loaded and is now served."""

@@ -10,6 +10,10 @@ all: the old model keeps serving, the reason is logged once (and counted by exce
 e.g. ``BadSignature``), and the load is retried with backoff (the artifact may simply not be
 visible yet on a shared store). A version superseded while it
 loaded (a registry command withdrew it) is dropped instead of swapped in.
+
+A shadow candidate (``models shadow``, key ``<name>/shadow``) is loaded the same way, with the
+same checks, after the served version; :meth:`ModelFollower.shadow` hands it to the scoring
+loop, and a stop (or a failed load) simply leaves nothing there: it never touches serving.
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ import structlog
 from pydantic import ValidationError
 
 from forestream.errors import SchemaIncompatible
-from forestream.wire.messages import ModelEvent, ServingRef
+from forestream.wire.messages import ModelEvent, ServingRef, ShadowEvent, shadow_key
 from forestream.wire.schema import (
     CategoricalFeature,
     FeatureSchema,
@@ -299,6 +303,12 @@ class ModelFollower:
         """Set when following failed for good (e.g. no ACL on the models topic): the worker
         ends on it rather than waiting for a model that cannot come."""
         self._wanted: ServingRef | None = None
+        self._shadow_key = shadow_key(name)
+        self._shadow_wanted: ServingRef | None = None
+        self._shadow: ActiveModel | None = None
+        self._shadow_failed: tuple[str, str] | None = None
+        self.on_shadow_change: Callable[[str | None], None] | None = None
+        """Told the shadow version (None: none) whenever it changes, e.g. a gauge."""
         self._failed: tuple[str, str] | None = None  # (version, sha256) whose failure we logged
         self._stop = threading.Event()
         self._changed = threading.Condition()
@@ -316,6 +326,10 @@ class ModelFollower:
     def current(self) -> ActiveModel | None:
         """The model to score the next batch with (a plain attribute read: cheap per batch)."""
         return self._active
+
+    def shadow(self) -> ActiveModel | None:
+        """The candidate to shadow-score the next batch with, if any (a plain read)."""
+        return self._shadow
 
     def wait(self, timeout_s: float) -> ActiveModel | None:
         """Block until a model is active or ``timeout_s`` passes."""
@@ -375,8 +389,8 @@ class ModelFollower:
             tps = [TopicPartition(self.models_topic, p) for p in sorted(partitions)]
             consumer.assign(tps)
             consumer.seek_to_beginning(tps)
-            next_load_at = 0.0
-            backoff = self.retry_backoff_s
+            next_load_at = next_shadow_at = 0.0
+            backoff = shadow_backoff = self.retry_backoff_s
 
             def read(timeout_s: float) -> None:
                 for record in consumer.poll_batch(2000, timeout_s):
@@ -393,10 +407,19 @@ class ModelFollower:
                     else:
                         next_load_at = time.monotonic() + backoff
                         backoff = min(backoff * 2, self.max_backoff_s)
+                elif self._needs_shadow_load() and time.monotonic() >= next_shadow_at:
+                    if self._load_shadow():
+                        shadow_backoff = self.retry_backoff_s
+                    else:
+                        next_shadow_at = time.monotonic() + shadow_backoff
+                        shadow_backoff = min(shadow_backoff * 2, self.max_backoff_s)
         finally:
             consumer.close()
 
     def _on_record(self, key: bytes | None, value: bytes | None) -> None:
+        if key is not None and value and key.decode("utf-8", "replace") == self._shadow_key:
+            self._on_shadow(value)
+            return
         if key is None or key.decode("utf-8", "replace") != self.name or not value:
             return
         try:
@@ -417,6 +440,74 @@ class ModelFollower:
                 version=event.serving.version,
             )
         self._wanted = event.serving
+
+    def _on_shadow(self, value: bytes) -> None:
+        try:
+            wanted = ShadowEvent.model_validate_json(value).shadow
+        except ValidationError as exc:
+            log.warning("shadow_event_invalid", error=str(exc).splitlines()[0])
+            return
+        if _same(wanted, self._shadow_wanted):
+            return
+        self._shadow_wanted = wanted
+        if wanted is None:  # gone before the line: a batch after it is never shadowed
+            stopped = self._shadow.version if self._shadow else None
+            self._set_shadow(None)
+            log.info("shadow_stopped", name=self.name, version=stopped)
+        else:
+            log.info("shadow_announced", name=self.name, version=wanted.version)
+
+    def _set_shadow(self, model: ActiveModel | None) -> None:
+        self._shadow = model
+        if self.on_shadow_change is not None:
+            with contextlib.suppress(Exception):
+                self.on_shadow_change(model.version if model else None)
+
+    def _needs_shadow_load(self) -> bool:
+        wanted, shadow = self._shadow_wanted, self._shadow
+        if wanted is None or self._active is None:  # the served version first
+            return False
+        return shadow is None or (shadow.version, shadow.sha256) != (wanted.version, wanted.sha256)
+
+    def _load_shadow(self) -> bool:
+        """Load the shadow candidate with the served version's checks; False on failure (the
+        previous candidate, if any, is dropped: its predictions would be mislabelled)."""
+        wanted = self._shadow_wanted
+        if wanted is None:
+            return False
+        started = time.monotonic()
+        try:
+            pipeline, metadata = self.loader(wanted)
+            check_servable(self._active, metadata)
+            warm_up(pipeline, metadata, compiled=self.compiled)
+        except Exception as exc:
+            if self._shadow is not None:
+                self._set_shadow(None)
+            if self.on_load_failure is not None:
+                with contextlib.suppress(Exception):
+                    self.on_load_failure(type(exc).__name__)
+            if self._shadow_failed != (wanted.version, wanted.sha256):  # once per target
+                self._shadow_failed = (wanted.version, wanted.sha256)
+                log.error(
+                    "shadow_load_failed",
+                    name=self.name,
+                    version=wanted.version,
+                    reason=f"{type(exc).__name__}: {exc}",
+                )
+            return False
+        if not _same(self._shadow_wanted, wanted):  # stopped or replaced while loading
+            return True
+        self._shadow_failed = None
+        self._set_shadow(ActiveModel(wanted.version, wanted.sha256, pipeline, metadata))
+        log.info(
+            "shadow_in_use",
+            name=self.name,
+            version=wanted.version,
+            serving=self._active.version if self._active else None,
+            engine=self._shadow.engine if self._shadow else None,
+            load_s=round(time.monotonic() - started, 3),
+        )
+        return True
 
     def _needs_load(self) -> bool:
         wanted, active = self._wanted, self._active

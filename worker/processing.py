@@ -53,6 +53,9 @@ class ProcessedBatch:
     """What observers see: the predicted rows only (none went to the DLQ)."""
     scoring_error: str | None = None
     """The model's error on the whole batch when some of its rows were dead-lettered for it."""
+    valid_indexes: Sequence[int] = ()
+    """Indexes (in the batch's records) of the predicted records, in ``outgoing``'s order:
+    what shadow scoring chooses from."""
 
 
 def process_records(
@@ -103,10 +106,12 @@ def process_records(
         ]
         rejects.sort(key=lambda reject: reject.index)
         scored_rows = isolated.scored.tolist()
-        valid = [records[decoded.valid_indexes[j]] for j in scored_rows]
+        valid_indexes: Sequence[int] = [decoded.valid_indexes[j] for j in scored_rows]
+        valid = [records[i] for i in valid_indexes]
         frame = decoded.frame.iloc[scored_rows].reset_index(drop=True)
     else:
-        valid = [records[i] for i in decoded.valid_indexes]
+        valid_indexes = decoded.valid_indexes
+        valid = [records[i] for i in valid_indexes]
         frame = decoded.frame
     predict_seconds = time.perf_counter() - started
     scored_at_ms = int(time.time() * 1000)
@@ -155,6 +160,7 @@ def process_records(
         dead_lettered=Counter(r.code for r in rejects),
         scored=scored,
         scoring_error=scoring_error,
+        valid_indexes=valid_indexes,
     )
 
 
@@ -172,8 +178,9 @@ def _dead_letter_long_keys(
     """A prediction carries its input's key, so an input whose key exceeds ``MAX_KEY_BYTES``
     is dead-lettered (``too_large``) instead of scored; the rest of the batch goes on as usual."""
     skip = set(long_keys)
+    kept = [i for i in range(len(records)) if i not in skip]
     rest = process_records(
-        [r for i, r in enumerate(records) if i not in skip],
+        [records[i] for i in kept],
         model,
         output_topic=output_topic,
         dlq_topic=dlq_topic,
@@ -199,6 +206,7 @@ def _dead_letter_long_keys(
             reject_codes=[*rest.scored.reject_codes, *codes],
         ),
         scoring_error=rest.scoring_error,
+        valid_indexes=[kept[j] for j in rest.valid_indexes],
     )
 
 

@@ -21,6 +21,7 @@ from forestream.worker.outputs import prediction_encoder
 from forestream.worker.processing import ProcessedBatch, process_records
 from forestream.worker.scoring import PredictionEncoder
 from forestream.worker.settings import WireFormatSettings, WorkerSettings
+from forestream.worker.shadow import ShadowScorer
 
 if TYPE_CHECKING:
     from forestream.wire.schema import FeatureSchema, ReferenceStats
@@ -44,6 +45,16 @@ class Serving:
         self.writer_schemas = writer_schemas_for(settings)
         self.encode = output_encoder(settings, settings.output_topic)
         """Registered with the Schema Registry here, before any client starts, for Avro."""
+        self.shadow = ShadowScorer(
+            settings,
+            follower,
+            telemetry,
+            parser=self._shadow_parser,
+            encoder=lambda: output_encoder(settings, settings.shadow_topic_or_default()),
+        )
+        """Scores a share of each batch with a candidate, if one is announced, off this thread."""
+        if telemetry is not None:
+            follower.on_shadow_change = telemetry.metrics.set_shadow_version
         self.keep_waiting: Callable[[], bool] = lambda: True
         """Called while a batch waits for the Schema Registry (the loop sets it: it tells
         health the loop is waiting, not stuck); False ends the wait."""
@@ -94,6 +105,11 @@ class Serving:
             ),
             encode=self.encode,
         )
+        try:  # returns at once; a shadow bug must not cost the served batch
+            self.shadow.offer(records, batch.valid_indexes)
+        except Exception as exc:
+            if self._warn_scoring.ready():
+                log.error("shadow_offer_failed", error=f"{type(exc).__name__}: {exc}")
         if batch.scoring_error is not None and self._warn_scoring.ready():
             log.error(
                 "scoring_failed",
@@ -102,6 +118,13 @@ class Serving:
                 suppressed=self._warn_scoring.take_suppressed(),
             )
         return batch
+
+    def _shadow_parser(self, records: list[InputRecord], features: FeatureSchema) -> Parser:
+        """The shadow's parser, which never fetches a writer schema: its records are a share of
+        a batch whose ids this thread fetched first (those it could not were dead-lettered)."""
+        if self.writer_schemas is None:
+            return parse_json
+        return framed_parser(self.settings.input_format, self.writer_schemas.lookup, features)
 
     def reference_for(self, version: str) -> ReferenceStats | None:
         """Drift reference of the version that scored the batch being observed (the active one)."""

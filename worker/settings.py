@@ -96,6 +96,8 @@ class WorkerSettings(GuaranteeSettings, TrustSettings, WireFormatSettings):
             return self.transactional_id
         return f"forestream-{self.group}-{socket.gethostname()}-{self.worker_index}"
 
+    shadow_share: float = Field(default=1.0, gt=0, le=1)
+    """The share of each batch's predicted records a shadow candidate scores (by key hash)."""
     max_record_bytes: int = Field(default=1024 * 1024, ge=1)
     """Larger input values are dead-lettered as ``too_large`` without being parsed."""
     max_records: int | None = Field(default=None, ge=1)

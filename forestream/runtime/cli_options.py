@@ -36,6 +36,15 @@ DlqTopicOpt = Annotated[
         "--dlq-topic", help="dead-letter topic [env FORESTREAM_DLQ_TOPIC]", show_default=False
     ),
 ]
+ShadowTopicOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--shadow-topic",
+        help="a shadow candidate's predictions [env FORESTREAM_SHADOW_TOPIC; default: "
+        "<output topic>.shadow]",
+        show_default=False,
+    ),
+]
 ModelsTopicOpt = Annotated[
     str | None,
     typer.Option(

@@ -133,6 +133,8 @@ class CommonSettings(BaseSettings):
     models_topic: str = DEFAULT_MODELS_TOPIC
     labels_topic: str = DEFAULT_LABELS_TOPIC
     monitoring_topic: str = DEFAULT_MONITORING_TOPIC
+    shadow_topic: str | None = None
+    """A shadow candidate's predictions (``models shadow``); unset: ``<output topic>.shadow``."""
     model_store: str = ".forestream/models"
     """A directory, or a URI: ``s3://bucket/prefix`` (also ``gs://``, ``az://``, ``file://``)."""
     s3_endpoint_url: str | None = None
@@ -271,13 +273,17 @@ class CommonSettings(BaseSettings):
         "models_topic",
         "labels_topic",
         "monitoring_topic",
+        "shadow_topic",
     )
     @classmethod
-    def _legal_topic(cls, name: str) -> str:
-        problem = illegal_topic_name(name)
+    def _legal_topic(cls, name: str | None) -> str | None:
+        problem = None if name is None else illegal_topic_name(name)
         if problem is not None:
             raise ValueError(problem)
         return name
+
+    def shadow_topic_or_default(self) -> str:
+        return self.shadow_topic or f"{self.output_topic}.shadow"
 
     def check_distinct_topics(self) -> None:
         """One topic in two roles (say input and output) would feed a worker its own output.
@@ -286,8 +292,12 @@ class CommonSettings(BaseSettings):
         well read what is the DLQ topic of the live system.
         """
         roles: dict[str, str] = {}
-        for role in ("input", "output", "dlq", "models", "labels", "monitoring"):
-            name = getattr(self, f"{role}_topic")
+        for role in ("input", "output", "dlq", "models", "labels", "monitoring", "shadow"):
+            name = (
+                self.shadow_topic_or_default()
+                if role == "shadow"
+                else getattr(self, f"{role}_topic")
+            )
             if name in roles:
                 raise UserError(
                     f"invalid settings: {roles[name]} and {role} topics are both {name!r}"

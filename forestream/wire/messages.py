@@ -65,6 +65,34 @@ class ModelEvent(BaseModel):
     at: int = Field(description="event time, ms since epoch")
 
 
+SHADOW_KEY_SUFFIX = "/shadow"
+"""A model's shadow announcements use the key ``<name>/shadow`` on the models topic: its own
+compaction key, so the newest one survives beside the newest :class:`ModelEvent`; a model name
+cannot contain ``/`` (:data:`forestream.registry.metadata.NAME_RE`), so no name collides, and
+readers matching the key to a model name skip it."""
+
+
+def shadow_key(name: str) -> str:
+    """The models topic key of ``name``'s shadow announcements."""
+    return name + SHADOW_KEY_SUFFIX
+
+
+class ShadowEvent(BaseModel):
+    """Value of a shadow announcement on the models topic; key = ``<name>/shadow``.
+
+    ``shadow`` is the candidate every worker scores beside the served version, or None once
+    stopped: a record rather than a tombstone, so every reader parses one shape and the stop
+    stays on the topic (when, by whom) until the next announcement replaces it.
+    """
+
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+    kind: Literal["shadow"] = "shadow"
+    name: str
+    shadow: ServingRef | None = None
+    at: int = Field(description="event time, ms since epoch")
+
+
 class Label(BaseModel):
     """Value of a record on the labels topic; key = the input record's key."""
 

@@ -1,0 +1,138 @@
+"""Shadow scoring's pure parts: which records the share picks, the announcement on the models
+topic, when a batch's shadow work is skipped, and how the follower takes a candidate."""
+
+from __future__ import annotations
+
+import pytest
+from pydantic import ValidationError
+
+from forestream.edge.interface import ConsumedRecord, InputRecord
+from forestream.wire.messages import ModelEvent, ServingRef, ShadowEvent, shadow_key
+from forestream.worker.models import ModelFollower
+from forestream.worker.shadow import MAX_UNACKED_BATCHES, record_ident, select, selects, skip_reason
+from tests.unit.test_worker_models import Loader, event
+
+
+def _record(key: bytes | None, offset: int = 0) -> InputRecord:
+    return ConsumedRecord("in", 0, offset, 0, key, b"{}")
+
+
+def test_share_is_chosen_by_key_the_same_every_time() -> None:
+    keys = [f"k-{i}".encode() for i in range(2000)]
+    first = [selects(k, 0.5) for k in keys]
+    assert first == [selects(k, 0.5) for k in keys]  # another worker, another run: same picks
+    # a smaller share picks a subset of a larger one (the threshold only moves)
+    assert all(selects(k, 0.5) for k in keys if selects(k, 0.2))
+
+
+@pytest.mark.parametrize("share", [0.05, 0.3, 0.5, 0.9])
+def test_share_proportion_holds_over_many_keys(share: float) -> None:
+    n = 20_000
+    picked = sum(selects(f"order-{i}".encode(), share) for i in range(n))
+    assert abs(picked / n - share) < 0.02, picked
+
+
+def test_share_one_picks_every_valid_record() -> None:
+    records = [_record(f"k{i}".encode(), i) for i in range(10)]
+    assert select(records, [0, 2, 3, 9], 1.0) == [0, 2, 3, 9]
+    assert select(records, [1, 4], 0.5) == [i for i in (1, 4) if selects(f"k{i}".encode(), 0.5)]
+
+
+def test_records_without_key_are_chosen_by_their_coordinates() -> None:
+    assert record_ident(_record(None, 7)) == b"in/0/7"
+    assert record_ident(_record(b"", 7)) == b""
+    picks = {selects(record_ident(_record(None, i)), 0.5) for i in range(200)}
+    assert picks == {True, False}  # keyless streams are split too, not all-or-nothing
+
+
+def test_shadow_announcement_round_trips_and_has_its_own_key() -> None:
+    ref = ServingRef(version="v2", sha256="ab" * 32, signature="sig")
+    started = ShadowEvent(name="penguins", shadow=ref, at=5)
+    assert ShadowEvent.model_validate_json(started.model_dump_json()) == started
+    stopped = ShadowEvent.model_validate_json(b'{"name": "penguins", "at": 6}')
+    assert stopped.shadow is None and stopped.kind == "shadow"
+    assert shadow_key("penguins") == "penguins/shadow"
+    with pytest.raises(ValidationError):  # never mistaken for a promotion, nor one for it
+        ModelEvent.model_validate_json(started.model_dump_json())
+    with pytest.raises(ValidationError):
+        ShadowEvent.model_validate_json(event("v1"))
+
+
+def test_skip_when_busy_or_acks_lag() -> None:
+    assert skip_reason(False, 0) is None
+    assert skip_reason(False, MAX_UNACKED_BATCHES - 1) is None
+    assert skip_reason(True, 0) == "busy"
+    assert skip_reason(False, MAX_UNACKED_BATCHES) == "backpressure"
+
+
+def _shadow(version: str | None) -> bytes:
+    ref = ServingRef(version=version, sha256=f"sha-{version}") if version else None
+    return ShadowEvent(name="m", shadow=ref, at=0).model_dump_json().encode()
+
+
+def test_follower_loads_the_candidate_beside_the_served_version_and_drops_it_on_stop() -> None:
+    seen: list[str | None] = []
+    follower = ModelFollower("unused:9092", "models", "m", Loader())
+    follower.on_shadow_change = seen.append
+    follower._on_record(b"m/shadow", _shadow("v2"))
+    assert not follower._needs_shadow_load()  # the served version comes first
+    follower._on_record(b"m", event("v1"))
+    assert follower._load_wanted()
+    assert follower._needs_shadow_load() and follower._load_shadow()
+    served, shadow = follower.current(), follower.shadow()
+    assert served is not None and served.version == "v1"
+    assert shadow is not None and shadow.version == "v2"
+    follower._on_record(b"m/shadow", _shadow(None))
+    assert follower.shadow() is None and follower.current() is served
+    assert seen == ["v2", None]
+
+
+def test_a_candidate_that_fails_its_checks_never_touches_serving() -> None:
+    failures: list[str] = []
+    follower = ModelFollower(
+        "unused:9092", "models", "m", Loader(), on_load_failure=failures.append
+    )
+    follower._on_record(b"m", event("v1"))
+    assert follower._load_wanted()
+    follower._on_record(b"m/shadow", _shadow("bad-v2"))
+    assert not follower._load_shadow()
+    assert follower.shadow() is None
+    assert follower.current() is not None and follower.current().version == "v1"  # type: ignore[union-attr]
+    assert failures and not follower._needs_load()
+
+
+class _Follower:
+    def __init__(self, model: object) -> None:
+        self.model = model
+
+    def shadow(self) -> object:
+        return self.model
+
+
+def test_offer_never_waits_a_batch_finding_the_scorer_busy_is_skipped_and_counted() -> None:
+    from types import SimpleNamespace
+    from typing import Any, cast
+
+    from forestream.worker.metrics import WorkerMetrics
+    from forestream.worker.settings import WorkerSettings
+    from forestream.worker.shadow import ShadowScorer
+
+    metrics = WorkerMetrics()
+    telemetry: Any = SimpleNamespace(metrics=metrics)
+    follower: Any = _Follower(SimpleNamespace(version="v2"))
+    scorer = ShadowScorer(
+        WorkerSettings(),
+        follower,
+        telemetry,
+        parser=lambda records, schema: cast(Any, None),
+        encoder=lambda: cast(Any, None),
+    )
+    scorer._thread = cast(Any, object())  # the shadow thread, busy: nothing takes jobs
+    records = [_record(b"k", 0)]
+    scorer.offer(records, [0])  # fills the one-batch slot
+    scorer.offer(records, [0])  # returns at once, skipped
+    scorer.offer(records, [])  # nothing predicted: nothing to shadow, not a skip
+    follower.model = None
+    scorer.offer(records, [0])  # no candidate: not a skip either
+    assert metrics.shadow_skipped.labels(reason="busy")._value.get() == 1
+    assert metrics.shadow_skipped.labels(reason="backpressure")._value.get() == 0
