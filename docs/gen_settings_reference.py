@@ -164,6 +164,8 @@ DESCRIPTIONS: dict[str, str] = {
     "group": "the workers' consumer group",
     "max_batch": "a micro-batch closes at this many records...",
     "max_wait_ms": "...or this many ms after its first record",
+    "adaptive_window": "close a small batch as soon as the input is drained instead of "
+    "waiting out `max_wait_ms` (`false`: the fixed window)",
     "pipeline": "score the next batch while the previous one's outputs are acknowledged",
     "max_records": "exit 0 after this many input records (demos, tests)",
     "forest_engine": "`auto`: the compiled forest engine once it passed the parity gate "

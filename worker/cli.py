@@ -101,6 +101,15 @@ def worker(
             show_default=False,
         ),
     ] = None,
+    adaptive_window: Annotated[
+        bool | None,
+        typer.Option(
+            "--adaptive-window/--no-adaptive-window",
+            help="close a small batch as soon as the input is drained instead of waiting out "
+            "--max-wait-ms [env FORESTREAM_ADAPTIVE_WINDOW; default on]",
+            show_default=False,
+        ),
+    ] = None,
     max_records: Annotated[
         int | None,
         typer.Option(
@@ -257,6 +266,7 @@ def worker(
         group=group,
         max_batch=max_batch,
         max_wait_ms=max_wait_ms,
+        adaptive_window=adaptive_window,
         max_records=max_records,
         pipeline=pipeline,
         rebuild_without_broker_s=rebuild_without_broker_s,

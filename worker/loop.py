@@ -38,7 +38,6 @@ from forestream.edge.interface import (
 )
 from forestream.errors import KafkaFatalError, TransientKafkaError
 from forestream.exit_codes import exit_code_for
-from forestream.runtime.deadline import Deadline
 from forestream.runtime.logs import RateLimited
 from forestream.worker.batch import BatchObserver
 from forestream.worker.cycle import BatchCycle
@@ -58,6 +57,7 @@ from forestream.worker.reporting import Reporter
 from forestream.worker.serving import Serving
 from forestream.worker.settings import WorkerSettings
 from forestream.worker.transactions import TXN_INIT_BLOCK_MS
+from forestream.worker.window import BatchWindow
 
 if TYPE_CHECKING:
     from forestream.edge.connection import KafkaConnection
@@ -330,12 +330,7 @@ class Worker:
 
     def _loop(self, engine: DeliveryEngine, consumer: GroupConsumer) -> None:
         s, cycle, totals = self.settings, self.cycle, self.reporter.totals
-        max_wait_s = s.max_wait_ms / 1000
-        due: Deadline | None = None
-        """When the records taken go out as a batch, full or not."""
-        # The max-wait of records found by the next poll runs from when the loop last knew
-        # nothing was waiting: records that arrived while a batch was scored have waited since.
-        window = Deadline.after(max_wait_s)
+        window = BatchWindow(s.max_batch, s.max_wait_ms / 1000, s.adaptive_window)
         backoff = 0.1
         while not self._stopping:
             consumer = self._consumer = self.healer.check(consumer, engine)  # librdkafka#5301
@@ -352,8 +347,9 @@ class Worker:
                     engine.finish(serial=True)
                     continue
                 room = min(room, s.max_records - taken)
+            asked = max(room, 1)
             try:
-                cycle.take(consumer.poll_batch(max(room, 1), self._poll_timeout(held, due)))
+                records = consumer.poll_batch(asked, self._poll_timeout(held, window))
                 backoff = 0.1
             except TransientKafkaError as exc:
                 if self._warn_poll.ready():
@@ -365,27 +361,20 @@ class Worker:
                 time.sleep(backoff)
                 backoff = min(backoff * 2, _POLL_BACKOFF_MAX_S)
                 continue
-            if cycle.pending and due is None:
-                due = window
+            cycle.take(records)
+            window.polled(asked, len(records), len(cycle.pending))
             full = len(cycle.pending) >= s.max_batch or (
                 s.max_records is not None and totals.records_in + cycle.in_hand >= s.max_records
             )
-            if cycle.pending and not held and (full or (due is not None and due.expired())):
-                window = Deadline.after(max_wait_s)
+            if not held and window.closes(len(cycle.pending), full):
+                window.restart()
                 engine.finish()
-            elif not cycle.pending:
-                window = Deadline.after(max_wait_s)
-            if not cycle.pending:  # also after a rebalance finished the batch in hand
-                due = None
+            elif not cycle.pending:  # also after a rebalance finished the batch in hand
+                window.restart()
             self._between_batches(held, consumer)
 
-    def _poll_timeout(self, held: bool, due: Deadline | None) -> float:
-        if held:
-            timeout_s = _HELD_POLL_S
-        elif self.cycle.pending and due is not None:
-            timeout_s = due.remaining()
-        else:
-            timeout_s = _IDLE_POLL_S
+    def _poll_timeout(self, held: bool, window: BatchWindow) -> float:
+        timeout_s = _HELD_POLL_S if held else window.wait_s(_IDLE_POLL_S)
         if self.engine is not None and self.engine.busy:  # look at its acks again soon
             timeout_s = min(timeout_s, _IN_FLIGHT_POLL_S)
         return timeout_s

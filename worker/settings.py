@@ -71,6 +71,11 @@ class WorkerSettings(GuaranteeSettings, TrustSettings, WireFormatSettings):
     """...or this long after its first record, whichever comes first. Under load batches fill
     before that (records arrive while the previous batch is scored); at a trickle it is most
     of a record's latency (p99 at 1,000 rec/s: ~64 ms with 50, see the README benchmark)."""
+    adaptive_window: bool = True
+    """Close a small batch (at most a tenth of ``max_batch``) as soon as a poll finds the
+    input drained, instead of waiting out ``max_wait_ms`` for records that are not there
+    (``worker/window.py``). On by default: under load polls come back full and batches fill
+    as before; ``False`` restores the fixed window."""
     pipeline: bool | None = None
     """Score the next micro-batch while the previous one's outputs are being acknowledged,
     and commit without waiting for the coordinator (``False``: one batch at a time). Unset:

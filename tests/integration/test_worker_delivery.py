@@ -328,8 +328,11 @@ def test_rebalance_publishes_and_commits_the_batch_in_hand(
 ) -> None:
     """A worker holding an open batch when a second one joins finishes it, commits it, and
     hands over: the newcomer starts after it, so nothing is scored twice."""
-    # the batch would stay open for 60 s: only the rebalance can close it in this test
-    workers, topics = workers_for(1, "--max-wait-ms", "60000", "--max-batch", "100000")
+    # the batch would stay open for 60 s (a fixed window: an adaptive one closes a drained
+    # small batch at once): only the rebalance can close it in this test
+    workers, topics = workers_for(
+        1, "--max-wait-ms", "60000", "--max-batch", "100000", "--no-adaptive-window"
+    )
     keys, frame = valid_inputs(200, seed=12)
     records = [(k, row_json(row)) for k, (_, row) in zip(keys, frame.iterrows(), strict=True)]
     produce(kafka_bootstrap, topics["in"], records)

@@ -119,6 +119,8 @@ class ConfluentProducer(_Client):
         )
         self._alone: Producer | None = None
         """Started on the first batch refused as too large (see :meth:`_resend_alone`)."""
+        self._last: _Delivery | None = None
+        """The latest :meth:`send`: awaited alone, a flush waits for nothing else."""
 
     def send(self, records: Sequence[Outgoing]) -> _Delivery:
         self._raise_fatal()
@@ -139,6 +141,7 @@ class ConfluentProducer(_Client):
                 delivery.stopped(exc, i)
                 break
         self._poll(0)
+        self._last = delivery
         return delivery
 
     def _resend_alone(self, delivery: _Delivery, index: int, message: Message) -> bool:
@@ -195,12 +198,19 @@ class ConfluentProducer(_Client):
 
     def await_delivery(self, delivery: Delivery, timeout_s: float) -> bool:
         """Served by ``poll`` rather than ``flush``: sends made after ``delivery`` (the
-        monitoring's, the next batch's) need not be waited for."""
+        monitoring's, the next batch's) need not be waited for. Unless ``delivery`` is the
+        latest send: then a flush waits for nothing more, and sends at once what ``poll``
+        leaves to ``linger.ms`` (5 ms, to fill requests; a batch sent whole gains nothing by
+        it). Small batches pay it on every ack: the adaptive window's, at 1,000 rec/s, waited
+        ~6.5 ms per batch for the previous one's acks instead of ~1.6 ms (median, measured)."""
         deadline = time.monotonic() + timeout_s
-        poll = self._poll
         while not delivery.settled():
             left = deadline - time.monotonic()
-            poll(max(min(left, 0.05), 0))
+            step = max(min(left, 0.05), 0)
+            if delivery is self._last:
+                self.flush(step)  # both handles: a record resent alone is part of it
+            else:
+                self._poll(step)
             if left <= 0:
                 break
         self._raise_fatal()

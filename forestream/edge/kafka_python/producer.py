@@ -60,6 +60,8 @@ class KafkaPythonProducer:
     def __init__(self, producer: KafkaProducer, conn: KafkaConnection) -> None:
         self._producer = producer
         self._conn = conn
+        self._last: _FutureDelivery | None = None
+        """The latest :meth:`send`: awaited alone, a flush waits for nothing else."""
 
     def send(self, records: Sequence[Outgoing]) -> _FutureDelivery:
         futures: list[Any] = []
@@ -70,7 +72,8 @@ class KafkaPythonProducer:
                 futures.append(send(o.topic, value=o.value, key=o.key, headers=o.headers))
         except KafkaError as exc:  # e.g. metadata not there within max_block_ms
             error = exc
-        return _FutureDelivery(len(records), futures, error)
+        self._last = _FutureDelivery(len(records), futures, error)
+        return self._last
 
     def flush(self, timeout_s: float) -> bool:
         """kafka-python's ``flush`` raises (``UnknownError: Future not done``) while a batch
@@ -90,8 +93,12 @@ class KafkaPythonProducer:
 
     def await_delivery(self, delivery: Delivery, timeout_s: float) -> bool:
         """kafka-python's sender thread completes the futures: wait on them, not on a flush
-        (which would also wait for whatever was sent after ``delivery``)."""
+        (which would also wait for whatever was sent after ``delivery``). Unless ``delivery``
+        is the latest send: a flush then waits for nothing more and sends at once what
+        ``linger_ms`` would hold (5 ms on every small batch of the adaptive window)."""
         deadline = time.monotonic() + timeout_s
+        if delivery is self._last and not delivery.settled():
+            self.flush(timeout_s)
         while not delivery.settled():
             left = deadline - time.monotonic()
             if left <= 0:

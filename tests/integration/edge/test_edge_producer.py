@@ -110,3 +110,26 @@ def test_the_oversize_producer_gets_a_compressible_large_record_through(
     assert delivery.unacknowledged() == [], delivery.error()
     (record,) = read_topic(kafka_bootstrap, topic, expected=1, settle_s=0.5)
     assert record.value == value
+
+
+def test_awaiting_a_send_ends_once_its_records_are_acknowledged(
+    kafka_bootstrap: str, topic_name: Callable[[str], str], kafka_client: str
+) -> None:
+    """The loop awaits one batch's acks at a time: an earlier send with later ones in flight
+    (librdkafka polls), and the latest one (librdkafka flushes, so ``linger.ms`` is not waited
+    out); each ends with all of its records acknowledged."""
+    topic = topic_name("acks")
+    ensure_topics(kafka_bootstrap, [TopicSpec(topic, PARTITIONS)])
+    producer = acking_producer(on_client(kafka_bootstrap, kafka_client), client_id="test-acks")
+    try:
+        earlier = producer.send([Outgoing(topic, b"e%d" % i, b"{}") for i in range(50)])
+        latest = producer.send([Outgoing(topic, b"l%d" % i, b"{}") for i in range(50)])
+        assert producer.await_delivery(earlier, 30)
+        assert earlier.unacknowledged() == [], earlier.error()
+        assert producer.await_delivery(latest, 30)
+        assert latest.unacknowledged() == [], latest.error()
+        again = producer.send([Outgoing(topic, b"a", b"{}")])
+        assert producer.await_delivery(again, 30) and again.unacknowledged() == []
+    finally:
+        producer.close(5)
+    assert len(read_topic(kafka_bootstrap, topic, expected=101, settle_s=0.5)) == 101
