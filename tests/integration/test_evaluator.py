@@ -1,0 +1,222 @@
+"""``forestream evaluate`` against the real broker: two instances in one group share the
+partitions, and the counts they publish sum to exactly what an offline join of the same topics
+gives; every label is consumed once by the fleet; bad input is counted, never fatal."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from forestream.edge.factory import TopicSpec, ensure_topics, make_producer
+from forestream.exit_codes import USER_ERROR
+from forestream.wire.messages import EvaluationCounts, Prediction, SourceRef
+from forestream.wire.partitioning import partition_for_key
+from forestream.worker.assignment_log import log_events
+from forestream.worker.evaluator.counts import merge, window_start
+from tests.kafka_helpers import read_topic
+from tests.waiting import wait_until
+
+ROOT = Path(__file__).resolve().parents[2]
+PARTITIONS = 4
+CLASSES = ["adelie", "chinstrap", "gentoo"]
+WINDOW_MS = 60_000
+
+
+def evaluate_command(bootstrap: str, topics: dict[str, str], group: str) -> list[str]:
+    return [
+        sys.executable, "-m", "forestream.cli", "evaluate",
+        "--bootstrap-servers", bootstrap,
+        "--output-topic", topics["predictions"],
+        "--labels-topic", topics["labels"],
+        "--monitoring-topic", topics["monitoring"],
+        "--group", group,
+        "--window-s", str(WINDOW_MS // 1000),
+        "--publish-interval-s", "0.5",
+        "--log-format", "json",
+    ]  # fmt: skip
+
+
+def prediction_value(key: int, version: str, predicted: str, event_ms: int) -> bytes:
+    probabilities = {c: (0.8 if c == predicted else 0.1) for c in CLASSES}
+    return (
+        Prediction(
+            prediction=predicted,
+            probabilities=probabilities,
+            model_version=version,
+            source=SourceRef(topic="in", partition=0, offset=key),
+            event_time=event_ms,
+            scored_at=event_ms,
+        )
+        .model_dump_json()
+        .encode()
+    )
+
+
+def produce(bootstrap: str, topics: dict[str, str], base_ms: int) -> None:
+    """Predictions as a worker writes them (key = input key, the key's partition), then the
+    labels: most joinable, some for keys never predicted, some bad."""
+    producer = make_producer(bootstrap)
+
+    def send(topic: str, key: bytes | None, value: bytes, ts: int) -> None:
+        partition = partition_for_key(key, PARTITIONS) if key is not None else 0
+        producer.send(topic, key=key, value=value, partition=partition, timestamp_ms=ts)
+
+    try:
+        for i in range(400):
+            version = "v1" if i % 3 else "v2"
+            predicted = CLASSES[(i * 7) % 3]
+            send(
+                topics["predictions"],
+                f"k{i}".encode(),
+                prediction_value(i, version, predicted, base_ms + i),
+                base_ms + i,
+            )
+        send(topics["predictions"], b"k-bad", b"not json", base_ms)
+        send(topics["predictions"], None, prediction_value(0, "v1", "adelie", base_ms), base_ms)
+        producer.flush(30)
+        for i in range(300):  # labels for k0..k299, across three windows of arrival
+            label = CLASSES[(i * 5) % 3] if i % 4 else CLASSES[(i * 7) % 3]
+            ts = base_ms + (i % 3) * WINDOW_MS + 1_000
+            send(topics["labels"], f"k{i}".encode(), json.dumps({"label": label}).encode(), ts)
+        for i in range(1000, 1010):  # never predicted: they wait, never counted
+            send(topics["labels"], f"k{i}".encode(), b'{"label": "adelie"}', base_ms)
+        send(topics["labels"], b"k300", b"not json", base_ms)
+        send(topics["labels"], b"k301", b'{"label": 1.5}', base_ms)
+        send(topics["labels"], None, b'{"label": "adelie"}', base_ms)
+        send(topics["labels"], b"k302", b'{"label": "zebra"}', base_ms)  # no class of v1/v2
+        producer.flush(30)
+    finally:
+        producer.close()
+
+
+def offline_counts(
+    bootstrap: str, topics: dict[str, str]
+) -> dict[tuple[str, int], dict[str, dict[str, int]]]:
+    """The join computed from the topics themselves: newest prediction per key, each label
+    once, windows by the label's timestamp, labels naming no class of the version left out."""
+    predictions: dict[bytes, dict[str, Any]] = {}
+    for r in read_topic(bootstrap, topics["predictions"]):
+        try:
+            predictions[r.key] = json.loads(r.value)
+        except ValueError:
+            continue
+    out: dict[tuple[str, int], dict[str, dict[str, int]]] = {}
+    for r in read_topic(bootstrap, topics["labels"]):
+        try:
+            label = json.loads(r.value)["label"]
+        except (ValueError, TypeError, KeyError):
+            continue
+        held = predictions.pop(r.key, None) if r.key is not None else None
+        if held is None or not isinstance(label, str) or label not in held["probabilities"]:
+            continue
+        row = out.setdefault((held["model_version"], window_start(r.timestamp, WINDOW_MS)), {})
+        row.setdefault(label, {})
+        row[label][held["prediction"]] = row[label].get(held["prediction"], 0) + 1
+    return out
+
+
+def published(bootstrap: str, topic: str) -> list[EvaluationCounts]:
+    return [EvaluationCounts.model_validate_json(r.value) for r in read_topic(bootstrap, topic)]
+
+
+def owned_now(path: Path) -> list[int]:
+    changes = log_events(path, "evaluator_assigned", "evaluator_revoked")
+    return list(changes[-1]["owned"]) if changes else []
+
+
+def test_two_evaluators_publish_counts_that_sum_to_the_offline_join(
+    kafka_bootstrap: str, topic_name: Callable[[str], str], tmp_path: Path
+) -> None:
+    topics = {role: topic_name(role) for role in ("predictions", "labels", "monitoring")}
+    ensure_topics(
+        kafka_bootstrap,
+        [
+            TopicSpec(topics["predictions"], PARTITIONS),
+            TopicSpec(topics["labels"], PARTITIONS),
+            TopicSpec(topics["monitoring"], 1),
+        ],
+    )
+    command = evaluate_command(kafka_bootstrap, topics, topic_name("group"))
+    procs: list[subprocess.Popen[bytes]] = []
+    logs = [tmp_path / f"evaluator-{i}.log" for i in range(2)]
+    try:
+        for path in logs:
+            with path.open("wb") as sink:
+                procs.append(
+                    subprocess.Popen(command, stdout=sink, stderr=subprocess.STDOUT, cwd=ROOT)
+                )
+
+        def balanced() -> bool:
+            for proc, path in zip(procs, logs, strict=True):
+                if proc.poll() is not None:
+                    raise AssertionError(f"evaluator exited {proc.returncode}:\n{path.read_text()}")
+            owned = [owned_now(path) for path in logs]
+            return all(owned) and sorted(owned[0] + owned[1]) == list(range(PARTITIONS))
+
+        wait_until(
+            balanced,
+            "two evaluators sharing the 4 partitions",
+            40,
+            seen=lambda: [owned_now(p) for p in logs],
+        )
+        produce(kafka_bootstrap, topics, base_ms=int(time.time() * 1000) - 600_000)
+        expected = offline_counts(kafka_bootstrap, topics)
+        total = sum(n for cell in expected.values() for row in cell.values() for n in row.values())
+        assert total == 300  # k0..k299 labelled; k302 named "zebra", no class of its version
+
+        def labelled() -> int:
+            return sum(r.labelled for r in published(kafka_bootstrap, topics["monitoring"]))
+
+        wait_until(
+            lambda: labelled() >= total, f"{total} labelled pairs published", 30, seen=labelled
+        )
+        for proc in procs:
+            proc.send_signal(signal.SIGTERM)
+        for proc, path in zip(procs, logs, strict=True):
+            assert proc.wait(timeout=30) == 0, path.read_text()[-3000:]
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+
+    records = published(kafka_bootstrap, topics["monitoring"])
+    assert merge(records) == expected
+    assert {r.evaluator_id for r in records} and len({r.evaluator_id for r in records}) == 2
+    stopped = [log_events(path, "evaluator_stopped")[-1] for path in logs]
+    assert sum(s["labels_read"] for s in stopped) == 300 + 10 + 4  # each label once, fleet-wide
+    bad: dict[str, int] = {}
+    for s in stopped:
+        for reason, n in s["bad_labels"].items():
+            bad[reason] = bad.get(reason, 0) + n
+    assert bad == {"malformed": 2, "no_key": 1}
+    assert sum(s["rejected"].get("unknown_class", 0) for s in stopped) == 1
+    assert sum(s["bad_predictions"].get("malformed", 0) for s in stopped) == 1
+    assert sum(s["bad_predictions"].get("no_key", 0) for s in stopped) == 1
+
+
+def test_topics_not_co_partitioned_end_the_start_in_one_line(
+    kafka_bootstrap: str, topic_name: Callable[[str], str]
+) -> None:
+    topics = {role: topic_name(role) for role in ("predictions", "labels", "monitoring")}
+    ensure_topics(
+        kafka_bootstrap,
+        [TopicSpec(topics["predictions"], 4), TopicSpec(topics["labels"], 2)],
+    )
+    done = subprocess.run(
+        evaluate_command(kafka_bootstrap, topics, topic_name("group")),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+    )
+    assert done.returncode == USER_ERROR, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, done.stderr
+    assert "has 4 partitions" in lines[0] and "has 2" in lines[0], lines[0]
