@@ -204,6 +204,16 @@ def worker(
             show_default=False,
         ),
     ] = None,
+    follow_labels: Annotated[
+        bool | None,
+        typer.Option(
+            "--follow-labels/--no-follow-labels",
+            help="read every labels partition and join it to this worker's predictions for "
+            "the online accuracy in its reports; off when `forestream evaluate` does it "
+            "fleet-wide [env FORESTREAM_FOLLOW_LABELS; default on]",
+            show_default=False,
+        ),
+    ] = None,
     processes: Annotated[
         int | None,
         typer.Option(
@@ -255,6 +265,7 @@ def worker(
         model_cache_dir=model_cache_dir,
         input_format=input_format,
         output_format=output_format,
+        follow_labels=follow_labels,
         log_format=log_format,
     )
     configure_logging(checked_log_format(settings.log_format))

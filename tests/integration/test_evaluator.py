@@ -131,8 +131,9 @@ def owned_now(path: Path) -> list[int]:
 
 
 def test_two_evaluators_publish_counts_that_sum_to_the_offline_join(
-    kafka_bootstrap: str, topic_name: Callable[[str], str], tmp_path: Path
+    kafka_bootstrap: str, topic_name: Callable[[str], str], tmp_path: Path, kafka_client: str
 ) -> None:
+    """On either client (``kafka_client`` sets it for the evaluator processes)."""
     topics = {role: topic_name(role) for role in ("predictions", "labels", "monitoring")}
     ensure_topics(
         kafka_bootstrap,

@@ -183,3 +183,14 @@ def test_merged_counts_score_as_the_concatenated_pairs(
         assert accuracy_of(merged[cell]) == pytest.approx(accuracy_score(labels, predictions))
         assert macro_f1_of(merged[cell]) == pytest.approx(macro_f1_score(labels, predictions))
     assert accuracy_of({}) is None and macro_f1_of({}) is None
+
+
+def test_the_monitor_passes_over_count_records() -> None:
+    from forestream.monitor import ReportBoard
+
+    buffer = CountsBuffer(60.0)
+    buffer.add("v1", "a", "a", 0)
+    (record,) = buffer.drain("e1", 0)
+    board = ReportBoard()
+    board.add(record.model_dump_json().encode())
+    assert board.malformed == 0 and not board.latest
