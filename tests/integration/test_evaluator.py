@@ -5,6 +5,7 @@ gives; every label is consumed once by the fleet; bad input is counted, never fa
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -58,15 +59,45 @@ def prediction_value(key: int, version: str, predicted: str, event_ms: int) -> b
     )
 
 
-def produce(bootstrap: str, topics: dict[str, str], base_ms: int) -> None:
-    """Predictions as a worker writes them (key = input key, the key's partition), then the
-    labels: most joinable, some for keys never predicted, some bad."""
-    producer = make_producer(bootstrap)
+class Sender:
+    """Records keyed and partitioned as a worker writes them (key = the input's key, on the
+    key's partition), with the timestamps given."""
 
-    def send(topic: str, key: bytes | None, value: bytes, ts: int) -> None:
+    def __init__(self, bootstrap: str) -> None:
+        self.producer = make_producer(bootstrap)
+
+    def __call__(self, topic: str, key: bytes | None, value: bytes, ts: int) -> None:
         partition = partition_for_key(key, PARTITIONS) if key is not None else 0
-        producer.send(topic, key=key, value=value, partition=partition, timestamp_ms=ts)
+        self.producer.send(topic, key=key, value=value, partition=partition, timestamp_ms=ts)
 
+    def flush(self) -> None:
+        self.producer.flush(30)
+
+    def close(self) -> None:
+        self.producer.close()
+
+
+def send_predictions(send: Sender, topic: str, base_ms: int) -> None:
+    for i in range(400):
+        version = "v1" if i % 3 else "v2"
+        predicted = CLASSES[(i * 7) % 3]
+        value = prediction_value(i, version, predicted, base_ms + i)
+        send(topic, f"k{i}".encode(), value, base_ms + i)
+    send.flush()
+
+
+def send_labels(send: Sender, topic: str, base_ms: int, keys: range) -> None:
+    """Labels for ``keys`` across three windows of arrival."""
+    for i in keys:
+        label = CLASSES[(i * 5) % 3] if i % 4 else CLASSES[(i * 7) % 3]
+        ts = base_ms + (i % 3) * WINDOW_MS + 1_000
+        send(topic, f"k{i}".encode(), json.dumps({"label": label}).encode(), ts)
+    send.flush()
+
+
+def produce(bootstrap: str, topics: dict[str, str], base_ms: int) -> None:
+    """Predictions, then the labels: most joinable, some for keys never predicted, some bad."""
+    send = Sender(bootstrap)
     try:
         for i in range(400):
             version = "v1" if i % 3 else "v2"
@@ -79,20 +110,17 @@ def produce(bootstrap: str, topics: dict[str, str], base_ms: int) -> None:
             )
         send(topics["predictions"], b"k-bad", b"not json", base_ms)
         send(topics["predictions"], None, prediction_value(0, "v1", "adelie", base_ms), base_ms)
-        producer.flush(30)
-        for i in range(300):  # labels for k0..k299, across three windows of arrival
-            label = CLASSES[(i * 5) % 3] if i % 4 else CLASSES[(i * 7) % 3]
-            ts = base_ms + (i % 3) * WINDOW_MS + 1_000
-            send(topics["labels"], f"k{i}".encode(), json.dumps({"label": label}).encode(), ts)
+        send.flush()
+        send_labels(send, topics["labels"], base_ms, range(300))
         for i in range(1000, 1010):  # never predicted: they wait, never counted
             send(topics["labels"], f"k{i}".encode(), b'{"label": "adelie"}', base_ms)
         send(topics["labels"], b"k300", b"not json", base_ms)
         send(topics["labels"], b"k301", b'{"label": 1.5}', base_ms)
         send(topics["labels"], None, b'{"label": "adelie"}', base_ms)
         send(topics["labels"], b"k302", b'{"label": "zebra"}', base_ms)  # no class of v1/v2
-        producer.flush(30)
+        send.flush()
     finally:
-        producer.close()
+        send.close()
 
 
 def offline_counts(
@@ -221,3 +249,67 @@ def test_topics_not_co_partitioned_end_the_start_in_one_line(
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1, done.stderr
     assert "has 4 partitions" in lines[0] and "has 2" in lines[0], lines[0]
+
+
+def test_a_partition_moving_mid_stream_is_read_again_from_its_oldest_waiting_prediction(
+    kafka_bootstrap: str, topic_name: Callable[[str], str], tmp_path: Path
+) -> None:
+    """One evaluator joins half the labels; a second joins the group and the partitions are
+    shared (taken away and given back, on kafka-python's eager rebalance); the predictions
+    still waiting are read again from the committed offsets, so the rest of the labels join."""
+    topics = {role: topic_name(role) for role in ("predictions", "labels", "monitoring")}
+    ensure_topics(
+        kafka_bootstrap,
+        [TopicSpec(topics[r], PARTITIONS if r != "monitoring" else 1) for r in topics],
+    )
+    command = evaluate_command(kafka_bootstrap, topics, topic_name("group"))
+    env = {**os.environ, "FORESTREAM_SUMMARY_INTERVAL_S": "0.5"}
+    procs: list[subprocess.Popen[bytes]] = []
+    logs = [tmp_path / f"evaluator-{i}.log" for i in range(2)]
+    base_ms = int(time.time() * 1000) - 600_000
+    send = Sender(kafka_bootstrap)
+
+    def start(i: int) -> None:
+        with logs[i].open("wb") as sink:
+            procs.append(
+                subprocess.Popen(command, stdout=sink, stderr=subprocess.STDOUT, cwd=ROOT, env=env)
+            )
+
+    def labelled() -> int:
+        return sum(r.labelled for r in published(kafka_bootstrap, topics["monitoring"]))
+
+    def read_predictions() -> int:
+        summaries = log_events(logs[0], "evaluator_summary")
+        return summaries[-1]["predictions_read"] if summaries else 0
+
+    try:
+        start(0)
+        wait_until(lambda: owned_now(logs[0]) == list(range(PARTITIONS)), "evaluator 0 owns all")
+        send_predictions(send, topics["predictions"], base_ms)
+        wait_until(lambda: read_predictions() >= 400, "400 predictions read", seen=read_predictions)
+        send_labels(send, topics["labels"], base_ms, range(200))
+        wait_until(lambda: labelled() >= 200, "200 pairs published", seen=labelled)
+        start(1)
+
+        def balanced() -> bool:
+            owned = [owned_now(path) for path in logs]
+            return all(owned) and sorted(owned[0] + owned[1]) == list(range(PARTITIONS))
+
+        wait_until(balanced, "two evaluators sharing the partitions", 40)
+        send_labels(send, topics["labels"], base_ms, range(200, 300))
+        wait_until(lambda: labelled() >= 300, "300 pairs published", seen=labelled)
+        for proc in procs:
+            proc.send_signal(signal.SIGTERM)
+        for proc, path in zip(procs, logs, strict=True):
+            assert proc.wait(timeout=30) == 0, path.read_text()[-3000:]
+    finally:
+        send.close()
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+
+    records = published(kafka_bootstrap, topics["monitoring"])
+    assert merge(records) == offline_counts(kafka_bootstrap, topics)
+    stopped = [log_events(path, "evaluator_stopped")[-1] for path in logs]
+    assert sum(s["labels_read"] for s in stopped) == 300  # each label once, across the move

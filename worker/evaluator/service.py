@@ -81,6 +81,10 @@ class Evaluator:
         self.prediction_pos: dict[int, int] = {}
         self.following: set[int] = set()
         """Predictions partitions the reader is positioned on (the loop's view)."""
+        self.seek_due: set[int] = set()
+        """Partitions (re)assigned since the reader was positioned on them: their state is new,
+        so their predictions are read again from the committed offset (an eager rebalance
+        takes a partition away and gives it back between two polls)."""
         self.outbox: list[Outgoing] = []
         self.labels_read = 0
         self.predictions_read = 0
@@ -212,11 +216,13 @@ class Evaluator:
         group, reader = self._opened()
         with self._lock:
             owned = set(self.joins)
-        if owned == self.following:
+            due = self.seek_due & owned
+        if owned == self.following and not due:
             return
         topic = self.s.output_topic
-        reader.assign([TopicPartition(topic, p) for p in sorted(owned)])
-        new = [TopicPartition(topic, p) for p in sorted(owned - self.following)]
+        if owned != self.following:
+            reader.assign([TopicPartition(topic, p) for p in sorted(owned)])
+        new = [TopicPartition(topic, p) for p in sorted((owned - self.following) | due)]
         committed = group.committed(new, COMMIT_TIMEOUT_S) if new else {}
         fresh = [tp for tp in new if committed.get(tp) is None]
         if fresh:
@@ -229,6 +235,8 @@ class Evaluator:
             for tp in new:
                 if tp.partition in self.joins:
                     self.prediction_pos[tp.partition] = reader.position(tp)
+            self.seek_due -= due
+            self.seek_due &= set(self.joins)
         self.following = owned
 
     # -- feeding --------------------------------------------------------------------------------
@@ -236,8 +244,8 @@ class Evaluator:
     def _feed_predictions(self, records: Sequence[InputRecord]) -> None:
         for record in records:
             join = self.joins.get(record.partition)
-            if join is None or record.partition not in self.following:
-                continue  # revoked since the poll: the new owner reads it
+            if join is None or record.partition in self.seek_due:
+                continue  # revoked (or given back) since the poll: read again from the commit
             self.prediction_pos[record.partition] = record.offset + 1
             self.predictions_read += 1
             key = record.key
@@ -341,6 +349,7 @@ class Evaluator:
 
     def assigned(self, partitions: list[TopicPartition]) -> None:
         with self._lock:
+            self.seek_due.update(tp.partition for tp in partitions)
             for tp in partitions:
                 self.joins.setdefault(
                     tp.partition,
