@@ -101,6 +101,7 @@ DEFAULT_TEXT: dict[str, str] = {
     "always off under exactly-once",
     "transactional_id": "unset: `forestream-<group>-<host>-<worker index>`",
     "metrics_port": "unset: no endpoint",
+    "evaluator_metrics_port": "unset: no endpoint",
     "schema_registry_url": "unset",
     "model_cache_dir": "unset: `.forestream/model-cache` when the store is a URI; a local "
     "store is read in place",
@@ -217,6 +218,7 @@ DESCRIPTIONS: dict[str, str] = {
     "record's timestamp",
     "evaluator_publish_interval_s": "seconds between count publishes (each followed by an "
     "offset commit)",
+    "evaluator_metrics_port": "the evaluator's Prometheus `/metrics` port",
 }
 
 OUTSIDE: list[tuple[str, str, str, str]] = [

@@ -9,6 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from forestream.edge.interface import TopicPartition
 from forestream.errors import TopicsNotCoPartitioned, UserError
 from forestream.exit_codes import USER_ERROR, exit_code_for
 from forestream.worker.evaluation import accuracy_score, macro_f1_score
@@ -194,3 +195,35 @@ def test_the_monitor_passes_over_count_records() -> None:
     board = ReportBoard()
     board.add(record.model_dump_json().encode())
     assert board.malformed == 0 and not board.latest
+
+
+def test_the_metrics_read_the_counters_by_reason() -> None:
+    from prometheus_client import CollectorRegistry
+
+    from forestream.worker.evaluator.metrics import EvaluatorCollector
+    from forestream.worker.evaluator.service import Evaluator
+    from forestream.worker.evaluator.settings import EvaluatorSettings
+
+    evaluator = Evaluator(EvaluatorSettings(), ident="e1")
+    join = PartitionJoin(evaluator.buffer, max_pending=1, max_wait_ms=60_000)
+    evaluator.joins[0] = join
+    join.add_prediction(b"p1", 0, 1_000, pred("a"))
+    join.add_prediction(b"p2", 1, 1_000, pred("a"))  # evicts p1
+    join.add_label(b"p2", 0, 1_000, "b")
+    evaluator.labels_read, evaluator.predictions_read = 3, 2
+    evaluator.bad_labels["no_key"] += 2
+    registry = CollectorRegistry()
+    registry.register(EvaluatorCollector(evaluator))
+
+    def sample(name: str, **labels: str) -> float | None:
+        return registry.get_sample_value(name, labels)
+
+    assert sample("forestream_evaluator_records_total", role="labels") == 3
+    assert sample("forestream_evaluator_joined_total") == 1
+    assert sample("forestream_evaluator_evicted_total", reason="prediction_full") == 1
+    assert sample("forestream_evaluator_bad_records_total", role="labels", reason="no_key") == 2
+    assert sample("forestream_evaluator_waiting", side="predictions") == 0
+    # a partition moving away takes its join, not its counts: the counters never go back
+    evaluator.released([TopicPartition("labels", 0)])
+    assert sample("forestream_evaluator_evicted_total", reason="prediction_full") == 1
+    assert sample("forestream_evaluator_joined_total") == 1

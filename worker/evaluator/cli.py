@@ -71,6 +71,15 @@ def evaluate(
             show_default=False,
         ),
     ] = None,
+    metrics_port: Annotated[
+        int | None,
+        typer.Option(
+            "--metrics-port",
+            help="serve Prometheus /metrics (reads, joins, evictions and bad records by "
+            "reason) on this port [env FORESTREAM_EVALUATOR_METRICS_PORT; default: none]",
+            show_default=False,
+        ),
+    ] = None,
     log_format: LogFormatOpt = None,
 ) -> None:
     """Join labels to predictions by key, fleet-wide: publish mergeable confusion counts per
@@ -92,6 +101,7 @@ def evaluate(
         evaluator_max_wait_s=max_wait_s,
         evaluation_window_s=window_s,
         evaluator_publish_interval_s=publish_interval_s,
+        evaluator_metrics_port=metrics_port,
         log_format=log_format,
     )
     configure_logging(checked_log_format(settings.log_format))
@@ -102,4 +112,9 @@ def evaluate(
     check_co_partitioned(
         counts, settings.output_topic, settings.labels_topic, settings.bootstrap_servers
     )
-    Evaluator(settings).run()
+    evaluator = Evaluator(settings)
+    if settings.evaluator_metrics_port is not None:
+        from forestream.worker.evaluator.metrics import serve_metrics
+
+        serve_metrics(evaluator, settings.evaluator_metrics_port, settings.metrics_host)
+    evaluator.run()

@@ -27,5 +27,9 @@ class EvaluatorSettings(CommonSettings):
     """How often counts are published (then offsets committed)."""
     session_timeout_ms: int = Field(default=10_000, ge=6_000, le=300_000)
     """An evaluator silent this long leaves the group and its partitions move."""
+    evaluator_metrics_port: int | None = Field(default=None, ge=0, le=65535)
+    """Prometheus ``/metrics`` port (``None`` = no endpoint)."""
+    metrics_host: str = Field(default="127.0.0.1", min_length=1)
+    """The address ``/metrics`` listens on: loopback unless told otherwise."""
     summary_interval_s: float = Field(default=10.0, gt=0)
     """How often the evaluator_summary line (reads, joins, evictions, bad records) is logged."""
