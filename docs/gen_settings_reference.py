@@ -65,7 +65,7 @@ load none. The demo also passes its environment on to the commands it starts."""
 
 SECTIONS: list[tuple[str, str, str]] = [
     ("CommonSettings", "Shared by every command", "the broker, the topics, the model store"),
-    ("GuaranteeSettings", "Delivery guarantee", "`worker` and `replay`"),
+    ("GuaranteeSettings", "Delivery guarantee", "`worker`, `replay` and `evaluate`"),
     (
         "WireFormatSettings",
         "Wire formats",

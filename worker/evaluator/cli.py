@@ -80,6 +80,17 @@ def evaluate(
             show_default=False,
         ),
     ] = None,
+    guarantee: Annotated[
+        str | None,
+        typer.Option(
+            "--guarantee",
+            help="at-least-once (offsets committed after the counts are acknowledged) or "
+            "exactly-once (counts and offsets in one transaction; read the monitoring topic "
+            "with isolation.level=read_committed) [env FORESTREAM_GUARANTEE; default "
+            "at-least-once]",
+            show_default=False,
+        ),
+    ] = None,
     log_format: LogFormatOpt = None,
 ) -> None:
     """Join labels to predictions by key, fleet-wide: publish mergeable confusion counts per
@@ -102,6 +113,7 @@ def evaluate(
         evaluation_window_s=window_s,
         evaluator_publish_interval_s=publish_interval_s,
         evaluator_metrics_port=metrics_port,
+        guarantee=guarantee,
         log_format=log_format,
     )
     configure_logging(checked_log_format(settings.log_format))

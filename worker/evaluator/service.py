@@ -11,7 +11,8 @@ partition), so the next owner of *p* resumes both.
 Delivery, at-least-once: every ``evaluator_publish_interval_s`` the counts joined since the
 last publish are sent and acknowledged, then offsets are committed: labels at the position
 read, predictions at the lowest offset still waiting for a label (else the position). What a
-crash or a moved partition does is in docs/evaluator.md ("Delivery").
+crash or a moved partition does is in docs/evaluator.md ("Delivery"). Exactly-once: the counts
+and those offsets go in one transaction (:func:`forestream.worker.transactions.transact`).
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ if TYPE_CHECKING:
         GroupConsumer,
         InputRecord,
         PartitionReader,
+        TransactionalProducer,
     )
     from forestream.worker.evaluator.settings import EvaluatorSettings
 
@@ -85,6 +87,9 @@ class Evaluator:
         """Partitions (re)assigned since the reader was positioned on them: their state is new,
         so their predictions are read again from the committed offset (an eager rebalance
         takes a partition away and gives it back between two polls)."""
+        self.labels_due: set[int] = set()
+        """Exactly-once: partitions kept through a rebalance whose labels are read again from
+        the committed offset (see ``_rewind_all``)."""
         self.outbox: list[Outgoing] = []
         self.labels_read = 0
         self.predictions_read = 0
@@ -101,6 +106,8 @@ class Evaluator:
         self.group: GroupConsumer | None = None
         self.reader: PartitionReader | None = None
         self.producer: AckingProducer | None = None
+        self.txn: TransactionalProducer | None = None
+        """Exactly-once only: the producer of the transactions (then also ``producer``)."""
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -114,7 +121,10 @@ class Evaluator:
         from forestream.edge.factory import acking_producer, group_consumer, partition_reader
 
         kafka = self.s.kafka()
-        self.producer = acking_producer(kafka, client_id="forestream-evaluator")
+        if self.s.exactly_once:
+            self.producer = self.txn = self._transactional_producer()
+        else:
+            self.producer = acking_producer(kafka, client_id="forestream-evaluator")
         self.reader = partition_reader(kafka, client_id="forestream-evaluator-predictions")
         self.group = group_consumer(
             kafka,
@@ -128,9 +138,27 @@ class Evaluator:
             "evaluator_started",
             evaluator_id=self.ident,
             group=self.s.evaluator_group,
+            guarantee=self.s.guarantee,
             predictions_topic=self.s.output_topic,
             labels_topic=self.s.labels_topic,
             monitoring_topic=self.s.monitoring_topic,
+        )
+
+    def transactional_id(self) -> str:
+        """Per process: KIP-447 fences a zombie by its group generation, not by this id; the
+        open transaction of a process that died is aborted by the coordinator's timeout."""
+        return f"forestream-{self.s.evaluator_group}-{self.ident}"
+
+    def _transactional_producer(self) -> TransactionalProducer:
+        from forestream.edge.factory import transactional_producer
+        from forestream.worker.transactions import TXN_INIT_BLOCK_MS
+
+        return transactional_producer(
+            self.s.kafka(),
+            client_id="forestream-evaluator-txn",
+            transactional_id=self.transactional_id(),
+            transaction_timeout_ms=self.s.transaction_timeout_ms,
+            max_block_ms=TXN_INIT_BLOCK_MS,
         )
 
     def run(self) -> None:
@@ -153,6 +181,7 @@ class Evaluator:
         next_summary = time.monotonic() + self.s.summary_interval_s
         while not self._stop.is_set():
             try:
+                group.maintain()  # the adapter's client workarounds (a stalled group join)
                 self._follow()
                 labels = group.poll_batch(2000, 0.1)
                 predictions = reader.poll_batch(2000, 0.05) if self.following else []
@@ -217,6 +246,9 @@ class Evaluator:
         with self._lock:
             owned = set(self.joins)
             due = self.seek_due & owned
+            rewind = self.labels_due & owned
+        if rewind:
+            self._rewind_labels(group, reader, rewind)
         if owned == self.following and not due:
             return
         topic = self.s.output_topic
@@ -239,6 +271,21 @@ class Evaluator:
             self.seek_due &= set(self.joins)
         self.following = owned
 
+    def _rewind_labels(
+        self, group: GroupConsumer, reader: PartitionReader, partitions: set[int]
+    ) -> None:
+        tps = [TopicPartition(self.s.labels_topic, p) for p in sorted(partitions)]
+        committed = group.committed(tps, COMMIT_TIMEOUT_S)
+        missing = [tp for tp in tps if committed.get(tp) is None]
+        beginning = reader.beginning_offsets(missing) if missing else {}
+        for tp in tps:
+            offset = committed.get(tp)
+            group.seek(tp, offset if offset is not None else beginning[tp])
+        with self._lock:
+            self.labels_due -= partitions
+            for p in partitions:
+                self.label_pos.pop(p, None)
+
     # -- feeding --------------------------------------------------------------------------------
 
     def _feed_predictions(self, records: Sequence[InputRecord]) -> None:
@@ -260,8 +307,8 @@ class Evaluator:
     def _feed_labels(self, records: Sequence[InputRecord]) -> None:
         for record in records:
             join = self.joins.get(record.partition)
-            if join is None:
-                continue
+            if join is None or record.partition in self.labels_due:
+                continue  # fetched before a rewind: read again from the commit
             self.label_pos[record.partition] = record.offset + 1
             self.labels_read += 1
             key = record.key
@@ -290,9 +337,7 @@ class Evaluator:
         if self.producer is None:
             raise RuntimeError("the evaluator's producer is not open")
         with self._lock:
-            for counts in self.buffer.drain(self.ident, int(time.time() * 1000)):
-                value = counts.model_dump_json().encode()
-                self.outbox.append(Outgoing(self.s.monitoring_topic, record_key(counts), value))
+            self._fill_outbox()
             if not self.outbox:
                 return True
             delivery = self.producer.send(self.outbox)
@@ -310,6 +355,11 @@ class Evaluator:
                         "evaluator_publish_pending", records=len(self.outbox), error=str(error)
                     )
             return not self.outbox
+
+    def _fill_outbox(self) -> None:
+        for counts in self.buffer.drain(self.ident, int(time.time() * 1000)):
+            value = counts.model_dump_json().encode()
+            self.outbox.append(Outgoing(self.s.monitoring_topic, record_key(counts), value))
 
     def offsets(self, partitions: set[int]) -> dict[TopicPartition, int]:
         """Next-offsets to commit: labels at the position read, predictions no further than
@@ -334,6 +384,9 @@ class Evaluator:
         from forestream.errors import CommitRejected
 
         group, _ = self._opened()
+        if self.txn is not None:
+            self.transact()
+            return
         with self._lock:
             if not self.publish():
                 return  # nothing committed past counts not acknowledged
@@ -345,37 +398,96 @@ class Evaluator:
         except CommitRejected as exc:  # the group moved on: the new owners re-read
             log.warning("evaluator_commit_rejected", error=str(exc))
 
+    def transact(self) -> None:
+        """Exactly-once: what was joined since the last transaction and the offsets of every
+        partition owned, committed together (all partitions: a record's counts must never
+        commit without the offsets of the labels it counts)."""
+        from forestream.errors import TransactionAborted, TransientKafkaError
+        from forestream.worker.transactions import TXN_TIMEOUT_S, replace_producer, transact
+
+        group, _ = self._opened()
+        with self._lock:
+            self._fill_outbox()
+            offsets = self.offsets(set(self.joins))
+            if (not self.outbox and not offsets) or self.txn is None:
+                return
+            records = list(self.outbox)
+            try:
+                transact(
+                    self.txn,
+                    records,
+                    offsets,
+                    group.group_metadata,
+                    timeout_s=TXN_TIMEOUT_S,
+                    topic=self.s.monitoring_topic,
+                )
+            except TransactionAborted as exc:  # nothing of it counts: all of it next time
+                log.warning("evaluator_transaction_aborted", error=str(exc))
+                return
+            except TransientKafkaError as exc:
+                # outcome unknown: the successor settles it; the group's offsets then say
+                self.txn = replace_producer(self.txn, self._transactional_producer)
+                self.producer = self.txn
+                committed = group.committed(list(offsets), COMMIT_TIMEOUT_S)
+                done = bool(offsets) and all(committed.get(tp) == o for tp, o in offsets.items())
+                log.warning("evaluator_transaction_outcome_unknown", error=str(exc), committed=done)
+                if not done:
+                    return
+            self.published += len(records)
+            self.outbox = []
+
     # -- the group's calls ----------------------------------------------------------------------
 
     def assigned(self, partitions: list[TopicPartition]) -> None:
         with self._lock:
             self.seek_due.update(tp.partition for tp in partitions)
             for tp in partitions:
-                self.joins.setdefault(
-                    tp.partition,
-                    PartitionJoin(
-                        self.buffer,
-                        self.s.evaluator_max_pending,
-                        int(self.s.evaluator_max_wait_s * 1000),
-                    ),
-                )
+                if tp.partition not in self.joins:
+                    self.joins[tp.partition] = self._new_join()
             owned = sorted(self.joins)
         log.info(
             "evaluator_assigned", partitions=sorted(tp.partition for tp in partitions), owned=owned
         )
 
+    def _new_join(self) -> PartitionJoin:
+        return PartitionJoin(
+            self.buffer, self.s.evaluator_max_pending, int(self.s.evaluator_max_wait_s * 1000)
+        )
+
     def revoking(self, partitions: list[TopicPartition]) -> dict[TopicPartition, int]:
         numbers = {tp.partition for tp in partitions}
         with self._lock:
-            offsets = self.offsets(numbers) if self.publish() else {}
-            self._drop(numbers)
+            if self.txn is not None:
+                self._rewind_all(numbers)
+                offsets: dict[TopicPartition, int] = {}
+            else:
+                offsets = self.offsets(numbers) if self.publish() else {}
+                self._drop(numbers)
             owned = sorted(self.joins)
         log.info("evaluator_revoked", partitions=sorted(numbers), owned=owned)
         return offsets
 
     def released(self, partitions: list[TopicPartition]) -> None:
         with self._lock:
-            self._drop({tp.partition for tp in partitions})
+            if self.txn is not None:
+                self._rewind_all({tp.partition for tp in partitions})
+            else:
+                self._drop({tp.partition for tp in partitions})
+
+    def _rewind_all(self, leaving: set[int]) -> None:
+        """Exactly-once, partitions going: nothing since the last transaction counts. A
+        transaction here would run on the client's rebalance path (kafka-python: its IO loop,
+        which the transaction itself needs), so the counts not yet committed are dropped, for
+        every partition (they are mixed in the buffer), and the partitions kept are read again
+        from the group's committed offsets, both topics."""
+        kept = set(self.joins) - leaving
+        self.buffer.cells = {}
+        self.outbox = []
+        self._drop(set(self.joins))
+        for p in kept:
+            self.joins[p] = self._new_join()
+        self.seek_due |= kept
+        self.labels_due |= kept
 
     def _drop(self, numbers: set[int]) -> None:
         for p in numbers:

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from forestream.runtime.settings import CommonSettings
+from forestream.runtime.settings import GuaranteeSettings
 
 
-class EvaluatorSettings(CommonSettings):
+class EvaluatorSettings(GuaranteeSettings):
     """What one evaluator process needs beyond broker address and topic names (it reads the
-    predictions topic, ``FORESTREAM_OUTPUT_TOPIC``, and the labels topic)."""
+    predictions topic, ``FORESTREAM_OUTPUT_TOPIC``, and the labels topic). ``guarantee``:
+    exactly-once publishes each interval's counts and commits its offsets in one transaction."""
 
     evaluator_group: str = "forestream-evaluator"
     """The evaluators' consumer group: instances in it share the partitions."""
