@@ -32,6 +32,7 @@ SETTINGS_CLASSES = (
     "ReplaySettings",
     "ProducerSettings",
     "MonitorSettings",
+    "EvaluatorSettings",
     "TrustSettings",
     "SigningSettings",
     "_TrainSettings",
@@ -59,6 +60,7 @@ COMMAND_SETTINGS: dict[str, str] = {
     "produce": "ProducerSettings",
     "topics create": "ProducerSettings",
     "monitor": "MonitorSettings",
+    "evaluate": "EvaluatorSettings",
 }
 """Which class each command loads its settings from (``load_settings`` in its module).
 ``kafka start|stop|status``, ``registry start|stop|status``, ``keys create`` and ``demo-data``
@@ -66,7 +68,7 @@ load none. The demo also passes its environment on to the commands it starts."""
 
 SECTIONS: list[tuple[str, str, str]] = [
     ("CommonSettings", "Shared by every command", "the broker, the topics, the model store"),
-    ("GuaranteeSettings", "Delivery guarantee", "`worker` and `replay`"),
+    ("GuaranteeSettings", "Delivery guarantee", "`worker`, `replay` and `evaluate`"),
     (
         "WireFormatSettings",
         "Wire formats",
@@ -76,6 +78,7 @@ SECTIONS: list[tuple[str, str, str]] = [
     ("ReplaySettings", "`replay`", ""),
     ("ProducerSettings", "`produce` and `topics create`", ""),
     ("MonitorSettings", "`monitor`", ""),
+    ("EvaluatorSettings", "`evaluate`", "[the evaluator](../evaluator.md)"),
     ("TrustSettings", "Verifying models", "`worker`, `replay`, `models promote|rollback`"),
     ("SigningSettings", "Signing models", "`train`"),
     (
@@ -107,6 +110,7 @@ DEFAULT_TEXT: dict[str, str] = {
     "always off under exactly-once",
     "transactional_id": "unset: `forestream-<group>-<host>-<worker index>`",
     "metrics_port": "unset: no endpoint",
+    "evaluator_metrics_port": "unset: no endpoint",
     "schema_registry_url": "unset",
     "model_cache_dir": "unset: `.forestream/model-cache` when the store is a URI; a local "
     "store is read in place",
@@ -126,8 +130,8 @@ DESCRIPTIONS: dict[str, str] = {
     "metrics_host": "address `/metrics`, `/healthz`, `/readyz` bind to (loopback unless asked)",
     "bootstrap_servers": "Kafka brokers, `host[:port],...`",
     "input_topic": "feature records, read by workers and `replay`, written by `produce`",
-    "output_topic": "predictions, written by workers (`replay` writes to its own "
-    "`--output-topic`, never read from this setting)",
+    "output_topic": "predictions, written by workers and read by `evaluate` (`replay` writes "
+    "to its own `--output-topic`, never read from this setting)",
     "dlq_topic": "dead letters: the original bytes and a reason (`replay` writes to its own "
     "`--dlq-topic`, by default `<output>.dlq`)",
     "shadow_topic": "a shadow candidate's predictions (`models shadow`), never the served ones; "
@@ -135,8 +139,10 @@ DESCRIPTIONS: dict[str, str] = {
     "shadow_share": "share of each batch's predicted records a shadow candidate scores, chosen "
     "by a hash of the key (0 < share <= 1)",
     "models_topic": "the registry's events, one partition, compacted",
-    "labels_topic": "late labels, read by workers for online accuracy",
-    "monitoring_topic": "the workers' periodic reports, read by `monitor`",
+    "labels_topic": "late labels, read by workers (unless `FORESTREAM_FOLLOW_LABELS=false`) "
+    "and by `evaluate`",
+    "monitoring_topic": "the workers' periodic reports, read by `monitor`, and the "
+    "evaluators' count records",
     "model_store": "a directory, or `s3://bucket/prefix` (also `gs://`, `az://`, `file://`)",
     "s3_endpoint_url": "an S3-compatible store (MinIO, Ceph) for `s3://` URIs; unset, botocore "
     "decides (AWS, or its own `AWS_ENDPOINT_URL_S3`)",
@@ -184,7 +190,8 @@ DESCRIPTIONS: dict[str, str] = {
     "drift_threshold": "PSI at which a feature is flagged as drifting",
     "drift_min_records": "values of a feature in the window before it can be flagged",
     "report_interval_s": "seconds between reports to the monitoring topic",
-    "follow_labels": "read the labels topic for online accuracy",
+    "follow_labels": "read every labels partition for this worker's online accuracy; off when "
+    "`evaluate` does it fleet-wide",
     "session_timeout_ms": "a worker silent this long leaves the group (6,000 to 300,000)",
     "rebuild_without_broker_s": "confluent client: once the group consumer's client has heard "
     "from no broker this long (its statistics say so), a new one replaces it and rejoins; what "
@@ -219,6 +226,16 @@ DESCRIPTIONS: dict[str, str] = {
     "monitor_refresh_s": "seconds between redraws",
     "monitor_backlog": "start this many reports before the end of each partition",
     "monitor_stale_s": "a worker whose newest report is older than this (s) is shown as stale",
+    "evaluator_group": "the evaluators' consumer group: instances in it share the partitions",
+    "evaluator_max_pending": "per partition and side, records waiting for their other half "
+    "beyond this many are evicted, oldest first",
+    "evaluator_max_wait_s": "a record waits at most this long (s) for its other half, in "
+    "record time (the newest timestamp seen on its partition)",
+    "evaluation_window_s": "counts are kept per window of this length (s), by the label "
+    "record's timestamp",
+    "evaluator_publish_interval_s": "seconds between count publishes (each followed by an "
+    "offset commit)",
+    "evaluator_metrics_port": "the evaluator's Prometheus `/metrics` port",
 }
 
 OUTSIDE: list[tuple[str, str, str, str]] = [
@@ -273,7 +290,7 @@ read it and the flag that sets it where there is one.
   value (an illegal topic name, half a security configuration) stops even a command that
   would not use it: one line, exit 2.
 - **Commands**: *every command* below means `train`, `models list|show|promote|rollback`,
-  `worker`, `replay`, `produce`, `topics create`, `monitor` and `demo`; `kafka
+  `worker`, `replay`, `produce`, `topics create`, `monitor`, `evaluate` and `demo`; `kafka
   start|stop|status`, `keys create` and `demo-data` read none of these settings.
 - **`FORESTREAM_SASL_PASSWORD` and `FORESTREAM_SASL_PASSWORD_FILE`**: neither wins; setting
   both is refused (`give FORESTREAM_SASL_PASSWORD or FORESTREAM_SASL_PASSWORD_FILE, not
@@ -288,7 +305,11 @@ How the security settings fit together is on
 
 def _classes() -> dict[str, Any]:
     importlib.import_module("forestream.cli")  # registers every command (their modules too)
-    for module in ("forestream.worker.settings", "forestream.producer.settings"):
+    for module in (
+        "forestream.worker.settings",
+        "forestream.worker.evaluator.settings",
+        "forestream.producer.settings",
+    ):
         importlib.import_module(module)  # imported lazily by their commands
     from forestream.registry.signing import SigningSettings, TrustSettings
     from forestream.runtime.settings import CommonSettings, SchemaRegistrySettings

@@ -193,8 +193,9 @@ def _register_components() -> None:
     from forestream.training import cli as training_cli
     from forestream.worker import cli as worker_cli
     from forestream.worker import replay
+    from forestream.worker.evaluator import cli as evaluator_cli
 
-    for module in (training_cli, worker_cli, replay, producer_cli, demo, monitor):
+    for module in (training_cli, worker_cli, replay, evaluator_cli, producer_cli, demo, monitor):
         module.register(app)
 
 

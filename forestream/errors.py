@@ -138,6 +138,13 @@ class ProducerFenced(KafkaFatalError):
     kind = "producer_fenced"
 
 
+class TopicsNotCoPartitioned(UserError):
+    """The evaluator's two topics differ in partition count: a key's prediction and label
+    would land on different partitions, and a partition-local join could never meet them."""
+
+    kind = "not_co_partitioned"
+
+
 # -- the model registry ---------------------------------------------------------------------------
 
 

@@ -49,7 +49,8 @@ def register(app: typer.Typer) -> None:
 
 
 class ReportBoard:
-    """The newest report per worker; malformed reports are counted, not fatal."""
+    """The newest report per worker; malformed reports are counted, not fatal. The
+    evaluators' count records share the topic and are passed over."""
 
     def __init__(self) -> None:
         self.latest: dict[str, DriftReport] = {}
@@ -60,6 +61,8 @@ class ReportBoard:
 
         from forestream.wire.messages import DriftReport
 
+        if value and b'"kind":"evaluation_counts"' in value:
+            return  # an evaluator's counts (forestream evaluate), not a worker's report
         try:
             report = DriftReport.model_validate_json(value or b"")
         except ValidationError:

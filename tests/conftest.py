@@ -51,6 +51,9 @@ settings.load_profile("forestream")
 # variants alone; all: every variant of every test.
 
 LIBRDKAFKA_FLOWS: dict[str, str] = {
+    "test_evaluator.py::test_two_evaluators_publish_counts_that_sum_to_the_offline_join": "the "
+    "evaluator commits offsets of a topic it reads outside its subscription, and follows a "
+    "cooperative assignment",
     "test_exactly_once.py": "transactions across kill -9 and a replacement; a thawed zombie fenced",
     "test_replay_exactly_once.py": "transactional replay: resume after kill -9, fencing of a "
     "second resume, a broker frozen mid-transaction (librdkafka#5301)",

@@ -228,6 +228,16 @@ def worker(
     ] = None,
     schema_registry_url: SchemaRegistryUrlOpt = None,
     schema_registry_wait_s: SchemaRegistryWaitOpt = None,
+    follow_labels: Annotated[
+        bool | None,
+        typer.Option(
+            "--follow-labels/--no-follow-labels",
+            help="read every labels partition and join it to this worker's predictions for "
+            "the online accuracy in its reports; off when `forestream evaluate` does it "
+            "fleet-wide [env FORESTREAM_FOLLOW_LABELS; default on]",
+            show_default=False,
+        ),
+    ] = None,
     processes: Annotated[
         int | None,
         typer.Option(
@@ -284,6 +294,7 @@ def worker(
         output_format=output_format,
         schema_registry_url=schema_registry_url,
         schema_registry_wait_s=schema_registry_wait_s,
+        follow_labels=follow_labels,
         log_format=log_format,
     )
     configure_logging(checked_log_format(settings.log_format))

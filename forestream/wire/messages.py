@@ -142,3 +142,25 @@ class DriftReport(BaseModel):
         default_factory=dict, description="per model version"
     )
     labels_joined: int = 0
+
+
+class EvaluationCounts(BaseModel):
+    """Value of an evaluator's record on the monitoring topic; key = ``<version>/<window>``.
+
+    A *delta*: the pairs one evaluator joined since its previous record, so the fleet's counts
+    for a version and window are the sum of every record with that key, whichever instance
+    wrote it. Counts, not ratios: accuracy and macro F1 of a sum are exact, of an average not.
+    """
+
+    model_config = ConfigDict(protected_namespaces=())
+
+    kind: Literal["evaluation_counts"] = "evaluation_counts"
+    evaluator_id: str
+    model_version: str
+    window_start: int = Field(description="label arrival window start, ms since epoch")
+    window_s: float = Field(description="window length, seconds")
+    labelled: int = Field(description="pairs counted in this record")
+    confusion: dict[str, dict[str, int]] = Field(
+        default_factory=dict, description="true class -> predicted class -> pairs"
+    )
+    at: int = Field(description="publish time, ms since epoch")

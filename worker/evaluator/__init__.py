@@ -1,0 +1,1 @@
+"""``forestream evaluate``: the fleet's evaluator, joining labels to predictions by key."""

@@ -1,0 +1,529 @@
+"""The evaluator's Kafka loop: a consumer-group member on the labels topic, reading the
+predictions partitions of the same numbers, joining them (:mod:`.join`) and publishing counts
+(:mod:`.counts`) to the monitoring topic.
+
+Why the group is on the labels topic only: the edge's group consumer subscribes to one topic,
+and the join needs partition *p* of both topics in one instance. The group hands out labels
+partitions; a group-less reader follows the predictions partitions of the same numbers, and
+their offsets are committed in the same group (the coordinator takes offsets for any
+partition), so the next owner of *p* resumes both.
+
+Delivery, at-least-once: every ``evaluator_publish_interval_s`` the counts joined since the
+last publish are sent and acknowledged, then offsets are committed: labels at the position
+read, predictions at the lowest offset still waiting for a label (else the position). What a
+crash or a moved partition does is in docs/evaluator.md ("Delivery"). Exactly-once: the counts
+and those offsets go in one transaction (:func:`forestream.worker.transactions.transact`).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+import time
+from collections import Counter
+from typing import TYPE_CHECKING, Any
+
+import structlog
+
+from forestream.edge.interface import Outgoing, TopicPartition
+from forestream.runtime.logs import RateLimited
+from forestream.worker.evaluator.counts import CountsBuffer, record_key
+from forestream.worker.evaluator.join import PartitionJoin, decode_prediction, label_or_reason
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from forestream.edge.interface import (
+        AckingProducer,
+        GroupConsumer,
+        InputRecord,
+        PartitionReader,
+        TransactionalProducer,
+    )
+    from forestream.worker.evaluator.settings import EvaluatorSettings
+
+log = structlog.get_logger("forestream.evaluator")
+
+ACK_TIMEOUT_S = 10.0
+COMMIT_TIMEOUT_S = 10.0
+
+
+def evaluator_id() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}-evaluator"
+
+
+def check_co_partitioned(counts: dict[str, int], predictions: str, labels: str, where: str) -> None:
+    """Both topics exist with one partition count, else one line naming both."""
+    from forestream.errors import TopicsNotCoPartitioned, UserError
+
+    for name in (predictions, labels):
+        if name not in counts:
+            raise UserError(
+                f"topic {name!r} does not exist on {where} (`forestream topics create` makes it)"
+            )
+    if counts[predictions] != counts[labels]:
+        raise TopicsNotCoPartitioned(
+            f"predictions topic {predictions!r} has {counts[predictions]} partitions and labels "
+            f"topic {labels!r} has {counts[labels]}: the evaluator joins partition by partition "
+            "and needs the same count (`forestream topics create` makes them so)"
+        )
+
+
+class Evaluator:
+    """One evaluator process; the state below is guarded by ``_lock`` because rebalance
+    callbacks may run on the client's IO thread (kafka-python) while the loop polls."""
+
+    def __init__(self, settings: EvaluatorSettings, ident: str | None = None) -> None:
+        self.s = settings
+        self.ident = ident or evaluator_id()
+        self.buffer = CountsBuffer(settings.evaluation_window_s)
+        self.joins: dict[int, PartitionJoin] = {}
+        self.label_pos: dict[int, int] = {}
+        self.prediction_pos: dict[int, int] = {}
+        self.following: set[int] = set()
+        """Predictions partitions the reader is positioned on (the loop's view)."""
+        self.seek_due: set[int] = set()
+        """Partitions (re)assigned since the reader was positioned on them: their state is new,
+        so their predictions are read again from the committed offset (an eager rebalance
+        takes a partition away and gives it back between two polls)."""
+        self.labels_due: set[int] = set()
+        """Exactly-once: partitions kept through a rebalance whose labels are read again from
+        the committed offset (see ``_rewind_all``)."""
+        self.outbox: list[Outgoing] = []
+        self.labels_read = 0
+        self.predictions_read = 0
+        self.bad_labels: Counter[str] = Counter()
+        self.bad_predictions: Counter[str] = Counter()
+        self.evicted: Counter[str] = Counter()
+        self.rejected: Counter[str] = Counter()
+        self.joined = 0
+        self.published = 0
+        self._lock = threading.RLock()
+        self._stop = threading.Event()
+        self._bad_log = RateLimited(10.0)
+        self._warn = RateLimited(10.0)
+        self.group: GroupConsumer | None = None
+        self.reader: PartitionReader | None = None
+        self.producer: AckingProducer | None = None
+        self.txn: TransactionalProducer | None = None
+        """Exactly-once only: the producer of the transactions (then also ``producer``)."""
+
+    # -- lifecycle ------------------------------------------------------------------------------
+
+    def request_stop(self, _signum: int = 0) -> None:
+        self._stop.set()
+
+    def abandoned(self) -> dict[str, Any]:
+        return {"partitions": sorted(self.joins), "unpublished_cells": len(self.buffer)}
+
+    def open(self) -> None:
+        from forestream.edge.factory import acking_producer, group_consumer, partition_reader
+
+        kafka = self.s.kafka()
+        if self.s.exactly_once:
+            self.producer = self.txn = self._transactional_producer()
+        else:
+            self.producer = acking_producer(kafka, client_id="forestream-evaluator")
+        self.reader = partition_reader(kafka, client_id="forestream-evaluator-predictions")
+        self.group = group_consumer(
+            kafka,
+            group=self.s.evaluator_group,
+            client_id="forestream-evaluator",
+            max_poll_records=2000,
+            session_timeout_ms=self.s.session_timeout_ms,
+        )
+        self.group.subscribe(self.s.labels_topic, _Rebalance(self))
+        log.info(
+            "evaluator_started",
+            evaluator_id=self.ident,
+            group=self.s.evaluator_group,
+            guarantee=self.s.guarantee,
+            predictions_topic=self.s.output_topic,
+            labels_topic=self.s.labels_topic,
+            monitoring_topic=self.s.monitoring_topic,
+        )
+
+    def transactional_id(self) -> str:
+        """Per process: KIP-447 fences a zombie by its group generation, not by this id; the
+        open transaction of a process that died is aborted by the coordinator's timeout."""
+        return f"forestream-{self.s.evaluator_group}-{self.ident}"
+
+    def _transactional_producer(self) -> TransactionalProducer:
+        from forestream.edge.factory import transactional_producer
+        from forestream.worker.transactions import TXN_INIT_BLOCK_MS
+
+        return transactional_producer(
+            self.s.kafka(),
+            client_id="forestream-evaluator-txn",
+            transactional_id=self.transactional_id(),
+            transaction_timeout_ms=self.s.transaction_timeout_ms,
+            max_block_ms=TXN_INIT_BLOCK_MS,
+        )
+
+    def run(self) -> None:
+        from forestream.runtime.shutdown import install
+
+        watchdog = install(self.request_stop, self.abandoned)
+        try:
+            self.open()
+            self.loop()
+        finally:
+            self.close()
+            watchdog.uninstall()
+
+    def loop(self) -> None:
+        from forestream.errors import TransientKafkaError
+
+        group, reader = self._opened()
+        interval = self.s.evaluator_publish_interval_s
+        next_publish = time.monotonic() + interval
+        next_summary = time.monotonic() + self.s.summary_interval_s
+        while not self._stop.is_set():
+            try:
+                group.maintain()  # the adapter's client workarounds (a stalled group join)
+                self._follow()
+                labels = group.poll_batch(2000, 0.1)
+                predictions = reader.poll_batch(2000, 0.05) if self.following else []
+                with self._lock:
+                    self._feed_predictions(predictions)
+                    self._feed_labels(labels)
+                if time.monotonic() >= next_publish:
+                    next_publish = time.monotonic() + interval
+                    self.publish_and_commit()
+            except TransientKafkaError as exc:
+                if self._warn.ready():
+                    log.warning("evaluator_kafka_error", error=str(exc))
+                self._stop.wait(0.5)
+            if time.monotonic() >= next_summary:
+                next_summary = time.monotonic() + self.s.summary_interval_s
+                log.info("evaluator_summary", **self.totals())
+
+    def close(self) -> None:
+        from forestream.errors import ForestreamError
+
+        try:
+            if self.group is not None and self.producer is not None:
+                self.publish_and_commit()
+        except ForestreamError as exc:
+            log.warning("evaluator_final_commit_failed", error=str(exc))
+        if self.group is not None:
+            self.group.close(COMMIT_TIMEOUT_S)  # revocation publishes and commits the rest
+        if self.reader is not None:
+            self.reader.close()
+        if self.producer is not None:
+            self.producer.close(ACK_TIMEOUT_S)
+        log.info("evaluator_stopped", **self.totals())
+
+    def totals(self) -> dict[str, Any]:
+        with self._lock:
+            waiting_p = sum(len(j.predictions) for j in self.joins.values())
+            waiting_l = sum(len(j.labels) for j in self.joins.values())
+            return {
+                "evaluator_id": self.ident,
+                "partitions": sorted(self.joins),
+                "labels_read": self.labels_read,
+                "predictions_read": self.predictions_read,
+                "joined": self.joined + sum(j.joined for j in self.joins.values()),
+                "published_records": self.published,
+                "waiting_predictions": waiting_p,
+                "waiting_labels": waiting_l,
+                "evicted": dict(self.evicted + _sum(j.evicted for j in self.joins.values())),
+                "rejected": dict(self.rejected + _sum(j.rejected for j in self.joins.values())),
+                "bad_labels": dict(self.bad_labels),
+                "bad_predictions": dict(self.bad_predictions),
+            }
+
+    # -- the predictions reader follows the group's assignment ----------------------------------
+
+    def _opened(self) -> tuple[GroupConsumer, PartitionReader]:
+        if self.group is None or self.reader is None or self.producer is None:
+            raise RuntimeError("the evaluator's clients are not open")
+        return self.group, self.reader
+
+    def _follow(self) -> None:
+        group, reader = self._opened()
+        with self._lock:
+            owned = set(self.joins)
+            due = self.seek_due & owned
+            rewind = self.labels_due & owned
+        if rewind:
+            self._rewind_labels(group, reader, rewind)
+        if owned == self.following and not due:
+            return
+        topic = self.s.output_topic
+        if owned != self.following:
+            reader.assign([TopicPartition(topic, p) for p in sorted(owned)])
+        new = [TopicPartition(topic, p) for p in sorted((owned - self.following) | due)]
+        committed = group.committed(new, COMMIT_TIMEOUT_S) if new else {}
+        fresh = [tp for tp in new if committed.get(tp) is None]
+        if fresh:
+            reader.seek_to_beginning(fresh)
+        for tp in new:
+            offset = committed.get(tp)
+            if offset is not None:
+                reader.seek(tp, offset)
+        with self._lock:
+            for tp in new:
+                if tp.partition in self.joins:
+                    self.prediction_pos[tp.partition] = reader.position(tp)
+            self.seek_due -= due
+            self.seek_due &= set(self.joins)
+        self.following = owned
+
+    def _rewind_labels(
+        self, group: GroupConsumer, reader: PartitionReader, partitions: set[int]
+    ) -> None:
+        tps = [TopicPartition(self.s.labels_topic, p) for p in sorted(partitions)]
+        committed = group.committed(tps, COMMIT_TIMEOUT_S)
+        missing = [tp for tp in tps if committed.get(tp) is None]
+        beginning = reader.beginning_offsets(missing) if missing else {}
+        for tp in tps:
+            offset = committed.get(tp)
+            group.seek(tp, offset if offset is not None else beginning[tp])
+        with self._lock:
+            self.labels_due -= partitions
+            for p in partitions:
+                self.label_pos.pop(p, None)
+
+    # -- feeding --------------------------------------------------------------------------------
+
+    def _feed_predictions(self, records: Sequence[InputRecord]) -> None:
+        for record in records:
+            join = self.joins.get(record.partition)
+            if join is None or record.partition in self.seek_due:
+                continue  # revoked (or given back) since the poll: read again from the commit
+            self.prediction_pos[record.partition] = record.offset + 1
+            self.predictions_read += 1
+            key = record.key
+            decoded = decode_prediction(record.value) if key is not None else None
+            if key is None or decoded is None:
+                self._bad(
+                    self.bad_predictions, "no_key" if record.key is None else "malformed", record
+                )
+                continue
+            join.add_prediction(key, record.offset, record.timestamp, decoded)
+
+    def _feed_labels(self, records: Sequence[InputRecord]) -> None:
+        for record in records:
+            join = self.joins.get(record.partition)
+            if join is None or record.partition in self.labels_due:
+                continue  # fetched before a rewind: read again from the commit
+            self.label_pos[record.partition] = record.offset + 1
+            self.labels_read += 1
+            key = record.key
+            label, reason = label_or_reason(key, record.value)
+            if key is None or label is None:
+                self._bad(self.bad_labels, reason or "malformed", record)
+                continue
+            join.add_label(key, record.offset, record.timestamp, label)
+
+    def _bad(self, counter: Counter[str], reason: str, record: InputRecord) -> None:
+        counter[reason] += 1
+        if self._bad_log.ready():
+            log.warning(
+                "evaluator_bad_record",
+                topic=record.topic,
+                partition=record.partition,
+                offset=record.offset,
+                reason=reason,
+                suppressed=self._bad_log.take_suppressed(),
+            )
+
+    # -- publishing and committing --------------------------------------------------------------
+
+    def publish(self) -> bool:
+        """Send what was joined since the last publish; True once all of it is acknowledged."""
+        if self.producer is None:
+            raise RuntimeError("the evaluator's producer is not open")
+        with self._lock:
+            self._fill_outbox()
+            if not self.outbox:
+                return True
+            delivery = self.producer.send(self.outbox)
+            self.producer.await_delivery(delivery, ACK_TIMEOUT_S)
+            left = delivery.unacknowledged()
+            self.published += len(self.outbox) - len(left)
+            self.outbox = [self.outbox[i] for i in left]
+            if self.outbox:
+                error = delivery.error()
+                fatal = self.producer.fatal(error, self.s.monitoring_topic) if error else None
+                if fatal is not None:
+                    raise fatal
+                if self._warn.ready():
+                    log.warning(
+                        "evaluator_publish_pending", records=len(self.outbox), error=str(error)
+                    )
+            return not self.outbox
+
+    def _fill_outbox(self) -> None:
+        for counts in self.buffer.drain(self.ident, int(time.time() * 1000)):
+            value = counts.model_dump_json().encode()
+            self.outbox.append(Outgoing(self.s.monitoring_topic, record_key(counts), value))
+
+    def offsets(self, partitions: set[int]) -> dict[TopicPartition, int]:
+        """Next-offsets to commit: labels at the position read, predictions no further than
+        the lowest one still waiting for a label."""
+        out: dict[TopicPartition, int] = {}
+        with self._lock:
+            for p in partitions:
+                join = self.joins.get(p)
+                if join is None:
+                    continue
+                if p in self.label_pos:
+                    out[TopicPartition(self.s.labels_topic, p)] = self.label_pos[p]
+                if p in self.prediction_pos:
+                    oldest = join.oldest_prediction_offset()
+                    position = self.prediction_pos[p]
+                    out[TopicPartition(self.s.output_topic, p)] = (
+                        position if oldest is None else min(oldest, position)
+                    )
+        return out
+
+    def publish_and_commit(self) -> None:
+        from forestream.errors import CommitRejected
+
+        group, _ = self._opened()
+        if self.txn is not None:
+            self.transact()
+            return
+        with self._lock:
+            if not self.publish():
+                return  # nothing committed past counts not acknowledged
+            offsets = self.offsets(set(self.joins))
+        if not offsets:
+            return
+        try:
+            group.commit(offsets, COMMIT_TIMEOUT_S)
+        except CommitRejected as exc:  # the group moved on: the new owners re-read
+            log.warning("evaluator_commit_rejected", error=str(exc))
+
+    def transact(self) -> None:
+        """Exactly-once: what was joined since the last transaction and the offsets of every
+        partition owned, committed together (all partitions: a record's counts must never
+        commit without the offsets of the labels it counts)."""
+        from forestream.errors import TransactionAborted, TransientKafkaError
+        from forestream.worker.transactions import TXN_TIMEOUT_S, replace_producer, transact
+
+        group, _ = self._opened()
+        with self._lock:
+            self._fill_outbox()
+            offsets = self.offsets(set(self.joins))
+            if (not self.outbox and not offsets) or self.txn is None:
+                return
+            records = list(self.outbox)
+            try:
+                transact(
+                    self.txn,
+                    records,
+                    offsets,
+                    group.group_metadata,
+                    timeout_s=TXN_TIMEOUT_S,
+                    topic=self.s.monitoring_topic,
+                )
+            except TransactionAborted as exc:  # nothing of it counts: all of it next time
+                log.warning("evaluator_transaction_aborted", error=str(exc))
+                return
+            except TransientKafkaError as exc:
+                # outcome unknown: the successor settles it; the group's offsets then say
+                self.txn = replace_producer(self.txn, self._transactional_producer)
+                self.producer = self.txn
+                committed = group.committed(list(offsets), COMMIT_TIMEOUT_S)
+                done = bool(offsets) and all(committed.get(tp) == o for tp, o in offsets.items())
+                log.warning("evaluator_transaction_outcome_unknown", error=str(exc), committed=done)
+                if not done:
+                    return
+            self.published += len(records)
+            self.outbox = []
+
+    # -- the group's calls ----------------------------------------------------------------------
+
+    def assigned(self, partitions: list[TopicPartition]) -> None:
+        with self._lock:
+            self.seek_due.update(tp.partition for tp in partitions)
+            for tp in partitions:
+                if tp.partition not in self.joins:
+                    self.joins[tp.partition] = self._new_join()
+            owned = sorted(self.joins)
+        log.info(
+            "evaluator_assigned", partitions=sorted(tp.partition for tp in partitions), owned=owned
+        )
+
+    def _new_join(self) -> PartitionJoin:
+        return PartitionJoin(
+            self.buffer, self.s.evaluator_max_pending, int(self.s.evaluator_max_wait_s * 1000)
+        )
+
+    def revoking(self, partitions: list[TopicPartition]) -> dict[TopicPartition, int]:
+        numbers = {tp.partition for tp in partitions}
+        with self._lock:
+            if self.txn is not None:
+                self._rewind_all(numbers)
+                offsets: dict[TopicPartition, int] = {}
+            else:
+                offsets = self.offsets(numbers) if self.publish() else {}
+                self._drop(numbers)
+            owned = sorted(self.joins)
+        log.info("evaluator_revoked", partitions=sorted(numbers), owned=owned)
+        return offsets
+
+    def released(self, partitions: list[TopicPartition]) -> None:
+        with self._lock:
+            if self.txn is not None:
+                self._rewind_all({tp.partition for tp in partitions})
+            else:
+                self._drop({tp.partition for tp in partitions})
+
+    def _rewind_all(self, leaving: set[int]) -> None:
+        """Exactly-once, partitions going: nothing since the last transaction counts. A
+        transaction here would run on the client's rebalance path (kafka-python: its IO loop,
+        which the transaction itself needs), so the counts not yet committed are dropped, for
+        every partition (they are mixed in the buffer), and the partitions kept are read again
+        from the group's committed offsets, both topics."""
+        kept = set(self.joins) - leaving
+        self.buffer.cells = {}
+        self.outbox = []
+        self._drop(set(self.joins))
+        for p in kept:
+            self.joins[p] = self._new_join()
+        self.seek_due |= kept
+        self.labels_due |= kept
+
+    def _drop(self, numbers: set[int]) -> None:
+        for p in numbers:
+            join = self.joins.pop(p, None)
+            if join is not None:  # keep the process totals across a move
+                self.joined += join.joined
+                self.evicted.update(join.evicted)
+                self.rejected.update(join.rejected)
+            self.label_pos.pop(p, None)
+            self.prediction_pos.pop(p, None)
+
+
+def _sum(counters: Any) -> Counter[str]:
+    total: Counter[str] = Counter()
+    for c in counters:
+        total.update(c)
+    return total
+
+
+class _Rebalance:
+    """The :class:`forestream.edge.interface.RebalanceHandler` of the labels subscription."""
+
+    def __init__(self, evaluator: Evaluator) -> None:
+        self.evaluator = evaluator
+
+    def on_assigned(self, partitions: list[TopicPartition]) -> None:
+        self.evaluator.assigned(partitions)
+
+    def on_revoking(self, partitions: list[TopicPartition]) -> dict[TopicPartition, int]:
+        return self.evaluator.revoking(partitions)
+
+    def revocation_commit_timeout_s(self) -> float:
+        return COMMIT_TIMEOUT_S
+
+    def on_committed(self, offsets: dict[TopicPartition, int]) -> None:
+        pass
+
+    def on_released(self, partitions: list[TopicPartition], lost: bool) -> None:
+        self.evaluator.released(partitions)
