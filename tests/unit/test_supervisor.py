@@ -75,7 +75,10 @@ AWAIT_SIGTERM = textwrap.dedent(
         if sys.argv[2] != "stuck":
             sys.exit(0)
     signal.signal(signal.SIGTERM, on_term)
-    (out / f"ready-{index}").write_text(str(os.getpid()))
+    # atomic: the test signals once the file exists, which must mean it holds the pid (a
+    # SIGTERM between create and write left it empty, seen once in CI)
+    (out / f".ready-{index}").write_text(str(os.getpid()))
+    os.replace(out / f".ready-{index}", out / f"ready-{index}")
     while True:
         signal.pause()
     """
@@ -96,7 +99,8 @@ CRASH_THEN_STOP_SUPERVISOR = textwrap.dedent(
         (out / "sigterm-1").write_text(str(os.getpid()))
         sys.exit(0)
     signal.signal(signal.SIGTERM, on_term)
-    (out / "ready-1").write_text(str(os.getpid()))
+    (out / ".ready-1").write_text(str(os.getpid()))
+    os.replace(out / ".ready-1", out / "ready-1")
     while not (out / "starts-0").exists():
         time.sleep(0.02)
     crashed = pathlib.Path("/proc", (out / "starts-0").read_text().split()[0])
