@@ -63,8 +63,11 @@ format: $(STAMP)
 XDIST ?= -n 2 --dist loadfile
 
 # Unit tests, the edge suite on both clients, every end-to-end flow on kafka-python.
+# CLIENTS=ci adds the librdkafka flow variants to the same session (.ci/run: one broker and one
+# start-up instead of two sessions, and no second tail of one xdist worker waiting on the other).
+CLIENTS ?= core
 test: setup lint
-	$(BIN)/pytest tests $(XDIST)
+	$(BIN)/pytest tests $(XDIST) --clients $(CLIENTS)
 
 # The librdkafka variants of the flows named in tests/conftest.py LIBRDKAFKA_FLOWS; CI runs both.
 test-extra: setup

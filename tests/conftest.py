@@ -48,7 +48,7 @@ settings.load_profile("forestream")
 #
 # Deselected variants are reported by pytest ("N deselected") and named in the summary; none is
 # skipped silently. --clients core: rules 1 and 2's kafka-python half; extra: the LIBRDKAFKA_FLOWS
-# variants alone; all: every variant of every test.
+# variants alone; ci: both of those in one session (.ci/run); all: every variant of every test.
 
 LIBRDKAFKA_FLOWS: dict[str, str] = {
     "test_evaluator.py::test_two_evaluators_publish_counts_that_sum_to_the_offline_join": "the "
@@ -82,10 +82,11 @@ EDGE_DIR = Path(__file__).resolve().parent / "integration" / "edge"
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption(
         "--clients",
-        choices=("core", "all", "extra"),
+        choices=("core", "all", "extra", "ci"),
         default="core",
         help="core (default): the edge contract on both clients, every flow on kafka-python; "
         "extra: the librdkafka variants of the flows in tests/conftest.py LIBRDKAFKA_FLOWS; "
+        "ci: core and extra in one session (one broker, one start-up: what .ci/run runs); "
         "all: every variant of every test",
     )
 
@@ -136,12 +137,12 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     clients = config.getoption("--clients")
     if clients == "all":
         return
-    wanted = {"core": "core", "extra": "extra"}[clients]
+    wanted = {"core": {"core"}, "extra": {"extra"}, "ci": {"core", "extra"}}[clients]
     kept: list[pytest.Item] = []
     deselected: list[pytest.Item] = []
     for item in items:
         slot = client_slot(item)
-        (kept if slot == wanted else deselected).append(item)
+        (kept if slot in wanted else deselected).append(item)
     if deselected:
         config.hook.pytest_deselected(items=deselected)
         items[:] = kept
