@@ -182,19 +182,25 @@ class OnlineEvaluator:
         return out
 
 
-def decode_label(value: bytes | None) -> str | None:
-    """The label of a labels-topic value ``{"label": ...}``; ``None`` when malformed.
-
-    Integer labels are accepted as their decimal string, since predictions are class names as
-    strings; anything else (floats, objects, missing field) is malformed.
-    """
+def json_object(value: bytes | None) -> dict[str, Any] | None:
+    """A record value as a JSON object; ``None`` when empty, not JSON or not an object."""
     if not value:
         return None
     try:
         obj = json.loads(value)
     except (ValueError, UnicodeDecodeError):
         return None
-    if not isinstance(obj, dict):
+    return obj if isinstance(obj, dict) else None
+
+
+def decode_label(value: bytes | None) -> str | None:
+    """The label of a labels-topic value ``{"label": ...}``; ``None`` when malformed.
+
+    Integer labels are accepted as their decimal string, since predictions are class names as
+    strings; anything else (floats, objects, missing field) is malformed.
+    """
+    obj = json_object(value)
+    if obj is None:
         return None
     label = obj.get("label")
     if isinstance(label, str):

@@ -14,11 +14,10 @@ reason; a joined pair goes to a :class:`forestream.worker.evaluator.counts.Count
 
 from __future__ import annotations
 
-import json
 from collections import Counter, OrderedDict
 from typing import Any, NamedTuple, Protocol
 
-from forestream.worker.evaluation import decode_label
+from forestream.worker.evaluation import decode_label, json_object
 
 
 class HeldPrediction(NamedTuple):
@@ -53,13 +52,8 @@ def decode_prediction(value: bytes | None) -> DecodedPrediction | None:
     The version's classes are the keys of ``probabilities``: a label naming another class
     cannot be scored against this version.
     """
-    if not value:
-        return None
-    try:
-        obj = json.loads(value)
-    except (ValueError, UnicodeDecodeError):
-        return None
-    if not isinstance(obj, dict):
+    obj = json_object(value)
+    if obj is None:
         return None
     prediction, version = obj.get("prediction"), obj.get("model_version")
     probabilities = obj.get("probabilities")
