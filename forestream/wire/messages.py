@@ -20,8 +20,19 @@ class SourceRef(BaseModel):
     offset: int
 
 
+class ServedPrediction(BaseModel):
+    """On a shadow record: what the served version predicted for the same input record, so a
+    shadow record alone compares candidate and served on the same record (no three-way join)."""
+
+    version: str
+    prediction: str
+
+
 class Prediction(BaseModel):
-    """Value of a record on the predictions topic; its key is the input record's key."""
+    """Value of a record on the predictions topic; its key is the input record's key.
+
+    The shadow topic carries the same shape, from the candidate, with ``served`` set.
+    """
 
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
 
@@ -31,6 +42,9 @@ class Prediction(BaseModel):
     source: SourceRef
     event_time: int = Field(description="input record timestamp, ms since epoch")
     scored_at: int = Field(description="when the batch was scored, ms since epoch")
+    served: ServedPrediction | None = Field(
+        default=None, description="shadow records only: the served version's prediction"
+    )
 
 
 class ServingRef(BaseModel):
@@ -41,6 +55,19 @@ class ServingRef(BaseModel):
     version: str
     sha256: str
     signature: str | None = None
+
+
+class Decision(BaseModel):
+    """Why an automatic promotion or rollback happened: the rule and the fleet's counts it held
+    on, so the models topic (and ``models list``) shows the evidence beside the change."""
+
+    model_config = ConfigDict(protected_namespaces=())
+
+    by: str = Field(description="who decided, e.g. the evaluator's id")
+    rule: str = Field(description="the rule as stated, e.g. 'labelled>=2000 and ...'")
+    evidence: dict[str, float | int | str | None] = Field(
+        default_factory=dict, description="the numbers the rule was evaluated on"
+    )
 
 
 class ModelEvent(BaseModel):
@@ -62,6 +89,9 @@ class ModelEvent(BaseModel):
     accuracy: float | None = None
     macro_f1: float | None = None
     serving: ServingRef | None = None
+    decision: Decision | None = Field(
+        default=None, description="set when a rule, not a person, made this change"
+    )
     at: int = Field(description="event time, ms since epoch")
 
 
@@ -162,5 +192,34 @@ class EvaluationCounts(BaseModel):
     labelled: int = Field(description="pairs counted in this record")
     confusion: dict[str, dict[str, int]] = Field(
         default_factory=dict, description="true class -> predicted class -> pairs"
+    )
+    at: int = Field(description="publish time, ms since epoch")
+
+
+class ShadowCounts(BaseModel):
+    """Value of an evaluator's shadow record on the monitoring topic; key =
+    ``<candidate>/shadow/<served>/<window>``.
+
+    A *delta*, like :class:`EvaluationCounts`, over labelled shadow records: each one carries
+    the candidate's and the served version's prediction for the same input record
+    (:class:`ServedPrediction`), so both confusion matrices are over the same records and the
+    policy's "candidate at least as accurate as served" compares like with like.
+    """
+
+    model_config = ConfigDict(protected_namespaces=())
+
+    kind: Literal["shadow_counts"] = "shadow_counts"
+    evaluator_id: str
+    candidate_version: str
+    served_version: str
+    window_start: int = Field(description="label arrival window start, ms since epoch")
+    window_s: float = Field(description="window length, seconds")
+    labelled: int = Field(description="labelled shadow records counted in this record")
+    agreed: int = Field(description="of those, where candidate and served predicted alike")
+    candidate_confusion: dict[str, dict[str, int]] = Field(
+        default_factory=dict, description="true class -> candidate's class -> records"
+    )
+    served_confusion: dict[str, dict[str, int]] = Field(
+        default_factory=dict, description="true class -> served version's class -> records"
     )
     at: int = Field(description="publish time, ms since epoch")

@@ -49,6 +49,22 @@ PREDICTION_SCHEMA: dict[str, Any] = {
         },
         {"name": "event_time", "type": "long", "doc": "input record timestamp, ms since epoch"},
         {"name": "scored_at", "type": "long", "doc": "when the batch was scored, ms since epoch"},
+        {
+            "name": "served",
+            "type": [
+                "null",
+                {
+                    "type": "record",
+                    "name": "ServedPrediction",
+                    "fields": [
+                        {"name": "version", "type": "string"},
+                        {"name": "prediction", "type": "string"},
+                    ],
+                },
+            ],
+            "default": None,
+            "doc": "shadow records only: the served version's prediction for the same record",
+        },
     ],
 }
 """Plain ``long`` milliseconds, not the ``timestamp-millis`` logical type: readers would get
@@ -101,7 +117,7 @@ def avro_prediction_encoder(schema_id: int) -> Any:
         labels = {c: header + _string(c) for c in classes}  # prediction is the first field
         middle = _long(len(classes))  # the map's one block: its count, entries, then 0
         after = b"\x00" + _string(model_version) + _string(topic)
-        scored_at = _long(int(scored_at_ms))
+        scored_at = _long(int(scored_at_ms)) + b"\x00"  # then ``served``: null
         partition_bytes: dict[int, bytes] = {}
         values = []
         for j, (label, partition, offset, event_time) in enumerate(
