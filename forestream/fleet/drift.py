@@ -19,13 +19,18 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 from pydantic import ValidationError
 
+from forestream.errors import ForestreamError
 from forestream.registry.metadata import ModelMetadata
 from forestream.wire.messages import DriftReport, FeatureDrift, WindowCounts
 from forestream.wire.schema import CategoricalReference, NumericReference, ReferenceStats
+
+if TYPE_CHECKING:
+    from forestream.registry.store import ModelStore
 
 DEFAULT_EPS = 1e-4
 DEFAULT_KEEP_WINDOWS = 60
@@ -72,6 +77,19 @@ def expected_bins(name: str, ref: NumericReference | CategoricalReference) -> np
             )
         return expected
     return np.append(np.asarray(list(ref.shares.values()), dtype=np.float64), 0.0)
+
+
+def store_metadata(store: ModelStore, name: str) -> Callable[[str], ModelMetadata | None]:
+    """``metadata_for`` reading ``name``'s versions from a model store: a version the store
+    does not have (yet), or cannot be read now, is None, and asked for again later."""
+
+    def metadata_for(version: str) -> ModelMetadata | None:
+        try:
+            return store.metadata(name, version)
+        except ForestreamError:
+            return None
+
+    return metadata_for
 
 
 @dataclass(frozen=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -11,7 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from forestream.fleet.drift import FleetDrift, expected_bins
+from forestream.fleet.drift import FleetDrift, expected_bins, store_metadata
 from forestream.registry.metadata import ModelMetadata
 from forestream.wire.messages import DriftReport, EvaluationCounts, WindowCounts
 from forestream.wire.schema import (
@@ -292,3 +293,11 @@ def test_expected_bins_put_unseen_after_the_categories() -> None:
             "x", NumericReference(edges=[0.0], shares=[1.0], mean=0, std=1, missing_share=0)
         )
     assert math.isclose(sum(expected_bins("x", numeric)), 1.0)
+
+
+def test_store_metadata_reads_a_version_and_gives_none_for_an_unknown_one(tmp_path: Path) -> None:
+    from forestream.registry.local import LocalModelStore
+
+    store = LocalModelStore(tmp_path)
+    metadata_for = store_metadata(store, "m")
+    assert metadata_for("v1") is None  # nothing saved: asked again later, no error
