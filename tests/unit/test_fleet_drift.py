@@ -301,3 +301,36 @@ def test_store_metadata_reads_a_version_and_gives_none_for_an_unknown_one(tmp_pa
     store = LocalModelStore(tmp_path)
     metadata_for = store_metadata(store, "m")
     assert metadata_for("v1") is None  # nothing saved: asked again later, no error
+
+
+def test_a_promotion_mid_window_counts_each_version_in_its_own_reference_bins() -> None:
+    """v2 has another reference (a category fewer, coarser numeric bins): its window counts
+    have its layout, an unseen category lands in its unseen slot, and each version is judged
+    against its own metadata."""
+    frame = make_stream(1_000, seed=8)
+    ref2 = reference_from(frame[frame["color"] != "blue"], bins=4)
+    references = {"v1": REFERENCE, "v2": ref2}
+    monitor = DriftMonitor(
+        None, window=2_000, reference_for=references.get, windows=WindowCounter()
+    )
+    monitor.on_batch(scored(frame.iloc[:500], T0, predictions(500, 1), "v1"))
+    monitor.on_batch(scored(frame.iloc[500:], T0 + 1_000, predictions(500, 2), "v2"))
+    report = build_drift_report(
+        model_name="m", worker_id="w0", model_version="v2", drift=monitor, at_ms=T0 + 2_000
+    )
+    by_version = {w.model_version: w for w in report.windows}
+    assert [w.window_start for w in report.windows] == [T0, T0]
+    assert len(by_version["v1"].features["x1"]) == len(REFERENCE.features["x1"].edges) + 2
+    assert len(by_version["v2"].features["x1"]) == len(ref2.features["x1"].edges) + 2
+    blue = int((frame.iloc[500:]["color"] == "blue").sum())
+    assert by_version["v2"].features["color"][-2] == blue > 0  # unseen, then missing
+    missing = int(frame.iloc[500:]["x2"].isna().sum())
+    assert by_version["v2"].features["x2"][-1] == missing > 0
+    metas = {"v1": META, "v2": metadata(ref2)}
+    merged = FleetDrift(metas.get, min_records=1)
+    merged.add(report)
+    result = merged.snapshot()
+    assert result["v1"].records == result["v2"].records == 500
+    assert result["v1"].mismatched == result["v2"].mismatched == 0
+    assert result["v2"].features["color"].unseen_share == pytest.approx(blue / 500)
+    assert result["v2"].drifting_features == ["color"]
