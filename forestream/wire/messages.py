@@ -174,7 +174,9 @@ class DriftReport(BaseModel):
     """Value of a record on the monitoring topic; key = worker id. Published periodically.
 
     Totals (``records_in``, ``predicted``, ``dead_lettered``) are cumulative since the worker
-    started, so a reader only needs the newest report per worker.
+    started, so a reader only needs the newest report per worker. ``windows`` are the counts
+    of the last few wall-clock windows, each cumulative within its window, for drift over the
+    whole fleet (:class:`WindowCounts`).
     """
 
     model_config = ConfigDict(protected_namespaces=())
