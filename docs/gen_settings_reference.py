@@ -189,6 +189,8 @@ DESCRIPTIONS: dict[str, str] = {
     "drift_window": "records in the window drift, latency and online accuracy are computed over",
     "drift_threshold": "PSI at which a feature is flagged as drifting",
     "drift_min_records": "values of a feature in the window before it can be flagged",
+    "fleet_window_s": "seconds per window of the bin and predicted-class counts each report "
+    "carries for fleet drift (aligned on the epoch: 1 to 86,400)",
     "report_interval_s": "seconds between reports to the monitoring topic",
     "follow_labels": "read every labels partition for this worker's online accuracy; off when "
     "`evaluate` does it fleet-wide",

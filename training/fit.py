@@ -136,3 +136,12 @@ def evaluate(
         "train_rows": len(y_train),
         "test_rows": len(y_test),
     }
+
+
+def holdout_prediction_shares(metrics: dict[str, Any]) -> dict[str, float]:
+    """Share of each class among the holdout's predictions (the confusion matrix's column
+    sums): what fleet prediction drift compares live predicted-class shares with."""
+    matrix = metrics["confusion_matrix"]
+    predicted = np.asarray(matrix["matrix"], dtype=np.float64).sum(axis=0)
+    total = max(float(predicted.sum()), 1.0)
+    return {str(c): float(n / total) for c, n in zip(matrix["labels"], predicted, strict=True)}

@@ -24,6 +24,7 @@ from forestream.training.fit import (
     build_pipeline,
     evaluate,
     fit,
+    holdout_prediction_shares,
     split,
 )
 from forestream.training.quality import QualityReport, assess, fatal_problem, prepare
@@ -115,6 +116,7 @@ def run_training(
         feature_schema=build_schema(features, kinds),
         reference=build_reference(features, kinds),
         metrics=metrics,
+        holdout_prediction_shares=holdout_prediction_shares(metrics),
         data_sha256=data_sha256,
         data_rows=len(frame),
         sklearn_version=sklearn.__version__,

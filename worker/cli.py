@@ -146,6 +146,16 @@ def worker(
             show_default=False,
         ),
     ] = None,
+    fleet_window_s: Annotated[
+        float | None,
+        typer.Option(
+            "--fleet-window-s",
+            help="seconds per window of the bin and predicted-class counts in monitoring "
+            "reports, merged across workers for fleet drift [env FORESTREAM_FLEET_WINDOW_S; "
+            "default 60]",
+            show_default=False,
+        ),
+    ] = None,
     report_interval_s: Annotated[
         float | None,
         typer.Option(
@@ -288,6 +298,7 @@ def worker(
         allow_unsigned=allow_unsigned,
         allow_version_mismatch=allow_version_mismatch,
         drift_window=drift_window,
+        fleet_window_s=fleet_window_s,
         report_interval_s=report_interval_s,
         model_cache_dir=model_cache_dir,
         input_format=input_format,
@@ -367,6 +378,7 @@ def worker(
                 drift_window=settings.drift_window,
                 drift_threshold=settings.drift_threshold,
                 drift_min_records=settings.drift_min_records,
+                fleet_window_s=settings.fleet_window_s,
                 report_interval_s=settings.report_interval_s,
                 registry=telemetry.metrics.registry,
                 rebuild_without_broker_s=settings.rebuild_without_broker_s,

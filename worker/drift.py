@@ -17,39 +17,16 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
+from forestream.fleet.drift import DEFAULT_EPS, expected_bins, psi
 from forestream.wire.messages import DriftReport, FeatureDrift
 from forestream.wire.schema import CategoricalReference, NumericReference, ReferenceStats
 
 if TYPE_CHECKING:
     from forestream.worker.batch import ScoredBatch
+    from forestream.worker.drift_windows import WindowCounter
     from forestream.worker.evaluation import OnlineEvaluator
 
-DEFAULT_EPS = 1e-4
 UNSEEN = "unseen"
-
-
-def psi(
-    expected_shares: Any,
-    actual_counts: Any,
-    eps: float = DEFAULT_EPS,
-) -> float:
-    """Population Stability Index: ``sum((a - e) * ln(a / e))`` over bins.
-
-    ``actual_counts`` are turned into shares. Empty bins: both shares are clipped to at least
-    ``eps`` before the log (and in the difference), without renormalising — the usual convention
-    that keeps the index finite when a bin is empty on either side, e.g. an unseen category whose
-    expected share is 0. With no actual records there is no evidence of drift: the result is 0.
-    """
-    expected = np.asarray(expected_shares, dtype=np.float64)
-    counts = np.asarray(actual_counts, dtype=np.float64)
-    if expected.shape != counts.shape:
-        raise ValueError(f"{expected.shape[0]} expected shares but {counts.shape[0]} bins counted")
-    total = counts.sum()
-    if total <= 0:
-        return 0.0
-    e = np.clip(expected, eps, None)
-    a = np.clip(counts / total, eps, None)
-    return float(np.sum((a - e) * np.log(a / e)))
 
 
 @dataclass(frozen=True)
@@ -76,19 +53,14 @@ def _layout(reference: ReferenceStats) -> tuple[list[_Slot], int]:
     slots: list[_Slot] = []
     offset = 0
     for name, ref in reference.features.items():
+        # the order of the bins is the wire's (WindowCounts): expected_bins defines it
+        expected = expected_bins(name, ref)
         if isinstance(ref, NumericReference):
             edges = np.asarray(ref.edges, dtype=np.float64)
-            expected = np.asarray(ref.shares, dtype=np.float64)
-            if len(expected) != len(edges) + 1:
-                raise ValueError(
-                    f"reference of {name!r}: {len(edges)} edges need {len(edges) + 1} shares, "
-                    f"got {len(expected)}"
-                )
             slot = _Slot(name, offset, len(expected), expected, edges, None)
         elif isinstance(ref, CategoricalReference):
-            categories = pd.Index(list(ref.shares), dtype=object)
             # the unseen bucket's expected share is 0: psi() clips it to eps
-            expected = np.append(np.asarray(list(ref.shares.values()), dtype=np.float64), 0.0)
+            categories = pd.Index(list(ref.shares), dtype=object)
             slot = _Slot(name, offset, len(expected), expected, None, categories)
         else:  # pragma: no cover - the discriminated union has two kinds
             raise TypeError(f"unknown reference kind for {name!r}: {type(ref).__name__}")
@@ -137,6 +109,7 @@ class DriftMonitor:
         min_records: int = 1_000,
         eps: float = DEFAULT_EPS,
         reference_for: Callable[[str], ReferenceStats | None] | None = None,
+        windows: WindowCounter | None = None,
     ) -> None:
         if window < 1:
             raise ValueError("window must be at least 1 record")
@@ -145,6 +118,9 @@ class DriftMonitor:
         self.min_records = min(min_records, window)
         self.eps = eps
         self.reference_for = reference_for
+        self.windows = windows
+        """Also counts each batch per (version, wall-clock window) for fleet drift, from the
+        same per-batch count vector (nothing is binned twice)."""
         self.model_version: str | None = None
         self.reset(reference)
 
@@ -152,6 +128,7 @@ class DriftMonitor:
         """Start over against a new reference; ``None`` watches nothing until the next one."""
         self.reference = reference
         self._slots, self._size = _layout(reference or ReferenceStats(features={}))
+        self._spans = tuple((s.name, s.offset, s.bins + 1) for s in self._slots)
         self._ring: deque[tuple[int, np.ndarray]] = deque()
         self._totals = np.zeros(self._size, dtype=np.int64)
         self._records = 0
@@ -168,13 +145,19 @@ class DriftMonitor:
             if reference != self.reference:  # a retrain on the same data keeps the window
                 self.reset(reference)
         self.model_version = batch.model_version
-        self.add_frame(batch.frame)
+        counts = self.add_frame(batch.frame)
+        if self.windows is not None and counts is not None:
+            self.windows.add(
+                batch.model_version, batch.scored_at_ms, len(batch.frame), counts,
+                self._spans, batch.predictions,
+            )  # fmt: skip
 
-    def add_frame(self, frame: pd.DataFrame) -> None:
-        """Count one batch of valid input rows into the window."""
+    def add_frame(self, frame: pd.DataFrame) -> np.ndarray | None:
+        """Count one batch of valid input rows into the window; returns the batch's count
+        vector (None for an empty batch)."""
         rows = len(frame)
         if rows == 0:
-            return
+            return None
         counts = np.zeros(self._size, dtype=np.int64)
         numeric = [s for s in self._slots if s.edges is not None and s.name in frame.columns]
         block = _numeric_block(frame, [s.name for s in numeric])
@@ -199,6 +182,7 @@ class DriftMonitor:
             old_rows, old_counts = self._ring.popleft()
             self._totals -= old_counts
             self._records -= old_rows
+        return counts
 
     @staticmethod
     def _count_numeric(slot: _Slot, values: np.ndarray, counts: np.ndarray) -> None:
@@ -284,6 +268,7 @@ def build_drift_report(
 
     Pure apart from reading the monitors: the loop owns the totals and passes them in.
     """
+    windows = drift.windows if drift is not None else None
     return DriftReport(
         model_name=model_name,
         model_version=model_version,
@@ -300,4 +285,6 @@ def build_drift_report(
         latency_p99_ms=latency_p99_ms,
         online=evaluator.snapshot() if evaluator is not None else {},
         labels_joined=evaluator.labels_joined if evaluator is not None else 0,
+        fleet_window_s=windows.window_s if windows is not None else None,
+        windows=windows.snapshot() if windows is not None else [],
     )

@@ -1,9 +1,10 @@
 """What a worker tells the operator about its stream: drift, online accuracy, latency, totals.
 
 :class:`StreamMonitoring` bundles the per-batch observers (a :class:`DriftMonitor` against the
-serving version's training reference, an :class:`OnlineEvaluator` fed by a :class:`LabelConsumer`
-thread, a latency window) and publishes a cumulative :class:`forestream.wire.messages.DriftReport`
-to the
+serving version's training reference, which also counts each batch per version and wall-clock
+window for fleet drift (:mod:`forestream.worker.drift_windows`), an :class:`OnlineEvaluator`
+fed by a :class:`LabelConsumer` thread, a latency window) and publishes a cumulative
+:class:`forestream.wire.messages.DriftReport` to the
 monitoring topic every ``report_interval_s`` (key = worker id), which ``forestream monitor`` and
 the demo read. The loop calls :meth:`StreamMonitoring.tick` once per poll; everything else runs
 per batch with numpy.
@@ -27,6 +28,7 @@ from forestream.wire.messages import DriftReport
 from forestream.wire.schema import ReferenceStats
 from forestream.worker.batch import BatchObserver, ScoredBatch
 from forestream.worker.drift import DriftMonitor, build_drift_report
+from forestream.worker.drift_windows import DEFAULT_WINDOW_S, WindowCounter
 from forestream.worker.evaluation import LabelConsumer, OnlineEvaluator
 
 if TYPE_CHECKING:
@@ -130,6 +132,7 @@ class StreamMonitoring:
         drift_window: int = 10_000,
         drift_threshold: float = 0.2,
         drift_min_records: int = 1_000,
+        fleet_window_s: float = DEFAULT_WINDOW_S,
         report_interval_s: float = 10.0,
         registry: Any = None,
         rebuild_without_broker_s: float | None = None,
@@ -146,6 +149,7 @@ class StreamMonitoring:
             threshold=drift_threshold,
             min_records=drift_min_records,
             reference_for=reference_for,
+            windows=WindowCounter(fleet_window_s),
         )
         self.evaluator = OnlineEvaluator(window=drift_window)
         self.latency = LatencyWindow(window=drift_window)

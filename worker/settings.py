@@ -130,6 +130,10 @@ class WorkerSettings(GuaranteeSettings, TrustSettings, WireFormatSettings):
     """PSI at which a feature is flagged as drifting (0.1 notable, 0.2 significant by habit)."""
     drift_min_records: int = Field(default=1_000, ge=1)
     """No drift flag before a feature has this many values in the window (small-sample noise)."""
+    fleet_window_s: float = Field(default=60.0, ge=1, le=86_400)
+    """Length of the wall-clock windows whose bin and predicted-class counts each monitoring
+    report carries (the last few), for drift merged across the fleet. Aligned on the epoch, so
+    every worker with the same setting counts into the same windows."""
     report_interval_s: float = Field(default=10.0, gt=0)
     """How often the DriftReport is published to the monitoring topic."""
     follow_labels: bool = True

@@ -64,6 +64,10 @@ class ModelMetadata(BaseModel):
     signature_scheme: str | None = None
     signing_key_id: str | None = None
     params: dict[str, Any] = {}
+    holdout_prediction_shares: dict[str, float] | None = None
+    """Share of each class among the version's predictions on its training holdout: what fleet
+    prediction drift compares with (None for versions trained before it was recorded).
+    Informative like ``reference`` and ``metrics``: not covered by the signature."""
 
 
 def normalize_version(version: str) -> str:

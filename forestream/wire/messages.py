@@ -146,11 +146,37 @@ class VersionAccuracy(BaseModel):
     macro_f1: float | None = None
 
 
+class WindowCounts(BaseModel):
+    """One worker's counts for one model version in one wall-clock window (by scoring time).
+
+    Cumulative within the window for that worker: a newer report carries the same or larger
+    counts for the same (worker, version, window), so a reader keeps the newest and sums across
+    workers (:class:`forestream.fleet.drift.FleetDrift`). ``features`` are counts in the
+    version's reference bins, in the order :func:`forestream.fleet.drift.expected_bins` gives
+    (numeric: one per bin; categorical: the reference's categories, then unseen), then one
+    slot for records with the value missing: each feature's counts sum to ``records``.
+    """
+
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+    model_version: str
+    window_start: int = Field(description="window start (scoring time), ms since epoch")
+    records: int = Field(description="valid records scored in the window by this version")
+    features: dict[str, list[int]] = Field(
+        default_factory=dict, description="feature -> counts per reference bin, then missing"
+    )
+    predicted: dict[str, int] = Field(
+        default_factory=dict, description="predicted class -> records"
+    )
+
+
 class DriftReport(BaseModel):
     """Value of a record on the monitoring topic; key = worker id. Published periodically.
 
     Totals (``records_in``, ``predicted``, ``dead_lettered``) are cumulative since the worker
-    started, so a reader only needs the newest report per worker.
+    started, so a reader only needs the newest report per worker. ``windows`` are the counts
+    of the last few wall-clock windows, each cumulative within its window, for drift over the
+    whole fleet (:class:`WindowCounts`).
     """
 
     model_config = ConfigDict(protected_namespaces=())
@@ -172,6 +198,12 @@ class DriftReport(BaseModel):
         default_factory=dict, description="per model version"
     )
     labels_joined: int = 0
+    fleet_window_s: float | None = Field(
+        default=None, description="length of the windows in ``windows``, seconds"
+    )
+    windows: list[WindowCounts] = Field(
+        default_factory=list, description="counts of the last few windows, for fleet drift"
+    )
 
 
 class EvaluationCounts(BaseModel):

@@ -24,6 +24,7 @@ import pytest
 
 from forestream.edge.factory import TopicSpec, ensure_topics, make_producer
 from forestream.edge.interface import KAFKA_CLIENTS
+from forestream.fleet.drift import FleetDrift, VersionDrift, store_metadata
 from forestream.wire.messages import DriftReport
 from tests.kafka_helpers import read_topic
 from tests.waiting import wait_until
@@ -210,12 +211,32 @@ def test_training_distribution_raises_no_flag_and_labels_give_offline_accuracy(
     assert s.gauge("forestream_online_labelled", version="v1") == len(rows)
     assert s.gauge("forestream_online_accuracy", version="v1") == pytest.approx(offline)
     assert s.gauge("forestream_feature_drifting", feature=SHIFTED) == 0.0
+    # fleet drift counts: every record scored is in exactly one window, bin and class count
+    assert report.fleet_window_s == 60.0
+    assert sum(w.records for w in report.windows) == report.predicted
+    assert {w.model_version for w in report.windows} == {"v1"}
+    for w in report.windows:
+        assert sum(w.predicted.values()) == w.records, w
+        assert set(w.features) == set(NUMERIC + CATEGORICAL)
+        assert all(sum(counts) == w.records for counts in w.features.values()), w
+    fleet = _fleet(store, report)
+    assert fleet.records == s.sent and fleet.drifting_features == [], fleet.features
+    assert fleet.prediction is not None and not fleet.prediction.drifting, fleet.prediction
+
+
+def _fleet(store: Path, report: DriftReport) -> VersionDrift:
+    """v1's fleet drift from one report, its reference read from the store by version."""
+    from forestream.registry.local import LocalModelStore
+
+    merged = FleetDrift(store_metadata(LocalModelStore(store), MODEL))
+    merged.add(report)
+    return merged.drift("v1")
 
 
 def test_one_feature_shifted_by_two_std_is_flagged_alone(
     stream: tuple[Stream, Path, Path],
 ) -> None:
-    s, _store, log_path = stream
+    s, store, log_path = stream
     rows = _sample(s.training, WINDOW, seed=2)
     rows[SHIFTED] = rows[SHIFTED] + 2 * s.training[SHIFTED].std()
     s.send_rows("shifted", rows)
@@ -232,3 +253,6 @@ def test_one_feature_shifted_by_two_std_is_flagged_alone(
     assert [e["feature"] for e in log_events(log_path, "drift_detected")] == [SHIFTED]
     assert s.gauge("forestream_feature_drifting", feature=SHIFTED) == 1.0
     assert s.gauge("forestream_feature_drifting", feature="x2") == 0.0
+    # the window counts hold both phases: half shifted is still a flag on that feature alone
+    fleet = _fleet(store, report)
+    assert fleet.records == report.predicted and fleet.drifting_features == [SHIFTED]

@@ -71,6 +71,20 @@ def test_metadata_and_report_are_stored_beside_the_verified_artifact(penguins) -
     assert [str(c) for c in pipeline.classes_] == meta.classes
 
 
+def test_the_holdout_prediction_shares_are_the_confusion_matrix_columns(penguins) -> None:
+    outcome, _, store = penguins
+    meta = outcome.metadata
+    matrix = meta.metrics["confusion_matrix"]
+    predicted = [sum(row[i] for row in matrix["matrix"]) for i in range(len(matrix["labels"]))]
+    assert meta.holdout_prediction_shares == pytest.approx(
+        {c: n / sum(predicted) for c, n in zip(matrix["labels"], predicted, strict=True)}
+    )
+    assert list(meta.holdout_prediction_shares or {}) == meta.classes
+    assert store.metadata("penguins", "v1").holdout_prediction_shares == (
+        meta.holdout_prediction_shares
+    )
+
+
 def test_the_signer_signs_the_artifact(tmp_path: Path) -> None:
     from tests.signing_support import session_trust
 
