@@ -195,3 +195,14 @@ def test_a_shadow_join_evicts_by_its_own_bounds_counted_apart() -> None:
         [ConsumedRecord("s", 0, i, 1_000, f"k{i}".encode(), shadow_value("a", "a")) for i in (0, 1)]
     )
     assert evaluator.totals()["evicted"] == {"shadow_prediction_full": 1}
+
+
+def test_the_monitor_passes_over_shadow_count_records() -> None:
+    from forestream.monitor import ReportBoard
+
+    buffer = ShadowCountsBuffer(60.0)
+    buffer.add("v2", "a", "a", 0, Served("v1", "b"))
+    (record,) = buffer.drain("e1", 0)
+    board = ReportBoard()
+    board.add(record.model_dump_json().encode())
+    assert board.malformed == 0 and not board.latest
