@@ -134,8 +134,8 @@ DESCRIPTIONS: dict[str, str] = {
     "to its own `--output-topic`, never read from this setting)",
     "dlq_topic": "dead letters: the original bytes and a reason (`replay` writes to its own "
     "`--dlq-topic`, by default `<output>.dlq`)",
-    "shadow_topic": "a shadow candidate's predictions (`models shadow`), never the served ones; "
-    "unset: `<output topic>.shadow`",
+    "shadow_topic": "a shadow candidate's predictions (`models shadow`), never the served ones, "
+    "compared by `evaluate` when it exists; unset: `<output topic>.shadow`",
     "shadow_share": "share of each batch's predicted records a shadow candidate scores, chosen "
     "by a hash of the key (0 < share <= 1)",
     "models_topic": "the registry's events, one partition, compacted",

@@ -61,7 +61,7 @@ class ReportBoard:
 
         from forestream.wire.messages import DriftReport
 
-        if value and b'"kind":"evaluation_counts"' in value:
+        if value and (b'"kind":"evaluation_counts"' in value or b'"kind":"shadow_counts"' in value):
             return  # an evaluator's counts (forestream evaluate), not a worker's report
         try:
             report = DriftReport.model_validate_json(value or b"")

@@ -156,7 +156,17 @@ class PredictionEncoder(Protocol):
         offsets: Sequence[int],
         event_times_ms: Sequence[int],
         scored_at_ms: int,
+        served: ServedLabels | None = None,
     ) -> list[bytes]: ...
+
+
+@dataclass(frozen=True)
+class ServedLabels:
+    """Shadow records only: the served version and its prediction per row, written as the
+    record's ``served`` (:class:`forestream.wire.messages.ServedPrediction`)."""
+
+    version: str
+    labels: Sequence[str]
 
 
 def encode_predictions(
@@ -169,13 +179,29 @@ def encode_predictions(
     offsets: Sequence[int],
     event_times_ms: Sequence[int],
     scored_at_ms: int,
+    served: ServedLabels | None = None,
 ) -> list[bytes]:
     """One UTF-8 JSON value per row, in the :class:`forestream.wire.messages.Prediction` shape.
 
     Everything constant within a batch is baked into one %-template (JSON strings escaped,
     ``%`` doubled), so a row costs a single formatting call; ``%r`` of a float is its
-    shortest round-tripping repr, the same text ``json.dumps`` writes.
+    shortest round-tripping repr, the same text ``json.dumps`` writes. ``served`` (the shadow
+    path) appends the ``served`` object; without it the bytes are the served path's, unchanged.
     """
+    if served is not None:
+        return _with_served(
+            encode_predictions(
+                scores=scores,
+                classes=classes,
+                model_version=model_version,
+                topic=topic,
+                partitions=partitions,
+                offsets=offsets,
+                event_times_ms=event_times_ms,
+                scored_at_ms=scored_at_ms,
+            ),
+            served,
+        )
     probabilities = ",".join(_literal(json.dumps(c)) + ":%r" for c in classes)
     template = (
         '{"prediction":%s,"probabilities":{' + probabilities + '},"model_version":'
@@ -196,6 +222,20 @@ def encode_predictions(
             strict=True,
         )
     ]
+
+
+def _with_served(values: list[bytes], served: ServedLabels) -> list[bytes]:
+    """Each value with ``,"served":{...}`` before its closing brace (shadow rows only, a few
+    thousand a second at most: a slice and a join per row)."""
+    head = b',"served":{"version":' + json.dumps(served.version).encode() + b',"prediction":'
+    tails: dict[str, bytes] = {}
+    out = []
+    for value, label in zip(values, served.labels, strict=True):
+        tail = tails.get(label)
+        if tail is None:
+            tail = tails[label] = head + json.dumps(label).encode() + b"}}"
+        out.append(value[:-1] + tail)
+    return out
 
 
 def _literal(text: str) -> str:

@@ -106,7 +106,7 @@ class Serving:
             encode=self.encode,
         )
         try:  # returns at once; a shadow bug must not cost the served batch
-            self.shadow.offer(records, batch.valid_indexes)
+            self.shadow.offer(records, batch.valid_indexes, model.version, batch.scored.predictions)
         except Exception as exc:
             if self._warn_scoring.ready():
                 log.error("shadow_offer_failed", error=f"{type(exc).__name__}: {exc}")

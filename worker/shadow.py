@@ -11,6 +11,10 @@ skipped whole and counted (``forestream_shadow_skipped_total{reason}``), never w
 Which records: those the served version predicted, chosen by a hash of the key (of the
 source topic, partition and offset when there is no key), so every worker, and every re-read
 of a record, chooses the same ones.
+
+Each shadow record carries ``served``: what the served version predicted for the same input
+record (:class:`forestream.wire.messages.ServedPrediction`), handed over with the batch, so the
+evaluator compares candidate and served on the same records from the shadow topic alone.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ import queue
 import threading
 from collections import deque
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Literal, NamedTuple
 
 import structlog
 
@@ -28,11 +32,13 @@ from forestream.edge.interface import AckingProducer, Delivery, InputRecord
 from forestream.runtime.logs import RateLimited
 
 if TYPE_CHECKING:
+    import numpy as np
+
     from forestream.wire.schema import FeatureSchema
     from forestream.worker.decoding import Parser
     from forestream.worker.health import Telemetry
     from forestream.worker.models import ActiveModel, ModelFollower
-    from forestream.worker.scoring import PredictionEncoder
+    from forestream.worker.scoring import PredictionEncoder, Scores, ServedLabels
     from forestream.worker.settings import WorkerSettings
 
 log = structlog.get_logger("forestream.worker.shadow")
@@ -80,6 +86,50 @@ def skip_reason(queue_full: bool, unacked_batches: int) -> SkipReason | None:
     return None
 
 
+class _Job(NamedTuple):
+    model: ActiveModel
+    records: list[InputRecord]
+    indexes: Sequence[int]
+    served_version: str
+    served_labels: Sequence[str] | np.ndarray
+    """The served version's label per entry of ``indexes``."""
+
+
+def with_served(
+    encode: PredictionEncoder, version: str, by_source: dict[tuple[int, int], str]
+) -> PredictionEncoder:
+    """``encode`` writing each row's ``served``, found by the row's source (partition, offset):
+    the encoder sees the rows the candidate scored, a subset of those chosen, in their order."""
+    from forestream.worker.scoring import ServedLabels
+
+    def encoded(
+        *,
+        scores: Scores,
+        classes: Sequence[str],
+        model_version: str,
+        topic: str,
+        partitions: Sequence[int],
+        offsets: Sequence[int],
+        event_times_ms: Sequence[int],
+        scored_at_ms: int,
+        served: ServedLabels | None = None,
+    ) -> list[bytes]:
+        labels = [by_source[p, o] for p, o in zip(partitions, offsets, strict=True)]
+        return encode(
+            scores=scores,
+            classes=classes,
+            model_version=model_version,
+            topic=topic,
+            partitions=partitions,
+            offsets=offsets,
+            event_times_ms=event_times_ms,
+            scored_at_ms=scored_at_ms,
+            served=ServedLabels(version, labels),
+        )
+
+    return encoded
+
+
 class ShadowScorer:
     """One worker's shadow scoring: a thread, a one-batch hand-off slot, a producer."""
 
@@ -101,7 +151,7 @@ class ShadowScorer:
         self.encoder = encoder
         self.topic = settings.shadow_topic_or_default()
         self.share = settings.shadow_share
-        self._jobs: queue.Queue[tuple[ActiveModel, list[InputRecord], list[int]]] = queue.Queue(1)
+        self._jobs: queue.Queue[_Job] = queue.Queue(1)
         self._unacked: deque[Delivery] = deque()
         self._producer: AckingProducer | None = None
         self._encode: PredictionEncoder | None = None
@@ -109,17 +159,26 @@ class ShadowScorer:
         self._thread: threading.Thread | None = None
         self._warn = RateLimited(10.0)
 
-    def offer(self, records: list[InputRecord], valid_indexes: Sequence[int]) -> None:
-        """Hand a scored batch over (its records, the indexes the served version predicted);
-        returns at once. Nothing happens without a candidate."""
+    def offer(
+        self,
+        records: list[InputRecord],
+        valid_indexes: Sequence[int],
+        served_version: str,
+        served_labels: Sequence[str] | np.ndarray,
+    ) -> None:
+        """Hand a scored batch over (its records, the indexes the served version predicted,
+        that version and its label per index, as scored: no per-record work here); returns
+        at once. Nothing happens without a candidate."""
         model = self.follower.shadow()
-        if model is None or not valid_indexes:
+        if model is None or not len(valid_indexes):
             return
         if self._thread is None:
             self._thread = threading.Thread(target=self._run, name="shadow-scorer", daemon=True)
             self._thread.start()
         try:
-            self._jobs.put_nowait((model, records, list(valid_indexes)))
+            self._jobs.put_nowait(
+                _Job(model, records, valid_indexes, served_version, served_labels)
+            )
         except queue.Full:
             self._skipped("busy", model.version)
 
@@ -138,21 +197,28 @@ class ShadowScorer:
     def _run(self) -> None:
         while not self._stop.is_set():
             try:
-                model, records, indexes = self._jobs.get(timeout=0.2)
+                job = self._jobs.get(timeout=0.2)
             except queue.Empty:
                 self._reap()
                 continue
             try:
-                self._work(model, records, indexes)
+                self._work(job)
             except Exception as exc:  # never let a candidate's bug reach serving
-                self._skipped("error", model.version, error=f"{type(exc).__name__}: {exc}")
+                self._skipped("error", job.model.version, error=f"{type(exc).__name__}: {exc}")
 
-    def _work(self, model: ActiveModel, records: list[InputRecord], indexes: list[int]) -> None:
+    def _work(self, job: _Job) -> None:
         from forestream.worker.processing import process_records
 
-        chosen = [records[i] for i in select(records, indexes, self.share)]
-        if not chosen:
+        model, records = job.model, job.records
+        indexes = list(job.indexes)
+        picked = select(records, indexes, self.share)
+        if not picked:
             return
+        chosen = [records[i] for i in picked]
+        labels = job.served_labels
+        as_list = labels.tolist() if hasattr(labels, "tolist") else list(labels)
+        served_of = dict(zip(indexes, as_list, strict=True))
+        served = {(records[i].partition, records[i].offset): served_of[i] for i in picked}
         self._reap()
         reason = skip_reason(False, len(self._unacked))
         if reason is not None:
@@ -168,7 +234,7 @@ class ShadowScorer:
             dlq_topic=self.topic,  # dead letters are dropped below: the served path has its own
             max_record_bytes=s.max_record_bytes,
             parse=self.parser(chosen, model.schema),
-            encode=self._encode,
+            encode=with_served(self._encode, job.served_version, served),
         )
         predictions = batch.outgoing[: batch.predicted]  # predictions come first, then letters
         if batch.predicted < len(chosen) and self._warn.ready():

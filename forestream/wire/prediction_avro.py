@@ -108,7 +108,10 @@ def avro_prediction_encoder(schema_id: int) -> Any:
         offsets: Sequence[int],
         event_times_ms: Sequence[int],
         scored_at_ms: int,
+        served: Any = None,
     ) -> list[bytes]:
+        """``served``: a :class:`forestream.worker.scoring.ServedLabels` (``version``, one
+        label per row) on the shadow path, written as union branch 1; else null."""
         import numpy as np
 
         n = len(partitions)
@@ -117,7 +120,19 @@ def avro_prediction_encoder(schema_id: int) -> Any:
         labels = {c: header + _string(c) for c in classes}  # prediction is the first field
         middle = _long(len(classes))  # the map's one block: its count, entries, then 0
         after = b"\x00" + _string(model_version) + _string(topic)
-        scored_at = _long(int(scored_at_ms)) + b"\x00"  # then ``served``: null
+        scored_at = _long(int(scored_at_ms))
+        if served is None:
+            tails: Any = None
+            scored_at += b"\x00"  # then ``served``: null
+        else:
+            version = b"\x02" + _string(served.version)  # union branch 1, then the record
+            by_label: dict[str, bytes] = {}
+            tails = [
+                by_label.get(label) or by_label.setdefault(label, version + _string(label))
+                for label in served.labels
+            ]
+            if len(tails) != len(partitions):
+                raise ValueError("served labels and rows differ in number")
         partition_bytes: dict[int, bytes] = {}
         values = []
         for j, (label, partition, offset, event_time) in enumerate(
@@ -137,6 +152,7 @@ def avro_prediction_encoder(schema_id: int) -> Any:
                         _long(offset),
                         _long(event_time),
                         scored_at,
+                        b"" if tails is None else tails[j],
                     )
                 )
             )

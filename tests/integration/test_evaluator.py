@@ -251,6 +251,8 @@ def two_evaluators_sum_to_the_offline_join(
     for path in logs:
         (started,) = log_events(path, "evaluator_started")
         assert started["guarantee"] == (guarantee or "at-least-once")
+        assert started["shadow_topic"] is None  # no shadow topic: no shadow comparison, said once
+        assert len(log_events(path, "evaluator_without_shadow")) == 1
         assert not log_events(path, "evaluator_transaction_aborted")
     stopped = [log_events(path, "evaluator_stopped")[-1] for path in logs]
 

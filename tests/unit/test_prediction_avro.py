@@ -30,7 +30,7 @@ from forestream.wire.prediction_avro import (
 from forestream.worker.outputs import prediction_encoder
 from forestream.worker.replay.checkpoint import Checkpoint
 from forestream.worker.replay.flags import check_formats
-from forestream.worker.scoring import Scores, encode_predictions
+from forestream.worker.scoring import Scores, ServedLabels, encode_predictions
 from forestream.worker.settings import WorkerSettings
 
 PARSED = fastavro.parse_schema(json.loads(PREDICTION_SCHEMA_TEXT))
@@ -124,11 +124,24 @@ def test_avro_values_are_fastavros_bytes_and_hold_the_json_values(
         "event_times_ms": data.draw(st.lists(LONGS, min_size=rows, max_size=rows)),
         "scored_at_ms": scored_at,
     }
+    plain_json = encode_predictions(**arguments)
+    if data.draw(st.booleans(), label="shadow"):  # the shadow path: ``served`` set per row
+        arguments["served"] = ServedLabels(
+            data.draw(st.text(min_size=1, max_size=20), label="served version"),
+            data.draw(st.lists(LABELS, min_size=rows, max_size=rows), label="served labels"),
+        )
     as_avro = avro_prediction_encoder(schema_id)(**arguments)
     as_json = encode_predictions(**arguments)
     assert len(as_avro) == rows
     for j, (a, text) in enumerate(zip(as_avro, as_json, strict=True)):
-        expected = {**json.loads(text), "served": None}  # JSON omits a null ``served``
+        expected = {"served": None, **json.loads(text)}  # JSON omits a null ``served``
+        served = arguments.get("served")
+        if served is not None:
+            assert expected["served"] == {"version": served.version, "prediction": served.labels[j]}
+            assert text.startswith(plain_json[j][:-1])  # the served path's bytes, then served
+            assert Prediction.model_validate_json(text).served is not None
+        else:
+            assert text == plain_json[j]
         out = io.BytesIO()
         fastavro.schemaless_writer(out, PARSED, expected)
         assert a[HEADER_BYTES:] == out.getvalue(), j

@@ -129,10 +129,42 @@ def test_offer_never_waits_a_batch_finding_the_scorer_busy_is_skipped_and_counte
     )
     scorer._thread = cast(Any, object())  # the shadow thread, busy: nothing takes jobs
     records = [_record(b"k", 0)]
-    scorer.offer(records, [0])  # fills the one-batch slot
-    scorer.offer(records, [0])  # returns at once, skipped
-    scorer.offer(records, [])  # nothing predicted: nothing to shadow, not a skip
+    scorer.offer(records, [0], "v1", ["a"])  # fills the one-batch slot
+    scorer.offer(records, [0], "v1", ["a"])  # returns at once, skipped
+    scorer.offer(records, [], "v1", [])  # nothing predicted: nothing to shadow, not a skip
     follower.model = None
-    scorer.offer(records, [0])  # no candidate: not a skip either
+    scorer.offer(records, [0], "v1", ["a"])  # no candidate: not a skip either
     assert metrics.shadow_skipped.labels(reason="busy")._value.get() == 1
     assert metrics.shadow_skipped.labels(reason="backpressure")._value.get() == 0
+
+
+def test_shadow_rows_carry_the_served_prediction_of_their_own_record() -> None:
+    """The encoder sees the rows the candidate scored (a subset of those chosen, in order):
+    each finds the served label of its source record, JSON and Avro alike."""
+    import numpy as np
+
+    from forestream.wire.messages import Prediction
+    from forestream.wire.prediction_avro import avro_prediction_encoder
+    from forestream.worker.scoring import Scores, encode_predictions
+    from forestream.worker.shadow import with_served
+
+    by_source = {(0, 5): "a", (1, 5): "b", (0, 9): "c"}  # (0, 9) was not scored by the candidate
+    arguments = {
+        "scores": Scores(np.array(["b", "a"], dtype=object), np.array([[0.1, 0.9], [0.8, 0.2]])),
+        "classes": ["a", "b"],
+        "model_version": "v2",
+        "topic": "in",
+        "partitions": [1, 0],
+        "offsets": [5, 5],
+        "event_times_ms": [1, 2],
+        "scored_at_ms": 3,
+    }
+    values = with_served(encode_predictions, "v1", by_source)(**arguments)  # type: ignore[arg-type]
+    parsed = [Prediction.model_validate_json(v) for v in values]
+    assert [(p.prediction, p.served and p.served.model_dump()) for p in parsed] == [
+        ("b", {"version": "v1", "prediction": "b"}),
+        ("a", {"version": "v1", "prediction": "a"}),
+    ]
+    avro = with_served(avro_prediction_encoder(1), "v1", by_source)(**arguments)  # type: ignore[arg-type]
+    assert [v.endswith(b"\x02\x04v1\x02b") for v in avro] == [True, False]
+    assert avro[1].endswith(b"\x02\x04v1\x02a")

@@ -17,7 +17,13 @@ from forestream.wire import headers
 from forestream.wire.headers import ReasonCode
 from forestream.wire.messages import Prediction
 from forestream.worker.decoding import decode_batch
-from forestream.worker.scoring import dlq_headers, encode_predictions, score_frame
+from forestream.worker.scoring import (
+    Scores,
+    ServedLabels,
+    dlq_headers,
+    encode_predictions,
+    score_frame,
+)
 from tests.worker_support import fit_pipeline, make_frame, row_json, schema_for
 
 
@@ -69,6 +75,33 @@ def test_encoded_predictions_parse_as_the_wire_model() -> None:
         assert list(p.probabilities) == classes
         assert list(p.probabilities.values()) == row.tolist()  # repr round-trips exactly
         assert p.prediction == classes[int(np.argmax(row))]
+
+
+def test_served_path_bytes_are_unchanged_and_shadow_rows_add_served() -> None:
+    """The served path's exact bytes (a golden value), and the shadow path's: the same bytes
+    with the served version's prediction appended, any label (even one the candidate lacks)."""
+    arguments: dict[str, Any] = {
+        "scores": Scores(np.array(["b", "a"], dtype=object), np.array([[0.25, 0.75], [1.0, 0.0]])),
+        "classes": ["a", "b"],
+        "model_version": "v2",
+        "topic": "in",
+        "partitions": [0, 1],
+        "offsets": [7, 8],
+        "event_times_ms": [100, 101],
+        "scored_at_ms": 200,
+    }
+    plain = encode_predictions(**arguments)
+    assert plain[0] == (
+        b'{"prediction":"b","probabilities":{"a":0.25,"b":0.75},"model_version":"v2",'
+        b'"source":{"topic":"in","partition":0,"offset":7},"event_time":100,"scored_at":200}'
+    )
+    shadow = encode_predictions(**arguments, served=ServedLabels("v1", ["a", 'c"%']))
+    assert shadow[0] == plain[0][:-1] + b',"served":{"version":"v1","prediction":"a"}}'
+    parsed = Prediction.model_validate_json(shadow[1])
+    assert parsed.served is not None and parsed.served.prediction == 'c"%'
+    assert parsed.model_dump(exclude={"served"}) == Prediction.model_validate_json(
+        plain[1]
+    ).model_dump(exclude={"served"})
 
 
 def test_empty_frame_is_not_sent_to_the_model() -> None:

@@ -12,6 +12,7 @@ from forestream.runtime.cli_options import (
     LogFormatOpt,
     MonitoringTopicOpt,
     OutputTopicOpt,
+    ShadowTopicOpt,
 )
 
 
@@ -25,6 +26,7 @@ def evaluate(
     output_topic: OutputTopicOpt = None,
     labels_topic: LabelsTopicOpt = None,
     monitoring_topic: MonitoringTopicOpt = None,
+    shadow_topic: ShadowTopicOpt = None,
     group: Annotated[
         str | None,
         typer.Option(
@@ -94,11 +96,19 @@ def evaluate(
     log_format: LogFormatOpt = None,
 ) -> None:
     """Join labels to predictions by key, fleet-wide: publish mergeable confusion counts per
-    model version and window to the monitoring topic (at-least-once; see docs/evaluator.md)."""
+    model version and window to the monitoring topic (at-least-once; see docs/evaluator.md).
+    When the shadow topic exists, labels are joined with shadow records too: candidate and
+    served version compared on the same records."""
+    import structlog
+
     from forestream.edge.factory import require_reachable, topic_partitions
     from forestream.runtime.logs import checked_log_format, configure_logging
     from forestream.runtime.settings import load_settings
-    from forestream.worker.evaluator.service import Evaluator, check_co_partitioned
+    from forestream.worker.evaluator.service import (
+        Evaluator,
+        check_co_partitioned,
+        shadow_topic_to_read,
+    )
     from forestream.worker.evaluator.settings import EvaluatorSettings
 
     settings = load_settings(
@@ -107,6 +117,7 @@ def evaluate(
         output_topic=output_topic,
         labels_topic=labels_topic,
         monitoring_topic=monitoring_topic,
+        shadow_topic=shadow_topic,
         evaluator_group=group,
         evaluator_max_pending=max_pending,
         evaluator_max_wait_s=max_wait_s,
@@ -117,14 +128,24 @@ def evaluate(
         log_format=log_format,
     )
     configure_logging(checked_log_format(settings.log_format))
+    log = structlog.get_logger("forestream.evaluator")
     settings.check_distinct_topics()
     kafka = settings.kafka()
     require_reachable(kafka)
-    counts = topic_partitions(kafka, [settings.output_topic, settings.labels_topic])
+    counts = topic_partitions(
+        kafka, [settings.output_topic, settings.labels_topic, settings.shadow_topic_or_default()]
+    )
     check_co_partitioned(
         counts, settings.output_topic, settings.labels_topic, settings.bootstrap_servers
     )
-    evaluator = Evaluator(settings)
+    shadow = shadow_topic_to_read(counts, settings)
+    if shadow is None:
+        log.info(
+            "evaluator_without_shadow",
+            shadow_topic=settings.shadow_topic_or_default(),
+            reason="the topic does not exist: no shadow comparison this run",
+        )
+    evaluator = Evaluator(settings, shadow_topic=shadow)
     if settings.evaluator_metrics_port is not None:
         from forestream.worker.evaluator.metrics import serve_metrics
 

@@ -10,6 +10,10 @@ Both sides wait in bounded maps (:class:`collections.OrderedDict`, oldest first,
 ``max_wait_ms`` of *record* time (the newest timestamp seen on the partition, either topic),
 so a replayed backlog expires by its own clock, not the wall's. Evictions are counted by
 reason; a joined pair goes to a :class:`forestream.worker.evaluator.counts.CountsBuffer`.
+
+The shadow topic (a candidate's predictions, each carrying the served version's prediction for
+the same record) is joined with the same labels by a second, independent join per partition
+whose sink is a :class:`forestream.worker.evaluator.counts.ShadowCountsBuffer`.
 """
 
 from __future__ import annotations
@@ -20,12 +24,20 @@ from typing import Any, NamedTuple, Protocol
 from forestream.worker.evaluation import decode_label, json_object
 
 
+class Served(NamedTuple):
+    """On a shadow record: the served version and what it predicted for the same record."""
+
+    version: str
+    prediction: str
+
+
 class HeldPrediction(NamedTuple):
     offset: int
     timestamp: int
     prediction: str
     version: str
     classes: frozenset[str]
+    served: Served | None = None
 
 
 class HeldLabel(NamedTuple):
@@ -38,12 +50,17 @@ class DecodedPrediction(NamedTuple):
     prediction: str
     version: str
     classes: frozenset[str]
+    served: Served | None = None
+    """Set on shadow records only."""
 
 
 class PairSink(Protocol):
-    """Where a joined pair is counted (window by the label's timestamp)."""
+    """Where a joined pair is counted (window by the label's timestamp); ``served`` is the
+    shadow record's served prediction (None on the predictions topic)."""
 
-    def add(self, version: str, label: str, prediction: str, label_ts: int) -> None: ...
+    def add(
+        self, version: str, label: str, prediction: str, label_ts: int, served: Served | None
+    ) -> None: ...
 
 
 def decode_prediction(value: bytes | None) -> DecodedPrediction | None:
@@ -52,7 +69,10 @@ def decode_prediction(value: bytes | None) -> DecodedPrediction | None:
     The version's classes are the keys of ``probabilities``: a label naming another class
     cannot be scored against this version.
     """
-    obj = json_object(value)
+    return _prediction_of(json_object(value))
+
+
+def _prediction_of(obj: dict[str, Any] | None) -> DecodedPrediction | None:
     if obj is None:
         return None
     prediction, version = obj.get("prediction"), obj.get("model_version")
@@ -62,6 +82,22 @@ def decode_prediction(value: bytes | None) -> DecodedPrediction | None:
     if not isinstance(probabilities, dict):
         return None
     return DecodedPrediction(prediction, version, frozenset(str(c) for c in probabilities))
+
+
+def decode_shadow(value: bytes | None) -> tuple[DecodedPrediction | None, str | None]:
+    """A shadow record as the join reads it, else (None, why): ``malformed`` as a prediction
+    would be, ``no_served`` without a well-formed ``served`` (nothing to compare it with)."""
+    obj = json_object(value)
+    decoded = _prediction_of(obj)
+    if obj is None or decoded is None:
+        return None, "malformed"
+    served = obj.get("served")
+    if not isinstance(served, dict):
+        return None, "no_served"
+    version, prediction = served.get("version"), served.get("prediction")
+    if not isinstance(version, str) or not version or not isinstance(prediction, str):
+        return None, "no_served"
+    return decoded._replace(served=Served(version, prediction)), None
 
 
 class PartitionJoin:
@@ -95,12 +131,18 @@ class PartitionJoin:
         held = self.labels.pop(key, None)
         if held is not None:
             self._pair(
-                decoded.version, decoded.classes, held.label, decoded.prediction, held.timestamp
+                decoded.version,
+                decoded.classes,
+                held.label,
+                decoded.prediction,
+                held.timestamp,
+                decoded.served,
             )
         else:
             self.predictions[key] = HeldPrediction(
-                offset, timestamp, decoded.prediction, decoded.version, decoded.classes
-            )
+                offset, timestamp, decoded.prediction, decoded.version, decoded.classes,
+                decoded.served,
+            )  # fmt: skip
             self.predictions.move_to_end(key)  # a key seen again is the newest
             while len(self.predictions) > self.max_pending:
                 self.predictions.popitem(last=False)
@@ -111,7 +153,7 @@ class PartitionJoin:
         self._advance(timestamp)
         held = self.predictions.pop(key, None)
         if held is not None:
-            self._pair(held.version, held.classes, label, held.prediction, timestamp)
+            self._pair(held.version, held.classes, label, held.prediction, timestamp, held.served)
         else:
             self.labels[key] = HeldLabel(offset, timestamp, label)
             self.labels.move_to_end(key)
@@ -121,12 +163,18 @@ class PartitionJoin:
         self._expire()
 
     def _pair(
-        self, version: str, classes: frozenset[str], label: str, prediction: str, label_ts: int
+        self,
+        version: str,
+        classes: frozenset[str],
+        label: str,
+        prediction: str,
+        label_ts: int,
+        served: Served | None,
     ) -> None:
         if label not in classes:
             self.rejected["unknown_class"] += 1
             return
-        self.sink.add(version, label, prediction, label_ts)
+        self.sink.add(version, label, prediction, label_ts, served)
         self.joined += 1
 
     def _advance(self, timestamp: int) -> None:

@@ -14,7 +14,8 @@ if TYPE_CHECKING:
 
 class EvaluatorCollector:
     """``forestream_evaluator_*``: records read, pairs joined, evictions, bad records and
-    rejected pairs by reason, records waiting, count records published."""
+    rejected pairs by reason, records waiting, count records published; the shadow join's
+    reads, joins and waiting records beside them (its evictions as ``shadow_<reason>``)."""
 
     def __init__(self, evaluator: Evaluator) -> None:
         self.evaluator = evaluator
@@ -28,9 +29,15 @@ class EvaluatorCollector:
         )
         read.add_metric(["labels"], t["labels_read"])
         read.add_metric(["predictions"], t["predictions_read"])
+        read.add_metric(["shadow"], t["shadow_read"])
         yield read
         yield CounterMetricFamily(
             "forestream_evaluator_joined", "Pairs joined and counted", value=t["joined"]
+        )
+        yield CounterMetricFamily(
+            "forestream_evaluator_shadow_joined",
+            "Shadow records joined with their label and counted",
+            value=t["shadow_joined"],
         )
         yield CounterMetricFamily(
             "forestream_evaluator_published",
@@ -48,7 +55,7 @@ class EvaluatorCollector:
             "Records that cannot be joined, by topic role and reason",
             labels=["role", "reason"],
         )
-        for role in ("labels", "predictions"):
+        for role in ("labels", "predictions", "shadow"):
             for reason, n in sorted(t[f"bad_{role}"].items()):
                 bad.add_metric([role, reason], n)
         yield bad
@@ -63,6 +70,7 @@ class EvaluatorCollector:
         )
         waiting.add_metric(["predictions"], t["waiting_predictions"])
         waiting.add_metric(["labels"], t["waiting_labels"])
+        waiting.add_metric(["shadow"], t["waiting_shadow"])
         yield waiting
 
 

@@ -13,6 +13,11 @@ last publish are sent and acknowledged, then offsets are committed: labels at th
 read, predictions at the lowest offset still waiting for a label (else the position). What a
 crash or a moved partition does is in docs/evaluator.md ("Delivery"). Exactly-once: the counts
 and those offsets go in one transaction (:func:`forestream.worker.transactions.transact`).
+
+Shadow comparison: when the shadow topic exists, the same reader follows its partitions of the
+same numbers too, and each label also feeds a second join per partition (shadow records: the
+candidate's prediction with the served one's), counted as ``ShadowCounts`` published with the
+``EvaluationCounts`` (same publish, same transaction); its offsets commit like the predictions'.
 """
 
 from __future__ import annotations
@@ -28,8 +33,24 @@ import structlog
 
 from forestream.edge.interface import Outgoing, TopicPartition
 from forestream.runtime.logs import RateLimited
-from forestream.worker.evaluator.counts import CountsBuffer, record_key
-from forestream.worker.evaluator.join import PartitionJoin, decode_prediction, label_or_reason
+from forestream.worker.evaluator.counts import (
+    CountsBuffer,
+    ShadowCountsBuffer,
+    record_key,
+    shadow_record_key,
+)
+from forestream.worker.evaluator.join import (
+    PartitionJoin,
+    decode_prediction,
+    decode_shadow,
+    label_or_reason,
+)
+from forestream.worker.evaluator.topics import (
+    COMMIT_TIMEOUT_S,
+    Rebalance,
+    check_co_partitioned,
+    shadow_topic_to_read,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -43,44 +64,39 @@ if TYPE_CHECKING:
     )
     from forestream.worker.evaluator.settings import EvaluatorSettings
 
+__all__ = ["Evaluator", "check_co_partitioned", "evaluator_id", "shadow_topic_to_read"]
+
 log = structlog.get_logger("forestream.evaluator")
 
 ACK_TIMEOUT_S = 10.0
-COMMIT_TIMEOUT_S = 10.0
 
 
 def evaluator_id() -> str:
     return f"{socket.gethostname()}-{os.getpid()}-evaluator"
 
 
-def check_co_partitioned(counts: dict[str, int], predictions: str, labels: str, where: str) -> None:
-    """Both topics exist with one partition count, else one line naming both."""
-    from forestream.errors import TopicsNotCoPartitioned, UserError
-
-    for name in (predictions, labels):
-        if name not in counts:
-            raise UserError(
-                f"topic {name!r} does not exist on {where} (`forestream topics create` makes it)"
-            )
-    if counts[predictions] != counts[labels]:
-        raise TopicsNotCoPartitioned(
-            f"predictions topic {predictions!r} has {counts[predictions]} partitions and labels "
-            f"topic {labels!r} has {counts[labels]}: the evaluator joins partition by partition "
-            "and needs the same count (`forestream topics create` makes them so)"
-        )
-
-
 class Evaluator:
     """One evaluator process; the state below is guarded by ``_lock`` because rebalance
-    callbacks may run on the client's IO thread (kafka-python) while the loop polls."""
+    callbacks may run on the client's IO thread (kafka-python) while the loop polls.
 
-    def __init__(self, settings: EvaluatorSettings, ident: str | None = None) -> None:
+    ``shadow_topic``: the shadow topic to join with the labels too (None: no shadow comparison).
+    """
+
+    def __init__(
+        self, settings: EvaluatorSettings, ident: str | None = None, shadow_topic: str | None = None
+    ) -> None:
         self.s = settings
         self.ident = ident or evaluator_id()
         self.buffer = CountsBuffer(settings.evaluation_window_s)
         self.joins: dict[int, PartitionJoin] = {}
         self.label_pos: dict[int, int] = {}
         self.prediction_pos: dict[int, int] = {}
+        self.shadow_topic = shadow_topic
+        self.shadow_buffer = ShadowCountsBuffer(settings.evaluation_window_s)
+        self.shadow_joins: dict[int, PartitionJoin] = {}
+        """Partition -> the shadow join (present exactly when ``joins`` has the partition and
+        there is a shadow topic)."""
+        self.shadow_pos: dict[int, int] = {}
         self.following: set[int] = set()
         """Predictions partitions the reader is positioned on (the loop's view)."""
         self.seek_due: set[int] = set()
@@ -93,8 +109,11 @@ class Evaluator:
         self.outbox: list[Outgoing] = []
         self.labels_read = 0
         self.predictions_read = 0
+        self.shadow_read = 0
         self.bad_labels: Counter[str] = Counter()
         self.bad_predictions: Counter[str] = Counter()
+        self.bad_shadow: Counter[str] = Counter()
+        self.shadow_joined = 0
         self.evicted: Counter[str] = Counter()
         self.rejected: Counter[str] = Counter()
         self.joined = 0
@@ -115,7 +134,10 @@ class Evaluator:
         self._stop.set()
 
     def abandoned(self) -> dict[str, Any]:
-        return {"partitions": sorted(self.joins), "unpublished_cells": len(self.buffer)}
+        return {
+            "partitions": sorted(self.joins),
+            "unpublished_cells": len(self.buffer) + len(self.shadow_buffer),
+        }
 
     def open(self) -> None:
         from forestream.edge.factory import acking_producer, group_consumer, partition_reader
@@ -133,7 +155,7 @@ class Evaluator:
             max_poll_records=2000,
             session_timeout_ms=self.s.session_timeout_ms,
         )
-        self.group.subscribe(self.s.labels_topic, _Rebalance(self))
+        self.group.subscribe(self.s.labels_topic, Rebalance(self))
         log.info(
             "evaluator_started",
             evaluator_id=self.ident,
@@ -142,6 +164,7 @@ class Evaluator:
             predictions_topic=self.s.output_topic,
             labels_topic=self.s.labels_topic,
             monitoring_topic=self.s.monitoring_topic,
+            shadow_topic=self.shadow_topic,
         )
 
     def transactional_id(self) -> str:
@@ -219,6 +242,7 @@ class Evaluator:
         with self._lock:
             waiting_p = sum(len(j.predictions) for j in self.joins.values())
             waiting_l = sum(len(j.labels) for j in self.joins.values())
+            shadows = self.shadow_joins.values()
             return {
                 "evaluator_id": self.ident,
                 "partitions": sorted(self.joins),
@@ -228,10 +252,22 @@ class Evaluator:
                 "published_records": self.published,
                 "waiting_predictions": waiting_p,
                 "waiting_labels": waiting_l,
-                "evicted": dict(self.evicted + _sum(j.evicted for j in self.joins.values())),
-                "rejected": dict(self.rejected + _sum(j.rejected for j in self.joins.values())),
+                "evicted": dict(
+                    self.evicted
+                    + _sum(j.evicted for j in self.joins.values())
+                    + _sum(_prefixed(j.evicted) for j in shadows)
+                ),
+                "rejected": dict(
+                    self.rejected
+                    + _sum(j.rejected for j in self.joins.values())
+                    + _sum(_prefixed(j.rejected) for j in shadows)
+                ),
                 "bad_labels": dict(self.bad_labels),
                 "bad_predictions": dict(self.bad_predictions),
+                "shadow_read": self.shadow_read,
+                "shadow_joined": self.shadow_joined + sum(j.joined for j in shadows),
+                "waiting_shadow": sum(len(j.predictions) for j in shadows),
+                "bad_shadow": dict(self.bad_shadow),
             }
 
     # -- the predictions reader follows the group's assignment ----------------------------------
@@ -251,10 +287,13 @@ class Evaluator:
             self._rewind_labels(group, reader, rewind)
         if owned == self.following and not due:
             return
-        topic = self.s.output_topic
+        topics = [self.s.output_topic]
+        if self.shadow_topic is not None:
+            topics.append(self.shadow_topic)
         if owned != self.following:
-            reader.assign([TopicPartition(topic, p) for p in sorted(owned)])
-        new = [TopicPartition(topic, p) for p in sorted((owned - self.following) | due)]
+            reader.assign([TopicPartition(t, p) for t in topics for p in sorted(owned)])
+        moved = sorted((owned - self.following) | due)
+        new = [TopicPartition(t, p) for t in topics for p in moved]
         committed = group.committed(new, COMMIT_TIMEOUT_S) if new else {}
         fresh = [tp for tp in new if committed.get(tp) is None]
         if fresh:
@@ -266,7 +305,10 @@ class Evaluator:
         with self._lock:
             for tp in new:
                 if tp.partition in self.joins:
-                    self.prediction_pos[tp.partition] = reader.position(tp)
+                    positions = (
+                        self.prediction_pos if tp.topic == self.s.output_topic else self.shadow_pos
+                    )
+                    positions[tp.partition] = reader.position(tp)
             self.seek_due -= due
             self.seek_due &= set(self.joins)
         self.following = owned
@@ -290,6 +332,9 @@ class Evaluator:
 
     def _feed_predictions(self, records: Sequence[InputRecord]) -> None:
         for record in records:
+            if record.topic == self.shadow_topic:
+                self._feed_shadow(record)
+                continue
             join = self.joins.get(record.partition)
             if join is None or record.partition in self.seek_due:
                 continue  # revoked (or given back) since the poll: read again from the commit
@@ -304,6 +349,19 @@ class Evaluator:
                 continue
             join.add_prediction(key, record.offset, record.timestamp, decoded)
 
+    def _feed_shadow(self, record: InputRecord) -> None:
+        join = self.shadow_joins.get(record.partition)
+        if join is None or record.partition in self.seek_due:
+            return  # revoked (or given back) since the poll: read again from the commit
+        self.shadow_pos[record.partition] = record.offset + 1
+        self.shadow_read += 1
+        key = record.key
+        decoded, reason = decode_shadow(record.value) if key is not None else (None, "no_key")
+        if key is None or decoded is None:
+            self._bad(self.bad_shadow, reason or "malformed", record)
+            return
+        join.add_prediction(key, record.offset, record.timestamp, decoded)
+
     def _feed_labels(self, records: Sequence[InputRecord]) -> None:
         for record in records:
             join = self.joins.get(record.partition)
@@ -317,6 +375,9 @@ class Evaluator:
                 self._bad(self.bad_labels, reason or "malformed", record)
                 continue
             join.add_label(key, record.offset, record.timestamp, label)
+            shadow = self.shadow_joins.get(record.partition)
+            if shadow is not None:
+                shadow.add_label(key, record.offset, record.timestamp, label)
 
     def _bad(self, counter: Counter[str], reason: str, record: InputRecord) -> None:
         counter[reason] += 1
@@ -357,13 +418,17 @@ class Evaluator:
             return not self.outbox
 
     def _fill_outbox(self) -> None:
-        for counts in self.buffer.drain(self.ident, int(time.time() * 1000)):
+        now_ms = int(time.time() * 1000)
+        for counts in self.buffer.drain(self.ident, now_ms):
             value = counts.model_dump_json().encode()
             self.outbox.append(Outgoing(self.s.monitoring_topic, record_key(counts), value))
+        for shadow in self.shadow_buffer.drain(self.ident, now_ms):
+            value = shadow.model_dump_json().encode()
+            self.outbox.append(Outgoing(self.s.monitoring_topic, shadow_record_key(shadow), value))
 
     def offsets(self, partitions: set[int]) -> dict[TopicPartition, int]:
-        """Next-offsets to commit: labels at the position read, predictions no further than
-        the lowest one still waiting for a label."""
+        """Next-offsets to commit: labels at the position read, predictions (and shadow
+        records) no further than the lowest one still waiting for a label."""
         out: dict[TopicPartition, int] = {}
         with self._lock:
             for p in partitions:
@@ -376,6 +441,13 @@ class Evaluator:
                     oldest = join.oldest_prediction_offset()
                     position = self.prediction_pos[p]
                     out[TopicPartition(self.s.output_topic, p)] = (
+                        position if oldest is None else min(oldest, position)
+                    )
+                shadow = self.shadow_joins.get(p)
+                if shadow is not None and self.shadow_topic is not None and p in self.shadow_pos:
+                    oldest = shadow.oldest_prediction_offset()
+                    position = self.shadow_pos[p]
+                    out[TopicPartition(self.shadow_topic, p)] = (
                         position if oldest is None else min(oldest, position)
                     )
         return out
@@ -443,16 +515,18 @@ class Evaluator:
             self.seek_due.update(tp.partition for tp in partitions)
             for tp in partitions:
                 if tp.partition not in self.joins:
-                    self.joins[tp.partition] = self._new_join()
+                    self._add_joins(tp.partition)
             owned = sorted(self.joins)
         log.info(
             "evaluator_assigned", partitions=sorted(tp.partition for tp in partitions), owned=owned
         )
 
-    def _new_join(self) -> PartitionJoin:
-        return PartitionJoin(
-            self.buffer, self.s.evaluator_max_pending, int(self.s.evaluator_max_wait_s * 1000)
-        )
+    def _add_joins(self, partition: int) -> None:
+        max_wait_ms = int(self.s.evaluator_max_wait_s * 1000)
+        pending = self.s.evaluator_max_pending
+        self.joins[partition] = PartitionJoin(self.buffer, pending, max_wait_ms)
+        if self.shadow_topic is not None:
+            self.shadow_joins[partition] = PartitionJoin(self.shadow_buffer, pending, max_wait_ms)
 
     def revoking(self, partitions: list[TopicPartition]) -> dict[TopicPartition, int]:
         numbers = {tp.partition for tp in partitions}
@@ -482,10 +556,11 @@ class Evaluator:
         from the group's committed offsets, both topics."""
         kept = set(self.joins) - leaving
         self.buffer.cells = {}
+        self.shadow_buffer.cells = {}
         self.outbox = []
         self._drop(set(self.joins))
         for p in kept:
-            self.joins[p] = self._new_join()
+            self._add_joins(p)
         self.seek_due |= kept
         self.labels_due |= kept
 
@@ -498,6 +573,12 @@ class Evaluator:
                 self.rejected.update(join.rejected)
             self.label_pos.pop(p, None)
             self.prediction_pos.pop(p, None)
+            shadow = self.shadow_joins.pop(p, None)
+            if shadow is not None:
+                self.shadow_joined += shadow.joined
+                self.evicted.update(_prefixed(shadow.evicted))
+                self.rejected.update(_prefixed(shadow.rejected))
+            self.shadow_pos.pop(p, None)
 
 
 def _sum(counters: Any) -> Counter[str]:
@@ -507,23 +588,6 @@ def _sum(counters: Any) -> Counter[str]:
     return total
 
 
-class _Rebalance:
-    """The :class:`forestream.edge.interface.RebalanceHandler` of the labels subscription."""
-
-    def __init__(self, evaluator: Evaluator) -> None:
-        self.evaluator = evaluator
-
-    def on_assigned(self, partitions: list[TopicPartition]) -> None:
-        self.evaluator.assigned(partitions)
-
-    def on_revoking(self, partitions: list[TopicPartition]) -> dict[TopicPartition, int]:
-        return self.evaluator.revoking(partitions)
-
-    def revocation_commit_timeout_s(self) -> float:
-        return COMMIT_TIMEOUT_S
-
-    def on_committed(self, offsets: dict[TopicPartition, int]) -> None:
-        pass
-
-    def on_released(self, partitions: list[TopicPartition], lost: bool) -> None:
-        self.evaluator.released(partitions)
+def _prefixed(counter: Counter[str]) -> Counter[str]:
+    """A shadow join's reasons, told apart from the predictions join's: ``shadow_<reason>``."""
+    return Counter({f"shadow_{reason}": n for reason, n in counter.items()})
