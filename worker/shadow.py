@@ -168,9 +168,11 @@ class ShadowScorer:
     ) -> None:
         """Hand a scored batch over (its records, the indexes the served version predicted,
         that version and its label per index, as scored: no per-record work here); returns
-        at once. Nothing happens without a candidate."""
+        at once. Nothing happens without a candidate, or once the candidate is the version
+        served (promoted, say by the evaluator's rule, before anyone stopped the shadow): it
+        would only compare a version with itself."""
         model = self.follower.shadow()
-        if model is None or not len(valid_indexes):
+        if model is None or not len(valid_indexes) or model.version == served_version:
             return
         if self._thread is None:
             self._thread = threading.Thread(target=self._run, name="shadow-scorer", daemon=True)

@@ -134,6 +134,8 @@ def test_offer_never_waits_a_batch_finding_the_scorer_busy_is_skipped_and_counte
     scorer.offer(records, [], "v1", [])  # nothing predicted: nothing to shadow, not a skip
     follower.model = None
     scorer.offer(records, [0], "v1", ["a"])  # no candidate: not a skip either
+    follower.model = SimpleNamespace(version="v1")
+    scorer.offer(records, [0], "v1", ["a"])  # candidate promoted, now served: nothing to do
     assert metrics.shadow_skipped.labels(reason="busy")._value.get() == 1
     assert metrics.shadow_skipped.labels(reason="backpressure")._value.get() == 0
 
