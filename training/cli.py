@@ -31,9 +31,9 @@ from forestream.runtime.settings import CommonSettings, ContractSettings, load_s
 if TYPE_CHECKING:
     from rich.console import Console
 
+    from forestream.registry.announce import Action, Announced
     from forestream.registry.metadata import ModelMetadata
     from forestream.registry.store import ModelStore
-    from forestream.training.publish import Action, Announced
     from forestream.training.quality import QualityReport
 
 models_app = typer.Typer(
@@ -335,6 +335,7 @@ def _print_metrics(console: Console, metrics: dict[str, Any]) -> None:
 def _version_rows(model_store: ModelStore, name: str) -> list[dict[str, Any]]:
     served = model_store.served(name)
     previous = model_store.previously_served(name)
+    last_entry = {str(entry["version"]): entry for entry in model_store.history(name)}
     rows = []
     for version in model_store.versions(name):
         meta = model_store.metadata(name, version)
@@ -348,9 +349,20 @@ def _version_rows(model_store: ModelStore, name: str) -> list[dict[str, Any]]:
                 "stage": stage,
                 "sha256": meta.artifact_sha256,
                 "signed": meta.signature is not None,
+                "decided": _decided(last_entry.get(version)),
             }
         )
     return rows
+
+
+def _decided(entry: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The rule that last made this version served (an evaluator's policy), with its evidence;
+    None if a person did, or nothing did."""
+    decision = entry.get("decision") if entry else None
+    if entry is None or not isinstance(decision, dict):
+        return None
+    action = "promoted" if entry["action"] == "promote" else "rolled back to"
+    return {"action": f"{action} by rule", **decision}
 
 
 @models_app.command("list")
@@ -389,6 +401,18 @@ def models_list(
             row["sha256"][:12],
         )
     _console().print(table)
+    for row in rows:
+        if row["decided"]:
+            decided = row["decided"]
+            evidence = " ".join(f"{k}={_fmt_any(v)}" for k, v in decided["evidence"].items())
+            typer.echo(
+                f"{row['version']}: {decided['action']} {decided['rule']!r} ({decided['by']}): "
+                + evidence
+            )
+
+
+def _fmt_any(value: Any) -> str:
+    return f"{value:.4f}" if isinstance(value, float) else str(value)
 
 
 def _fmt(value: float | None) -> str:
@@ -546,7 +570,7 @@ def _change_serving(
     notes about a repaired history or a concurrent writer go to stderr. A rollback's target is
     verified with the command's trust (``train --publish`` announces what it just signed)."""
     from forestream.edge.factory import require_reachable
-    from forestream.training.publish import change_serving
+    from forestream.registry.announce import change_serving
 
     trust = settings.trust() if isinstance(settings, TrustSettings) else None
 
