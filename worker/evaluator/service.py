@@ -41,6 +41,8 @@ if TYPE_CHECKING:
         PartitionReader,
         TransactionalProducer,
     )
+    from forestream.fleet.policy import Policy
+    from forestream.worker.evaluator.promotion import Decider
     from forestream.worker.evaluator.settings import EvaluatorSettings
 
 log = structlog.get_logger("forestream.evaluator")
@@ -74,8 +76,12 @@ class Evaluator:
     """One evaluator process; the state below is guarded by ``_lock`` because rebalance
     callbacks may run on the client's IO thread (kafka-python) while the loop polls."""
 
-    def __init__(self, settings: EvaluatorSettings, ident: str | None = None) -> None:
+    def __init__(
+        self, settings: EvaluatorSettings, ident: str | None = None, policy: Policy | None = None
+    ) -> None:
         self.s = settings
+        self.policy = policy
+        self.decider: Decider | None = None
         self.ident = ident or evaluator_id()
         self.buffer = CountsBuffer(settings.evaluation_window_s)
         self.joins: dict[int, PartitionJoin] = {}
@@ -167,8 +173,10 @@ class Evaluator:
         watchdog = install(self.request_stop, self.abandoned)
         try:
             self.open()
+            self._start_decider()
             self.loop()
         finally:
+            self._stop_decider()
             self.close()
             watchdog.uninstall()
 
@@ -233,6 +241,25 @@ class Evaluator:
                 "bad_labels": dict(self.bad_labels),
                 "bad_predictions": dict(self.bad_predictions),
             }
+
+    # -- promotion by rule (``--promote-policy``): its own thread and clients -------------------
+
+    def _start_decider(self) -> None:
+        if self.policy is None:
+            return
+        from forestream.worker.evaluator.promotion import Decider
+
+        self.decider = Decider(self.s, self.policy, self.ident, self.owns_first).start()
+
+    def _stop_decider(self) -> None:
+        if self.decider is not None:
+            self.decider.stop()
+
+    def owns_first(self) -> bool:
+        """This instance owns labels partition 0: the group hands it to one instance, which
+        therefore is the one that decides promotions."""
+        with self._lock:
+            return 0 in self.joins
 
     # -- the predictions reader follows the group's assignment ----------------------------------
 
