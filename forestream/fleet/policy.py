@@ -55,8 +55,8 @@ class Clause:
 
     def __str__(self) -> str:
         if not self.relative:
-            return f"{self.term}{self.op}{self.value:g}"
-        offset = f"{self.value:+g}" if self.value else ""
+            return f"{self.term}{self.op}{_number(self.value)}"
+        offset = "" if not self.value else ("+" if self.value > 0 else "") + _number(self.value)
         return f"{self.term}{self.op}served{offset}"
 
     def holds(self, evidence: dict[str, Any]) -> bool:
@@ -74,6 +74,11 @@ class Clause:
         if self.op == "<=":
             return bool(left <= right)
         return bool(left < right)
+
+
+def _number(value: float) -> str:
+    """As written back into a rule: exact (``repr``), without a trailing ``.0``."""
+    return str(int(value)) if value.is_integer() else repr(value)
 
 
 @dataclass(frozen=True)

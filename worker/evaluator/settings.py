@@ -11,7 +11,7 @@ from forestream.runtime.settings import GuaranteeSettings
 class EvaluatorSettings(GuaranteeSettings, TrustSettings):
     """What one evaluator process needs beyond broker address and topic names (it reads the
     predictions topic, ``FORESTREAM_OUTPUT_TOPIC``, and the labels topic). ``guarantee``:
-        exactly-once publishes each interval's counts and commits its offsets in one transaction.
+    exactly-once publishes each interval's counts and commits its offsets in one transaction.
     With a promotion policy it also promotes and rolls back ``FORESTREAM_MODEL_NAME`` in
     ``FORESTREAM_MODEL_STORE``, verifying versions like ``models promote``."""
 
