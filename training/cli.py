@@ -333,6 +333,8 @@ def _print_metrics(console: Console, metrics: dict[str, Any]) -> None:
 
 # -- models --------------------------------------------------------------------------------------
 def _version_rows(model_store: ModelStore, name: str) -> list[dict[str, Any]]:
+    from forestream.registry.announce import decided_by_rule
+
     served = model_store.served(name)
     previous = model_store.previously_served(name)
     last_entry = {str(entry["version"]): entry for entry in model_store.history(name)}
@@ -349,20 +351,10 @@ def _version_rows(model_store: ModelStore, name: str) -> list[dict[str, Any]]:
                 "stage": stage,
                 "sha256": meta.artifact_sha256,
                 "signed": meta.signature is not None,
-                "decided": _decided(last_entry.get(version)),
+                "decided": decided_by_rule(last_entry.get(version)),
             }
         )
     return rows
-
-
-def _decided(entry: dict[str, Any] | None) -> dict[str, Any] | None:
-    """The rule that last made this version served (an evaluator's policy), with its evidence;
-    None if a person did, or nothing did."""
-    decision = entry.get("decision") if entry else None
-    if entry is None or not isinstance(decision, dict):
-        return None
-    action = "promoted" if entry["action"] == "promote" else "rolled back to"
-    return {"action": f"{action} by rule", **decision}
 
 
 @models_app.command("list")
@@ -401,18 +393,10 @@ def models_list(
             row["sha256"][:12],
         )
     _console().print(table)
-    for row in rows:
-        if row["decided"]:
-            decided = row["decided"]
-            evidence = " ".join(f"{k}={_fmt_any(v)}" for k, v in decided["evidence"].items())
-            typer.echo(
-                f"{row['version']}: {decided['action']} {decided['rule']!r} ({decided['by']}): "
-                + evidence
-            )
+    from forestream.registry.announce import decision_line
 
-
-def _fmt_any(value: Any) -> str:
-    return f"{value:.4f}" if isinstance(value, float) else str(value)
+    for row in (r for r in rows if r["decided"]):  # a rule's decision: its numbers
+        typer.echo(decision_line(row["version"], row["decided"]))
 
 
 def _fmt(value: float | None) -> str:

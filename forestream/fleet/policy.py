@@ -213,7 +213,7 @@ def judge_rollback(policy: Policy, fleet: FleetCounts, new: str, previous: str) 
     """Is ``new`` (promoted over ``previous``) worse on its first labels than ``previous`` on
     all of its counts, by more than the margin? Not settled until it has enough labels."""
     guard = policy.rollback
-    evidence: dict[str, float | int | str | None] = {"version": new, "previous": previous}
+    evidence: dict[str, float | int | str | None] = {"new": new, "previous": previous}
     if guard is None:
         return Verdict(act=False, settled=True, evidence=evidence)
     first = fleet.first(new, guard.labels)

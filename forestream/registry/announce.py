@@ -38,7 +38,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import ValidationError
 
@@ -290,6 +290,25 @@ def _follow(store: ModelStore, name: str, item: TopicEvent) -> bool:
         return False  # the topic serves nothing: the history has no entry for that
     action: HistoryAction = "rollback" if item.event.kind == "rolled_back" else "promote"
     return store.follow(name, item.serving, action, offset=item.offset, **_evidence(item.event))
+
+
+def decided_by_rule(entry: dict[str, Any] | None) -> dict[str, Any] | None:
+    """A history entry's decision as ``models list`` shows it (the rule that made the version
+    served, with its evidence); None if a person did."""
+    decision = entry.get("decision") if entry else None
+    if entry is None or not isinstance(decision, dict):
+        return None
+    action = "promoted" if entry["action"] == "promote" else "rolled back to"
+    return {"action": f"{action} by rule", **decision}
+
+
+def decision_line(version: str, decided: dict[str, Any]) -> str:
+    """One line under ``models list``'s table: what the rule did and the numbers it saw."""
+    numbers = " ".join(
+        f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}"
+        for k, v in decided.get("evidence", {}).items()
+    )
+    return f"{version}: {decided['action']} {decided['rule']!r} ({decided['by']}): {numbers}"
 
 
 def _evidence(event: ModelEvent) -> dict[str, object]:

@@ -189,15 +189,15 @@ class Decider:
         self.state.apply(done.event)  # what we announced, before reading it back
         self.decisions += 1
         event = "promotion_decided" if step.action == "promote" else "rollback_decided"
-        log.info(
-            event,
-            name=self.s.model_name,
-            version=done.event.version,
-            replaced=step.expect_served,
-            offset=done.offset,
-            rule=decision.rule,
+        fields = {
             **step.verdict.evidence,
-        )
+            "name": self.s.model_name,
+            "version": done.event.version,
+            "replaced": step.expect_served,
+            "offset": done.offset,
+            "rule": decision.rule,
+        }
+        log.info(event, **fields)
         for note in done.notes:
             log.info("registry_note", note=note)
         return done
