@@ -17,9 +17,10 @@ from pathlib import Path
 from typing import Any
 
 from forestream.edge.factory import TopicSpec, ensure_topics, make_producer
-from forestream.registry.announce import ModelsTopic, change_serving
+from forestream.registry.announce import ModelsTopic, change_serving, change_serving_if
 from forestream.registry.local import PROMOTIONS, LocalModelStore
 from forestream.wire.messages import (
+    Decision,
     EvaluationCounts,
     ModelEvent,
     ServingRef,
@@ -174,3 +175,13 @@ def test_the_rule_promotes_a_better_candidate_refuses_a_worse_and_rolls_back_a_d
     assert rows["v2"]["decided"]["action"] == "promoted by rule"
     assert rows["v2"]["decided"]["evidence"]["accuracy"] == 0.97
     assert rows["v3"]["decided"] is None
+
+    # the compare-and-set: evidence read against v2, but v1 is served -> nothing announced
+    before = len(served_events())
+    stale = Decision(by="test", rule="labelled>=1", evidence={"labelled": 1})
+    declined = change_serving_if(
+        kafka_bootstrap, topics["models"], registry, NAME, "promote", "v3",
+        expect_served="v2", decision=stale,
+    )  # fmt: skip
+    assert declined is None
+    assert len(served_events()) == before and registry.served(NAME) == "v1"

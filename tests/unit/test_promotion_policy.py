@@ -341,3 +341,18 @@ def test_no_guard_without_a_rollback_table_and_nothing_without_a_served_version(
     state = state_with(event("promoted", "v1"), event("promoted", "v2"), candidate=None)
     assert next_step(one_line, fleet, state) is None
     assert next_step(GUARDED, fleet, state_with(candidate="v2")) is None
+
+
+def test_a_bad_promote_policy_ends_the_evaluator_start_in_one_line(tmp_path: Path) -> None:
+    """Refused before any broker is reached (there is none at this address)."""
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-m", "forestream", "evaluate", "--bootstrap-servers", "127.0.0.1:1",
+         "--promote-policy", "labelled>=2000 and acuracy>=served"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 2, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and "unknown term 'acuracy'" in lines[0], done.stderr
