@@ -230,6 +230,7 @@ def judge_rollback(policy: Policy, fleet: FleetCounts, new: str, previous: str) 
     if first is None:
         return Verdict(act=False, settled=False, evidence=evidence)
     if not isinstance(accuracy, float) or not isinstance(prior, float):
-        return Verdict(act=False, settled=True, evidence=evidence, failing=("no previous counts",))
+        # the previous version's counts may still be on their way: judged once they are here
+        return Verdict(act=False, settled=False, evidence=evidence, failing=("no previous counts",))
     worse = accuracy < prior - guard.margin
     return Verdict(act=worse, settled=True, evidence=evidence)

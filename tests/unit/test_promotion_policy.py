@@ -323,6 +323,11 @@ def test_the_guard_waits_for_enough_labels_then_keeps_a_good_version() -> None:
     assert step is not None and step.action == "keep"
     state.judged.add(("v2", "v1"))
     assert next_step(GUARDED, fleet2, state) is None  # judged once
+    fleet3 = FleetCounts()
+    fleet3.feed(evaluation("v2", 10, 90, window=60_000))  # no counts of v1 (yet): not judged
+    verdict = judge_rollback(GUARDED, fleet3, "v2", "v1")
+    assert not verdict.act and not verdict.settled
+    assert verdict.failing == ("no previous counts",)
 
 
 def test_after_a_rollback_the_retired_candidate_is_not_promoted_again() -> None:

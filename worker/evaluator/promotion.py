@@ -82,15 +82,17 @@ class Decider:
         from forestream.edge.factory import partition_reader
 
         while not self._stop.is_set():
-            reader = partition_reader(self.s.kafka(), client_id="forestream-evaluator-decider")
+            reader: PartitionReader | None = None
             try:
+                reader = partition_reader(self.s.kafka(), client_id="forestream-evaluator-decider")
                 self._follow(reader)
                 return
             except Exception as exc:  # never take the evaluator down: read everything again
                 log.warning("promotion_decider_error", error=str(exc), retry_in_s=2.0)
                 self.fleet, self.state = FleetCounts(), ServingState(self.s.model_name)
             finally:
-                reader.close()
+                if reader is not None:
+                    reader.close()
             self._stop.wait(2.0)
 
     def _follow(self, reader: PartitionReader) -> None:
