@@ -238,6 +238,9 @@ DESCRIPTIONS: dict[str, str] = {
     "evaluator_publish_interval_s": "seconds between count publishes (each followed by an "
     "offset commit)",
     "evaluator_metrics_port": "the evaluator's Prometheus `/metrics` port",
+    "evaluator_promote_policy": "a promotion rule on one line, or a `.toml` policy file adding "
+    "a rollback guard: the evaluator then promotes a shadow candidate when it holds "
+    "([Promotion by rule](../evaluator.md#promotion-by-rule)); unset: it never promotes",
 }
 
 OUTSIDE: list[tuple[str, str, str, str]] = [

@@ -31,9 +31,9 @@ from forestream.runtime.settings import CommonSettings, ContractSettings, load_s
 if TYPE_CHECKING:
     from rich.console import Console
 
+    from forestream.registry.announce import Action, Announced
     from forestream.registry.metadata import ModelMetadata
     from forestream.registry.store import ModelStore
-    from forestream.training.publish import Action, Announced
     from forestream.training.quality import QualityReport
 
 models_app = typer.Typer(
@@ -333,8 +333,11 @@ def _print_metrics(console: Console, metrics: dict[str, Any]) -> None:
 
 # -- models --------------------------------------------------------------------------------------
 def _version_rows(model_store: ModelStore, name: str) -> list[dict[str, Any]]:
+    from forestream.registry.announce import decided_by_rule
+
     served = model_store.served(name)
     previous = model_store.previously_served(name)
+    last_entry = {str(entry["version"]): entry for entry in model_store.history(name)}
     rows = []
     for version in model_store.versions(name):
         meta = model_store.metadata(name, version)
@@ -348,6 +351,7 @@ def _version_rows(model_store: ModelStore, name: str) -> list[dict[str, Any]]:
                 "stage": stage,
                 "sha256": meta.artifact_sha256,
                 "signed": meta.signature is not None,
+                "decided": decided_by_rule(last_entry.get(version)),
             }
         )
     return rows
@@ -389,6 +393,10 @@ def models_list(
             row["sha256"][:12],
         )
     _console().print(table)
+    from forestream.registry.announce import decision_line
+
+    for row in (r for r in rows if r["decided"]):  # a rule's decision: its numbers
+        typer.echo(decision_line(row["version"], row["decided"]))
 
 
 def _fmt(value: float | None) -> str:
@@ -546,7 +554,7 @@ def _change_serving(
     notes about a repaired history or a concurrent writer go to stderr. A rollback's target is
     verified with the command's trust (``train --publish`` announces what it just signed)."""
     from forestream.edge.factory import require_reachable
-    from forestream.training.publish import change_serving
+    from forestream.registry.announce import change_serving
 
     trust = settings.trust() if isinstance(settings, TrustSettings) else None
 

@@ -35,7 +35,7 @@ class _ShadowSettings(CommonSettings, TrustSettings):
 def announce_shadow(settings: CommonSettings, ref: ServingRef | None) -> int:
     """Put the shadow announcement (``ref`` None: stop) on the models topic; its offset."""
     from forestream.edge.factory import require_reachable
-    from forestream.training.publish import ModelsTopic
+    from forestream.registry.announce import ModelsTopic
 
     require_reachable(settings.kafka())  # one line now, not a client retrying for seconds
     event = ShadowEvent(name=settings.model_name, shadow=ref, at=int(time.time() * 1000))

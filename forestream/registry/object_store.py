@@ -13,7 +13,7 @@ it for ``mode="create"``):
 - **The promotion history is one object per entry**, ``<name>/promotions/<seq>.json``, created
   the same way: an entry is never rewritten or lost, and every reader sees one order.
 - **There is no lock**: :meth:`ObjectModelStore.lock` yields False, and concurrent registry
-  commands are decided by the models-topic compare-and-set of ``forestream.training.publish``
+  commands are decided by the models-topic compare-and-set of ``forestream.registry.announce``
   (the topic is what workers serve from), as on a shared volume without ``flock``.
 
 Errors become one line: a missing bucket or a bad URI a :class:`UserError`, a store that cannot

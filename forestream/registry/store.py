@@ -19,7 +19,7 @@ Backends: :class:`forestream.registry.local.LocalModelStore` (a directory) and
 
 The promotion history follows the models topic, which is what workers serve from: registry
 writers hold :meth:`ModelStore.lock` and record an entry only after their event is on the topic
-(``forestream.training.publish.change_serving``).
+(``forestream.registry.announce.change_serving``).
 """
 
 from __future__ import annotations
@@ -479,7 +479,7 @@ class ModelStore(ABC):
         """Mark a version as the one workers serve; it must exist and pass verification.
 
         Records only: ``forestream models promote`` announces through
-        ``forestream.training.publish.change_serving``, which records after the announcement.
+        ``forestream.registry.announce.change_serving``, which records after the announcement.
         """
         version = normalize_version(version)
         meta = self.metadata(name, version)

@@ -25,9 +25,10 @@ from typing import Any
 import pytest
 
 from forestream.edge.factory import TopicSpec, ensure_topics, make_producer
+from forestream.fleet.counts import ShadowTotals
 from forestream.wire.messages import Prediction, ShadowCounts
 from forestream.worker.decoding import decode_batch
-from forestream.worker.evaluator.counts import ShadowTotals, agreement_of, merge_shadow
+from forestream.worker.evaluator.counts import merge_shadow
 from forestream.worker.scoring import score_frame
 from forestream.worker.shadow import selects
 from tests.kafka_helpers import read_topic
@@ -165,9 +166,9 @@ def evaluate_shadow(
         if held is None or held.served is None:
             continue
         label = json.loads(r.value)["label"]
-        row = expected.candidate_confusion.setdefault(label, {})
+        row = expected.candidate.setdefault(label, {})
         row[held.prediction] = row.get(held.prediction, 0) + 1
-        row = expected.served_confusion.setdefault(label, {})
+        row = expected.served.setdefault(label, {})
         row[held.served.prediction] = row.get(held.served.prediction, 0) + 1
         expected.labelled += 1
         expected.agreed += held.prediction == held.served.prediction
@@ -212,6 +213,6 @@ def evaluate_shadow(
     served_version = next(iter(r.served_version for r in records))
     merged = merge_shadow(records)
     assert merged == {(candidate.version, served_version): expected}
-    assert agreement_of(merged[candidate.version, served_version]) == pytest.approx(
+    assert merged[candidate.version, served_version].agreement == pytest.approx(
         expected.agreed / expected.labelled
     )

@@ -11,12 +11,11 @@ import pytest
 from forestream.edge.interface import ConsumedRecord, TopicPartition
 from forestream.errors import TopicsNotCoPartitioned
 from forestream.exit_codes import USER_ERROR, exit_code_for
+from forestream.fleet.counts import ShadowTotals
 from forestream.wire.messages import EvaluationCounts, ShadowCounts
 from forestream.worker.evaluator.counts import (
     ShadowCountsBuffer,
-    ShadowTotals,
     accuracy_of,
-    agreement_of,
     merge_shadow,
     shadow_record_key,
 )
@@ -110,12 +109,12 @@ def test_shadow_counts_merge_over_instances_and_windows() -> None:
     merged = merge_shadow([counts("e1", 0, 10, 6, 7), counts("e2", 60_000, 30, 30, 30), other])
     totals = merged["v2", "v1"]
     assert (totals.labelled, totals.agreed) == (40, 36)
-    assert totals.candidate_confusion == {"a": {"a": 37, "b": 3}}
-    assert totals.served_confusion == {"a": {"a": 40}}
-    assert agreement_of(totals) == pytest.approx(36 / 40)
-    assert accuracy_of(totals.candidate_confusion) == pytest.approx(37 / 40)
+    assert totals.candidate == {"a": {"a": 37, "b": 3}}
+    assert totals.served == {"a": {"a": 40}}
+    assert totals.agreement == pytest.approx(36 / 40)
+    assert accuracy_of(totals.candidate) == pytest.approx(37 / 40)
     assert merged["v3", "v1"].labelled == 4
-    assert merge_shadow([]) == {} and agreement_of(ShadowTotals()) is None
+    assert merge_shadow([]) == {} and ShadowTotals().agreement is None
 
 
 def test_the_shadow_topic_is_optional_but_co_partitioned() -> None:

@@ -38,6 +38,7 @@ SHARED_ROOMS = (
     "forestream.runtime",
     "forestream.errors",
     "forestream.local",
+    "forestream.fleet",
 )
 """Where the components meet: they may import each other, never a component or the shell."""
 

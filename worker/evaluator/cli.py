@@ -7,12 +7,17 @@ from typing import Annotated
 import typer
 
 from forestream.runtime.cli_options import (
+    AllowUnsignedOpt,
     BootstrapOpt,
     LabelsTopicOpt,
     LogFormatOpt,
+    ModelNameOpt,
+    ModelsTopicOpt,
     MonitoringTopicOpt,
     OutputTopicOpt,
     ShadowTopicOpt,
+    StoreOpt,
+    VerifyKeyOpt,
 )
 
 
@@ -93,6 +98,22 @@ def evaluate(
             show_default=False,
         ),
     ] = None,
+    promote_policy: Annotated[
+        str | None,
+        typer.Option(
+            "--promote-policy",
+            help="promote a shadow candidate when this rule holds, e.g. 'labelled>=2000 and "
+            "accuracy>=served and agreement>=0.9', or a .toml policy file that adds a rollback "
+            "guard (docs/evaluator.md) [env FORESTREAM_EVALUATOR_PROMOTE_POLICY; default: "
+            "never promotes]",
+            show_default=False,
+        ),
+    ] = None,
+    name: ModelNameOpt = None,
+    store: StoreOpt = None,
+    models_topic: ModelsTopicOpt = None,
+    verify_key: VerifyKeyOpt = None,
+    allow_unsigned: AllowUnsignedOpt = None,
     log_format: LogFormatOpt = None,
 ) -> None:
     """Join labels to predictions by key, fleet-wide: publish mergeable confusion counts per
@@ -125,10 +146,22 @@ def evaluate(
         evaluator_publish_interval_s=publish_interval_s,
         evaluator_metrics_port=metrics_port,
         guarantee=guarantee,
+        evaluator_promote_policy=promote_policy,
+        model_name=name,
+        model_store=store,
+        models_topic=models_topic,
+        verify_key_file=verify_key,
+        allow_unsigned=allow_unsigned,
         log_format=log_format,
     )
     configure_logging(checked_log_format(settings.log_format))
     log = structlog.get_logger("forestream.evaluator")
+    policy = None
+    if settings.evaluator_promote_policy is not None:
+        from forestream.fleet.policy import load_policy
+
+        policy = load_policy(settings.evaluator_promote_policy)  # a mistake: one line, exit 2
+        settings.require_verification()
     settings.check_distinct_topics()
     kafka = settings.kafka()
     require_reachable(kafka)
@@ -145,7 +178,7 @@ def evaluate(
             shadow_topic=settings.shadow_topic_or_default(),
             reason="the topic does not exist: no shadow comparison this run",
         )
-    evaluator = Evaluator(settings, shadow_topic=shadow)
+    evaluator = Evaluator(settings, shadow_topic=shadow, policy=policy)
     if settings.evaluator_metrics_port is not None:
         from forestream.worker.evaluator.metrics import serve_metrics
 

@@ -3,30 +3,48 @@
 An evaluator publishes what it joined since its last publish as
 :class:`forestream.wire.messages.EvaluationCounts` deltas; the fleet's counts for a (version,
 window) are the sum over every instance's records. Accuracy and macro F1 are functions of the
-summed matrix (:func:`accuracy_of`, :func:`macro_f1_of`), equal to
+summed matrix (:func:`~forestream.fleet.counts.accuracy_of`, ``macro_f1_of``, shared with the
+fleet's view in :mod:`forestream.fleet.counts`), equal to
 :func:`forestream.worker.evaluation.accuracy_score` / ``macro_f1_score`` on the concatenated
 (label, prediction) pairs: a ratio averaged over instances would not be.
 
 Shadow records joined with labels are counted apart (:class:`ShadowCountsBuffer`, published as
 :class:`forestream.wire.messages.ShadowCounts`): per (candidate, served version, window), the
 candidate's and the served version's confusion matrices over the same records, and how many of
-them the two predicted alike; :func:`merge_shadow` sums them.
+them the two predicted alike; :func:`merge_shadow` sums them
+(:class:`forestream.fleet.counts.FleetCounts` does).
 """
 
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
+from forestream.fleet.counts import (
+    Confusion,
+    ShadowTotals,
+    accuracy_of,
+    add_into,
+    labelled_of,
+    macro_f1_of,
+)
 from forestream.wire.messages import EvaluationCounts, ShadowCounts
 
 if TYPE_CHECKING:
     from forestream.worker.evaluator.join import Served
 
-Confusion = Mapping[str, Mapping[str, int]]
-"""true class -> predicted class -> pairs."""
+__all__ = [
+    "Confusion",
+    "CountsBuffer",
+    "accuracy_of",
+    "add_into",
+    "labelled_of",
+    "macro_f1_of",
+    "merge",
+    "record_key",
+    "window_start",
+]
 
 
 def window_start(timestamp_ms: int, window_ms: int) -> int:
@@ -155,33 +173,15 @@ def shadow_record_key(counts: ShadowCounts) -> bytes:
     )
 
 
-@dataclass
-class ShadowTotals:
-    """A (candidate, served) pair's counts summed over records (and windows)."""
-
-    labelled: int = 0
-    agreed: int = 0
-    candidate_confusion: dict[str, dict[str, int]] = field(default_factory=dict)
-    served_confusion: dict[str, dict[str, int]] = field(default_factory=dict)
-
-
 def merge_shadow(records: Iterable[ShadowCounts]) -> dict[tuple[str, str], ShadowTotals]:
     """The fleet's shadow counts per (candidate, served version): every record summed, every
-    window (filter the records first for a time range)."""
-    out: dict[tuple[str, str], ShadowTotals] = {}
+    window (filter the records first for a time range). Agreement: ``ShadowTotals.agreement``."""
+    from forestream.fleet.counts import FleetCounts
+
+    fleet = FleetCounts()
     for record in records:
-        totals = out.setdefault((record.candidate_version, record.served_version), ShadowTotals())
-        totals.labelled += record.labelled
-        totals.agreed += record.agreed
-        add_into(totals.candidate_confusion, record.candidate_confusion)
-        add_into(totals.served_confusion, record.served_confusion)
-    return out
-
-
-def agreement_of(totals: ShadowTotals) -> float | None:
-    """Share of labelled shadow records where candidate and served predicted alike; ``None``
-    with none. Accuracies: :func:`accuracy_of` on either confusion matrix."""
-    return totals.agreed / totals.labelled if totals.labelled else None
+        fleet.add_shadow(record)
+    return fleet.shadow
 
 
 def record_key(counts: EvaluationCounts) -> bytes:
@@ -196,39 +196,3 @@ def merge(records: Iterable[EvaluationCounts]) -> dict[tuple[str, int], dict[str
         cell = out.setdefault((record.model_version, record.window_start), {})
         add_into(cell, record.confusion)
     return out
-
-
-def add_into(total: dict[str, dict[str, int]], confusion: Confusion) -> None:
-    for label, row in confusion.items():
-        into = total.setdefault(label, {})
-        for prediction, n in row.items():
-            into[prediction] = into.get(prediction, 0) + n
-
-
-def labelled_of(confusion: Confusion) -> int:
-    return sum(n for row in confusion.values() for n in row.values())
-
-
-def accuracy_of(confusion: Confusion) -> float | None:
-    """Diagonal over total; ``None`` with no pairs."""
-    total = labelled_of(confusion)
-    if not total:
-        return None
-    return sum(row.get(label, 0) for label, row in confusion.items()) / total
-
-
-def macro_f1_of(confusion: Confusion) -> float | None:
-    """Mean over the classes present (as label or prediction) of 2·tp / (2·tp + fp + fn):
-    the definition :func:`forestream.worker.evaluation.macro_f1_score` computes from pairs."""
-    true_count: Counter[str] = Counter()
-    pred_count: Counter[str] = Counter()
-    for label, row in confusion.items():
-        for prediction, n in row.items():
-            if n:
-                true_count[label] += n
-                pred_count[prediction] += n
-    classes = set(true_count) | set(pred_count)
-    if not classes:
-        return None
-    f1 = [2 * confusion.get(c, {}).get(c, 0) / (true_count[c] + pred_count[c]) for c in classes]
-    return sum(f1) / len(f1)

@@ -51,6 +51,7 @@ from forestream.worker.evaluator.topics import (
     check_co_partitioned,
     shadow_topic_to_read,
 )
+from forestream.worker.evaluator.totals import prefixed
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -62,6 +63,8 @@ if TYPE_CHECKING:
         PartitionReader,
         TransactionalProducer,
     )
+    from forestream.fleet.policy import Policy
+    from forestream.worker.evaluator.promotion import Decider
     from forestream.worker.evaluator.settings import EvaluatorSettings
 
 __all__ = ["Evaluator", "check_co_partitioned", "evaluator_id", "shadow_topic_to_read"]
@@ -80,12 +83,19 @@ class Evaluator:
     callbacks may run on the client's IO thread (kafka-python) while the loop polls.
 
     ``shadow_topic``: the shadow topic to join with the labels too (None: no shadow comparison).
+    ``policy``: promotion by rule (:mod:`forestream.worker.evaluator.promotion`), or None.
     """
 
     def __init__(
-        self, settings: EvaluatorSettings, ident: str | None = None, shadow_topic: str | None = None
+        self,
+        settings: EvaluatorSettings,
+        ident: str | None = None,
+        shadow_topic: str | None = None,
+        policy: Policy | None = None,
     ) -> None:
         self.s = settings
+        self.policy = policy
+        self.decider: Decider | None = None
         self.ident = ident or evaluator_id()
         self.buffer = CountsBuffer(settings.evaluation_window_s)
         self.joins: dict[int, PartitionJoin] = {}
@@ -190,8 +200,10 @@ class Evaluator:
         watchdog = install(self.request_stop, self.abandoned)
         try:
             self.open()
+            self._start_decider()
             self.loop()
         finally:
+            self._stop_decider()
             self.close()
             watchdog.uninstall()
 
@@ -239,36 +251,30 @@ class Evaluator:
         log.info("evaluator_stopped", **self.totals())
 
     def totals(self) -> dict[str, Any]:
+        """What the summary lines and ``/metrics`` report (:func:`.totals.totals_of`)."""
+        from forestream.worker.evaluator.totals import totals_of
+
         with self._lock:
-            waiting_p = sum(len(j.predictions) for j in self.joins.values())
-            waiting_l = sum(len(j.labels) for j in self.joins.values())
-            shadows = self.shadow_joins.values()
-            return {
-                "evaluator_id": self.ident,
-                "partitions": sorted(self.joins),
-                "labels_read": self.labels_read,
-                "predictions_read": self.predictions_read,
-                "joined": self.joined + sum(j.joined for j in self.joins.values()),
-                "published_records": self.published,
-                "waiting_predictions": waiting_p,
-                "waiting_labels": waiting_l,
-                "evicted": dict(
-                    self.evicted
-                    + _sum(j.evicted for j in self.joins.values())
-                    + _sum(_prefixed(j.evicted) for j in shadows)
-                ),
-                "rejected": dict(
-                    self.rejected
-                    + _sum(j.rejected for j in self.joins.values())
-                    + _sum(_prefixed(j.rejected) for j in shadows)
-                ),
-                "bad_labels": dict(self.bad_labels),
-                "bad_predictions": dict(self.bad_predictions),
-                "shadow_read": self.shadow_read,
-                "shadow_joined": self.shadow_joined + sum(j.joined for j in shadows),
-                "waiting_shadow": sum(len(j.predictions) for j in shadows),
-                "bad_shadow": dict(self.bad_shadow),
-            }
+            return totals_of(self)
+
+    # -- promotion by rule (``--promote-policy``): its own thread and clients -------------------
+
+    def _start_decider(self) -> None:
+        if self.policy is None:
+            return
+        from forestream.worker.evaluator.promotion import Decider
+
+        self.decider = Decider(self.s, self.policy, self.ident, self.owns_first).start()
+
+    def _stop_decider(self) -> None:
+        if self.decider is not None:
+            self.decider.stop()
+
+    def owns_first(self) -> bool:
+        """This instance owns labels partition 0: the group hands it to one instance, which
+        therefore is the one that decides promotions."""
+        with self._lock:
+            return 0 in self.joins
 
     # -- the predictions reader follows the group's assignment ----------------------------------
 
@@ -576,18 +582,6 @@ class Evaluator:
             shadow = self.shadow_joins.pop(p, None)
             if shadow is not None:
                 self.shadow_joined += shadow.joined
-                self.evicted.update(_prefixed(shadow.evicted))
-                self.rejected.update(_prefixed(shadow.rejected))
+                self.evicted.update(prefixed(shadow.evicted))
+                self.rejected.update(prefixed(shadow.rejected))
             self.shadow_pos.pop(p, None)
-
-
-def _sum(counters: Any) -> Counter[str]:
-    total: Counter[str] = Counter()
-    for c in counters:
-        total.update(c)
-    return total
-
-
-def _prefixed(counter: Counter[str]) -> Counter[str]:
-    """A shadow join's reasons, told apart from the predictions join's: ``shadow_<reason>``."""
-    return Counter({f"shadow_{reason}": n for reason, n in counter.items()})

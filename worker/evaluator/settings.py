@@ -4,13 +4,16 @@ from __future__ import annotations
 
 from pydantic import Field
 
+from forestream.registry.signing import TrustSettings
 from forestream.runtime.settings import GuaranteeSettings
 
 
-class EvaluatorSettings(GuaranteeSettings):
+class EvaluatorSettings(GuaranteeSettings, TrustSettings):
     """What one evaluator process needs beyond broker address and topic names (it reads the
     predictions topic, ``FORESTREAM_OUTPUT_TOPIC``, and the labels topic). ``guarantee``:
-    exactly-once publishes each interval's counts and commits its offsets in one transaction."""
+    exactly-once publishes each interval's counts and commits its offsets in one transaction.
+    With a promotion policy it also promotes and rolls back ``FORESTREAM_MODEL_NAME`` in
+    ``FORESTREAM_MODEL_STORE``, verifying versions like ``models promote``."""
 
     evaluator_group: str = "forestream-evaluator"
     """The evaluators' consumer group: instances in it share the partitions."""
@@ -34,3 +37,6 @@ class EvaluatorSettings(GuaranteeSettings):
     """The address ``/metrics`` listens on: loopback unless told otherwise."""
     summary_interval_s: float = Field(default=10.0, gt=0)
     """How often the evaluator_summary line (reads, joins, evictions, bad records) is logged."""
+    evaluator_promote_policy: str | None = None
+    """A promotion rule on one line, or a ``.toml`` policy file with a rollback guard (see
+    docs/evaluator.md, "Promotion by rule"); unset: the evaluator never promotes."""
