@@ -91,6 +91,7 @@ class Reporter:
         now = self.clock()
         elapsed = max(now - self._summary_at, 1e-9)
         fresh = self.totals.records_in - self._summary_records
+        labels = self.monitoring.labels if self.monitoring is not None else None
         log.info(
             "worker_final_summary" if final else "worker_summary",
             records_in=self.totals.records_in,
@@ -100,6 +101,8 @@ class Reporter:
             observer_errors=self.observers.errors,
             rate_per_s=round(fresh / elapsed, 1),
             model_version=model_version,
+            # 0 with --no-follow-labels: the fleet's label traffic is the evaluators' alone
+            labels_read=labels.labels_read if labels is not None else 0,
         )
         self._summary_at = now
         self._summary_records = self.totals.records_in

@@ -227,3 +227,30 @@ def test_the_metrics_read_the_counters_by_reason() -> None:
     evaluator.released([TopicPartition("labels", 0)])
     assert sample("forestream_evaluator_evicted_total", reason="prediction_full") == 1
     assert sample("forestream_evaluator_joined_total") == 1
+
+
+def test_exactly_once_reads_labels_again_for_a_partition_given_straight_back() -> None:
+    """kafka-python's eager rebalance revokes every partition and gives some straight back,
+    keeping the group consumer's position; the pairs joined since the last transaction are
+    dropped, so the labels, like the predictions, are read again from the committed offset
+    (else those pairs were lost: the fleet acceptance test caught one)."""
+    from typing import cast
+
+    from forestream.edge.interface import TransactionalProducer
+    from forestream.worker.evaluator.service import Evaluator
+    from forestream.worker.evaluator.settings import EvaluatorSettings
+
+    evaluator = Evaluator(EvaluatorSettings(guarantee="exactly-once"), ident="e1")
+    evaluator.txn = cast(TransactionalProducer, object())  # only its presence is read here
+    tps = [TopicPartition("labels", p) for p in (0, 1)]
+    evaluator.assigned(tps)
+    evaluator.seek_due.clear()  # what the loop does once it has positioned both readers
+    evaluator.labels_due.clear()
+    evaluator.joins[0].add_prediction(b"k", 5, 1_000, pred("a"))
+    evaluator.joins[0].add_label(b"k", 7, 1_000, "a")
+    evaluator.label_pos[0] = 8
+    assert len(evaluator.buffer) == 1
+    evaluator.revoking(tps)  # eager: every partition goes
+    evaluator.assigned(tps[:1])  # and partition 0 comes straight back
+    assert len(evaluator.buffer) == 0  # the pair, not committed, is dropped...
+    assert evaluator.seek_due == {0} and evaluator.labels_due == {0}  # ...and read again

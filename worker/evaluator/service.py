@@ -114,8 +114,8 @@ class Evaluator:
         so their predictions are read again from the committed offset (an eager rebalance
         takes a partition away and gives it back between two polls)."""
         self.labels_due: set[int] = set()
-        """Exactly-once: partitions kept through a rebalance whose labels are read again from
-        the committed offset (see ``_rewind_all``)."""
+        """Exactly-once: partitions kept through a rebalance, or assigned, whose labels are read
+        again from the committed offset (see ``_rewind_all`` and ``assigned``)."""
         self.outbox: list[Outgoing] = []
         self.labels_read = 0
         self.predictions_read = 0
@@ -519,6 +519,12 @@ class Evaluator:
     def assigned(self, partitions: list[TopicPartition]) -> None:
         with self._lock:
             self.seek_due.update(tp.partition for tp in partitions)
+            if self.txn is not None:
+                # what was read since the last transaction is gone (``_rewind_all``), but a
+                # partition revoked and given straight back (kafka-python's eager rebalance
+                # revokes all) keeps the group consumer's position: read its labels again from
+                # the committed offset too, or the pairs they made are lost
+                self.labels_due.update(tp.partition for tp in partitions)
             for tp in partitions:
                 if tp.partition not in self.joins:
                     self._add_joins(tp.partition)
