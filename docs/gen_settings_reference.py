@@ -139,8 +139,8 @@ DESCRIPTIONS: dict[str, str] = {
     "shadow_share": "share of each batch's predicted records a shadow candidate scores, chosen "
     "by a hash of the key (0 < share <= 1)",
     "models_topic": "the registry's events, one partition, compacted",
-    "labels_topic": "late labels, read by workers (unless `FORESTREAM_FOLLOW_LABELS=false`) "
-    "and by `evaluate`",
+    "labels_topic": "late labels, read by `evaluate` (and by workers with "
+    "`FORESTREAM_FOLLOW_LABELS=true`)",
     "monitoring_topic": "the workers' periodic reports, read by `monitor`, and the "
     "evaluators' count records",
     "model_store": "a directory, or `s3://bucket/prefix` (also `gs://`, `az://`, `file://`)",
@@ -192,8 +192,8 @@ DESCRIPTIONS: dict[str, str] = {
     "fleet_window_s": "seconds per window of the bin and predicted-class counts each report "
     "carries for fleet drift (aligned on the epoch: 1 to 86,400)",
     "report_interval_s": "seconds between reports to the monitoring topic",
-    "follow_labels": "read every labels partition for this worker's online accuracy; off when "
-    "`evaluate` does it fleet-wide",
+    "follow_labels": "read every labels partition for this worker's own online accuracy; off "
+    "by default: `evaluate` reads each label once for the fleet",
     "session_timeout_ms": "a worker silent this long leaves the group (6,000 to 300,000)",
     "rebuild_without_broker_s": "confluent client: once the group consumer's client has heard "
     "from no broker this long (its statistics say so), a new one replaces it and rejoins; what "
@@ -228,6 +228,7 @@ DESCRIPTIONS: dict[str, str] = {
     "monitor_refresh_s": "seconds between redraws",
     "monitor_backlog": "start this many reports before the end of each partition",
     "monitor_stale_s": "a worker whose newest report is older than this (s) is shown as stale",
+    "monitor_horizon_s": "how far back (s) the fleet table sums the counts and window counts",
     "evaluator_group": "the evaluators' consumer group: instances in it share the partitions",
     "evaluator_max_pending": "per partition and side, records waiting for their other half "
     "beyond this many are evicted, oldest first",

@@ -1,10 +1,11 @@
-"""``forestream monitor``: a live terminal view of the workers' DriftReports.
+"""``forestream monitor``: a live terminal view of the workers and of the fleet.
 
 Each worker publishes a cumulative :class:`forestream.wire.messages.DriftReport` to the monitoring
-topic
-at a fixed interval (key = worker id), so the newest report per worker is the whole state:
-this command keeps exactly that and redraws one table. It only reads (no consumer group, no
-commits), so any number of monitors can watch a running deployment.
+topic at a fixed interval (key = worker id), so the newest report per worker is the state of
+the first table. The second, the fleet's (:mod:`forestream.fleet.board`), sums what the
+evaluators and workers published over the last ``monitor_horizon_s`` (counts, window counts)
+and follows the models topic (served version, shadow candidate, decisions by rule). It only
+reads (no consumer group, no commits), so any number of monitors can watch a deployment.
 """
 
 from __future__ import annotations
@@ -18,15 +19,22 @@ import typer
 from pydantic import Field
 
 from forestream.edge.interface import TopicPartition
-from forestream.runtime.cli_options import BootstrapOpt, MonitoringTopicOpt
+from forestream.runtime.cli_options import (
+    BootstrapOpt,
+    ModelNameOpt,
+    ModelsTopicOpt,
+    MonitoringTopicOpt,
+    StoreOpt,
+)
 from forestream.runtime.settings import CommonSettings
 
 if TYPE_CHECKING:
-    from rich.console import Console, JustifyMethod
+    from rich.console import Console, Group, JustifyMethod
     from rich.table import Table
 
     from forestream.edge.factory import Target
     from forestream.edge.interface import InputRecord, PartitionReader
+    from forestream.fleet.board import FleetBoard
     from forestream.wire.messages import DriftReport
 
 TOP_DRIFTING = 3
@@ -41,6 +49,9 @@ class MonitorSettings(CommonSettings):
     """Start this many reports before the end of each partition: enough for every worker."""
     monitor_stale_s: float = Field(default=60.0, gt=0)
     """A worker whose newest report is older than this is shown as stale."""
+    monitor_horizon_s: float = Field(default=3600.0, gt=0)
+    """The fleet view sums the counts published this far back (the evaluators' deltas and the
+    workers' window counts): accuracy and drift of the fleet over the last hour by default."""
 
 
 def register(app: typer.Typer) -> None:
@@ -52,15 +63,19 @@ class ReportBoard:
     """The newest report per worker; malformed reports are counted, not fatal. The
     evaluators' count records share the topic and are passed over."""
 
-    def __init__(self) -> None:
+    def __init__(self, fleet: FleetBoard | None = None) -> None:
         self.latest: dict[str, DriftReport] = {}
         self.malformed = 0
+        self.fleet = fleet
+        """Fed every monitoring value and models record too, when given."""
 
     def add(self, value: bytes | None) -> None:
         from pydantic import ValidationError
 
         from forestream.wire.messages import DriftReport
 
+        if self.fleet is not None:
+            self.fleet.add_monitoring(value)
         if value and (b'"kind":"evaluation_counts"' in value or b'"kind":"shadow_counts"' in value):
             return  # an evaluator's counts (forestream evaluate), not a worker's report
         try:
@@ -72,10 +87,14 @@ class ReportBoard:
         if held is None or report.at >= held.at:
             self.latest[report.worker_id] = report
 
-    def add_polled(self, records: Iterable[InputRecord]) -> None:
-        """Every record of one poll."""
+    def add_polled(self, records: Iterable[InputRecord], models_topic: str | None = None) -> None:
+        """Every record of one poll; those of ``models_topic`` go to the fleet view only."""
         for record in records:
-            self.add(record.value)
+            if record.topic == models_topic:
+                if self.fleet is not None:
+                    self.fleet.add_models(record.key, record.value)
+            else:
+                self.add(record.value)
 
 
 def _fmt_ms(value: float | None) -> str:
@@ -171,18 +190,33 @@ def render(board: ReportBoard, topic: str, now_ms: int, stale_s: float) -> Table
 
 
 def _open(
-    kafka: Target, topic: str, backlog: int
+    kafka: Target, s: MonitorSettings, with_models: bool
 ) -> tuple[PartitionReader, dict[TopicPartition, int]]:
-    """A group-less reader positioned ``backlog`` reports before each partition's end."""
+    """A group-less reader on the monitoring topic, from ``monitor_backlog`` reports before
+    each partition's end or ``monitor_horizon_s`` back, whichever is earlier (every worker's
+    newest report, and the fleet's counts), and on the whole models topic (compacted)."""
     from forestream.edge.factory import partition_reader
 
     consumer = partition_reader(kafka, client_id="forestream-monitor")
-    tps = [TopicPartition(topic, p) for p in sorted(consumer.partitions(topic))]
-    consumer.assign(tps)
-    begin = consumer.beginning_offsets(tps)
-    end = consumer.end_offsets(tps)
+    tps = [
+        TopicPartition(s.monitoring_topic, p)
+        for p in sorted(consumer.partitions(s.monitoring_topic))
+    ]
+    models = (
+        [TopicPartition(s.models_topic, p) for p in sorted(consumer.partitions(s.models_topic))]
+        if with_models
+        else []
+    )
+    consumer.assign(tps + models)
+    begin = consumer.beginning_offsets(tps + models)
+    end = consumer.end_offsets(tps + models)
+    since = consumer.offsets_for_times(tps, _now_ms() - int(s.monitor_horizon_s * 1000))
     for tp in tps:
-        consumer.seek(tp, max(begin[tp], end[tp] - backlog))
+        horizon = since.get(tp)
+        start = max(begin[tp], end[tp] - s.monitor_backlog)
+        consumer.seek(tp, min(start, end[tp] if horizon is None else max(horizon, begin[tp])))
+    for tp in models:
+        consumer.seek(tp, begin[tp])
     return consumer, end
 
 
@@ -200,6 +234,9 @@ def _topic_exists(kafka: Target, topic: str) -> bool:
 def monitor(
     bootstrap_servers: BootstrapOpt = None,
     monitoring_topic: MonitoringTopicOpt = None,
+    models_topic: ModelsTopicOpt = None,
+    name: ModelNameOpt = None,
+    store: StoreOpt = None,
     once: Annotated[
         bool,
         typer.Option("--once", help="print one snapshot of what is on the topic now, then exit"),
@@ -212,8 +249,18 @@ def monitor(
             show_default=False,
         ),
     ] = None,
+    horizon: Annotated[
+        float | None,
+        typer.Option(
+            "--horizon-s",
+            help="how far back the fleet view sums counts and drift "
+            "[env FORESTREAM_MONITOR_HORIZON_S; default 3600]",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
-    """Live table of throughput, DLQ, latency, drift and online accuracy per worker."""
+    """Live tables: per worker (throughput, DLQ, latency, drift) and for the fleet (per version:
+    accuracy, macro F1, labels, shadow agreement, drift flags, decisions by rule)."""
     from rich.console import Console
 
     from forestream.errors import UserError
@@ -223,13 +270,17 @@ def monitor(
         MonitorSettings,
         bootstrap_servers=bootstrap_servers,
         monitoring_topic=monitoring_topic,
+        models_topic=models_topic,
+        model_name=name,
+        model_store=store,
         monitor_refresh_s=refresh,
+        monitor_horizon_s=horizon,
     )
     from forestream.edge.factory import require_reachable
 
     require_reachable(s.kafka())
     console = Console() if Console().is_terminal else Console(width=200)
-    board = ReportBoard()
+    board = ReportBoard(_fleet_board(s))
     if once:
         if not _topic_exists(s.kafka(), s.monitoring_topic):
             raise UserError(
@@ -237,7 +288,7 @@ def monitor(
                 f"{s.bootstrap_servers}: no worker has published a report there yet"
             )
         _read_to_end(board, s)
-        console.print(render(board, s.monitoring_topic, _now_ms(), s.monitor_stale_s))
+        console.print(_view(board, s))
         return
     from forestream.runtime.shutdown import install
 
@@ -250,18 +301,46 @@ def monitor(
         _live(board, s, console)
 
 
+def _fleet_board(s: MonitorSettings) -> FleetBoard:
+    """Drift needs each version's reference bins: read from the store, when it can be."""
+    from forestream.errors import ForestreamError
+    from forestream.fleet.board import FleetBoard
+    from forestream.fleet.drift import store_metadata
+    from forestream.registry.open import open_store
+
+    try:
+        metadata_for = store_metadata(open_store(s.model_store), s.model_name)
+    except ForestreamError:
+        metadata_for = lambda _version: None  # noqa: E731 - no store here: counts only
+    return FleetBoard(s.model_name, metadata_for)
+
+
+def _view(board: ReportBoard, s: MonitorSettings, waiting: str | None = None) -> Group:
+    from rich.console import Group
+
+    from forestream.fleet.board import render_fleet
+
+    workers = render(board, s.monitoring_topic, _now_ms(), s.monitor_stale_s)
+    if waiting is not None:
+        workers.caption = waiting
+    tables = [workers]
+    if board.fleet is not None:
+        tables.append(render_fleet(board.fleet, s.model_name))
+    return Group(*tables)
+
+
 def _now_ms() -> int:
     return int(time.time() * 1000)
 
 
 def _read_to_end(board: ReportBoard, s: MonitorSettings, timeout_s: float = 30.0) -> None:
-    consumer, end = _open(s.kafka(), s.monitoring_topic, s.monitor_backlog)
+    consumer, end = _open(s.kafka(), s, with_models=True)
     try:
         deadline = time.monotonic() + timeout_s
         while any(consumer.position(tp) < offset for tp, offset in end.items()):
             if time.monotonic() > deadline:
                 break  # show what arrived rather than nothing
-            board.add_polled(consumer.poll_batch(2000, 0.2))
+            board.add_polled(consumer.poll_batch(2000, 0.2), s.models_topic)
     finally:
         consumer.close()
 
@@ -271,25 +350,20 @@ def _live(board: ReportBoard, s: MonitorSettings, console: Console) -> None:
 
     consumer: PartitionReader | None = None
     redraw_at = 0.0
-    with Live(
-        render(board, s.monitoring_topic, _now_ms(), s.monitor_stale_s),
-        console=console,
-        auto_refresh=False,
-    ) as live:
+    with Live(_view(board, s), console=console, auto_refresh=False) as live:
         try:
             while True:
                 if consumer is None:
                     if _topic_exists(s.kafka(), s.monitoring_topic):
-                        consumer, _ = _open(s.kafka(), s.monitoring_topic, s.monitor_backlog)
+                        consumer, _ = _open(s.kafka(), s, with_models=True)
                     else:
                         time.sleep(s.monitor_refresh_s)
                 else:
-                    board.add_polled(consumer.poll_batch(2000, 0.2))
+                    board.add_polled(consumer.poll_batch(2000, 0.2), s.models_topic)
                 if time.monotonic() >= redraw_at:
-                    table = render(board, s.monitoring_topic, _now_ms(), s.monitor_stale_s)
-                    if consumer is None:
-                        table.caption = f"waiting for topic {s.monitoring_topic!r}"
-                    live.update(table, refresh=True)
+                    waiting = None if consumer else f"waiting for topic {s.monitoring_topic!r}"
+                    view = _view(board, s, waiting)
+                    live.update(view, refresh=True)
                     redraw_at = time.monotonic() + s.monitor_refresh_s
         finally:
             if consumer is not None:

@@ -243,8 +243,8 @@ def worker(
         typer.Option(
             "--follow-labels/--no-follow-labels",
             help="read every labels partition and join it to this worker's predictions for "
-            "the online accuracy in its reports; off when `forestream evaluate` does it "
-            "fleet-wide [env FORESTREAM_FOLLOW_LABELS; default on]",
+            "the online accuracy in its own reports; `forestream evaluate` does it for the "
+            "fleet, reading each label once [env FORESTREAM_FOLLOW_LABELS; default off]",
             show_default=False,
         ),
     ] = None,

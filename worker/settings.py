@@ -136,8 +136,9 @@ class WorkerSettings(GuaranteeSettings, TrustSettings, WireFormatSettings):
     every worker with the same setting counts into the same windows."""
     report_interval_s: float = Field(default=10.0, gt=0)
     """How often the DriftReport is published to the monitoring topic."""
-    follow_labels: bool = True
-    """Join late labels from the labels topic to predictions (online accuracy)."""
+    follow_labels: bool = False
+    """Join late labels from the labels topic to this worker's own predictions (its online
+    accuracy). Off by default: ``forestream evaluate`` reads each label once for the fleet."""
     session_timeout_ms: int = Field(default=10_000, ge=6_000, le=300_000)
     """A worker silent this long leaves the group and its partitions move. kafka-python 3
     defaults to 45 s (heartbeats run on the client's IO thread, so a long batch does not

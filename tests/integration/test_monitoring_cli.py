@@ -7,11 +7,23 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
 from forestream.edge.factory import TopicSpec, ensure_topics, make_producer
-from forestream.wire.messages import DriftReport, FeatureDrift, VersionAccuracy
+from forestream.wire.messages import (
+    Decision,
+    DriftReport,
+    EvaluationCounts,
+    FeatureDrift,
+    ModelEvent,
+    ServingRef,
+    ShadowCounts,
+    ShadowEvent,
+    VersionAccuracy,
+    shadow_key,
+)
 
 pytestmark = pytest.mark.usefixtures("kafka_client")  # every test on both clients
 
@@ -48,13 +60,59 @@ def report(worker: str, at: int, records_in: int, version: str = "v1") -> DriftR
     )
 
 
-def test_once_shows_the_newest_report_of_each_worker(
-    kafka_bootstrap: str, topic_name: Callable[[str], str]
+def fleet_records(now: int) -> list[tuple[bytes, bytes]]:
+    """Two evaluators' deltas for served v2 (one window each), and one shadow delta of v3."""
+    counts = [
+        EvaluationCounts(
+            evaluator_id=ident, model_version="v2", window_start=now - now % 60_000,
+            window_s=60.0, labelled=sum(sum(r.values()) for r in confusion.values()),
+            confusion=confusion, at=now,
+        )
+        for ident, confusion in (
+            ("e-0", {"adelie": {"adelie": 30, "gentoo": 2}}),
+            ("e-1", {"gentoo": {"gentoo": 17, "adelie": 1}}),
+        )
+    ]  # fmt: skip
+    shadow = ShadowCounts(
+        evaluator_id="e-0", candidate_version="v3", served_version="v2",
+        window_start=now - now % 60_000, window_s=60.0, labelled=40, agreed=36,
+        candidate_confusion={"adelie": {"adelie": 39, "gentoo": 1}},
+        served_confusion={"adelie": {"adelie": 38, "gentoo": 2}}, at=now,
+    )  # fmt: skip
+    return [(b"v2/0", c.model_dump_json().encode()) for c in counts] + [
+        (b"v3/shadow/v2/0", shadow.model_dump_json().encode())
+    ]
+
+
+def models_records(now: int) -> list[tuple[bytes, bytes]]:
+    """v2 promoted by a rule over v1, then v3 announced as its shadow."""
+    ref = ServingRef(version="v2", sha256="0" * 64)
+    promoted = ModelEvent(
+        kind="promoted", name="penguins", version="v2", sha256="0" * 64,
+        created_at="2026-12-05T00:00:00Z", serving=ref, at=now,
+        decision=Decision(
+            by="host-1-evaluator", rule="labelled>=40 and agreement>=0.9",
+            evidence={"labelled": 41, "agreement": 0.951},
+        ),
+    )  # fmt: skip
+    shadow = ShadowEvent(name="penguins", shadow=ServingRef(version="v3", sha256="1" * 64), at=now)
+    return [
+        (b"penguins", promoted.model_dump_json().encode()),
+        (shadow_key("penguins").encode(), shadow.model_dump_json().encode()),
+    ]
+
+
+def test_once_shows_the_newest_report_of_each_worker_and_the_fleet(
+    kafka_bootstrap: str, topic_name: Callable[[str], str], tmp_path: Path
 ) -> None:
-    topic = topic_name("monitoring")
-    ensure_topics(kafka_bootstrap, [TopicSpec(topic, partitions=2)])
+    topic, models = topic_name("monitoring"), topic_name("models")
+    ensure_topics(kafka_bootstrap, [TopicSpec(topic, partitions=2), TopicSpec(models, 1)])
     now = int(time.time() * 1000)
     producer = make_producer(kafka_bootstrap)
+    for key, value in fleet_records(now):
+        producer.send(topic, key=key, value=value)
+    for key, value in models_records(now):
+        producer.send(models, key=key, value=value)
     for r in (report("w-0", now - 2_000, 1_111), report("w-0", now, 2_222, "v2")):
         producer.send(topic, key=r.worker_id.encode(), value=r.model_dump_json().encode())
     newest_w1 = report("w-1", now, 3_333)
@@ -63,7 +121,10 @@ def test_once_shows_the_newest_report_of_each_worker(
     producer.flush(30)
     producer.close()
 
-    out = run("monitor", "--once", "--monitoring-topic", topic)
+    out = run(
+        "monitor", "--once", "--monitoring-topic", topic, "--models-topic", models,
+        "--name", "penguins", "--store", str(tmp_path / "no-store"),
+    )  # fmt: skip
 
     assert out.returncode == 0, out.stderr
     text = out.stdout
@@ -76,7 +137,15 @@ def test_once_shows_the_newest_report_of_each_worker(
     assert "4.2" in text and "31.5" in text
     assert "acc 0.943" in text and "F1 0.931" in text
     assert "2 workers" in text
-    assert "1 malformed reports skipped" in text
+    assert "1 malformed reports skipped" in text  # the evaluators' counts are not reports
+    # the fleet: served v2 summed over both evaluators (47 of 50), shadow v3 on the same records
+    fleet = text[text.index("fleet — model penguins") :]
+    v2 = next(line for line in fleet.splitlines() if "│ v2 " in line)
+    assert "served" in v2 and "50" in v2 and "0.940" in v2, v2
+    v3 = next(line for line in fleet.splitlines() if "│ v3 " in line)
+    assert "shadow" in v3 and "40" in v3 and "0.975 (served 0.950)" in v3 and "0.900" in v3, v3
+    assert "v2 promoted by rule `labelled>=40 and agreement>=0.9`" in fleet
+    assert "labelled 41, agreement 0.951" in fleet
 
 
 def test_once_on_a_missing_topic_is_a_one_line_user_error(

@@ -144,6 +144,7 @@ def stream(
     metrics_port = _free_port()
     env = {
         "FORESTREAM_LABELS_TOPIC": topics["labels"],
+        "FORESTREAM_FOLLOW_LABELS": "true",  # this worker's own online accuracy (off by default)
         "FORESTREAM_MONITORING_TOPIC": topics["monitoring"],
         "FORESTREAM_KAFKA_CLIENT": str(request.param),
     }
