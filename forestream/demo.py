@@ -20,26 +20,23 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 import uuid
 from collections import Counter, deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Annotated, Any
+from typing import IO, Annotated, Any
 
 import typer
 
 from forestream.demo_format import DemoRegistry, FormatPlan, feed_values, format_plan
+from forestream.demo_observer import Observed, OutputObserver
 from forestream.demo_summary import print_summary, summarize
 from forestream.edge.connection import SECURITY_ENV as _SECURITY_ENV
 from forestream.edge.connection import KafkaConnection
 from forestream.errors import UserError
 from forestream.registry.signing import DEFAULT_KEYS_DIR, ensure_key_pair
 from forestream.runtime.cli_options import BootstrapOpt
-
-if TYPE_CHECKING:
-    from forestream.fleet.counts import FleetCounts
 
 MODEL_NAME = "penguins"
 TARGET = "species"
@@ -64,32 +61,6 @@ class DemoPlan:
     @property
     def records(self) -> int:
         return int(self.rate * self.seconds)
-
-
-@dataclass
-class Observed:
-    """What the demo read back from the output topics while it ran (one reader thread)."""
-
-    predictions_by_version: Counter[str] = field(default_factory=Counter)
-    prediction_keys: set[bytes] = field(default_factory=set)
-    dead_letters_by_reason: Counter[str] = field(default_factory=Counter)
-    dead_letter_keys: set[bytes] = field(default_factory=set)
-    latencies_ms: list[int] = field(default_factory=list)
-    first_ms: int | None = None
-    last_ms: int | None = None
-    reports: dict[str, dict[str, Any]] = field(default_factory=dict)
-    drift_flags: set[str] = field(default_factory=set)
-    version_order: list[str] = field(default_factory=list)
-    fleet: FleetCounts = field(default_factory=lambda: _fleet_counts())
-    """The evaluator's counts (served and shadow), summed as any reader of the topic would."""
-    decisions: list[dict[str, Any]] = field(default_factory=list)
-    """Model events a rule decided (``decision`` set), in topic order."""
-
-
-def _fleet_counts() -> FleetCounts:
-    from forestream.fleet.counts import FleetCounts
-
-    return FleetCounts()
 
 
 def _forestream(*args: str) -> list[str]:
@@ -142,14 +113,11 @@ class Demo:
         self.started_broker_dir: Path | None = None
         self.workers: list[tuple[subprocess.Popen[bytes], IO[bytes]]] = []
         self.evaluator: tuple[subprocess.Popen[bytes], IO[bytes]] | None = None
-        self.observed = Observed()
-        self._stop_reader = threading.Event()
-        self._lock = threading.Lock()
+        self.observer = OutputObserver(self.kafka, self.topics)
         self.sent = 0
         self.sent_bad: Counter[str] = Counter()
         self.labels_sent = 0
         self.phase = "starting"
-        self.reader_error: str | None = None
         self.keys = ensure_key_pair(DEFAULT_KEYS_DIR)  # made on the first run, then reused
 
     # -- environment -----------------------------------------------------------------------
@@ -263,14 +231,6 @@ class Demo:
         )
         self.evaluator = (process, log)
 
-    def labelled(self) -> int:
-        """Labels the evaluator has counted against the served versions so far."""
-        from forestream.fleet.counts import labelled_of
-
-        with self._lock:
-            fleet = self.observed.fleet
-            return sum(labelled_of(fleet.version(v)) for v in fleet.windows)
-
     def stop_evaluator(self, timeout_s: float = 15.0) -> int | None:
         if self.evaluator is None:
             return None
@@ -323,8 +283,19 @@ class Demo:
         self.workers = []
         return codes
 
+    @property
+    def observed(self) -> Observed:
+        return self.observer.seen
+
+    @property
+    def reader_error(self) -> str | None:
+        return self.observer.error
+
+    def accounted(self) -> int:
+        return self.observer.accounted()
+
     def cleanup(self) -> None:
-        self._stop_reader.set()
+        self.observer.stop()
         self.stop_workers(timeout_s=10)
         self.stop_evaluator(timeout_s=10)
         if self.started_broker_dir is not None:
@@ -345,85 +316,6 @@ class Demo:
         common = ["--data", str(csv), "--target", TARGET, *self.format.train_args]
         self.run_command("train", *common, "--seed", "1", "--promote", log_name="train-v1")
         self.run_command("train", *common, "--seed", "2", "--publish", log_name="train-v2")
-
-    # -- reading outputs -------------------------------------------------------------------
-    def start_reader(self) -> threading.Thread:
-        thread = threading.Thread(target=self._read_outputs, name="demo-reader", daemon=True)
-        thread.start()
-        return thread
-
-    def _read_outputs(self) -> None:
-        from forestream.edge.factory import partition_reader
-        from forestream.edge.interface import TopicPartition
-        from forestream.wire import headers
-
-        consumer = partition_reader(self.kafka(), client_id="forestream-demo-reader")
-        topics = [
-            self.topics.predictions,
-            self.topics.dlq,
-            self.topics.monitoring,
-            self.topics.models,
-        ]
-        assigned: list[TopicPartition] = []
-        try:
-            while not self._stop_reader.is_set():
-                fresh = [
-                    TopicPartition(topic, p)
-                    for topic in topics
-                    if topic not in {tp.topic for tp in assigned}
-                    for p in sorted(consumer.partitions(topic))
-                ]
-                if fresh:
-                    assigned += fresh
-                    consumer.assign(assigned)
-                    consumer.seek_to_beginning(fresh)
-                if not assigned:
-                    time.sleep(0.2)
-                    continue
-                records = consumer.poll_batch(2000, 0.2)
-                with self._lock:
-                    for record in records:
-                        self._observe(record.topic, record, headers)
-        except Exception as exc:  # the summary must say the numbers are incomplete
-            self.reader_error = f"{type(exc).__name__}: {exc}"
-        finally:
-            consumer.close()
-
-    def _observe(self, topic: str, record: Any, headers: Any) -> None:
-        seen = self.observed
-        if topic == self.topics.predictions:
-            value = json.loads(record.value)
-            version = value["model_version"]
-            seen.predictions_by_version[version] += 1
-            if not seen.version_order or seen.version_order[-1] != version:
-                seen.version_order.append(version)
-            seen.prediction_keys.add(record.key)
-            seen.latencies_ms.append(record.timestamp - value["event_time"])
-            seen.first_ms = min(seen.first_ms or record.timestamp, record.timestamp)
-            seen.last_ms = max(seen.last_ms or 0, record.timestamp)
-        elif topic == self.topics.dlq:
-            reason = dict(record.headers).get(headers.ERROR, b"?").decode()
-            seen.dead_letters_by_reason[reason] += 1
-            seen.dead_letter_keys.add(record.key)
-        elif topic == self.topics.models:
-            event = json.loads(record.value)
-            if event.get("decision"):
-                seen.decisions.append(event)
-        else:
-            value = json.loads(record.value)
-            if "kind" in value:  # the evaluator's counts share the topic with workers' reports
-                seen.fleet.feed(record.value)
-                return
-            seen.reports[value["worker_id"]] = value
-            for name, drift in value.get("features", {}).items():
-                if drift.get("drifting"):
-                    seen.drift_flags.add(name)
-
-    def accounted(self) -> int:
-        with self._lock:
-            return len(self.observed.prediction_keys) + sum(
-                self.observed.dead_letters_by_reason.values()
-            )
 
     # -- the feed --------------------------------------------------------------------------
     def feed(self, csv: Path, on_progress: Any) -> None:
@@ -517,14 +409,11 @@ class Demo:
             time.sleep(0.2)
         return False
 
-
     def wait_final_reports(self, timeout_s: float) -> bool:
         """Until the workers' newest reports (cumulative) count every record sent."""
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
-            with self._lock:
-                counted = sum(r.get("records_in", 0) for r in self.observed.reports.values())
-            if counted >= self.sent:
+            if self.observer.reports_counted() >= self.sent:
                 return True
             time.sleep(0.2)
         return False
@@ -534,7 +423,7 @@ class Demo:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             on_progress()
-            if self.labelled() >= self.labels_sent:
+            if self.observer.labelled() >= self.labels_sent:
                 return True
             time.sleep(0.2)
         return False
@@ -589,7 +478,7 @@ def run_demo(
                 )
             status("announcing v2 as a shadow of v1")
             demo.shadow_v2()
-            demo.start_reader()
+            demo.observer.start()
 
             def sent() -> None:
                 progress.update(task, completed=demo.sent)
@@ -600,13 +489,15 @@ def run_demo(
             if not demo.wait_for_outputs(60, lambda: status("waiting for the last outputs")):
                 print("warning: not every record was accounted for within 60 s", file=sys.stderr)
             if not demo.wait_labelled(30, lambda: status("waiting for the last labels")):
-                print("warning: the evaluator did not count every label within 30 s", file=sys.stderr)
+                print(
+                    "warning: the evaluator did not count every label within 30 s", file=sys.stderr
+                )
             if not demo.wait_final_reports(10):  # the drift windows of the last records
                 print("warning: the workers' reports lag the records sent", file=sys.stderr)
             status("stopping the workers and the evaluator")
             codes = demo.stop_workers()
             evaluator_code = demo.stop_evaluator()
-            demo._stop_reader.set()
+            demo.observer.stop()
         summary = summarize(demo, time.monotonic() - started, codes, evaluator_code)
     finally:
         demo.cleanup()
