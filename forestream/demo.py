@@ -1,11 +1,14 @@
 """``forestream demo``: the whole product on a local real broker, end to end, in one command.
 
-Trains v1 and v2 on the Palmer penguins data, promotes v1, starts two worker processes, streams
-the data at a steady rate with a few malformed records and a drifted second half, sends the true
-labels a little later, promotes v2 mid-stream, then stops everything and prints what happened.
+Trains v1 and v2 on the Palmer penguins data, promotes v1, starts two worker processes and an
+evaluator, announces v2 as a shadow candidate, streams the data at a steady rate with a few
+malformed records and a drifted second half, and sends the true labels a little later. The
+evaluator joins labels with both versions' predictions and promotes v2 by its rule once v2 has
+proved itself on the same records (or refuses it); then everything stops and the summary shows
+what happened, the decision and its evidence.
 
-Every step goes through the real commands (``forestream train``, ``worker``, ``models
-promote``) as subprocesses, so the demo exercises exactly what a user runs. Only the feed is
+Every step goes through the real commands (``forestream train``, ``worker``, ``evaluate``,
+``models shadow``) as subprocesses, so the demo exercises exactly what a user runs. Only the feed is
 in-process, because it must know each record's key and label to send labels late.
 ``--format avro`` is the same story through a Schema Registry (:mod:`forestream.demo_format`).
 """
@@ -17,17 +20,17 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 import uuid
 from collections import Counter, deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Annotated, Any
 
 import typer
 
 from forestream.demo_format import DemoRegistry, FormatPlan, feed_values, format_plan
+from forestream.demo_observer import Observed, OutputObserver
 from forestream.demo_summary import print_summary, summarize
 from forestream.edge.connection import SECURITY_ENV as _SECURITY_ENV
 from forestream.edge.connection import KafkaConnection
@@ -48,7 +51,9 @@ class DemoPlan:
     rate: float
     seconds: float
     malformed_share: float = 0.01
-    promote_v2_at: float = 0.6
+    promote_rule: str = "labelled>=2000 and accuracy>=served-0.02 and agreement>=0.9"
+    """The evaluator's rule for v2 (``--promote-policy``): proved on this many labelled
+    records, no worse than v1 on the same records beyond a small margin, mostly agreeing."""
     drift_from: float = 0.5
     drift_std: float = 2.0
     drift_window: int = 2000
@@ -56,22 +61,6 @@ class DemoPlan:
     @property
     def records(self) -> int:
         return int(self.rate * self.seconds)
-
-
-@dataclass
-class Observed:
-    """What the demo read back from the output topics while it ran (one reader thread)."""
-
-    predictions_by_version: Counter[str] = field(default_factory=Counter)
-    prediction_keys: set[bytes] = field(default_factory=set)
-    dead_letters_by_reason: Counter[str] = field(default_factory=Counter)
-    dead_letter_keys: set[bytes] = field(default_factory=set)
-    latencies_ms: list[int] = field(default_factory=list)
-    first_ms: int | None = None
-    last_ms: int | None = None
-    reports: dict[str, dict[str, Any]] = field(default_factory=dict)
-    drift_flags: set[str] = field(default_factory=set)
-    version_order: list[str] = field(default_factory=list)
 
 
 def _forestream(*args: str) -> list[str]:
@@ -87,6 +76,7 @@ class _Topics:
         self.models = f"{prefix}.models"
         self.labels = f"{prefix}.labels"
         self.monitoring = f"{prefix}.monitoring"
+        self.shadow = f"{prefix}.shadow"
 
     def env(self) -> dict[str, str]:
         return {
@@ -96,6 +86,7 @@ class _Topics:
             "FORESTREAM_MODELS_TOPIC": self.models,
             "FORESTREAM_LABELS_TOPIC": self.labels,
             "FORESTREAM_MONITORING_TOPIC": self.monitoring,
+            "FORESTREAM_SHADOW_TOPIC": self.shadow,
         }
 
 
@@ -121,14 +112,12 @@ class Demo:
         self.bootstrap = bootstrap or ""
         self.started_broker_dir: Path | None = None
         self.workers: list[tuple[subprocess.Popen[bytes], IO[bytes]]] = []
-        self.observed = Observed()
-        self._stop_reader = threading.Event()
-        self._lock = threading.Lock()
+        self.evaluator: tuple[subprocess.Popen[bytes], IO[bytes]] | None = None
+        self.observer = OutputObserver(self.kafka, self.topics)
         self.sent = 0
         self.sent_bad: Counter[str] = Counter()
         self.labels_sent = 0
         self.phase = "starting"
-        self.reader_error: str | None = None
         self.keys = ensure_key_pair(DEFAULT_KEYS_DIR)  # made on the first run, then reused
 
     # -- environment -----------------------------------------------------------------------
@@ -205,7 +194,10 @@ class Demo:
         ensure_topics(
             self.kafka(),
             [TopicSpec(t.features, partitions), TopicSpec(t.labels, partitions)]
-            + [TopicSpec(name, partitions) for name in (t.predictions, t.dlq, t.monitoring)]
+            + [
+                TopicSpec(name, partitions)
+                for name in (t.predictions, t.dlq, t.monitoring, t.shadow)
+            ]
             + [models_topic_spec(t.models)],
         )
 
@@ -213,7 +205,10 @@ class Demo:
         for index in range(count):
             log = (self.dir / f"worker-{index}.log").open("wb")
             env = self.env() | {"FORESTREAM_WORKER_INDEX": str(index)}
-            args = ("worker", "--group", f"demo-{self.run_id}", "--log-format", "json")
+            args = (
+                "worker", "--group", f"demo-{self.run_id}", "--log-format", "json",
+                "--no-follow-labels",  # the evaluator reads each label once, for the fleet
+            )  # fmt: skip
             process = subprocess.Popen(
                 _forestream(*args, *self.format.worker_args),
                 env=env,
@@ -221,6 +216,36 @@ class Demo:
                 stderr=subprocess.STDOUT,
             )
             self.workers.append((process, log))
+
+    def start_evaluator(self) -> None:
+        """One ``forestream evaluate``: joins labels with both versions' predictions, publishes
+        the counts every second and decides on v2 by the plan's rule."""
+        log = (self.dir / "evaluator.log").open("wb")
+        args = (
+            "evaluate", "--group", f"demo-eval-{self.run_id}", "--log-format", "json",
+            "--publish-interval-s", "1", "--window-s", "10",
+            "--promote-policy", self.plan.promote_rule,
+        )  # fmt: skip
+        process = subprocess.Popen(
+            _forestream(*args), env=self.env(), stdout=log, stderr=subprocess.STDOUT
+        )
+        self.evaluator = (process, log)
+
+    def stop_evaluator(self, timeout_s: float = 15.0) -> int | None:
+        if self.evaluator is None:
+            return None
+        process, log = self.evaluator
+        self.evaluator = None
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+        try:
+            code: int | None = process.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=5)
+            code = None
+        log.close()
+        return code
 
     def wait_workers_ready(self, partitions: int = 4, timeout_s: float = 60.0) -> bool:
         """Until every worker's newest assignment is non-empty and together they own every
@@ -258,9 +283,21 @@ class Demo:
         self.workers = []
         return codes
 
+    @property
+    def observed(self) -> Observed:
+        return self.observer.seen
+
+    @property
+    def reader_error(self) -> str | None:
+        return self.observer.error
+
+    def accounted(self) -> int:
+        return self.observer.accounted()
+
     def cleanup(self) -> None:
-        self._stop_reader.set()
+        self.observer.stop()
         self.stop_workers(timeout_s=10)
+        self.stop_evaluator(timeout_s=10)
         if self.started_broker_dir is not None:
             from forestream.local import kafka as local_kafka
 
@@ -279,73 +316,6 @@ class Demo:
         common = ["--data", str(csv), "--target", TARGET, *self.format.train_args]
         self.run_command("train", *common, "--seed", "1", "--promote", log_name="train-v1")
         self.run_command("train", *common, "--seed", "2", "--publish", log_name="train-v2")
-
-    # -- reading outputs -------------------------------------------------------------------
-    def start_reader(self) -> threading.Thread:
-        thread = threading.Thread(target=self._read_outputs, name="demo-reader", daemon=True)
-        thread.start()
-        return thread
-
-    def _read_outputs(self) -> None:
-        from forestream.edge.factory import partition_reader
-        from forestream.edge.interface import TopicPartition
-        from forestream.wire import headers
-
-        consumer = partition_reader(self.kafka(), client_id="forestream-demo-reader")
-        topics = [self.topics.predictions, self.topics.dlq, self.topics.monitoring]
-        assigned: list[TopicPartition] = []
-        try:
-            while not self._stop_reader.is_set():
-                fresh = [
-                    TopicPartition(topic, p)
-                    for topic in topics
-                    if topic not in {tp.topic for tp in assigned}
-                    for p in sorted(consumer.partitions(topic))
-                ]
-                if fresh:
-                    assigned += fresh
-                    consumer.assign(assigned)
-                    consumer.seek_to_beginning(fresh)
-                if not assigned:
-                    time.sleep(0.2)
-                    continue
-                records = consumer.poll_batch(2000, 0.2)
-                with self._lock:
-                    for record in records:
-                        self._observe(record.topic, record, headers)
-        except Exception as exc:  # the summary must say the numbers are incomplete
-            self.reader_error = f"{type(exc).__name__}: {exc}"
-        finally:
-            consumer.close()
-
-    def _observe(self, topic: str, record: Any, headers: Any) -> None:
-        seen = self.observed
-        if topic == self.topics.predictions:
-            value = json.loads(record.value)
-            version = value["model_version"]
-            seen.predictions_by_version[version] += 1
-            if not seen.version_order or seen.version_order[-1] != version:
-                seen.version_order.append(version)
-            seen.prediction_keys.add(record.key)
-            seen.latencies_ms.append(record.timestamp - value["event_time"])
-            seen.first_ms = min(seen.first_ms or record.timestamp, record.timestamp)
-            seen.last_ms = max(seen.last_ms or 0, record.timestamp)
-        elif topic == self.topics.dlq:
-            reason = dict(record.headers).get(headers.ERROR, b"?").decode()
-            seen.dead_letters_by_reason[reason] += 1
-            seen.dead_letter_keys.add(record.key)
-        else:
-            report = json.loads(record.value)
-            seen.reports[report["worker_id"]] = report
-            for name, drift in report.get("features", {}).items():
-                if drift.get("drifting"):
-                    seen.drift_flags.add(name)
-
-    def accounted(self) -> int:
-        with self._lock:
-            return len(self.observed.prediction_keys) + sum(
-                self.observed.dead_letters_by_reason.values()
-            )
 
     # -- the feed --------------------------------------------------------------------------
     def feed(self, csv: Path, on_progress: Any) -> None:
@@ -374,7 +344,6 @@ class Demo:
         producer = acking_producer(self.kafka(), client_id="forestream-demo-feed")
         oversize = make_oversize_producer(self.kafka())
         pending_labels: deque[tuple[float, bytes, str]] = deque()
-        promoted = False
         schedule = RateSchedule(rate=plan.rate, start=time.monotonic())
         try:
             for n in range(plan.records):
@@ -382,10 +351,6 @@ class Demo:
                     self._send_due_labels(producer, pending_labels, now)
                     time.sleep(min(0.005, wait))
                 progress = n / plan.records
-                if not promoted and progress >= plan.promote_v2_at:
-                    self.phase = "promoting v2"
-                    threading.Thread(target=self._promote_v2, daemon=True).start()
-                    promoted = True
                 drifted = progress >= plan.drift_from
                 self.phase = (
                     "streaming (drifted: bill_length_mm +2 std)" if drifted else "streaming"
@@ -431,17 +396,34 @@ class Demo:
             producer.send([Outgoing(self.topics.labels, key, value)])
             self.labels_sent += 1
 
-    def _promote_v2(self) -> None:
-        try:
-            self.run_command("models", "promote", "v2", log_name="promote-v2")
-        except UserError as exc:
-            print(f"warning: {exc}", file=sys.stderr)
+    def shadow_v2(self) -> None:
+        """v2 scores beside v1 on live traffic; the evaluator decides whether it takes over."""
+        self.run_command("models", "shadow", "v2", log_name="shadow-v2")
 
     def wait_for_outputs(self, timeout_s: float, on_progress: Any) -> bool:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             on_progress()
             if self.accounted() >= self.sent:
+                return True
+            time.sleep(0.2)
+        return False
+
+    def wait_final_reports(self, timeout_s: float) -> bool:
+        """Until the workers' newest reports (cumulative) count every record sent."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.observer.reports_counted() >= self.sent:
+                return True
+            time.sleep(0.2)
+        return False
+
+    def wait_labelled(self, timeout_s: float, on_progress: Any) -> bool:
+        """Until the evaluator's published counts hold every label sent (each joins once)."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            on_progress()
+            if self.observer.labelled() >= self.labels_sent:
                 return True
             time.sleep(0.2)
         return False
@@ -486,14 +468,17 @@ def run_demo(
             csv = demo.write_data()
             status("training v1 and v2")
             demo.train(csv)
-            status("starting two workers")
+            status("starting two workers and an evaluator")
             demo.start_workers(2)
+            demo.start_evaluator()
             status("waiting for the workers to share the partitions")
             if not demo.wait_workers_ready():
                 print(
                     "warning: the workers did not share all partitions within 60 s", file=sys.stderr
                 )
-            demo.start_reader()
+            status("announcing v2 as a shadow of v1")
+            demo.shadow_v2()
+            demo.observer.start()
 
             def sent() -> None:
                 progress.update(task, completed=demo.sent)
@@ -503,18 +488,28 @@ def run_demo(
             demo.feed(csv, sent)
             if not demo.wait_for_outputs(60, lambda: status("waiting for the last outputs")):
                 print("warning: not every record was accounted for within 60 s", file=sys.stderr)
-            time.sleep(3)  # one more monitoring report with the final labels
-            status("stopping the workers")
+            if not demo.wait_labelled(30, lambda: status("waiting for the last labels")):
+                print(
+                    "warning: the evaluator did not count every label within 30 s", file=sys.stderr
+                )
+            if not demo.wait_final_reports(10):  # the drift windows of the last records
+                print("warning: the workers' reports lag the records sent", file=sys.stderr)
+            status("stopping the workers and the evaluator")
             codes = demo.stop_workers()
-            demo._stop_reader.set()
-        summary = summarize(demo, time.monotonic() - started, codes)
+            evaluator_code = demo.stop_evaluator()
+            demo.observer.stop()
+        summary = summarize(demo, time.monotonic() - started, codes, evaluator_code)
     finally:
         demo.cleanup()
     if as_json:
         print(json.dumps(summary, indent=2))
     else:
         print_summary(summary)
-    healthy = summary["unaccounted"] == 0 and all(code == 0 for code in codes)
+    healthy = (
+        summary["unaccounted"] == 0
+        and all(code == 0 for code in codes)
+        and summary["evaluator_exit_code"] == 0
+    )
     return 0 if healthy else 1
 
 
@@ -557,8 +552,12 @@ def register(app: typer.Typer) -> None:
             seconds=seconds or (20 if short else 60),
             drift_window=500 if short else DemoPlan.drift_window,
             # v2 has its own drift reference (its own split), so the window starts over at the
-            # swap; in 20 s, swapping before the drift leaves v2 enough drifted records to flag
-            promote_v2_at=0.45 if short else DemoPlan.promote_v2_at,
+            # swap; the short rule promotes v2 after ~2,000 records, well before the drift
+            promote_rule=(
+                "labelled>=300 and accuracy>=served-0.02 and agreement>=0.9"
+                if short
+                else DemoPlan.promote_rule
+            ),
         )
         bootstrap = bootstrap_servers or os.environ.get("FORESTREAM_BOOTSTRAP_SERVERS")
         registry_url = os.environ.get("FORESTREAM_SCHEMA_REGISTRY_URL")

@@ -3,25 +3,23 @@ and the table they are printed in."""
 
 from __future__ import annotations
 
-from collections import defaultdict
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from forestream.demo import Demo
 
 
-def summarize(demo: Demo, elapsed_s: float, exit_codes: list[int | None]) -> dict[str, Any]:
+def summarize(
+    demo: Demo, elapsed_s: float, exit_codes: list[int | None], evaluator_code: int | None
+) -> dict[str, Any]:
     """The numbers the summary table shows; pure over what the demo observed."""
     import numpy as np
 
+    from forestream.fleet.counts import accuracy_of, labelled_of, macro_f1_of
+
     seen = demo.observed
     latencies = np.asarray(seen.latencies_ms or [0])
-    online: dict[str, dict[str, float]] = defaultdict(lambda: {"labelled": 0, "correct": 0.0})
-    for report in seen.reports.values():
-        for version, acc in (report.get("online") or {}).items():
-            if acc.get("accuracy") is not None and acc.get("labelled"):
-                online[version]["labelled"] += acc["labelled"]
-                online[version]["correct"] += acc["accuracy"] * acc["labelled"]
+    fleet = seen.fleet
     span_s = ((seen.last_ms or 0) - (seen.first_ms or 0)) / 1000
     return {
         "records_in": demo.sent,
@@ -37,15 +35,46 @@ def summarize(demo: Demo, elapsed_s: float, exit_codes: list[int | None]) -> dic
         "version_order": seen.version_order,
         "drift_flags": sorted(seen.drift_flags),
         "online_accuracy": {
-            v: {"labelled": int(a["labelled"]), "accuracy": round(a["correct"] / a["labelled"], 3)}
-            for v, a in sorted(online.items())
-            if a["labelled"]
+            version: {
+                "labelled": labelled_of(matrix),
+                "accuracy": _rounded(accuracy_of(matrix)),
+                "macro_f1": _rounded(macro_f1_of(matrix)),
+            }
+            for version in sorted(fleet.windows)
+            if labelled_of(matrix := fleet.version(version))
         },
+        "shadow": {
+            f"{candidate} vs {served}": {
+                "labelled": totals.labelled,
+                "agreement": _rounded(totals.agreement),
+                "candidate_accuracy": _rounded(accuracy_of(totals.candidate)),
+                "served_accuracy": _rounded(accuracy_of(totals.served)),
+            }
+            for (candidate, served), totals in sorted(fleet.shadow.items())
+        },
+        "decisions": [_decision(event) for event in seen.decisions],
         "labels_sent": demo.labels_sent,
         "worker_exit_codes": exit_codes,
+        "evaluator_exit_code": evaluator_code,
         "elapsed_s": round(elapsed_s, 1),
         "logs": str(demo.dir),
         "reader_error": demo.reader_error,
+    }
+
+
+def _rounded(value: float | None) -> float | None:
+    return None if value is None else round(value, 3)
+
+
+def _decision(event: dict[str, Any]) -> dict[str, Any]:
+    """What a rule decided, from its models-topic event: the change and its evidence."""
+    decision = event["decision"]
+    return {
+        "kind": event["kind"],
+        "version": event["version"],
+        "by": decision.get("by"),
+        "rule": decision.get("rule"),
+        "evidence": decision.get("evidence", {}),
     }
 
 
@@ -58,8 +87,17 @@ def print_summary(summary: dict[str, Any]) -> None:
     table.add_column()
     dlq = ", ".join(f"{k} {v}" for k, v in sorted(summary["dead_letters"].items())) or "none"
     online = ", ".join(
-        f"{v} {a['accuracy']:.3f} ({a['labelled']} labels)"
+        f"{v} {a['accuracy']:.3f}, macro F1 {a['macro_f1']:.3f} ({a['labelled']:,} labels)"
         for v, a in summary["online_accuracy"].items()
+    )
+    shadow = "; ".join(
+        f"{pair}: agreement {s['agreement']}, accuracy {s['candidate_accuracy']} vs "
+        f"{s['served_accuracy']} on the same {s['labelled']:,} records"
+        for pair, s in summary["shadow"].items()
+    )
+    decisions = "; ".join(
+        f"{d['version']} {d['kind']} by rule ({_evidence(d['evidence'])})"
+        for d in summary["decisions"]
     )
     rows = [
         ("records in", f"{summary['records_in']:,}"),
@@ -77,10 +115,20 @@ def print_summary(summary: dict[str, Any]) -> None:
         ("versions served", ", ".join(f"{v} {n:,}" for v, n in summary["versions_served"].items())),
         ("drift flags", ", ".join(summary["drift_flags"]) or "none"),
         ("online accuracy", online or "no labels joined"),
+        ("shadow", shadow or "no labelled shadow records"),
+        ("decision", decisions or "none: the rule did not hold"),
         ("workers exited", ", ".join(str(c) for c in summary["worker_exit_codes"])),
+        ("evaluator exited", str(summary["evaluator_exit_code"])),
         ("elapsed", f"{summary['elapsed_s']} s"),
         ("logs", summary["logs"]),
     ]
     for name, value in rows:
         table.add_row(name, value)
     Console().print(table)
+
+
+def _evidence(evidence: dict[str, Any]) -> str:
+    return ", ".join(
+        f"{name} {value:.3f}" if isinstance(value, float) else f"{name} {value}"
+        for name, value in evidence.items()
+    )

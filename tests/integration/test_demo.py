@@ -38,10 +38,17 @@ def test_short_demo_accounts_for_every_record_and_tells_the_whole_story(
     # every malformed record sent is in the DLQ under its reason, and nothing else is
     assert summary["dead_letters"] == summary["malformed_sent"]
     assert set(summary["malformed_sent"]) >= {"not_json", "too_large", "wrong_type"}
-    # the promotion happened mid-stream: v1 first, then v2
+    # v2 shadowed v1, and the evaluator promoted it by the rule on the same records' evidence
+    [decision] = summary["decisions"]
+    assert (decision["kind"], decision["version"]) == ("promoted", "v2"), decision
+    assert decision["evidence"]["labelled"] >= 300 and decision["evidence"]["agreement"] >= 0.9
+    shadow = summary["shadow"]["v2 vs v1"]
+    assert shadow["labelled"] >= decision["evidence"]["labelled"]
+    # then the workers served it: v1 first, then v2
     assert [v for v in summary["version_order"] if v in ("v1", "v2")][:2] == ["v1", "v2"]
     assert summary["versions_served"]["v1"] > 0 and summary["versions_served"]["v2"] > 0
-    # the drifted feature, and only it, is flagged; late labels give an online accuracy
+    # the drifted feature, and only it, is flagged; the evaluator counted every label once
     assert summary["drift_flags"] == ["bill_length_mm"]
-    assert summary["online_accuracy"]["v1"]["labelled"] > 0
-    assert summary["worker_exit_codes"] == [0, 0]
+    online = summary["online_accuracy"]
+    assert sum(v["labelled"] for v in online.values()) == summary["labels_sent"]
+    assert summary["worker_exit_codes"] == [0, 0] and summary["evaluator_exit_code"] == 0
