@@ -1,9 +1,9 @@
 """Promotion by rule against the real broker and a real store: a ``forestream evaluate``
-process with ``--promote-policy`` reads counts the test writes onto the monitoring topic
-(constructed so each outcome is certain) and changes what is served through the registry's
-compare-and-set: a worse candidate is not promoted, a better one is, and the promoted version,
-degrading on its first labels, is rolled back. Each decision carries its evidence onto the
-models topic and into ``models list``."""
+process with ``--promote-policy`` joins predictions, shadow records and labels the test writes
+(constructed so each outcome is certain), publishes its counts, and changes what is served
+through the registry's compare-and-set: a worse candidate is not promoted, a better one is,
+and the promoted version, degrading on its first labels, is rolled back. Each decision
+carries its evidence onto the models topic and into ``models list``."""
 
 from __future__ import annotations
 
@@ -21,11 +21,12 @@ from forestream.registry.announce import ModelsTopic, change_serving, change_ser
 from forestream.registry.local import PROMOTIONS, LocalModelStore
 from forestream.wire.messages import (
     Decision,
-    EvaluationCounts,
     ModelEvent,
+    Prediction,
+    ServedPrediction,
     ServingRef,
-    ShadowCounts,
     ShadowEvent,
+    SourceRef,
     shadow_key,
 )
 from forestream.worker.assignment_log import log_events
@@ -36,25 +37,17 @@ from tests.worker_support import ROOT, make_frame, save_model, worker_env
 NAME = "m"
 
 
-def confusion(right: int, wrong: int) -> dict[str, dict[str, int]]:
-    return {"a": {"a": right, "b": wrong}}
-
-
-def shadow_counts(candidate: str, served: str, cand_right: int, served_right: int) -> bytes:
-    """100 labelled shadow records, 95 agreed."""
-    return ShadowCounts(
-        evaluator_id="test", candidate_version=candidate, served_version=served,
-        window_start=0, window_s=60.0, labelled=100, agreed=95,
-        candidate_confusion=confusion(cand_right, 100 - cand_right),
-        served_confusion=confusion(served_right, 100 - served_right), at=1,
-    ).model_dump_json().encode()  # fmt: skip
-
-
-def evaluation_counts(version: str, right: int, wrong: int, window: int) -> bytes:
-    return EvaluationCounts(
-        evaluator_id="test", model_version=version, window_start=window, window_s=60.0,
-        labelled=right + wrong, confusion=confusion(right, wrong), at=1,
-    ).model_dump_json().encode()  # fmt: skip
+def prediction(version: str, right: bool, served: tuple[str, bool] | None = None) -> bytes:
+    """A prediction record as a worker writes it, for a record whose true class is ``a``;
+    ``served``: a shadow record's served version and whether that one was right."""
+    return Prediction(
+        prediction="a" if right else "b", probabilities={"a": 0.5, "b": 0.5},
+        model_version=version, source=SourceRef(topic="in", partition=0, offset=0),
+        event_time=1, scored_at=1,
+        served=None if served is None else ServedPrediction(
+            version=served[0], prediction="a" if served[1] else "b"
+        ),
+    ).model_dump_json(exclude_none=True).encode()  # fmt: skip
 
 
 def test_the_rule_promotes_a_better_candidate_refuses_a_worse_and_rolls_back_a_degrading(
@@ -64,7 +57,8 @@ def test_the_rule_promotes_a_better_candidate_refuses_a_worse_and_rolls_back_a_d
     for seed in (1, 2, 3):
         save_model(store, NAME, make_frame(120, seed=seed), trees=2)
     (store / NAME / PROMOTIONS).unlink()
-    topics = {r: topic_name(r) for r in ("predictions", "labels", "monitoring", "models")}
+    roles = ("predictions", "shadow", "labels", "monitoring", "models")
+    topics = {r: topic_name(r) for r in roles}
     ensure_topics(kafka_bootstrap, [TopicSpec(topics[r], 1) for r in topics if r != "models"])
     change_serving(kafka_bootstrap, topics["models"], LocalModelStore(store), NAME, "promote", "v1")
     registry = LocalModelStore(store)
@@ -78,9 +72,25 @@ def test_the_rule_promotes_a_better_candidate_refuses_a_worse_and_rolls_back_a_d
 
     producer = make_producer(kafka_bootstrap)
 
-    def write(*values: bytes) -> None:
-        for value in values:
-            producer.send(topics["monitoring"], key=b"k", value=value)
+    def shadowed(candidate: str, candidate_right: int, served_right: int) -> None:
+        """100 records of true class ``a``, shadow-scored by ``candidate`` beside v1 (served):
+        the first ``candidate_right`` right for the candidate, ``served_right`` for v1; then
+        their labels."""
+        for i in range(100):
+            value = prediction(candidate, i < candidate_right, ("v1", i < served_right))
+            producer.send(topics["shadow"], key=f"{candidate}-{i}".encode(), value=value)
+        labelled(f"{candidate}-{i}" for i in range(100))
+
+    def served(version: str, right: int, prefix: str) -> None:
+        """100 records of class ``a`` served by ``version``, the first ``right`` right."""
+        for i in range(100):
+            value = prediction(version, i < right)
+            producer.send(topics["predictions"], key=f"{prefix}-{i}".encode(), value=value)
+        labelled(f"{prefix}-{i}" for i in range(100))
+
+    def labelled(keys: Any) -> None:
+        for key in keys:
+            producer.send(topics["labels"], key=key.encode(), value=b'{"label": "a"}')
         producer.flush(30)
 
     policy = tmp_path / "policy.toml"
@@ -93,6 +103,7 @@ def test_the_rule_promotes_a_better_candidate_refuses_a_worse_and_rolls_back_a_d
         sys.executable, "-m", "forestream.cli", "evaluate",
         "--bootstrap-servers", kafka_bootstrap,
         "--output-topic", topics["predictions"], "--labels-topic", topics["labels"],
+        "--shadow-topic", topics["shadow"],
         "--monitoring-topic", topics["monitoring"], "--models-topic", topics["models"],
         "--group", topic_name("group"), "--publish-interval-s", "0.3",
         "--promote-policy", str(policy), "--store", str(store), "--name", NAME,
@@ -117,7 +128,7 @@ def test_the_rule_promotes_a_better_candidate_refuses_a_worse_and_rolls_back_a_d
     try:
         # a worse candidate: v3 is less accurate than v1 on the same records
         announce_shadow("v3")
-        write(shadow_counts("v3", "v1", cand_right=80, served_right=90))
+        shadowed("v3", candidate_right=80, served_right=90)  # agreement 0.90, accuracy 0.80
         waiting = wait_until(
             lambda: [e for e in logged("promotion_waiting") if e.get("labelled") == 100],
             "the decider judging v3's 100 labelled shadow records",
@@ -131,7 +142,7 @@ def test_the_rule_promotes_a_better_candidate_refuses_a_worse_and_rolls_back_a_d
 
         # a better candidate: v2 beats v1 on the same records
         announce_shadow("v2")
-        write(shadow_counts("v2", "v1", cand_right=97, served_right=90))
+        shadowed("v2", candidate_right=97, served_right=90)  # agreement 0.93, accuracy 0.97
         (promoted,) = wait_until(lambda: logged("promotion_decided"), "v2 promoted", 20, seen=seen)
         assert (promoted["version"], promoted["replaced"]) == ("v2", "v1")
         assert (promoted["labelled"], promoted["accuracy"]) == (100, 0.97)
@@ -143,7 +154,8 @@ def test_the_rule_promotes_a_better_candidate_refuses_a_worse_and_rolls_back_a_d
         assert registry.served(NAME) == "v2"
 
         # v2 degrades: 0.60 over its first 100 labels, v1 had 0.90 -> rolled back to v1
-        write(evaluation_counts("v1", 90, 10, 0), evaluation_counts("v2", 60, 40, 60_000))
+        served("v1", 90, "before")  # what v1 scored (its records predicted before the swap)
+        served("v2", 60, "after")
         (rolled,) = wait_until(lambda: logged("rollback_decided"), "v2 rolled back", 20, seen=seen)
         assert (rolled["version"], rolled["replaced"]) == ("v1", "v2")
         assert (rolled["accuracy"], rolled["previous_accuracy"]) == (0.6, 0.9)
