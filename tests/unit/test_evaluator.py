@@ -254,3 +254,33 @@ def test_exactly_once_reads_labels_again_for_a_partition_given_straight_back() -
     evaluator.assigned(tps[:1])  # and partition 0 comes straight back
     assert len(evaluator.buffer) == 0  # the pair, not committed, is dropped...
     assert evaluator.seek_due == {0} and evaluator.labels_due == {0}  # ...and read again
+
+
+def test_at_least_once_keeps_what_waits_on_a_partition_given_straight_back() -> None:
+    """The same eager rebalance at-least-once: revocation publishes and commits (labels at the
+    position read), so a label waiting for its prediction is not read again; the partition
+    given back resumes with it instead of losing it. A partition that moved is dropped once
+    the poll returns, its totals kept."""
+    from typing import cast
+
+    from forestream.edge.interface import AckingProducer
+    from forestream.worker.evaluator.service import Evaluator
+    from forestream.worker.evaluator.settings import EvaluatorSettings
+
+    evaluator = Evaluator(EvaluatorSettings(), ident="e1")
+    evaluator.producer = cast(AckingProducer, object())  # nothing to publish: never used
+    tps = [TopicPartition("labels", p) for p in (0, 1)]
+    evaluator.assigned(tps)
+    evaluator.seek_due.clear()  # what the loop does once it has positioned the reader
+    evaluator.joins[0].add_label(b"k", 7, 1_000, "a")  # read before its prediction
+    evaluator.label_pos[0], evaluator.prediction_pos[0] = 8, 3
+    evaluator.joins[1].add_prediction(b"m", 4, 1_000, pred("a"))
+    offsets = evaluator.revoking(tps)  # eager: every partition goes, committed as read
+    assert offsets[TopicPartition(evaluator.s.labels_topic, 0)] == 8
+    evaluator.assigned(tps[:1])  # partition 0 comes straight back, 1 moved
+    assert len(evaluator.joins[0].labels) == 1 and evaluator.label_pos[0] == 8
+    assert 0 not in evaluator.seek_due  # the reader goes on where it was: nothing re-read
+    evaluator._drop_parked()  # the poll that ran the rebalance returned
+    assert set(evaluator.joins) == {0} and not evaluator.parked
+    evaluator.joins[0].add_prediction(b"k", 9, 1_000, pred("a"))
+    assert len(evaluator.buffer) == 1  # the pair the label was waiting for is counted

@@ -45,13 +45,13 @@ from forestream.worker.evaluator.join import (
     decode_shadow,
     label_or_reason,
 )
+from forestream.worker.evaluator.moves import PartitionMoves
 from forestream.worker.evaluator.topics import (
     COMMIT_TIMEOUT_S,
     Rebalance,
     check_co_partitioned,
     shadow_topic_to_read,
 )
-from forestream.worker.evaluator.totals import prefixed
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -78,7 +78,7 @@ def evaluator_id() -> str:
     return f"{socket.gethostname()}-{os.getpid()}-evaluator"
 
 
-class Evaluator:
+class Evaluator(PartitionMoves):
     """One evaluator process; the state below is guarded by ``_lock`` because rebalance
     callbacks may run on the client's IO thread (kafka-python) while the loop polls.
 
@@ -113,6 +113,9 @@ class Evaluator:
         """Partitions (re)assigned since the reader was positioned on them: their state is new,
         so their predictions are read again from the committed offset (an eager rebalance
         takes a partition away and gives it back between two polls)."""
+        self.parked = {}
+        """At-least-once: partitions revoked, kept until the rebalance ends; those given
+        straight back resume with their waiting records (see ``revoking``)."""
         self.labels_due: set[int] = set()
         """Exactly-once: partitions kept through a rebalance, or assigned, whose labels are read
         again from the committed offset (see ``_rewind_all`` and ``assigned``)."""
@@ -219,6 +222,8 @@ class Evaluator:
                 group.maintain()  # the adapter's client workarounds (a stalled group join)
                 self._follow()
                 labels = group.poll_batch(2000, 0.1)
+                with self._lock:
+                    self._drop_parked()  # a rebalance ends inside the poll: kept or moved
                 predictions = reader.poll_batch(2000, 0.05) if self.following else []
                 with self._lock:
                     self._feed_predictions(predictions)
@@ -515,79 +520,3 @@ class Evaluator:
             self.outbox = []
 
     # -- the group's calls ----------------------------------------------------------------------
-
-    def assigned(self, partitions: list[TopicPartition]) -> None:
-        with self._lock:
-            self.seek_due.update(tp.partition for tp in partitions)
-            if self.txn is not None:
-                # what was read since the last transaction is gone (``_rewind_all``), but a
-                # partition revoked and given straight back (kafka-python's eager rebalance
-                # revokes all) keeps the group consumer's position: read its labels again from
-                # the committed offset too, or the pairs they made are lost
-                self.labels_due.update(tp.partition for tp in partitions)
-            for tp in partitions:
-                if tp.partition not in self.joins:
-                    self._add_joins(tp.partition)
-            owned = sorted(self.joins)
-        log.info(
-            "evaluator_assigned", partitions=sorted(tp.partition for tp in partitions), owned=owned
-        )
-
-    def _add_joins(self, partition: int) -> None:
-        max_wait_ms = int(self.s.evaluator_max_wait_s * 1000)
-        pending = self.s.evaluator_max_pending
-        self.joins[partition] = PartitionJoin(self.buffer, pending, max_wait_ms)
-        if self.shadow_topic is not None:
-            self.shadow_joins[partition] = PartitionJoin(self.shadow_buffer, pending, max_wait_ms)
-
-    def revoking(self, partitions: list[TopicPartition]) -> dict[TopicPartition, int]:
-        numbers = {tp.partition for tp in partitions}
-        with self._lock:
-            if self.txn is not None:
-                self._rewind_all(numbers)
-                offsets: dict[TopicPartition, int] = {}
-            else:
-                offsets = self.offsets(numbers) if self.publish() else {}
-                self._drop(numbers)
-            owned = sorted(self.joins)
-        log.info("evaluator_revoked", partitions=sorted(numbers), owned=owned)
-        return offsets
-
-    def released(self, partitions: list[TopicPartition]) -> None:
-        with self._lock:
-            if self.txn is not None:
-                self._rewind_all({tp.partition for tp in partitions})
-            else:
-                self._drop({tp.partition for tp in partitions})
-
-    def _rewind_all(self, leaving: set[int]) -> None:
-        """Exactly-once, partitions going: nothing since the last transaction counts. A
-        transaction here would run on the client's rebalance path (kafka-python: its IO loop,
-        which the transaction itself needs), so the counts not yet committed are dropped, for
-        every partition (they are mixed in the buffer), and the partitions kept are read again
-        from the group's committed offsets, both topics."""
-        kept = set(self.joins) - leaving
-        self.buffer.cells = {}
-        self.shadow_buffer.cells = {}
-        self.outbox = []
-        self._drop(set(self.joins))
-        for p in kept:
-            self._add_joins(p)
-        self.seek_due |= kept
-        self.labels_due |= kept
-
-    def _drop(self, numbers: set[int]) -> None:
-        for p in numbers:
-            join = self.joins.pop(p, None)
-            if join is not None:  # keep the process totals across a move
-                self.joined += join.joined
-                self.evicted.update(join.evicted)
-                self.rejected.update(join.rejected)
-            self.label_pos.pop(p, None)
-            self.prediction_pos.pop(p, None)
-            shadow = self.shadow_joins.pop(p, None)
-            if shadow is not None:
-                self.shadow_joined += shadow.joined
-                self.evicted.update(prefixed(shadow.evicted))
-                self.rejected.update(prefixed(shadow.rejected))
-            self.shadow_pos.pop(p, None)
