@@ -227,3 +227,17 @@ def test_a_released_model_is_not_kept_alive_by_its_compiled_engine() -> None:
     del model
     gc.collect()
     assert released() is None
+
+
+def test_the_forest_still_scores_after_the_compilers_pages_are_released() -> None:
+    """LLVM's library leaves the resident set once the kernel is loaded; scoring and a later
+    compile read its pages back as needed."""
+    import numba
+
+    from forestream.worker.process_memory import release_compiler_pages
+
+    model, rows = _forest(3, None, 6, 5, 0.0, seed=3)
+    compiled = compile_forest(model)
+    assert release_compiler_pages() > 0
+    assert np.array_equal(compiled.predict_proba(rows), model.predict_proba(rows))
+    assert numba.njit(lambda a: a + 1)(41) == 42
