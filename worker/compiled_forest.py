@@ -82,8 +82,49 @@ _t = _numba.types
 
 
 @_numba.njit(
-    _t.void(_t.float32[:, ::1], _t.float32[::1], _t.uint32[::1], _t.uint32[::1],
-            _t.uint64[::1], _t.float64[:, ::1], _t.float64[:, ::1], _t.uint32),
+    _t.void(_t.float32[:, ::1], _t.float32[::1], _t.uint32[::1], _t.uint8[::1],
+            _t.uint32[::1], _t.uint64[::1], _t.float64[:, ::1], _t.float64[:, ::1], _t.uint32),
+    cache=True,
+    nogil=True,
+    boundscheck=False,
+)  # fmt: skip
+def _walk_missing(  # pragma: no cover - compiled by numba; tests call it through CompiledForest
+    x: np.ndarray,
+    thresholds: np.ndarray,
+    packed: np.ndarray,
+    nan_left: np.ndarray,
+    leaf_of: np.ndarray,
+    roots: np.ndarray,
+    leaves: np.ndarray,
+    out: np.ndarray,
+    feature_bits: int,
+) -> None:
+    """Input with NaN somewhere: one walk at a time, a NaN going where sklearn's
+    ``missing_go_to_left`` sends it (a leaf's flag is 0 and its distance 0, so a leaf holds)."""
+    n, n_classes, n_trees = x.shape[0], out.shape[1], roots.shape[0]
+    mask = (np.uint32(1) << feature_bits) - np.uint32(1)
+    out[:] = 0.0
+    for t in range(n_trees):
+        for i in range(n):
+            row, k = x[i], roots[t]
+            while True:
+                p = packed[k]
+                value = row[p & mask]
+                if value <= thresholds[k] or (value != value and nan_left[k] != 0):
+                    following = k + np.uint64(1)
+                else:
+                    following = k + np.uint64(p >> feature_bits)
+                if following == k:
+                    break
+                k = following
+            for c in range(n_classes):
+                out[i, c] += leaves[leaf_of[k], c]
+    out /= n_trees
+
+
+@_numba.njit(
+    _t.void(_t.float32[:, ::1], _t.float32[::1], _t.uint32[::1], _t.uint8[::1],
+            _t.uint32[::1], _t.uint64[::1], _t.float64[:, ::1], _t.float64[:, ::1], _t.uint32),
     cache=True,
     nogil=True,
     boundscheck=False,
@@ -92,19 +133,26 @@ def _walk(  # pragma: no cover - compiled by numba; tests call it through Compil
     x: np.ndarray,
     thresholds: np.ndarray,
     packed: np.ndarray,
+    nan_left: np.ndarray,
     leaf_of: np.ndarray,
     roots: np.ndarray,
     leaves: np.ndarray,
     out: np.ndarray,
     feature_bits: int,
 ) -> None:
-    """Input without NaN: per group (a block of rows, one tree or a few), level by level, each
-    walk under way one step; then each row adds its leaf of each tree in tree order.
+    """Per group (a block of rows, one tree or a few), level by level, each walk under way one
+    step; then each row adds its leaf of each tree in tree order. Input with a NaN goes to
+    :func:`_walk_missing` (checked here: numpy's check cost ~2 µs a call, most of a record's).
 
     A walk is one int64 in ``live``: its slot in ``reached`` (tree-major) in the high 32 bits,
     its row's offset in the block's input in the low 32; its node is ``at``."""
     n, n_classes, n_trees, n_features = x.shape[0], out.shape[1], roots.shape[0], x.shape[1]
     flat = x.ravel()
+    for i in range(flat.shape[0]):
+        if np.isnan(flat[i]):
+            _walk_missing(x, thresholds, packed, nan_left, leaf_of, roots, leaves, out,
+                          feature_bits)  # fmt: skip
+            return
     mask = (np.uint32(1) << feature_bits) - np.uint32(1)
     block = min(n, BLOCK_ROWS)
     per_group = max(1, GROUP_WALKS // max(block, 1))
@@ -144,47 +192,6 @@ def _walk(  # pragma: no cover - compiled by numba; tests call it through Compil
                     slot += 1
                     for c in range(n_classes):
                         out[start + r, c] += leaves[leaf, c]
-    out /= n_trees
-
-
-@_numba.njit(
-    _t.void(_t.float32[:, ::1], _t.float32[::1], _t.uint32[::1], _t.uint8[::1],
-            _t.uint32[::1], _t.uint64[::1], _t.float64[:, ::1], _t.float64[:, ::1], _t.uint32),
-    cache=True,
-    nogil=True,
-    boundscheck=False,
-)  # fmt: skip
-def _walk_missing(  # pragma: no cover - compiled by numba; tests call it through CompiledForest
-    x: np.ndarray,
-    thresholds: np.ndarray,
-    packed: np.ndarray,
-    nan_left: np.ndarray,
-    leaf_of: np.ndarray,
-    roots: np.ndarray,
-    leaves: np.ndarray,
-    out: np.ndarray,
-    feature_bits: int,
-) -> None:
-    """Input with NaN somewhere: one walk at a time, a NaN going where sklearn's
-    ``missing_go_to_left`` sends it (a leaf's flag is 0 and its distance 0, so a leaf holds)."""
-    n, n_classes, n_trees = x.shape[0], out.shape[1], roots.shape[0]
-    mask = (np.uint32(1) << feature_bits) - np.uint32(1)
-    out[:] = 0.0
-    for t in range(n_trees):
-        for i in range(n):
-            row, k = x[i], roots[t]
-            while True:
-                p = packed[k]
-                value = row[p & mask]
-                if value <= thresholds[k] or (value != value and nan_left[k] != 0):
-                    following = k + np.uint64(1)
-                else:
-                    following = k + np.uint64(p >> feature_bits)
-                if following == k:
-                    break
-                k = following
-            for c in range(n_classes):
-                out[i, c] += leaves[leaf_of[k], c]
     out /= n_trees
 
 
@@ -231,13 +238,8 @@ class CompiledForest:
         if x.ndim != 2 or x.shape[1] != self.n_features:
             raise ValueError(f"expected {self.n_features} features, got shape {x.shape}")
         out = np.empty((x.shape[0], self.n_classes), dtype=np.float64)
-        bits = np.uint32(self.feature_bits)
-        if np.isnan(x).any():
-            _walk_missing(x, self.thresholds, self.packed, self.nan_left, self.leaf_of,
-                          self.roots, self.leaves, out, bits)  # fmt: skip
-        else:
-            _walk(x, self.thresholds, self.packed, self.leaf_of, self.roots, self.leaves, out,
-                  bits)  # fmt: skip
+        _walk(x, self.thresholds, self.packed, self.nan_left, self.leaf_of, self.roots,
+              self.leaves, out, np.uint32(self.feature_bits))  # fmt: skip
         return out
 
 
