@@ -13,8 +13,8 @@ list is empty. The steps of one pass do not depend on each other, so the core ke
 node loads in flight instead of one per walk, and no branch guesses the direction of a split
 (the one branch left, "did this walk stop", is almost always "no"). A group is up to
 :data:`BLOCK_ROWS` rows of one tree; a smaller batch takes several trees at a time, up to
-:data:`GROUP_WALKS` walks (a single record walks up to 128 trees side by side). Four interleaved walks
-per tree, the layout before, were measured at about twice the cost
+:data:`GROUP_WALKS` walks (a single record walks up to 128 trees side by side). Four
+interleaved walks per tree, the layout before, were measured at about twice the cost
 (docs/benchmark-findings.md).
 
 Each row adds its leaves' class probabilities in float64 in tree order, then divides by the
