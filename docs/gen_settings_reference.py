@@ -175,7 +175,7 @@ DESCRIPTIONS: dict[str, str] = {
     "pipeline": "score the next batch while the previous one's outputs are acknowledged",
     "max_records": "exit 0 after this many input records (demos, tests)",
     "forest_engine": "`auto`: the compiled forest engine once it passed the parity gate "
-    "(bit-identical); `sklearn`: sklearn's trees only, numba never imported (~100 MB less RSS)",
+    "(bit-identical); `sklearn`: sklearn's trees only, numba never imported (~90 MB less peak RSS)",
     "max_record_bytes": "larger input values are dead-lettered as `too_large` unparsed (1 MiB)",
     "summary_interval_s": "seconds between the throughput summaries in the log",
     "metrics_port": "serve `/metrics`, `/healthz`, `/readyz` here (plus the worker index: set by "

@@ -1,17 +1,26 @@
 """A fitted sklearn random forest as one compact node array and a numba loop over it.
 
 sklearn walks the forest tree by tree (one Cython pass over the whole batch per tree, then a
-float64 sum); the benchmark forest's trees are deep (unlimited depth), so the walk is bound by
-memory, not arithmetic. Here every tree is renumbered depth-first so that a node's left child
-is the next node and only the right child's index is stored: a node is 12 bytes (float32
-threshold rounded down, uint32 feature, uint32 right child) and a root-to-leaf walk mostly reads
-forward in one array. Rows go in blocks of :data:`BLOCK_ROWS`, tree after tree, four walks side
-by side; one pass per record across every tree measured slower (the forest does not stay in
-cache between records: docs/benchmark-findings.md). Each row adds its leaves' class
-probabilities in float64 in tree order, then divides by the tree count: exactly the additions
-and the division ``RandomForestClassifier.predict_proba`` performs, element by element, so the
-result is bit-identical (the parity gate of :mod:`forestream.worker.forest_engine` checks
-that, it does not assume it).
+float64 sum); the benchmark forest's trees are deep (unlimited depth), so a walk is a chain of
+dependent loads, and sklearn's (like a plain loop's) waits on each one. Here every tree is
+renumbered depth-first so that a node's left child is the next node: a node is 8 bytes
+(float32 threshold rounded down; a uint32 holding the feature index in its low bits and the
+distance to the right child in the rest, see :data:`NODE`) and a walk mostly reads forward.
+
+The walks go level by level (:func:`_walk`): every walk still under way in a group takes one
+step, those that reached their leaf drop out of the list, and the loop goes round until the
+list is empty. The steps of one pass do not depend on each other, so the core keeps dozens of
+node loads in flight instead of one per walk, and no branch guesses the direction of a split
+(the one branch left, "did this walk stop", is almost always "no"). A group is up to
+:data:`BLOCK_ROWS` rows of one tree; a smaller batch takes several trees at a time, up to
+:data:`GROUP_WALKS` walks (a single record walks up to 128 trees side by side). Four
+interleaved walks per tree, the layout before, were measured at about twice the cost
+(docs/benchmark-findings.md).
+
+Each row adds its leaves' class probabilities in float64 in tree order, then divides by the
+tree count: exactly the additions and the division ``RandomForestClassifier.predict_proba``
+performs, element by element, so the result is bit-identical (the parity gate of
+:mod:`forestream.worker.forest_engine` checks that, it does not assume it).
 
 Semantics kept from sklearn's ``Tree.apply``: the input is float32 (what sklearn casts to),
 and ``x <= t`` goes left (the threshold rounded down to float32 decides exactly as sklearn's
@@ -34,16 +43,19 @@ from typing import Any
 
 import numpy as np
 
-NODE = np.dtype([("threshold", "<f4"), ("feature", "<u4"), ("right", "<u4")])
-"""One node, 12 bytes. A split sends ``x[feature] <= threshold`` to the next node, anything
-else to node ``right``. A leaf points to itself (``threshold`` NaN, ``right`` its own index), so
-a walk that reached its leaf stays there and four walks can step together without a test per
-walk. ``threshold`` is sklearn's float64 threshold rounded *down* to float32: for every float32
-``x`` (what sklearn casts its input to), ``x <= t64`` exactly when ``x <= floor32(t64)``."""
+NODE = np.dtype([("threshold", "<f4"), ("packed", "<u4")])
+"""One node, 8 bytes. ``packed`` is ``distance << feature_bits | feature``: a split sends
+``x[feature] <= threshold`` to the next node, anything else ``distance`` nodes further on (its
+right child). A leaf has ``threshold`` NaN and distance 0, so a step from a leaf stays there
+(that step is how a walk finds out it ended). ``threshold`` is sklearn's float64 threshold
+rounded *down* to float32: for every float32 ``x`` (what sklearn casts its input to),
+``x <= t64`` exactly when ``x <= floor32(t64)``."""
 _LEAF = -1
 BLOCK_ROWS = 256
-"""Rows walked through every tree before the next block: the block's input (30 KB at 30
-features) stays in the core's cache while each tree's nodes come and go."""
+"""Rows of one group: the block's input (30 KB at 30 features) and one tree's nodes stay in
+the core's cache while the block walks it."""
+GROUP_WALKS = 128
+"""A batch smaller than this walks several trees at once, up to this many walks in a group."""
 
 
 def _cache_dir() -> str:
@@ -55,6 +67,11 @@ def _cache_dir() -> str:
 def _import_numba() -> Any:
     import numba
 
+    from forestream.worker.process_memory import release_compiler_pages
+
+    # importing llvmlite left ~50 MB of its library resident that loading the kernel does not
+    # read again: released now, the process's peak while a version loads is ~25 MB lower
+    release_compiler_pages()
     if not os.environ.get("NUMBA_CACHE_DIR"):
         numba.config.CACHE_DIR = _cache_dir()  # type: ignore[attr-defined]
     return numba
@@ -62,99 +79,41 @@ def _import_numba() -> Any:
 
 _numba = _import_numba()
 _t = _numba.types
-_NODES = _numba.from_dtype(NODE)[::1]
-_ONE = np.uint64(1)
-
-
-@_numba.njit(inline="always")
-def _step(row: np.ndarray, nodes: np.ndarray, k: Any) -> Any:  # pragma: no cover - numba
-    node = nodes[k]
-    return k + _ONE if row[node.feature] <= node.threshold else np.uint64(node.right)
 
 
 @_numba.njit(
-    _t.void(_t.float32[:, ::1], _NODES, _t.uint32[::1], _t.uint64[::1], _t.float64[:, ::1],
-            _t.float64[:, ::1]),
+    _t.void(_t.float32[:, ::1], _t.float32[::1], _t.uint32[::1], _t.uint8[::1],
+            _t.uint32[::1], _t.uint64[::1], _t.float64[:, ::1], _t.float64[:, ::1], _t.uint32),
     cache=True,
     nogil=True,
-)  # fmt: skip
-def _walk(  # pragma: no cover - compiled by numba; tests call it through CompiledForest
-    x: np.ndarray,
-    nodes: np.ndarray,
-    leaf_of: np.ndarray,
-    roots: np.ndarray,
-    leaves: np.ndarray,
-    out: np.ndarray,
-) -> None:
-    """Input without NaN: per block of rows, tree after tree, four rows' walks side by side
-    (independent chains of loads the core overlaps); each row adds its leaf of each tree in
-    tree order."""
-    n, n_classes, n_trees = x.shape[0], out.shape[1], roots.shape[0]
-    out[:] = 0.0
-    for start in range(0, n, BLOCK_ROWS):
-        stop = min(n, start + BLOCK_ROWS)
-        for t in range(n_trees):
-            root = roots[t]
-            i = start
-            while i + 4 <= stop:
-                x0, x1, x2, x3 = x[i], x[i + 1], x[i + 2], x[i + 3]
-                k0 = k1 = k2 = k3 = root
-                while True:
-                    n0 = _step(x0, nodes, k0)
-                    n1 = _step(x1, nodes, k1)
-                    n2 = _step(x2, nodes, k2)
-                    n3 = _step(x3, nodes, k3)
-                    if (n0 == k0) & (n1 == k1) & (n2 == k2) & (n3 == k3):
-                        break
-                    k0, k1, k2, k3 = n0, n1, n2, n3
-                for c in range(n_classes):
-                    out[i, c] += leaves[leaf_of[k0], c]
-                    out[i + 1, c] += leaves[leaf_of[k1], c]
-                    out[i + 2, c] += leaves[leaf_of[k2], c]
-                    out[i + 3, c] += leaves[leaf_of[k3], c]
-                i += 4
-            while i < stop:
-                row, k = x[i], root
-                while True:
-                    following = _step(row, nodes, k)
-                    if following == k:
-                        break
-                    k = following
-                for c in range(n_classes):
-                    out[i, c] += leaves[leaf_of[k], c]
-                i += 1
-    out /= n_trees
-
-
-@_numba.njit(
-    _t.void(_t.float32[:, ::1], _NODES, _t.uint8[::1], _t.uint32[::1], _t.uint64[::1],
-            _t.float64[:, ::1], _t.float64[:, ::1]),
-    cache=True,
-    nogil=True,
+    boundscheck=False,
 )  # fmt: skip
 def _walk_missing(  # pragma: no cover - compiled by numba; tests call it through CompiledForest
     x: np.ndarray,
-    nodes: np.ndarray,
+    thresholds: np.ndarray,
+    packed: np.ndarray,
     nan_left: np.ndarray,
     leaf_of: np.ndarray,
     roots: np.ndarray,
     leaves: np.ndarray,
     out: np.ndarray,
+    feature_bits: int,
 ) -> None:
     """Input with NaN somewhere: one walk at a time, a NaN going where sklearn's
-    ``missing_go_to_left`` sends it (a leaf's flag is 0, so a leaf still holds)."""
+    ``missing_go_to_left`` sends it (a leaf's flag is 0 and its distance 0, so a leaf holds)."""
     n, n_classes, n_trees = x.shape[0], out.shape[1], roots.shape[0]
+    mask = (np.uint32(1) << feature_bits) - np.uint32(1)
     out[:] = 0.0
     for t in range(n_trees):
         for i in range(n):
             row, k = x[i], roots[t]
             while True:
-                node = nodes[k]
-                value = row[node.feature]
-                if value <= node.threshold or (value != value and nan_left[k] != 0):
-                    following = k + _ONE
+                p = packed[k]
+                value = row[p & mask]
+                if value <= thresholds[k] or (value != value and nan_left[k] != 0):
+                    following = k + np.uint64(1)
                 else:
-                    following = np.uint64(node.right)
+                    following = k + np.uint64(p >> feature_bits)
                 if following == k:
                     break
                 k = following
@@ -163,12 +122,87 @@ def _walk_missing(  # pragma: no cover - compiled by numba; tests call it throug
     out /= n_trees
 
 
+@_numba.njit(
+    _t.void(_t.float32[:, ::1], _t.float32[::1], _t.uint32[::1], _t.uint8[::1],
+            _t.uint32[::1], _t.uint64[::1], _t.float64[:, ::1], _t.float64[:, ::1], _t.uint32),
+    cache=True,
+    nogil=True,
+    boundscheck=False,
+)  # fmt: skip
+def _walk(  # pragma: no cover - compiled by numba; tests call it through CompiledForest
+    x: np.ndarray,
+    thresholds: np.ndarray,
+    packed: np.ndarray,
+    nan_left: np.ndarray,
+    leaf_of: np.ndarray,
+    roots: np.ndarray,
+    leaves: np.ndarray,
+    out: np.ndarray,
+    feature_bits: int,
+) -> None:
+    """Per group (a block of rows, one tree or a few), level by level, each walk under way one
+    step; then each row adds its leaf of each tree in tree order. Input with a NaN goes to
+    :func:`_walk_missing` (checked here: numpy's check cost ~2 µs a call, most of a record's).
+
+    A walk is one int64 in ``live``: its slot in ``reached`` (tree-major) in the high 32 bits,
+    its row's offset in the block's input in the low 32; its node is ``at``."""
+    n, n_classes, n_trees, n_features = x.shape[0], out.shape[1], roots.shape[0], x.shape[1]
+    flat = x.ravel()
+    for i in range(flat.shape[0]):
+        if np.isnan(flat[i]):
+            _walk_missing(x, thresholds, packed, nan_left, leaf_of, roots, leaves, out,
+                          feature_bits)  # fmt: skip
+            return
+    mask = (np.uint32(1) << feature_bits) - np.uint32(1)
+    block = min(n, BLOCK_ROWS)
+    per_group = max(1, GROUP_WALKS // max(block, 1))
+    live = np.empty(block * per_group, np.int64)
+    at = np.empty(block * per_group, np.uint64)
+    reached = np.empty(block * per_group, np.uint64)
+    out[:] = 0.0
+    for start in range(0, n, max(block, 1)):
+        rows = min(n, start + block) - start
+        base = start * n_features
+        for first in range(0, n_trees, per_group):
+            last = min(n_trees, first + per_group)
+            m = 0
+            for t in range(first, last):
+                for r in range(rows):
+                    live[m] = (m << 32) | (r * n_features)
+                    at[m] = roots[t]
+                    m += 1
+            while m > 0:
+                kept = 0
+                for w in range(m):
+                    walk = live[w]
+                    k = at[w]
+                    p = packed[k]
+                    left = flat[base + (walk & 0xFFFFFFFF) + (p & mask)] <= thresholds[k]
+                    # a select of the distance, not a branch: LLVM makes it a cmov
+                    following = k + (np.uint64(1) if left else np.uint64(p >> feature_bits))
+                    reached[walk >> 32] = following
+                    live[kept] = walk
+                    at[kept] = following
+                    kept += following != k
+                m = kept
+            slot = 0
+            for _tree in range(first, last):
+                for r in range(rows):
+                    leaf = leaf_of[reached[slot]]
+                    slot += 1
+                    for c in range(n_classes):
+                        out[start + r, c] += leaves[leaf, c]
+    out /= n_trees
+
+
 @dataclass(frozen=True)
 class CompiledForest:
     """Every tree's nodes (depth-first, one array), where each tree starts, the leaf table."""
 
-    nodes: np.ndarray
-    """:data:`NODE` records of every tree, tree after tree."""
+    thresholds: np.ndarray
+    """float32 per node, every tree's nodes depth-first, tree after tree: see :data:`NODE`."""
+    packed: np.ndarray
+    """uint32 per node: ``distance << feature_bits | feature`` (:data:`NODE`)."""
     roots: np.ndarray
     """uint64: the index of each tree's root, in the forest's tree order."""
     leaf_of: np.ndarray
@@ -178,6 +212,8 @@ class CompiledForest:
     leaves: np.ndarray
     """float64 (leaves, classes): each leaf's class probabilities, as the tree stores them."""
     n_features: int
+    feature_bits: int
+    """Low bits of ``NODE.packed`` that hold the feature index."""
 
     @property
     def n_classes(self) -> int:
@@ -185,7 +221,14 @@ class CompiledForest:
 
     @property
     def nbytes(self) -> int:
-        arrays = (self.nodes, self.roots, self.leaf_of, self.nan_left, self.leaves)
+        arrays = (
+            self.thresholds,
+            self.packed,
+            self.roots,
+            self.leaf_of,
+            self.nan_left,
+            self.leaves,
+        )
         return int(sum(a.nbytes for a in arrays))
 
     def predict_proba(self, matrix: np.ndarray) -> np.ndarray:
@@ -195,10 +238,8 @@ class CompiledForest:
         if x.ndim != 2 or x.shape[1] != self.n_features:
             raise ValueError(f"expected {self.n_features} features, got shape {x.shape}")
         out = np.empty((x.shape[0], self.n_classes), dtype=np.float64)
-        if np.isnan(x).any():
-            _walk_missing(x, self.nodes, self.nan_left, self.leaf_of, self.roots, self.leaves, out)
-        else:
-            _walk(x, self.nodes, self.leaf_of, self.roots, self.leaves, out)
+        _walk(x, self.thresholds, self.packed, self.nan_left, self.leaf_of, self.roots,
+              self.leaves, out, np.uint32(self.feature_bits))  # fmt: skip
         return out
 
 
@@ -210,9 +251,9 @@ def _floor_float32(values: np.ndarray) -> np.ndarray:
     return rounded
 
 
-def _tree_nodes(tree: Any, n_classes: int, node_base: int, leaf_base: int) -> dict[str, Any]:
+def _tree_nodes(tree: Any, n_classes: int, feature_bits: int, leaf_base: int) -> dict[str, Any]:
     """One sklearn ``Tree`` renumbered depth-first (a left child right after its parent), its
-    nodes placed from ``node_base`` and its leaves from row ``leaf_base`` of the leaf table."""
+    leaves placed from row ``leaf_base`` of the leaf table."""
     left, right = tree.children_left, tree.children_right
     count = int(tree.node_count)
     order = np.empty(count, dtype=np.int64)  # new index -> old index
@@ -230,15 +271,15 @@ def _tree_nodes(tree: Any, n_classes: int, node_base: int, leaf_base: int) -> di
     if n != count:
         raise ValueError(f"tree has {count} nodes but {n} are reachable from its root")
     is_leaf = left[order] == _LEAF
-    position = node_base + np.arange(count)
+    distance = np.where(is_leaf, 0, new_of[np.where(is_leaf, 0, right[order])] - np.arange(count))
+    if int(distance.max()) >= 2 ** (32 - feature_bits):
+        raise TypeError(f"a tree of {count} nodes does not fit the 8-byte node layout")
+    feature = np.where(is_leaf, 0, tree.feature[order]).astype(np.uint64)
     nodes = np.zeros(count, dtype=NODE)
-    nodes["feature"] = np.where(is_leaf, 0, tree.feature[order])
     nodes["threshold"] = np.where(
         is_leaf, np.float32(np.nan), _floor_float32(tree.threshold[order])
     )
-    nodes["right"] = np.where(
-        is_leaf, position, node_base + new_of[np.where(is_leaf, 0, right[order])]
-    )
+    nodes["packed"] = (distance.astype(np.uint64) << np.uint64(feature_bits)) | feature
     missing = getattr(tree, "missing_go_to_left", None)
     nan_left = np.zeros(count, dtype=np.uint8)
     if missing is not None:
@@ -269,11 +310,15 @@ def compile_forest(forest: Any) -> CompiledForest:
     ):
         raise TypeError("only forests of plain decision trees are compiled")
     n_classes = int(forest.n_classes_)
+    n_features = int(forest.n_features_in_)
+    feature_bits = max(1, (n_features - 1).bit_length())
+    if feature_bits > 24:
+        raise TypeError(f"{n_features} features do not fit the 8-byte node layout")
     parts: list[dict[str, Any]] = []
     roots = []
     start = leaf_base = 0
     for estimator in trees:
-        part = _tree_nodes(estimator.tree_, n_classes, start, leaf_base)
+        part = _tree_nodes(estimator.tree_, n_classes, feature_bits, leaf_base)
         roots.append(start)
         start += len(part["nodes"])
         leaf_base += len(part["leaves"])
@@ -285,10 +330,12 @@ def compile_forest(forest: Any) -> CompiledForest:
         return np.ascontiguousarray(np.concatenate([part[key] for part in parts]))
 
     return CompiledForest(
-        nodes=joined("nodes"),
+        thresholds=joined("nodes")["threshold"].copy(),
+        packed=joined("nodes")["packed"].copy(),
         roots=np.asarray(roots, dtype=np.uint64),
         leaf_of=joined("leaf_of"),
         nan_left=joined("nan_left"),
         leaves=joined("leaves"),
-        n_features=int(forest.n_features_in_),
+        n_features=n_features,
+        feature_bits=feature_bits,
     )

@@ -227,6 +227,8 @@ def prepare(
             reason = parity_problem(scorer(reference), expected)
         except Exception as exc:
             reason = f"compiled engine failed on the reference rows: {type(exc).__name__}: {exc}"
+        finally:
+            _release_compiler()
         if reason is None:
             return _remember(pipeline, Choice(scorer, None, label=label))
         reason = f"parity gate on {len(reference)} reference rows: {reason}"
@@ -234,6 +236,15 @@ def prepare(
     choice = _remember(pipeline, Choice(fallback, reason, label=label))
     log.warning("model_engine_fallback", version=label or None, engine=SKLEARN, reason=reason)
     return choice
+
+
+def _release_compiler() -> None:
+    """The kernel is loaded and has run: LLVM's library pages can leave the resident set
+    (:func:`~forestream.worker.process_memory.release_compiler_pages`)."""
+    from forestream.worker.process_memory import release_compiler_pages
+
+    advised = release_compiler_pages()
+    log.debug("compiler_pages_released", mb=advised >> 20)
 
 
 def check_first_batch(pipeline: Any) -> None:

@@ -159,8 +159,8 @@ class WorkerSettings(GuaranteeSettings, TrustSettings, WireFormatSettings):
     forest_engine: Literal["auto", "sklearn"] = "auto"
     """``auto``: a RandomForest is scored by the compiled engine once it passed the parity gate
     (bit-identical to ``predict_proba``, see docs/models.md). ``sklearn``: always sklearn's own
-    trees, and numba is never imported: ~100 MB less RSS (mostly LLVM's shared library) for a
-    forest 1.3-21x slower per record."""
+    trees, and numba is never imported: ~90 MB less peak RSS while a version loads, ~30 MB once it
+    serves (mostly LLVM's shared library), for a forest 3-50x slower per record."""
 
     def cache_dir(self) -> Path | None:
         """The artifact cache to use, if any (see ``model_cache_dir``)."""

@@ -114,8 +114,8 @@ def test_a_prepared_forest_is_served_compiled_and_says_so() -> None:
 def _tampered(forest: Any) -> Any:
     """A compiled forest whose every threshold moved up: it routes some rows wrongly."""
     compiled = compile_forest(forest)
-    splits = ~np.isnan(compiled.nodes["threshold"])
-    compiled.nodes["threshold"][splits] += np.float32(0.5)
+    splits = ~np.isnan(compiled.thresholds)
+    compiled.thresholds[splits] += np.float32(0.5)
     return compiled
 
 
@@ -202,7 +202,7 @@ def test_reference_rows_follow_the_schema_and_are_the_same_every_time() -> None:
 
 @pytest.mark.parametrize("batch", [0, 1, 3, 4, 5, 257, 600])
 def test_every_batch_size_walks_every_row(batch: int) -> None:
-    """Rows go four at a time through each tree, the rest one by one, in blocks of 256."""
+    """Rows go in blocks of 256, a small batch several trees at a time (128 walks a group)."""
     model, rows = _forest(4, None, 6, 5, 0.0, seed=2)
     rows = np.resize(rows, (batch, rows.shape[1]))
     got = compile_forest(model).predict_proba(rows)
@@ -227,3 +227,17 @@ def test_a_released_model_is_not_kept_alive_by_its_compiled_engine() -> None:
     del model
     gc.collect()
     assert released() is None
+
+
+def test_the_forest_still_scores_after_the_compilers_pages_are_released() -> None:
+    """LLVM's library leaves the resident set once the kernel is loaded; scoring and a later
+    compile read its pages back as needed."""
+    import numba
+
+    from forestream.worker.process_memory import release_compiler_pages
+
+    model, rows = _forest(3, None, 6, 5, 0.0, seed=3)
+    compiled = compile_forest(model)
+    assert release_compiler_pages() > 0
+    assert np.array_equal(compiled.predict_proba(rows), model.predict_proba(rows))
+    assert numba.njit(lambda a: a + 1)(41) == 42
