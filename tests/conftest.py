@@ -45,6 +45,9 @@ settings.load_profile("forestream")
 #    (transactions, a broker killed or frozen, rebalancing under load). Any other librdkafka
 #    variant of a flow tests nothing the edge suite and the kafka-python variant do not, and
 #    runs only with ``--clients all``.
+# 3. Where a flow runs over a matrix (client x guarantee x shape), the variants whose every part
+#    another variant or test covers are listed in COVERED_ELSEWHERE below, with those tests, and
+#    run only with ``--clients all`` too: one variant per behaviour in every run.
 #
 # Deselected variants are reported by pytest ("N deselected") and named in the summary; none is
 # skipped silently. --clients core: rules 1 and 2's kafka-python half; extra: the LIBRDKAFKA_FLOWS
@@ -57,7 +60,8 @@ LIBRDKAFKA_FLOWS: dict[str, str] = {
     "test_exactly_once.py": "transactions across kill -9 and a replacement; a thawed zombie fenced",
     "test_replay_exactly_once.py": "transactional replay: resume after kill -9, fencing of a "
     "second resume, a broker frozen mid-transaction (librdkafka#5301)",
-    "test_broker_restart.py": "the broker SIGKILLed and restarted under a stream (both guarantees)",
+    "test_broker_restart.py": "the broker SIGKILLed and restarted under a stream (pipelined "
+    "at-least-once; exactly-once: COVERED_ELSEWHERE)",
     "test_sigterm_wedged.py": "SIGTERM with the broker frozen, then gone: the client's blocking "
     "calls bounded by the grace",
     "test_worker_delivery.py::test_survivor_takes_over_after_sigkill": "a member kill -9'd under "
@@ -75,6 +79,28 @@ LIBRDKAFKA_FLOWS: dict[str, str] = {
 }
 """Flows whose librdkafka variant runs in ``make test-extra``: ``file`` or ``file::test``, and
 what they exercise that only a flow on that client shows."""
+
+COVERED_ELSEWHERE: dict[str, str] = {
+    "test_broker_restart.py::test_scoring_resumes_soon_after_a_broker_sigkill_and_restart"
+    "[kafka-python-at-least-once]": "serial at-least-once on kafka-python with the broker lost "
+    "and back: test_worker_broker_outage; the flow itself: the two pairs kept",
+    "test_broker_restart.py::test_scoring_resumes_soon_after_a_broker_sigkill_and_restart"
+    "[confluent-exactly-once]": "librdkafka transactions with the broker lost and back: "
+    "test_worker_heals[confluent-exactly-once], test_replay_exactly_once's frozen broker",
+    "test_worker_delivery.py::test_survivor_takes_over_after_sigkill[kafka-python-flipped]": "the "
+    "pipelined cycle under a member's kill -9: [confluent-default]; kafka-python's asynchronous "
+    "commits: the edge suite (test_group_consumer); the pipelined ledger: unit/test_batch_cycle",
+    "test_worker_delivery.py::test_survivor_takes_over_after_sigkill[confluent-flipped]": "the "
+    "serial cycle under a member's kill -9: [kafka-python-default]; librdkafka's rebalance after "
+    "a kill: [confluent-default]; its synchronous commits: the edge suite (test_group_consumer)",
+    "test_replay_exactly_once.py::test_sigkilled_replay_resumes_without_loss"
+    "[confluent-at-least-once]": "an at-least-once replay killed and resumed: "
+    "[kafka-python-at-least-once]; a replay on librdkafka killed and resumed: "
+    "[confluent-exactly-once]; its reader and acknowledged sends: the edge suite",
+}
+"""Variants of a matrix (client x guarantee x shape) whose every part another test covers:
+``file::test[id]`` and which tests cover it. They run only with ``--clients all``, as
+duplicates; the test's docstring says which variants cover what."""
 
 EDGE_DIR = Path(__file__).resolve().parent / "integration" / "edge"
 
@@ -111,7 +137,9 @@ def _on_librdkafka(item: pytest.Item) -> bool:
 
 def client_slot(item: pytest.Item) -> str:
     """Where this test runs: ``core`` (every run), ``extra`` (``make test-extra``) or
-    ``duplicate`` (only ``--clients all``); see THE RULE above."""
+    ``duplicate`` (only ``--clients all``); see THE RULE above and COVERED_ELSEWHERE."""
+    if f"{item.path.name}::{item.name}" in COVERED_ELSEWHERE:
+        return "duplicate"
     if not _on_librdkafka(item):
         return "core"
     if item.path.is_relative_to(EDGE_DIR) or item.get_closest_marker("edge"):
@@ -131,9 +159,39 @@ def pytest_itemcollected(item: pytest.Item) -> None:
         item.add_marker(pytest.mark.edge)
 
 
+SLOWEST_FIRST: tuple[str, ...] = (
+    "test_replay_exactly_once.py",
+    "test_exactly_once.py",
+    "test_worker_delivery.py",
+    "test_broker_restart.py",
+    "test_sigterm_wedged.py",
+    "test_schema_registry_flow.py",
+    "test_worker_heals.py",
+    "test_demo.py",
+    "test_object_store_flow.py",
+    "test_secure_flow.py",
+    "test_secure_broker.py",
+    "test_promotion_race.py",
+    "test_worker_scaling.py",
+    "test_worker_broker_outage.py",
+)
+"""Test files run first, the slowest first (their durations in a ``--durations`` run of
+``--clients ci``, 2026-12-05): pytest-xdist hands out work in collection order, and a long
+file started last would be the run's tail while the other worker idles. ``make test`` keeps
+this order (``--no-loadscope-reorder``; xdist would otherwise put the files with the most
+tests, the unit tests', first and these last)."""
+
+
+def _run_order(item: pytest.Item) -> int:
+    name = item.path.name
+    return SLOWEST_FIRST.index(name) if name in SLOWEST_FIRST else len(SLOWEST_FIRST)
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """``--clients`` selects the client variants (THE RULE above); deselected ones are counted
-    by pytest and listed by slot in the summary, never hidden."""
+    by pytest and listed by slot in the summary, never hidden. The slowest files go first
+    (SLOWEST_FIRST)."""
+    items.sort(key=_run_order)  # stable: every other file, and each file's tests, in order
     clients = config.getoption("--clients")
     if clients == "all":
         return
@@ -182,7 +240,8 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     where = {
         "core": "run by `make test` (--clients core)",
         "extra": "librdkafka flow variants, run by `make test-extra` (--clients extra)",
-        "duplicate": "librdkafka duplicates of kafka-python flows, run only with --clients all",
+        "duplicate": "duplicates (librdkafka variants of kafka-python flows, COVERED_ELSEWHERE "
+        "variants), run only with --clients all",
     }
     lines = [f"{n} {where[slot]}" for slot, n in slots.items() if n]
     if lines:
@@ -216,6 +275,8 @@ def _stop_shared_broker(shared: Path) -> None:
     os.environ.pop(_SHARED_DIR_ENV, None)
     if (shared / "address").exists():
         local_kafka.stop(shared / "kafka")
+    if (shared / "kafka-secure").exists():
+        local_kafka.stop(shared / "kafka-secure")
     shutil.rmtree(shared, ignore_errors=True)
 
 
@@ -261,13 +322,23 @@ def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 @pytest.fixture(scope="session")
 def secure_kafka(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecureBrokerInfo]:
-    """A second, secured broker (SASL_SSL + mutual TLS, ACLs), started only if a test asks.
+    """A second, secured broker (SASL_SSL + mutual TLS, ACLs), started only if a test asks
+    (under xdist one for every worker, like the plain one).
 
     It leaves the environment alone: tests that use it pass its ``env()`` or client settings
     explicitly, so the plain ``kafka_bootstrap`` broker stays the default for everyone else.
     """
     from forestream.local import kafka as local_kafka
 
+    shared = os.environ.get(_SHARED_DIR_ENV)
+    if shared and os.environ.get("PYTEST_XDIST_WORKER"):
+        # one for every xdist worker, as the plain one: started by whichever asks first (its
+        # two test files may go to different workers), stopped by the controller
+        with (Path(shared) / "lock-secure").open("w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+            shared_info = local_kafka.start(Path(shared) / "kafka-secure", secure=True)
+        yield shared_info
+        return
     data_dir = tmp_path_factory.mktemp("kafka-secure")
     info = local_kafka.start(data_dir, secure=True)
     try:

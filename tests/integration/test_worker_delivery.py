@@ -202,8 +202,10 @@ def test_survivor_takes_over_after_sigkill(
     pipelining: str,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """Also with pipelining the other way round than the client's default (on for
-    kafka-python, off for librdkafka): both shapes of the batch cycle lose nothing."""
+    """Both shapes of the batch cycle lose nothing: serial on kafka-python, pipelined on
+    librdkafka (each client's default) in every run; the other way round ("flipped") only with
+    ``--clients all`` (tests/conftest.py COVERED_ELSEWHERE): each shape is the same code on
+    either client, whose commits (awaited or not) the edge suite tests on both."""
     if pipelining == "flipped":
         monkeypatch.setenv("FORESTREAM_PIPELINE", str(kafka_client != "confluent").lower())
     workers, topics = workers_for(2)
