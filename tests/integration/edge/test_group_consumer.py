@@ -90,6 +90,7 @@ def _poll(consumer: GroupConsumer, want: int, timeout_s: float = 30.0) -> list[I
     deadline = time.monotonic() + timeout_s
     while len(got) < want:
         assert time.monotonic() < deadline, f"only {len(got)} of {want} records in {timeout_s}s"
+        consumer.maintain()  # as every product loop does: kafka-python's stalled-join workaround
         got.extend(consumer.poll_batch(min(100, want - len(got)), 0.2))
     return got
 
@@ -123,6 +124,7 @@ def test_asynchronous_commits_report_the_offsets_sent(
     deadline = time.monotonic() + 60
     while seen < RECORDS or len(reported) < len(sent) or sent[-1] != {tp: RECORDS}:
         assert time.monotonic() < deadline, f"{seen} records read, {len(reported)} of {sent}"
+        consumer.maintain()
         records = consumer.poll_batch(200, 0.05)
         seen += len(records)
         reported.extend(consumer.commit_results())
@@ -154,6 +156,7 @@ def test_a_consumer_committing_after_every_batch_reads_on_in_order_with_bounded_
         deadline = time.monotonic() + 120
         while len(offsets) < records:
             assert time.monotonic() < deadline, f"{len(offsets)} of {records} read in 120s"
+            consumer.maintain()  # as the worker's loop does before every poll
             batch = consumer.poll_batch(1000, 0.2)
             if batch:
                 offsets.extend(r.offset for r in batch)
