@@ -23,11 +23,14 @@
     thread, with each one's parity with ``predict_proba`` (:mod:`bench.engines`);
 (h) Avro input: (c) on kafka-python again with the same records as Avro (a Schema Registry of
     the run's own), and decode µs per record, JSON vs Avro, in the worker's batch path
-    (:mod:`bench.avro`; ``python -m bench.avro`` runs this phase alone).
+    (:mod:`bench.avro`; ``python -m bench.avro`` runs this phase alone);
+(i) shadow scoring: (d) on confluent in paired runs without / with a shadow candidate
+    announced, p99 with over p99 without (target <= 1.2x), and the candidate's predictions on
+    the shadow topic (:mod:`bench.shadow`; ``python -m bench.shadow`` runs this phase alone).
 
-The worker on confluent and the exactly-once phases are allowed to fail (its row says why);
-anything else failing fails the run. Every run uses fresh topics (deleted at the end) and a
-temporary model store.
+The worker on confluent, the exactly-once and the shadow phases are allowed to fail (its row
+says why); anything else failing fails the run. Every run uses fresh topics (deleted at the
+end) and a temporary model store.
 """
 
 from __future__ import annotations
@@ -53,6 +56,9 @@ from typing import Any, Protocol
 
 from bench.avro import AvroResult, avro_figures
 from bench.avro import rows as avro_rows
+from bench.shadow import ShadowResult
+from bench.shadow import figures as shadow_figures
+from bench.shadow import rows as shadow_rows
 from forestream.edge.interface import KafkaClient
 from forestream.errors import UserError
 from forestream.exit_codes import exit_code_for
@@ -175,6 +181,8 @@ class Failed:
 CLIENTS: tuple[KafkaClient, ...] = ("kafka-python", "confluent")
 LATENCY_TARGET_MS: dict[str, int] = {"kafka-python": 100, "confluent": 50}
 """p99 at the offered load, default settings (the confluent path is the low-latency one)."""
+SHADOW_REPS = 2
+"""(i)'s runs of each variant, without / with a shadow candidate, alternated."""
 
 
 @dataclass
@@ -210,6 +218,8 @@ class Results:
     """(g) the forest alone, per engine (:func:`bench.engines.engine_rows`)."""
     avro: AvroResult | Failed | None = None
     """(h) the worker on Avro input and decode per record, JSON vs Avro (:mod:`bench.avro`)."""
+    shadow: ShadowResult | Failed | None = None
+    """(i) served latency without / with a shadow candidate (:mod:`bench.shadow`)."""
 
 
 # -- Kafka plumbing ----------------------------------------------------------------------------
@@ -743,10 +753,12 @@ def offered_load_latency(
     seconds: float,
     start: Callable[[int], subprocess.Popen[bytes]],
     log_path: Path,
+    before_stop: Callable[[], None] | None = None,
 ) -> Latency:
     """Offer ``rate`` rec/s for ``seconds`` to a warmed-up process; time every output record.
 
-    ``start(records)`` launches the process under test (it may exit after ``records``). Each
+    ``start(records)`` launches the process under test (it may exit after ``records``);
+    ``before_stop()``, if given, runs once every output arrived, while it still runs. Each
     input gets an explicit CreateTime, remembered by key, so outputs that do not carry the
     input timestamp (the passthrough's) are timed the same way as predictions.
     """
@@ -813,6 +825,8 @@ def offered_load_latency(
         sender.start()
         receive(b"lat-", count, timeout_s=seconds + 120)
         sender.join(timeout=30)
+        if before_stop is not None:
+            before_stop()
     finally:
         stop_worker(proc)
         producer.close(timeout=10)
@@ -976,6 +990,7 @@ def table_rows(res: Results) -> list[tuple[str, str, str]]:
         )  # fmt: skip
     rows += engine_table_rows(res.engines)
     rows += avro_rows(res.avro, workers.get("kafka-python"))
+    rows += shadow_rows(res.shadow)
     return rows
 
 
@@ -1138,6 +1153,10 @@ def results_json(res: Results, written_at: datetime | None = None) -> dict[str, 
         add_latency("worker exactly-once", client, lat, "received")
     for client, plat in res.passthrough_latency.items():
         add_latency("passthrough", client, plat, "created")
+    if isinstance(res.shadow, ShadowResult):
+        for variant in ("without", "with"):  # the first run of each: one bar per phase
+            add_latency(f"worker, {variant} shadow", "confluent", res.shadow.latency[variant][0],
+                        "created")  # fmt: skip
     when = written_at or datetime.now(UTC)
     return {
         "schema": RESULTS_SCHEMA,
@@ -1152,6 +1171,7 @@ def results_json(res: Results, written_at: datetime | None = None) -> dict[str, 
         "latency": latency,
         "engines": res.engines,
         "avro": avro_figures(res.avro) if isinstance(res.avro, AvroResult) else None,
+        "shadow": shadow_figures(res.shadow) if isinstance(res.shadow, ShadowResult) else None,
     }
 
 
@@ -1378,6 +1398,23 @@ def run(opts: Options) -> Results:
                     )
                 res.latency_batch[client] = mean_batch(work / f"d-{client}.log")
                 say(f"(d) worker on {client}: {shown(res.latency[client])}")
+
+            say(f"(i) worker on confluent without / with a shadow candidate: {SHADOW_REPS} runs "
+                f"each, {opts.latency_rate:g} rec/s for {opts.latency_seconds:g} s")  # fmt: skip
+            if isinstance(res.worker["confluent"], Failed):
+                res.shadow = Failed("not run: the worker on confluent failed in (c)")
+            else:
+                from bench.shadow import measure as shadow_phase
+
+                res.shadow = allowed_to_fail(
+                    lambda: shadow_phase(
+                        bootstrap, workload, store, f"{prefix}.shadow", work,
+                        opts.latency_rate, opts.latency_seconds, SHADOW_REPS, 1.0, say,
+                    ),
+                    work / "i-shadow.log",
+                )  # fmt: skip
+            for line in shadow_rows(res.shadow):
+                say(f"{line[0]}: {line[1]}")
 
             for client in CLIENTS:
                 say(f"(f) exactly-once worker on {client}")
