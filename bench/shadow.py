@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import re
 import socket
 import statistics
 import sys
@@ -43,8 +44,9 @@ class ShadowResult:
     shadowed: list[int] = field(default_factory=list)
     """Per run with the candidate: its predictions of timed records on the shadow topic."""
     offered: list[int] = field(default_factory=list)
-    skipped: list[float | None] = field(default_factory=list)
-    """Per run with the candidate: batches whose shadow work was skipped (None: unread)."""
+    skipped: list[dict[str, float] | None] = field(default_factory=list)
+    """Per run with the candidate: batches whose shadow work was skipped, by reason (None:
+    ``/metrics`` was not readable)."""
 
     def median(self, variant: str, q: float) -> float:
         return statistics.median(x.percentile("created", q) for x in self.latency[variant])
@@ -60,19 +62,16 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def scrape(port: int, name: str) -> float | None:
-    """The sum of a metric's series on the worker's ``/metrics`` (None: not readable)."""
+def scrape_skipped(port: int) -> dict[str, float] | None:
+    """``forestream_shadow_skipped_total`` by reason on the worker's ``/metrics`` (None: not
+    readable)."""
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
             text = r.read().decode()
     except OSError:
         return None
-    values = [
-        float(line.rsplit(" ", 1)[1])
-        for line in text.splitlines()
-        if line.startswith((name + "{", name + " "))
-    ]
-    return sum(values) if values else None
+    found = re.findall(r'^forestream_shadow_skipped_total\{reason="(\w+)"\} (\S+)$', text, re.M)
+    return {reason: float(value) for reason, value in found} or None
 
 
 def await_shadow(proc: Any, log: Path, timeout_s: float = 180.0) -> None:
@@ -111,14 +110,14 @@ def run_once(
     seconds: float,
     share: float,
     shadow: bool,
-) -> tuple[Latency, float | None]:
+) -> tuple[Latency, dict[str, float] | None]:
     """One worker at the offered rate: its latency and, read before it stops, its skipped
     shadow batches. With ``shadow``, the clock starts once the candidate is loaded."""
     from bench.throughput import offered_load_latency, start_worker
 
     port = free_port()
     env = {"FORESTREAM_SHADOW_SHARE": str(share), "FORESTREAM_METRICS_PORT": str(port)}
-    skipped: list[float | None] = []
+    skipped: list[dict[str, float] | None] = []
 
     def start(_: int) -> Any:
         proc = start_worker(bootstrap, wt, store, f"{wt.input}.g", log, client="confluent", env=env)
@@ -127,7 +126,7 @@ def run_once(
         return proc
 
     def read_skipped() -> None:
-        skipped.append(scrape(port, "forestream_shadow_skipped_total"))
+        skipped.append(scrape_skipped(port))
 
     lat = offered_load_latency(
         bootstrap, wt.input, wt.output, values, rate, seconds, start, log, read_skipped
@@ -223,11 +222,10 @@ def rows(res: ShadowResult | Failed | None) -> list[tuple[str, str, str]]:
         )
         if variant == "with":
             shadowed, offered = sum(res.shadowed), sum(res.offered)
-            skips = [s for s in res.skipped if s is not None]
             note += (
                 f"; shadow topic holds {shadowed:,} of {offered:,} timed records "
                 f"({shadowed / max(offered, 1):.0%}, share {res.share:g}); skipped batches "
-                + (f"{sum(skips):,.0f}" if len(skips) == len(res.skipped) else "unread")
+                f"(forestream_shadow_skipped_total): {skipped_note(res.skipped)}"
             )
         out.append(
             (
@@ -245,6 +243,17 @@ def rows(res: ShadowResult | Failed | None) -> list[tuple[str, str, str]]:
         )
     )
     return out
+
+
+def skipped_note(runs: list[dict[str, float] | None]) -> str:
+    if any(r is None for r in runs):
+        return "unread"
+    total: dict[str, float] = {}
+    for run in runs:
+        for reason, n in (run or {}).items():
+            total[reason] = total.get(reason, 0.0) + n
+    shown = ", ".join(f"{reason} {n:,.0f}" for reason, n in total.items() if n)
+    return f"{sum(total.values()):,.0f}" + (f" ({shown})" if shown else "")
 
 
 def figures(res: ShadowResult) -> dict[str, object]:
