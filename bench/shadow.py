@@ -1,6 +1,6 @@
 """(i) What shadow scoring costs the served path: latency with and without a candidate.
 
-``python -m bench.shadow [--reps 2] [--latency-rate 1000] [--latency-seconds 10]
+``python -m bench.shadow [--reps 3] [--latency-rate 1000] [--latency-seconds 10]
 [--share 1.0]``: the worker on confluent at phase (d)'s offered rate, in paired runs that
 alternate (without, with; then with, without; ...), each on fresh topics. The two variants
 differ only in their models topic: both announce the same promoted version, one also a
@@ -276,7 +276,7 @@ def main(argv: list[str] | None = None) -> int:
     import uuid
 
     parser = argparse.ArgumentParser(prog="python -m bench.shadow", description=__doc__)
-    parser.add_argument("--reps", type=int, default=2, help="runs of each variant [2]")
+    parser.add_argument("--reps", type=int, default=3, help="runs of each variant [3]")
     parser.add_argument("--latency-rate", type=float, default=1000.0)
     parser.add_argument("--latency-seconds", type=float, default=10.0)
     parser.add_argument("--share", type=float, default=1.0, help="--shadow-share [1.0]")

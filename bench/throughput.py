@@ -90,6 +90,8 @@ class Options:
     partitions: int
     bootstrap_servers: str | None
     output: Path
+    shadow_reps: int = 3
+    """(i)'s runs of each variant: the median of 3 shrugs off one outlier, of 2 it cannot."""
 
 
 def parse_args(argv: list[str] | None = None) -> Options:
@@ -106,12 +108,14 @@ def parse_args(argv: list[str] | None = None) -> Options:
     parser.add_argument("--naive-records", type=int, help="records of the naive loop [2000]")
     parser.add_argument("--train-rows", type=int, help="training rows [10000]")
     parser.add_argument("--partitions", type=int, default=4, help="input partitions [4]")
+    parser.add_argument("--shadow-reps", type=int, help="(i) runs without / with shadow [3]")
     parser.add_argument("--bootstrap-servers", help="broker (default: the local one, or start one)")
     parser.add_argument("--output", type=Path, default=RESULTS, help=f"markdown [{RESULTS}]")
     parser.add_argument(
         "--quick",
         action="store_true",
-        help="a short end-to-end check: 20k records, 500 naive, 5 s of latency, 4k training rows",
+        help="a short end-to-end check: 20k records, 500 naive, 5 s of latency, 4k training "
+        "rows, 2 shadow runs each",
     )
     a = parser.parse_args(argv)
 
@@ -129,8 +133,10 @@ def parse_args(argv: list[str] | None = None) -> Options:
         partitions=a.partitions,
         bootstrap_servers=a.bootstrap_servers,
         output=a.output,
+        shadow_reps=pick(a.shadow_reps, 3, 2),
     )
-    for name in ("records", "features", "trees", "naive_records", "train_rows", "partitions"):
+    names = ("records", "features", "trees", "naive_records", "train_rows", "partitions")
+    for name in (*names, "shadow_reps"):
         if getattr(opts, name) < 1:
             raise UserError(f"--{name.replace('_', '-')} must be >= 1")
     if opts.latency_rate * opts.latency_seconds < 1:
@@ -181,8 +187,6 @@ class Failed:
 CLIENTS: tuple[KafkaClient, ...] = ("kafka-python", "confluent")
 LATENCY_TARGET_MS: dict[str, int] = {"kafka-python": 100, "confluent": 50}
 """p99 at the offered load, default settings (the confluent path is the low-latency one)."""
-SHADOW_REPS = 2
-"""(i)'s runs of each variant, without / with a shadow candidate, alternated."""
 
 
 @dataclass
@@ -1106,7 +1110,7 @@ def command_line(o: Options) -> str:
         f"python -m bench.throughput --records {o.records} "
         f"--features {o.features} --trees {o.trees} --latency-rate {o.latency_rate:g} "
         f"--latency-seconds {o.latency_seconds:g} --naive-records {o.naive_records} "
-        f"--train-rows {o.train_rows} --partitions {o.partitions}"
+        f"--train-rows {o.train_rows} --partitions {o.partitions} --shadow-reps {o.shadow_reps}"
     )
 
 
@@ -1399,8 +1403,9 @@ def run(opts: Options) -> Results:
                 res.latency_batch[client] = mean_batch(work / f"d-{client}.log")
                 say(f"(d) worker on {client}: {shown(res.latency[client])}")
 
-            say(f"(i) worker on confluent without / with a shadow candidate: {SHADOW_REPS} runs "
-                f"each, {opts.latency_rate:g} rec/s for {opts.latency_seconds:g} s")  # fmt: skip
+            say(f"(i) worker on confluent without / with a shadow candidate: "
+                f"{opts.shadow_reps} runs each, {opts.latency_rate:g} rec/s for "
+                f"{opts.latency_seconds:g} s")  # fmt: skip
             if isinstance(res.worker["confluent"], Failed):
                 res.shadow = Failed("not run: the worker on confluent failed in (c)")
             else:
@@ -1409,7 +1414,7 @@ def run(opts: Options) -> Results:
                 res.shadow = allowed_to_fail(
                     lambda: shadow_phase(
                         bootstrap, workload, store, f"{prefix}.shadow", work,
-                        opts.latency_rate, opts.latency_seconds, SHADOW_REPS, 1.0, say,
+                        opts.latency_rate, opts.latency_seconds, opts.shadow_reps, 1.0, say,
                     ),
                     work / "i-shadow.log",
                 )  # fmt: skip
