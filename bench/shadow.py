@@ -283,6 +283,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--trees", type=int, default=100)
     parser.add_argument("--bootstrap-servers")
     a = parser.parse_args(argv)
+    if a.reps < 1 or a.latency_rate * a.latency_seconds < 1 or not 0 < a.share <= 1:
+        parser.error("--reps >= 1, at least one record offered, 0 < --share <= 1")
     from bench.throughput import broker
     from bench.workload import make_workload
     from forestream.registry.local import LocalModelStore
