@@ -282,6 +282,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--share", type=float, default=1.0, help="--shadow-share [1.0]")
     parser.add_argument("--trees", type=int, default=100)
     parser.add_argument("--bootstrap-servers")
+    parser.add_argument("--logs", type=Path, help="keep the workers' logs here")
     a = parser.parse_args(argv)
     if a.reps < 1 or a.latency_rate * a.latency_seconds < 1 or not 0 < a.share <= 1:
         parser.error("--reps >= 1, at least one record offered, 0 < --share <= 1")
@@ -296,8 +297,10 @@ def main(argv: list[str] | None = None) -> int:
     with broker(a.bootstrap_servers) as bootstrap, tempfile.TemporaryDirectory() as tmp:
         store = LocalModelStore(Path(tmp) / "models")
         workload = make_workload(20_000, 30, a.trees, 10_000, store)
+        if a.logs:
+            a.logs.mkdir(parents=True, exist_ok=True)
         res = measure(
-            bootstrap, workload, store, f"bench.shadow.{uuid.uuid4().hex[:8]}", Path(tmp),
+            bootstrap, workload, store, f"bench.shadow.{uuid.uuid4().hex[:8]}", a.logs or Path(tmp),
             a.latency_rate, a.latency_seconds, a.reps, a.share, say,
         )  # fmt: skip
     load.append(os.getloadavg())
