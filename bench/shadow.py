@@ -76,18 +76,22 @@ def scrape_skipped(port: int) -> dict[str, float] | None:
 
 def await_shadow(proc: Any, log: Path, timeout_s: float = 180.0) -> None:
     """Return once the worker logged that the candidate is loaded (it scores from then on)."""
-    from bench.throughput import BenchFailed, worker_died
+    from bench.throughput import BenchFailed, first_error, stop_worker, worker_died
 
     deadline = time.monotonic() + timeout_s
     while True:
         text = log.read_text(errors="replace") if log.exists() else ""
         if '"shadow_in_use"' in text:
             return
-        if '"shadow_load_failed"' in text or proc.poll() is not None:
-            proc.poll() is None and proc.kill()
+        if proc.poll() is not None:
             raise worker_died(proc, log)
-        if time.monotonic() > deadline:
-            raise BenchFailed(f"the worker did not load the shadow candidate in {timeout_s:.0f}s")
+        failed = '"shadow_load_failed"' in text
+        if failed or time.monotonic() > deadline:
+            stop_worker(proc)
+            raise BenchFailed(
+                (first_error(log) if failed else None)
+                or f"the worker did not load the shadow candidate in {timeout_s:.0f}s"
+            )
         time.sleep(0.2)
 
 
