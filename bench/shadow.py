@@ -221,7 +221,7 @@ def rows(res: ShadowResult | Failed | None) -> list[tuple[str, str, str]]:
         runs = res.latency[variant]
         p99s = ", ".join(f"{x.percentile('created', 99):.0f}" for x in runs)
         note = (
-            f"medians of {len(runs)} runs at {runs[0].offered_rate:,.0f} rec/s offered "
+            f"{len(runs)} run(s), medians, at {runs[0].offered_rate:,.0f} rec/s offered "
             f"(p99 per run: {p99s} ms)"
         )
         if variant == "with":
@@ -242,8 +242,8 @@ def rows(res: ShadowResult | Failed | None) -> list[tuple[str, str, str]]:
         (
             "(i) p99 with / without shadow",
             f"{res.ratio:.2f}x",
-            f"median p99s, {n} paired runs alternated, only the announced candidate differs; "
-            f"target <= {TARGET:g}x: " + verdict(res.ratio <= TARGET),
+            f"median p99s, {n} pair(s) of runs, order alternated, only the announced candidate "
+            f"differs; target <= {TARGET:g}x: " + verdict(res.ratio <= TARGET),
         )
     )
     return out
