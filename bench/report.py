@@ -134,6 +134,19 @@ def markdown(data: dict[str, Any], source: Path, chart: Path | None) -> str:
         "What limits these figures, earlier runs side by side, and the rebalance pause are on "
         "[Benchmark findings](benchmark-findings.md).",
     ]
+    if data.get("shadow"):  # runs before shadow scoring had no (i)
+        lines[-1:-1] = [
+            "(i) rows run (d) on confluent again in paired runs that alternate without and "
+            "with a shadow candidate (`bench/shadow.py`): both workers follow the same promoted "
+            "version, the second also a candidate announced with `models shadow` (a second "
+            "forest trained the same way on another seed, loaded before the clock starts) that "
+            "scores every batch on a thread of its own to the shadow topic. Same offered rate, "
+            "same settings; p50 / p99 are medians over the runs, the ratio is of the p99 "
+            "medians (target ≤ 1.2×), and the candidate's predictions on the shadow topic and "
+            "its skipped batches (`forestream_shadow_skipped_total`, read from the worker's "
+            "`/metrics` before it stops) show how much of the load it scored.",
+            "",
+        ]
     if data.get("avro"):  # runs before Avro input had no (h)
         lines[-1:-1] = [
             "(h) rows run the worker (c) on kafka-python again on the same records framed as "

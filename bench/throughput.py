@@ -23,11 +23,14 @@
     thread, with each one's parity with ``predict_proba`` (:mod:`bench.engines`);
 (h) Avro input: (c) on kafka-python again with the same records as Avro (a Schema Registry of
     the run's own), and decode µs per record, JSON vs Avro, in the worker's batch path
-    (:mod:`bench.avro`; ``python -m bench.avro`` runs this phase alone).
+    (:mod:`bench.avro`; ``python -m bench.avro`` runs this phase alone);
+(i) shadow scoring: (d) on confluent in paired runs without / with a shadow candidate
+    announced, p99 with over p99 without (target <= 1.2x), and the candidate's predictions on
+    the shadow topic (:mod:`bench.shadow`; ``python -m bench.shadow`` runs this phase alone).
 
-The worker on confluent and the exactly-once phases are allowed to fail (its row says why);
-anything else failing fails the run. Every run uses fresh topics (deleted at the end) and a
-temporary model store.
+The worker on confluent, the exactly-once and the shadow phases are allowed to fail (its row
+says why); anything else failing fails the run. Every run uses fresh topics (deleted at the
+end) and a temporary model store.
 """
 
 from __future__ import annotations
@@ -53,6 +56,9 @@ from typing import Any, Protocol
 
 from bench.avro import AvroResult, avro_figures
 from bench.avro import rows as avro_rows
+from bench.shadow import ShadowResult
+from bench.shadow import figures as shadow_figures
+from bench.shadow import rows as shadow_rows
 from forestream.edge.interface import KafkaClient
 from forestream.errors import UserError
 from forestream.exit_codes import exit_code_for
@@ -84,6 +90,8 @@ class Options:
     partitions: int
     bootstrap_servers: str | None
     output: Path
+    shadow_reps: int = 3
+    """(i)'s runs of each variant: the median of 3 shrugs off one outlier, of 2 it cannot."""
 
 
 def parse_args(argv: list[str] | None = None) -> Options:
@@ -100,12 +108,14 @@ def parse_args(argv: list[str] | None = None) -> Options:
     parser.add_argument("--naive-records", type=int, help="records of the naive loop [2000]")
     parser.add_argument("--train-rows", type=int, help="training rows [10000]")
     parser.add_argument("--partitions", type=int, default=4, help="input partitions [4]")
+    parser.add_argument("--shadow-reps", type=int, help="(i) runs without / with shadow [3]")
     parser.add_argument("--bootstrap-servers", help="broker (default: the local one, or start one)")
     parser.add_argument("--output", type=Path, default=RESULTS, help=f"markdown [{RESULTS}]")
     parser.add_argument(
         "--quick",
         action="store_true",
-        help="a short end-to-end check: 20k records, 500 naive, 5 s of latency, 4k training rows",
+        help="a short end-to-end check: 20k records, 500 naive, 5 s of latency, 4k training "
+        "rows, 2 shadow runs each",
     )
     a = parser.parse_args(argv)
 
@@ -123,8 +133,10 @@ def parse_args(argv: list[str] | None = None) -> Options:
         partitions=a.partitions,
         bootstrap_servers=a.bootstrap_servers,
         output=a.output,
+        shadow_reps=pick(a.shadow_reps, 3, 2),
     )
-    for name in ("records", "features", "trees", "naive_records", "train_rows", "partitions"):
+    names = ("records", "features", "trees", "naive_records", "train_rows", "partitions")
+    for name in (*names, "shadow_reps"):
         if getattr(opts, name) < 1:
             raise UserError(f"--{name.replace('_', '-')} must be >= 1")
     if opts.latency_rate * opts.latency_seconds < 1:
@@ -210,6 +222,8 @@ class Results:
     """(g) the forest alone, per engine (:func:`bench.engines.engine_rows`)."""
     avro: AvroResult | Failed | None = None
     """(h) the worker on Avro input and decode per record, JSON vs Avro (:mod:`bench.avro`)."""
+    shadow: ShadowResult | Failed | None = None
+    """(i) served latency without / with a shadow candidate (:mod:`bench.shadow`)."""
 
 
 # -- Kafka plumbing ----------------------------------------------------------------------------
@@ -743,10 +757,12 @@ def offered_load_latency(
     seconds: float,
     start: Callable[[int], subprocess.Popen[bytes]],
     log_path: Path,
+    before_stop: Callable[[], None] | None = None,
 ) -> Latency:
     """Offer ``rate`` rec/s for ``seconds`` to a warmed-up process; time every output record.
 
-    ``start(records)`` launches the process under test (it may exit after ``records``). Each
+    ``start(records)`` launches the process under test (it may exit after ``records``);
+    ``before_stop()``, if given, runs once every output arrived, while it still runs. Each
     input gets an explicit CreateTime, remembered by key, so outputs that do not carry the
     input timestamp (the passthrough's) are timed the same way as predictions.
     """
@@ -813,6 +829,8 @@ def offered_load_latency(
         sender.start()
         receive(b"lat-", count, timeout_s=seconds + 120)
         sender.join(timeout=30)
+        if before_stop is not None:
+            before_stop()
     finally:
         stop_worker(proc)
         producer.close(timeout=10)
@@ -976,6 +994,7 @@ def table_rows(res: Results) -> list[tuple[str, str, str]]:
         )  # fmt: skip
     rows += engine_table_rows(res.engines)
     rows += avro_rows(res.avro, workers.get("kafka-python"))
+    rows += shadow_rows(res.shadow)
     return rows
 
 
@@ -1091,7 +1110,7 @@ def command_line(o: Options) -> str:
         f"python -m bench.throughput --records {o.records} "
         f"--features {o.features} --trees {o.trees} --latency-rate {o.latency_rate:g} "
         f"--latency-seconds {o.latency_seconds:g} --naive-records {o.naive_records} "
-        f"--train-rows {o.train_rows} --partitions {o.partitions}"
+        f"--train-rows {o.train_rows} --partitions {o.partitions} --shadow-reps {o.shadow_reps}"
     )
 
 
@@ -1138,6 +1157,10 @@ def results_json(res: Results, written_at: datetime | None = None) -> dict[str, 
         add_latency("worker exactly-once", client, lat, "received")
     for client, plat in res.passthrough_latency.items():
         add_latency("passthrough", client, plat, "created")
+    if isinstance(res.shadow, ShadowResult):
+        for variant in ("without", "with"):  # the first run of each: one bar per phase
+            add_latency(f"worker, {variant} shadow", "confluent", res.shadow.latency[variant][0],
+                        "created")  # fmt: skip
     when = written_at or datetime.now(UTC)
     return {
         "schema": RESULTS_SCHEMA,
@@ -1152,6 +1175,7 @@ def results_json(res: Results, written_at: datetime | None = None) -> dict[str, 
         "latency": latency,
         "engines": res.engines,
         "avro": avro_figures(res.avro) if isinstance(res.avro, AvroResult) else None,
+        "shadow": shadow_figures(res.shadow) if isinstance(res.shadow, ShadowResult) else None,
     }
 
 
@@ -1378,6 +1402,24 @@ def run(opts: Options) -> Results:
                     )
                 res.latency_batch[client] = mean_batch(work / f"d-{client}.log")
                 say(f"(d) worker on {client}: {shown(res.latency[client])}")
+
+            say(f"(i) worker on confluent without / with a shadow candidate: "
+                f"{opts.shadow_reps} runs each, {opts.latency_rate:g} rec/s for "
+                f"{opts.latency_seconds:g} s")  # fmt: skip
+            if isinstance(res.worker["confluent"], Failed):
+                res.shadow = Failed("not run: the worker on confluent failed in (c)")
+            else:
+                from bench.shadow import measure as shadow_phase
+
+                res.shadow = allowed_to_fail(
+                    lambda: shadow_phase(
+                        bootstrap, workload, store, f"{prefix}.shadow", work,
+                        opts.latency_rate, opts.latency_seconds, opts.shadow_reps, 1.0, say,
+                    ),
+                    work / "i-shadow.log",
+                )  # fmt: skip
+            for line in shadow_rows(res.shadow):
+                say(f"{line[0]}: {line[1]}")
 
             for client in CLIENTS:
                 say(f"(f) exactly-once worker on {client}")

@@ -49,9 +49,16 @@ def feature_names(count: int) -> list[str]:
 
 
 def make_workload(
-    records: int, features: int, trees: int, train_rows: int, store: ModelStore, seed: int = 0
+    records: int,
+    features: int,
+    trees: int,
+    train_rows: int,
+    store: ModelStore,
+    seed: int = 0,
+    promote: bool = True,
 ) -> Workload:
-    """Train on ``train_rows`` rows and encode ``records`` more rows of the same distribution."""
+    """Train on ``train_rows`` rows and encode ``records`` more rows of the same distribution;
+    ``promote=False`` only saves the version (a candidate, as :mod:`bench.shadow` needs)."""
     import pandas as pd
     from sklearn import __version__ as sklearn_version
     from sklearn.datasets import make_classification
@@ -95,7 +102,8 @@ def make_workload(
         {},
         signer=bench_signer(),
     )
-    store.promote(MODEL_NAME, metadata.version)
+    if promote:
+        store.promote(MODEL_NAME, metadata.version)
     values = [
         json.dumps(dict(zip(names, row, strict=True)), separators=(",", ":")).encode()
         for row in x[train_rows:].tolist()

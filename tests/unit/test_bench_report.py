@@ -17,7 +17,16 @@ import pytest
 
 from bench import report
 from bench.avro import AvroResult
-from bench.throughput import Failed, Latency, Options, Results, Throughput, results_json
+from bench.shadow import ShadowResult
+from bench.throughput import (
+    Failed,
+    Latency,
+    Options,
+    Results,
+    Throughput,
+    results_json,
+    table_rows,
+)
 from tests.conftest import ROOT
 
 RECORDED = ROOT / "bench" / "recorded" / "2026-12-03-run-c.json"
@@ -171,3 +180,29 @@ def test_an_avro_phase_that_could_not_start_is_one_row_and_no_figures() -> None:
     assert "(h) decode per record, JSON / Avro" not in rows
     assert data["avro"] is None
     assert "worker, Avro input" not in {t["phase"] for t in data["throughput"]}
+
+
+def test_the_shadow_rows_give_both_latencies_and_their_ratio(tmp_path: Path) -> None:
+    def lat(p99: float) -> Latency:
+        return Latency(1000.0, 990.0, 100, [10.0] * 98 + [p99] * 2, [12.0] * 100)
+
+    res = _results()
+    res.shadow = ShadowResult(
+        share=1.0,
+        latency={"without": [lat(40.0), lat(50.0)], "with": [lat(60.0), lat(55.0)]},
+        shadowed=[95, 100],
+        offered=[100, 100],
+        skipped=[{"busy": 2.0, "backpressure": 0.0, "error": 0.0}, {"busy": 0.0}],
+    )
+    data = results_json(res)
+    rows = {r["measurement"]: r for r in data["rows"]}
+    ratio = rows["(i) p99 with / without shadow"]
+    assert ratio["result"] == f"{57.5 / 45.0:.2f}x" and "NOT met" in ratio["notes"]
+    with_ = rows["(i) served latency, confluent, with shadow p50 / p99"]
+    assert "holds 195 of 200 timed records (98%, share 1)" in with_["notes"]
+    assert "skipped_total): 2 (busy 2)" in with_["notes"]
+    assert data["shadow"]["p99_ratio"] == pytest.approx(57.5 / 45.0)
+    assert {x["phase"] for x in data["latency"]} >= {"worker, with shadow"}
+    assert "(i) rows run (d) on confluent" in report.markdown(data, tmp_path / "r.json", None)
+    res.shadow = Failed("worker died")
+    assert ("(i) served latency, confluent", "not run", "worker died") in table_rows(res)
