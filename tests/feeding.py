@@ -145,7 +145,8 @@ class PacedFeeder:
     def abandon(self) -> None:
         """After a failure: stop at once, whatever is still unacknowledged."""
         self._stop.set()
-        self._thread.join(timeout=5)
+        if self._thread.is_alive():  # never started when the failure came first
+            self._thread.join(timeout=5)
         self.producer.close(timeout=1)
 
     def __enter__(self) -> PacedFeeder:

@@ -108,6 +108,7 @@ def test_a_consumer_without_brokers_past_the_bound_is_rebuilt_and_loses_nothing(
         bootstrap, topics, tmp_path / "store", "heal", f"heal-group-{guarantee}",
         "--max-batch", "50", "--rebuild-after-s", str(BOUND_S), "--guarantee", guarantee,
         "--transactional-id", f"heal-{guarantee}",
+        "--follow-labels",  # its labels reader is one of the clients watched (off by default)
         "--metrics-port", "0",
     )  # fmt: skip
     group = WorkerGroup(command, tmp_path)

@@ -62,7 +62,11 @@ class Checkpoint:
 
     def save(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
+        # one temporary file per process: a fenced zombie thawing between its write and its
+        # rename must not find its file renamed away by the replay that took over (exit 2
+        # where the fence's exit 9 was due; seen in CI). The group's offsets, not this file,
+        # say where an exactly-once resume starts, so a zombie's stale save misleads nothing.
+        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
         body: dict[str, object] = {
             "input_topic": self.input_topic,
             "output_topic": self.output_topic,
