@@ -46,6 +46,16 @@ log = structlog.get_logger("forestream.worker.shadow")
 SkipReason = Literal["busy", "backpressure", "error"]
 SKIP_REASONS: tuple[SkipReason, ...] = ("busy", "backpressure", "error")
 MAX_UNACKED_BATCHES = 4
+MAX_QUEUED_BATCHES = 64
+"""Served batches waiting for the shadow thread past which a batch is skipped as ``busy``."""
+COALESCE_RECORDS = 1_000
+COALESCE_S = 0.2
+"""The shadow thread scores the waiting batches together, once it holds this many records or
+its oldest has waited this long: at a low rate a served batch is a few records, and scoring a
+candidate per served batch costs its fixed overhead (parse, forest call, encode, send) as
+often, on the cores the served path needs (measured: served p99 1.42x without coalescing at
+1,000 rec/s on 2 cores). Shadow records are at-most-once and off the served path; a fifth of
+a second later costs them nothing."""
 """Shadow publications still unacknowledged past which a batch's shadow work is skipped: the
 broker or the producer's queue is not keeping up, and the served path must not share that."""
 _SEND_BLOCK_MS = 2_000
@@ -84,6 +94,31 @@ def skip_reason(queue_full: bool, unacked_batches: int) -> SkipReason | None:
     if unacked_batches >= MAX_UNACKED_BATCHES:
         return "backpressure"
     return None
+
+
+def coalesce(jobs: list[_Job]) -> list[_Job]:
+    """Consecutive batches of one candidate and one served version as one job (their records
+    appended, indexes shifted): a change of either starts a new job, in order."""
+    out: list[_Job] = []
+    for job in jobs:
+        last = out[-1] if out else None
+        if last is None or last.model is not job.model or last.served_version != job.served_version:
+            out.append(job)
+            continue
+        shift = len(last.records)
+        labels = _as_list(last.served_labels) + _as_list(job.served_labels)
+        out[-1] = _Job(
+            last.model,
+            last.records + job.records,
+            list(last.indexes) + [i + shift for i in job.indexes],
+            last.served_version,
+            labels,
+        )
+    return out
+
+
+def _as_list(labels: Sequence[str] | np.ndarray) -> list[str]:
+    return labels.tolist() if hasattr(labels, "tolist") else list(labels)
 
 
 class _Job(NamedTuple):
@@ -151,7 +186,7 @@ class ShadowScorer:
         self.encoder = encoder
         self.topic = settings.shadow_topic_or_default()
         self.share = settings.shadow_share
-        self._jobs: queue.Queue[_Job] = queue.Queue(1)
+        self._jobs: queue.Queue[_Job] = queue.Queue(MAX_QUEUED_BATCHES)
         self._unacked: deque[Delivery] = deque()
         self._producer: AckingProducer | None = None
         self._encode: PredictionEncoder | None = None
@@ -199,14 +234,35 @@ class ShadowScorer:
     def _run(self) -> None:
         while not self._stop.is_set():
             try:
-                job = self._jobs.get(timeout=0.2)
+                first = self._jobs.get(timeout=0.2)
             except queue.Empty:
                 self._reap()
                 continue
+            for job in coalesce(self._gather(first)):
+                try:
+                    self._work(job)
+                except Exception as exc:  # never let a candidate's bug reach serving
+                    error = f"{type(exc).__name__}: {exc}"
+                    self._skipped("error", job.model.version, error=error)
+
+    def _gather(self, first: _Job) -> list[_Job]:
+        """``first`` and the batches that follow it within :data:`COALESCE_S`, up to
+        :data:`COALESCE_RECORDS` records."""
+        import time
+
+        jobs, held = [first], len(first.indexes)
+        until = time.monotonic() + COALESCE_S
+        while held < COALESCE_RECORDS and not self._stop.is_set():
+            left = until - time.monotonic()
+            if left <= 0:
+                break
             try:
-                self._work(job)
-            except Exception as exc:  # never let a candidate's bug reach serving
-                self._skipped("error", job.model.version, error=f"{type(exc).__name__}: {exc}")
+                job = self._jobs.get(timeout=left)
+            except queue.Empty:
+                break
+            jobs.append(job)
+            held += len(job.indexes)
+        return jobs
 
     def _work(self, job: _Job) -> None:
         from forestream.worker.processing import process_records

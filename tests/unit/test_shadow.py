@@ -115,7 +115,7 @@ def test_offer_never_waits_a_batch_finding_the_scorer_busy_is_skipped_and_counte
 
     from forestream.worker.metrics import WorkerMetrics
     from forestream.worker.settings import WorkerSettings
-    from forestream.worker.shadow import ShadowScorer
+    from forestream.worker.shadow import MAX_QUEUED_BATCHES, ShadowScorer
 
     metrics = WorkerMetrics()
     telemetry: Any = SimpleNamespace(metrics=metrics)
@@ -129,7 +129,8 @@ def test_offer_never_waits_a_batch_finding_the_scorer_busy_is_skipped_and_counte
     )
     scorer._thread = cast(Any, object())  # the shadow thread, busy: nothing takes jobs
     records = [_record(b"k", 0)]
-    scorer.offer(records, [0], "v1", ["a"])  # fills the one-batch slot
+    for _ in range(MAX_QUEUED_BATCHES):
+        scorer.offer(records, [0], "v1", ["a"])  # fills the queue
     scorer.offer(records, [0], "v1", ["a"])  # returns at once, skipped
     scorer.offer(records, [], "v1", [])  # nothing predicted: nothing to shadow, not a skip
     follower.model = None
@@ -170,3 +171,30 @@ def test_shadow_rows_carry_the_served_prediction_of_their_own_record() -> None:
     avro = with_served(avro_prediction_encoder(1), "v1", by_source)(**arguments)  # type: ignore[arg-type]
     assert [v.endswith(b"\x02\x04v1\x02b") for v in avro] == [True, False]
     assert avro[1].endswith(b"\x02\x04v1\x02a")
+
+
+def test_batches_of_one_candidate_are_scored_together_in_order() -> None:
+    """The shadow thread joins consecutive batches of one candidate and served version: their
+    records appended, indexes shifted, the served labels kept beside their own index."""
+    from types import SimpleNamespace
+    from typing import Any
+
+    import numpy as np
+
+    from forestream.worker.shadow import _Job, coalesce
+
+    v2: Any = SimpleNamespace(version="v2")
+    v3: Any = SimpleNamespace(version="v3")
+    a = [_record(b"a", 0), _record(b"b", 1)]
+    b = [_record(b"c", 2), _record(b"d", 3), _record(b"e", 4)]
+    c = [_record(b"f", 5)]
+    jobs = [
+        _Job(v2, a, [0, 1], "v1", np.array(["x", "y"])),
+        _Job(v2, b, [0, 2], "v1", ["z", "w"]),  # record 1 of b was a dead letter
+        _Job(v3, c, [0], "v1", ["q"]),  # another candidate: a job of its own
+    ]
+    first, second = coalesce(jobs)
+    assert first.model is v2 and [r.key for r in first.records] == [b"a", b"b", b"c", b"d", b"e"]
+    assert list(first.indexes) == [0, 1, 2, 4]
+    assert list(first.served_labels) == ["x", "y", "z", "w"]
+    assert second.model is v3 and list(second.indexes) == [0]
