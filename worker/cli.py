@@ -319,6 +319,9 @@ def worker(
             "--transactional-id names one producer: with --processes the children would "
             "fence each other; leave it unset (each child gets its own, by worker index)"
         )
+    from forestream.runtime.shutdown import EarlyStop
+
+    early_stop = EarlyStop().install()  # until the worker's own handlers: no death mid start-up
     require_reachable(settings.kafka())
 
     if processes is not None and processes != 1:
@@ -368,6 +371,7 @@ def worker(
             settings,
             follower,
             telemetry=telemetry,
+            early_stop=early_stop,
             monitoring=lambda running: StreamMonitoring(
                 kafka=settings.kafka(),
                 model_name=settings.model_name,

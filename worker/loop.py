@@ -61,6 +61,7 @@ from forestream.worker.window import BatchWindow
 
 if TYPE_CHECKING:
     from forestream.edge.connection import KafkaConnection
+    from forestream.runtime.shutdown import EarlyStop
     from forestream.worker.health import Telemetry
     from forestream.worker.monitoring import StreamMonitoring
 
@@ -394,17 +395,21 @@ def run_worker(
     observers: Sequence[BatchObserver] = (),
     telemetry: Telemetry | None = None,
     monitoring: Callable[[Worker], StreamMonitoring] | None = None,
+    early_stop: EarlyStop | None = None,
 ) -> int:
     """Start the follower, run one worker in this process until stopped; returns exit code.
 
     ``monitoring`` builds the worker's :class:`StreamMonitoring` (it needs the worker for the
-    drift reference of the serving version).
+    drift reference of the serving version). ``early_stop``: a signal that came during start-up
+    stops the worker as soon as its handlers are in place.
     """
     worker = Worker(settings, follower, observers, telemetry)  # Avro out: registered here
     follower.start()
     if monitoring is not None:
         worker.attach_monitoring(monitoring(worker))
     worker.install_signal_handlers()
+    if early_stop is not None and early_stop.signum is not None:
+        worker.request_stop(early_stop.signum)
     try:
         return worker.run()
     finally:

@@ -242,3 +242,25 @@ def install(
     watchdog._install()
     _installed = watchdog
     return watchdog
+
+
+class EarlyStop:
+    """SIGTERM/SIGINT that arrive before a service's own handlers are in place, remembered.
+
+    Start-up takes seconds (reaching the cluster, the first model), and meanwhile the default
+    action would kill the process: a supervisor then reads an unclean exit (seen in CI: a
+    ``--processes`` child stopped right after it served ``/healthz``). The service hands the
+    signal to its real handler once installed and stops in order, exit 0.
+    """
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+
+    def install(self) -> EarlyStop:
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, self._note)
+        return self
+
+    def _note(self, signum: int, _frame: FrameType | None) -> None:
+        if self.signum is None:
+            self.signum = signum
