@@ -23,6 +23,7 @@ import sys
 import time
 import uuid
 from collections import Counter, deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Annotated, Any
@@ -401,32 +402,27 @@ class Demo:
         self.run_command("models", "shadow", "v2", log_name="shadow-v2")
 
     def wait_for_outputs(self, timeout_s: float, on_progress: Any) -> bool:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            on_progress()
-            if self.accounted() >= self.sent:
-                return True
-            time.sleep(0.2)
-        return False
+        return _until(lambda: self.accounted() >= self.sent, timeout_s, on_progress)
 
     def wait_final_reports(self, timeout_s: float) -> bool:
         """Until the workers' newest reports (cumulative) count every record sent."""
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self.observer.reports_counted() >= self.sent:
-                return True
-            time.sleep(0.2)
-        return False
+        return _until(lambda: self.observer.reports_counted() >= self.sent, timeout_s)
 
     def wait_labelled(self, timeout_s: float, on_progress: Any) -> bool:
         """Until the evaluator's published counts hold every label sent (each joins once)."""
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
+        return _until(lambda: self.observer.labelled() >= self.labels_sent, timeout_s, on_progress)
+
+
+def _until(done: Callable[[], bool], timeout_s: float, on_progress: Any = None) -> bool:
+    """Whether ``done`` held within ``timeout_s``, asked every 0.2 s (progress shown first)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if on_progress is not None:
             on_progress()
-            if self.observer.labelled() >= self.labels_sent:
-                return True
-            time.sleep(0.2)
-        return False
+        if done():
+            return True
+        time.sleep(0.2)
+    return False
 
 
 def run_demo(

@@ -273,9 +273,7 @@ class ShadowScorer:
         if not picked:
             return
         chosen = [records[i] for i in picked]
-        labels = job.served_labels
-        as_list = labels.tolist() if hasattr(labels, "tolist") else list(labels)
-        served_of = dict(zip(indexes, as_list, strict=True))
+        served_of = dict(zip(indexes, _as_list(job.served_labels), strict=True))
         served = {(records[i].partition, records[i].offset): served_of[i] for i in picked}
         self._reap()
         reason = skip_reason(False, len(self._unacked))
