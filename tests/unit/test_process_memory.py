@@ -22,3 +22,26 @@ def test_an_explicit_environment_setting_wins(monkeypatch: pytest.MonkeyPatch) -
 def test_glibc_takes_the_cap(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("MALLOC_ARENA_MAX", raising=False)
     assert limit_malloc_arenas() is True
+
+
+@pytest.mark.skipif(
+    platform.libc_ver()[0] != "glibc" or ctypes.util.find_library("c") is None,
+    reason="glibc only",
+)
+def test_free_heap_pages_go_back() -> None:
+    """Chunks freed in the middle of the heap (below the mmap threshold, a live one above
+    them) are released by the trim: what a version's load leaves behind."""
+    from forestream.worker.process_memory import return_free_heap
+
+    libc = ctypes.CDLL(ctypes.util.find_library("c"))
+    libc.malloc.restype = ctypes.c_void_p
+    libc.free.argtypes = [ctypes.c_void_p]
+    chunks = [libc.malloc(64 * 1024) for _ in range(256)]  # 16 MB
+    for chunk in chunks:
+        ctypes.memset(chunk, 1, 64 * 1024)  # resident
+    for chunk in chunks[:-1]:
+        libc.free(chunk)
+    try:
+        assert return_free_heap() is True
+    finally:
+        libc.free(chunks[-1])
