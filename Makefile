@@ -6,7 +6,8 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 BENCH_RESULTS ?= bench/results/latest.json
 
-.PHONY: wheel-check lock setup test test-extra unit integration lint format demo bench bench-report soak kafka-jars \
+.PHONY: wheel-check lock setup test test-extra unit integration lint format demo bench bench-report profile \
+	soak kafka-jars \
 	schema-registry-app tools \
 	docs docs-build docs-check docs-cli clean
 
@@ -87,6 +88,11 @@ demo: setup
 
 bench: setup
 	$(BIN)/python -m bench.throughput
+
+# Where the worker's time goes: py-spy over one worker per client, its samples by category
+# (bench/profile.py). PROFILE_ARGS="--worker-cwd PATH" profiles another checkout's worker.
+profile: setup
+	$(BIN)/python -m bench.profile $(PROFILE_ARGS)
 
 # Two workers for SOAK_MINUTES under load, with a promotion every 2 minutes, a broker SIGKILL
 # every 10 and 1 % malformed records; then every input is accounted for and RSS, fds and threads

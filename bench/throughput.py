@@ -48,7 +48,7 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -551,21 +551,30 @@ def start_worker(
     client: KafkaClient = "kafka-python",
     pipeline: bool = True,
     guarantee: str = "at-least-once",
-    input_format: str = "json",
+    input_format: str | None = "json",
     env: dict[str, str] | None = None,
+    wrap: Sequence[str] = (),
+    cwd: Path | None = None,
 ) -> subprocess.Popen[bytes]:
-    """The worker on ``client``, set explicitly: an inherited setting must not relabel a row."""
+    """The worker on ``client``, set explicitly: an inherited setting must not relabel a row.
+
+    ``wrap`` goes before the command (a profiler that runs it as its child); ``cwd`` is where it
+    runs, whose checkout ``python -m forestream`` imports first; ``input_format=None`` leaves
+    the flag out (its default is JSON; a worker older than the flag does not know it).
+    """
     from bench.workload import MODEL_NAME
 
     cmd = [
-        sys.executable, "-m", "forestream", "worker",
+        *wrap, sys.executable, "-m", "forestream", "worker",
         "--bootstrap-servers", bootstrap,
         "--input-topic", topics.input, "--output-topic", topics.output,
         "--dlq-topic", topics.dlq, "--models-topic", topics.models,
         "--store", str(store), "--name", MODEL_NAME, "--group", group,
         "--log-format", "json", "--guarantee", guarantee,
-        "--transactional-id", f"{group}.tx", "--input-format", input_format,
+        "--transactional-id", f"{group}.tx",
     ]  # fmt: skip
+    if input_format is not None:
+        cmd += ["--input-format", input_format]
     if max_records is not None:
         cmd += ["--max-records", str(max_records)]
     with log_path.open("ab") as log:
@@ -573,6 +582,7 @@ def start_worker(
             cmd,
             stdout=subprocess.DEVNULL,
             stderr=log,
+            cwd=cwd,
             env={
                 **os.environ,
                 "FORESTREAM_KAFKA_CLIENT": client,
