@@ -36,7 +36,9 @@ milliseconds instead of compiling again.
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -77,17 +79,45 @@ def _import_numba() -> Any:
     return numba
 
 
+@contextlib.contextmanager
+def _cache_loads_without_registries() -> Iterator[None]:
+    """While the kernels below load, numba's cache loads them with only its runtime (NRT)
+    initialised, not the full refresh of its target context: that refresh imports and
+    registers every lowering implementation numba has (229 modules, ~26 MB of the worker's
+    RSS), which only compiling needs. A cache miss still compiles as usual: numba's compiler
+    refreshes the context itself. Uses numba internals (:data:`NUMBA_CACHE`, bounded in
+    pyproject); where they are missing, numba's own load runs."""
+    from numba.core import caching
+    from numba.core.runtime import rtsys
+
+    from forestream.runtime.internals import NUMBA_CACHE, missing
+
+    cache = caching.Cache
+    if missing(cache, NUMBA_CACHE):
+        yield
+        return
+
+    def load_overload(self: Any, sig: Any, target_context: Any) -> Any:
+        rtsys.initialize(target_context)  # the symbols the kernels link against
+        with self._guard_against_spurious_io_errors():
+            return self._load_overload(sig, target_context)
+
+    original = cache.load_overload
+    cache.load_overload = load_overload  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        cache.load_overload = original  # type: ignore[method-assign]
+
+
 _numba = _import_numba()
 _t = _numba.types
+_KERNEL = _t.void(_t.float32[:, ::1], _t.float32[::1], _t.uint32[::1], _t.uint8[::1],
+                  _t.uint32[::1], _t.uint64[::1], _t.float64[:, ::1], _t.float64[:, ::1],
+                  _t.uint32)  # fmt: skip
+"""Both kernels' one signature, compiled (or loaded from the cache) when this module loads."""
 
 
-@_numba.njit(
-    _t.void(_t.float32[:, ::1], _t.float32[::1], _t.uint32[::1], _t.uint8[::1],
-            _t.uint32[::1], _t.uint64[::1], _t.float64[:, ::1], _t.float64[:, ::1], _t.uint32),
-    cache=True,
-    nogil=True,
-    boundscheck=False,
-)  # fmt: skip
 def _walk_missing(  # pragma: no cover - compiled by numba; tests call it through CompiledForest
     x: np.ndarray,
     thresholds: np.ndarray,
@@ -97,7 +127,7 @@ def _walk_missing(  # pragma: no cover - compiled by numba; tests call it throug
     roots: np.ndarray,
     leaves: np.ndarray,
     out: np.ndarray,
-    feature_bits: int,
+    feature_bits: int | np.uint32,
 ) -> None:
     """Input with NaN somewhere: one walk at a time, a NaN going where sklearn's
     ``missing_go_to_left`` sends it (a leaf's flag is 0 and its distance 0, so a leaf holds)."""
@@ -122,13 +152,6 @@ def _walk_missing(  # pragma: no cover - compiled by numba; tests call it throug
     out /= n_trees
 
 
-@_numba.njit(
-    _t.void(_t.float32[:, ::1], _t.float32[::1], _t.uint32[::1], _t.uint8[::1],
-            _t.uint32[::1], _t.uint64[::1], _t.float64[:, ::1], _t.float64[:, ::1], _t.uint32),
-    cache=True,
-    nogil=True,
-    boundscheck=False,
-)  # fmt: skip
 def _walk(  # pragma: no cover - compiled by numba; tests call it through CompiledForest
     x: np.ndarray,
     thresholds: np.ndarray,
@@ -138,7 +161,7 @@ def _walk(  # pragma: no cover - compiled by numba; tests call it through Compil
     roots: np.ndarray,
     leaves: np.ndarray,
     out: np.ndarray,
-    feature_bits: int,
+    feature_bits: int | np.uint32,
 ) -> None:
     """Per group (a block of rows, one tree or a few), level by level, each walk under way one
     step; then each row adds its leaf of each tree in tree order. Input with a NaN goes to
@@ -193,6 +216,11 @@ def _walk(  # pragma: no cover - compiled by numba; tests call it through Compil
                     for c in range(n_classes):
                         out[start + r, c] += leaves[leaf, c]
     out /= n_trees
+
+
+with _cache_loads_without_registries():
+    _walk_missing = _numba.njit(_KERNEL, cache=True, nogil=True, boundscheck=False)(_walk_missing)
+    _walk = _numba.njit(_KERNEL, cache=True, nogil=True, boundscheck=False)(_walk)
 
 
 @dataclass(frozen=True)

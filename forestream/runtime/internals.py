@@ -1,4 +1,5 @@
-"""Private attributes of kafka-python and scikit-learn that forestream relies on, in one place.
+"""Private attributes of kafka-python, scikit-learn and numba that forestream relies on, in one
+place.
 
 Each one is a workaround or a measured speed-up (the docstrings where they are used say which);
 a release may drop any of them without notice. So: pyproject bounds both libraries below their
@@ -75,6 +76,14 @@ SKLEARN_FOREST: tuple[Internal, ...] = (
 SKLEARN_TREE: tuple[Internal, ...] = (
     Internal("scikit-learn", "DecisionTreeClassifier", "tree_.predict",
              "the tree-by-tree scorer calls the Cython tree directly (no joblib dispatch)"),
+)  # fmt: skip
+NUMBA_CACHE: tuple[Internal, ...] = (
+    Internal("numba", "Cache", "_load_overload",
+             "the forest kernel loads from numba's cache without every lowering registry"),
+    Internal("numba", "Cache", "_guard_against_spurious_io_errors",
+             "the same load, with numba's own guard around the cache file"),
+    Internal("numba", "Cache", "load_overload",
+             "the method the kernel's load stands in for, while the kernel loads"),
 )  # fmt: skip
 SKLEARN_PRIVATE_MODULES = ("sklearn.ensemble._forest.ForestClassifier",)
 """Imported by ``forestream.worker.scoring`` to recognise a plain forest."""

@@ -241,3 +241,42 @@ def test_the_forest_still_scores_after_the_compilers_pages_are_released() -> Non
     assert release_compiler_pages() > 0
     assert np.array_equal(compiled.predict_proba(rows), model.predict_proba(rows))
     assert numba.njit(lambda a: a + 1)(41) == 42
+
+
+LOAD_PROBE = """
+import sys
+from forestream.worker import compiled_forest
+print(compiled_forest._walk.stats.cache_hits.total(), "numba.np.linalg" in sys.modules)
+"""
+
+
+def test_a_cached_kernel_loads_without_numbas_lowering_registries() -> None:
+    """A process finding the kernels in numba's cache loads them without importing numba's
+    lowering implementations (~26 MB of the worker's RSS); they still score bit-identically,
+    and a later compile in the same process refreshes what it needs."""
+    import subprocess
+    import sys
+
+    # this process imported the module (compile_forest above): the kernels are in the cache
+    done = subprocess.run(
+        [sys.executable, "-c", LOAD_PROBE + PARITY_PROBE], capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    hits, registries_loaded = done.stdout.split("\n")[0].split()
+    assert (hits, registries_loaded) == ("1", "False"), done.stdout
+    assert done.stdout.split("\n")[1:3] == ["parity True", "compiled 42"], done.stdout
+
+
+PARITY_PROBE = """
+import numpy as np
+from sklearn.ensemble import RandomForestClassifier
+rng = np.random.default_rng(0)
+x = rng.normal(size=(400, 6)).astype(np.float32)
+y = (x[:, 0] + x[:, 1] > 0).astype(int) + (x[:, 2] > 1)
+forest = RandomForestClassifier(n_estimators=5, random_state=0).fit(x, y)
+rows = rng.normal(size=(300, 6)).astype(np.float32)
+got = compiled_forest.compile_forest(forest).predict_proba(rows)
+print("parity", np.array_equal(got, forest.predict_proba(rows)))
+import numba
+print("compiled", numba.njit(lambda a: a + 1)(41))
+"""

@@ -16,6 +16,7 @@ from forestream.errors import UnsupportedLibrary
 from forestream.runtime.internals import (
     KAFKA_CONSUMER,
     KAFKA_TRANSACTIONAL_PRODUCER,
+    NUMBA_CACHE,
     SKLEARN_FOREST,
     SKLEARN_PRIVATE_MODULES,
     SKLEARN_TREE,
@@ -110,3 +111,10 @@ def test_clients_refuse_a_library_without_them_at_construction(
     stand_in = SimpleNamespace(_subscription=SimpleNamespace(assignment=set()))
     with pytest.raises(UnsupportedLibrary, match="_coordinator"):
         KafkaPythonGroupConsumer(stand_in, conn, "g")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("internal", NUMBA_CACHE, ids=lambda i: i.path)
+def test_numba_has_what_we_rely_on(internal: Internal) -> None:
+    from numba.core import caching
+
+    check(caching.Cache, internal)
