@@ -1129,7 +1129,8 @@ def command_line(o: Options) -> str:
         f"python -m bench.throughput --records {o.records} "
         f"--features {o.features} --trees {o.trees} --latency-rate {o.latency_rate:g} "
         f"--latency-seconds {o.latency_seconds:g} --naive-records {o.naive_records} "
-        f"--train-rows {o.train_rows} --partitions {o.partitions} --shadow-reps {o.shadow_reps}"
+        f"--train-rows {o.train_rows} --partitions {o.partitions} --shadow-reps {o.shadow_reps} "
+        f"--latency-pairs {o.latency_pairs}"
     )
 
 
