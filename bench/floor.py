@@ -7,14 +7,23 @@ as much as the worker. Here each pair runs the two back to back, the order alter
 first, then passthrough first, ...), each on fresh topics; the figure is the median of the
 pairs' p99 ratios, every pair listed beside it. A pair's runs are shorter than one long run
 was (``--latency-seconds`` split over the pairs), so ``make bench`` takes about as long.
+
+``python -m bench.floor [--pairs 3] [--latency-rate 1000] [--seconds 7]`` runs this alone
+(``--seconds`` per run) and prints the rows, no results file.
 """
 
 from __future__ import annotations
 
+import argparse
+import os
 import statistics
+import sys
+import tempfile
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from bench.throughput import Failed, Latency
@@ -124,3 +133,84 @@ def figures(res: FloorResult) -> dict[str, object]:
         "ratios": res.ratios(),
         "p99_ratio": res.ratio,
     }
+
+
+def main(argv: list[str] | None = None) -> int:
+    import uuid
+
+    parser = argparse.ArgumentParser(prog="python -m bench.floor", description=__doc__)
+    parser.add_argument("--pairs", type=int, default=3, help="worker / passthrough pairs [3]")
+    parser.add_argument("--latency-rate", type=float, default=1000.0)
+    parser.add_argument("--seconds", type=float, default=7.0, help="each run's offered load [7]")
+    parser.add_argument("--trees", type=int, default=100)
+    parser.add_argument("--partitions", type=int, default=4)
+    parser.add_argument("--bootstrap-servers")
+    a = parser.parse_args(argv)
+    if a.pairs < 1 or a.latency_rate * a.seconds < 1 or a.partitions < 1:
+        parser.error("--pairs >= 1, --partitions >= 1, at least one record offered")
+    from bench.throughput import (
+        WorkerTopics,
+        broker,
+        offered_load_latency,
+        start_passthrough,
+        start_worker,
+    )
+    from bench.workload import announce_promotion, make_workload
+    from forestream.edge.factory import TopicSpec, admin_client, ensure_topics
+    from forestream.registry.local import LocalModelStore
+
+    def say(message: str) -> None:
+        print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+    load = [os.getloadavg()]
+    prefix = f"bench.floor.{uuid.uuid4().hex[:8]}"
+    made: list[str] = [f"{prefix}.models"]
+    with broker(a.bootstrap_servers) as bootstrap, tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        store = LocalModelStore(work / "models")
+        workload = make_workload(20_000, 30, a.trees, 10_000, store)
+        announce_promotion(bootstrap, made[0], workload.metadata)
+
+        def run(kind: str, pair: int) -> Latency:
+            tag = f"{prefix}.{pair}.{kind}"
+            wt = WorkerTopics(f"{tag}.in", f"{tag}.out", f"{tag}.dlq", made[0])
+            made.extend([wt.input, wt.output, wt.dlq])
+            ensure_topics(bootstrap, [TopicSpec(t, a.partitions) for t in made[-3:]])
+            log = work / f"{tag}.log"
+
+            def start(n: int) -> Any:
+                if kind == "worker":
+                    return start_worker(bootstrap, wt, store.root, f"{tag}.g", log,
+                                        client="confluent")  # fmt: skip
+                return start_passthrough(
+                    bootstrap, wt.input, wt.output, n, f"{tag}.g", log, "confluent"
+                )
+
+            return offered_load_latency(
+                bootstrap, wt.input, wt.output, workload.values, a.latency_rate, a.seconds,
+                start, log,
+            )  # fmt: skip
+
+        try:
+            res = measure(run, a.pairs, say, lambda: os.getloadavg()[0])
+        finally:
+            admin = admin_client(bootstrap)
+            admin.delete_topics(made, timeout_ms=30_000)
+            admin.close()
+    load.append(os.getloadavg())
+    print(f"load {load[0][0]:.1f} -> {load[1][0]:.1f}; nproc {os.cpu_count()}")
+    for kind in KINDS:
+        runs = getattr(res, kind)
+        shown = ", ".join(
+            f"{x.percentile('created', 50):.0f} / {x.percentile('created', 99):.0f}" for x in runs
+        )
+        print(f"{kind} p50 / p99 per run: {shown} ms")
+    for row in rows(res):
+        print(" | ".join(row))
+    return 0
+
+
+if __name__ == "__main__":
+    from bench import floor  # its classes, not a second copy's (see bench.throughput)
+
+    sys.exit(floor.main())
