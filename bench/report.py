@@ -134,6 +134,16 @@ def markdown(data: dict[str, Any], source: Path, chart: Path | None) -> str:
         "What limits these figures, earlier runs side by side, and the rebalance pause are on "
         "[Benchmark findings](benchmark-findings.md).",
     ]
+    if data.get("floor"):  # runs before the pairs had one worker and one passthrough run
+        lines[-1:-1] = [
+            "(d) on confluent runs the worker and the passthrough as back-to-back pairs, the "
+            "order alternating, each on fresh topics, `--latency-seconds` split over the pairs "
+            "(`bench/floor.py`): the floor moves with the shared cores' load from minute to "
+            "minute, so the worker is compared with the floor measured beside it. The ratio row "
+            "is the median of the pairs' p99 ratios (target ≤ 1.5×, issue #24), every pair's "
+            "p99s and the load after it listed; the p50 / p99 rows pool each side's runs.",
+            "",
+        ]
     if data.get("shadow"):  # runs before shadow scoring had no (i)
         lines[-1:-1] = [
             "(i) rows run (d) on confluent again in paired runs that alternate without and "

@@ -13,7 +13,11 @@
     worker's producer when it sends the prediction, i.e. after scoring, before the broker ack),
     plus input CreateTime -> the moment this process received the prediction (includes the
     output's delivery; the two clocks are the same host clock); the same load through (a)'s
-    loop in its own process gives the floor the client alone imposes;
+    loop in its own process gives the floor the client alone imposes. On confluent, whose
+    target is relative to that floor (p99 <= 1.5x, #24), worker and passthrough run as
+    ``--latency-pairs`` back-to-back pairs, order alternating, ``--latency-seconds`` split
+    over them: the median of the pairs' p99 ratios, every pair listed (:mod:`bench.floor`);
+    its p50 / p99 rows pool each side's runs;
 (e) reference: the confluent-kafka scoring loop a user would write by hand
     (:mod:`bench.reference_confluent`), what the worker on confluent is worth against;
 (f) exactly-once: (c) and (d) again with ``--guarantee exactly-once`` (a transaction per
@@ -56,6 +60,9 @@ from typing import Any, Protocol
 
 from bench.avro import AvroResult, avro_figures
 from bench.avro import rows as avro_rows
+from bench.floor import FloorResult
+from bench.floor import figures as floor_figures
+from bench.floor import rows as floor_rows
 from bench.shadow import ShadowResult
 from bench.shadow import figures as shadow_figures
 from bench.shadow import rows as shadow_rows
@@ -92,6 +99,8 @@ class Options:
     output: Path
     shadow_reps: int = 3
     """(i)'s runs of each variant: the median of 3 shrugs off one outlier, of 2 it cannot."""
+    latency_pairs: int = 3
+    """(d) on confluent: worker / passthrough pairs, ``latency_seconds`` split over them."""
 
 
 def parse_args(argv: list[str] | None = None) -> Options:
@@ -109,13 +118,16 @@ def parse_args(argv: list[str] | None = None) -> Options:
     parser.add_argument("--train-rows", type=int, help="training rows [10000]")
     parser.add_argument("--partitions", type=int, default=4, help="input partitions [4]")
     parser.add_argument("--shadow-reps", type=int, help="(i) runs without / with shadow [3]")
+    parser.add_argument(
+        "--latency-pairs", type=int, help="(d) worker / passthrough pairs on confluent [3]"
+    )
     parser.add_argument("--bootstrap-servers", help="broker (default: the local one, or start one)")
     parser.add_argument("--output", type=Path, default=RESULTS, help=f"markdown [{RESULTS}]")
     parser.add_argument(
         "--quick",
         action="store_true",
         help="a short end-to-end check: 20k records, 500 naive, 5 s of latency, 4k training "
-        "rows, 2 shadow runs each",
+        "rows, 2 shadow runs each, 2 latency pairs",
     )
     a = parser.parse_args(argv)
 
@@ -134,9 +146,10 @@ def parse_args(argv: list[str] | None = None) -> Options:
         bootstrap_servers=a.bootstrap_servers,
         output=a.output,
         shadow_reps=pick(a.shadow_reps, 3, 2),
+        latency_pairs=pick(a.latency_pairs, 3, 2),
     )
     names = ("records", "features", "trees", "naive_records", "train_rows", "partitions")
-    for name in (*names, "shadow_reps"):
+    for name in (*names, "shadow_reps", "latency_pairs"):
         if getattr(opts, name) < 1:
             raise UserError(f"--{name.replace('_', '-')} must be >= 1")
     if opts.latency_rate * opts.latency_seconds < 1:
@@ -224,6 +237,9 @@ class Results:
     """(h) the worker on Avro input and decode per record, JSON vs Avro (:mod:`bench.avro`)."""
     shadow: ShadowResult | Failed | None = None
     """(i) served latency without / with a shadow candidate (:mod:`bench.shadow`)."""
+    floor: FloorResult | Failed | None = None
+    """(d) on confluent: worker / passthrough pairs (:mod:`bench.floor`); ``latency`` and
+    ``passthrough_latency`` then hold each side's runs pooled."""
 
 
 # -- Kafka plumbing ----------------------------------------------------------------------------
@@ -998,10 +1014,13 @@ def table_rows(res: Results) -> list[tuple[str, str, str]]:
              f"committed), at {lat.offered_rate:,.0f} rec/s offered")
         )  # fmt: skip
     for client, lat in res.passthrough_latency.items():
+        pairs = client == "confluent" and isinstance(res.floor, FloorResult)
         rows.append(
             (f"(d) passthrough latency, {client} p50 / p99", percentiles(lat, "created"),
-             "same load through (a)'s loop in its own process: the client's floor")
+             "same load through (a)'s loop in its own process: the client's floor"
+             + ("; the pairs' runs pooled, as the worker's row above" if pairs else ""))
         )  # fmt: skip
+    rows += floor_rows(res.floor)
     rows += engine_table_rows(res.engines)
     rows += avro_rows(res.avro, workers.get("kafka-python"))
     rows += shadow_rows(res.shadow)
@@ -1120,7 +1139,8 @@ def command_line(o: Options) -> str:
         f"python -m bench.throughput --records {o.records} "
         f"--features {o.features} --trees {o.trees} --latency-rate {o.latency_rate:g} "
         f"--latency-seconds {o.latency_seconds:g} --naive-records {o.naive_records} "
-        f"--train-rows {o.train_rows} --partitions {o.partitions} --shadow-reps {o.shadow_reps}"
+        f"--train-rows {o.train_rows} --partitions {o.partitions} --shadow-reps {o.shadow_reps} "
+        f"--latency-pairs {o.latency_pairs}"
     )
 
 
@@ -1186,6 +1206,7 @@ def results_json(res: Results, written_at: datetime | None = None) -> dict[str, 
         "engines": res.engines,
         "avro": avro_figures(res.avro) if isinstance(res.avro, AvroResult) else None,
         "shadow": shadow_figures(res.shadow) if isinstance(res.shadow, ShadowResult) else None,
+        "floor": floor_figures(res.floor) if isinstance(res.floor, FloorResult) else None,
     }
 
 
@@ -1294,6 +1315,8 @@ def run(opts: Options) -> Results:
 
     res = Results(opts)
     res.load.append(os.getloadavg())
+    paired: list[str] = []
+    """(d)'s pairs' topics, made as they run."""
     run_id = uuid.uuid4().hex[:8]
     prefix = f"bench.{run_id}"
     topics = Layout.of(prefix)
@@ -1365,6 +1388,32 @@ def run(opts: Options) -> Results:
                     log,
                 )  # fmt: skip
 
+            def floor_run(kind: str, pair: int) -> Latency:
+                """(d) on confluent, one side of one pair, on topics of its own."""
+                tag = f"{prefix}.confluent.lat.{pair}.{kind}"
+                wt = WorkerTopics(f"{tag}.in", f"{tag}.out", f"{tag}.dlq", topics.models)
+                paired.extend([wt.input, wt.output, wt.dlq])
+                ensure_topics(bootstrap, [TopicSpec(t, opts.partitions) for t in paired[-3:]])
+                log = work / ("d-confluent.log" if kind == "worker" else "d-pass-confluent.log")
+
+                def start(n: int) -> subprocess.Popen[bytes]:
+                    if kind == "worker":
+                        return start_worker(bootstrap, wt, store.root, f"{tag}.g", log,
+                                            client="confluent")  # fmt: skip
+                    return start_passthrough(
+                        bootstrap, wt.input, wt.output, n, f"{tag}.g", log, "confluent"
+                    )
+
+                return offered_load_latency(
+                    bootstrap, wt.input, wt.output, workload.values, opts.latency_rate,
+                    opts.latency_seconds / opts.latency_pairs, start, log,
+                )  # fmt: skip
+
+            def floor_phase() -> FloorResult:
+                from bench.floor import measure
+
+                return measure(floor_run, opts.latency_pairs, say, lambda: os.getloadavg()[0])
+
             artifact = store.version_dir(MODEL_NAME, workload.metadata.version) / ARTIFACT
             res.model_mb = model_rss_mb(artifact)
             for client in CLIENTS:
@@ -1407,9 +1456,16 @@ def run(opts: Options) -> Results:
                 elif client == "kafka-python":
                     res.latency[client] = latency_phase(client)
                 else:
-                    res.latency[client] = allowed_to_fail(
-                        lambda c=client: latency_phase(c), work / f"d-{client}.log"
-                    )
+                    say(f"(d) as {opts.latency_pairs} worker / passthrough pairs of "
+                        f"{opts.latency_seconds / opts.latency_pairs:.3g} s each")  # fmt: skip
+                    res.floor = allowed_to_fail(floor_phase, work / f"d-{client}.log")
+                    if isinstance(res.floor, FloorResult):
+                        from bench.floor import pooled
+
+                        res.latency[client] = pooled(res.floor.worker)
+                        res.passthrough_latency[client] = pooled(res.floor.passthrough)
+                    else:
+                        res.latency[client] = res.floor
                 res.latency_batch[client] = mean_batch(work / f"d-{client}.log")
                 say(f"(d) worker on {client}: {shown(res.latency[client])}")
 
@@ -1449,6 +1505,8 @@ def run(opts: Options) -> Results:
                 say(f"(f) latency on {client}: {shown(res.exactly_once_latency[client])}")
 
             for client in CLIENTS:
+                if client in res.passthrough_latency:  # confluent's ran in (d)'s pairs
+                    continue
                 say(f"(d) the same load through the passthrough on {client}")
                 source, sink = topics.latency_passthrough[client]
                 log = work / f"d-pass-{client}.log"
@@ -1464,7 +1522,7 @@ def run(opts: Options) -> Results:
             admin = None
             with contextlib.suppress(Exception):  # best effort: leave the shared broker tidy
                 admin = admin_client(bootstrap)
-                admin.delete_topics(topics.all(), timeout_ms=30_000)
+                admin.delete_topics([*topics.all(), *paired], timeout_ms=30_000)
             if admin is not None:
                 admin.close()
     return res

@@ -75,10 +75,31 @@ def _numeric_block(frame: pd.DataFrame, names: list[str]) -> np.ndarray | None:
     ``pd.to_numeric`` per column was 15 % of the worker's loop (profiled at ~30k rec/s)."""
     if not names:
         return None
-    columns = frame[names]
+    # selecting columns costs ~0.3 ms however few the rows: skipped when they are the frame's
+    columns = frame if tuple(frame.columns) == tuple(names) else frame[names]
     if not all(kind in "fiub" for kind in (dtype.kind for dtype in columns.dtypes)):
         return None
     return columns.to_numpy(dtype=np.float64, na_value=np.nan)
+
+
+class _NumericBins:
+    """Every numeric feature binned into one count vector: a ``searchsorted`` per feature,
+    then one ``where`` for the missing values and one ``bincount`` for all, where counting
+    feature by feature took five numpy calls each."""
+
+    def __init__(self, slots: list[_Slot]) -> None:
+        self.names = [s.name for s in slots]
+        self.edges = [s.edges for s in slots if s.edges is not None]
+        self.offsets = np.array([s.offset for s in slots], dtype=np.int64)
+        self.missing_at = np.array([s.missing_at for s in slots], dtype=np.int64)
+
+    def count(self, block: np.ndarray, size: int) -> np.ndarray:
+        """The count vector of ``block`` (rows x these features, NaN for missing)."""
+        bins = np.empty(block.shape, dtype=np.int64)
+        for j, edges in enumerate(self.edges):
+            bins[:, j] = np.searchsorted(edges, block[:, j], side="left")
+        index = np.where(np.isnan(block), self.missing_at, self.offsets + bins)
+        return np.bincount(index.ravel(), minlength=size)
 
 
 class DriftMonitor:
@@ -128,6 +149,7 @@ class DriftMonitor:
         """Start over against a new reference; ``None`` watches nothing until the next one."""
         self.reference = reference
         self._slots, self._size = _layout(reference or ReferenceStats(features={}))
+        self._numeric = _NumericBins([s for s in self._slots if s.edges is not None])
         self._spans = tuple((s.name, s.offset, s.bins + 1) for s in self._slots)
         self._ring: deque[tuple[int, np.ndarray]] = deque()
         self._totals = np.zeros(self._size, dtype=np.int64)
@@ -161,6 +183,9 @@ class DriftMonitor:
         counts = np.zeros(self._size, dtype=np.int64)
         numeric = [s for s in self._slots if s.edges is not None and s.name in frame.columns]
         block = _numeric_block(frame, [s.name for s in numeric])
+        if block is not None and len(numeric) == len(self._numeric.names):
+            counts += self._numeric.count(block, self._size)
+            numeric = []  # every numeric feature counted at once
         for j, slot in enumerate(numeric):
             values = (
                 block[:, j]

@@ -206,3 +206,31 @@ def test_the_shadow_rows_give_both_latencies_and_their_ratio(tmp_path: Path) -> 
     assert "(i) rows run (d) on confluent" in report.markdown(data, tmp_path / "r.json", None)
     res.shadow = Failed("worker died")
     assert ("(i) served latency, confluent", "not run", "worker died") in table_rows(res)
+
+
+def test_the_floor_row_is_the_median_of_the_pairs_each_listed(tmp_path: Path) -> None:
+    from bench.floor import FloorResult, order, pooled
+
+    def lat(p99: float) -> Latency:
+        return Latency(1000.0, 990.0, 100, [10.0] * 98 + [p99] * 2, [12.0] * 100)
+
+    res = _results()
+    res.floor = FloorResult(
+        worker=[lat(22.0), lat(24.0), lat(30.0)],
+        passthrough=[lat(13.0), lat(18.0), lat(15.0)],
+        load=[2.5, 3.0, 4.0],
+    )
+    assert res.floor.ratios() == pytest.approx([22 / 13, 24 / 18, 2.0])
+    data = results_json(res)
+    row = {r["measurement"]: r for r in data["rows"]}["(d) worker / passthrough p99, confluent"]
+    assert row["result"] == f"{22 / 13:.2f}x"  # the middle pair, not the pooled figures
+    assert "NOT met" in row["notes"] and "24 / 18 ms (1.33x, load 3.0)" in row["notes"]
+    assert data["floor"]["p99_ratio"] == pytest.approx(22 / 13)
+    assert [r["p99_ms"] for r in data["floor"]["passthrough"]] == [13.0, 18.0, 15.0]
+    assert "back-to-back pairs" in report.markdown(data, tmp_path / "r.json", None)
+    both = pooled(res.floor.worker)
+    assert both.records == 300 and len(both.created_ms) == 300
+    assert order(0) == ("worker", "passthrough") and order(1) == ("passthrough", "worker")
+    res.floor = Failed("worker died")
+    rows = table_rows(res)
+    assert ("(d) worker / passthrough p99, confluent", "n/a", "worker died") in rows

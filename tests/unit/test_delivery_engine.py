@@ -253,6 +253,29 @@ def test_pipelined_keeps_the_batch_out_and_commits_without_waiting() -> None:
     assert len(rig.delivered) == 1
 
 
+def test_pipelined_shows_the_batch_out_to_the_observers_after_sending_the_next() -> None:
+    """Observers only report: the batch acknowledged while the next one was scored is shown to
+    them once that one is sent, not between its scoring and its send."""
+    rig = _rig("pipelined")
+    published_when_delivered: list[int] = []
+
+    def delivered(batch: ProcessedBatch) -> None:
+        published_when_delivered.append(len(rig.broker.published))
+        rig.delivered.append(batch)
+
+    rig.ledger.delivered = delivered
+    rig.take()
+    rig.engine.finish()  # out, acknowledged at once (the producer's default mode)
+    assert rig.delivered == [] and len(rig.broker.published) == 6
+    rig.broker.append(TP0, 2)
+    rig.take()
+    rig.engine.finish()
+    assert published_when_delivered == [8]  # the first batch's report came after the second
+    assert rig.ledger.cycle.acknowledged == {TP0: 3, TP1: 3}
+    rig.engine.finish(serial=True)
+    assert published_when_delivered == [8, 8] and rig.ledger.cycle.in_hand == 0
+
+
 def test_pipelined_commit_rejected_keeps_partitions_still_ours_and_waits() -> None:
     rig = _rig("pipelined")
     rig.take()

@@ -94,17 +94,19 @@ class SerialAtLeastOnce:
 
     def finish(self, give_up: Callable[[], bool] | None = None, serial: bool = False) -> None:
         """Score the records taken and publish them. Pipelined, the batch published before is
-        settled only once this one is scored, and this one stays out on return. A batch not
-        acknowledged is rewound with whatever was taken after it."""
+        settled only once this one is scored, and this one stays out on return (the observers
+        see the one settled here after this one's send). A batch not acknowledged is rewound
+        with whatever was taken after it."""
         serial = serial or give_up is not None or not self.pipelined
         cycle = self.ledger.cycle
+        unreported: list[ProcessedBatch] = []
         try:
             if serial and not self._settle_out(give_up):
                 return
             if not cycle.pending:
                 return
             scored = self.ledger.score(cycle.pending)
-            if not self._settle_out(give_up):
+            if not self._settle_out(give_up, unreported):
                 return
             cycle.start_batch()
             self.out = InFlight(scored, self.publisher.send(scored.outgoing))
@@ -113,6 +115,12 @@ class SerialAtLeastOnce:
         except BaseException:
             self._rewind()
             raise
+        finally:
+            # the batch acknowledged above is shown to the observers only now that this one
+            # is sent: they report (drift, metrics: ~2.5 ms a batch of 10-40 records,
+            # measured) and held every scored batch back from its send as long
+            for processed in unreported:
+                self.ledger.delivered(processed)
         unpipelined = give_up is None and not self.pipelined
         if unpipelined and not self.commit_held(attempts=1, timeout_s=BATCH_COMMIT_TIMEOUT_S):
             self.hold_for_retry()
@@ -130,8 +138,14 @@ class SerialAtLeastOnce:
 
     # -- acknowledgements ----------------------------------------------------------------------
 
-    def _settle_out(self, give_up: Callable[[], bool] | None = None) -> bool:
-        """Await the acknowledgements of the batch out; True when there is none (any more)."""
+    def _settle_out(
+        self,
+        give_up: Callable[[], bool] | None = None,
+        unreported: list[ProcessedBatch] | None = None,
+    ) -> bool:
+        """Await the acknowledgements of the batch out; True when there is none (any more).
+        Once acknowledged it counts as delivered at once, or is added to ``unreported`` for
+        the caller to report after its send."""
         flight, self.out = self.out, None
         if flight is None:
             return True
@@ -139,7 +153,10 @@ class SerialAtLeastOnce:
             self._rewind()  # not committed, and read again (at-least-once)
             return False
         self.ledger.cycle.acknowledge()
-        self.ledger.delivered(flight.processed)
+        if unreported is None:
+            self.ledger.delivered(flight.processed)
+        else:
+            unreported.append(flight.processed)
         return True
 
     def _rewind(self) -> None:
