@@ -262,9 +262,10 @@ def worker(
     log_format: LogFormatOpt = None,
 ) -> None:
     """Score the input topic with the promoted model: predictions out, bad records to the DLQ."""
-    from forestream.worker.process_memory import limit_malloc_arenas
+    from forestream.worker.process_memory import fix_mmap_threshold, limit_malloc_arenas
 
     limit_malloc_arenas()  # before any client starts a thread
+    fix_mmap_threshold()
     from forestream.edge.factory import require_reachable
     from forestream.runtime.logs import checked_log_format, configure_logging
     from forestream.runtime.settings import load_settings

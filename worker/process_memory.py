@@ -1,5 +1,5 @@
-"""The worker process's memory, where glibc and Linux allow it: fewer malloc arenas, LLVM's
-pages and the heap's free pages given back once a version is loaded.
+"""The worker process's memory, where glibc and Linux allow it: fewer malloc arenas, a fixed mmap
+threshold, LLVM's pages and the heap's free pages given back once a version is loaded.
 
 glibc gives each thread that allocates concurrently an arena of its own, up to eight per core;
 the worker's threads (librdkafka's broker threads, the model follower, the labels reader, the
@@ -33,6 +33,30 @@ def limit_malloc_arenas(arenas: int = ARENAS) -> bool:
     except (OSError, AttributeError):  # not glibc (musl has no mallopt)
         return False
     return bool(mallopt(M_ARENA_MAX, arenas))
+
+
+M_MMAP_THRESHOLD = -3
+"""glibc's ``mallopt`` parameter number for the mmap threshold (``malloc.h``)."""
+MMAP_THRESHOLD = 1 << 20
+
+
+def fix_mmap_threshold(threshold: int = MMAP_THRESHOLD) -> bool:
+    """Serve allocations of ``threshold`` bytes and more by ``mmap`` (returned on ``free``), at
+    a fixed size; True when it took effect. glibc's threshold starts at 128 KB and follows the
+    largest chunk freed, up to 32 MB (the trim threshold to twice that): after a few multi-MB
+    batch buffers, such chunks came from the heap and stayed resident once freed. Measured on
+    the benchmark worker: peak RSS 2-7 MB lower at 1 MB (at 128 KB as well, but (c)'s rate fell
+    8-11 %), rate unchanged. ``MALLOC_MMAP_THRESHOLD_`` or ``GLIBC_TUNABLES`` set wins."""
+    if "MALLOC_MMAP_THRESHOLD_" in os.environ or "GLIBC_TUNABLES" in os.environ:
+        return False
+    name = ctypes.util.find_library("c")
+    if name is None:
+        return False
+    try:
+        mallopt = ctypes.CDLL(name).mallopt
+    except (OSError, AttributeError):  # not glibc
+        return False
+    return bool(mallopt(M_MMAP_THRESHOLD, threshold))
 
 
 MADV_DONTNEED = 4

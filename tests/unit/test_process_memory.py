@@ -45,3 +45,22 @@ def test_free_heap_pages_go_back() -> None:
         assert return_free_heap() is True
     finally:
         libc.free(chunks[-1])
+
+
+def test_an_explicit_mmap_threshold_wins(monkeypatch: pytest.MonkeyPatch) -> None:
+    from forestream.worker.process_memory import fix_mmap_threshold
+
+    monkeypatch.setenv("MALLOC_MMAP_THRESHOLD_", "65536")
+    assert fix_mmap_threshold() is False
+
+
+@pytest.mark.skipif(
+    platform.libc_ver()[0] != "glibc" or ctypes.util.find_library("c") is None,
+    reason="glibc only",
+)
+def test_glibc_takes_the_fixed_mmap_threshold(monkeypatch: pytest.MonkeyPatch) -> None:
+    from forestream.worker.process_memory import fix_mmap_threshold
+
+    monkeypatch.delenv("MALLOC_MMAP_THRESHOLD_", raising=False)
+    monkeypatch.delenv("GLIBC_TUNABLES", raising=False)
+    assert fix_mmap_threshold() is True
