@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from bench.throughput import Failed, Latency
+    from bench.throughput import Failed, Latency, WorkerTopics
 
 KINDS = ("worker", "passthrough")
 TARGET = 1.5
@@ -135,6 +135,28 @@ def figures(res: FloorResult) -> dict[str, object]:
     }
 
 
+def one_side(
+    bootstrap: str,
+    wt: WorkerTopics,
+    store: Path,
+    tag: str,
+    log: Path,
+    kind: str,
+    values: list[bytes],
+    rate: float,
+    seconds: float,
+) -> Latency:
+    """One side of one pair on confluent, on its own topics: the worker, or (a)'s loop."""
+    from bench.throughput import offered_load_latency, start_passthrough, start_worker
+
+    def start(n: int) -> Any:
+        if kind == "worker":
+            return start_worker(bootstrap, wt, store, f"{tag}.g", log, client="confluent")
+        return start_passthrough(bootstrap, wt.input, wt.output, n, f"{tag}.g", log, "confluent")
+
+    return offered_load_latency(bootstrap, wt.input, wt.output, values, rate, seconds, start, log)
+
+
 def main(argv: list[str] | None = None) -> int:
     import uuid
 
@@ -148,13 +170,7 @@ def main(argv: list[str] | None = None) -> int:
     a = parser.parse_args(argv)
     if a.pairs < 1 or a.latency_rate * a.seconds < 1 or a.partitions < 1:
         parser.error("--pairs >= 1, --partitions >= 1, at least one record offered")
-    from bench.throughput import (
-        WorkerTopics,
-        broker,
-        offered_load_latency,
-        start_passthrough,
-        start_worker,
-    )
+    from bench.throughput import WorkerTopics, broker
     from bench.workload import announce_promotion, make_workload
     from forestream.edge.factory import TopicSpec, admin_client, ensure_topics
     from forestream.registry.local import LocalModelStore
@@ -176,20 +192,8 @@ def main(argv: list[str] | None = None) -> int:
             wt = WorkerTopics(f"{tag}.in", f"{tag}.out", f"{tag}.dlq", made[0])
             made.extend([wt.input, wt.output, wt.dlq])
             ensure_topics(bootstrap, [TopicSpec(t, a.partitions) for t in made[-3:]])
-            log = work / f"{tag}.log"
-
-            def start(n: int) -> Any:
-                if kind == "worker":
-                    return start_worker(bootstrap, wt, store.root, f"{tag}.g", log,
-                                        client="confluent")  # fmt: skip
-                return start_passthrough(
-                    bootstrap, wt.input, wt.output, n, f"{tag}.g", log, "confluent"
-                )
-
-            return offered_load_latency(
-                bootstrap, wt.input, wt.output, workload.values, a.latency_rate, a.seconds,
-                start, log,
-            )  # fmt: skip
+            return one_side(bootstrap, wt, store.root, tag, work / f"{tag}.log", kind,
+                            workload.values, a.latency_rate, a.seconds)  # fmt: skip
 
         try:
             res = measure(run, a.pairs, say, lambda: os.getloadavg()[0])

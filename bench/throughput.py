@@ -1394,20 +1394,12 @@ def run(opts: Options) -> Results:
                 wt = WorkerTopics(f"{tag}.in", f"{tag}.out", f"{tag}.dlq", topics.models)
                 paired.extend([wt.input, wt.output, wt.dlq])
                 ensure_topics(bootstrap, [TopicSpec(t, opts.partitions) for t in paired[-3:]])
+                from bench.floor import one_side
+
                 log = work / ("d-confluent.log" if kind == "worker" else "d-pass-confluent.log")
-
-                def start(n: int) -> subprocess.Popen[bytes]:
-                    if kind == "worker":
-                        return start_worker(bootstrap, wt, store.root, f"{tag}.g", log,
-                                            client="confluent")  # fmt: skip
-                    return start_passthrough(
-                        bootstrap, wt.input, wt.output, n, f"{tag}.g", log, "confluent"
-                    )
-
-                return offered_load_latency(
-                    bootstrap, wt.input, wt.output, workload.values, opts.latency_rate,
-                    opts.latency_seconds / opts.latency_pairs, start, log,
-                )  # fmt: skip
+                seconds = opts.latency_seconds / opts.latency_pairs
+                return one_side(bootstrap, wt, store.root, tag, log, kind, workload.values,
+                                opts.latency_rate, seconds)  # fmt: skip
 
             def floor_phase() -> FloorResult:
                 from bench.floor import measure

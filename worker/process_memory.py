@@ -14,6 +14,20 @@ import ctypes
 import ctypes.util
 import os
 from pathlib import Path
+from typing import Any
+
+
+def _libc(function: str) -> Any | None:
+    """``function`` of the C library, None where there is none by that name (musl has no
+    ``mallopt`` or ``malloc_trim``; other platforms no libc to find)."""
+    name = ctypes.util.find_library("c")
+    if name is None:
+        return None
+    try:
+        return getattr(ctypes.CDLL(name, use_errno=True), function)
+    except (OSError, AttributeError):
+        return None
+
 
 M_ARENA_MAX = -8
 """glibc's ``mallopt`` parameter number for the arena cap (``malloc.h``)."""
@@ -25,14 +39,8 @@ def limit_malloc_arenas(arenas: int = ARENAS) -> bool:
     ``MALLOC_ARENA_MAX`` in the environment wins; other C libraries are left alone."""
     if "MALLOC_ARENA_MAX" in os.environ:
         return False
-    name = ctypes.util.find_library("c")
-    if name is None:
-        return False
-    try:
-        mallopt = ctypes.CDLL(name).mallopt
-    except (OSError, AttributeError):  # not glibc (musl has no mallopt)
-        return False
-    return bool(mallopt(M_ARENA_MAX, arenas))
+    mallopt = _libc("mallopt")
+    return mallopt is not None and bool(mallopt(M_ARENA_MAX, arenas))
 
 
 M_MMAP_THRESHOLD = -3
@@ -49,14 +57,8 @@ def fix_mmap_threshold(threshold: int = MMAP_THRESHOLD) -> bool:
     8-11 %), rate unchanged. ``MALLOC_MMAP_THRESHOLD_`` or ``GLIBC_TUNABLES`` set wins."""
     if "MALLOC_MMAP_THRESHOLD_" in os.environ or "GLIBC_TUNABLES" in os.environ:
         return False
-    name = ctypes.util.find_library("c")
-    if name is None:
-        return False
-    try:
-        mallopt = ctypes.CDLL(name).mallopt
-    except (OSError, AttributeError):  # not glibc
-        return False
-    return bool(mallopt(M_MMAP_THRESHOLD, threshold))
+    mallopt = _libc("mallopt")
+    return mallopt is not None and bool(mallopt(M_MMAP_THRESHOLD, threshold))
 
 
 MADV_DONTNEED = 4
@@ -76,13 +78,12 @@ def release_compiler_pages(library: str = COMPILER_LIBRARY) -> int:
     asked with ``MADV_PAGEOUT``, which never discards data (a page written since the load,
     such as relocated pointers, goes to swap or stays), and is skipped where the kernel lacks it.
     """
-    name = ctypes.util.find_library("c")
-    if name is None:
-        return 0
+    madvise = _libc("madvise")
     try:
         maps = Path("/proc/self/maps").read_text().splitlines()
-        madvise = ctypes.CDLL(name, use_errno=True).madvise
-    except (OSError, AttributeError):
+    except OSError:
+        return 0
+    if madvise is None:
         return 0
     madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
     advised = 0
@@ -102,11 +103,5 @@ def return_free_heap() -> bool:
     True when some were. Loading a version (the artifact's bytes, unpickling, the compiled
     copy, the parity rows) frees tens of MB that glibc otherwise keeps resident for good:
     measured ~10 MB of the worker's peak RSS. Once per version, never on the scoring path."""
-    name = ctypes.util.find_library("c")
-    if name is None:
-        return False
-    try:
-        malloc_trim = ctypes.CDLL(name).malloc_trim
-    except (OSError, AttributeError):  # not glibc
-        return False
-    return bool(malloc_trim(0))
+    malloc_trim = _libc("malloc_trim")
+    return malloc_trim is not None and bool(malloc_trim(0))
