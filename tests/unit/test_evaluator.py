@@ -277,6 +277,7 @@ def test_at_least_once_keeps_what_waits_on_a_partition_given_straight_back() -> 
     evaluator.joins[1].add_prediction(b"m", 4, 1_000, pred("a"))
     offsets = evaluator.revoking(tps)  # eager: every partition goes, committed as read
     assert offsets[TopicPartition(evaluator.s.labels_topic, 0)] == 8
+    evaluator.released(tps, lost=False)  # what both clients call right after the revocation
     evaluator.assigned(tps[:1])  # partition 0 comes straight back, 1 moved
     assert len(evaluator.joins[0].labels) == 1 and evaluator.label_pos[0] == 8
     assert 0 not in evaluator.seek_due  # the reader goes on where it was: nothing re-read
@@ -284,3 +285,22 @@ def test_at_least_once_keeps_what_waits_on_a_partition_given_straight_back() -> 
     assert set(evaluator.joins) == {0} and not evaluator.parked
     evaluator.joins[0].add_prediction(b"k", 9, 1_000, pred("a"))
     assert len(evaluator.buffer) == 1  # the pair the label was waiting for is counted
+
+
+def test_a_lost_partition_drops_what_was_parked() -> None:
+    """Lost (the session expired, nothing committed): nothing of it is kept to resume."""
+    from typing import cast
+
+    from forestream.edge.interface import AckingProducer
+    from forestream.worker.evaluator.service import Evaluator
+    from forestream.worker.evaluator.settings import EvaluatorSettings
+
+    evaluator = Evaluator(EvaluatorSettings(), ident="e1")
+    evaluator.producer = cast(AckingProducer, object())
+    tps = [TopicPartition("labels", 0)]
+    evaluator.assigned(tps)
+    evaluator.joins[0].add_label(b"k", 7, 1_000, "a")
+    evaluator.label_pos[0] = 8
+    evaluator.revoking(tps)
+    evaluator.released(tps, lost=True)
+    assert not evaluator.parked and not evaluator.joins

@@ -111,14 +111,19 @@ class PartitionMoves:
         log.info("evaluator_revoked", partitions=sorted(numbers), owned=owned)
         return offsets
 
-    def released(self, partitions: list[TopicPartition]) -> None:
+    def released(self, partitions: list[TopicPartition], lost: bool = False) -> None:
+        """After a revocation (both clients release what they revoked at once) a parked
+        partition stays parked: given straight back it resumes, else the loop drops it once
+        the poll that ran the rebalance returns (:meth:`_drop_parked`). Dropping it here undid
+        the parking on every revocation (test_shadow_scoring lost 200 labels read before their
+        predictions). A partition lost (nothing committed) goes at once."""
         with self._lock:
             if self.txn is not None:
                 self._rewind_all({tp.partition for tp in partitions})
             else:
                 numbers = {tp.partition for tp in partitions}
                 self._drop(numbers)
-                for p in numbers & set(self.parked):
+                for p in numbers & set(self.parked) if lost else ():
                     self._unpark(p)
                     self._drop({p})
 

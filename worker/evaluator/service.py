@@ -249,6 +249,8 @@ class Evaluator(PartitionMoves):
             log.warning("evaluator_final_commit_failed", error=str(exc))
         if self.group is not None:
             self.group.close(COMMIT_TIMEOUT_S)  # revocation publishes and commits the rest
+        with self._lock:
+            self._drop_parked()  # revoked by the close: nothing comes back, totals kept
         if self.reader is not None:
             self.reader.close()
         if self.producer is not None:

@@ -68,4 +68,4 @@ class Rebalance:
         pass
 
     def on_released(self, partitions: list[TopicPartition], lost: bool) -> None:
-        self.evaluator.released(partitions)
+        self.evaluator.released(partitions, lost=lost)
