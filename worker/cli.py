@@ -398,17 +398,15 @@ def worker(
 
 
 def _load_forest_kernel() -> None:
-    """Load the compiled forest's kernel before pandas, sklearn and the model, then give LLVM's
-    pages back: loading it makes ~50 MB of ``libllvmlite.so`` resident for a moment, and on top
-    of a loaded model that moment was the worker's peak RSS (322 MB; 274 MB once scoring).
-    A kernel that cannot load is left to the engine's choice, which falls back and says why."""
+    """Load the compiled forest's kernel before pandas, sklearn and the model: loading it makes
+    ~50 MB of ``libllvmlite.so`` resident for a moment (the module gives it back at once), and
+    on top of a loaded model that moment was the worker's peak RSS (322 MB; 274 MB once
+    scoring). A kernel that cannot load is left to the engine's choice, which falls back and
+    says why."""
     try:
         from forestream.worker import compiled_forest  # noqa: F401  (loads the kernel)
     except Exception:  # reported where the engine is chosen, which falls back
         return
-    from forestream.worker.process_memory import release_compiler_pages
-
-    release_compiler_pages()
 
 
 def _claim_index(log: Any, settings: WorkerSettings) -> WorkerSettings:

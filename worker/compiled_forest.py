@@ -45,6 +45,8 @@ from typing import Any
 
 import numpy as np
 
+from forestream.worker.process_memory import release_compiler_pages
+
 NODE = np.dtype([("threshold", "<f4"), ("packed", "<u4")])
 """One node, 8 bytes. ``packed`` is ``distance << feature_bits | feature``: a split sends
 ``x[feature] <= threshold`` to the next node, anything else ``distance`` nodes further on (its
@@ -68,8 +70,6 @@ def _cache_dir() -> str:
 
 def _import_numba() -> Any:
     import numba
-
-    from forestream.worker.process_memory import release_compiler_pages
 
     # importing llvmlite left ~50 MB of its library resident that loading the kernel does not
     # read again: released now, the process's peak while a version loads is ~25 MB lower
@@ -221,6 +221,9 @@ def _walk(  # pragma: no cover - compiled by numba; tests call it through Compil
 with _cache_loads_without_registries():
     _walk_missing = _numba.njit(_KERNEL, cache=True, nogil=True, boundscheck=False)(_walk_missing)
     _walk = _numba.njit(_KERNEL, cache=True, nogil=True, boundscheck=False)(_walk)
+# loading (or compiling) them made ~50 MB of LLVM's library resident again, for a moment:
+# given back now, before whoever imported this loads anything else (scoring never calls LLVM)
+release_compiler_pages()
 
 
 @dataclass(frozen=True)

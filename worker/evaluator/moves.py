@@ -123,9 +123,10 @@ class PartitionMoves:
             else:
                 numbers = {tp.partition for tp in partitions}
                 self._drop(numbers)
-                for p in numbers & set(self.parked) if lost else ():
-                    self._unpark(p)
-                    self._drop({p})
+                if lost:
+                    for p in numbers & set(self.parked):
+                        self._unpark(p)
+                        self._drop({p})
 
     def _park(self, numbers: set[int]) -> None:
         for p in numbers:
