@@ -548,7 +548,7 @@ def register(app: typer.Typer) -> None:
             seconds=seconds or (20 if short else 60),
             drift_window=500 if short else DemoPlan.drift_window,
             # v2 has its own drift reference (its own split), so the window starts over at the
-            # swap; the short rule promotes v2 after ~2,000 records, well before the drift
+            # swap; the short rule promotes v2 after ~700 records, well before the drift
             promote_rule=(
                 "labelled>=300 and accuracy>=served-0.02 and agreement>=0.9"
                 if short

@@ -129,7 +129,8 @@ class WorkerSettings(GuaranteeSettings, TrustSettings, WireFormatSettings):
     drift_threshold: float = Field(default=0.2, gt=0)
     """PSI at which a feature is flagged as drifting (0.1 notable, 0.2 significant by habit)."""
     drift_min_records: int = Field(default=1_000, ge=1)
-    """No drift flag before a feature has this many values in the window (small-sample noise)."""
+    """No drift flag before a feature has this many values in the window (small-sample noise);
+    half the window when the window is not larger."""
     fleet_window_s: float = Field(default=60.0, ge=1, le=86_400)
     """Length of the wall-clock windows whose bin and predicted-class counts each monitoring
     report carries (the last few), for drift merged across the fleet. Aligned on the epoch, so
