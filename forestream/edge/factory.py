@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from forestream.edge.connection import KafkaConnection
 from forestream.edge.errors import topic_not_authorized, topic_unavailable
 from forestream.edge.interface import (
+    WORKER_FETCH_PARTITION_BYTES,
     AckingProducer,
     GroupConsumer,
     GroupOffsetsReader,
@@ -252,6 +253,7 @@ def group_consumer(
         # refreshes it every 5 min by default: a worker that joined while the input topic
         # was being created (or gained partitions) would sit idle with nothing assigned.
         metadata_max_age_ms=5000,
+        max_partition_fetch_bytes=WORKER_FETCH_PARTITION_BYTES,
         session_timeout_ms=session_timeout_ms,
         heartbeat_interval_ms=heartbeat_ms,
     )

@@ -27,6 +27,7 @@ from forestream.edge.broker_loss import BrokerLossWatch, stats_interval_ms
 from forestream.edge.confluent.client import _Client, _ours, _rd
 from forestream.edge.connection import KafkaConnection
 from forestream.edge.interface import (
+    WORKER_FETCH_PARTITION_BYTES,
     InputRecord,
     RebalanceHandler,
     TopicPartition,
@@ -98,6 +99,7 @@ class ConfluentGroupConsumer(_Client):
                     # take ~60 MB of RSS for records the worker cannot score any sooner
                     "queued.max.messages.kbytes": 8 * 1024,
                     "queued.min.messages": 10_000,
+                    "max.partition.fetch.bytes": WORKER_FETCH_PARTITION_BYTES,
                     # once that is full, fetch again 10 ms later, not librdkafka's 1 s: the
                     # queue drains in well under a second, and the worker then sat idle
                     "fetch.queue.backoff.ms": 10,

@@ -15,7 +15,12 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from forestream.edge.factory import TopicSpec, ensure_topics, group_consumer, make_producer
-from forestream.edge.interface import GroupConsumer, InputRecord, TopicPartition
+from forestream.edge.interface import (
+    WORKER_FETCH_PARTITION_BYTES,
+    GroupConsumer,
+    InputRecord,
+    TopicPartition,
+)
 from tests.kafka_helpers import on_client
 
 RECORDS = 3_000
@@ -166,3 +171,30 @@ def test_a_consumer_committing_after_every_batch_reads_on_in_order_with_bounded_
         consumer.close(5)
     assert offsets == list(range(records)), "records skipped, repeated or out of order"
     assert held <= confluent_consumer._STASH_HIGH + 10_000, f"{held} records held at once"
+
+
+def test_a_record_larger_than_a_partition_fetch_comes_whole_between_small_ones(
+    kafka_bootstrap: str, kafka_client: str, topic_name: Callable[[str], str]
+) -> None:
+    """Workers ask for 256 KB per partition per fetch (less peak RSS); a valid record up to
+    the worker's 1 MB limit must still arrive, whole and in order, not stall the partition."""
+    topic = topic_name("in")
+    ensure_topics(kafka_bootstrap, [TopicSpec(topic, 1)])
+    values = [b"a" * 100, b"b" * (2 * WORKER_FETCH_PARTITION_BYTES + 7), b"c" * 100]
+    producer = make_producer(kafka_bootstrap)
+    for i, value in enumerate(values):
+        producer.send(topic, key=str(i).encode(), value=value).get(timeout=30)
+    producer.close()
+    consumer = group_consumer(
+        on_client(kafka_bootstrap, kafka_client),
+        group=topic_name("group"),
+        client_id="edge-test",
+        max_poll_records=100,
+        session_timeout_ms=10_000,
+    )
+    try:
+        consumer.subscribe(topic, Membership())
+        got = _poll(consumer, len(values))
+    finally:
+        consumer.close(5)
+    assert [(r.offset, r.value) for r in got] == list(enumerate(values))
