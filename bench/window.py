@@ -29,6 +29,7 @@ from bench.throughput import (
     fill_topic,
     mean_batch,
     offered_load_latency,
+    pipelined_by_default,
     start_passthrough,
     start_worker,
     worker_throughput,
@@ -114,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
                         f"{p}.{tag}.c",
                         work / f"{tag}.c.log",
                         client,
-                        pipeline=client == "confluent",
+                        pipeline=pipelined_by_default(client),
                     )
                     rate[variant].append(span.rate)
                 done = lat[variant][-1]

@@ -106,8 +106,7 @@ SECURITY = {
 DEFAULT_TEXT: dict[str, str] = {
     "bootstrap_servers": "the local broker's address while `forestream kafka start` runs one "
     "(found through `FORESTREAM_KAFKA_DIR`), else `127.0.0.1:9092`",
-    "pipeline": "unset: on with `FORESTREAM_KAFKA_CLIENT=confluent`, off with kafka-python; "
-    "always off under exactly-once",
+    "pipeline": "unset: on; always off under exactly-once",
     "transactional_id": "unset: `forestream-<group>-<host>-<worker index>`",
     "metrics_port": "unset: no endpoint",
     "evaluator_metrics_port": "unset: no endpoint",

@@ -87,11 +87,12 @@ COVERED_ELSEWHERE: dict[str, str] = {
     "test_broker_restart.py::test_scoring_resumes_soon_after_a_broker_sigkill_and_restart"
     "[confluent-exactly-once]": "librdkafka transactions with the broker lost and back: "
     "test_worker_heals[confluent-exactly-once], test_replay_exactly_once's frozen broker",
-    "test_worker_delivery.py::test_survivor_takes_over_after_sigkill[kafka-python-flipped]": "the "
-    "pipelined cycle under a member's kill -9: [confluent-default]; kafka-python's asynchronous "
-    "commits: the edge suite (test_group_consumer); the pipelined ledger: unit/test_batch_cycle",
+    "test_worker_delivery.py::test_survivor_takes_over_after_sigkill[kafka-python-default]": "the "
+    "pipelined cycle under a member's kill -9: [confluent-default]; kafka-python's rebalance after "
+    "a kill: [kafka-python-flipped]; its asynchronous commits: the edge suite "
+    "(test_group_consumer); the pipelined ledger: unit/test_batch_cycle",
     "test_worker_delivery.py::test_survivor_takes_over_after_sigkill[confluent-flipped]": "the "
-    "serial cycle under a member's kill -9: [kafka-python-default]; librdkafka's rebalance after "
+    "serial cycle under a member's kill -9: [kafka-python-flipped]; librdkafka's rebalance after "
     "a kill: [confluent-default]; its synchronous commits: the edge suite (test_group_consumer)",
     "test_replay_exactly_once.py::test_sigkilled_replay_resumes_without_loss"
     "[confluent-at-least-once]": "an at-least-once replay killed and resumed: "

@@ -179,8 +179,7 @@ def worker(
         typer.Option(
             "--pipeline/--no-pipeline",
             help="score the next batch while the previous one is acknowledged, commit without "
-            "waiting [env FORESTREAM_PIPELINE; default: on for the confluent client, off for "
-            "kafka-python, where it was measured not to pay]",
+            "waiting [env FORESTREAM_PIPELINE; default: on, off under exactly-once]",
             show_default=False,
         ),
     ] = None,

@@ -79,15 +79,15 @@ class WorkerSettings(GuaranteeSettings, TrustSettings, WireFormatSettings):
     pipeline: bool | None = None
     """Score the next micro-batch while the previous one's outputs are being acknowledged,
     and commit without waiting for the coordinator (``False``: one batch at a time). Unset:
-    where it was measured to pay, i.e. on librdkafka, whose C threads send while Python
-    scores; kafka-python's sender is Python and contends for the GIL with scoring (see the
-    README benchmark)."""
+    on, on both clients (never under exactly-once). kafka-python was off by default while
+    sklearn's trees took most of a batch: its Python sender then only fought scoring for the
+    GIL. With the compiled forest it paid in every ``make bench`` since: 1.15-1.23x."""
 
     @property
     def pipelined(self) -> bool:
         if self.exactly_once:  # one transaction at a time: nothing to overlap with
             return False
-        return self.pipeline if self.pipeline is not None else self.kafka_client == "confluent"
+        return self.pipeline if self.pipeline is not None else True
 
     transactional_id: str | None = Field(default=None, min_length=1, max_length=200)
     """Exactly-once: this worker's ``transactional.id``, unique among live workers. Unset:

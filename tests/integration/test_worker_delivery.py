@@ -202,12 +202,12 @@ def test_survivor_takes_over_after_sigkill(
     pipelining: str,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """Both shapes of the batch cycle lose nothing: serial on kafka-python, pipelined on
-    librdkafka (each client's default) in every run; the other way round ("flipped") only with
-    ``--clients all`` (tests/conftest.py COVERED_ELSEWHERE): each shape is the same code on
-    either client, whose commits (awaited or not) the edge suite tests on both."""
+    """Both shapes of the batch cycle lose nothing: pipelined (the default) on librdkafka and
+    serial ("flipped") on kafka-python in every run; the other two only with ``--clients all``
+    (tests/conftest.py COVERED_ELSEWHERE): each shape is the same code on either client, whose
+    commits (awaited or not) the edge suite tests on both."""
     if pipelining == "flipped":
-        monkeypatch.setenv("FORESTREAM_PIPELINE", str(kafka_client != "confluent").lower())
+        monkeypatch.setenv("FORESTREAM_PIPELINE", "false")
     workers, topics = workers_for(2)
     keys, frame = valid_inputs(600, seed=8)
     records = [(k, row_json(row)) for k, (_, row) in zip(keys, frame.iterrows(), strict=True)]
@@ -229,7 +229,7 @@ def test_survivor_takes_over_after_sigkill(
     assert set(counts) == set(keys)
     assert workers.procs[1].poll() is None, "the survivor must still be running"
     assert len(owned_partitions(workers.log_paths[1])) == PARTITIONS
-    pipelined = (kafka_client == "confluent") != (pipelining == "flipped")
+    pipelined = pipelining == "default"
     started = log_events(workers.log_paths[1], "worker_started")
     assert started and started[0]["pipelined"] is pipelined, started[:1]
 

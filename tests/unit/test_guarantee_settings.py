@@ -11,10 +11,12 @@ from forestream.runtime.settings import load_settings
 from forestream.worker.settings import WorkerSettings
 
 
-def test_at_least_once_is_the_default_and_keeps_pipelining_where_it_pays() -> None:
-    settings = load_settings(WorkerSettings, kafka_client="confluent")
+@pytest.mark.parametrize("client", ["kafka-python", "confluent"])
+def test_at_least_once_is_the_default_and_pipelined_on_either_client(client: str) -> None:
+    settings = load_settings(WorkerSettings, kafka_client=client)
     assert settings.guarantee == "at-least-once" and not settings.exactly_once
     assert settings.pipelined
+    assert not load_settings(WorkerSettings, kafka_client=client, pipeline=False).pipelined
 
 
 @pytest.mark.parametrize("pipeline", [None, True])
