@@ -263,6 +263,7 @@ def main(argv: list[str] | None = None) -> int:
         mean_batch,
         rate,
         ratio_row,
+        say,
         worker_throughput,
     )
     from bench.workload import announce_promotion, make_workload
@@ -279,9 +280,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--partitions", type=int, default=4, help="input partitions [4]")
     parser.add_argument("--bootstrap-servers", help="broker (default: the local one, or start one)")
     a = parser.parse_args(argv)
-
-    def say(message: str) -> None:
-        print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
     load = [os.getloadavg()]
     prefix = f"bench.{uuid.uuid4().hex[:8]}"

@@ -19,7 +19,6 @@ import os
 import statistics
 import sys
 import tempfile
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -170,13 +169,10 @@ def main(argv: list[str] | None = None) -> int:
     a = parser.parse_args(argv)
     if a.pairs < 1 or a.latency_rate * a.seconds < 1 or a.partitions < 1:
         parser.error("--pairs >= 1, --partitions >= 1, at least one record offered")
-    from bench.throughput import WorkerTopics, broker
+    from bench.throughput import WorkerTopics, broker, say
     from bench.workload import announce_promotion, make_workload
     from forestream.edge.factory import TopicSpec, admin_client, ensure_topics
     from forestream.registry.local import LocalModelStore
-
-    def say(message: str) -> None:
-        print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
     load = [os.getloadavg()]
     prefix = f"bench.floor.{uuid.uuid4().hex[:8]}"

@@ -290,12 +290,9 @@ def main(argv: list[str] | None = None) -> int:
     a = parser.parse_args(argv)
     if a.reps < 1 or a.latency_rate * a.latency_seconds < 1 or not 0 < a.share <= 1:
         parser.error("--reps >= 1, at least one record offered, 0 < --share <= 1")
-    from bench.throughput import broker
+    from bench.throughput import broker, say
     from bench.workload import make_workload
     from forestream.registry.local import LocalModelStore
-
-    def say(message: str) -> None:
-        print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
     load = [os.getloadavg()]
     with broker(a.bootstrap_servers) as bootstrap, tempfile.TemporaryDirectory() as tmp:

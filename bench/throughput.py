@@ -242,6 +242,11 @@ class Results:
     ``passthrough_latency`` then hold each side's runs pooled."""
 
 
+def say(message: str) -> None:
+    """A timestamped progress line on stderr: what every bench command prints as it goes."""
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
 # -- Kafka plumbing ----------------------------------------------------------------------------
 
 
@@ -1320,9 +1325,6 @@ def run(opts: Options) -> Results:
     run_id = uuid.uuid4().hex[:8]
     prefix = f"bench.{run_id}"
     topics = Layout.of(prefix)
-
-    def say(message: str) -> None:
-        print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
     with (
         broker(opts.bootstrap_servers) as bootstrap,

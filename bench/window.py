@@ -17,7 +17,6 @@ import os
 import statistics
 import sys
 import tempfile
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -30,6 +29,7 @@ from bench.throughput import (
     mean_batch,
     offered_load_latency,
     pipelined_by_default,
+    say,
     start_passthrough,
     start_worker,
     worker_throughput,
@@ -66,9 +66,6 @@ def main(argv: list[str] | None = None) -> int:
     from bench.workload import announce_promotion, make_workload
     from forestream.edge.factory import TopicSpec, ensure_topics
     from forestream.registry.local import LocalModelStore
-
-    def say(message: str) -> None:
-        print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
     p = f"bench.window.{uuid.uuid4().hex[:8]}"
     lat: dict[str, list[Latency]] = {v: [] for v in (*VARIANTS, "passthrough")}

@@ -9,25 +9,24 @@ import pytest
 
 from forestream.worker.process_memory import limit_malloc_arenas
 
+glibc_only = pytest.mark.skipif(
+    platform.libc_ver()[0] != "glibc" or ctypes.util.find_library("c") is None,
+    reason="glibc only: mallopt and malloc_trim are glibc's",
+)
+
 
 def test_an_explicit_environment_setting_wins(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MALLOC_ARENA_MAX", "4")
     assert limit_malloc_arenas() is False
 
 
-@pytest.mark.skipif(
-    platform.libc_ver()[0] != "glibc" or ctypes.util.find_library("c") is None,
-    reason="glibc only",
-)
+@glibc_only
 def test_glibc_takes_the_cap(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("MALLOC_ARENA_MAX", raising=False)
     assert limit_malloc_arenas() is True
 
 
-@pytest.mark.skipif(
-    platform.libc_ver()[0] != "glibc" or ctypes.util.find_library("c") is None,
-    reason="glibc only",
-)
+@glibc_only
 def test_free_heap_pages_go_back() -> None:
     """Chunks freed in the middle of the heap (below the mmap threshold, a live one above
     them) are released by the trim: what a version's load leaves behind."""
@@ -54,10 +53,7 @@ def test_an_explicit_mmap_threshold_wins(monkeypatch: pytest.MonkeyPatch) -> Non
     assert fix_mmap_threshold() is False
 
 
-@pytest.mark.skipif(
-    platform.libc_ver()[0] != "glibc" or ctypes.util.find_library("c") is None,
-    reason="glibc only",
-)
+@glibc_only
 def test_glibc_takes_the_fixed_mmap_threshold(monkeypatch: pytest.MonkeyPatch) -> None:
     from forestream.worker.process_memory import fix_mmap_threshold
 
