@@ -69,17 +69,22 @@ def _layout(reference: ReferenceStats) -> tuple[list[_Slot], int]:
     return slots, offset
 
 
-def _numeric_block(frame: pd.DataFrame, names: list[str]) -> np.ndarray | None:
-    """The numeric columns as one float64 matrix (NaN for missing), or None when one of them
-    holds something else (then each goes through ``pd.to_numeric``). One conversion per batch:
-    ``pd.to_numeric`` per column was 15 % of the worker's loop (profiled at ~30k rec/s)."""
-    if not names:
-        return None
-    # selecting columns costs ~0.3 ms however few the rows: skipped when they are the frame's
-    columns = frame if tuple(frame.columns) == tuple(names) else frame[names]
-    if not all(kind in "fiub" for kind in (dtype.kind for dtype in columns.dtypes)):
-        return None
-    return columns.to_numpy(dtype=np.float64, na_value=np.nan)
+def _numeric_block(frame: pd.DataFrame, names: list[str]) -> np.ndarray:
+    """The numeric features as one float64 matrix (rows x ``names``, NaN for missing): one
+    conversion per batch when they are all numeric columns of the frame (``pd.to_numeric``
+    per column was 15 % of the worker's loop, profiled at ~30k rec/s); else a column holding
+    anything else goes through ``pd.to_numeric`` and an absent one is all NaN (missing)."""
+    if all(name in frame.columns for name in names):
+        # selecting columns costs ~0.3 ms however few the rows: skipped when they are the frame's
+        columns = frame if tuple(frame.columns) == tuple(names) else frame[names]
+        if all(kind in "fiub" for kind in (dtype.kind for dtype in columns.dtypes)):
+            return columns.to_numpy(dtype=np.float64, na_value=np.nan)
+    block = np.full((len(frame), len(names)), np.nan)
+    for j, name in enumerate(names):
+        if name in frame.columns:
+            column = pd.to_numeric(frame[name], errors="coerce")
+            block[:, j] = column.to_numpy(dtype=np.float64, na_value=np.nan)
+    return block
 
 
 class _NumericBins:
@@ -154,6 +159,8 @@ class DriftMonitor:
         self.reference = reference
         self._slots, self._size = _layout(reference or ReferenceStats(features={}))
         self._numeric = _NumericBins([s for s in self._slots if s.edges is not None])
+        """Every numeric feature, counted at once (an absent column as missing)."""
+        self._categorical = [s for s in self._slots if s.edges is None]
         self._spans = tuple((s.name, s.offset, s.bins + 1) for s in self._slots)
         self._ring: deque[tuple[int, np.ndarray]] = deque()
         self._totals = np.zeros(self._size, dtype=np.int64)
@@ -185,24 +192,12 @@ class DriftMonitor:
         if rows == 0:
             return None
         counts = np.zeros(self._size, dtype=np.int64)
-        numeric = [s for s in self._slots if s.edges is not None and s.name in frame.columns]
-        block = _numeric_block(frame, [s.name for s in numeric])
-        if block is not None and len(numeric) == len(self._numeric.names):
-            counts += self._numeric.count(block, self._size)
-            numeric = []  # every numeric feature counted at once
-        for j, slot in enumerate(numeric):
-            values = (
-                block[:, j]
-                if block is not None
-                else pd.to_numeric(frame[slot.name], errors="coerce").to_numpy(
-                    dtype=np.float64, na_value=np.nan
-                )
-            )
-            self._count_numeric(slot, values, counts)
-        for slot in self._slots:
+        if self._numeric.names:
+            counts += self._numeric.count(_numeric_block(frame, self._numeric.names), self._size)
+        for slot in self._categorical:
             if slot.name not in frame.columns:
                 counts[slot.missing_at] += rows
-            elif slot.edges is None:
+            else:
                 self._count_categorical(slot, frame[slot.name], counts)
         self._ring.append((rows, counts))
         self._totals += counts
@@ -212,16 +207,6 @@ class DriftMonitor:
             self._totals -= old_counts
             self._records -= old_rows
         return counts
-
-    @staticmethod
-    def _count_numeric(slot: _Slot, values: np.ndarray, counts: np.ndarray) -> None:
-        missing = np.isnan(values)
-        present = values[~missing]
-        if slot.edges is None:
-            raise RuntimeError(f"drift slot {slot.name!r} is numeric but has no bin edges")
-        bins = np.searchsorted(slot.edges, present, side="left")
-        counts[slot.offset : slot.missing_at] += np.bincount(bins, minlength=slot.bins)
-        counts[slot.missing_at] += int(missing.sum())
 
     @staticmethod
     def _count_categorical(slot: _Slot, column: pd.Series, counts: np.ndarray) -> None:
