@@ -241,10 +241,9 @@ def prepare(
 def _release_compiler() -> None:
     """The kernel is loaded and has run: LLVM's library pages can leave the resident set
     (:func:`~forestream.worker.process_memory.release_compiler_pages`)."""
-    from forestream.worker.process_memory import release_compiler_pages, return_free_heap
+    from forestream.worker.process_memory import release_compiler_pages
 
     advised = release_compiler_pages()
-    return_free_heap()  # what unpickling and compiling the version left free in the arenas
     log.debug("compiler_pages_released", mb=advised >> 20)
 
 

@@ -233,6 +233,7 @@ def warm_up(pipeline: Any, metadata: Any, *, compiled: bool = True) -> None:
     """
     from forestream.worker.decoding import decode_batch
     from forestream.worker.forest_engine import check_first_batch, prepare
+    from forestream.worker.process_memory import return_free_heap
     from forestream.worker.scoring import score_frame
 
     schema: FeatureSchema = metadata.feature_schema
@@ -259,6 +260,9 @@ def warm_up(pipeline: Any, metadata: Any, *, compiled: bool = True) -> None:
     prepare(pipeline, decoded.frame, label=label, compiled=compiled)
     score_frame(pipeline, decoded.frame.iloc[:1], classes)
     check_first_batch(pipeline)
+    # the version is loaded: what unpickling it, its engine and these rows left free in
+    # glibc's arenas goes back (~10 MB of the worker's peak), whichever engine serves
+    return_free_heap()
 
 
 def _same(a: ServingRef | None, b: ServingRef | None) -> bool:
